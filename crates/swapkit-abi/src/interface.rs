@@ -1,0 +1,80 @@
+//! The traits that `#[interface]` implements for a trait object type `dyn YourTrait`.
+//!
+//! Host and plugin depend on the same interface crate, so both sides see the same
+//! [`Interface::HASH`]. The host side calls through a [`Transport`]; the guest side answers
+//! through [`Dispatch`].
+
+use alloc::vec::Vec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire;
+
+/// Describes one interface. Implemented by `#[interface]` for `dyn Trait`.
+pub trait Interface {
+    /// The trait's name, as plugins export it.
+    const NAME: &'static str;
+    /// The canonical text of the methods, argument types and return types, in order.
+    const SIGNATURE: &'static str;
+    /// [`crate::hash::fnv1a64`] of [`Self::SIGNATURE`].
+    const HASH: u64;
+    /// Method names, numbered by position.
+    const METHODS: &'static [&'static str];
+    /// The generated typed client: one method per trait method, each returning
+    /// `Result<Ret, T::Error>`.
+    type Client<T: Transport>;
+    /// Wraps a transport in the typed client.
+    fn client<T: Transport>(transport: T) -> Self::Client<T>;
+}
+
+/// Guest-side dispatch of encoded calls to an implementation `T` of the interface.
+pub trait Dispatch<T: ?Sized>: Interface {
+    /// Decodes the arguments of `method` from `input`, calls it on `imp` and appends the
+    /// encoded result to `out`.
+    fn dispatch(imp: &T, method: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), DispatchError>;
+}
+
+/// How a typed client reaches an implementation. The host runtime provides one that calls the
+/// current generation.
+pub trait Transport {
+    /// What a failed call returns.
+    type Error;
+    /// Calls method number `method` with the argument tuple `args`, and decodes its result.
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, Self::Error>;
+}
+
+/// Why a dispatch failed before or after the implementation ran.
+#[derive(Debug)]
+pub enum DispatchError {
+    /// The input did not decode as the method's argument tuple.
+    BadInput(wire::Error),
+    /// No method has this number.
+    UnknownMethod(u32),
+    /// No exported interface has this number.
+    UnknownInterface(u32),
+    /// The result did not encode.
+    Encode(wire::Error),
+}
+
+impl core::fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DispatchError::BadInput(e) => write!(f, "arguments did not decode: {e}"),
+            DispatchError::UnknownMethod(m) => write!(f, "no method number {m}"),
+            DispatchError::UnknownInterface(i) => write!(f, "no exported interface number {i}"),
+            DispatchError::Encode(e) => write!(f, "result did not encode: {e}"),
+        }
+    }
+}
+
+impl DispatchError {
+    /// The status code that reports this error across the boundary.
+    pub fn status(&self) -> crate::Status {
+        match self {
+            DispatchError::BadInput(_) => crate::Status::BadInput,
+            DispatchError::UnknownMethod(_) => crate::Status::UnknownMethod,
+            DispatchError::UnknownInterface(_) => crate::Status::UnknownInterface,
+            DispatchError::Encode(_) => crate::Status::EncodeFailed,
+        }
+    }
+}

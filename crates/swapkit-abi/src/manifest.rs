@@ -1,0 +1,73 @@
+//! The manifest a plugin reports about itself once its header has been accepted.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// What a plugin is and what it offers. Encoded with postcard by the `manifest` entry point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The plugin's name, unique within a generation.
+    pub name: String,
+    /// The plugin's version (its crate version unless set otherwise).
+    pub version: String,
+    /// The ABI version; equals the header's.
+    pub abi_version: u32,
+    /// The crate the plugin was built from.
+    pub crate_name: String,
+    /// The build fingerprint, as text: `rustc -V`, target, `swapkit-abi` version.
+    pub fingerprint: [String; 3],
+    /// Interfaces the plugin exports, in the order the `interface` argument of `call` numbers
+    /// them.
+    pub interfaces: Vec<InterfaceDecl>,
+    /// Plugins that must be loaded, and initialised, before this one.
+    pub dependencies: Vec<Dependency>,
+}
+
+/// One exported interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceDecl {
+    /// The trait's name.
+    pub name: String,
+    /// Hash of `signature`; see [`crate::hash`].
+    pub hash: u64,
+    /// The canonical text of the trait's methods, their argument types and return types.
+    pub signature: String,
+    /// Method names, in the order the `method` argument of `call` numbers them.
+    pub methods: Vec<String>,
+}
+
+/// A dependency on another plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The name of the plugin depended on.
+    pub plugin: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    #[test]
+    fn postcard_round_trip() {
+        let m = Manifest {
+            name: "greeter".into(),
+            version: "1.2.3".into(),
+            abi_version: 1,
+            crate_name: "greeter_v1".into(),
+            fingerprint: ["rustc 1".into(), "x86_64".into(), "0.1.0".into()],
+            interfaces: vec![InterfaceDecl {
+                name: "Greeter".into(),
+                hash: 42,
+                signature: "greet(&str)->String".into(),
+                methods: vec!["greet".to_string()],
+            }],
+            dependencies: vec![Dependency { plugin: "store".into() }],
+        };
+        let bytes = crate::wire::to_vec(&m).unwrap();
+        let back: Manifest = crate::wire::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+    }
+}

@@ -1,0 +1,196 @@
+//! The guest side of the boundary: the `extern "C"` entry points that `export_plugin!` puts in
+//! a plugin's header.
+//!
+//! Every entry point runs its work inside `catch_unwind`, so no unwind ever crosses into the
+//! host, and reports through a [`Status`] plus an `out` slice. The bytes behind `out` live in a
+//! per-thread buffer owned by this copy of the guest; they stay valid until the next call on
+//! the same thread, which gives the host time to decode them without a free call.
+
+use core::ffi::c_void;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use swapkit_abi::{
+    wire, DispatchError, EntryPoints, Fingerprint, HostApi, Interface, InterfaceDecl, Manifest, PluginHeader,
+    RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+};
+
+use crate::{Host, Plugin};
+
+/// What `export_plugin!` implements for the plugin type.
+pub trait Exports: Plugin {
+    /// The plugin's name.
+    const NAME: &'static str;
+    /// The plugin's version.
+    const VERSION: &'static str;
+    /// The crate the plugin is built from.
+    const CRATE_NAME: &'static str;
+    /// Plugins this one depends on.
+    const DEPENDENCIES: &'static [&'static str];
+    /// The exported interfaces, in dispatch order.
+    fn interfaces() -> Vec<InterfaceDecl>;
+    /// Routes a call to the implementation of interface number `interface`.
+    fn dispatch(&self, interface: u32, method: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), DispatchError>;
+}
+
+/// The manifest entry of an interface.
+pub fn decl<I: Interface + ?Sized>() -> InterfaceDecl {
+    InterfaceDecl {
+        name: I::NAME.into(),
+        hash: I::HASH,
+        signature: I::SIGNATURE.into(),
+        methods: I::METHODS.iter().map(|m| (*m).into()).collect(),
+    }
+}
+
+/// The header of plugin type `P`.
+pub const fn header<P: Exports>() -> PluginHeader {
+    PluginHeader {
+        magic: MAGIC,
+        abi_version: ABI_VERSION,
+        flags: if cfg!(panic = "unwind") { FLAG_PANIC_UNWIND } else { 0 },
+        fingerprint: Fingerprint::CURRENT,
+        entry: EntryPoints { manifest: manifest::<P>, load: load::<P>, init: init::<P>, free: free::<P>, call: call::<P> },
+    }
+}
+
+/// An instance as the host holds it: the plugin and its host table.
+struct Instance<P> {
+    host: Host,
+    plugin: P,
+}
+
+/// Results above this size are not kept between calls, so one large answer does not pin its
+/// memory on the thread for good.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+thread_local! {
+    /// The buffer behind the `out` slice of the last call on this thread.
+    static OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `work` with the thread's out buffer, catches any panic, and publishes the buffer's
+/// bytes through `out`.
+///
+/// The buffer is taken out of the thread-local while `work` runs, so a re-entrant call on the
+/// same thread gets a buffer of its own instead of a borrow conflict.
+///
+/// # Safety
+/// `out` must be valid for a write.
+unsafe fn respond(out: *mut RawSlice, work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>) -> u32 {
+    let mut buf = OUT.with(Cell::take);
+    if buf.capacity() > KEEP_CAPACITY {
+        buf = Vec::new();
+    }
+    buf.clear();
+    let status = match catch_unwind(AssertUnwindSafe(|| work(&mut buf))) {
+        Ok(Ok(())) => Status::Ok,
+        Ok(Err((status, message))) => {
+            buf.clear();
+            buf.extend_from_slice(message.as_bytes());
+            status
+        }
+        Err(payload) => {
+            buf.clear();
+            buf.extend_from_slice(panic_message(&*payload).as_bytes());
+            Status::Panic
+        }
+    };
+    let slice = RawSlice::from_slice(&buf);
+    // Moving the vector does not move its heap bytes, so `slice` stays valid.
+    OUT.with(|cell| cell.set(buf));
+    // SAFETY: the caller guarantees `out` is writable.
+    unsafe { out.write(slice) };
+    status as u32
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
+    // SAFETY: the host passes a writable `out`.
+    unsafe {
+        respond(out, |buf| {
+            let fp = Fingerprint::CURRENT;
+            let manifest = Manifest {
+                name: P::NAME.into(),
+                version: P::VERSION.into(),
+                abi_version: ABI_VERSION,
+                crate_name: P::CRATE_NAME.into(),
+                fingerprint: [fp.rustc().into(), fp.target().into(), fp.abi_crate().into()],
+                interfaces: P::interfaces(),
+                dependencies: P::DEPENDENCIES
+                    .iter()
+                    .map(|d| swapkit_abi::Dependency { plugin: (*d).into() })
+                    .collect(),
+            };
+            wire::encode_into(&manifest, buf).map_err(|e| (Status::EncodeFailed, e.to_string()))
+        })
+    }
+}
+
+unsafe extern "C" fn load<P: Exports>(api: *const HostApi, instance: *mut *mut c_void, out: *mut RawSlice) -> u32 {
+    // SAFETY: the host passes a valid table, whose context outlives the instance, and writable
+    // `instance` and `out` pointers.
+    unsafe {
+        let host = Host::from_raw(api);
+        respond(out, |_| match P::on_load(&host) {
+            Ok(plugin) => {
+                let boxed = Box::new(Instance { host, plugin });
+                instance.write(Box::into_raw(boxed).cast());
+                Ok(())
+            }
+            Err(e) => Err((Status::HookFailed, e.message().to_owned())),
+        })
+    }
+}
+
+unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
+    // SAFETY: the host passes a live instance made by `load::<P>` and a writable `out`.
+    unsafe {
+        let inst = &*(instance as *const Instance<P>);
+        respond(out, |_| inst.plugin.on_init(&inst.host).map_err(|e| (Status::HookFailed, e.message().to_owned())))
+    }
+}
+
+unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
+    // SAFETY: the host passes a live instance made by `load::<P>`, exactly once, after its last
+    // call has returned; ownership comes back to us here.
+    unsafe {
+        let mut inst = Box::from_raw(instance as *mut Instance<P>);
+        respond(out, move |_| {
+            let host = inst.host;
+            inst.plugin.on_free(&host);
+            drop(inst);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn call<P: Exports>(
+    instance: *mut c_void,
+    interface: u32,
+    method: u32,
+    input: *const u8,
+    input_len: usize,
+    out: *mut RawSlice,
+) -> u32 {
+    // SAFETY: the host passes a live instance made by `load::<P>`, `input_len` readable bytes
+    // at `input` that stay valid for the call, and a writable `out`.
+    unsafe {
+        let inst = &*(instance as *const Instance<P>);
+        let input = RawSlice { ptr: input, len: input_len }.as_slice();
+        respond(out, |buf| {
+            inst.plugin
+                .dispatch(interface, method, input, buf)
+                .map_err(|e| (e.status(), e.to_string()))
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The swapkit guest SDK: what a plugin crate depends on.
+//!
+//! A plugin is a type that implements [`Plugin`] (its lifecycle hooks) and one or more
+//! interface traits (made with `#[swapkit_abi::interface]` in a crate the host shares), and
+//! exports them with one [`export_plugin!`] call. The same source builds as a native `cdylib`
+//! or links into a host as a static library; the crate type is the only difference.
+//!
+//! Example:
+//!
+//! ```
+//! mod api {
+//!     #[swapkit_abi::interface]
+//!     pub trait Greeter {
+//!         fn greet(&self, name: &str) -> String;
+//!     }
+//! }
+//!
+//! use swapkit_guest::{Error, Host, Plugin};
+//!
+//! pub struct Hello {
+//!     host: Host,
+//! }
+//!
+//! impl Plugin for Hello {
+//!     fn on_load(host: &Host) -> Result<Self, Error> {
+//!         host.info("loading");
+//!         Ok(Hello { host: *host })
+//!     }
+//! }
+//!
+//! impl api::Greeter for Hello {
+//!     fn greet(&self, name: &str) -> String {
+//!         self.host.debug("greeting");
+//!         format!("hello, {name}")
+//!     }
+//! }
+//!
+//! swapkit_guest::export_plugin! {
+//!     plugin: Hello,
+//!     name: "hello",
+//!     interfaces: [api::Greeter],
+//! }
+//! ```
+//!
+//! Panics in hooks and methods are caught at the boundary and reported to the host as errors,
+//! so a native plugin must be built with `panic = "unwind"` (the default); a host refuses one
+//! built with `panic = "abort"`.
+
+#![deny(missing_docs)]
+
+mod glue;
+mod host;
+
+pub use host::{Host, Level};
+pub use swapkit_abi as abi;
+
+/// Exports a plugin type through ABI v1.
+///
+/// ```text
+/// swapkit_guest::export_plugin! {
+///     plugin: MyPlugin,                 // implements Plugin and every interface below
+///     name: "greeter",                  // optional; default: the package name
+///     version: "1.0.0",                 // optional; default: the package version
+///     interfaces: [api::Greeter],       // traits made with #[swapkit_abi::interface]
+///     dependencies: ["store"],          // optional; plugins to load and init first
+/// }
+/// ```
+///
+/// It defines `pub static SWAPKIT_PLUGIN`, the plugin header, exported under a symbol named
+/// after the crate, so several plugins can be linked into one static host.
+pub use swapkit_macros::export_plugin;
+
+/// The lifecycle of a plugin instance.
+///
+/// A host creates one instance per load with [`Plugin::on_load`], then calls
+/// [`Plugin::on_init`] once every plugin of the generation has loaded, in dependency order.
+/// When the last generation that uses the instance retires, the host calls
+/// [`Plugin::on_free`], then drops it. Methods run concurrently on `&self`, hence `Sync`.
+pub trait Plugin: Sized + Send + Sync + 'static {
+    /// Builds the instance. An error aborts the reload that loads it.
+    fn on_load(host: &Host) -> Result<Self, Error>;
+
+    /// Runs after every plugin of the generation has loaded. An error aborts the reload.
+    fn on_init(&self, host: &Host) -> Result<(), Error> {
+        let _ = host;
+        Ok(())
+    }
+
+    /// Runs exactly once, when the instance is retired, just before it is dropped.
+    fn on_free(&mut self, host: &Host) {
+        let _ = host;
+    }
+}
+
+/// An error from a hook. It carries a message for the host's error report.
+///
+/// Anything that implements `Display` converts into it with `?` or `.into()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+}
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(message: impl core::fmt::Display) -> Self {
+        Error { message: message.to_string() }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: core::fmt::Display> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error::msg(e)
+    }
+}
+
+#[doc(hidden)]
+pub mod __rt {
+    pub use crate::glue::{decl, header, Exports};
+    pub use std::vec;
+    pub use std::vec::Vec;
+}

@@ -1,0 +1,114 @@
+//! `export_plugin!`: the ABI v1 header and dispatch table of one plugin type.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{bracketed, Ident, LitStr, Path, Token, Type};
+
+struct Spec {
+    plugin: Type,
+    name: Option<LitStr>,
+    version: Option<LitStr>,
+    interfaces: Vec<Path>,
+    dependencies: Vec<LitStr>,
+}
+
+impl Parse for Spec {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut plugin = None;
+        let mut name = None;
+        let mut version = None;
+        let mut interfaces = None;
+        let mut dependencies = vec![];
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            input.parse::<Token![:]>()?;
+            match key.to_string().as_str() {
+                "plugin" => plugin = Some(input.parse()?),
+                "name" => name = Some(input.parse()?),
+                "version" => version = Some(input.parse()?),
+                "interfaces" => {
+                    let content;
+                    bracketed!(content in input);
+                    let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+                    interfaces = Some(list.into_iter().collect());
+                }
+                "dependencies" => {
+                    let content;
+                    bracketed!(content in input);
+                    let list = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
+                    dependencies = list.into_iter().collect();
+                }
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!(
+                            "unknown key `{other}`; expected plugin, name, version, interfaces or dependencies"
+                        ),
+                    ))
+                }
+            }
+            if !input.is_empty() {
+                input.parse::<Token![,]>()?;
+            }
+        }
+        let plugin = plugin.ok_or_else(|| input.error("missing `plugin: YourType`"))?;
+        let interfaces = interfaces.ok_or_else(|| input.error("missing `interfaces: [path::Trait, ...]`"))?;
+        Ok(Spec { plugin, name, version, interfaces, dependencies })
+    }
+}
+
+pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
+    let spec: Spec = syn::parse2(input)?;
+    let crate_name = std::env::var("CARGO_CRATE_NAME").map_err(|_| {
+        syn::Error::new(Span::call_site(), "export_plugin! must be expanded by cargo (CARGO_CRATE_NAME is unset)")
+    })?;
+    let symbol = format!("swapkit_plugin__{crate_name}");
+    let plugin = &spec.plugin;
+    let name = match &spec.name {
+        Some(n) => quote!(#n),
+        None => quote!(env!("CARGO_PKG_NAME")),
+    };
+    let version = match &spec.version {
+        Some(v) => quote!(#v),
+        None => quote!(env!("CARGO_PKG_VERSION")),
+    };
+    let deps = &spec.dependencies;
+    let decls = spec.interfaces.iter().map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
+    let arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
+        let i = i as u32;
+        quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)
+    });
+
+    Ok(quote! {
+        impl ::swapkit_guest::__rt::Exports for #plugin {
+            const NAME: &'static str = #name;
+            const VERSION: &'static str = #version;
+            const CRATE_NAME: &'static str = #crate_name;
+            const DEPENDENCIES: &'static [&'static str] = &[#(#deps),*];
+
+            fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
+                ::swapkit_guest::__rt::vec![#(#decls),*]
+            }
+
+            fn dispatch(
+                &self,
+                interface: u32,
+                method: u32,
+                input: &[u8],
+                out: &mut ::swapkit_guest::__rt::Vec<u8>,
+            ) -> ::core::result::Result<(), ::swapkit_guest::abi::DispatchError> {
+                match interface {
+                    #(#arms)*
+                    other => ::core::result::Result::Err(::swapkit_guest::abi::DispatchError::UnknownInterface(other)),
+                }
+            }
+        }
+
+        /// The ABI v1 header of this plugin. A native host finds it by its exported symbol; a
+        /// static host registers it directly.
+        #[unsafe(export_name = #symbol)]
+        pub static SWAPKIT_PLUGIN: ::swapkit_guest::abi::PluginHeader = ::swapkit_guest::__rt::header::<#plugin>();
+    })
+}

@@ -1,0 +1,217 @@
+//! Backends: how a plugin's code gets into the process. Both backends here end in the same
+//! place, a `'static` [`PluginHeader`], and from there every plugin goes through one code path
+//! ([`Code`] and [`Instance`]), so the runtime above never knows which backend is in use.
+//!
+//! This module and its children hold all of swapkit's `unsafe`: the checks that make a header
+//! trustworthy, and the calls across the ABI.
+
+pub(crate) mod native;
+pub(crate) mod statics;
+
+use std::ffi::c_void;
+use std::ptr::addr_of;
+use std::sync::Arc;
+
+use swapkit_abi::{
+    wire, Fingerprint, HostApi, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+};
+
+use crate::error::LoadError;
+use crate::log::{host_log, GuestCtx, LogSink};
+
+/// Which backend a plugin came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A `cdylib` loaded with the dynamic loader.
+    Native,
+    /// A crate linked into the host.
+    Static,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Native => "native",
+            BackendKind::Static => "static",
+        })
+    }
+}
+
+/// A plugin's code, checked and described: its entry table and manifest.
+#[derive(Debug)]
+pub(crate) struct Code {
+    pub header: &'static PluginHeader,
+    pub manifest: Manifest,
+    pub backend: BackendKind,
+    /// SHA-256 of the artifact; for a static plugin, of its crate name and version.
+    pub content_hash: [u8; 32],
+    /// The artifact's path, or `static:<crate>`.
+    pub origin: String,
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+}
+
+impl Code {
+    /// Checks `header` and reads the manifest.
+    ///
+    /// # Safety
+    /// `header` must point to readable memory at least as large as the frozen header prefix,
+    /// which stays mapped for the rest of the process; if the prefix matches this ABI, the
+    /// whole header must be a valid [`PluginHeader`] whose entry points follow ABI v1.
+    pub unsafe fn from_header(
+        header: *const PluginHeader,
+        backend: BackendKind,
+        content_hash: [u8; 32],
+        origin: String,
+    ) -> Result<Code, LoadError> {
+        // SAFETY: the caller guarantees the prefix is readable; only plain data (byte arrays,
+        // integers) is read through raw pointers, and no reference to the whole header, with
+        // its function pointers, is made before the prefix checks pass.
+        let (magic, abi_version, flags, fingerprint) = unsafe {
+            (
+                addr_of!((*header).magic).read_unaligned(),
+                addr_of!((*header).abi_version).read_unaligned(),
+                addr_of!((*header).flags).read_unaligned(),
+                addr_of!((*header).fingerprint).read_unaligned(),
+            )
+        };
+        if magic != MAGIC {
+            return Err(LoadError::BadMagic { origin });
+        }
+        if abi_version != ABI_VERSION {
+            return Err(LoadError::AbiVersion { origin, found: abi_version, expected: ABI_VERSION });
+        }
+        if let Some((field, found, expected)) = fingerprint.mismatch(&Fingerprint::CURRENT) {
+            return Err(LoadError::Fingerprint { field, found: found.into(), expected: expected.into(), origin });
+        }
+        if flags & FLAG_PANIC_UNWIND == 0 {
+            return Err(LoadError::PanicAbort { origin });
+        }
+        // SAFETY: the prefix says ABI v1 from our toolchain, so by the caller's contract the
+        // header is a valid v1 header that lives for the rest of the process.
+        let header: &'static PluginHeader = unsafe { &*header };
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: `manifest` is a v1 entry point; `out` is writable.
+        let status = unsafe { (header.entry.manifest)(&mut out) };
+        // SAFETY: the guest's out buffer is valid until its next call on this thread.
+        let bytes = unsafe { out.as_slice() };
+        if status != Status::Ok as u32 {
+            let reason = format!("manifest entry returned status {status}: {}", String::from_utf8_lossy(bytes));
+            return Err(LoadError::Manifest { origin, reason });
+        }
+        let manifest: Manifest =
+            wire::from_bytes(bytes).map_err(|e| LoadError::Manifest { origin: origin.clone(), reason: e.to_string() })?;
+        if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
+            let reason = format!("name `{}`, ABI version {}", manifest.name, manifest.abi_version);
+            return Err(LoadError::Manifest { origin, reason });
+        }
+        let name = manifest.name.as_str().into();
+        let version = manifest.version.as_str().into();
+        Ok(Code { header, manifest, backend, content_hash, origin, name, version })
+    }
+}
+
+/// A live plugin instance: the guest object made by `on_load`, freed by `on_free` on drop.
+pub(crate) struct Instance {
+    pub code: Arc<Code>,
+    handle: *mut c_void,
+    /// The context behind the host table the guest copied. Boxed so its address is stable; it
+    /// is dropped after `free` returns, because fields drop after `Drop::drop`.
+    _ctx: Box<GuestCtx>,
+}
+
+// SAFETY: the guest instance is `Send + Sync` (the `Plugin` trait requires it); the handle is
+// only an address, and the host only passes it back to the same plugin's entry points.
+unsafe impl Send for Instance {}
+// SAFETY: as above.
+unsafe impl Sync for Instance {}
+
+/// What a guest entry point reported.
+pub(crate) struct Reply<'a> {
+    pub status: u32,
+    /// Valid until the next call into this plugin on this thread.
+    pub bytes: &'a [u8],
+}
+
+impl Reply<'_> {
+    fn message(&self) -> String {
+        String::from_utf8_lossy(self.bytes).into_owned()
+    }
+}
+
+impl Instance {
+    /// Runs `on_load`, making a new instance of `code`.
+    pub fn load(code: Arc<Code>, sink: Option<LogSink>) -> Result<Instance, LoadError> {
+        let ctx = Box::new(GuestCtx { plugin: code.name.clone(), version: code.version.clone(), sink });
+        let api = HostApi {
+            size: std::mem::size_of::<HostApi>(),
+            ctx: (&*ctx as *const GuestCtx).cast(),
+            log: host_log,
+        };
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        let mut out = RawSlice::EMPTY;
+        let _span = tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
+        // SAFETY: `load` is a checked v1 entry point; `api` is valid for the call and its
+        // context outlives the instance (it is owned by the Instance built below).
+        let status = unsafe { (code.header.entry.load)(&api, &mut handle, &mut out) };
+        // SAFETY: the out buffer is valid until the next call on this thread.
+        let reply = Reply { status, bytes: unsafe { out.as_slice() } };
+        hook_result(&code, "on_load", &reply)?;
+        if handle.is_null() {
+            let message = "returned success without an instance".to_owned();
+            return Err(LoadError::Hook { plugin: code.name.to_string(), version: code.version.to_string(), hook: "on_load", message });
+        }
+        Ok(Instance { code, handle, _ctx: ctx })
+    }
+
+    /// Runs `on_init`.
+    pub fn init(&self) -> Result<(), LoadError> {
+        let mut out = RawSlice::EMPTY;
+        let _span = tracing::debug_span!("on_init", plugin = %self.code.name, version = %self.code.version).entered();
+        // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
+        let status = unsafe { (self.code.header.entry.init)(self.handle, &mut out) };
+        // SAFETY: the out buffer is valid until the next call on this thread.
+        let reply = Reply { status, bytes: unsafe { out.as_slice() } };
+        hook_result(&self.code, "on_init", &reply)
+    }
+
+    /// Calls method `method` of exported interface `interface` with encoded arguments.
+    #[inline]
+    pub fn call(&self, interface: u32, method: u32, input: &[u8]) -> Reply<'_> {
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: `handle` is a live instance (the Instance is alive, so `free` has not run);
+        // `input` is valid for the call; `out` is writable.
+        let status =
+            unsafe { (self.code.header.entry.call)(self.handle, interface, method, input.as_ptr(), input.len(), &mut out) };
+        // SAFETY: the guest's out buffer stays valid until its next call on this thread; the
+        // reply borrows `self`, and callers decode it before calling again.
+        Reply { status, bytes: unsafe { out.as_slice() } }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let mut out = RawSlice::EMPTY;
+        let _span = tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version).entered();
+        // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
+        // because every caller holds the Instance alive for the length of its call.
+        let status = unsafe { (self.code.header.entry.free)(self.handle, &mut out) };
+        if status != Status::Ok as u32 {
+            // SAFETY: the out buffer is valid until the next call on this thread.
+            let message = String::from_utf8_lossy(unsafe { out.as_slice() }).into_owned();
+            tracing::error!(plugin = %self.code.name, version = %self.code.version, status, %message, "on_free failed");
+        }
+    }
+}
+
+fn hook_result(code: &Code, hook: &'static str, reply: &Reply<'_>) -> Result<(), LoadError> {
+    let plugin = || code.name.to_string();
+    let version = || code.version.to_string();
+    match Status::from_raw(reply.status) {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::Panic) => {
+            Err(LoadError::HookPanic { plugin: plugin(), version: version(), hook, message: reply.message() })
+        }
+        _ => Err(LoadError::Hook { plugin: plugin(), version: version(), hook, message: reply.message() }),
+    }
+}

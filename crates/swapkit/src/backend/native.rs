@@ -1,0 +1,164 @@
+//! The native backend: a plugin `cdylib` loaded with the platform's dynamic loader.
+//!
+//! # What is freed, and what is not
+//!
+//! A native plugin's code mapping is never unmapped. Rust `cdylib`s register thread-local
+//! destructors with the C runtime, and `dlclose` on such a library is either a no-op or, where
+//! it does unmap, leaves those destructors pointing at freed code; there is no sound way to
+//! unload it. So swapkit never calls `dlclose`. Everything a generation owns is still dropped:
+//! each plugin instance gets its `on_free` and is dropped inside the plugin, and the host's
+//! records of it are freed. The cost is one mapping per distinct artifact content ever loaded,
+//! shared by every later load of the same content (a rollback to a version seen before maps
+//! nothing new). Use the wasm backend where code must be truly unloaded.
+//!
+//! # Why a private copy
+//!
+//! Each artifact is loaded from a private copy in a scratch directory, written from the very
+//! bytes that were hashed. The dynamic loader caches libraries by path, so loading the original
+//! path twice would return the first version; the copy lets a rebuild in place be reloaded and
+//! two versions coexist, and means what runs is exactly what was checked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use object::{Object, ObjectSymbol};
+use sha2::{Digest, Sha256};
+use swapkit_abi::{PluginHeader, HEADER_SYMBOL_PREFIX};
+
+use super::{BackendKind, Code};
+use crate::error::LoadError;
+
+/// The file extension of native artifacts on this platform.
+pub(crate) const EXTENSION: &str = std::env::consts::DLL_EXTENSION;
+
+/// Loads native artifacts, keeping one mapping per distinct content.
+pub(crate) struct NativeLoader {
+    scratch: tempfile::TempDir,
+    /// Content hash to checked code. Entries are never removed: the mappings they describe are
+    /// never unmapped.
+    loaded: Mutex<HashMap<[u8; 32], Arc<Code>>>,
+    copies: AtomicU64,
+}
+
+impl NativeLoader {
+    pub fn new(scratch_parent: Option<&Path>) -> std::io::Result<NativeLoader> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("swapkit-");
+        let scratch = match scratch_parent {
+            Some(dir) => builder.tempdir_in(dir)?,
+            None => builder.tempdir()?,
+        };
+        Ok(NativeLoader { scratch, loaded: Mutex::new(HashMap::new()), copies: AtomicU64::new(0) })
+    }
+
+    /// Reads, hashes and, unless the same content is already loaded, loads the artifact.
+    pub fn load(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        if bytes.is_empty() {
+            return Err(LoadError::Empty { path: path.into() });
+        }
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(code) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+            return Ok(code.clone());
+        }
+        let symbol = header_symbol(path, &bytes)?;
+        let copy = self.write_copy(path, &hash, &bytes)?;
+        let code = Arc::new(open(path, &copy, &symbol, hash)?);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(loaded.entry(hash).or_insert(code).clone())
+    }
+
+    fn write_copy(&self, path: &Path, hash: &[u8; 32], bytes: &[u8]) -> Result<PathBuf, LoadError> {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let n = self.copies.fetch_add(1, Ordering::Relaxed);
+        let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let copy = self.scratch.path().join(format!("{stem}-{hex}-{n}.{EXTENSION}"));
+        std::fs::write(&copy, bytes).map_err(|source| LoadError::Scratch {
+            path: path.into(),
+            scratch: self.scratch.path().into(),
+            source,
+        })?;
+        Ok(copy)
+    }
+}
+
+/// Finds the one exported symbol that holds a plugin header, without running any code.
+fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
+    let not_a_library = |reason: String| LoadError::NotALibrary { path: path.into(), reason };
+    let file = object::File::parse(bytes).map_err(|e| not_a_library(e.to_string()))?;
+    if file.kind() != object::ObjectKind::Dynamic {
+        return Err(not_a_library(format!("it is a {:?} object, not a shared library", file.kind())));
+    }
+    let prefix = HEADER_SYMBOL_PREFIX.trim_start_matches('_');
+    let mut names = vec![];
+    for sym in file.dynamic_symbols().filter(|s| s.is_definition()) {
+        let Ok(name) = sym.name() else { continue };
+        let name = name.trim_start_matches('_');
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        // The header is read before any check can run, so a symbol too small to hold its
+        // frozen prefix is refused here rather than read past its end.
+        if sym.size() != 0 && (sym.size() as usize) < std::mem::size_of::<PluginHeader>() {
+            let reason = format!("symbol `{name}` is {} bytes, too small for a plugin header", sym.size());
+            return Err(not_a_library(reason));
+        }
+        names.push(name.to_owned());
+    }
+    if let Ok(exports) = file.exports() {
+        names.extend(
+            exports
+                .iter()
+                .filter_map(|e| std::str::from_utf8(e.name()).ok())
+                .map(|n| n.trim_start_matches('_').to_owned())
+                .filter(|n| n.starts_with(prefix)),
+        );
+    }
+    names.sort();
+    names.dedup();
+    match names.len() {
+        0 => Err(LoadError::NoEntrySymbol { path: path.into(), prefix: HEADER_SYMBOL_PREFIX }),
+        1 => Ok(names.pop().expect("one name")),
+        _ => Err(LoadError::ManyEntrySymbols { path: path.into(), symbols: names.join(", ") }),
+    }
+}
+
+/// Opens the private copy and checks its header.
+fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Code, LoadError> {
+    let not_a_library = |reason: String| LoadError::NotALibrary { path: original.into(), reason };
+    // SAFETY: loading a library runs its initialisers. swapkit plugins are trusted code (the
+    // native backend is for trusted code only, as documented); a library that is not a
+    // plugin was already rejected above by its symbol table.
+    let library = unsafe { open_library(copy) }.map_err(|e| not_a_library(e.to_string()))?;
+    let mut name = symbol.as_bytes().to_vec();
+    name.push(0);
+    // SAFETY: the symbol is a data symbol; we only take its address here.
+    let header: *const PluginHeader = match unsafe { library.get::<*const PluginHeader>(&name) } {
+        Ok(sym) => *sym,
+        Err(_) => return Err(LoadError::NoEntrySymbol { path: original.into(), prefix: HEADER_SYMBOL_PREFIX }),
+    };
+    // Never unloaded: see the module docs. Forgetting the handle keeps the mapping, and so the
+    // header, alive for the rest of the process.
+    std::mem::forget(library);
+    // SAFETY: the header symbol lives in a mapping that is never unmapped, is at least as
+    // large as the frozen prefix (the symbol table says it is a swapkit header, and the
+    // prefix is checked before anything else is read), and was built by swapkit-guest.
+    unsafe { Code::from_header(header, BackendKind::Native, hash, original.display().to_string()) }
+}
+
+#[cfg(unix)]
+unsafe fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    // RTLD_LOCAL keeps each plugin's symbols to itself, so two versions never interpose;
+    // RTLD_NOW surfaces missing symbols here rather than at the first call.
+    // SAFETY: forwarded to the caller.
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL).map(Into::into) }
+}
+
+#[cfg(not(unix))]
+unsafe fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    // SAFETY: forwarded to the caller.
+    unsafe { libloading::Library::new(path) }
+}

@@ -1,0 +1,187 @@
+//! The call path: typed clients, their transports, and pins.
+//!
+//! A call loads the current generation through `arc-swap` (a thread-local debt slot, no lock
+//! and no shared counter), encodes its arguments into a thread-local buffer, calls the plugin,
+//! and decodes the result from the plugin's own buffer. The generation stays alive for the
+//! length of the call, so a swap during the call never frees the code it runs in.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::{wire, Interface, Status, Transport};
+
+use crate::error::CallError;
+use crate::generation::{Generation, Target};
+use crate::swapper::Inner;
+
+thread_local! {
+    /// Encoded arguments of the call in progress on this thread.
+    static ARGS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Calls `method` of `target` in generation `gen`.
+#[inline]
+fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
+    generation: &Generation,
+    target: &Target,
+    method: u32,
+    args: &A,
+) -> Result<R, CallError> {
+    let (instance, interface) = generation.resolve(target)?;
+    // Taken, not borrowed: a re-entrant call on this thread gets a buffer of its own.
+    let mut buf = ARGS.with(Cell::take);
+    buf.clear();
+    let result = match wire::encode_into(args, &mut buf) {
+        Ok(()) => {
+            let reply = instance.call(interface, method, &buf);
+            if reply.status == Status::Ok as u32 {
+                wire::from_bytes::<R>(reply.bytes).map_err(|e| {
+                    let code = &instance.code;
+                    CallError::Decode {
+                        plugin: code.name.clone(),
+                        version: code.version.clone(),
+                        interface: target.interface,
+                        method: method_name(target, method),
+                        reason: e.to_string(),
+                    }
+                })
+            } else {
+                Err(failure(instance, target, method, reply.status, reply.bytes))
+            }
+        }
+        Err(e) => Err(CallError::Encode {
+            interface: target.interface,
+            method: method_name(target, method),
+            reason: e.to_string(),
+        }),
+    };
+    ARGS.with(|cell| cell.set(buf));
+    result
+}
+
+fn method_name(target: &Target, method: u32) -> &'static str {
+    target.methods.get(method as usize).copied().unwrap_or("<unknown method>")
+}
+
+#[cold]
+fn failure(instance: &crate::backend::Instance, target: &Target, method: u32, raw: u32, bytes: &[u8]) -> CallError {
+    let code = &instance.code;
+    let (plugin, version) = (code.name.clone(), code.version.clone());
+    let (interface, method) = (target.interface, method_name(target, method));
+    let message = String::from_utf8_lossy(bytes).into_owned();
+    match Status::from_raw(raw) {
+        Some(Status::Panic) => {
+            tracing::error!(%plugin, %version, interface, method, %message, "plugin panicked");
+            CallError::Panic { plugin, version, interface, method, message }
+        }
+        Some(status) => CallError::Guest { plugin, version, interface, method, status, message },
+        None => CallError::UnknownStatus { plugin, version, interface, method, raw },
+    }
+}
+
+pub(crate) fn target<I: Interface + ?Sized>(plugin: Option<&str>) -> Target {
+    Target { interface: I::NAME, hash: I::HASH, methods: I::METHODS, plugin: plugin.map(Into::into) }
+}
+
+/// The transport of a client made by [`Swapper::client`](crate::Swapper::client): each call
+/// runs in the generation that is current when it starts.
+#[derive(Clone)]
+pub struct Binding {
+    inner: Arc<Inner>,
+    target: Target,
+}
+
+impl Binding {
+    pub(crate) fn new(inner: Arc<Inner>, target: Target) -> Binding {
+        Binding { inner, target }
+    }
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").field("interface", &self.target.interface).field("plugin", &self.target.plugin).finish()
+    }
+}
+
+impl Transport for Binding {
+    type Error = CallError;
+
+    #[inline]
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, CallError> {
+        let generation = self.inner.current.load();
+        call_in(&generation, &self.target, method, args)
+    }
+}
+
+/// A unit of work's hold on one generation.
+///
+/// While a `Pin` lives, its generation stays alive, and every client made from it calls that
+/// generation, however many swaps happen meanwhile: a request that pins once never mixes two
+/// versions. A `Pin` is `Send`, so it can follow a request across threads and tasks.
+pub struct Pin {
+    generation: Arc<Generation>,
+    label: Option<u64>,
+}
+
+impl Pin {
+    pub(crate) fn new(generation: Arc<Generation>, label: Option<String>) -> Pin {
+        let label = generation.add_pin(label);
+        Pin { generation, label }
+    }
+
+    /// The pinned generation's number.
+    pub fn generation(&self) -> u64 {
+        self.generation.id
+    }
+
+    /// The pinned generation's plugins, as `(name, version)`, dependencies first.
+    pub fn plugins(&self) -> Vec<(String, String)> {
+        self.generation.plugins.iter().map(|p| (p.code.name.to_string(), p.code.version.to_string())).collect()
+    }
+
+    /// A typed client for interface `I`, bound to this pin's generation.
+    pub fn client<I: Interface + ?Sized>(&self) -> I::Client<Pinned> {
+        I::client(Pinned { generation: self.generation.clone(), target: target::<I>(None) })
+    }
+
+    /// Like [`Pin::client`], for the plugin named `plugin`.
+    pub fn client_of<I: Interface + ?Sized>(&self, plugin: &str) -> I::Client<Pinned> {
+        I::client(Pinned { generation: self.generation.clone(), target: target::<I>(Some(plugin)) })
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.generation.remove_pin(self.label);
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pin").field("generation", &self.generation.id).finish()
+    }
+}
+
+/// The transport of a client made from a [`Pin`]: every call runs in the pinned generation.
+#[derive(Clone)]
+pub struct Pinned {
+    generation: Arc<Generation>,
+    target: Target,
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned").field("generation", &self.generation.id).field("interface", &self.target.interface).finish()
+    }
+}
+
+impl Transport for Pinned {
+    type Error = CallError;
+
+    #[inline]
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, CallError> {
+        call_in(&self.generation, &self.target, method, args)
+    }
+}

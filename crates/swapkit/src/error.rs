@@ -1,0 +1,351 @@
+//! Typed errors. Each message says what was wrong, with which artifact or plugin, and what to
+//! do about it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swapkit_abi::Status;
+
+/// Why a load, reload or rollback did not happen. When one is returned, nothing changed: the
+/// current generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The artifact could not be read.
+    #[error("cannot read plugin artifact {path}: {source}; check that the file exists and is readable")]
+    Read {
+        /// The artifact.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin directory could not be listed.
+    #[error("cannot list plugin directory {path}: {source}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory holds no artifacts.
+    #[error("no plugin artifacts (*.{ext}) in {path}; build the plugins and put them there")]
+    NoArtifacts {
+        /// The directory.
+        path: PathBuf,
+        /// The extension looked for.
+        ext: &'static str,
+    },
+    /// The artifact is an empty file.
+    #[error(
+        "plugin artifact {path} is empty; it may have been caught mid-write: publish artifacts by \
+         writing a temporary file and renaming it into place"
+    )]
+    Empty {
+        /// The artifact.
+        path: PathBuf,
+    },
+    /// The artifact is not a shared library, or is damaged.
+    #[error(
+        "{path} is not a loadable shared library ({reason}); it may be truncated or not a plugin: \
+         rebuild the plugin crate with crate-type = [\"cdylib\"]"
+    )]
+    NotALibrary {
+        /// The artifact.
+        path: PathBuf,
+        /// What the parser or the dynamic loader said.
+        reason: String,
+    },
+    /// The library exports no plugin header.
+    #[error(
+        "{path} exports no swapkit plugin header (no symbol starting with `{prefix}`); call \
+         swapkit_guest::export_plugin! in the plugin crate"
+    )]
+    NoEntrySymbol {
+        /// The artifact.
+        path: PathBuf,
+        /// The symbol prefix looked for.
+        prefix: &'static str,
+    },
+    /// The library exports more than one plugin header.
+    #[error("{path} exports several swapkit plugin headers ({symbols}); build one plugin per library")]
+    ManyEntrySymbols {
+        /// The artifact.
+        path: PathBuf,
+        /// The symbols found.
+        symbols: String,
+    },
+    /// The header does not start with the swapkit magic.
+    #[error("{origin}: the plugin header is corrupt (bad magic); rebuild the plugin with swapkit-guest")]
+    BadMagic {
+        /// The artifact or static plugin.
+        origin: String,
+    },
+    /// The plugin speaks another ABI version.
+    #[error(
+        "{origin} was built for swapkit ABI v{found}, but this host speaks v{expected}; rebuild the \
+         plugin against the swapkit-guest version the host uses"
+    )]
+    AbiVersion {
+        /// The artifact or static plugin.
+        origin: String,
+        /// The plugin's ABI version.
+        found: u32,
+        /// The host's ABI version.
+        expected: u32,
+    },
+    /// The plugin was built by another toolchain, for another target or ABI crate.
+    #[error(
+        "{origin} was built with another {field}: plugin `{found}`, host `{expected}`; rebuild the \
+         plugin with the host's toolchain and swapkit version"
+    )]
+    Fingerprint {
+        /// The artifact or static plugin.
+        origin: String,
+        /// Which part differs.
+        field: &'static str,
+        /// The plugin's value.
+        found: String,
+        /// The host's value.
+        expected: String,
+    },
+    /// The plugin was built with `panic = "abort"`.
+    #[error(
+        "{origin} was built with panic = \"abort\", so a panic in it would abort the host; build it \
+         with panic = \"unwind\""
+    )]
+    PanicAbort {
+        /// The artifact or static plugin.
+        origin: String,
+    },
+    /// The manifest could not be read.
+    #[error("{origin}: the plugin manifest is unreadable ({reason}); rebuild the plugin with swapkit-guest")]
+    Manifest {
+        /// The artifact or static plugin.
+        origin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A plugin exports an interface whose hash differs from the host's.
+    #[error(
+        "plugin `{plugin}` {version} exports interface `{interface}` with hash {found:#018x}, but the \
+         host expects {expected:#018x}; rebuild the plugin against the host's interface crate\n  \
+         plugin: {found_signature}\n  host:   {expected_signature}"
+    )]
+    InterfaceHash {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// The interface name.
+        interface: String,
+        /// The plugin's hash.
+        found: u64,
+        /// The host's hash.
+        expected: u64,
+        /// The plugin's signature text.
+        found_signature: String,
+        /// The host's signature text.
+        expected_signature: String,
+    },
+    /// Two artifacts carry the same plugin name.
+    #[error("two plugins are named `{name}`: {first} and {second}; plugin names must be unique")]
+    DuplicatePlugin {
+        /// The name.
+        name: String,
+        /// The first artifact.
+        first: String,
+        /// The second artifact.
+        second: String,
+    },
+    /// A plugin depends on one that is not being loaded.
+    #[error(
+        "plugin `{plugin}` depends on `{dependency}`, which is not among the plugins being loaded; \
+         add its artifact or remove the dependency"
+    )]
+    UnknownDependency {
+        /// The dependent plugin.
+        plugin: String,
+        /// The missing dependency.
+        dependency: String,
+    },
+    /// Plugins depend on each other in a cycle.
+    #[error("plugin dependencies form a cycle: {}; break it", cycle.join(" -> "))]
+    DependencyCycle {
+        /// The plugins on the cycle, the first repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// A hook returned an error.
+    #[error(
+        "plugin `{plugin}` {version}: {hook} failed: {message}; the reload was aborted and the \
+         current generation keeps serving"
+    )]
+    Hook {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// `on_load` or `on_init`.
+        hook: &'static str,
+        /// The plugin's message.
+        message: String,
+    },
+    /// A hook panicked.
+    #[error(
+        "plugin `{plugin}` {version}: {hook} panicked: {message}; the reload was aborted and the \
+         current generation keeps serving"
+    )]
+    HookPanic {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// `on_load` or `on_init`.
+        hook: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// A static swapper was asked to reload or roll back.
+    #[error(
+        "this swapper runs static plugins, which are linked into the host and cannot be reloaded \
+         or rolled back; use native plugins to swap code at runtime"
+    )]
+    StaticMode,
+    /// A rollback was asked for with no earlier generation in the history.
+    #[error("nothing to roll back to: the history holds no generation before the current one")]
+    NoHistory,
+    /// Nothing has been loaded yet, so there is nothing to reload.
+    #[error("nothing to reload: call load_dir or load_files first")]
+    NoSource,
+    /// The scratch directory for library copies could not be used.
+    #[error("cannot write the private copy of {path} to {scratch}: {source}")]
+    Scratch {
+        /// The artifact.
+        path: PathBuf,
+        /// The scratch directory.
+        scratch: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a call through a typed client failed. The host keeps serving; the next call may work.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No plugin of the generation exports the interface.
+    #[error("no plugin in generation {generation} exports interface `{interface}`; load one that does")]
+    NotExported {
+        /// The interface.
+        interface: &'static str,
+        /// The generation the call was pinned to.
+        generation: u64,
+    },
+    /// More than one plugin exports the interface and the client names none.
+    #[error(
+        "plugins {plugins} in generation {generation} all export `{interface}`; bind the client to \
+         one with Swapper::client_of"
+    )]
+    Ambiguous {
+        /// The interface.
+        interface: &'static str,
+        /// The exporters.
+        plugins: String,
+        /// The generation.
+        generation: u64,
+    },
+    /// The plugin panicked; the panic was caught at the boundary.
+    #[error("plugin `{plugin}` {version} panicked in {interface}::{method}: {message}")]
+    Panic {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// The plugin refused the call (bad input, unknown method, unencodable result).
+    #[error("plugin `{plugin}` {version} failed {interface}::{method} ({status:?}): {message}")]
+    Guest {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The status the plugin returned.
+        status: Status,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The plugin returned a status code this ABI does not define.
+    #[error("plugin `{plugin}` {version} returned unknown status {raw} from {interface}::{method}")]
+    UnknownStatus {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The raw code.
+        raw: u32,
+    },
+    /// The result did not decode as the host's return type.
+    #[error(
+        "plugin `{plugin}` {version} returned a result from {interface}::{method} that does not \
+         decode as the host's type ({reason}); rebuild host and plugin against one interface crate"
+    )]
+    Decode {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The arguments did not encode.
+    #[error("the arguments of {interface}::{method} did not encode: {reason}")]
+    Encode {
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+}
+
+/// Old generations still held when a drain wait ran out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} generation(s) still held after {waited:?}: {}", held.len(), describe(held))]
+pub struct DrainTimeout {
+    /// How long the wait lasted.
+    pub waited: Duration,
+    /// The generations still alive, with who holds them.
+    pub held: Vec<crate::GenerationStatus>,
+}
+
+fn describe(held: &[crate::GenerationStatus]) -> String {
+    held.iter()
+        .map(|g| {
+            let labels: Vec<&str> = g.pins.iter().map(|p| p.label.as_str()).collect();
+            format!("generation {} ({} refs, labelled pins: [{}])", g.id, g.refs, labels.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

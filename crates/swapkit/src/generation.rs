@@ -1,0 +1,270 @@
+//! Generations: one consistent, immutable set of plugin instances, and the ledger that tracks
+//! them from publication to retirement.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::backend::Instance;
+use crate::error::CallError;
+use crate::status::{DrainedGeneration, PinInfo};
+
+/// One exported interface of one plugin of a generation.
+struct Export {
+    hash: u64,
+    name: Box<str>,
+    plugin: usize,
+    interface: u32,
+    /// Another plugin of the generation exports the same interface.
+    shared: bool,
+}
+
+/// What a client asks a generation for.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub interface: &'static str,
+    pub hash: u64,
+    pub methods: &'static [&'static str],
+    pub plugin: Option<Arc<str>>,
+}
+
+/// A labelled pin, for drain reports.
+struct PinRecord {
+    id: u64,
+    label: String,
+    since: Instant,
+}
+
+/// One published set of plugins. Immutable once built, except for pin bookkeeping.
+pub(crate) struct Generation {
+    pub id: u64,
+    /// In dependency order: dependencies first.
+    pub plugins: Vec<Arc<Instance>>,
+    exports: Vec<Export>,
+    pub created: Instant,
+    superseded: OnceLock<Instant>,
+    pins: AtomicUsize,
+    labels: Mutex<Vec<PinRecord>>,
+    ledger: Arc<Ledger>,
+}
+
+impl Generation {
+    pub fn new(id: u64, plugins: Vec<Arc<Instance>>, ledger: Arc<Ledger>) -> Generation {
+        let mut exports: Vec<Export> = vec![];
+        for (p, inst) in plugins.iter().enumerate() {
+            for (i, decl) in inst.code.manifest.interfaces.iter().enumerate() {
+                exports.push(Export { hash: decl.hash, name: decl.name.as_str().into(), plugin: p, interface: i as u32, shared: false });
+            }
+        }
+        for i in 0..exports.len() {
+            let shared = exports.iter().enumerate().any(|(j, e)| j != i && e.name == exports[i].name);
+            exports[i].shared = shared;
+        }
+        Generation {
+            id,
+            plugins,
+            exports,
+            created: Instant::now(),
+            superseded: OnceLock::new(),
+            pins: AtomicUsize::new(0),
+            labels: Mutex::new(vec![]),
+            ledger,
+        }
+    }
+
+    /// Finds the instance and interface number that serve `target`. This is on the call path:
+    /// a short scan of a few entries, comparing hashes first.
+    #[inline]
+    pub fn resolve(&self, target: &Target) -> Result<(&Instance, u32), CallError> {
+        for e in &self.exports {
+            if e.hash != target.hash || &*e.name != target.interface {
+                continue;
+            }
+            let inst = &self.plugins[e.plugin];
+            match &target.plugin {
+                Some(name) if **name != *inst.code.name => continue,
+                None if e.shared => return Err(self.ambiguous(target)),
+                _ => return Ok((inst, e.interface)),
+            }
+        }
+        Err(CallError::NotExported { interface: target.interface, generation: self.id })
+    }
+
+    #[cold]
+    fn ambiguous(&self, target: &Target) -> CallError {
+        let plugins: Vec<&str> = self
+            .exports
+            .iter()
+            .filter(|e| &*e.name == target.interface)
+            .map(|e| &*self.plugins[e.plugin].code.name)
+            .collect();
+        CallError::Ambiguous { interface: target.interface, plugins: plugins.join(", "), generation: self.id }
+    }
+
+    /// The interface hash this generation exports under `name`, if any, with the plugin.
+    pub fn exported(&self, name: &str) -> Option<(&Instance, usize)> {
+        self.exports.iter().find(|e| &*e.name == name).map(|e| (&*self.plugins[e.plugin], e.interface as usize))
+    }
+
+    pub fn mark_superseded(&self) {
+        let _ = self.superseded.set(Instant::now());
+    }
+
+    pub fn superseded(&self) -> Option<Instant> {
+        self.superseded.get().copied()
+    }
+
+    pub fn pin_count(&self) -> usize {
+        self.pins.load(Ordering::Relaxed)
+    }
+
+    pub fn add_pin(&self, label: Option<String>) -> Option<u64> {
+        self.pins.fetch_add(1, Ordering::Relaxed);
+        let label = label?;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        lock(&self.labels).push(PinRecord { id, label, since: Instant::now() });
+        Some(id)
+    }
+
+    pub fn remove_pin(&self, label: Option<u64>) {
+        self.pins.fetch_sub(1, Ordering::Relaxed);
+        if let Some(id) = label {
+            lock(&self.labels).retain(|r| r.id != id);
+        }
+    }
+
+    pub fn pin_labels(&self) -> Vec<PinInfo> {
+        lock(&self.labels).iter().map(|r| PinInfo { label: r.label.clone(), held_for: r.since.elapsed() }).collect()
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let _span = tracing::info_span!("retire", generation = self.id).entered();
+        let plugins: Vec<(String, String)> =
+            self.plugins.iter().map(|p| (p.code.name.to_string(), p.code.version.to_string())).collect();
+        // Reverse dependency order: a plugin is freed before the plugins it depends on. An
+        // instance shared with a newer generation is only released here, not freed.
+        while let Some(p) = self.plugins.pop() {
+            drop(p);
+        }
+        let drained_after = self.superseded.get().map(|t| t.elapsed());
+        tracing::info!(generation = self.id, ?drained_after, "generation retired");
+        self.ledger.drained(DrainedGeneration { id: self.id, plugins, drained_after, at: Instant::now() });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A superseded generation that may still be held.
+pub(crate) struct Retiring {
+    pub id: u64,
+    pub generation: Weak<Generation>,
+    pub since: Instant,
+    pub reported: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct LedgerState {
+    pub retiring: Vec<Retiring>,
+    pub drained: VecDeque<DrainedGeneration>,
+    pub closed: bool,
+}
+
+/// Superseded generations, and the record of drained ones. Shared by the swapper, its
+/// generations and the drain watchdog.
+///
+/// Never drop an upgraded `Arc<Generation>` while holding the lock: if it is the last one,
+/// the generation's `Drop` takes the lock again.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    state: Mutex<LedgerState>,
+    changed: Condvar,
+}
+
+/// How many drained generations the ledger remembers for status reports.
+const DRAINED_KEPT: usize = 64;
+
+impl Ledger {
+    pub fn lock(&self) -> MutexGuard<'_, LedgerState> {
+        lock(&self.state)
+    }
+
+    pub fn retiring(&self, generation: &Arc<Generation>) {
+        generation.mark_superseded();
+        let mut state = self.lock();
+        state.retiring.push(Retiring {
+            id: generation.id,
+            generation: Arc::downgrade(generation),
+            since: Instant::now(),
+            reported: false,
+        });
+        self.changed.notify_all();
+    }
+
+    fn drained(&self, record: DrainedGeneration) {
+        let mut state = self.lock();
+        state.retiring.retain(|r| r.id != record.id);
+        if state.drained.len() == DRAINED_KEPT {
+            state.drained.pop_front();
+        }
+        state.drained.push_back(record);
+        self.changed.notify_all();
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    pub fn wait<'a>(&self, guard: MutexGuard<'a, LedgerState>, timeout: Duration) -> MutexGuard<'a, LedgerState> {
+        self.changed.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+/// Reports generations held past the drain deadline, once each, until the ledger closes.
+pub(crate) fn watch(ledger: Arc<Ledger>, deadline: Duration, on_overdue: Option<crate::OverdueHook>) {
+    let mut state = ledger.lock();
+    loop {
+        if state.closed {
+            return;
+        }
+        let now = Instant::now();
+        let mut overdue = vec![];
+        let mut next_wake = Duration::from_secs(1);
+        for r in state.retiring.iter_mut().filter(|r| !r.reported) {
+            let due = r.since + deadline;
+            if due <= now {
+                r.reported = true;
+                overdue.push(r.generation.clone());
+            } else {
+                next_wake = next_wake.min(due - now);
+            }
+        }
+        if !overdue.is_empty() {
+            drop(state);
+            for weak in overdue {
+                let Some(generation) = weak.upgrade() else { continue };
+                let report = crate::status::generation_status(&generation, false, Some(deadline));
+                drop(generation);
+                let pins: Vec<&str> = report.pins.iter().map(|p| p.label.as_str()).collect();
+                tracing::warn!(
+                    generation = report.id,
+                    refs = report.refs,
+                    pins = ?pins,
+                    "generation still held past the drain deadline of {deadline:?}"
+                );
+                if let Some(hook) = &on_overdue {
+                    hook(&report);
+                }
+            }
+            state = ledger.lock();
+            continue;
+        }
+        state = ledger.wait(state, next_wake);
+    }
+}

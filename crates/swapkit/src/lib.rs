@@ -1,0 +1,63 @@
+//! swapkit: hot code swapping for long-running Rust services.
+//!
+//! A service keeps its sockets, connections and in-memory state while its business logic is
+//! replaced underneath it: no restart, no dropped call, and a rollback a moment later if the
+//! new code misbehaves.
+//!
+//! The pieces:
+//! - an **interface** is a Rust trait marked [`#[swapkit::interface]`](interface) in a crate
+//!   the host and its plugins share; it yields a typed client and a hash checked at load;
+//! - a **plugin** implements interfaces with the `swapkit-guest` SDK and is built as a native
+//!   `cdylib` or linked statically;
+//! - the [`Swapper`] loads plugins into a **generation**, publishes it with one atomic swap,
+//!   and retires the old one when its last call or [`Pin`] ends;
+//! - typed clients call the current generation with no lock and no shared counter on the
+//!   call path.
+//!
+//! Example: the host side.
+//!
+//! ```no_run
+//! // In a crate shared by host and plugin:
+//! mod api {
+//!     #[swapkit::interface]
+//!     pub trait Greeter {
+//!         fn greet(&self, name: &str) -> String;
+//!     }
+//! }
+//!
+//! let swapper = swapkit::Swapper::new()?;
+//! swapper.load_dir("plugins/")?;
+//! let greeter = swapper.client::<dyn api::Greeter>()?;
+//! assert!(greeter.greet("world")?.contains("world"));
+//!
+//! // A unit of work pins one generation, so it never mixes versions:
+//! let pin = swapper.pin();
+//! let pinned = pin.client::<dyn api::Greeter>();
+//! swapper.reload()?; // new calls see the new code; `pinned` still calls the old
+//! pinned.greet("again")?;
+//! drop(pin); // the old generation retires now: its plugins' on_free runs
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Native plugins' code mappings are never unmapped (see [`backend`](BackendKind) docs in
+//! `ABI.md`); every object a generation owns is dropped when it retires.
+
+#![deny(missing_docs)]
+
+mod backend;
+mod call;
+mod error;
+mod generation;
+mod log;
+mod plan;
+mod status;
+mod swapper;
+
+pub use backend::BackendKind;
+pub use call::{Binding, Pin, Pinned};
+pub use error::{CallError, DrainTimeout, LoadError};
+pub use log::{GuestLog, LogSink};
+pub use status::{DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status};
+pub use swapper::{OverdueHook, ReloadReport, Swapper, SwapperBuilder};
+pub use swapkit_abi as abi;
+pub use swapkit_abi::{interface, Interface, PluginHeader};

@@ -1,0 +1,66 @@
+//! Log lines from plugins: the `log` host function of ABI v1.
+//!
+//! Every line becomes a `tracing` event (target `swapkit::guest`) carrying the plugin's name
+//! and version, and is also handed to the host's [`LogSink`], if it set one.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use swapkit_abi::level;
+
+/// A host callback that receives every log line a plugin writes.
+pub type LogSink = Arc<dyn Fn(&GuestLog<'_>) + Send + Sync>;
+
+/// One log line written by a plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestLog<'a> {
+    /// The plugin's name.
+    pub plugin: &'a str,
+    /// The plugin's version.
+    pub version: &'a str,
+    /// The level.
+    pub level: tracing::Level,
+    /// The text.
+    pub message: &'a str,
+}
+
+/// What the host table's `ctx` points at: one per instance.
+pub(crate) struct GuestCtx {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    pub sink: Option<LogSink>,
+}
+
+/// The `log` host function.
+///
+/// # Safety
+/// `ctx` must be the context of a live instance, and `msg` must point to `len` readable bytes.
+pub(crate) unsafe extern "C" fn host_log(ctx: *const c_void, raw_level: u32, msg: *const u8, len: usize) {
+    // An unwind must never cross back into the guest, so a panicking sink is contained here.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: upheld by the caller: the guest passes back the context it was given.
+        let ctx = unsafe { &*(ctx as *const GuestCtx) };
+        // SAFETY: upheld by the caller.
+        let bytes = unsafe { swapkit_abi::RawSlice { ptr: msg, len }.as_slice() };
+        let message = String::from_utf8_lossy(bytes);
+        let level = match raw_level {
+            level::ERROR => tracing::Level::ERROR,
+            level::WARN => tracing::Level::WARN,
+            level::INFO => tracing::Level::INFO,
+            level::DEBUG => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        };
+        let (plugin, version) = (&*ctx.plugin, &*ctx.version);
+        match level {
+            tracing::Level::ERROR => tracing::error!(target: "swapkit::guest", plugin, version, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "swapkit::guest", plugin, version, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "swapkit::guest", plugin, version, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "swapkit::guest", plugin, version, "{message}"),
+            _ => tracing::trace!(target: "swapkit::guest", plugin, version, "{message}"),
+        }
+        if let Some(sink) = &ctx.sink {
+            sink(&GuestLog { plugin, version, level, message: &message });
+        }
+    }));
+}

@@ -1,0 +1,83 @@
+//! Checks a set of plugins as a whole and puts it in dependency order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::Code;
+use crate::error::LoadError;
+
+/// Refuses duplicate names, unknown dependencies and cycles, and returns `codes` ordered so
+/// that every plugin comes after the plugins it depends on. Ties keep their given order.
+pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> {
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in codes.iter().enumerate() {
+        if let Some(&j) = by_name.get(&*c.name) {
+            return Err(LoadError::DuplicatePlugin {
+                name: c.name.to_string(),
+                first: codes[j].origin.clone(),
+                second: c.origin.clone(),
+            });
+        }
+        by_name.insert(&c.name, i);
+    }
+    let mut deps: Vec<Vec<usize>> = vec![];
+    for c in &codes {
+        let mut list = vec![];
+        for d in &c.manifest.dependencies {
+            match by_name.get(d.plugin.as_str()) {
+                Some(&j) => list.push(j),
+                None => {
+                    return Err(LoadError::UnknownDependency {
+                        plugin: c.name.to_string(),
+                        dependency: d.plugin.clone(),
+                    })
+                }
+            }
+        }
+        deps.push(list);
+    }
+
+    // Depth-first, with the path kept so a cycle can be named.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        out: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
+        match marks[i] {
+            Mark::Done => return Ok(()),
+            Mark::OnPath => {
+                let start = path.iter().position(|&p| p == i).expect("on path");
+                let mut cycle = path[start..].to_vec();
+                cycle.push(i);
+                return Err(cycle);
+            }
+            Mark::New => {}
+        }
+        marks[i] = Mark::OnPath;
+        path.push(i);
+        for &d in &deps[i] {
+            visit(d, deps, marks, path, out)?;
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        out.push(i);
+        Ok(())
+    }
+
+    let mut marks = vec![Mark::New; codes.len()];
+    let mut ordered = Vec::with_capacity(codes.len());
+    for i in 0..codes.len() {
+        visit(i, &deps, &mut marks, &mut vec![], &mut ordered).map_err(|cycle| LoadError::DependencyCycle {
+            cycle: cycle.iter().map(|&c| codes[c].name.to_string()).collect(),
+        })?;
+    }
+    Ok(ordered.into_iter().map(|i| codes[i].clone()).collect())
+}

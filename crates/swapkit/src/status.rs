@@ -1,0 +1,155 @@
+//! Status reports: the generations alive, their plugins and versions, the pins held, and the
+//! generations that drained.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::BackendKind;
+use crate::generation::Generation;
+
+/// A snapshot of a swapper.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The generation new calls and pins go to.
+    pub current: GenerationStatus,
+    /// Superseded generations still held by a pin or an in-flight call.
+    pub draining: Vec<GenerationStatus>,
+    /// The most recently retired generations, oldest first.
+    pub drained: Vec<DrainedGeneration>,
+    /// How many earlier selections a rollback can return to.
+    pub history: usize,
+}
+
+/// One live generation.
+#[derive(Debug, Clone)]
+pub struct GenerationStatus {
+    /// The generation's number; 0 is the empty generation a swapper starts with.
+    pub id: u64,
+    /// Current or draining.
+    pub state: GenerationState,
+    /// Time since it was published.
+    pub age: Duration,
+    /// Its plugins, dependencies first.
+    pub plugins: Vec<PluginStatus>,
+    /// Explicit pins held ([`Swapper::pin`](crate::Swapper::pin)).
+    pub pin_count: usize,
+    /// Labelled pins ([`Swapper::pin_labeled`](crate::Swapper::pin_labeled)).
+    pub pins: Vec<PinInfo>,
+    /// References held outside the swapper: explicit pins, clients' in-flight calls that began
+    /// before it was superseded, and clients bound to a pin.
+    pub refs: usize,
+}
+
+/// Where a generation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationState {
+    /// New pins and calls go to it.
+    Current,
+    /// Superseded; it retires when its last reference goes.
+    Draining {
+        /// Time since it was superseded.
+        since: Duration,
+        /// Whether that is past the drain deadline.
+        overdue: bool,
+    },
+}
+
+/// One plugin of a generation.
+#[derive(Debug, Clone)]
+pub struct PluginStatus {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The backend it runs on.
+    pub backend: BackendKind,
+    /// SHA-256 of the artifact, in hex.
+    pub content_hash: String,
+    /// The artifact's path, or `static:<crate>`.
+    pub origin: String,
+    /// The interfaces it exports.
+    pub interfaces: Vec<String>,
+}
+
+/// A labelled pin.
+#[derive(Debug, Clone)]
+pub struct PinInfo {
+    /// The label it was taken with.
+    pub label: String,
+    /// How long it has been held.
+    pub held_for: Duration,
+}
+
+/// A generation that was retired: its last reference went, and its plugins were freed.
+#[derive(Debug, Clone)]
+pub struct DrainedGeneration {
+    /// The generation's number.
+    pub id: u64,
+    /// Its plugins' names and versions.
+    pub plugins: Vec<(String, String)>,
+    /// Time from being superseded to retiring; `None` if it was never superseded (the swapper
+    /// itself was dropped).
+    pub drained_after: Option<Duration>,
+    /// When it retired.
+    pub at: Instant,
+}
+
+pub(crate) fn generation_status(g: &Arc<Generation>, current: bool, deadline: Option<Duration>) -> GenerationStatus {
+    // Ours, plus the swapper's own pointer if it is current.
+    let internal = 1 + usize::from(current);
+    let state = match (current, g.superseded()) {
+        (false, Some(t)) => {
+            let since = t.elapsed();
+            GenerationState::Draining { since, overdue: deadline.is_some_and(|d| since > d) }
+        }
+        _ => GenerationState::Current,
+    };
+    GenerationStatus {
+        id: g.id,
+        state,
+        age: g.created.elapsed(),
+        plugins: g
+            .plugins
+            .iter()
+            .map(|p| PluginStatus {
+                name: p.code.name.to_string(),
+                version: p.code.version.to_string(),
+                backend: p.code.backend,
+                content_hash: p.code.content_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                origin: p.code.origin.clone(),
+                interfaces: p.code.manifest.interfaces.iter().map(|i| i.name.clone()).collect(),
+            })
+            .collect(),
+        pin_count: g.pin_count(),
+        pins: g.pin_labels(),
+        refs: Arc::strong_count(g).saturating_sub(internal),
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for g in std::iter::once(&self.current).chain(&self.draining) {
+            let state = match g.state {
+                GenerationState::Current => "current".to_owned(),
+                GenerationState::Draining { since, overdue } => {
+                    format!("draining for {since:.1?}{}", if overdue { " (OVERDUE)" } else { "" })
+                }
+            };
+            writeln!(f, "generation {} [{state}] pins={} refs={}", g.id, g.pin_count, g.refs)?;
+            for p in &g.plugins {
+                writeln!(f, "  {} {} ({}, {}…) {}", p.name, p.version, p.backend, &p.content_hash[..12], p.origin)?;
+            }
+            for pin in &g.pins {
+                writeln!(f, "  pinned by `{}` for {:.1?}", pin.label, pin.held_for)?;
+            }
+        }
+        for d in &self.drained {
+            let names: Vec<String> = d.plugins.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            match d.drained_after {
+                Some(t) => writeln!(f, "drained generation {} [{}] {t:.1?} after it was superseded", d.id, names.join(", "))?,
+                None => writeln!(f, "drained generation {} [{}]", d.id, names.join(", "))?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,492 @@
+//! The Swapper: owns the current generation and the history, loads, reloads, rolls back and
+//! retires.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use swapkit_abi::{Interface, PluginHeader};
+
+use crate::backend::native::{NativeLoader, EXTENSION};
+use crate::backend::{statics, Code, Instance};
+use crate::call::{target, Binding, Pin};
+use crate::error::{DrainTimeout, LoadError};
+use crate::generation::{watch, Generation, Ledger};
+use crate::log::LogSink;
+use crate::plan;
+use crate::status::{generation_status, Status};
+
+/// Called with the status of a generation still held past the drain deadline.
+pub type OverdueHook = Arc<dyn Fn(&crate::GenerationStatus) + Send + Sync>;
+
+/// Where a reload reads its artifacts from.
+#[derive(Debug, Clone)]
+enum Source {
+    Dir(PathBuf),
+    Files(Vec<PathBuf>),
+}
+
+/// What a successful load, reload or rollback did.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// The generation now current.
+    pub generation: u64,
+    /// Plugins given a new instance (`on_load` and `on_init` ran), as `(name, version)`.
+    pub loaded: Vec<(String, String)>,
+    /// Plugins whose artifact was unchanged, carried over with their instance.
+    pub reused: Vec<(String, String)>,
+    /// Time from the start of the reload to publication of the new generation.
+    pub took: Duration,
+}
+
+/// Interfaces the host uses: name to `(hash, signature)`.
+type Registry = HashMap<&'static str, (u64, &'static str)>;
+
+struct ReloadState {
+    source: Option<Source>,
+    /// Earlier selections, newest last; the current one is not in here.
+    history: VecDeque<Vec<Arc<Code>>>,
+    /// The current selection.
+    selection: Vec<Arc<Code>>,
+    next_id: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) current: ArcSwap<Generation>,
+    ledger: Arc<Ledger>,
+    interfaces: Mutex<Registry>,
+    reload: Mutex<ReloadState>,
+    native: Option<NativeLoader>,
+    sink: Option<LogSink>,
+    drain_deadline: Duration,
+    history_len: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ledger.close();
+    }
+}
+
+/// Builds a [`Swapper`].
+///
+/// ```
+/// use std::time::Duration;
+/// let swapper = swapkit::Swapper::builder()
+///     .drain_deadline(Duration::from_secs(5))
+///     .history(4)
+///     .build()
+///     .unwrap();
+/// assert_eq!(swapper.generation(), 0);
+/// ```
+pub struct SwapperBuilder {
+    statics: Vec<&'static PluginHeader>,
+    interfaces: Vec<(&'static str, u64, &'static str)>,
+    sink: Option<LogSink>,
+    on_overdue: Option<OverdueHook>,
+    drain_deadline: Duration,
+    history_len: usize,
+    scratch: Option<PathBuf>,
+}
+
+impl SwapperBuilder {
+    /// Declares an interface the host uses, so that every load checks plugins against its
+    /// hash. [`Swapper::client`] declares it too; declare it here when plugins are loaded
+    /// before the first client is made.
+    pub fn interface<I: Interface + ?Sized>(mut self) -> Self {
+        self.interfaces.push((I::NAME, I::HASH, I::SIGNATURE));
+        self
+    }
+
+    /// Registers a plugin linked into the host (the static backend). A swapper with static
+    /// plugins loads them in [`build`](Self::build) and refuses to reload or roll back.
+    ///
+    /// Pass the plugin crate's `SWAPKIT_PLUGIN` static: `.static_plugin(&my_plugin::SWAPKIT_PLUGIN)`.
+    pub fn static_plugin(mut self, header: &'static PluginHeader) -> Self {
+        self.statics.push(header);
+        self
+    }
+
+    /// Receives every log line plugins write, besides the `tracing` event each one becomes.
+    pub fn log_sink(mut self, sink: impl Fn(&crate::GuestLog<'_>) + Send + Sync + 'static) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// How long a superseded generation may stay held before it is reported (default 30 s).
+    /// Reporting never frees it: a generation retires only when its last reference goes.
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
+    }
+
+    /// Called once for each generation held past the drain deadline, besides a `tracing`
+    /// warning.
+    pub fn on_overdue(mut self, hook: impl Fn(&crate::GenerationStatus) + Send + Sync + 'static) -> Self {
+        self.on_overdue = Some(Arc::new(hook));
+        self
+    }
+
+    /// How many earlier selections to keep for rollback (default 8).
+    pub fn history(mut self, len: usize) -> Self {
+        self.history_len = len;
+        self
+    }
+
+    /// Where to put the private copies native libraries are loaded from (default: the
+    /// system's temporary directory).
+    pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch = Some(dir.into());
+        self
+    }
+
+    /// Builds the swapper, loading the static plugins if any were registered.
+    pub fn build(self) -> Result<Swapper, LoadError> {
+        let ledger = Arc::new(Ledger::default());
+        let native = if self.statics.is_empty() {
+            let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| LoadError::Scratch {
+                path: PathBuf::new(),
+                scratch: self.scratch.clone().unwrap_or_else(std::env::temp_dir),
+                source,
+            })?;
+            Some(loader)
+        } else {
+            None
+        };
+        let mut registry = Registry::new();
+        for (name, hash, sig) in &self.interfaces {
+            registry.insert(name, (*hash, sig));
+        }
+        let inner = Arc::new(Inner {
+            current: ArcSwap::from_pointee(Generation::new(0, vec![], ledger.clone())),
+            ledger: ledger.clone(),
+            interfaces: Mutex::new(registry),
+            reload: Mutex::new(ReloadState {
+                source: None,
+                history: VecDeque::new(),
+                selection: vec![],
+                next_id: 1,
+            }),
+            native,
+            sink: self.sink,
+            drain_deadline: self.drain_deadline,
+            history_len: self.history_len,
+        });
+        let deadline = self.drain_deadline;
+        let on_overdue = self.on_overdue;
+        std::thread::Builder::new()
+            .name("swapkit-drain".into())
+            .spawn(move || watch(ledger, deadline, on_overdue))
+            .map_err(|source| LoadError::Scratch { path: PathBuf::new(), scratch: PathBuf::new(), source })?;
+        let swapper = Swapper { inner };
+        if !self.statics.is_empty() {
+            let codes = self.statics.into_iter().map(statics::code).collect::<Result<Vec<_>, _>>()?;
+            let mut state = swapper.inner.lock_reload();
+            swapper.inner.install(&mut state, codes, "load")?;
+        }
+        Ok(swapper)
+    }
+}
+
+/// Owns the current generation of plugins and swaps it.
+///
+/// Cheap to share: wrap it in an `Arc`, or hand out clients, which keep what they need alive.
+///
+/// Example: load a directory, call, swap, roll back.
+///
+/// ```no_run
+/// # mod api { #[swapkit::interface] pub trait Greeter { fn greet(&self, name: &str) -> String; } }
+/// let swapper = swapkit::Swapper::new()?;
+/// swapper.load_dir("plugins/")?;
+/// let greeter = swapper.client::<dyn api::Greeter>()?;
+/// println!("{}", greeter.greet("world")?);
+/// swapper.reload()?;   // picks up rebuilt artifacts; calls in flight finish on the old code
+/// swapper.rollback()?; // back to the previous selection
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Swapper {
+    inner: Arc<Inner>,
+}
+
+impl Swapper {
+    /// A swapper for native plugins, with default settings.
+    pub fn new() -> Result<Swapper, LoadError> {
+        Swapper::builder().build()
+    }
+
+    /// Starts a [`SwapperBuilder`].
+    pub fn builder() -> SwapperBuilder {
+        SwapperBuilder {
+            statics: vec![],
+            interfaces: vec![],
+            sink: None,
+            on_overdue: None,
+            drain_deadline: Duration::from_secs(30),
+            history_len: 8,
+            scratch: None,
+        }
+    }
+
+    /// Loads every artifact in `dir` (files ending in the platform's library extension) as
+    /// one new generation, and makes `dir` the source of later [`reload`](Self::reload)s.
+    pub fn load_dir(&self, dir: impl AsRef<Path>) -> Result<ReloadReport, LoadError> {
+        self.load_from(Source::Dir(dir.as_ref().to_owned()))
+    }
+
+    /// Loads exactly these artifacts as one new generation, and makes them the source of
+    /// later [`reload`](Self::reload)s.
+    pub fn load_files<P: AsRef<Path>>(&self, files: impl IntoIterator<Item = P>) -> Result<ReloadReport, LoadError> {
+        self.load_from(Source::Files(files.into_iter().map(|p| p.as_ref().to_owned()).collect()))
+    }
+
+    /// Reads the source again and publishes a new generation. Plugins whose artifact content
+    /// is unchanged keep their instance; the others are loaded, then initialised, in
+    /// dependency order. On any error nothing changes and the current generation keeps serving.
+    pub fn reload(&self) -> Result<ReloadReport, LoadError> {
+        let mut state = self.inner.lock_reload();
+        if self.inner.native.is_none() {
+            return Err(LoadError::StaticMode);
+        }
+        let source = state.source.clone().ok_or(LoadError::NoSource)?;
+        self.inner.reload_from(&mut state, &source)
+    }
+
+    fn load_from(&self, source: Source) -> Result<ReloadReport, LoadError> {
+        let mut state = self.inner.lock_reload();
+        let report = self.inner.reload_from(&mut state, &source)?;
+        state.source = Some(source);
+        Ok(report)
+    }
+
+    /// Publishes the previous selection again, as a new generation with fresh instances of
+    /// the plugins that differ. Works even if the files on disk were replaced since.
+    pub fn rollback(&self) -> Result<ReloadReport, LoadError> {
+        let mut state = self.inner.lock_reload();
+        if self.inner.native.is_none() {
+            return Err(LoadError::StaticMode);
+        }
+        let previous = state.history.back().cloned().ok_or(LoadError::NoHistory)?;
+        let report = self.inner.install(&mut state, previous, "rollback")?;
+        // `install` pushed the rolled-back-from selection; drop it and the one we returned to,
+        // so that history reads as if the last swap never happened.
+        state.history.pop_back();
+        state.history.pop_back();
+        Ok(report)
+    }
+
+    /// A typed client for interface `I`: each call runs in the generation current when it
+    /// starts. Declares `I`, so later loads check plugins against its hash.
+    ///
+    /// Fails if the current generation exports an interface of this name with another hash.
+    pub fn client<I: Interface + ?Sized>(&self) -> Result<I::Client<Binding>, LoadError> {
+        self.inner.declare::<I>()?;
+        Ok(I::client(Binding::new(self.inner.clone(), target::<I>(None))))
+    }
+
+    /// Like [`client`](Self::client), for the plugin named `plugin`, when several plugins
+    /// export `I`.
+    pub fn client_of<I: Interface + ?Sized>(&self, plugin: &str) -> Result<I::Client<Binding>, LoadError> {
+        self.inner.declare::<I>()?;
+        Ok(I::client(Binding::new(self.inner.clone(), target::<I>(Some(plugin)))))
+    }
+
+    /// Pins the current generation for a unit of work. See [`Pin`].
+    pub fn pin(&self) -> Pin {
+        Pin::new(self.inner.current.load_full(), None)
+    }
+
+    /// Pins the current generation, with a label that drain reports show while it is held.
+    pub fn pin_labeled(&self, label: impl Into<String>) -> Pin {
+        Pin::new(self.inner.current.load_full(), Some(label.into()))
+    }
+
+    /// The current generation's number: 0 before the first load, then one more per swap.
+    pub fn generation(&self) -> u64 {
+        self.inner.current.load().id
+    }
+
+    /// A snapshot of the generations alive and recently drained.
+    pub fn status(&self) -> Status {
+        let deadline = Some(self.inner.drain_deadline);
+        let current = self.inner.current.load_full();
+        let current_status = generation_status(&current, true, deadline);
+        drop(current);
+        let (alive, drained) = {
+            let state = self.inner.ledger.lock();
+            let alive: Vec<Arc<Generation>> = state.retiring.iter().filter_map(|r| r.generation.upgrade()).collect();
+            (alive, state.drained.iter().cloned().collect())
+        };
+        // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
+        let draining = alive.iter().map(|g| generation_status(g, false, deadline)).collect();
+        drop(alive);
+        let history = self.inner.lock_reload().history.len();
+        Status { current: current_status, draining, drained, history }
+    }
+
+    /// Waits until every superseded generation has retired, or `timeout` passes. On timeout,
+    /// the error lists the generations still held and their labelled pins.
+    pub fn wait_drained(&self, timeout: Duration) -> Result<(), DrainTimeout> {
+        let start = Instant::now();
+        let mut state = self.inner.ledger.lock();
+        loop {
+            state.retiring.retain(|r| r.generation.strong_count() > 0);
+            if state.retiring.is_empty() {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                let alive: Vec<Arc<Generation>> =
+                    state.retiring.iter().filter_map(|r| r.generation.upgrade()).collect();
+                drop(state);
+                let deadline = Some(self.inner.drain_deadline);
+                let held = alive.iter().map(|g| generation_status(g, false, deadline)).collect();
+                drop(alive);
+                return Err(DrainTimeout { waited, held });
+            }
+            state = self.inner.ledger.wait(state, (timeout - waited).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+impl std::fmt::Debug for Swapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swapper").field("generation", &self.generation()).finish()
+    }
+}
+
+impl Inner {
+    fn lock_reload(&self) -> MutexGuard<'_, ReloadState> {
+        self.reload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn declare<I: Interface + ?Sized>(&self) -> Result<(), LoadError> {
+        let current = self.current.load();
+        if let Some((inst, i)) = current.exported(I::NAME) {
+            let decl = &inst.code.manifest.interfaces[i];
+            if decl.hash != I::HASH {
+                return Err(interface_mismatch(&inst.code, decl, I::HASH, I::SIGNATURE));
+            }
+        }
+        let mut registry = self.interfaces.lock().unwrap_or_else(|e| e.into_inner());
+        registry.insert(I::NAME, (I::HASH, I::SIGNATURE));
+        Ok(())
+    }
+
+    fn reload_from(&self, state: &mut ReloadState, source: &Source) -> Result<ReloadReport, LoadError> {
+        let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
+        let _span = tracing::info_span!("reload", source = ?source).entered();
+        let paths = match source {
+            Source::Files(files) => files.clone(),
+            Source::Dir(dir) => list_artifacts(dir)?,
+        };
+        let codes = paths.iter().map(|p| native.load(p)).collect::<Result<Vec<_>, _>>()?;
+        self.install(state, codes, "reload")
+    }
+
+    /// Checks `codes` as a set, builds the new generation and publishes it.
+    fn install(&self, state: &mut ReloadState, codes: Vec<Arc<Code>>, what: &str) -> Result<ReloadReport, LoadError> {
+        let start = Instant::now();
+        let codes = plan::order(codes)?;
+        self.check_interfaces(&codes)?;
+
+        let current = self.current.load_full();
+        let mut instances: Vec<Arc<Instance>> = Vec::with_capacity(codes.len());
+        let mut fresh = vec![];
+        let mut report = ReloadReport { generation: 0, loaded: vec![], reused: vec![], took: Duration::ZERO };
+        let built = (|| {
+            for code in &codes {
+                let named = (code.name.to_string(), code.version.to_string());
+                let same = current.plugins.iter().find(|p| p.code.content_hash == code.content_hash && p.code.name == code.name);
+                if let Some(existing) = same {
+                    instances.push(existing.clone());
+                    report.reused.push(named);
+                } else {
+                    fresh.push(instances.len());
+                    instances.push(Arc::new(Instance::load(code.clone(), self.sink.clone())?));
+                    report.loaded.push(named);
+                }
+            }
+            for &i in &fresh {
+                instances[i].init()?;
+            }
+            Ok::<(), LoadError>(())
+        })();
+        drop(current);
+        if let Err(e) = built {
+            // Free what was built, in reverse dependency order; reused instances are only
+            // released. Nothing was published.
+            while let Some(inst) = instances.pop() {
+                drop(inst);
+            }
+            tracing::warn!(error = %e, "{what} aborted; the current generation keeps serving");
+            return Err(e);
+        }
+
+        let id = state.next_id;
+        state.next_id += 1;
+        let generation = Arc::new(Generation::new(id, instances, self.ledger.clone()));
+        let old = self.current.swap(generation);
+        report.generation = id;
+        report.took = start.elapsed();
+        let previous = std::mem::replace(&mut state.selection, codes);
+        if old.id != 0 {
+            state.history.push_back(previous);
+            while state.history.len() > self.history_len {
+                state.history.pop_front();
+            }
+        }
+        tracing::info!(generation = id, took = ?report.took, loaded = ?report.loaded, reused = ?report.reused, "{what}: published");
+        self.ledger.retiring(&old);
+        // If nothing holds the old generation, it retires right here, after publication.
+        drop(old);
+        Ok(report)
+    }
+
+    fn check_interfaces(&self, codes: &[Arc<Code>]) -> Result<(), LoadError> {
+        let registry = self.interfaces.lock().unwrap_or_else(|e| e.into_inner());
+        for code in codes {
+            for decl in &code.manifest.interfaces {
+                if let Some(&(hash, signature)) = registry.get(decl.name.as_str()) {
+                    if hash != decl.hash {
+                        return Err(interface_mismatch(code, decl, hash, signature));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn interface_mismatch(code: &Code, decl: &swapkit_abi::InterfaceDecl, expected: u64, signature: &str) -> LoadError {
+    LoadError::InterfaceHash {
+        plugin: code.name.to_string(),
+        version: code.version.to_string(),
+        interface: decl.name.clone(),
+        found: decl.hash,
+        expected,
+        found_signature: decl.signature.clone(),
+        expected_signature: signature.to_owned(),
+    }
+}
+
+/// The artifacts in `dir`, sorted by name. Hidden files and files with other extensions
+/// (such as a `.tmp` being written) are skipped.
+fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir { path: dir.into(), source })?;
+    let mut paths = vec![];
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::ReadDir { path: dir.into(), source })?;
+        let path = entry.path();
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if !hidden && path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) && path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(LoadError::NoArtifacts { path: dir.into(), ext: EXTENSION });
+    }
+    paths.sort();
+    Ok(paths)
+}

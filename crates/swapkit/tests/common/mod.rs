@@ -1,0 +1,161 @@
+//! Shared test support: real fixture plugins, built once per test binary, and a log sink
+//! that records what each plugin's hooks said.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use swapkit::{LoadError, PluginHeader, Swapper, SwapperBuilder};
+
+/// A fixture plugin crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixture {
+    GreeterV1,
+    GreeterV2,
+    BadLoad,
+    BadInit,
+    Drift,
+    CycleA,
+    CycleB,
+    ChainBase,
+    ChainTop,
+    PlainCdylib,
+}
+
+const ALL: [Fixture; 10] = [
+    Fixture::GreeterV1,
+    Fixture::GreeterV2,
+    Fixture::BadLoad,
+    Fixture::BadInit,
+    Fixture::Drift,
+    Fixture::CycleA,
+    Fixture::CycleB,
+    Fixture::ChainBase,
+    Fixture::ChainTop,
+    Fixture::PlainCdylib,
+];
+
+impl Fixture {
+    pub fn package(self) -> &'static str {
+        match self {
+            Fixture::GreeterV1 => "fixture-greeter-v1",
+            Fixture::GreeterV2 => "fixture-greeter-v2",
+            Fixture::BadLoad => "fixture-bad-load",
+            Fixture::BadInit => "fixture-bad-init",
+            Fixture::Drift => "fixture-drift",
+            Fixture::CycleA => "fixture-cycle-a",
+            Fixture::CycleB => "fixture-cycle-b",
+            Fixture::ChainBase => "fixture-chain-base",
+            Fixture::ChainTop => "fixture-chain-top",
+            Fixture::PlainCdylib => "fixture-plain-cdylib",
+        }
+    }
+
+    /// The built native artifact.
+    pub fn path(self) -> PathBuf {
+        let i = ALL.iter().position(|f| *f == self).unwrap();
+        built()[i].clone()
+    }
+
+    /// The plugin header, for the static backend.
+    pub fn header(self) -> &'static PluginHeader {
+        match self {
+            Fixture::GreeterV1 => &fixture_greeter_v1::SWAPKIT_PLUGIN,
+            Fixture::GreeterV2 => &fixture_greeter_v2::SWAPKIT_PLUGIN,
+            Fixture::BadLoad => &fixture_bad_load::SWAPKIT_PLUGIN,
+            Fixture::BadInit => &fixture_bad_init::SWAPKIT_PLUGIN,
+            Fixture::Drift => &fixture_drift::SWAPKIT_PLUGIN,
+            Fixture::CycleA => &fixture_cycle_a::SWAPKIT_PLUGIN,
+            Fixture::CycleB => &fixture_cycle_b::SWAPKIT_PLUGIN,
+            Fixture::ChainBase => &fixture_chain_base::SWAPKIT_PLUGIN,
+            Fixture::ChainTop => &fixture_chain_top::SWAPKIT_PLUGIN,
+            Fixture::PlainCdylib => panic!("the plain cdylib has no header"),
+        }
+    }
+}
+
+/// Builds every fixture once per test process, with the same profile as the tests.
+fn built() -> &'static [PathBuf] {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let artifacts = swapkit_build::PluginBuild::new(workspace)
+            .packages(ALL.iter().map(|f| f.package()))
+            .run()
+            .expect("building the fixture plugins");
+        artifacts.into_iter().map(|a| a.path).collect()
+    })
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Copies `fixture`'s artifact into `dir` under `name`.
+pub fn place(dir: &Path, fixture: Fixture, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(fixture.path(), &to).expect("copy artifact");
+    to
+}
+
+/// What plugins logged: `(plugin, version, message)`, in order.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<(String, String, String)>>>);
+
+impl Logs {
+    pub fn builder(&self) -> SwapperBuilder {
+        let logs = self.0.clone();
+        Swapper::builder().log_sink(move |line| {
+            logs.lock().unwrap().push((line.plugin.into(), line.version.into(), line.message.into()))
+        })
+    }
+
+    pub fn all(&self) -> Vec<(String, String, String)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// `plugin message` lines, for order checks.
+    pub fn lines(&self) -> Vec<String> {
+        self.all().into_iter().map(|(p, _, m)| format!("{p} {m}")).collect()
+    }
+
+    /// How many times `plugin` at `version` logged `message`.
+    pub fn count(&self, plugin: &str, version: &str, message: &str) -> usize {
+        self.all().iter().filter(|(p, v, m)| p == plugin && v == version && m == message).count()
+    }
+}
+
+/// The backends the behavioural tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Native,
+    Static,
+}
+
+/// A swapper with `set` loaded through `backend`, declaring the fixture interfaces first.
+pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, LoadError> {
+    let builder = logs.builder().interface::<dyn fixture_api::Greeter>().interface::<dyn fixture_api::Probe>();
+    match backend {
+        Backend::Native => {
+            let swapper = builder.build()?;
+            swapper.load_files(set.iter().map(|f| f.path()))?;
+            Ok(swapper)
+        }
+        Backend::Static => set.iter().fold(builder, |b, f| b.static_plugin(f.header())).build(),
+    }
+}
+
+/// Runs a behavioural test on both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod native {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Native) })*
+        }
+        mod statics {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Static) })*
+        }
+    };
+}
