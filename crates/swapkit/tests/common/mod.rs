@@ -21,9 +21,10 @@ pub enum Fixture {
     ChainBase,
     ChainTop,
     PlainCdylib,
+    Handmade,
 }
 
-const ALL: [Fixture; 10] = [
+const ALL: [Fixture; 11] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -34,6 +35,7 @@ const ALL: [Fixture; 10] = [
     Fixture::ChainBase,
     Fixture::ChainTop,
     Fixture::PlainCdylib,
+    Fixture::Handmade,
 ];
 
 impl Fixture {
@@ -49,6 +51,7 @@ impl Fixture {
             Fixture::ChainBase => "fixture-chain-base",
             Fixture::ChainTop => "fixture-chain-top",
             Fixture::PlainCdylib => "fixture-plain-cdylib",
+            Fixture::Handmade => "fixture-handmade",
         }
     }
 
@@ -70,7 +73,7 @@ impl Fixture {
             Fixture::CycleB => &fixture_cycle_b::SWAPKIT_PLUGIN,
             Fixture::ChainBase => &fixture_chain_base::SWAPKIT_PLUGIN,
             Fixture::ChainTop => &fixture_chain_top::SWAPKIT_PLUGIN,
-            Fixture::PlainCdylib => panic!("the plain cdylib has no header"),
+            Fixture::PlainCdylib | Fixture::Handmade => panic!("{self:?} has no single header"),
         }
     }
 }
