@@ -16,7 +16,7 @@ pub trait Interface {
     const NAME: &'static str;
     /// The canonical text of the methods, argument types and return types, in order.
     const SIGNATURE: &'static str;
-    /// [`crate::hash::fnv1a64`] of [`Self::SIGNATURE`].
+    /// [`crate::hash::interface_hash`] of [`Self::NAME`] and [`Self::SIGNATURE`].
     const HASH: u64;
     /// Method names, numbered by position.
     const METHODS: &'static [&'static str];

@@ -78,30 +78,31 @@ thread_local! {
 /// # Safety
 /// `out` must be valid for a write.
 unsafe fn respond(out: *mut RawSlice, work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>) -> u32 {
-    let mut buf = OUT.with(Cell::take);
-    if buf.capacity() > KEEP_CAPACITY {
-        buf = Vec::new();
-    }
+    OUT.with(|cell| {
+        let mut buf = cell.take();
+        if buf.capacity() > KEEP_CAPACITY {
+            buf = Vec::new();
+        }
+        buf.clear();
+        let status = match catch_unwind(AssertUnwindSafe(|| work(&mut buf))) {
+            Ok(Ok(())) => Status::Ok,
+            Ok(Err((status, message))) => failed(&mut buf, status, &message),
+            Err(payload) => failed(&mut buf, Status::Panic, &panic_message(&*payload)),
+        };
+        let slice = RawSlice::from_slice(&buf);
+        // Moving the vector does not move its heap bytes, so `slice` stays valid.
+        cell.set(buf);
+        // SAFETY: the caller guarantees `out` is writable.
+        unsafe { out.write(slice) };
+        status as u32
+    })
+}
+
+#[cold]
+fn failed(buf: &mut Vec<u8>, status: Status, message: &str) -> Status {
     buf.clear();
-    let status = match catch_unwind(AssertUnwindSafe(|| work(&mut buf))) {
-        Ok(Ok(())) => Status::Ok,
-        Ok(Err((status, message))) => {
-            buf.clear();
-            buf.extend_from_slice(message.as_bytes());
-            status
-        }
-        Err(payload) => {
-            buf.clear();
-            buf.extend_from_slice(panic_message(&*payload).as_bytes());
-            Status::Panic
-        }
-    };
-    let slice = RawSlice::from_slice(&buf);
-    // Moving the vector does not move its heap bytes, so `slice` stays valid.
-    OUT.with(|cell| cell.set(buf));
-    // SAFETY: the caller guarantees `out` is writable.
-    unsafe { out.write(slice) };
-    status as u32
+    buf.extend_from_slice(message.as_bytes());
+    status
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -84,7 +84,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         impl #abi::Interface for dyn #ident {
             const NAME: &'static str = #name;
             const SIGNATURE: &'static str = #signature;
-            const HASH: u64 = #abi::hash::fnv1a64(#signature.as_bytes());
+            const HASH: u64 = #abi::hash::interface_hash(#name, #signature);
             const METHODS: &'static [&'static str] = &[#(#method_names),*];
             type Client<T: #abi::Transport> = #client<T>;
             fn client<T: #abi::Transport>(transport: T) -> #client<T> {

@@ -1,11 +1,10 @@
 //! The call path: typed clients, their transports, and pins.
 //!
 //! A call loads the current generation through `arc-swap` (a thread-local debt slot, no lock
-//! and no shared counter), encodes its arguments into a thread-local buffer, calls the plugin,
+//! and no shared counter), encodes its arguments on the stack, calls the plugin,
 //! and decodes the result from the plugin's own buffer. The generation stays alive for the
 //! length of the call, so a swap during the call never frees the code it runs in.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -16,10 +15,8 @@ use crate::error::CallError;
 use crate::generation::{Generation, Target};
 use crate::swapper::Inner;
 
-thread_local! {
-    /// Encoded arguments of the call in progress on this thread.
-    static ARGS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
+/// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
+const STACK_ARGS: usize = 256;
 
 /// Calls `method` of `target` in generation `gen`.
 #[inline]
@@ -30,35 +27,31 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     args: &A,
 ) -> Result<R, CallError> {
     let (instance, interface) = generation.resolve(target)?;
-    // Taken, not borrowed: a re-entrant call on this thread gets a buffer of its own.
-    let mut buf = ARGS.with(Cell::take);
-    buf.clear();
-    let result = match wire::encode_into(args, &mut buf) {
-        Ok(()) => {
-            let reply = instance.call(interface, method, &buf);
-            if reply.status == Status::Ok as u32 {
-                wire::from_bytes::<R>(reply.bytes).map_err(|e| {
-                    let code = &instance.code;
-                    CallError::Decode {
-                        plugin: code.name.clone(),
-                        version: code.version.clone(),
-                        interface: target.interface,
-                        method: method_name(target, method),
-                        reason: e.to_string(),
-                    }
-                })
-            } else {
-                Err(failure(instance, target, method, reply.status, reply.bytes))
-            }
-        }
-        Err(e) => Err(CallError::Encode {
-            interface: target.interface,
-            method: method_name(target, method),
-            reason: e.to_string(),
-        }),
-    };
-    ARGS.with(|cell| cell.set(buf));
-    result
+    let mut input = wire::StackBuf::<STACK_ARGS>::new();
+    wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
+    let reply = instance.call(interface, method, input.as_slice());
+    if reply.status == Status::Ok as u32 {
+        wire::from_bytes::<R>(reply.bytes).map_err(|e| decode_error(instance, target, method, e))
+    } else {
+        Err(failure(instance, target, method, reply.status, reply.bytes))
+    }
+}
+
+#[cold]
+fn encode_error(target: &Target, method: u32, e: wire::Error) -> CallError {
+    CallError::Encode { interface: target.interface, method: method_name(target, method), reason: e.to_string() }
+}
+
+#[cold]
+fn decode_error(instance: &crate::backend::Instance, target: &Target, method: u32, e: wire::Error) -> CallError {
+    let code = &instance.code;
+    CallError::Decode {
+        plugin: code.name.clone(),
+        version: code.version.clone(),
+        interface: target.interface,
+        method: method_name(target, method),
+        reason: e.to_string(),
+    }
 }
 
 fn method_name(target: &Target, method: u32) -> &'static str {

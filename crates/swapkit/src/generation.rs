@@ -74,11 +74,13 @@ impl Generation {
     }
 
     /// Finds the instance and interface number that serve `target`. This is on the call path:
-    /// a short scan of a few entries, comparing hashes first.
+    /// a short scan of a few entries, comparing hashes only. The hash covers the interface's
+    /// name as well as its signature, and a load refuses an interface whose name matches the
+    /// host's but whose hash does not, so an equal hash is the same interface.
     #[inline]
     pub fn resolve(&self, target: &Target) -> Result<(&Instance, u32), CallError> {
         for e in &self.exports {
-            if e.hash != target.hash || &*e.name != target.interface {
+            if e.hash != target.hash {
                 continue;
             }
             let inst = &self.plugins[e.plugin];

@@ -37,7 +37,8 @@ pub struct ReloadReport {
     pub loaded: Vec<(String, String)>,
     /// Plugins whose artifact was unchanged, carried over with their instance.
     pub reused: Vec<(String, String)>,
-    /// Time from the start of the reload to publication of the new generation.
+    /// Time from the start of the reload (reading the artifacts) to publication of the new
+    /// generation.
     pub took: Duration,
 }
 
@@ -184,7 +185,7 @@ impl SwapperBuilder {
         if !self.statics.is_empty() {
             let codes = self.statics.into_iter().map(statics::code).collect::<Result<Vec<_>, _>>()?;
             let mut state = swapper.inner.lock_reload();
-            swapper.inner.install(&mut state, codes, "load")?;
+            swapper.inner.install(&mut state, codes, "load", Instant::now())?;
         }
         Ok(swapper)
     }
@@ -268,7 +269,7 @@ impl Swapper {
             return Err(LoadError::StaticMode);
         }
         let previous = state.history.back().cloned().ok_or(LoadError::NoHistory)?;
-        let report = self.inner.install(&mut state, previous, "rollback")?;
+        let report = self.inner.install(&mut state, previous, "rollback", Instant::now())?;
         // `install` pushed the rolled-back-from selection; drop it and the one we returned to,
         // so that history reads as if the last swap never happened.
         state.history.pop_back();
@@ -375,6 +376,7 @@ impl Inner {
     }
 
     fn reload_from(&self, state: &mut ReloadState, source: &Source) -> Result<ReloadReport, LoadError> {
+        let start = Instant::now();
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
         let _span = tracing::info_span!("reload", source = ?source).entered();
         let paths = match source {
@@ -382,12 +384,17 @@ impl Inner {
             Source::Dir(dir) => list_artifacts(dir)?,
         };
         let codes = paths.iter().map(|p| native.load(p)).collect::<Result<Vec<_>, _>>()?;
-        self.install(state, codes, "reload")
+        self.install(state, codes, "reload", start)
     }
 
     /// Checks `codes` as a set, builds the new generation and publishes it.
-    fn install(&self, state: &mut ReloadState, codes: Vec<Arc<Code>>, what: &str) -> Result<ReloadReport, LoadError> {
-        let start = Instant::now();
+    fn install(
+        &self,
+        state: &mut ReloadState,
+        codes: Vec<Arc<Code>>,
+        what: &str,
+        start: Instant,
+    ) -> Result<ReloadReport, LoadError> {
         let codes = plan::order(codes)?;
         self.check_interfaces(&codes)?;
 

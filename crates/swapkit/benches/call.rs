@@ -1,0 +1,94 @@
+//! The cost of a call: a typed call into a native plugin against a direct call and a
+//! `dyn Trait` call of the same logic, in the same run; the static backend and a pinned
+//! client; and throughput with 2 threads against 1.
+//!
+//! The method takes a `u64` and a short string and returns a `u64` (`score` in fixture-api).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fixture_api::Greeter;
+use swapkit::Swapper;
+
+#[path = "support.rs"]
+mod support;
+
+trait Score {
+    fn score(&self, id: u64, tag: &str) -> u64;
+}
+
+struct Local;
+
+impl Score for Local {
+    #[inline(never)]
+    fn score(&self, id: u64, tag: &str) -> u64 {
+        id + tag.len() as u64
+    }
+}
+
+#[inline(never)]
+fn direct(id: u64, tag: &str) -> u64 {
+    id + tag.len() as u64
+}
+
+fn calls(c: &mut Criterion) {
+    let artifacts = support::release_artifacts(&["fixture-greeter-v1"]);
+    let native = Swapper::new().unwrap();
+    native.load_files(&artifacts).unwrap();
+    let native_client = native.client::<dyn Greeter>().unwrap();
+    let statics = Swapper::builder().static_plugin(&fixture_greeter_v1::SWAPKIT_PLUGIN).build().unwrap();
+    let static_client = statics.client::<dyn Greeter>().unwrap();
+    let pin = native.pin();
+    let pinned_client = pin.client::<dyn Greeter>();
+    let local: Box<dyn Score> = Box::new(Local);
+    assert_eq!(native_client.score(1, "abc").unwrap(), 4);
+
+    let mut group = c.benchmark_group("call");
+    group.bench_function("direct", |b| b.iter(|| direct(black_box(7), black_box("abc"))));
+    group.bench_function("dyn_trait", |b| b.iter(|| black_box(&local).score(black_box(7), black_box("abc"))));
+    group.bench_function("native_typed", |b| b.iter(|| native_client.score(black_box(7), black_box("abc")).unwrap()));
+    group.bench_function("static_typed", |b| b.iter(|| static_client.score(black_box(7), black_box("abc")).unwrap()));
+    group.bench_function("native_pinned", |b| b.iter(|| pinned_client.score(black_box(7), black_box("abc")).unwrap()));
+    group.bench_function("native_greet_string", |b| b.iter(|| native_client.greet(black_box("bench")).unwrap()));
+    group.finish();
+
+    // Throughput: each iteration is one call on each of `threads` threads.
+    let mut group = c.benchmark_group("throughput");
+    for threads in [1u64, 2] {
+        group.throughput(Throughput::Elements(threads));
+        group.bench_function(format!("native_typed_threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let barrier = std::sync::Barrier::new(threads as usize + 1);
+                std::thread::scope(|s| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (client, barrier) = (&native_client, &barrier);
+                            s.spawn(move || {
+                                barrier.wait();
+                                for i in 0..iters {
+                                    black_box(client.score(i, "abc").unwrap());
+                                }
+                            })
+                        })
+                        .collect();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for w in workers {
+                        w.join().unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+    drop(pin);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    targets = calls
+}
+criterion_main!(benches);

@@ -1,0 +1,80 @@
+//! Reload latency: from the start of `reload()` to the first call served by the new version,
+//! with one changed native plugin among two.
+//!
+//! - `warm`: v1 and v2 alternate. Each was mapped before, so the reload reads, hashes, finds
+//!   the mapping and runs the hooks. This is the common case of a rollback or a flip-flop.
+//! - `cold`: every reload meets content never seen before (v2 with a unique trailing byte),
+//!   so it also writes the private copy and runs the dynamic loader.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use fixture_api::Greeter;
+use swapkit::Swapper;
+
+#[path = "support.rs"]
+mod support;
+
+fn reloads(c: &mut Criterion) {
+    let built = support::release_artifacts(&["fixture-greeter-v1", "fixture-greeter-v2", "fixture-chain-base"]);
+    let (v1, v2, base) = (built[0].clone(), built[1].clone(), built[2].clone());
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut group = c.benchmark_group("reload_to_first_call");
+    group.sample_size(30);
+
+    let swapper = Swapper::new().unwrap();
+    swapper.load_files([&v1, &base]).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let mut flip = false;
+    group.bench_function("warm", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                flip = !flip;
+                let (next, want) = if flip { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
+                let start = Instant::now();
+                swapper.load_files([next, &base]).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(served, want);
+            }
+            total
+        })
+    });
+
+    let v2_bytes = std::fs::read(&v2).unwrap();
+    let mut n = 0u64;
+    group.sample_size(10);
+    group.bench_function("cold", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // Back to v1 (warm, not timed), then to a never-seen v2.
+                swapper.load_files([&v1, &base]).unwrap();
+                n += 1;
+                let unique: PathBuf = dir.path().join(format!("v2-{n}.so"));
+                let mut bytes = v2_bytes.clone();
+                bytes.extend_from_slice(&n.to_le_bytes());
+                std::fs::write(&unique, bytes).unwrap();
+                let start = Instant::now();
+                swapper.load_files([&unique, &base]).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(black_box(served), "2.0.0");
+                std::fs::remove_file(&unique).unwrap();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    targets = reloads
+}
+criterion_main!(benches);
