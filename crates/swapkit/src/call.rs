@@ -1,7 +1,7 @@
 //! The call path: typed clients, their transports, and pins.
 //!
-//! A call loads the current generation through `arc-swap` (a thread-local debt slot, no lock
-//! and no shared counter), encodes its arguments on the stack, calls the plugin,
+//! A call holds the current generation through a hazard slot of its own thread (see
+//! `hazard.rs`: no lock, no shared counter, no atomic read-modify-write), encodes its arguments on the stack, calls the plugin,
 //! and decodes the result from the plugin's own buffer. The generation stays alive for the
 //! length of the call, so a swap during the call never frees the code it runs in.
 
@@ -103,8 +103,8 @@ impl Transport for Binding {
 
     #[inline]
     fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, CallError> {
-        let generation = self.inner.current.load();
-        call_in(&generation, &self.target, method, args)
+        let guard = self.inner.current.enter();
+        call_in(guard.generation(), &self.target, method, args)
     }
 }
 

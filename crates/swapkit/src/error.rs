@@ -344,7 +344,13 @@ fn describe(held: &[crate::GenerationStatus]) -> String {
     held.iter()
         .map(|g| {
             let labels: Vec<&str> = g.pins.iter().map(|p| p.label.as_str()).collect();
-            format!("generation {} ({} refs, labelled pins: [{}])", g.id, g.refs, labels.join(", "))
+            format!(
+                "generation {} ({} calls in flight, {} pins, labelled: [{}])",
+                g.id,
+                g.calls,
+                g.pin_count,
+                labels.join(", ")
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -47,7 +47,12 @@ pub(crate) struct Generation {
     pins: AtomicUsize,
     labels: Mutex<Vec<PinRecord>>,
     ledger: Arc<Ledger>,
+    /// [`ALIVE`] until dropped: debug builds check it on every call, so a call that reached a
+    /// freed generation fails loudly in tests instead of silently.
+    alive: AtomicU64,
 }
+
+const ALIVE: u64 = 0x5741_504b_4954_4c56;
 
 impl Generation {
     pub fn new(id: u64, plugins: Vec<Arc<Instance>>, ledger: Arc<Ledger>) -> Generation {
@@ -70,7 +75,13 @@ impl Generation {
             pins: AtomicUsize::new(0),
             labels: Mutex::new(vec![]),
             ledger,
+            alive: AtomicU64::new(ALIVE),
         }
+    }
+
+    /// Whether the generation has not been dropped. Only meaningful as a debug check.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed) == ALIVE
     }
 
     /// Finds the instance and interface number that serve `target`. This is on the call path:
@@ -144,6 +155,7 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
+        self.alive.store(0, Ordering::Relaxed);
         let _span = tracing::info_span!("retire", generation = self.id).entered();
         let plugins: Vec<(String, String)> =
             self.plugins.iter().map(|p| (p.code.name.to_string(), p.code.version.to_string())).collect();
@@ -225,48 +237,5 @@ impl Ledger {
 
     pub fn wait<'a>(&self, guard: MutexGuard<'a, LedgerState>, timeout: Duration) -> MutexGuard<'a, LedgerState> {
         self.changed.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner()).0
-    }
-}
-
-/// Reports generations held past the drain deadline, once each, until the ledger closes.
-pub(crate) fn watch(ledger: Arc<Ledger>, deadline: Duration, on_overdue: Option<crate::OverdueHook>) {
-    let mut state = ledger.lock();
-    loop {
-        if state.closed {
-            return;
-        }
-        let now = Instant::now();
-        let mut overdue = vec![];
-        let mut next_wake = Duration::from_secs(1);
-        for r in state.retiring.iter_mut().filter(|r| !r.reported) {
-            let due = r.since + deadline;
-            if due <= now {
-                r.reported = true;
-                overdue.push(r.generation.clone());
-            } else {
-                next_wake = next_wake.min(due - now);
-            }
-        }
-        if !overdue.is_empty() {
-            drop(state);
-            for weak in overdue {
-                let Some(generation) = weak.upgrade() else { continue };
-                let report = crate::status::generation_status(&generation, false, Some(deadline));
-                drop(generation);
-                let pins: Vec<&str> = report.pins.iter().map(|p| p.label.as_str()).collect();
-                tracing::warn!(
-                    generation = report.id,
-                    refs = report.refs,
-                    pins = ?pins,
-                    "generation still held past the drain deadline of {deadline:?}"
-                );
-                if let Some(hook) = &on_overdue {
-                    hook(&report);
-                }
-            }
-            state = ledger.lock();
-            continue;
-        }
-        state = ledger.wait(state, next_wake);
     }
 }

@@ -48,6 +48,7 @@ mod backend;
 mod call;
 mod error;
 mod generation;
+mod hazard;
 mod log;
 mod plan;
 mod status;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::BackendKind;
 use crate::generation::Generation;
+use crate::hazard::Current;
 
 /// A snapshot of a swapper.
 #[derive(Debug, Clone)]
@@ -35,8 +36,10 @@ pub struct GenerationStatus {
     pub pin_count: usize,
     /// Labelled pins ([`Swapper::pin_labeled`](crate::Swapper::pin_labeled)).
     pub pins: Vec<PinInfo>,
-    /// References held outside the swapper: explicit pins, clients' in-flight calls that began
-    /// before it was superseded, and clients bound to a pin.
+    /// Calls in flight in it right now, through clients made by
+    /// [`Swapper::client`](crate::Swapper::client).
+    pub calls: usize,
+    /// Strong references held outside the swapper: explicit pins and clients made from a pin.
     pub refs: usize,
 }
 
@@ -94,9 +97,14 @@ pub struct DrainedGeneration {
     pub at: Instant,
 }
 
-pub(crate) fn generation_status(g: &Arc<Generation>, current: bool, deadline: Option<Duration>) -> GenerationStatus {
-    // Ours, plus the swapper's own pointer if it is current.
-    let internal = 1 + usize::from(current);
+pub(crate) fn generation_status(
+    g: &Arc<Generation>,
+    owner: &Current,
+    current: bool,
+    deadline: Option<Duration>,
+) -> GenerationStatus {
+    // Ours, the swapper's pointer if it is current, and the retiring list's if it is on it.
+    let internal = 1 + usize::from(current) + usize::from(owner.is_retiring(g));
     let state = match (current, g.superseded()) {
         (false, Some(t)) => {
             let since = t.elapsed();
@@ -122,6 +130,7 @@ pub(crate) fn generation_status(g: &Arc<Generation>, current: bool, deadline: Op
             .collect(),
         pin_count: g.pin_count(),
         pins: g.pin_labels(),
+        calls: owner.calls_in(g),
         refs: Arc::strong_count(g).saturating_sub(internal),
     }
 }
@@ -135,7 +144,7 @@ impl std::fmt::Display for Status {
                     format!("draining for {since:.1?}{}", if overdue { " (OVERDUE)" } else { "" })
                 }
             };
-            writeln!(f, "generation {} [{state}] pins={} refs={}", g.id, g.pin_count, g.refs)?;
+            writeln!(f, "generation {} [{state}] calls={} pins={} refs={}", g.id, g.calls, g.pin_count, g.refs)?;
             for p in &g.plugins {
                 writeln!(f, "  {} {} ({}, {}…) {}", p.name, p.version, p.backend, &p.content_hash[..12], p.origin)?;
             }

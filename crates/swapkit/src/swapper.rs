@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use swapkit_abi::{Interface, PluginHeader};
 
 use crate::backend::native::{NativeLoader, EXTENSION};
 use crate::backend::{statics, Code, Instance};
 use crate::call::{target, Binding, Pin};
 use crate::error::{DrainTimeout, LoadError};
-use crate::generation::{watch, Generation, Ledger};
+use crate::generation::{Generation, Ledger};
+use crate::hazard::Current;
 use crate::log::LogSink;
 use crate::plan;
 use crate::status::{generation_status, Status};
@@ -55,7 +55,7 @@ struct ReloadState {
 }
 
 pub(crate) struct Inner {
-    pub(crate) current: ArcSwap<Generation>,
+    pub(crate) current: Current,
     ledger: Arc<Ledger>,
     interfaces: Mutex<Registry>,
     reload: Mutex<ReloadState>,
@@ -161,7 +161,7 @@ impl SwapperBuilder {
             registry.insert(name, (*hash, sig));
         }
         let inner = Arc::new(Inner {
-            current: ArcSwap::from_pointee(Generation::new(0, vec![], ledger.clone())),
+            current: Current::new(Arc::new(Generation::new(0, vec![], ledger.clone()))),
             ledger: ledger.clone(),
             interfaces: Mutex::new(registry),
             reload: Mutex::new(ReloadState {
@@ -177,9 +177,10 @@ impl SwapperBuilder {
         });
         let deadline = self.drain_deadline;
         let on_overdue = self.on_overdue;
+        let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("swapkit-drain".into())
-            .spawn(move || watch(ledger, deadline, on_overdue))
+            .spawn(move || watch(ledger, weak, deadline, on_overdue))
             .map_err(|source| LoadError::Scratch { path: PathBuf::new(), scratch: PathBuf::new(), source })?;
         let swapper = Swapper { inner };
         if !self.statics.is_empty() {
@@ -305,14 +306,14 @@ impl Swapper {
 
     /// The current generation's number: 0 before the first load, then one more per swap.
     pub fn generation(&self) -> u64 {
-        self.inner.current.load().id
+        self.inner.current.enter().generation().id
     }
 
     /// A snapshot of the generations alive and recently drained.
     pub fn status(&self) -> Status {
         let deadline = Some(self.inner.drain_deadline);
         let current = self.inner.current.load_full();
-        let current_status = generation_status(&current, true, deadline);
+        let current_status = generation_status(&current, &self.inner.current, true, deadline);
         drop(current);
         let (alive, drained) = {
             let state = self.inner.ledger.lock();
@@ -320,7 +321,7 @@ impl Swapper {
             (alive, state.drained.iter().cloned().collect())
         };
         // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
-        let draining = alive.iter().map(|g| generation_status(g, false, deadline)).collect();
+        let draining = alive.iter().map(|g| generation_status(g, &self.inner.current, false, deadline)).collect();
         drop(alive);
         let history = self.inner.lock_reload().history.len();
         Status { current: current_status, draining, drained, history }
@@ -342,7 +343,7 @@ impl Swapper {
                     state.retiring.iter().filter_map(|r| r.generation.upgrade()).collect();
                 drop(state);
                 let deadline = Some(self.inner.drain_deadline);
-                let held = alive.iter().map(|g| generation_status(g, false, deadline)).collect();
+                let held = alive.iter().map(|g| generation_status(g, &self.inner.current, false, deadline)).collect();
                 drop(alive);
                 return Err(DrainTimeout { waited, held });
             }
@@ -363,7 +364,8 @@ impl Inner {
     }
 
     fn declare<I: Interface + ?Sized>(&self) -> Result<(), LoadError> {
-        let current = self.current.load();
+        let guard = self.current.enter();
+        let current = guard.generation();
         if let Some((inst, i)) = current.exported(I::NAME) {
             let decl = &inst.code.manifest.interfaces[i];
             if decl.hash != I::HASH {
@@ -496,4 +498,52 @@ fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     paths.sort();
     Ok(paths)
+}
+
+/// Reports generations held past the drain deadline, once each, until the ledger closes.
+fn watch(ledger: Arc<Ledger>, inner: std::sync::Weak<Inner>, deadline: Duration, on_overdue: Option<OverdueHook>) {
+    let mut state = ledger.lock();
+    loop {
+        if state.closed {
+            return;
+        }
+        let now = Instant::now();
+        let mut overdue = vec![];
+        let mut next_wake = Duration::from_secs(1);
+        for r in state.retiring.iter_mut().filter(|r| !r.reported) {
+            let due = r.since + deadline;
+            if due <= now {
+                r.reported = true;
+                overdue.push(r.generation.clone());
+            } else {
+                next_wake = next_wake.min(due - now);
+            }
+        }
+        if overdue.is_empty() {
+            state = ledger.wait(state, next_wake);
+            continue;
+        }
+        // Reports are made outside the ledger lock: dropping the last reference to a
+        // generation takes that lock.
+        drop(state);
+        let Some(inner) = inner.upgrade() else { return };
+        for weak in overdue {
+            let Some(generation) = weak.upgrade() else { continue };
+            let report = generation_status(&generation, &inner.current, false, Some(deadline));
+            drop(generation);
+            let pins: Vec<&str> = report.pins.iter().map(|p| p.label.as_str()).collect();
+            tracing::warn!(
+                generation = report.id,
+                calls = report.calls,
+                pins = ?pins,
+                refs = report.refs,
+                "generation still held past the drain deadline of {deadline:?}"
+            );
+            if let Some(hook) = &on_overdue {
+                hook(&report);
+            }
+        }
+        drop(inner);
+        state = ledger.lock();
+    }
 }

@@ -1,0 +1,420 @@
+//! How a call holds a generation with no lock and no shared write: per-thread hazard slots
+//! with asymmetric fences.
+//!
+//! # The protocol
+//!
+//! The current generation is a raw pointer that owns one strong reference. To hold it for a
+//! call, a thread writes the pointer into a slot that only it writes (its *hazard slot*), then
+//! reads the current pointer again; if it is unchanged, the generation is protected until the
+//! thread clears its slot. To retire a generation, the swapper swaps the pointer, puts the old
+//! generation on a retiring list, and scans every slot: a generation no slot names is released.
+//!
+//! Both sides need a full fence between their store and their load (the store-buffer pattern).
+//! On Linux the reader's fence is only a compiler fence, and the writer pays for both with
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which runs a full barrier on every thread of
+//! the process. That is how the call path stays at plain loads and stores. Where membarrier is
+//! not available, both sides use `fence(SeqCst)`: still correct, a little slower.
+//!
+//! # Retirement is driven by the last call, never by a timer
+//!
+//! When a call leaves, it clears its slot, fences, and reads the current pointer. If the
+//! generation it used is no longer current, it runs the scan itself. By the same store-buffer
+//! argument, either the swapper's scan sees the cleared slot, or the leaving call sees the new
+//! pointer and scans: the last call out of an old generation always retires it. Only calls
+//! that were in flight across a swap ever scan.
+//!
+//! Arcs still count explicit [`Pin`](crate::Pin)s: the retiring list holds one reference, and
+//! the generation is dropped (and its plugins freed) when that and every pin are gone.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+
+use crate::generation::Generation;
+
+/// Hazard slots per thread: the depth of nested calls (plugin to host to plugin) a thread can
+/// protect from its own record. Deeper calls borrow a spare record, under a lock.
+const DEPTH: usize = 8;
+
+/// One thread's hazard slots, on a cache line of its own so that no other thread writes to it.
+#[repr(align(128))]
+struct Record {
+    slots: [AtomicPtr<Generation>; DEPTH],
+    owned: AtomicBool,
+}
+
+impl Record {
+    fn new() -> Record {
+        Record { slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())), owned: AtomicBool::new(true) }
+    }
+}
+
+/// Every record ever made. Records are leaked and reused by later threads, so a scan can read
+/// them without any reference counting.
+static REGISTRY: Mutex<Vec<&'static Record>> = Mutex::new(Vec::new());
+
+fn registry() -> MutexGuard<'static, Vec<&'static Record>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a free record, or makes one.
+fn claim_record() -> &'static Record {
+    let mut all = registry();
+    for r in all.iter() {
+        if r.owned.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return r;
+        }
+    }
+    let r: &'static Record = Box::leak(Box::new(Record::new()));
+    all.push(r);
+    r
+}
+
+/// This thread's record and how many of its slots are in use.
+struct Local {
+    record: Cell<Option<&'static Record>>,
+    depth: Cell<usize>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.get() {
+            r.owned.store(false, Ordering::Release);
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = const { Local { record: Cell::new(None), depth: Cell::new(0) } };
+}
+
+// ---- fences ----
+
+static FENCES: Once = Once::new();
+static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
+
+/// Decides, once per process and before any reader exists, which fences to use.
+fn init_fences() {
+    FENCES.call_once(|| ASYMMETRIC.store(membarrier::register(), Ordering::Relaxed));
+}
+
+/// The reader's fence.
+#[inline(always)]
+fn light_fence() {
+    if ASYMMETRIC.load(Ordering::Relaxed) {
+        compiler_fence(Ordering::SeqCst);
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The writer's fence: a full barrier on every thread of the process.
+fn heavy_fence() {
+    if !(ASYMMETRIC.load(Ordering::Relaxed) && membarrier::barrier()) {
+        fence(Ordering::SeqCst);
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod membarrier {
+    const CMD_PRIVATE_EXPEDITED: libc::c_long = 8;
+    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 16;
+
+    /// Registers the process for private expedited barriers; false if the kernel refuses.
+    pub fn register() -> bool {
+        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_PRIVATE_EXPEDITED, 0) == 0 }
+    }
+
+    /// Runs a barrier on every thread of the process.
+    pub fn barrier() -> bool {
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0) == 0 }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod membarrier {
+    pub fn register() -> bool {
+        false
+    }
+
+    pub fn barrier() -> bool {
+        false
+    }
+}
+
+// ---- the current generation ----
+
+/// The current generation, and the superseded ones that calls may still be in.
+pub(crate) struct Current {
+    /// Owns one strong reference (`Arc::into_raw`).
+    ptr: AtomicPtr<Generation>,
+    /// Superseded generations, each holding one strong reference until no slot names it.
+    retiring: Mutex<Vec<Arc<Generation>>>,
+}
+
+impl Current {
+    pub fn new(generation: Arc<Generation>) -> Current {
+        init_fences();
+        Current { ptr: AtomicPtr::new(Arc::into_raw(generation).cast_mut()), retiring: Mutex::new(vec![]) }
+    }
+
+    /// Protects the current generation for as long as the guard lives. No lock, no shared
+    /// write: a store to this thread's own slot, a compiler fence and two loads.
+    #[inline]
+    pub fn enter(&self) -> Guard<'_> {
+        let (slot, held) = match LOCAL.try_with(|local| take_slot(local)) {
+            Ok(Some(found)) => found,
+            // Nested too deep, or this thread's locals are already destroyed.
+            _ => spare_slot(),
+        };
+        loop {
+            let g = self.ptr.load(Ordering::Acquire);
+            slot.store(g, Ordering::Relaxed);
+            light_fence();
+            // If `g` is still current after our slot was published, any swap that removes it
+            // comes later, and the scan after that swap will see our slot.
+            if self.ptr.load(Ordering::Acquire) == g {
+                // SAFETY: `g` is protected by our slot: it is not released while the slot
+                // names it, and it was current (so alive) when the slot was published.
+                let generation = unsafe { &*g };
+                debug_assert!(generation.is_alive(), "a call reached a freed generation");
+                return Guard { current: self, generation, slot, held };
+            }
+        }
+    }
+
+    /// A strong reference to the current generation, for pins and reports.
+    pub fn load_full(&self) -> Arc<Generation> {
+        let guard = self.enter();
+        let raw: *const Generation = guard.generation;
+        // SAFETY: `raw` came from `Arc::into_raw` and is protected by the guard, so its strong
+        // count is at least one while we add ours.
+        unsafe {
+            Arc::increment_strong_count(raw);
+            Arc::from_raw(raw)
+        }
+    }
+
+    /// Publishes `next` and returns the superseded generation, which is released as soon as
+    /// no call is in it (perhaps here).
+    pub fn swap(&self, next: Arc<Generation>) -> Arc<Generation> {
+        let old = self.ptr.swap(Arc::into_raw(next).cast_mut(), Ordering::SeqCst);
+        // SAFETY: `old` came from `Arc::into_raw`; the strong reference it owned moves here.
+        let old = unsafe { Arc::from_raw(old) };
+        let returned = old.clone();
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+        self.reclaim();
+        returned
+    }
+
+    /// Releases every superseded generation that no hazard slot names.
+    pub fn reclaim(&self) {
+        let released: Vec<Arc<Generation>> = {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+            if retiring.is_empty() {
+                return;
+            }
+            heavy_fence();
+            let records = registry();
+            let (held, free): (Vec<_>, Vec<_>) =
+                retiring.drain(..).partition(|g| in_use(&records, Arc::as_ptr(g)) > 0);
+            *retiring = held;
+            free
+        };
+        // Dropped outside the locks: the last reference runs the plugins' on_free.
+        drop(released);
+    }
+
+    /// How many calls are in `generation` right now.
+    pub fn calls_in(&self, generation: &Generation) -> usize {
+        heavy_fence();
+        in_use(&registry(), generation)
+    }
+
+    /// Whether `generation` is on the retiring list (which holds a reference to it).
+    pub fn is_retiring(&self, generation: &Generation) -> bool {
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|g| ptr::eq(&**g, generation))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        // No guard can exist: each borrows `self`.
+        // SAFETY: the pointer owns one strong reference from `Arc::into_raw`.
+        drop(unsafe { Arc::from_raw(*self.ptr.get_mut()) });
+        self.retiring.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn in_use(records: &[&'static Record], g: *const Generation) -> usize {
+    records
+        .iter()
+        .flat_map(|r| r.slots.iter())
+        .filter(|s| ptr::eq(s.load(Ordering::Acquire), g))
+        .count()
+}
+
+/// The next free slot of this thread's record, claiming a record on first use.
+#[inline]
+fn take_slot(local: &Local) -> Option<(&'static AtomicPtr<Generation>, Held)> {
+    let depth = local.depth.get();
+    if depth >= DEPTH {
+        return None;
+    }
+    let record = match local.record.get() {
+        Some(r) => r,
+        None => {
+            let r = claim_record();
+            local.record.set(Some(r));
+            r
+        }
+    };
+    local.depth.set(depth + 1);
+    Some((&record.slots[depth], Held::Local(&local.depth)))
+}
+
+/// A slot from a spare record, returned when the guard drops.
+#[cold]
+fn spare_slot() -> (&'static AtomicPtr<Generation>, Held) {
+    let record = claim_record();
+    (&record.slots[0], Held::Spare(record))
+}
+
+/// Where a guard's slot came from.
+enum Held {
+    /// This thread's record; the guard pops the depth back. The guard lives on this thread
+    /// (it is `!Send`), inside the thread-local it points to.
+    Local(*const Cell<usize>),
+    /// A spare record, given back on drop.
+    Spare(&'static Record),
+}
+
+/// A call's hold on one generation. Not `Send`: it must be dropped on the thread that made it,
+/// in reverse order of creation.
+pub(crate) struct Guard<'a> {
+    current: &'a Current,
+    generation: &'a Generation,
+    slot: &'static AtomicPtr<Generation>,
+    held: Held,
+}
+
+impl Guard<'_> {
+    #[inline]
+    pub fn generation(&self) -> &Generation {
+        self.generation
+    }
+}
+
+impl Drop for Guard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let g: *const Generation = self.generation;
+        self.slot.store(ptr::null_mut(), Ordering::Release);
+        match self.held {
+            // SAFETY: the pointer is to this thread's `LOCAL.depth`, which outlives the guard
+            // (the guard is `!Send` and made while the thread-local was alive).
+            Held::Local(depth) => unsafe { (*depth).set((*depth).get() - 1) },
+            Held::Spare(record) => record.owned.store(false, Ordering::Release),
+        }
+        light_fence();
+        // Compared, never dereferenced: `g` may be freed by now.
+        if !ptr::eq(self.current.ptr.load(Ordering::Acquire), g) {
+            self.current.reclaim();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::Ledger;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Weak;
+
+    fn generation(id: u64, ledger: &Arc<Ledger>) -> Arc<Generation> {
+        Arc::new(Generation::new(id, vec![], ledger.clone()))
+    }
+
+    #[test]
+    fn a_guard_keeps_a_superseded_generation_until_it_drops() {
+        let ledger = Arc::new(Ledger::default());
+        let current = Current::new(generation(1, &ledger));
+        let guard = current.enter();
+        let old: Weak<Generation> = Arc::downgrade(&current.swap(generation(2, &ledger)));
+        assert!(old.upgrade().is_some(), "released under a live guard");
+        assert_eq!(guard.generation().id, 1);
+        assert_eq!(current.calls_in(guard.generation()), 1);
+        drop(guard);
+        assert!(old.upgrade().is_none(), "the last guard out retires it");
+        assert_eq!(current.enter().generation().id, 2);
+    }
+
+    #[test]
+    fn an_unheld_generation_is_released_by_the_swap() {
+        let ledger = Arc::new(Ledger::default());
+        let current = Current::new(generation(1, &ledger));
+        let old = Arc::downgrade(&current.swap(generation(2, &ledger)));
+        assert!(old.upgrade().is_none());
+    }
+
+    #[test]
+    fn nesting_past_the_thread_depth_uses_spare_records() {
+        let ledger = Arc::new(Ledger::default());
+        let current = Current::new(generation(1, &ledger));
+        let guards: Vec<Guard<'_>> = (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
+        assert_eq!(current.calls_in(guards[0].generation()), DEPTH * 2 + 3);
+        let old = Arc::downgrade(&current.swap(generation(2, &ledger)));
+        // Drop in reverse order, as nested calls do.
+        let mut guards = guards;
+        while let Some(g) = guards.pop() {
+            assert!(old.upgrade().is_some());
+            drop(g);
+        }
+        assert!(old.upgrade().is_none());
+        let after = current.enter();
+        assert_eq!(current.calls_in(after.generation()), 1);
+    }
+
+    #[test]
+    fn thousands_of_swaps_under_concurrent_calls() {
+        let ledger = Arc::new(Ledger::default());
+        let current = Current::new(generation(0, &ledger));
+        let stop = AtomicBool::new(false);
+        let calls = AtomicU64::new(0);
+        let mut weaks = vec![];
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (current, stop, calls) = (&current, &stop, &calls);
+                s.spawn(move || {
+                    let mut last = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let guard = current.enter();
+                        let g = guard.generation();
+                        assert!(g.is_alive());
+                        assert!(g.id >= last, "generations only move forward on one thread");
+                        last = g.id;
+                        if t == 0 {
+                            // A nested call on the same thread.
+                            let inner = current.enter();
+                            assert!(inner.generation().is_alive() && inner.generation().id >= g.id);
+                        }
+                        std::hint::spin_loop();
+                        assert!(g.is_alive());
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            for id in 1..=5_000 {
+                weaks.push(Arc::downgrade(&current.swap(generation(id, &ledger))));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(calls.load(Ordering::Relaxed) > 0);
+        // Every superseded generation was released once the calls stopped.
+        assert_eq!(weaks.iter().filter(|w| w.upgrade().is_some()).count(), 0);
+        assert!(current.retiring.lock().unwrap().is_empty());
+    }
+}
