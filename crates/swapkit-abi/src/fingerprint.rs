@@ -39,7 +39,10 @@ impl Fingerprint {
     }
 
     /// The first field that differs from `other`, as `(field, ours, theirs)`.
-    pub fn mismatch<'a>(&'a self, other: &'a Fingerprint) -> Option<(&'static str, &'a str, &'a str)> {
+    pub fn mismatch<'a>(
+        &'a self,
+        other: &'a Fingerprint,
+    ) -> Option<(&'static str, &'a str, &'a str)> {
         if self.rustc != other.rustc {
             Some(("rustc", self.rustc(), other.rustc()))
         } else if self.target != other.target {

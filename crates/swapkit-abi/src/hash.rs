@@ -45,7 +45,13 @@ mod tests {
 
     #[test]
     fn interface_hash_covers_the_name() {
-        assert_eq!(super::interface_hash("A", "f()->u64"), super::fnv1a64(b"A{f()->u64}"));
-        assert_ne!(super::interface_hash("A", "f()->u64"), super::interface_hash("B", "f()->u64"));
+        assert_eq!(
+            super::interface_hash("A", "f()->u64"),
+            super::fnv1a64(b"A{f()->u64}")
+        );
+        assert_ne!(
+            super::interface_hash("A", "f()->u64"),
+            super::interface_hash("B", "f()->u64")
+        );
     }
 }

@@ -39,11 +39,17 @@ pub struct RawSlice {
 
 impl RawSlice {
     /// An empty slice.
-    pub const EMPTY: RawSlice = RawSlice { ptr: core::ptr::NonNull::<u8>::dangling().as_ptr(), len: 0 };
+    pub const EMPTY: RawSlice = RawSlice {
+        ptr: core::ptr::NonNull::<u8>::dangling().as_ptr(),
+        len: 0,
+    };
 
     /// Borrows `bytes`.
     pub fn from_slice(bytes: &[u8]) -> Self {
-        RawSlice { ptr: bytes.as_ptr(), len: bytes.len() }
+        RawSlice {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
     }
 
     /// Views the bytes.
@@ -99,8 +105,11 @@ unsafe impl Sync for HostApi {}
 pub type ManifestFn = unsafe extern "C" fn(out: *mut RawSlice) -> u32;
 /// Runs `on_load`: builds an instance and stores its handle in `instance`. On failure `out`
 /// holds a UTF-8 message and no instance exists.
-pub type LoadFn =
-    unsafe extern "C" fn(host: *const HostApi, instance: *mut *mut c_void, out: *mut RawSlice) -> u32;
+pub type LoadFn = unsafe extern "C" fn(
+    host: *const HostApi,
+    instance: *mut *mut c_void,
+    out: *mut RawSlice,
+) -> u32;
 /// Runs `on_init` on an instance. On failure `out` holds a UTF-8 message.
 pub type InitFn = unsafe extern "C" fn(instance: *mut c_void, out: *mut RawSlice) -> u32;
 /// Runs `on_free` and then drops the instance. Called exactly once per instance.

@@ -31,7 +31,8 @@ pub trait Interface {
 pub trait Dispatch<T: ?Sized>: Interface {
     /// Decodes the arguments of `method` from `input`, calls it on `imp` and appends the
     /// encoded result to `out`.
-    fn dispatch(imp: &T, method: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), DispatchError>;
+    fn dispatch(imp: &T, method: u32, input: &[u8], out: &mut Vec<u8>)
+        -> Result<(), DispatchError>;
 }
 
 /// How a typed client reaches an implementation. The host runtime provides one that calls the
@@ -40,7 +41,11 @@ pub trait Transport {
     /// What a failed call returns.
     type Error;
     /// Calls method number `method` with the argument tuple `args`, and decodes its result.
-    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, Self::Error>;
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: u32,
+        args: &A,
+    ) -> Result<R, Self::Error>;
 }
 
 /// Why a dispatch failed before or after the implementation ran.

@@ -15,8 +15,8 @@ pub mod wire;
 
 pub use fingerprint::Fingerprint;
 pub use header::{
-    level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader, RawSlice, ABI_VERSION,
-    FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, MAGIC,
+    level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader,
+    RawSlice, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, MAGIC,
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
 pub use manifest::{Dependency, InterfaceDecl, Manifest};

@@ -64,7 +64,9 @@ mod tests {
                 signature: "greet(&str)->String".into(),
                 methods: vec!["greet".to_string()],
             }],
-            dependencies: vec![Dependency { plugin: "store".into() }],
+            dependencies: vec![Dependency {
+                plugin: "store".into(),
+            }],
         };
         let bytes = crate::wire::to_vec(&m).unwrap();
         let back: Manifest = crate::wire::from_bytes(&bytes).unwrap();

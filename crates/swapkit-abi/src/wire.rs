@@ -56,7 +56,11 @@ impl<const N: usize> StackBuf<N> {
     /// An empty buffer.
     #[inline]
     pub fn new() -> Self {
-        StackBuf { stack: [MaybeUninit::uninit(); N], len: 0, heap: None }
+        StackBuf {
+            stack: [MaybeUninit::uninit(); N],
+            len: 0,
+            heap: None,
+        }
     }
 
     /// The bytes written so far.
@@ -65,7 +69,9 @@ impl<const N: usize> StackBuf<N> {
         match &self.heap {
             Some(v) => v,
             // SAFETY: the first `len` bytes of `stack` were written by `push`.
-            None => unsafe { core::slice::from_raw_parts(self.stack.as_ptr().cast::<u8>(), self.len) },
+            None => unsafe {
+                core::slice::from_raw_parts(self.stack.as_ptr().cast::<u8>(), self.len)
+            },
         }
     }
 
@@ -117,7 +123,11 @@ impl<const N: usize> Flavor for Stack<'_, N> {
             if self.0.heap.is_none() {
                 self.0.spill();
             }
-            self.0.heap.as_mut().expect("spilled").extend_from_slice(bytes);
+            self.0
+                .heap
+                .as_mut()
+                .expect("spilled")
+                .extend_from_slice(bytes);
         }
         Ok(())
     }
@@ -130,7 +140,10 @@ impl<const N: usize> Flavor for Stack<'_, N> {
 
 /// Encodes `value` into `buf`, on the stack if it fits.
 #[inline]
-pub fn encode_to_stack<T: Serialize + ?Sized, const N: usize>(value: &T, buf: &mut StackBuf<N>) -> Result<(), Error> {
+pub fn encode_to_stack<T: Serialize + ?Sized, const N: usize>(
+    value: &T,
+    buf: &mut StackBuf<N>,
+) -> Result<(), Error> {
     postcard::serialize_with_flavor(value, Stack(buf))
 }
 

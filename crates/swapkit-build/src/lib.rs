@@ -66,6 +66,7 @@ pub struct PluginBuild {
     release: bool,
     target_dir: Option<PathBuf>,
     quiet: bool,
+    cargo: Option<PathBuf>,
 }
 
 impl PluginBuild {
@@ -77,6 +78,7 @@ impl PluginBuild {
             release: false,
             target_dir: None,
             quiet: false,
+            cargo: None,
         }
     }
 
@@ -110,9 +112,18 @@ impl PluginBuild {
         self
     }
 
+    /// Uses this cargo binary (default: `$CARGO`, else `cargo` on `PATH`).
+    pub fn cargo(mut self, cargo: impl Into<PathBuf>) -> Self {
+        self.cargo = Some(cargo.into());
+        self
+    }
+
     /// Runs the build, and returns one artifact per package, in the order they were added.
     pub fn run(&self) -> Result<Vec<BuiltArtifact>, BuildError> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let cargo = match &self.cargo {
+            Some(c) => c.display().to_string(),
+            None => std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        };
         let mut cmd = Command::new(&cargo);
         cmd.arg("build").arg("--manifest-path").arg(&self.manifest);
         cmd.arg("--message-format=json-render-diagnostics");
@@ -128,8 +139,15 @@ impl PluginBuild {
         if self.quiet {
             cmd.arg("--quiet");
         }
-        cmd.stdout(Stdio::piped()).stderr(if self.quiet { Stdio::null() } else { Stdio::inherit() });
-        let mut child = cmd.spawn().map_err(|source| BuildError::Spawn { cargo: cargo.clone(), source })?;
+        cmd.stdout(Stdio::piped()).stderr(if self.quiet {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        });
+        let mut child = cmd.spawn().map_err(|source| BuildError::Spawn {
+            cargo: cargo.clone(),
+            source,
+        })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut found: Vec<(String, PathBuf)> = vec![];
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -137,9 +155,14 @@ impl PluginBuild {
                 found.push(hit);
             }
         }
-        let status = child.wait().map_err(|source| BuildError::Spawn { cargo, source })?;
+        let status = child
+            .wait()
+            .map_err(|source| BuildError::Spawn { cargo, source })?;
         if !status.success() {
-            return Err(BuildError::Failed { packages: self.packages.join(", "), status });
+            return Err(BuildError::Failed {
+                packages: self.packages.join(", "),
+                status,
+            });
         }
         self.packages
             .iter()
@@ -149,8 +172,13 @@ impl PluginBuild {
                     .iter()
                     .rev()
                     .find(|(name, _)| *name == lib)
-                    .map(|(_, path)| BuiltArtifact { package: package.clone(), path: path.clone() })
-                    .ok_or_else(|| BuildError::NoArtifact { package: package.clone() })
+                    .map(|(_, path)| BuiltArtifact {
+                        package: package.clone(),
+                        path: path.clone(),
+                    })
+                    .ok_or_else(|| BuildError::NoArtifact {
+                        package: package.clone(),
+                    })
             })
             .collect()
     }
@@ -163,7 +191,11 @@ fn cdylib_of(line: &str) -> Option<(String, PathBuf)> {
         return None;
     }
     let target = msg.get("target")?;
-    let is_cdylib = target.get("kind")?.as_array()?.iter().any(|k| k.as_str() == Some("cdylib"));
+    let is_cdylib = target
+        .get("kind")?
+        .as_array()?
+        .iter()
+        .any(|k| k.as_str() == Some("cdylib"));
     if !is_cdylib {
         return None;
     }
@@ -187,10 +219,18 @@ mod tests {
         let line = r#"{"reason":"compiler-artifact","target":{"kind":["cdylib","rlib"],"name":"greeter-v1"},"filenames":["/t/libgreeter_v1.rlib","/t/libgreeter_v1.so"]}"#;
         let (name, path) = cdylib_of(line).expect("a cdylib");
         assert_eq!(name, "greeter_v1");
-        assert!(path.to_str().unwrap().ends_with(&format!(".{}", std::env::consts::DLL_EXTENSION)) || cfg!(not(target_os = "linux")));
+        assert!(
+            path.to_str()
+                .unwrap()
+                .ends_with(&format!(".{}", std::env::consts::DLL_EXTENSION))
+                || cfg!(not(target_os = "linux"))
+        );
         let rlib_only = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"serde"},"filenames":["/t/libserde.rlib"]}"#;
         assert_eq!(cdylib_of(rlib_only), None);
         assert_eq!(cdylib_of("not json"), None);
-        assert_eq!(cdylib_of(r#"{"reason":"build-finished","success":true}"#), None);
+        assert_eq!(
+            cdylib_of(r#"{"reason":"build-finished","success":true}"#),
+            None
+        );
     }
 }

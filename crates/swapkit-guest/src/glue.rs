@@ -11,8 +11,8 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use swapkit_abi::{
-    wire, DispatchError, EntryPoints, Fingerprint, HostApi, Interface, InterfaceDecl, Manifest, PluginHeader,
-    RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    wire, DispatchError, EntryPoints, Fingerprint, HostApi, Interface, InterfaceDecl, Manifest,
+    PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
 };
 
 use crate::{Host, Plugin};
@@ -30,7 +30,13 @@ pub trait Exports: Plugin {
     /// The exported interfaces, in dispatch order.
     fn interfaces() -> Vec<InterfaceDecl>;
     /// Routes a call to the implementation of interface number `interface`.
-    fn dispatch(&self, interface: u32, method: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), DispatchError>;
+    fn dispatch(
+        &self,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), DispatchError>;
 }
 
 /// The manifest entry of an interface.
@@ -48,9 +54,19 @@ pub const fn header<P: Exports>() -> PluginHeader {
     PluginHeader {
         magic: MAGIC,
         abi_version: ABI_VERSION,
-        flags: if cfg!(panic = "unwind") { FLAG_PANIC_UNWIND } else { 0 },
+        flags: if cfg!(panic = "unwind") {
+            FLAG_PANIC_UNWIND
+        } else {
+            0
+        },
         fingerprint: Fingerprint::CURRENT,
-        entry: EntryPoints { manifest: manifest::<P>, load: load::<P>, init: init::<P>, free: free::<P>, call: call::<P> },
+        entry: EntryPoints {
+            manifest: manifest::<P>,
+            load: load::<P>,
+            init: init::<P>,
+            free: free::<P>,
+            call: call::<P>,
+        },
     }
 }
 
@@ -77,7 +93,10 @@ thread_local! {
 ///
 /// # Safety
 /// `out` must be valid for a write.
-unsafe fn respond(out: *mut RawSlice, work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>) -> u32 {
+unsafe fn respond(
+    out: *mut RawSlice,
+    work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>,
+) -> u32 {
     OUT.with(|cell| {
         let mut buf = cell.take();
         if buf.capacity() > KEEP_CAPACITY {
@@ -129,7 +148,9 @@ unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
                 interfaces: P::interfaces(),
                 dependencies: P::DEPENDENCIES
                     .iter()
-                    .map(|d| swapkit_abi::Dependency { plugin: (*d).into() })
+                    .map(|d| swapkit_abi::Dependency {
+                        plugin: (*d).into(),
+                    })
                     .collect(),
             };
             wire::encode_into(&manifest, buf).map_err(|e| (Status::EncodeFailed, e.to_string()))
@@ -137,7 +158,11 @@ unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
     }
 }
 
-unsafe extern "C" fn load<P: Exports>(api: *const HostApi, instance: *mut *mut c_void, out: *mut RawSlice) -> u32 {
+unsafe extern "C" fn load<P: Exports>(
+    api: *const HostApi,
+    instance: *mut *mut c_void,
+    out: *mut RawSlice,
+) -> u32 {
     // SAFETY: the host passes a valid table, whose context outlives the instance, and writable
     // `instance` and `out` pointers.
     unsafe {
@@ -157,7 +182,11 @@ unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice)
     // SAFETY: the host passes a live instance made by `load::<P>` and a writable `out`.
     unsafe {
         let inst = &*(instance as *const Instance<P>);
-        respond(out, |_| inst.plugin.on_init(&inst.host).map_err(|e| (Status::HookFailed, e.message().to_owned())))
+        respond(out, |_| {
+            inst.plugin
+                .on_init(&inst.host)
+                .map_err(|e| (Status::HookFailed, e.message().to_owned()))
+        })
     }
 }
 
@@ -187,7 +216,11 @@ unsafe extern "C" fn call<P: Exports>(
     // at `input` that stay valid for the call, and a writable `out`.
     unsafe {
         let inst = &*(instance as *const Instance<P>);
-        let input = RawSlice { ptr: input, len: input_len }.as_slice();
+        let input = RawSlice {
+            ptr: input,
+            len: input_len,
+        }
+        .as_slice();
         respond(out, |buf| {
             inst.plugin
                 .dispatch(interface, method, input, buf)

@@ -29,7 +29,9 @@ impl Host {
     /// `api` must point to a valid table whose context outlives the instance.
     pub(crate) unsafe fn from_raw(api: *const HostApi) -> Host {
         // SAFETY: upheld by the caller; the table is copied so the host may free its own.
-        Host { api: unsafe { *api } }
+        Host {
+            api: unsafe { *api },
+        }
     }
 
     /// Writes a log line through the host, attributed to this plugin and its version.

@@ -103,7 +103,9 @@ pub struct Error {
 impl Error {
     /// An error with this message.
     pub fn msg(message: impl core::fmt::Display) -> Self {
-        Error { message: message.to_string() }
+        Error {
+            message: message.to_string(),
+        }
     }
 
     /// The message.

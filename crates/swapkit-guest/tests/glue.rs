@@ -46,13 +46,23 @@ static LOGGED: Mutex<Vec<(u32, String)>> = Mutex::new(vec![]);
 
 unsafe extern "C" fn log(_ctx: *const c_void, level: u32, msg: *const u8, len: usize) {
     let text = unsafe { RawSlice { ptr: msg, len }.as_slice() };
-    LOGGED.lock().unwrap().push((level, String::from_utf8(text.to_vec()).unwrap()));
+    LOGGED
+        .lock()
+        .unwrap()
+        .push((level, String::from_utf8(text.to_vec()).unwrap()));
 }
 
 fn call(instance: *mut c_void, interface: u32, method: u32, input: &[u8]) -> (u32, Vec<u8>) {
     let mut out = RawSlice::EMPTY;
     let status = unsafe {
-        (SWAPKIT_PLUGIN.entry.call)(instance, interface, method, input.as_ptr(), input.len(), &mut out)
+        (SWAPKIT_PLUGIN.entry.call)(
+            instance,
+            interface,
+            method,
+            input.as_ptr(),
+            input.len(),
+            &mut out,
+        )
     };
     (status, unsafe { out.as_slice() }.to_vec())
 }
@@ -63,48 +73,102 @@ fn entry_points_follow_the_abi() {
     let mut out = RawSlice::EMPTY;
     assert_eq!(unsafe { (entry.manifest)(&mut out) }, Status::Ok as u32);
     let manifest: Manifest = wire::from_bytes(unsafe { out.as_slice() }).unwrap();
-    assert_eq!((manifest.name.as_str(), manifest.version.as_str()), ("counter", "3.1.4"));
+    assert_eq!(
+        (manifest.name.as_str(), manifest.version.as_str()),
+        ("counter", "3.1.4")
+    );
     assert_eq!(manifest.crate_name, "glue");
     assert_eq!(manifest.interfaces[0].methods, ["add", "explode"]);
     assert_eq!(manifest.dependencies[0].plugin, "clock");
 
-    let api = HostApi { size: std::mem::size_of::<HostApi>(), ctx: std::ptr::null(), log };
+    let api = HostApi {
+        size: std::mem::size_of::<HostApi>(),
+        ctx: std::ptr::null(),
+        log,
+    };
     let mut instance: *mut c_void = std::ptr::null_mut();
-    assert_eq!(unsafe { (entry.load)(&api, &mut instance, &mut out) }, Status::Ok as u32);
+    assert_eq!(
+        unsafe { (entry.load)(&api, &mut instance, &mut out) },
+        Status::Ok as u32
+    );
     assert!(!instance.is_null());
-    assert_eq!(LOGGED.lock().unwrap().as_slice(), [(3, "hello from on_load".to_owned())]);
-    assert_eq!(unsafe { (entry.init)(instance, &mut out) }, Status::Ok as u32);
+    assert_eq!(
+        LOGGED.lock().unwrap().as_slice(),
+        [(3, "hello from on_load".to_owned())]
+    );
+    assert_eq!(
+        unsafe { (entry.init)(instance, &mut out) },
+        Status::Ok as u32
+    );
 
     let args = wire::to_vec(&(5u64,)).unwrap();
     let (status, bytes) = call(instance, 0, 0, &args);
-    assert_eq!((status, wire::from_bytes::<u64>(&bytes).unwrap()), (Status::Ok as u32, 5));
+    assert_eq!(
+        (status, wire::from_bytes::<u64>(&bytes).unwrap()),
+        (Status::Ok as u32, 5)
+    );
     let (_, bytes) = call(instance, 0, 0, &args);
-    assert_eq!(wire::from_bytes::<u64>(&bytes).unwrap(), 10, "one instance keeps its state");
+    assert_eq!(
+        wire::from_bytes::<u64>(&bytes).unwrap(),
+        10,
+        "one instance keeps its state"
+    );
 
     let (status, bytes) = call(instance, 0, 1, &[]);
-    assert_eq!((status, bytes.as_slice()), (Status::Panic as u32, b"kaboom".as_slice()));
+    assert_eq!(
+        (status, bytes.as_slice()),
+        (Status::Panic as u32, b"kaboom".as_slice())
+    );
     let (status, _) = call(instance, 0, 0, &args);
-    assert_eq!(status, Status::Ok as u32, "a panic leaves the instance usable");
+    assert_eq!(
+        status,
+        Status::Ok as u32,
+        "a panic leaves the instance usable"
+    );
 
     let (status, bytes) = call(instance, 0, 0, &[0xff]);
-    assert_eq!(status, Status::BadInput as u32, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        Status::BadInput as u32,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let (status, _) = call(instance, 0, 0, &[5, 0]);
-    assert_eq!(status, Status::BadInput as u32, "trailing bytes are bad input");
+    assert_eq!(
+        status,
+        Status::BadInput as u32,
+        "trailing bytes are bad input"
+    );
     let (status, bytes) = call(instance, 0, 9, &[]);
-    assert_eq!((status, String::from_utf8_lossy(&bytes).as_ref()), (Status::UnknownMethod as u32, "no method number 9"));
+    assert_eq!(
+        (status, String::from_utf8_lossy(&bytes).as_ref()),
+        (Status::UnknownMethod as u32, "no method number 9")
+    );
     let (status, bytes) = call(instance, 7, 0, &args);
     assert_eq!(
         (status, String::from_utf8_lossy(&bytes).as_ref()),
-        (Status::UnknownInterface as u32, "no exported interface number 7")
+        (
+            Status::UnknownInterface as u32,
+            "no exported interface number 7"
+        )
     );
 
-    assert_eq!(unsafe { (entry.free)(instance, &mut out) }, Status::Ok as u32);
+    assert_eq!(
+        unsafe { (entry.free)(instance, &mut out) },
+        Status::Ok as u32
+    );
 }
 
 #[test]
 fn header_prefix_describes_this_build() {
     assert_eq!(SWAPKIT_PLUGIN.magic, swapkit_abi::MAGIC);
     assert_eq!(SWAPKIT_PLUGIN.abi_version, swapkit_abi::ABI_VERSION);
-    assert_eq!(SWAPKIT_PLUGIN.flags & swapkit_abi::FLAG_PANIC_UNWIND, swapkit_abi::FLAG_PANIC_UNWIND);
-    assert_eq!(SWAPKIT_PLUGIN.fingerprint, swapkit_abi::Fingerprint::CURRENT);
+    assert_eq!(
+        SWAPKIT_PLUGIN.flags & swapkit_abi::FLAG_PANIC_UNWIND,
+        swapkit_abi::FLAG_PANIC_UNWIND
+    );
+    assert_eq!(
+        SWAPKIT_PLUGIN.fingerprint,
+        swapkit_abi::Fingerprint::CURRENT
+    );
 }

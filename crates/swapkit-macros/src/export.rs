@@ -54,15 +54,25 @@ impl Parse for Spec {
             }
         }
         let plugin = plugin.ok_or_else(|| input.error("missing `plugin: YourType`"))?;
-        let interfaces = interfaces.ok_or_else(|| input.error("missing `interfaces: [path::Trait, ...]`"))?;
-        Ok(Spec { plugin, name, version, interfaces, dependencies })
+        let interfaces =
+            interfaces.ok_or_else(|| input.error("missing `interfaces: [path::Trait, ...]`"))?;
+        Ok(Spec {
+            plugin,
+            name,
+            version,
+            interfaces,
+            dependencies,
+        })
     }
 }
 
 pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let spec: Spec = syn::parse2(input)?;
     let crate_name = std::env::var("CARGO_CRATE_NAME").map_err(|_| {
-        syn::Error::new(Span::call_site(), "export_plugin! must be expanded by cargo (CARGO_CRATE_NAME is unset)")
+        syn::Error::new(
+            Span::call_site(),
+            "export_plugin! must be expanded by cargo (CARGO_CRATE_NAME is unset)",
+        )
     })?;
     let symbol = format!("swapkit_plugin__{crate_name}");
     let plugin = &spec.plugin;
@@ -75,7 +85,10 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         None => quote!(env!("CARGO_PKG_VERSION")),
     };
     let deps = &spec.dependencies;
-    let decls = spec.interfaces.iter().map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
+    let decls = spec
+        .interfaces
+        .iter()
+        .map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
     let arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
         let i = i as u32;
         quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)

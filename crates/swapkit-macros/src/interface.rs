@@ -61,7 +61,8 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let dispatch_arms = methods.iter().enumerate().map(|(i, m)| {
         let index = i as u32;
         let fn_name = &m.sig.ident;
-        let (decode_tys, passes): (Vec<_>, Vec<_>) = m.args.iter().map(|(a, t)| decode_plan(&abi, a, t)).unzip();
+        let (decode_tys, passes): (Vec<_>, Vec<_>) =
+            m.args.iter().map(|(a, t)| decode_plan(&abi, a, t)).unzip();
         let names = m.args.iter().map(|(a, _)| a);
         quote! {
             #index => {
@@ -151,10 +152,16 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     };
     let sig = &f.sig;
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(sig.generics.span(), "interface methods cannot be generic"));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "interface methods cannot be generic",
+        ));
     }
     if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(a.span(), "interface methods cannot be async"));
+        return Err(syn::Error::new(
+            a.span(),
+            "interface methods cannot be async",
+        ));
     }
     if f.default.is_some() {
         return Err(syn::Error::new(
@@ -174,14 +181,22 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     }
     let mut args = vec![];
     for (i, arg) in inputs.enumerate() {
-        let FnArg::Typed(pt) = arg else { unreachable!("receiver only comes first") };
+        let FnArg::Typed(pt) = arg else {
+            unreachable!("receiver only comes first")
+        };
         if let Type::Reference(r) = &*pt.ty {
             if r.mutability.is_some() {
-                return Err(syn::Error::new(pt.ty.span(), "`&mut` arguments cannot cross the plugin boundary"));
+                return Err(syn::Error::new(
+                    pt.ty.span(),
+                    "`&mut` arguments cannot cross the plugin boundary",
+                ));
             }
         }
         if let Type::ImplTrait(_) = &*pt.ty {
-            return Err(syn::Error::new(pt.ty.span(), "`impl Trait` arguments cannot cross the plugin boundary"));
+            return Err(syn::Error::new(
+                pt.ty.span(),
+                "`impl Trait` arguments cannot cross the plugin boundary",
+            ));
         }
         let ident = match &*pt.pat {
             Pat::Ident(p) => p.ident.clone(),
@@ -193,8 +208,18 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, t) => (**t).clone(),
     };
-    let attrs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
-    Ok(Method { sig: sig.clone(), attrs, args, ret })
+    let attrs = f
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    Ok(Method {
+        sig: sig.clone(),
+        attrs,
+        args,
+        ret,
+    })
 }
 
 /// The type to decode an argument as, and the expression that passes it to the method:
@@ -217,5 +242,9 @@ fn decode_plan(abi: &TokenStream, name: &syn::Ident, ty: &Type) -> (TokenStream,
 
 /// Type text with all whitespace removed, so formatting never changes the hash.
 fn canonical(ty: &Type) -> String {
-    ty.to_token_stream().to_string().chars().filter(|c| !c.is_whitespace()).collect()
+    ty.to_token_stream()
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
 }

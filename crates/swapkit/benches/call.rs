@@ -37,7 +37,10 @@ fn calls(c: &mut Criterion) {
     let native = Swapper::new().unwrap();
     native.load_files(&artifacts).unwrap();
     let native_client = native.client::<dyn Greeter>().unwrap();
-    let statics = Swapper::builder().static_plugin(&fixture_greeter_v1::SWAPKIT_PLUGIN).build().unwrap();
+    let statics = Swapper::builder()
+        .static_plugin(&fixture_greeter_v1::SWAPKIT_PLUGIN)
+        .build()
+        .unwrap();
     let static_client = statics.client::<dyn Greeter>().unwrap();
     let pin = native.pin();
     let pinned_client = pin.client::<dyn Greeter>();
@@ -45,12 +48,24 @@ fn calls(c: &mut Criterion) {
     assert_eq!(native_client.score(1, "abc").unwrap(), 4);
 
     let mut group = c.benchmark_group("call");
-    group.bench_function("direct", |b| b.iter(|| direct(black_box(7), black_box("abc"))));
-    group.bench_function("dyn_trait", |b| b.iter(|| black_box(&local).score(black_box(7), black_box("abc"))));
-    group.bench_function("native_typed", |b| b.iter(|| native_client.score(black_box(7), black_box("abc")).unwrap()));
-    group.bench_function("static_typed", |b| b.iter(|| static_client.score(black_box(7), black_box("abc")).unwrap()));
-    group.bench_function("native_pinned", |b| b.iter(|| pinned_client.score(black_box(7), black_box("abc")).unwrap()));
-    group.bench_function("native_greet_string", |b| b.iter(|| native_client.greet(black_box("bench")).unwrap()));
+    group.bench_function("direct", |b| {
+        b.iter(|| direct(black_box(7), black_box("abc")))
+    });
+    group.bench_function("dyn_trait", |b| {
+        b.iter(|| black_box(&local).score(black_box(7), black_box("abc")))
+    });
+    group.bench_function("native_typed", |b| {
+        b.iter(|| native_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("static_typed", |b| {
+        b.iter(|| static_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("native_pinned", |b| {
+        b.iter(|| pinned_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("native_greet_string", |b| {
+        b.iter(|| native_client.greet(black_box("bench")).unwrap())
+    });
     group.finish();
 
     // Throughput: each iteration is one call on each of `threads` threads.

@@ -18,7 +18,11 @@ use swapkit::Swapper;
 mod support;
 
 fn reloads(c: &mut Criterion) {
-    let built = support::release_artifacts(&["fixture-greeter-v1", "fixture-greeter-v2", "fixture-chain-base"]);
+    let built = support::release_artifacts(&[
+        "fixture-greeter-v1",
+        "fixture-greeter-v2",
+        "fixture-chain-base",
+    ]);
     let (v1, v2, base) = (built[0].clone(), built[1].clone(), built[2].clone());
     let dir = tempfile::tempdir().unwrap();
 

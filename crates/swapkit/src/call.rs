@@ -39,11 +39,20 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
 
 #[cold]
 fn encode_error(target: &Target, method: u32, e: wire::Error) -> CallError {
-    CallError::Encode { interface: target.interface, method: method_name(target, method), reason: e.to_string() }
+    CallError::Encode {
+        interface: target.interface,
+        method: method_name(target, method),
+        reason: e.to_string(),
+    }
 }
 
 #[cold]
-fn decode_error(instance: &crate::backend::Instance, target: &Target, method: u32, e: wire::Error) -> CallError {
+fn decode_error(
+    instance: &crate::backend::Instance,
+    target: &Target,
+    method: u32,
+    e: wire::Error,
+) -> CallError {
     let code = &instance.code;
     CallError::Decode {
         plugin: code.name.clone(),
@@ -55,11 +64,21 @@ fn decode_error(instance: &crate::backend::Instance, target: &Target, method: u3
 }
 
 fn method_name(target: &Target, method: u32) -> &'static str {
-    target.methods.get(method as usize).copied().unwrap_or("<unknown method>")
+    target
+        .methods
+        .get(method as usize)
+        .copied()
+        .unwrap_or("<unknown method>")
 }
 
 #[cold]
-fn failure(instance: &crate::backend::Instance, target: &Target, method: u32, raw: u32, bytes: &[u8]) -> CallError {
+fn failure(
+    instance: &crate::backend::Instance,
+    target: &Target,
+    method: u32,
+    raw: u32,
+    bytes: &[u8],
+) -> CallError {
     let code = &instance.code;
     let (plugin, version) = (code.name.clone(), code.version.clone());
     let (interface, method) = (target.interface, method_name(target, method));
@@ -67,15 +86,39 @@ fn failure(instance: &crate::backend::Instance, target: &Target, method: u32, ra
     match Status::from_raw(raw) {
         Some(Status::Panic) => {
             tracing::error!(%plugin, %version, interface, method, %message, "plugin panicked");
-            CallError::Panic { plugin, version, interface, method, message }
+            CallError::Panic {
+                plugin,
+                version,
+                interface,
+                method,
+                message,
+            }
         }
-        Some(status) => CallError::Guest { plugin, version, interface, method, status, message },
-        None => CallError::UnknownStatus { plugin, version, interface, method, raw },
+        Some(status) => CallError::Guest {
+            plugin,
+            version,
+            interface,
+            method,
+            status,
+            message,
+        },
+        None => CallError::UnknownStatus {
+            plugin,
+            version,
+            interface,
+            method,
+            raw,
+        },
     }
 }
 
 pub(crate) fn target<I: Interface + ?Sized>(plugin: Option<&str>) -> Target {
-    Target { interface: I::NAME, hash: I::HASH, methods: I::METHODS, plugin: plugin.map(Into::into) }
+    Target {
+        interface: I::NAME,
+        hash: I::HASH,
+        methods: I::METHODS,
+        plugin: plugin.map(Into::into),
+    }
 }
 
 /// The transport of a client made by [`Swapper::client`](crate::Swapper::client): each call
@@ -94,7 +137,10 @@ impl Binding {
 
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Binding").field("interface", &self.target.interface).field("plugin", &self.target.plugin).finish()
+        f.debug_struct("Binding")
+            .field("interface", &self.target.interface)
+            .field("plugin", &self.target.plugin)
+            .finish()
     }
 }
 
@@ -102,7 +148,11 @@ impl Transport for Binding {
     type Error = CallError;
 
     #[inline]
-    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, CallError> {
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: u32,
+        args: &A,
+    ) -> Result<R, CallError> {
         let guard = self.inner.current.enter();
         call_in(guard.generation(), &self.target, method, args)
     }
@@ -131,17 +181,27 @@ impl Pin {
 
     /// The pinned generation's plugins, as `(name, version)`, dependencies first.
     pub fn plugins(&self) -> Vec<(String, String)> {
-        self.generation.plugins.iter().map(|p| (p.code.name.to_string(), p.code.version.to_string())).collect()
+        self.generation
+            .plugins
+            .iter()
+            .map(|p| (p.code.name.to_string(), p.code.version.to_string()))
+            .collect()
     }
 
     /// A typed client for interface `I`, bound to this pin's generation.
     pub fn client<I: Interface + ?Sized>(&self) -> I::Client<Pinned> {
-        I::client(Pinned { generation: self.generation.clone(), target: target::<I>(None) })
+        I::client(Pinned {
+            generation: self.generation.clone(),
+            target: target::<I>(None),
+        })
     }
 
     /// Like [`Pin::client`], for the plugin named `plugin`.
     pub fn client_of<I: Interface + ?Sized>(&self, plugin: &str) -> I::Client<Pinned> {
-        I::client(Pinned { generation: self.generation.clone(), target: target::<I>(Some(plugin)) })
+        I::client(Pinned {
+            generation: self.generation.clone(),
+            target: target::<I>(Some(plugin)),
+        })
     }
 }
 
@@ -153,7 +213,9 @@ impl Drop for Pin {
 
 impl std::fmt::Debug for Pin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pin").field("generation", &self.generation.id).finish()
+        f.debug_struct("Pin")
+            .field("generation", &self.generation.id)
+            .finish()
     }
 }
 
@@ -166,7 +228,10 @@ pub struct Pinned {
 
 impl std::fmt::Debug for Pinned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pinned").field("generation", &self.generation.id).field("interface", &self.target.interface).finish()
+        f.debug_struct("Pinned")
+            .field("generation", &self.generation.id)
+            .field("interface", &self.target.interface)
+            .finish()
     }
 }
 
@@ -174,7 +239,11 @@ impl Transport for Pinned {
     type Error = CallError;
 
     #[inline]
-    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, method: u32, args: &A) -> Result<R, CallError> {
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: u32,
+        args: &A,
+    ) -> Result<R, CallError> {
         call_in(&self.generation, &self.target, method, args)
     }
 }

@@ -13,7 +13,9 @@ use swapkit_abi::Status;
 #[non_exhaustive]
 pub enum LoadError {
     /// The artifact could not be read.
-    #[error("cannot read plugin artifact {path}: {source}; check that the file exists and is readable")]
+    #[error(
+        "cannot read plugin artifact {path}: {source}; check that the file exists and is readable"
+    )]
     Read {
         /// The artifact.
         path: PathBuf,
@@ -70,7 +72,9 @@ pub enum LoadError {
         prefix: &'static str,
     },
     /// The library exports more than one plugin header.
-    #[error("{path} exports several swapkit plugin headers ({symbols}); build one plugin per library")]
+    #[error(
+        "{path} exports several swapkit plugin headers ({symbols}); build one plugin per library"
+    )]
     ManyEntrySymbols {
         /// The artifact.
         path: PathBuf,
@@ -78,7 +82,9 @@ pub enum LoadError {
         symbols: String,
     },
     /// The header does not start with the swapkit magic.
-    #[error("{origin}: the plugin header is corrupt (bad magic); rebuild the plugin with swapkit-guest")]
+    #[error(
+        "{origin}: the plugin header is corrupt (bad magic); rebuild the plugin with swapkit-guest"
+    )]
     BadMagic {
         /// The artifact or static plugin.
         origin: String,
@@ -129,27 +135,8 @@ pub enum LoadError {
         reason: String,
     },
     /// A plugin exports an interface whose hash differs from the host's.
-    #[error(
-        "plugin `{plugin}` {version} exports interface `{interface}` with hash {found:#018x}, but the \
-         host expects {expected:#018x}; rebuild the plugin against the host's interface crate\n  \
-         plugin: {found_signature}\n  host:   {expected_signature}"
-    )]
-    InterfaceHash {
-        /// The plugin.
-        plugin: String,
-        /// Its version.
-        version: String,
-        /// The interface name.
-        interface: String,
-        /// The plugin's hash.
-        found: u64,
-        /// The host's hash.
-        expected: u64,
-        /// The plugin's signature text.
-        found_signature: String,
-        /// The host's signature text.
-        expected_signature: String,
-    },
+    #[error(transparent)]
+    InterfaceHash(Box<InterfaceMismatch>),
     /// Two artifacts carry the same plugin name.
     #[error("two plugins are named `{name}`: {first} and {second}; plugin names must be unique")]
     DuplicatePlugin {
@@ -232,12 +219,38 @@ pub enum LoadError {
     },
 }
 
+/// An interface a plugin exports under the host's name but with another hash.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "plugin `{plugin}` {version} exports interface `{interface}` with hash {found:#018x}, but the \
+     host expects {expected:#018x}; rebuild the plugin against the host's interface crate\n  \
+     plugin: {found_signature}\n  host:   {expected_signature}"
+)]
+pub struct InterfaceMismatch {
+    /// The plugin.
+    pub plugin: String,
+    /// Its version.
+    pub version: String,
+    /// The interface name.
+    pub interface: String,
+    /// The plugin's hash.
+    pub found: u64,
+    /// The host's hash.
+    pub expected: u64,
+    /// The plugin's signature text.
+    pub found_signature: String,
+    /// The host's signature text.
+    pub expected_signature: String,
+}
+
 /// Why a call through a typed client failed. The host keeps serving; the next call may work.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
     /// No plugin of the generation exports the interface.
-    #[error("no plugin in generation {generation} exports interface `{interface}`; load one that does")]
+    #[error(
+        "no plugin in generation {generation} exports interface `{interface}`; load one that does"
+    )]
     NotExported {
         /// The interface.
         interface: &'static str,
@@ -288,7 +301,9 @@ pub enum CallError {
         message: String,
     },
     /// The plugin returned a status code this ABI does not define.
-    #[error("plugin `{plugin}` {version} returned unknown status {raw} from {interface}::{method}")]
+    #[error(
+        "plugin `{plugin}` {version} returned unknown status {raw} from {interface}::{method}"
+    )]
     UnknownStatus {
         /// The plugin.
         plugin: Arc<str>,

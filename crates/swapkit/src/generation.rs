@@ -59,11 +59,20 @@ impl Generation {
         let mut exports: Vec<Export> = vec![];
         for (p, inst) in plugins.iter().enumerate() {
             for (i, decl) in inst.code.manifest.interfaces.iter().enumerate() {
-                exports.push(Export { hash: decl.hash, name: decl.name.as_str().into(), plugin: p, interface: i as u32, shared: false });
+                exports.push(Export {
+                    hash: decl.hash,
+                    name: decl.name.as_str().into(),
+                    plugin: p,
+                    interface: i as u32,
+                    shared: false,
+                });
             }
         }
         for i in 0..exports.len() {
-            let shared = exports.iter().enumerate().any(|(j, e)| j != i && e.name == exports[i].name);
+            let shared = exports
+                .iter()
+                .enumerate()
+                .any(|(j, e)| j != i && e.name == exports[i].name);
             exports[i].shared = shared;
         }
         Generation {
@@ -101,7 +110,10 @@ impl Generation {
                 _ => return Ok((inst, e.interface)),
             }
         }
-        Err(CallError::NotExported { interface: target.interface, generation: self.id })
+        Err(CallError::NotExported {
+            interface: target.interface,
+            generation: self.id,
+        })
     }
 
     #[cold]
@@ -112,12 +124,19 @@ impl Generation {
             .filter(|e| &*e.name == target.interface)
             .map(|e| &*self.plugins[e.plugin].code.name)
             .collect();
-        CallError::Ambiguous { interface: target.interface, plugins: plugins.join(", "), generation: self.id }
+        CallError::Ambiguous {
+            interface: target.interface,
+            plugins: plugins.join(", "),
+            generation: self.id,
+        }
     }
 
     /// The interface hash this generation exports under `name`, if any, with the plugin.
     pub fn exported(&self, name: &str) -> Option<(&Instance, usize)> {
-        self.exports.iter().find(|e| &*e.name == name).map(|e| (&*self.plugins[e.plugin], e.interface as usize))
+        self.exports
+            .iter()
+            .find(|e| &*e.name == name)
+            .map(|e| (&*self.plugins[e.plugin], e.interface as usize))
     }
 
     pub fn mark_superseded(&self) {
@@ -137,7 +156,11 @@ impl Generation {
         let label = label?;
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        lock(&self.labels).push(PinRecord { id, label, since: Instant::now() });
+        lock(&self.labels).push(PinRecord {
+            id,
+            label,
+            since: Instant::now(),
+        });
         Some(id)
     }
 
@@ -149,7 +172,13 @@ impl Generation {
     }
 
     pub fn pin_labels(&self) -> Vec<PinInfo> {
-        lock(&self.labels).iter().map(|r| PinInfo { label: r.label.clone(), held_for: r.since.elapsed() }).collect()
+        lock(&self.labels)
+            .iter()
+            .map(|r| PinInfo {
+                label: r.label.clone(),
+                held_for: r.since.elapsed(),
+            })
+            .collect()
     }
 }
 
@@ -157,8 +186,11 @@ impl Drop for Generation {
     fn drop(&mut self) {
         self.alive.store(0, Ordering::Relaxed);
         let _span = tracing::info_span!("retire", generation = self.id).entered();
-        let plugins: Vec<(String, String)> =
-            self.plugins.iter().map(|p| (p.code.name.to_string(), p.code.version.to_string())).collect();
+        let plugins: Vec<(String, String)> = self
+            .plugins
+            .iter()
+            .map(|p| (p.code.name.to_string(), p.code.version.to_string()))
+            .collect();
         // Reverse dependency order: a plugin is freed before the plugins it depends on. An
         // instance shared with a newer generation is only released here, not freed.
         while let Some(p) = self.plugins.pop() {
@@ -166,7 +198,12 @@ impl Drop for Generation {
         }
         let drained_after = self.superseded.get().map(|t| t.elapsed());
         tracing::info!(generation = self.id, ?drained_after, "generation retired");
-        self.ledger.drained(DrainedGeneration { id: self.id, plugins, drained_after, at: Instant::now() });
+        self.ledger.drained(DrainedGeneration {
+            id: self.id,
+            plugins,
+            drained_after,
+            at: Instant::now(),
+        });
     }
 }
 
@@ -235,7 +272,14 @@ impl Ledger {
         self.changed.notify_all();
     }
 
-    pub fn wait<'a>(&self, guard: MutexGuard<'a, LedgerState>, timeout: Duration) -> MutexGuard<'a, LedgerState> {
-        self.changed.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner()).0
+    pub fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, LedgerState>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, LedgerState> {
+        self.changed
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 }

@@ -46,7 +46,10 @@ struct Record {
 
 impl Record {
     fn new() -> Record {
-        Record { slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())), owned: AtomicBool::new(true) }
+        Record {
+            slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            owned: AtomicBool::new(true),
+        }
     }
 }
 
@@ -62,7 +65,10 @@ fn registry() -> MutexGuard<'static, Vec<&'static Record>> {
 fn claim_record() -> &'static Record {
     let mut all = registry();
     for r in all.iter() {
-        if r.owned.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if r.owned
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             return r;
         }
     }
@@ -158,14 +164,17 @@ pub(crate) struct Current {
 impl Current {
     pub fn new(generation: Arc<Generation>) -> Current {
         init_fences();
-        Current { ptr: AtomicPtr::new(Arc::into_raw(generation).cast_mut()), retiring: Mutex::new(vec![]) }
+        Current {
+            ptr: AtomicPtr::new(Arc::into_raw(generation).cast_mut()),
+            retiring: Mutex::new(vec![]),
+        }
     }
 
     /// Protects the current generation for as long as the guard lives. No lock, no shared
     /// write: a store to this thread's own slot, a compiler fence and two loads.
     #[inline]
     pub fn enter(&self) -> Guard<'_> {
-        let (slot, held) = match LOCAL.try_with(|local| take_slot(local)) {
+        let (slot, held) = match LOCAL.try_with(take_slot) {
             Ok(Some(found)) => found,
             // Nested too deep, or this thread's locals are already destroyed.
             _ => spare_slot(),
@@ -181,7 +190,12 @@ impl Current {
                 // names it, and it was current (so alive) when the slot was published.
                 let generation = unsafe { &*g };
                 debug_assert!(generation.is_alive(), "a call reached a freed generation");
-                return Guard { current: self, generation, slot, held };
+                return Guard {
+                    current: self,
+                    generation,
+                    slot,
+                    held,
+                };
             }
         }
     }
@@ -201,11 +215,16 @@ impl Current {
     /// Publishes `next` and returns the superseded generation, which is released as soon as
     /// no call is in it (perhaps here).
     pub fn swap(&self, next: Arc<Generation>) -> Arc<Generation> {
-        let old = self.ptr.swap(Arc::into_raw(next).cast_mut(), Ordering::SeqCst);
+        let old = self
+            .ptr
+            .swap(Arc::into_raw(next).cast_mut(), Ordering::SeqCst);
         // SAFETY: `old` came from `Arc::into_raw`; the strong reference it owned moves here.
         let old = unsafe { Arc::from_raw(old) };
         let returned = old.clone();
-        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(old);
         self.reclaim();
         returned
     }
@@ -219,8 +238,9 @@ impl Current {
             }
             heavy_fence();
             let records = registry();
-            let (held, free): (Vec<_>, Vec<_>) =
-                retiring.drain(..).partition(|g| in_use(&records, Arc::as_ptr(g)) > 0);
+            let (held, free): (Vec<_>, Vec<_>) = retiring
+                .drain(..)
+                .partition(|g| in_use(&records, Arc::as_ptr(g)) > 0);
             *retiring = held;
             free
         };
@@ -236,7 +256,11 @@ impl Current {
 
     /// Whether `generation` is on the retiring list (which holds a reference to it).
     pub fn is_retiring(&self, generation: &Generation) -> bool {
-        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|g| ptr::eq(&**g, generation))
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|g| ptr::eq(&**g, generation))
     }
 }
 
@@ -245,7 +269,10 @@ impl Drop for Current {
         // No guard can exist: each borrows `self`.
         // SAFETY: the pointer owns one strong reference from `Arc::into_raw`.
         drop(unsafe { Arc::from_raw(*self.ptr.get_mut()) });
-        self.retiring.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+        self.retiring
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

@@ -39,8 +39,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Native plugins' code mappings are never unmapped (see [`backend`](BackendKind) docs in
-//! `ABI.md`); every object a generation owns is dropped when it retires.
+//! Native plugins' code mappings are never unmapped: Rust `cdylib`s register thread-local
+//! destructors, which makes `dlclose` unsound. Every object a generation owns is still dropped
+//! when it retires, and loading content seen before reuses its mapping. The ABI itself is
+//! specified in the `swapkit-abi` crate (`ABI.md`).
 
 #![deny(missing_docs)]
 
@@ -56,9 +58,11 @@ mod swapper;
 
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
-pub use error::{CallError, DrainTimeout, LoadError};
+pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError};
 pub use log::{GuestLog, LogSink};
-pub use status::{DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status};
-pub use swapper::{OverdueHook, ReloadReport, Swapper, SwapperBuilder};
+pub use status::{
+    DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
+};
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
+pub use swapper::{OverdueHook, ReloadReport, Swapper, SwapperBuilder};

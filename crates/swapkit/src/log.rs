@@ -36,7 +36,12 @@ pub(crate) struct GuestCtx {
 ///
 /// # Safety
 /// `ctx` must be the context of a live instance, and `msg` must point to `len` readable bytes.
-pub(crate) unsafe extern "C" fn host_log(ctx: *const c_void, raw_level: u32, msg: *const u8, len: usize) {
+pub(crate) unsafe extern "C" fn host_log(
+    ctx: *const c_void,
+    raw_level: u32,
+    msg: *const u8,
+    len: usize,
+) {
     // An unwind must never cross back into the guest, so a panicking sink is contained here.
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: upheld by the caller: the guest passes back the context it was given.
@@ -53,14 +58,27 @@ pub(crate) unsafe extern "C" fn host_log(ctx: *const c_void, raw_level: u32, msg
         };
         let (plugin, version) = (&*ctx.plugin, &*ctx.version);
         match level {
-            tracing::Level::ERROR => tracing::error!(target: "swapkit::guest", plugin, version, "{message}"),
-            tracing::Level::WARN => tracing::warn!(target: "swapkit::guest", plugin, version, "{message}"),
-            tracing::Level::INFO => tracing::info!(target: "swapkit::guest", plugin, version, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(target: "swapkit::guest", plugin, version, "{message}"),
+            tracing::Level::ERROR => {
+                tracing::error!(target: "swapkit::guest", plugin, version, "{message}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "swapkit::guest", plugin, version, "{message}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(target: "swapkit::guest", plugin, version, "{message}")
+            }
+            tracing::Level::DEBUG => {
+                tracing::debug!(target: "swapkit::guest", plugin, version, "{message}")
+            }
             _ => tracing::trace!(target: "swapkit::guest", plugin, version, "{message}"),
         }
         if let Some(sink) = &ctx.sink {
-            sink(&GuestLog { plugin, version, level, message: &message });
+            sink(&GuestLog {
+                plugin,
+                version,
+                level,
+                message: &message,
+            });
         }
     }));
 }

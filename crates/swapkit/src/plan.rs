@@ -75,8 +75,10 @@ pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> 
     let mut marks = vec![Mark::New; codes.len()];
     let mut ordered = Vec::with_capacity(codes.len());
     for i in 0..codes.len() {
-        visit(i, &deps, &mut marks, &mut vec![], &mut ordered).map_err(|cycle| LoadError::DependencyCycle {
-            cycle: cycle.iter().map(|&c| codes[c].name.to_string()).collect(),
+        visit(i, &deps, &mut marks, &mut vec![], &mut ordered).map_err(|cycle| {
+            LoadError::DependencyCycle {
+                cycle: cycle.iter().map(|&c| codes[c].name.to_string()).collect(),
+            }
         })?;
     }
     Ok(ordered.into_iter().map(|i| codes[i].clone()).collect())

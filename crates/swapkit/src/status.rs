@@ -108,7 +108,10 @@ pub(crate) fn generation_status(
     let state = match (current, g.superseded()) {
         (false, Some(t)) => {
             let since = t.elapsed();
-            GenerationState::Draining { since, overdue: deadline.is_some_and(|d| since > d) }
+            GenerationState::Draining {
+                since,
+                overdue: deadline.is_some_and(|d| since > d),
+            }
         }
         _ => GenerationState::Current,
     };
@@ -123,9 +126,20 @@ pub(crate) fn generation_status(
                 name: p.code.name.to_string(),
                 version: p.code.version.to_string(),
                 backend: p.code.backend,
-                content_hash: p.code.content_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                content_hash: p
+                    .code
+                    .content_hash
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
                 origin: p.code.origin.clone(),
-                interfaces: p.code.manifest.interfaces.iter().map(|i| i.name.clone()).collect(),
+                interfaces: p
+                    .code
+                    .manifest
+                    .interfaces
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect(),
             })
             .collect(),
         pin_count: g.pin_count(),
@@ -141,12 +155,27 @@ impl std::fmt::Display for Status {
             let state = match g.state {
                 GenerationState::Current => "current".to_owned(),
                 GenerationState::Draining { since, overdue } => {
-                    format!("draining for {since:.1?}{}", if overdue { " (OVERDUE)" } else { "" })
+                    format!(
+                        "draining for {since:.1?}{}",
+                        if overdue { " (OVERDUE)" } else { "" }
+                    )
                 }
             };
-            writeln!(f, "generation {} [{state}] calls={} pins={} refs={}", g.id, g.calls, g.pin_count, g.refs)?;
+            writeln!(
+                f,
+                "generation {} [{state}] calls={} pins={} refs={}",
+                g.id, g.calls, g.pin_count, g.refs
+            )?;
             for p in &g.plugins {
-                writeln!(f, "  {} {} ({}, {}…) {}", p.name, p.version, p.backend, &p.content_hash[..12], p.origin)?;
+                writeln!(
+                    f,
+                    "  {} {} ({}, {}…) {}",
+                    p.name,
+                    p.version,
+                    p.backend,
+                    &p.content_hash[..12],
+                    p.origin
+                )?;
             }
             for pin in &g.pins {
                 writeln!(f, "  pinned by `{}` for {:.1?}", pin.label, pin.held_for)?;
@@ -155,7 +184,12 @@ impl std::fmt::Display for Status {
         for d in &self.drained {
             let names: Vec<String> = d.plugins.iter().map(|(n, v)| format!("{n} {v}")).collect();
             match d.drained_after {
-                Some(t) => writeln!(f, "drained generation {} [{}] {t:.1?} after it was superseded", d.id, names.join(", "))?,
+                Some(t) => writeln!(
+                    f,
+                    "drained generation {} [{}] {t:.1?} after it was superseded",
+                    d.id,
+                    names.join(", ")
+                )?,
                 None => writeln!(f, "drained generation {} [{}]", d.id, names.join(", "))?,
             }
         }

@@ -11,7 +11,7 @@ use swapkit_abi::{Interface, PluginHeader};
 use crate::backend::native::{NativeLoader, EXTENSION};
 use crate::backend::{statics, Code, Instance};
 use crate::call::{target, Binding, Pin};
-use crate::error::{DrainTimeout, LoadError};
+use crate::error::{DrainTimeout, InterfaceMismatch, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
 use crate::log::LogSink;
@@ -125,7 +125,10 @@ impl SwapperBuilder {
 
     /// Called once for each generation held past the drain deadline, besides a `tracing`
     /// warning.
-    pub fn on_overdue(mut self, hook: impl Fn(&crate::GenerationStatus) + Send + Sync + 'static) -> Self {
+    pub fn on_overdue(
+        mut self,
+        hook: impl Fn(&crate::GenerationStatus) + Send + Sync + 'static,
+    ) -> Self {
         self.on_overdue = Some(Arc::new(hook));
         self
     }
@@ -147,10 +150,12 @@ impl SwapperBuilder {
     pub fn build(self) -> Result<Swapper, LoadError> {
         let ledger = Arc::new(Ledger::default());
         let native = if self.statics.is_empty() {
-            let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| LoadError::Scratch {
-                path: PathBuf::new(),
-                scratch: self.scratch.clone().unwrap_or_else(std::env::temp_dir),
-                source,
+            let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| {
+                LoadError::Scratch {
+                    path: PathBuf::new(),
+                    scratch: self.scratch.clone().unwrap_or_else(std::env::temp_dir),
+                    source,
+                }
             })?;
             Some(loader)
         } else {
@@ -181,12 +186,22 @@ impl SwapperBuilder {
         std::thread::Builder::new()
             .name("swapkit-drain".into())
             .spawn(move || watch(ledger, weak, deadline, on_overdue))
-            .map_err(|source| LoadError::Scratch { path: PathBuf::new(), scratch: PathBuf::new(), source })?;
+            .map_err(|source| LoadError::Scratch {
+                path: PathBuf::new(),
+                scratch: PathBuf::new(),
+                source,
+            })?;
         let swapper = Swapper { inner };
         if !self.statics.is_empty() {
-            let codes = self.statics.into_iter().map(statics::code).collect::<Result<Vec<_>, _>>()?;
+            let codes = self
+                .statics
+                .into_iter()
+                .map(statics::code)
+                .collect::<Result<Vec<_>, _>>()?;
             let mut state = swapper.inner.lock_reload();
-            swapper.inner.install(&mut state, codes, "load", Instant::now())?;
+            swapper
+                .inner
+                .install(&mut state, codes, "load", Instant::now())?;
         }
         Ok(swapper)
     }
@@ -239,8 +254,13 @@ impl Swapper {
 
     /// Loads exactly these artifacts as one new generation, and makes them the source of
     /// later [`reload`](Self::reload)s.
-    pub fn load_files<P: AsRef<Path>>(&self, files: impl IntoIterator<Item = P>) -> Result<ReloadReport, LoadError> {
-        self.load_from(Source::Files(files.into_iter().map(|p| p.as_ref().to_owned()).collect()))
+    pub fn load_files<P: AsRef<Path>>(
+        &self,
+        files: impl IntoIterator<Item = P>,
+    ) -> Result<ReloadReport, LoadError> {
+        self.load_from(Source::Files(
+            files.into_iter().map(|p| p.as_ref().to_owned()).collect(),
+        ))
     }
 
     /// Reads the source again and publishes a new generation. Plugins whose artifact content
@@ -270,7 +290,9 @@ impl Swapper {
             return Err(LoadError::StaticMode);
         }
         let previous = state.history.back().cloned().ok_or(LoadError::NoHistory)?;
-        let report = self.inner.install(&mut state, previous, "rollback", Instant::now())?;
+        let report = self
+            .inner
+            .install(&mut state, previous, "rollback", Instant::now())?;
         // `install` pushed the rolled-back-from selection; drop it and the one we returned to,
         // so that history reads as if the last swap never happened.
         state.history.pop_back();
@@ -284,14 +306,23 @@ impl Swapper {
     /// Fails if the current generation exports an interface of this name with another hash.
     pub fn client<I: Interface + ?Sized>(&self) -> Result<I::Client<Binding>, LoadError> {
         self.inner.declare::<I>()?;
-        Ok(I::client(Binding::new(self.inner.clone(), target::<I>(None))))
+        Ok(I::client(Binding::new(
+            self.inner.clone(),
+            target::<I>(None),
+        )))
     }
 
     /// Like [`client`](Self::client), for the plugin named `plugin`, when several plugins
     /// export `I`.
-    pub fn client_of<I: Interface + ?Sized>(&self, plugin: &str) -> Result<I::Client<Binding>, LoadError> {
+    pub fn client_of<I: Interface + ?Sized>(
+        &self,
+        plugin: &str,
+    ) -> Result<I::Client<Binding>, LoadError> {
         self.inner.declare::<I>()?;
-        Ok(I::client(Binding::new(self.inner.clone(), target::<I>(Some(plugin)))))
+        Ok(I::client(Binding::new(
+            self.inner.clone(),
+            target::<I>(Some(plugin)),
+        )))
     }
 
     /// Pins the current generation for a unit of work. See [`Pin`].
@@ -317,14 +348,26 @@ impl Swapper {
         drop(current);
         let (alive, drained) = {
             let state = self.inner.ledger.lock();
-            let alive: Vec<Arc<Generation>> = state.retiring.iter().filter_map(|r| r.generation.upgrade()).collect();
+            let alive: Vec<Arc<Generation>> = state
+                .retiring
+                .iter()
+                .filter_map(|r| r.generation.upgrade())
+                .collect();
             (alive, state.drained.iter().cloned().collect())
         };
         // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
-        let draining = alive.iter().map(|g| generation_status(g, &self.inner.current, false, deadline)).collect();
+        let draining = alive
+            .iter()
+            .map(|g| generation_status(g, &self.inner.current, false, deadline))
+            .collect();
         drop(alive);
         let history = self.inner.lock_reload().history.len();
-        Status { current: current_status, draining, drained, history }
+        Status {
+            current: current_status,
+            draining,
+            drained,
+            history,
+        }
     }
 
     /// Waits until every superseded generation has retired, or `timeout` passes. On timeout,
@@ -339,22 +382,33 @@ impl Swapper {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                let alive: Vec<Arc<Generation>> =
-                    state.retiring.iter().filter_map(|r| r.generation.upgrade()).collect();
+                let alive: Vec<Arc<Generation>> = state
+                    .retiring
+                    .iter()
+                    .filter_map(|r| r.generation.upgrade())
+                    .collect();
                 drop(state);
                 let deadline = Some(self.inner.drain_deadline);
-                let held = alive.iter().map(|g| generation_status(g, &self.inner.current, false, deadline)).collect();
+                let held = alive
+                    .iter()
+                    .map(|g| generation_status(g, &self.inner.current, false, deadline))
+                    .collect();
                 drop(alive);
                 return Err(DrainTimeout { waited, held });
             }
-            state = self.inner.ledger.wait(state, (timeout - waited).min(Duration::from_millis(50)));
+            state = self
+                .inner
+                .ledger
+                .wait(state, (timeout - waited).min(Duration::from_millis(50)));
         }
     }
 }
 
 impl std::fmt::Debug for Swapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Swapper").field("generation", &self.generation()).finish()
+        f.debug_struct("Swapper")
+            .field("generation", &self.generation())
+            .finish()
     }
 }
 
@@ -377,7 +431,11 @@ impl Inner {
         Ok(())
     }
 
-    fn reload_from(&self, state: &mut ReloadState, source: &Source) -> Result<ReloadReport, LoadError> {
+    fn reload_from(
+        &self,
+        state: &mut ReloadState,
+        source: &Source,
+    ) -> Result<ReloadReport, LoadError> {
         let start = Instant::now();
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
         let _span = tracing::info_span!("reload", source = ?source).entered();
@@ -385,7 +443,10 @@ impl Inner {
             Source::Files(files) => files.clone(),
             Source::Dir(dir) => list_artifacts(dir)?,
         };
-        let codes = paths.iter().map(|p| native.load(p)).collect::<Result<Vec<_>, _>>()?;
+        let codes = paths
+            .iter()
+            .map(|p| native.load(p))
+            .collect::<Result<Vec<_>, _>>()?;
         self.install(state, codes, "reload", start)
     }
 
@@ -403,11 +464,19 @@ impl Inner {
         let current = self.current.load_full();
         let mut instances: Vec<Arc<Instance>> = Vec::with_capacity(codes.len());
         let mut fresh = vec![];
-        let mut report = ReloadReport { generation: 0, loaded: vec![], reused: vec![], took: Duration::ZERO };
+        let mut report = ReloadReport {
+            generation: 0,
+            loaded: vec![],
+            reused: vec![],
+            took: Duration::ZERO,
+        };
         let built = (|| {
             for code in &codes {
                 let named = (code.name.to_string(), code.version.to_string());
-                let same = current.plugins.iter().find(|p| p.code.content_hash == code.content_hash && p.code.name == code.name);
+                let same = current
+                    .plugins
+                    .iter()
+                    .find(|p| p.code.content_hash == code.content_hash && p.code.name == code.name);
                 if let Some(existing) = same {
                     instances.push(existing.clone());
                     report.reused.push(named);
@@ -468,8 +537,13 @@ impl Inner {
     }
 }
 
-fn interface_mismatch(code: &Code, decl: &swapkit_abi::InterfaceDecl, expected: u64, signature: &str) -> LoadError {
-    LoadError::InterfaceHash {
+fn interface_mismatch(
+    code: &Code,
+    decl: &swapkit_abi::InterfaceDecl,
+    expected: u64,
+    signature: &str,
+) -> LoadError {
+    LoadError::InterfaceHash(Box::new(InterfaceMismatch {
         plugin: code.name.to_string(),
         version: code.version.to_string(),
         interface: decl.name.clone(),
@@ -477,31 +551,49 @@ fn interface_mismatch(code: &Code, decl: &swapkit_abi::InterfaceDecl, expected: 
         expected,
         found_signature: decl.signature.clone(),
         expected_signature: signature.to_owned(),
-    }
+    }))
 }
 
 /// The artifacts in `dir`, sorted by name. Hidden files and files with other extensions
 /// (such as a `.tmp` being written) are skipped.
 fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir { path: dir.into(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir {
+        path: dir.into(),
+        source,
+    })?;
     let mut paths = vec![];
     for entry in entries {
-        let entry = entry.map_err(|source| LoadError::ReadDir { path: dir.into(), source })?;
+        let entry = entry.map_err(|source| LoadError::ReadDir {
+            path: dir.into(),
+            source,
+        })?;
         let path = entry.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if !hidden && path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) && path.is_file() {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if !hidden && path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) && path.is_file()
+        {
             paths.push(path);
         }
     }
     if paths.is_empty() {
-        return Err(LoadError::NoArtifacts { path: dir.into(), ext: EXTENSION });
+        return Err(LoadError::NoArtifacts {
+            path: dir.into(),
+            ext: EXTENSION,
+        });
     }
     paths.sort();
     Ok(paths)
 }
 
 /// Reports generations held past the drain deadline, once each, until the ledger closes.
-fn watch(ledger: Arc<Ledger>, inner: std::sync::Weak<Inner>, deadline: Duration, on_overdue: Option<OverdueHook>) {
+fn watch(
+    ledger: Arc<Ledger>,
+    inner: std::sync::Weak<Inner>,
+    deadline: Duration,
+    on_overdue: Option<OverdueHook>,
+) {
     let mut state = ledger.lock();
     loop {
         if state.closed {
@@ -528,7 +620,9 @@ fn watch(ledger: Arc<Ledger>, inner: std::sync::Weak<Inner>, deadline: Duration,
         drop(state);
         let Some(inner) = inner.upgrade() else { return };
         for weak in overdue {
-            let Some(generation) = weak.upgrade() else { continue };
+            let Some(generation) = weak.upgrade() else {
+                continue;
+            };
             let report = generation_status(&generation, &inner.current, false, Some(deadline));
             drop(generation);
             let pins: Vec<&str> = report.pins.iter().map(|p| p.label.as_str()).collect();

@@ -38,7 +38,10 @@ fn calls_from_many_threads(backend: Backend) {
                     assert_eq!(greeter.score(i, "abc").unwrap(), i + 3);
                     total.fetch_add(1, Ordering::Relaxed);
                 }
-                assert_eq!(greeter.greet(&format!("t{t}")).unwrap(), format!("hello, t{t} (v1)"));
+                assert_eq!(
+                    greeter.greet(&format!("t{t}")).unwrap(),
+                    format!("hello, t{t} (v1)")
+                );
             });
         }
     });
@@ -50,7 +53,10 @@ fn pinned_work_sees_one_generation(backend: Backend) {
     let swapper = start(backend, &logs, &[Fixture::GreeterV1]).unwrap();
     let pin = swapper.pin();
     assert_eq!(pin.generation(), swapper.generation());
-    assert_eq!(pin.plugins(), vec![("greeter".to_owned(), "1.0.0".to_owned())]);
+    assert_eq!(
+        pin.plugins(),
+        vec![("greeter".to_owned(), "1.0.0".to_owned())]
+    );
     let greeter = pin.client::<dyn Greeter>();
     for _ in 0..10 {
         assert_eq!(greeter.version().unwrap(), "1.0.0");
@@ -69,8 +75,17 @@ fn plugin_panic_is_an_error_and_the_next_call_works(backend: Backend) {
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     for round in 0..3 {
         match greeter.fail(&format!("boom {round}")) {
-            Err(CallError::Panic { plugin, version, interface, method, message }) => {
-                assert_eq!((&*plugin, &*version, interface, method), ("greeter", "1.0.0", "Greeter", "fail"));
+            Err(CallError::Panic {
+                plugin,
+                version,
+                interface,
+                method,
+                message,
+            }) => {
+                assert_eq!(
+                    (&*plugin, &*version, interface, method),
+                    ("greeter", "1.0.0", "Greeter", "fail")
+                );
                 assert_eq!(message, format!("boom {round}"));
             }
             other => panic!("expected a panic error, got {other:?}"),
@@ -78,14 +93,26 @@ fn plugin_panic_is_an_error_and_the_next_call_works(backend: Backend) {
         assert_eq!(greeter.greet("after").unwrap(), "hello, after (v1)");
     }
     let err = greeter.fail("shown").unwrap_err().to_string();
-    assert!(err.contains("greeter") && err.contains("1.0.0") && err.contains("fail") && err.contains("shown"), "{err}");
+    assert!(
+        err.contains("greeter")
+            && err.contains("1.0.0")
+            && err.contains("fail")
+            && err.contains("shown"),
+        "{err}"
+    );
 }
 
 fn hooks_run_in_dependency_order_and_free_in_reverse(backend: Backend) {
     let logs = Logs::default();
     // Given top first: the dependency order must still load and init the base first.
     let swapper = start(backend, &logs, &[Fixture::ChainTop, Fixture::ChainBase]).unwrap();
-    let names: Vec<String> = swapper.status().current.plugins.iter().map(|p| p.name.clone()).collect();
+    let names: Vec<String> = swapper
+        .status()
+        .current
+        .plugins
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     assert_eq!(names, ["chain-base", "chain-top"]);
     let top = swapper.client_of::<dyn Probe>("chain-top").unwrap();
     assert_eq!(top.name().unwrap(), "chain-top");
@@ -113,8 +140,15 @@ fn pinned_generation_is_freed_exactly_once_after_release(backend: Backend) {
     // Dropping the swapper and the client releases everything but the pin.
     drop(greeter);
     drop(swapper);
-    assert_eq!(logs.count("greeter", "1.0.0", "on_free"), 0, "freed while pinned");
-    assert_eq!(pin.client::<dyn Greeter>().greet("still").unwrap(), "hello, still (v1)");
+    assert_eq!(
+        logs.count("greeter", "1.0.0", "on_free"),
+        0,
+        "freed while pinned"
+    );
+    assert_eq!(
+        pin.client::<dyn Greeter>().greet("still").unwrap(),
+        "hello, still (v1)"
+    );
     drop(pin);
     assert_eq!(logs.count("greeter", "1.0.0", "on_free"), 1);
     assert_eq!(logs.count("greeter", "1.0.0", "on_load"), 1);
@@ -124,7 +158,12 @@ fn on_load_error_aborts_and_frees_what_was_built(backend: Backend) {
     let logs = Logs::default();
     let err = start(backend, &logs, &[Fixture::GreeterV1, Fixture::BadLoad]).unwrap_err();
     match &err {
-        LoadError::Hook { plugin, hook, message, .. } => {
+        LoadError::Hook {
+            plugin,
+            hook,
+            message,
+            ..
+        } => {
             assert_eq!((plugin.as_str(), *hook), ("bad-load", "on_load"));
             assert!(message.contains("config file"), "{message}");
         }
@@ -138,8 +177,16 @@ fn on_init_panic_aborts_and_frees_what_was_built(backend: Backend) {
     let logs = Logs::default();
     let err = start(backend, &logs, &[Fixture::GreeterV1, Fixture::BadInit]).unwrap_err();
     match &err {
-        LoadError::HookPanic { plugin, hook, message, .. } => {
-            assert_eq!((plugin.as_str(), *hook, message.as_str()), ("bad-init", "on_init", "init exploded"));
+        LoadError::HookPanic {
+            plugin,
+            hook,
+            message,
+            ..
+        } => {
+            assert_eq!(
+                (plugin.as_str(), *hook, message.as_str()),
+                ("bad-init", "on_init", "init exploded")
+            );
         }
         other => panic!("expected an on_init panic, got {other:?}"),
     }
@@ -150,7 +197,10 @@ fn on_init_panic_aborts_and_frees_what_was_built(backend: Backend) {
 fn duplicate_names_are_refused(backend: Backend) {
     let logs = Logs::default();
     let err = start(backend, &logs, &[Fixture::GreeterV1, Fixture::GreeterV2]).unwrap_err();
-    assert!(matches!(&err, LoadError::DuplicatePlugin { name, .. } if name == "greeter"), "{err:?}");
+    assert!(
+        matches!(&err, LoadError::DuplicatePlugin { name, .. } if name == "greeter"),
+        "{err:?}"
+    );
     assert!(logs.all().is_empty(), "no hook may run for a refused set");
 }
 
@@ -167,25 +217,36 @@ fn dependency_cycle_is_refused_and_named(backend: Backend) {
     let logs = Logs::default();
     let err = start(backend, &logs, &[Fixture::CycleA, Fixture::CycleB]).unwrap_err();
     match &err {
-        LoadError::DependencyCycle { cycle } => assert_eq!(cycle, &["cycle-a", "cycle-b", "cycle-a"]),
+        LoadError::DependencyCycle { cycle } => {
+            assert_eq!(cycle, &["cycle-a", "cycle-b", "cycle-a"])
+        }
         other => panic!("expected a cycle, got {other:?}"),
     }
-    assert!(err.to_string().contains("cycle-a -> cycle-b -> cycle-a"), "{err}");
+    assert!(
+        err.to_string().contains("cycle-a -> cycle-b -> cycle-a"),
+        "{err}"
+    );
 }
 
 fn interface_hash_mismatch_is_refused(backend: Backend) {
     let logs = Logs::default();
     let err = start(backend, &logs, &[Fixture::Drift]).unwrap_err();
     match &err {
-        LoadError::InterfaceHash { plugin, interface, found, expected, .. } => {
-            assert_eq!((plugin.as_str(), interface.as_str()), ("greeter", "Greeter"));
-            assert_eq!(*expected, <dyn Greeter as swapkit::Interface>::HASH);
-            assert_ne!(found, expected);
+        LoadError::InterfaceHash(m) => {
+            assert_eq!(
+                (m.plugin.as_str(), m.interface.as_str()),
+                ("greeter", "Greeter")
+            );
+            assert_eq!(m.expected, <dyn Greeter as swapkit::Interface>::HASH);
+            assert_ne!(m.found, m.expected);
         }
         other => panic!("expected an interface hash mismatch, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("greet(&str,u32)->String") && text.contains("greet(&str)->String"), "{text}");
+    assert!(
+        text.contains("greet(&str,u32)->String") && text.contains("greet(&str)->String"),
+        "{text}"
+    );
 }
 
 fn missing_interface_is_a_call_error(backend: Backend) {
@@ -193,7 +254,16 @@ fn missing_interface_is_a_call_error(backend: Backend) {
     let swapper = start(backend, &logs, &[Fixture::ChainBase]).unwrap();
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     let err = greeter.greet("x").unwrap_err();
-    assert!(matches!(err, CallError::NotExported { interface: "Greeter", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CallError::NotExported {
+                interface: "Greeter",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// Shared by the backends' swap tests: keeps two threads calling until `stop`.
@@ -213,7 +283,13 @@ fn interfaces_hash_signature_text() {
         <dyn Greeter as Interface>::SIGNATURE,
         "greet(&str)->String;version()->String;score(u64,&str)->u64;fail(&str)->u32"
     );
-    assert_eq!(<dyn Greeter as Interface>::METHODS, ["greet", "version", "score", "fail"]);
-    assert_ne!(<dyn Greeter as Interface>::HASH, <dyn Probe as Interface>::HASH);
+    assert_eq!(
+        <dyn Greeter as Interface>::METHODS,
+        ["greet", "version", "score", "fail"]
+    );
+    assert_ne!(
+        <dyn Greeter as Interface>::HASH,
+        <dyn Probe as Interface>::HASH
+    );
     let _ = Arc::new(());
 }

@@ -24,20 +24,34 @@ fn reload_and_rollback_are_refused_and_it_keeps_serving() {
     assert_eq!(greeter.greet("s").unwrap(), "hello, s (v1)");
     let status = swapper.status();
     assert_eq!(status.current.plugins[0].backend, BackendKind::Static);
-    assert_eq!(status.current.plugins[0].origin, "static:fixture_greeter_v1");
+    assert_eq!(
+        status.current.plugins[0].origin,
+        "static:fixture_greeter_v1"
+    );
 }
 
 #[test]
 fn undecodable_manifest_is_refused() {
-    let err = Swapper::builder().static_plugin(&fixture_handmade::GARBAGE_MANIFEST).build().unwrap_err();
+    let err = Swapper::builder()
+        .static_plugin(&fixture_handmade::GARBAGE_MANIFEST)
+        .build()
+        .unwrap_err();
     assert!(matches!(err, LoadError::Manifest { .. }), "{err:?}");
 }
 
 #[test]
 fn load_without_an_instance_is_refused() {
-    let err = Swapper::builder().static_plugin(&fixture_handmade::NULL_INSTANCE).build().unwrap_err();
+    let err = Swapper::builder()
+        .static_plugin(&fixture_handmade::NULL_INSTANCE)
+        .build()
+        .unwrap_err();
     match err {
-        LoadError::Hook { plugin, hook: "on_load", message, .. } => {
+        LoadError::Hook {
+            plugin,
+            hook: "on_load",
+            message,
+            ..
+        } => {
             assert_eq!(plugin, "null-instance");
             assert!(message.contains("without an instance"), "{message}");
         }
@@ -47,15 +61,50 @@ fn load_without_an_instance_is_refused() {
 
 #[test]
 fn bad_replies_from_a_plugin_are_call_errors() {
-    let swapper = Swapper::builder().static_plugin(&fixture_handmade::ODD).build().unwrap();
+    let swapper = Swapper::builder()
+        .static_plugin(&fixture_handmade::ODD)
+        .build()
+        .unwrap();
     let odd = swapper.client::<dyn Greeter>().unwrap();
     let err = odd.greet("x").unwrap_err();
-    assert!(matches!(&err, CallError::Decode { method: "greet", .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            CallError::Decode {
+                method: "greet",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = odd.version().unwrap_err();
-    assert!(matches!(&err, CallError::UnknownStatus { raw: 99, method: "version", .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            CallError::UnknownStatus {
+                raw: 99,
+                method: "version",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = odd.score(1, "x").unwrap_err();
-    assert!(matches!(&err, CallError::Guest { status: Status::BadInput, method: "score", .. }), "{err:?}");
-    assert!(err.to_string().contains("arguments did not decode"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            CallError::Guest {
+                status: Status::BadInput,
+                method: "score",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("arguments did not decode"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -74,10 +123,19 @@ fn shared_interface_needs_a_named_client() {
     let greeter = swapper.client_of::<dyn Greeter>("greeter").unwrap();
     assert_eq!(greeter.greet("x").unwrap(), "hello, x (v1)");
     let pin = swapper.pin();
-    assert_eq!(pin.client_of::<dyn Greeter>("greeter").version().unwrap(), "1.0.0");
-    assert!(matches!(pin.client::<dyn Greeter>().version().unwrap_err(), CallError::Ambiguous { .. }));
+    assert_eq!(
+        pin.client_of::<dyn Greeter>("greeter").version().unwrap(),
+        "1.0.0"
+    );
+    assert!(matches!(
+        pin.client::<dyn Greeter>().version().unwrap_err(),
+        CallError::Ambiguous { .. }
+    ));
     let missing = swapper.client_of::<dyn Greeter>("nobody").unwrap();
-    assert!(matches!(missing.version().unwrap_err(), CallError::NotExported { .. }));
+    assert!(matches!(
+        missing.version().unwrap_err(),
+        CallError::NotExported { .. }
+    ));
 }
 
 #[test]
@@ -94,11 +152,45 @@ fn raw_transport_errors_are_typed() {
     let logs = Logs::default();
     let swapper = start(Backend::Static, &logs, &[Fixture::GreeterV1]).unwrap();
     let greeter = swapper.client::<dyn Greeter>().unwrap();
-    let err = greeter.transport().call::<_, String>(0, &Unencodable).unwrap_err();
-    assert!(matches!(&err, CallError::Encode { method: "greet", .. }), "{err:?}");
+    let err = greeter
+        .transport()
+        .call::<_, String>(0, &Unencodable)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Encode {
+                method: "greet",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = greeter.transport().call::<_, String>(42, &()).unwrap_err();
-    assert!(matches!(&err, CallError::Guest { status: Status::UnknownMethod, method: "<unknown method>", .. }), "{err:?}");
-    let err = greeter.transport().call::<_, String>(0, &(7u8, 8u8, 9u8)).unwrap_err();
-    assert!(matches!(&err, CallError::Guest { status: Status::BadInput, .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            CallError::Guest {
+                status: Status::UnknownMethod,
+                method: "<unknown method>",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = greeter
+        .transport()
+        .call::<_, String>(0, &(7u8, 8u8, 9u8))
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Guest {
+                status: Status::BadInput,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(greeter.greet("fine").unwrap(), "hello, fine (v1)");
 }

@@ -13,7 +13,8 @@ use std::ptr::addr_of;
 use std::sync::Arc;
 
 use swapkit_abi::{
-    wire, Fingerprint, HostApi, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    wire, Fingerprint, HostApi, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION,
+    FLAG_PANIC_UNWIND, MAGIC,
 };
 
 use crate::error::LoadError;
@@ -79,10 +80,19 @@ impl Code {
             return Err(LoadError::BadMagic { origin });
         }
         if abi_version != ABI_VERSION {
-            return Err(LoadError::AbiVersion { origin, found: abi_version, expected: ABI_VERSION });
+            return Err(LoadError::AbiVersion {
+                origin,
+                found: abi_version,
+                expected: ABI_VERSION,
+            });
         }
         if let Some((field, found, expected)) = fingerprint.mismatch(&Fingerprint::CURRENT) {
-            return Err(LoadError::Fingerprint { field, found: found.into(), expected: expected.into(), origin });
+            return Err(LoadError::Fingerprint {
+                field,
+                found: found.into(),
+                expected: expected.into(),
+                origin,
+            });
         }
         if flags & FLAG_PANIC_UNWIND == 0 {
             return Err(LoadError::PanicAbort { origin });
@@ -96,18 +106,34 @@ impl Code {
         // SAFETY: the guest's out buffer is valid until its next call on this thread.
         let bytes = unsafe { out.as_slice() };
         if status != Status::Ok as u32 {
-            let reason = format!("manifest entry returned status {status}: {}", String::from_utf8_lossy(bytes));
+            let reason = format!(
+                "manifest entry returned status {status}: {}",
+                String::from_utf8_lossy(bytes)
+            );
             return Err(LoadError::Manifest { origin, reason });
         }
-        let manifest: Manifest =
-            wire::from_bytes(bytes).map_err(|e| LoadError::Manifest { origin: origin.clone(), reason: e.to_string() })?;
+        let manifest: Manifest = wire::from_bytes(bytes).map_err(|e| LoadError::Manifest {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
         if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
-            let reason = format!("name `{}`, ABI version {}", manifest.name, manifest.abi_version);
+            let reason = format!(
+                "name `{}`, ABI version {}",
+                manifest.name, manifest.abi_version
+            );
             return Err(LoadError::Manifest { origin, reason });
         }
         let name = manifest.name.as_str().into();
         let version = manifest.version.as_str().into();
-        Ok(Code { header, manifest, backend, content_hash, origin, name, version })
+        Ok(Code {
+            header,
+            manifest,
+            backend,
+            content_hash,
+            origin,
+            name,
+            version,
+        })
     }
 }
 
@@ -142,7 +168,11 @@ impl Reply<'_> {
 impl Instance {
     /// Runs `on_load`, making a new instance of `code`.
     pub fn load(code: Arc<Code>, sink: Option<LogSink>) -> Result<Instance, LoadError> {
-        let ctx = Box::new(GuestCtx { plugin: code.name.clone(), version: code.version.clone(), sink });
+        let ctx = Box::new(GuestCtx {
+            plugin: code.name.clone(),
+            version: code.version.clone(),
+            sink,
+        });
         let api = HostApi {
             size: std::mem::size_of::<HostApi>(),
             ctx: (&*ctx as *const GuestCtx).cast(),
@@ -150,28 +180,46 @@ impl Instance {
         };
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut out = RawSlice::EMPTY;
-        let _span = tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
+        let _span =
+            tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
         // SAFETY: `load` is a checked v1 entry point; `api` is valid for the call and its
         // context outlives the instance (it is owned by the Instance built below).
         let status = unsafe { (code.header.entry.load)(&api, &mut handle, &mut out) };
         // SAFETY: the out buffer is valid until the next call on this thread.
-        let reply = Reply { status, bytes: unsafe { out.as_slice() } };
+        let reply = Reply {
+            status,
+            bytes: unsafe { out.as_slice() },
+        };
         hook_result(&code, "on_load", &reply)?;
         if handle.is_null() {
             let message = "returned success without an instance".to_owned();
-            return Err(LoadError::Hook { plugin: code.name.to_string(), version: code.version.to_string(), hook: "on_load", message });
+            return Err(LoadError::Hook {
+                plugin: code.name.to_string(),
+                version: code.version.to_string(),
+                hook: "on_load",
+                message,
+            });
         }
-        Ok(Instance { code, handle, _ctx: ctx })
+        Ok(Instance {
+            code,
+            handle,
+            _ctx: ctx,
+        })
     }
 
     /// Runs `on_init`.
     pub fn init(&self) -> Result<(), LoadError> {
         let mut out = RawSlice::EMPTY;
-        let _span = tracing::debug_span!("on_init", plugin = %self.code.name, version = %self.code.version).entered();
+        let _span =
+            tracing::debug_span!("on_init", plugin = %self.code.name, version = %self.code.version)
+                .entered();
         // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
         let status = unsafe { (self.code.header.entry.init)(self.handle, &mut out) };
         // SAFETY: the out buffer is valid until the next call on this thread.
-        let reply = Reply { status, bytes: unsafe { out.as_slice() } };
+        let reply = Reply {
+            status,
+            bytes: unsafe { out.as_slice() },
+        };
         hook_result(&self.code, "on_init", &reply)
     }
 
@@ -181,18 +229,31 @@ impl Instance {
         let mut out = RawSlice::EMPTY;
         // SAFETY: `handle` is a live instance (the Instance is alive, so `free` has not run);
         // `input` is valid for the call; `out` is writable.
-        let status =
-            unsafe { (self.code.header.entry.call)(self.handle, interface, method, input.as_ptr(), input.len(), &mut out) };
+        let status = unsafe {
+            (self.code.header.entry.call)(
+                self.handle,
+                interface,
+                method,
+                input.as_ptr(),
+                input.len(),
+                &mut out,
+            )
+        };
         // SAFETY: the guest's out buffer stays valid until its next call on this thread; the
         // reply borrows `self`, and callers decode it before calling again.
-        Reply { status, bytes: unsafe { out.as_slice() } }
+        Reply {
+            status,
+            bytes: unsafe { out.as_slice() },
+        }
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
         let mut out = RawSlice::EMPTY;
-        let _span = tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version).entered();
+        let _span =
+            tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version)
+                .entered();
         // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
         // because every caller holds the Instance alive for the length of its call.
         let status = unsafe { (self.code.header.entry.free)(self.handle, &mut out) };
@@ -209,9 +270,17 @@ fn hook_result(code: &Code, hook: &'static str, reply: &Reply<'_>) -> Result<(),
     let version = || code.version.to_string();
     match Status::from_raw(reply.status) {
         Some(Status::Ok) => Ok(()),
-        Some(Status::Panic) => {
-            Err(LoadError::HookPanic { plugin: plugin(), version: version(), hook, message: reply.message() })
-        }
-        _ => Err(LoadError::Hook { plugin: plugin(), version: version(), hook, message: reply.message() }),
+        Some(Status::Panic) => Err(LoadError::HookPanic {
+            plugin: plugin(),
+            version: version(),
+            hook,
+            message: reply.message(),
+        }),
+        _ => Err(LoadError::Hook {
+            plugin: plugin(),
+            version: version(),
+            hook,
+            message: reply.message(),
+        }),
     }
 }

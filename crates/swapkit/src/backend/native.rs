@@ -50,17 +50,29 @@ impl NativeLoader {
             Some(dir) => builder.tempdir_in(dir)?,
             None => builder.tempdir()?,
         };
-        Ok(NativeLoader { scratch, loaded: Mutex::new(HashMap::new()), copies: AtomicU64::new(0) })
+        Ok(NativeLoader {
+            scratch,
+            loaded: Mutex::new(HashMap::new()),
+            copies: AtomicU64::new(0),
+        })
     }
 
     /// Reads, hashes and, unless the same content is already loaded, loads the artifact.
     pub fn load(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
         if bytes.is_empty() {
             return Err(LoadError::Empty { path: path.into() });
         }
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(code) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+        if let Some(code) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
             return Ok(code.clone());
         }
         let symbol = header_symbol(path, &bytes)?;
@@ -71,10 +83,16 @@ impl NativeLoader {
     }
 
     fn write_copy(&self, path: &Path, hash: &[u8; 32], bytes: &[u8]) -> Result<PathBuf, LoadError> {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
         let n = self.copies.fetch_add(1, Ordering::Relaxed);
         let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
-        let copy = self.scratch.path().join(format!("{stem}-{hex}-{n}.{EXTENSION}"));
+        let copy = self
+            .scratch
+            .path()
+            .join(format!("{stem}-{hex}-{n}.{EXTENSION}"));
         std::fs::write(&copy, bytes).map_err(|source| LoadError::Scratch {
             path: path.into(),
             scratch: self.scratch.path().into(),
@@ -86,10 +104,16 @@ impl NativeLoader {
 
 /// Finds the one exported symbol that holds a plugin header, without running any code.
 fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
-    let not_a_library = |reason: String| LoadError::NotALibrary { path: path.into(), reason };
+    let not_a_library = |reason: String| LoadError::NotALibrary {
+        path: path.into(),
+        reason,
+    };
     let file = object::File::parse(bytes).map_err(|e| not_a_library(e.to_string()))?;
     if file.kind() != object::ObjectKind::Dynamic {
-        return Err(not_a_library(format!("it is a {:?} object, not a shared library", file.kind())));
+        return Err(not_a_library(format!(
+            "it is a {:?} object, not a shared library",
+            file.kind()
+        )));
     }
     let prefix = HEADER_SYMBOL_PREFIX.trim_start_matches('_');
     let mut names = vec![];
@@ -102,7 +126,10 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
         // The header is read before any check can run, so a symbol too small to hold its
         // frozen prefix is refused here rather than read past its end.
         if sym.size() != 0 && (sym.size() as usize) < std::mem::size_of::<PluginHeader>() {
-            let reason = format!("symbol `{name}` is {} bytes, too small for a plugin header", sym.size());
+            let reason = format!(
+                "symbol `{name}` is {} bytes, too small for a plugin header",
+                sym.size()
+            );
             return Err(not_a_library(reason));
         }
         names.push(name.to_owned());
@@ -119,15 +146,24 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
     names.sort();
     names.dedup();
     match names.len() {
-        0 => Err(LoadError::NoEntrySymbol { path: path.into(), prefix: HEADER_SYMBOL_PREFIX }),
+        0 => Err(LoadError::NoEntrySymbol {
+            path: path.into(),
+            prefix: HEADER_SYMBOL_PREFIX,
+        }),
         1 => Ok(names.pop().expect("one name")),
-        _ => Err(LoadError::ManyEntrySymbols { path: path.into(), symbols: names.join(", ") }),
+        _ => Err(LoadError::ManyEntrySymbols {
+            path: path.into(),
+            symbols: names.join(", "),
+        }),
     }
 }
 
 /// Opens the private copy and checks its header.
 fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Code, LoadError> {
-    let not_a_library = |reason: String| LoadError::NotALibrary { path: original.into(), reason };
+    let not_a_library = |reason: String| LoadError::NotALibrary {
+        path: original.into(),
+        reason,
+    };
     // SAFETY: loading a library runs its initialisers. swapkit plugins are trusted code (the
     // native backend is for trusted code only, as documented); a library that is not a
     // plugin was already rejected above by its symbol table.
@@ -137,7 +173,12 @@ fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Co
     // SAFETY: the symbol is a data symbol; we only take its address here.
     let header: *const PluginHeader = match unsafe { library.get::<*const PluginHeader>(&name) } {
         Ok(sym) => *sym,
-        Err(_) => return Err(LoadError::NoEntrySymbol { path: original.into(), prefix: HEADER_SYMBOL_PREFIX }),
+        Err(_) => {
+            return Err(LoadError::NoEntrySymbol {
+                path: original.into(),
+                prefix: HEADER_SYMBOL_PREFIX,
+            })
+        }
     };
     // Never unloaded: see the module docs. Forgetting the handle keeps the mapping, and so the
     // header, alive for the rest of the process.
@@ -145,7 +186,14 @@ fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Co
     // SAFETY: the header symbol lives in a mapping that is never unmapped, is at least as
     // large as the frozen prefix (the symbol table says it is a swapkit header, and the
     // prefix is checked before anything else is read), and was built by swapkit-guest.
-    unsafe { Code::from_header(header, BackendKind::Native, hash, original.display().to_string()) }
+    unsafe {
+        Code::from_header(
+            header,
+            BackendKind::Native,
+            hash,
+            original.display().to_string(),
+        )
+    }
 }
 
 #[cfg(unix)]

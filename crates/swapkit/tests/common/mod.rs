@@ -111,7 +111,11 @@ impl Logs {
     pub fn builder(&self) -> SwapperBuilder {
         let logs = self.0.clone();
         Swapper::builder().log_sink(move |line| {
-            logs.lock().unwrap().push((line.plugin.into(), line.version.into(), line.message.into()))
+            logs.lock().unwrap().push((
+                line.plugin.into(),
+                line.version.into(),
+                line.message.into(),
+            ))
         })
     }
 
@@ -121,12 +125,18 @@ impl Logs {
 
     /// `plugin message` lines, for order checks.
     pub fn lines(&self) -> Vec<String> {
-        self.all().into_iter().map(|(p, _, m)| format!("{p} {m}")).collect()
+        self.all()
+            .into_iter()
+            .map(|(p, _, m)| format!("{p} {m}"))
+            .collect()
     }
 
     /// How many times `plugin` at `version` logged `message`.
     pub fn count(&self, plugin: &str, version: &str, message: &str) -> usize {
-        self.all().iter().filter(|(p, v, m)| p == plugin && v == version && m == message).count()
+        self.all()
+            .iter()
+            .filter(|(p, v, m)| p == plugin && v == version && m == message)
+            .count()
     }
 }
 
@@ -139,14 +149,20 @@ pub enum Backend {
 
 /// A swapper with `set` loaded through `backend`, declaring the fixture interfaces first.
 pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, LoadError> {
-    let builder = logs.builder().interface::<dyn fixture_api::Greeter>().interface::<dyn fixture_api::Probe>();
+    let builder = logs
+        .builder()
+        .interface::<dyn fixture_api::Greeter>()
+        .interface::<dyn fixture_api::Probe>();
     match backend {
         Backend::Native => {
             let swapper = builder.build()?;
             swapper.load_files(set.iter().map(|f| f.path()))?;
             Ok(swapper)
         }
-        Backend::Static => set.iter().fold(builder, |b, f| b.static_plugin(f.header())).build(),
+        Backend::Static => set
+            .iter()
+            .fold(builder, |b, f| b.static_plugin(f.header()))
+            .build(),
     }
 }
 

@@ -12,7 +12,10 @@ pub struct Greeter {
 
 impl Plugin for Greeter {
     fn on_load(host: &Host) -> Result<Self, Error> {
-        Ok(Greeter { host: *host, greeted: AtomicU64::new(0) })
+        Ok(Greeter {
+            host: *host,
+            greeted: AtomicU64::new(0),
+        })
     }
 
     fn on_free(&mut self, host: &Host) {

@@ -23,18 +23,25 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options { threads: 4, swaps: 40, interval: Duration::from_millis(25) };
+    let mut o = Options {
+        threads: 4,
+        swaps: 40,
+        interval: Duration::from_millis(25),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || -> Result<u64, String> {
             let v = args.next().ok_or(format!("{flag} needs a value"))?;
-            v.parse().map_err(|_| format!("{flag}: `{v}` is not a number"))
+            v.parse()
+                .map_err(|_| format!("{flag}: `{v}` is not a number"))
         };
         match flag.as_str() {
             "--threads" => o.threads = value()?.max(1) as usize,
             "--swaps" => o.swaps = value()? as usize,
             "--interval-ms" => o.interval = Duration::from_millis(value()?),
-            "-h" | "--help" => return Err("usage: hello [--threads N] [--swaps N] [--interval-ms N]".into()),
+            "-h" | "--help" => {
+                return Err("usage: hello [--threads N] [--swaps N] [--interval-ms N]".into())
+            }
             other => return Err(format!("unknown option `{other}`; try --help")),
         }
     }
@@ -46,7 +53,10 @@ fn options() -> Result<Options, String> {
 fn publish(artifact: &Path, dir: &Path) -> std::io::Result<()> {
     let tmp = dir.join(".greeter.tmp");
     std::fs::copy(artifact, &tmp)?;
-    std::fs::rename(tmp, dir.join(format!("greeter.{}", std::env::consts::DLL_EXTENSION)))
+    std::fs::rename(
+        tmp,
+        dir.join(format!("greeter.{}", std::env::consts::DLL_EXTENSION)),
+    )
 }
 
 fn main() -> ExitCode {
@@ -58,7 +68,9 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     match run(&options) {
         Ok(true) => ExitCode::SUCCESS,
@@ -90,7 +102,12 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         .build()?;
     swapper.load_dir(plugins.path())?;
     let greeter = swapper.client::<dyn Greeter>()?;
-    println!("== serving v{} from {} with {} threads ==", greeter.version()?, plugins.path().display(), o.threads);
+    println!(
+        "== serving v{} from {} with {} threads ==",
+        greeter.version()?,
+        plugins.path().display(),
+        o.threads
+    );
 
     let stop = AtomicBool::new(false);
     let failed = AtomicU64::new(0);
@@ -101,14 +118,17 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
     let per_thread: Vec<(HashMap<String, u64>, u64)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..o.threads)
             .map(|t| {
-                let (greeter, swapper, stop, failed, mixed) = (&greeter, &swapper, &stop, &failed, &mixed);
+                let (greeter, swapper, stop, failed, mixed) =
+                    (&greeter, &swapper, &stop, &failed, &mixed);
                 s.spawn(move || {
                     let mut answers: HashMap<String, u64> = HashMap::new();
                     let mut requests = 0u64;
                     let name = format!("client-{t}");
                     while !stop.load(Ordering::Relaxed) {
                         match greeter.greet(&name) {
-                            Ok(text) => *answers.entry(text.replace(&name, "{name}")).or_default() += 1,
+                            Ok(text) => {
+                                *answers.entry(text.replace(&name, "{name}")).or_default() += 1
+                            }
                             Err(e) => {
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 eprintln!("call failed: {e}");
@@ -138,10 +158,12 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
             std::thread::sleep(o.interval);
             let (artifact, label) = if i % 2 == 1 { (&v2, "v2") } else { (&v1, "v1") };
             let mut t = Instant::now();
-            let outcome = publish(artifact, plugins.path()).map_err(|e| e.to_string()).and_then(|()| {
-                t = Instant::now();
-                swapper.reload().map_err(|e| e.to_string())
-            });
+            let outcome = publish(artifact, plugins.path())
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    t = Instant::now();
+                    swapper.reload().map_err(|e| e.to_string())
+                });
             match outcome {
                 Ok(report) => {
                     let version = greeter.version().unwrap_or_default();
@@ -166,7 +188,10 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         }
         std::thread::sleep(o.interval);
         stop.store(true, Ordering::Relaxed);
-        workers.into_iter().map(|w| w.join().expect("worker panicked")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect()
     });
     let elapsed = started.elapsed();
 
@@ -185,7 +210,10 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
     let mixed = mixed.load(Ordering::Relaxed);
 
     println!("\n== report ==");
-    println!("calls made       : {calls} in {elapsed:.2?} ({:.0} calls/s)", calls as f64 / elapsed.as_secs_f64());
+    println!(
+        "calls made       : {calls} in {elapsed:.2?} ({:.0} calls/s)",
+        calls as f64 / elapsed.as_secs_f64()
+    );
     println!("calls failed     : {failed}");
     println!("pinned requests  : {requests}, of which saw two versions: {mixed}");
     println!("answers by version:");
@@ -195,15 +223,24 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         println!("  {n:>10}  {text}");
     }
     first_call_after_reload.sort();
-    if let (Some(min), Some(max)) = (first_call_after_reload.first(), first_call_after_reload.last()) {
+    if let (Some(min), Some(max)) = (
+        first_call_after_reload.first(),
+        first_call_after_reload.last(),
+    ) {
         let median = first_call_after_reload[first_call_after_reload.len() / 2];
-        println!("reload to first call on new code: median {median:.1?}, min {min:.1?}, max {max:.1?}");
+        println!(
+            "reload to first call on new code: median {median:.1?}, min {min:.1?}, max {max:.1?}"
+        );
     }
     println!("generations drained: {}", status.drained.len());
     for d in status.drained.iter().rev().take(5).rev() {
         let plugins: Vec<String> = d.plugins.iter().map(|(n, v)| format!("{n} {v}")).collect();
         match d.drained_after {
-            Some(t) => println!("  generation {:>3} [{}] drained {t:.1?} after it was superseded", d.id, plugins.join(", ")),
+            Some(t) => println!(
+                "  generation {:>3} [{}] drained {t:.1?} after it was superseded",
+                d.id,
+                plugins.join(", ")
+            ),
             None => println!("  generation {:>3} [{}] drained", d.id, plugins.join(", ")),
         }
     }
@@ -215,7 +252,10 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         println!("last plugin farewell: {last}");
     }
     match drained {
-        Ok(()) => println!("every old generation drained; current: generation {}", status.current.id),
+        Ok(()) => println!(
+            "every old generation drained; current: generation {}",
+            status.current.id
+        ),
         Err(e) => println!("still draining: {e}"),
     }
     Ok(failed == 0 && mixed == 0)
