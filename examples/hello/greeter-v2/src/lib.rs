@@ -1,34 +1,31 @@
 //! Version 2 of the greeter plugin. Build it as a cdylib; the hello host loads it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use swapkit_guest::{Error, Host, Plugin};
 
-/// The plugin instance: counts the greetings it gave.
+/// The plugin instance. It keeps no shared mutable state on the call path, so calls from many
+/// threads never contend inside it.
 pub struct Greeter {
-    host: Host,
-    greeted: AtomicU64,
+    loaded: Instant,
 }
 
 impl Plugin for Greeter {
     fn on_load(host: &Host) -> Result<Self, Error> {
+        host.debug("v2 loaded");
         Ok(Greeter {
-            host: *host,
-            greeted: AtomicU64::new(0),
+            loaded: Instant::now(),
         })
     }
 
     fn on_free(&mut self, host: &Host) {
-        let n = self.greeted.load(Ordering::Relaxed);
-        host.info(&format!("v2 retiring after {n} greetings"));
+        let served = self.loaded.elapsed();
+        host.info(&format!("v2 retiring after serving for {served:.1?}"));
     }
 }
 
 impl hello_api::Greeter for Greeter {
     fn greet(&self, name: &str) -> String {
-        if self.greeted.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.host.debug("first greeting");
-        }
         format!("Hi there, {name} :)")
     }
 
