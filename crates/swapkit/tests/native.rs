@@ -43,7 +43,7 @@ fn swap_under_load_never_fails_a_call_nor_mixes_versions() {
                         let after = swapper.generation();
                         *seen.entry((before, after, version)).or_default() += 1;
                         i += 1;
-                        if i % 64 == 0 {
+                        if i.is_multiple_of(64) {
                             // A pinned unit of work: three calls, one version.
                             let pin = swapper.pin();
                             let client = pin.client::<dyn Greeter>();

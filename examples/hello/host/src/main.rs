@@ -97,7 +97,7 @@ fn work(
             return tally;
         }
         i += 1;
-        let timed = i % 16 == 0;
+        let timed = i.is_multiple_of(16);
         let start = timed.then(Instant::now);
         let answer = greeter.greet(&name);
         if let Some(start) = start {
@@ -119,7 +119,7 @@ fn work(
                 eprintln!("call failed: {e}");
             }
         }
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             let pin = swapper.pin();
             let client = pin.client::<dyn Greeter>();
             match (client.version(), client.version()) {
