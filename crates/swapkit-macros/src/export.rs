@@ -53,9 +53,11 @@ impl Parse for Spec {
                 input.parse::<Token![,]>()?;
             }
         }
-        let plugin = plugin.ok_or_else(|| input.error("missing `plugin: YourType`"))?;
-        let interfaces =
-            interfaces.ok_or_else(|| input.error("missing `interfaces: [path::Trait, ...]`"))?;
+        let missing = |what: &str| {
+            syn::Error::new(Span::call_site(), format!("export_plugin! needs `{what}`"))
+        };
+        let plugin = plugin.ok_or_else(|| missing("plugin: YourType"))?;
+        let interfaces = interfaces.ok_or_else(|| missing("interfaces: [path::Trait, ...]"))?;
         Ok(Spec {
             plugin,
             name,

@@ -293,3 +293,15 @@ fn interfaces_hash_signature_text() {
     );
     let _ = Arc::new(());
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<swapkit::Swapper>();
+    check::<swapkit::Pin>();
+    check::<swapkit::Binding>();
+    check::<swapkit::Pinned>();
+    check::<fixture_api::GreeterClient<swapkit::Binding>>();
+    check::<swapkit::LoadError>();
+    check::<swapkit::CallError>();
+}
