@@ -182,16 +182,23 @@ impl std::fmt::Display for Status {
             }
         }
         for d in &self.drained {
-            let names: Vec<String> = d.plugins.iter().map(|(n, v)| format!("{n} {v}")).collect();
-            match d.drained_after {
-                Some(t) => writeln!(
-                    f,
-                    "drained generation {} [{}] {t:.1?} after it was superseded",
-                    d.id,
-                    names.join(", ")
-                )?,
-                None => writeln!(f, "drained generation {} [{}]", d.id, names.join(", "))?,
-            }
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for DrainedGeneration {
+    /// `drained generation 7 [greeter 1.0.0] 1.2ms after it was superseded`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .plugins
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        write!(f, "drained generation {} [{}]", self.id, names.join(", "))?;
+        if let Some(t) = self.drained_after {
+            write!(f, " {t:.1?} after it was superseded")?;
         }
         Ok(())
     }

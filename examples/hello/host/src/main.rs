@@ -441,15 +441,7 @@ fn run(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         status.drained.len()
     );
     for d in status.drained.iter().rev().take(4).rev() {
-        let plugins: Vec<String> = d.plugins.iter().map(|(n, v)| format!("{n} {v}")).collect();
-        match d.drained_after {
-            Some(t) => println!(
-                "  generation {:>3} [{}] drained {t:.1?} after it was superseded",
-                d.id,
-                plugins.join(", ")
-            ),
-            None => println!("  generation {:>3} [{}] drained", d.id, plugins.join(", ")),
-        }
+        println!("  {d}");
     }
     let retire_lines = retire_log.lock().unwrap();
     if let Some(last) = retire_lines.iter().rev().find(|l| l.contains("retiring")) {
