@@ -1,6 +1,9 @@
 //! How a call holds a generation with no lock and no shared write: per-thread hazard slots
 //! with asymmetric fences.
 //!
+//! [`HazardCell`] holds an `Arc<T>` this way; the current generation is one ([`Current`]), and
+//! so is each `#[patchable]` function's patch slot.
+//!
 //! # The protocol
 //!
 //! The current generation is a raw pointer that owns one strong reference. To hold it for a
@@ -40,7 +43,7 @@ const DEPTH: usize = 8;
 /// One thread's hazard slots, on a cache line of its own so that no other thread writes to it.
 #[repr(align(128))]
 struct Record {
-    slots: [AtomicPtr<Generation>; DEPTH],
+    slots: [AtomicPtr<()>; DEPTH],
     owned: AtomicBool,
 }
 
@@ -116,7 +119,11 @@ fn light_fence() {
 }
 
 /// The writer's fence: a full barrier on every thread of the process.
+///
+/// It settles the fence mode first, so a writer never pairs a plain fence with readers that
+/// already use compiler fences.
 fn heavy_fence() {
+    init_fences();
     if !(ASYMMETRIC.load(Ordering::Relaxed) && membarrier::barrier()) {
         fence(Ordering::SeqCst);
     }
@@ -151,29 +158,47 @@ mod membarrier {
     }
 }
 
-// ---- the current generation ----
+// ---- a protected, swappable pointer ----
 
-/// The current generation, and the superseded ones that calls may still be in.
-pub(crate) struct Current {
-    /// Owns one strong reference (`Arc::into_raw`).
-    ptr: AtomicPtr<Generation>,
-    /// Superseded generations, each holding one strong reference until no slot names it.
-    retiring: Mutex<Vec<Arc<Generation>>>,
+/// An `Arc<T>` (or nothing) that calls can hold for their length without a lock or a shared
+/// write, and that can be swapped at any time. A superseded value is released once no hazard
+/// slot names it.
+pub(crate) struct HazardCell<T> {
+    /// Owns one strong reference (`Arc::into_raw`), or is null.
+    ptr: AtomicPtr<T>,
+    /// Superseded values, each holding one strong reference until no slot names it.
+    retiring: Mutex<Vec<Arc<T>>>,
 }
 
-impl Current {
-    pub fn new(generation: Arc<Generation>) -> Current {
-        init_fences();
-        Current {
-            ptr: AtomicPtr::new(Arc::into_raw(generation).cast_mut()),
-            retiring: Mutex::new(vec![]),
-        }
+impl<T> HazardCell<T> {
+    /// An empty cell, usable in a `static`.
+    pub const fn empty() -> HazardCell<T> {
+        HazardCell { ptr: AtomicPtr::new(ptr::null_mut()), retiring: Mutex::new(Vec::new()) }
     }
 
-    /// Protects the current generation for as long as the guard lives. No lock, no shared
-    /// write: a store to this thread's own slot, a compiler fence and two loads.
+    pub fn new(value: Arc<T>) -> HazardCell<T> {
+        init_fences();
+        HazardCell { ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()), retiring: Mutex::new(vec![]) }
+    }
+
+    /// Whether the cell holds a value: one load, for fast paths that only care about empty.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.ptr.load(Ordering::Acquire).is_null()
+    }
+
+    /// Protects the current value for as long as the guard lives, or returns `None` if the
+    /// cell is empty. No lock, no shared write: a store to this thread's own slot, a compiler
+    /// fence and two loads.
     #[inline]
-    pub fn enter(&self) -> Guard<'_> {
+    pub fn enter(&self) -> Option<Guard<'_, T>> {
+        self.protect::<true>()
+    }
+
+    /// [`enter`](Self::enter), with the emptiness check compiled out when the caller knows
+    /// the cell is never empty.
+    #[inline(always)]
+    fn protect<const MAY_BE_EMPTY: bool>(&self) -> Option<Guard<'_, T>> {
         let (slot, held) = match LOCAL.try_with(take_slot) {
             Ok(Some(found)) => found,
             // Nested too deep, or this thread's locals are already destroyed.
@@ -181,102 +206,130 @@ impl Current {
         };
         loop {
             let g = self.ptr.load(Ordering::Acquire);
-            slot.store(g, Ordering::Relaxed);
+            if MAY_BE_EMPTY && g.is_null() {
+                release(slot, &held);
+                return None;
+            }
+            slot.store(g.cast(), Ordering::Relaxed);
             light_fence();
-            // If `g` is still current after our slot was published, any swap that removes it
-            // comes later, and the scan after that swap will see our slot.
+            // If `g` is still in the cell after our slot was published, any swap that removes
+            // it comes later, and the scan after that swap will see our slot.
             if self.ptr.load(Ordering::Acquire) == g {
                 // SAFETY: `g` is protected by our slot: it is not released while the slot
-                // names it, and it was current (so alive) when the slot was published.
-                let generation = unsafe { &*g };
-                debug_assert!(generation.is_alive(), "a call reached a freed generation");
-                return Guard {
-                    current: self,
-                    generation,
-                    slot,
-                    held,
-                };
+                // names it, and it was in the cell (so alive) when the slot was published.
+                let value = unsafe { &*g };
+                return Some(Guard { cell: self, value, slot, held });
             }
         }
     }
 
-    /// A strong reference to the current generation, for pins and reports.
-    pub fn load_full(&self) -> Arc<Generation> {
-        let guard = self.enter();
-        let raw: *const Generation = guard.generation;
+    /// A strong reference to the current value.
+    pub fn load_full(&self) -> Option<Arc<T>> {
+        let guard = self.enter()?;
+        let raw: *const T = guard.value;
         // SAFETY: `raw` came from `Arc::into_raw` and is protected by the guard, so its strong
         // count is at least one while we add ours.
         unsafe {
             Arc::increment_strong_count(raw);
-            Arc::from_raw(raw)
+            Some(Arc::from_raw(raw))
         }
     }
 
-    /// Publishes `next` and returns the superseded generation, which is released as soon as
+    /// Puts `next` in the cell and returns the superseded value, which is released as soon as
     /// no call is in it (perhaps here).
-    pub fn swap(&self, next: Arc<Generation>) -> Arc<Generation> {
-        let old = self
-            .ptr
-            .swap(Arc::into_raw(next).cast_mut(), Ordering::SeqCst);
+    pub fn swap(&self, next: Option<Arc<T>>) -> Option<Arc<T>> {
+        init_fences();
+        let raw = next.map_or(ptr::null_mut(), |n| Arc::into_raw(n).cast_mut());
+        let old = self.ptr.swap(raw, Ordering::SeqCst);
+        if old.is_null() {
+            return None;
+        }
         // SAFETY: `old` came from `Arc::into_raw`; the strong reference it owned moves here.
         let old = unsafe { Arc::from_raw(old) };
         let returned = old.clone();
-        self.retiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(old);
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).push(old);
         self.reclaim();
-        returned
+        Some(returned)
     }
 
-    /// Releases every superseded generation that no hazard slot names.
+    /// Releases every superseded value that no hazard slot names.
     pub fn reclaim(&self) {
-        let released: Vec<Arc<Generation>> = {
+        let released: Vec<Arc<T>> = {
             let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
             if retiring.is_empty() {
                 return;
             }
             heavy_fence();
             let records = registry();
-            let (held, free): (Vec<_>, Vec<_>) = retiring
-                .drain(..)
-                .partition(|g| in_use(&records, Arc::as_ptr(g)) > 0);
+            let (held, free): (Vec<_>, Vec<_>) =
+                retiring.drain(..).partition(|g| in_use(&records, Arc::as_ptr(g).cast()) > 0);
             *retiring = held;
             free
         };
-        // Dropped outside the locks: the last reference runs the plugins' on_free.
+        // Dropped outside the locks: a last reference may run arbitrary code (on_free).
         drop(released);
     }
 
-    /// How many calls are in `generation` right now.
-    pub fn calls_in(&self, generation: &Generation) -> usize {
+    /// How many calls hold `value` right now.
+    pub fn calls_in(&self, value: &T) -> usize {
         heavy_fence();
-        in_use(&registry(), generation)
+        in_use(&registry(), (value as *const T).cast())
     }
 
-    /// Whether `generation` is on the retiring list (which holds a reference to it).
-    pub fn is_retiring(&self, generation: &Generation) -> bool {
-        self.retiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|g| ptr::eq(&**g, generation))
+    /// Whether `value` is on the retiring list (which holds a reference to it).
+    pub fn is_retiring(&self, value: &T) -> bool {
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|g| ptr::eq(&**g, value))
     }
 }
 
-impl Drop for Current {
+impl<T> Drop for HazardCell<T> {
     fn drop(&mut self) {
         // No guard can exist: each borrows `self`.
-        // SAFETY: the pointer owns one strong reference from `Arc::into_raw`.
-        drop(unsafe { Arc::from_raw(*self.ptr.get_mut()) });
-        self.retiring
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let raw = *self.ptr.get_mut();
+        if !raw.is_null() {
+            // SAFETY: the pointer owns one strong reference from `Arc::into_raw`.
+            drop(unsafe { Arc::from_raw(raw) });
+        }
+        self.retiring.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
-fn in_use(records: &[&'static Record], g: *const Generation) -> usize {
+/// The current generation: a cell that is never empty.
+pub(crate) struct Current(HazardCell<Generation>);
+
+impl Current {
+    pub fn new(generation: Arc<Generation>) -> Current {
+        Current(HazardCell::new(generation))
+    }
+
+    /// Protects the current generation for as long as the guard lives.
+    #[inline(always)]
+    pub fn enter(&self) -> Guard<'_, Generation> {
+        let Some(guard) = self.0.protect::<false>() else {
+            unreachable!("the current generation is never empty")
+        };
+        debug_assert!(guard.get().is_alive(), "a call reached a freed generation");
+        guard
+    }
+
+    pub fn load_full(&self) -> Arc<Generation> {
+        self.0.load_full().expect("the current generation is never empty")
+    }
+
+    pub fn swap(&self, next: Arc<Generation>) -> Arc<Generation> {
+        self.0.swap(Some(next)).expect("the current generation is never empty")
+    }
+
+    pub fn calls_in(&self, generation: &Generation) -> usize {
+        self.0.calls_in(generation)
+    }
+
+    pub fn is_retiring(&self, generation: &Generation) -> bool {
+        self.0.is_retiring(generation)
+    }
+}
+
+fn in_use(records: &[&'static Record], g: *const ()) -> usize {
     records
         .iter()
         .flat_map(|r| r.slots.iter())
@@ -285,27 +338,31 @@ fn in_use(records: &[&'static Record], g: *const Generation) -> usize {
 }
 
 /// The next free slot of this thread's record, claiming a record on first use.
-#[inline]
-fn take_slot(local: &Local) -> Option<(&'static AtomicPtr<Generation>, Held)> {
+#[inline(always)]
+fn take_slot(local: &Local) -> Option<(&'static AtomicPtr<()>, Held)> {
     let depth = local.depth.get();
     if depth >= DEPTH {
         return None;
     }
     let record = match local.record.get() {
         Some(r) => r,
-        None => {
-            let r = claim_record();
-            local.record.set(Some(r));
-            r
-        }
+        None => first_record(local),
     };
     local.depth.set(depth + 1);
     Some((&record.slots[depth], Held::Local(&local.depth)))
 }
 
+/// Claims this thread's record, on its first protected call.
+#[cold]
+fn first_record(local: &Local) -> &'static Record {
+    let r = claim_record();
+    local.record.set(Some(r));
+    r
+}
+
 /// A slot from a spare record, returned when the guard drops.
 #[cold]
-fn spare_slot() -> (&'static AtomicPtr<Generation>, Held) {
+fn spare_slot() -> (&'static AtomicPtr<()>, Held) {
     let record = claim_record();
     (&record.slots[0], Held::Spare(record))
 }
@@ -319,37 +376,48 @@ enum Held {
     Spare(&'static Record),
 }
 
-/// A call's hold on one generation. Not `Send`: it must be dropped on the thread that made it,
-/// in reverse order of creation.
-pub(crate) struct Guard<'a> {
-    current: &'a Current,
-    generation: &'a Generation,
-    slot: &'static AtomicPtr<Generation>,
-    held: Held,
-}
-
-impl Guard<'_> {
-    #[inline]
-    pub fn generation(&self) -> &Generation {
-        self.generation
+/// Gives a slot back: pops this thread's depth, or frees a spare record.
+#[inline(always)]
+fn release(slot: &'static AtomicPtr<()>, held: &Held) {
+    slot.store(ptr::null_mut(), Ordering::Release);
+    match *held {
+        // SAFETY: the pointer is to this thread's `LOCAL.depth`, which outlives the guard
+        // (the guard is `!Send` and made while the thread-local was alive).
+        Held::Local(depth) => unsafe { (*depth).set((*depth).get() - 1) },
+        Held::Spare(record) => record.owned.store(false, Ordering::Release),
     }
 }
 
-impl Drop for Guard<'_> {
+/// A call's hold on one value of a [`HazardCell`]. Not `Send`: it must be dropped on the
+/// thread that made it, in reverse order of creation.
+pub(crate) struct Guard<'a, T> {
+    cell: &'a HazardCell<T>,
+    value: &'a T,
+    slot: &'static AtomicPtr<()>,
+    held: Held,
+}
+
+impl<'a, T> Guard<'a, T> {
     #[inline]
+    pub fn get(&self) -> &'a T {
+        self.value
+    }
+
+    #[inline]
+    pub fn generation(&self) -> &'a T {
+        self.value
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    #[inline(always)]
     fn drop(&mut self) {
-        let g: *const Generation = self.generation;
-        self.slot.store(ptr::null_mut(), Ordering::Release);
-        match self.held {
-            // SAFETY: the pointer is to this thread's `LOCAL.depth`, which outlives the guard
-            // (the guard is `!Send` and made while the thread-local was alive).
-            Held::Local(depth) => unsafe { (*depth).set((*depth).get() - 1) },
-            Held::Spare(record) => record.owned.store(false, Ordering::Release),
-        }
+        let g: *const T = self.value;
+        release(self.slot, &self.held);
         light_fence();
         // Compared, never dereferenced: `g` may be freed by now.
-        if !ptr::eq(self.current.ptr.load(Ordering::Acquire), g) {
-            self.current.reclaim();
+        if !ptr::eq(self.cell.ptr.load(Ordering::Acquire), g) {
+            self.cell.reclaim();
         }
     }
 }
@@ -391,7 +459,7 @@ mod tests {
     fn nesting_past_the_thread_depth_uses_spare_records() {
         let ledger = Arc::new(Ledger::default());
         let current = Current::new(generation(1, &ledger));
-        let guards: Vec<Guard<'_>> = (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
+        let guards: Vec<Guard<'_, Generation>> = (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
         assert_eq!(current.calls_in(guards[0].generation()), DEPTH * 2 + 3);
         let old = Arc::downgrade(&current.swap(generation(2, &ledger)));
         // Drop in reverse order, as nested calls do.
@@ -442,6 +510,6 @@ mod tests {
         assert!(calls.load(Ordering::Relaxed) > 0);
         // Every superseded generation was released once the calls stopped.
         assert_eq!(weaks.iter().filter(|w| w.upgrade().is_some()).count(), 0);
-        assert!(current.retiring.lock().unwrap().is_empty());
+        assert!(current.0.retiring.lock().unwrap().is_empty());
     }
 }
