@@ -11,11 +11,37 @@ use quote::{format_ident, quote};
 
 mod export;
 mod interface;
+mod patchable;
 
 /// Turns a trait into a swapkit interface. See `swapkit_abi::interface`.
 #[proc_macro_attribute]
 pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
     interface::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Routes a function, or every method of an impl block, through a patch slot. See
+/// `swapkit::patchable`.
+#[proc_macro_attribute]
+pub fn patchable(attr: TokenStream, item: TokenStream) -> TokenStream {
+    patchable::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// The `&'static Target` of a patchable function. See `swapkit::target`.
+#[proc_macro]
+pub fn target(input: TokenStream) -> TokenStream {
+    patchable::target(input.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// A patch builder for a patchable function. See `swapkit::patch`.
+#[proc_macro]
+pub fn patch(input: TokenStream) -> TokenStream {
+    patchable::patch(input.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -63,4 +89,19 @@ fn abi_path() -> syn::Result<proc_macro2::TokenStream> {
                 "#[interface] needs a dependency on swapkit-abi, swapkit or swapkit-guest",
             )
         })
+}
+
+/// The path to the host runtime `swapkit`, as the calling crate names it.
+fn host_path() -> syn::Result<proc_macro2::TokenStream> {
+    match crate_name("swapkit") {
+        Ok(FoundCrate::Name(n)) => {
+            let ident = format_ident!("{}", n);
+            Ok(quote!(::#ident))
+        }
+        Ok(FoundCrate::Itself) => Ok(quote!(::swapkit)),
+        Err(_) => Err(syn::Error::new(
+            Span::call_site(),
+            "#[patchable] needs a dependency on swapkit",
+        )),
+    }
 }

@@ -173,12 +173,18 @@ pub(crate) struct HazardCell<T> {
 impl<T> HazardCell<T> {
     /// An empty cell, usable in a `static`.
     pub const fn empty() -> HazardCell<T> {
-        HazardCell { ptr: AtomicPtr::new(ptr::null_mut()), retiring: Mutex::new(Vec::new()) }
+        HazardCell {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            retiring: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn new(value: Arc<T>) -> HazardCell<T> {
         init_fences();
-        HazardCell { ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()), retiring: Mutex::new(vec![]) }
+        HazardCell {
+            ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()),
+            retiring: Mutex::new(vec![]),
+        }
     }
 
     /// Whether the cell holds a value: one load, for fast paths that only care about empty.
@@ -218,7 +224,12 @@ impl<T> HazardCell<T> {
                 // SAFETY: `g` is protected by our slot: it is not released while the slot
                 // names it, and it was in the cell (so alive) when the slot was published.
                 let value = unsafe { &*g };
-                return Some(Guard { cell: self, value, slot, held });
+                return Some(Guard {
+                    cell: self,
+                    value,
+                    slot,
+                    held,
+                });
             }
         }
     }
@@ -247,7 +258,10 @@ impl<T> HazardCell<T> {
         // SAFETY: `old` came from `Arc::into_raw`; the strong reference it owned moves here.
         let old = unsafe { Arc::from_raw(old) };
         let returned = old.clone();
-        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(old);
         self.reclaim();
         Some(returned)
     }
@@ -261,8 +275,9 @@ impl<T> HazardCell<T> {
             }
             heavy_fence();
             let records = registry();
-            let (held, free): (Vec<_>, Vec<_>) =
-                retiring.drain(..).partition(|g| in_use(&records, Arc::as_ptr(g).cast()) > 0);
+            let (held, free): (Vec<_>, Vec<_>) = retiring
+                .drain(..)
+                .partition(|g| in_use(&records, Arc::as_ptr(g).cast()) > 0);
             *retiring = held;
             free
         };
@@ -278,7 +293,11 @@ impl<T> HazardCell<T> {
 
     /// Whether `value` is on the retiring list (which holds a reference to it).
     pub fn is_retiring(&self, value: &T) -> bool {
-        self.retiring.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|g| ptr::eq(&**g, value))
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|g| ptr::eq(&**g, value))
     }
 }
 
@@ -290,7 +309,10 @@ impl<T> Drop for HazardCell<T> {
             // SAFETY: the pointer owns one strong reference from `Arc::into_raw`.
             drop(unsafe { Arc::from_raw(raw) });
         }
-        self.retiring.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+        self.retiring
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -313,11 +335,15 @@ impl Current {
     }
 
     pub fn load_full(&self) -> Arc<Generation> {
-        self.0.load_full().expect("the current generation is never empty")
+        self.0
+            .load_full()
+            .expect("the current generation is never empty")
     }
 
     pub fn swap(&self, next: Arc<Generation>) -> Arc<Generation> {
-        self.0.swap(Some(next)).expect("the current generation is never empty")
+        self.0
+            .swap(Some(next))
+            .expect("the current generation is never empty")
     }
 
     pub fn calls_in(&self, generation: &Generation) -> usize {
@@ -459,7 +485,8 @@ mod tests {
     fn nesting_past_the_thread_depth_uses_spare_records() {
         let ledger = Arc::new(Ledger::default());
         let current = Current::new(generation(1, &ledger));
-        let guards: Vec<Guard<'_, Generation>> = (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
+        let guards: Vec<Guard<'_, Generation>> =
+            (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
         assert_eq!(current.calls_in(guards[0].generation()), DEPTH * 2 + 3);
         let old = Arc::downgrade(&current.swap(generation(2, &ledger)));
         // Drop in reverse order, as nested calls do.

@@ -52,6 +52,7 @@ mod error;
 mod generation;
 mod hazard;
 mod log;
+pub mod patch;
 mod plan;
 mod status;
 mod swapper;
@@ -65,4 +66,25 @@ pub use status::{
 };
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
+
+/// Routes a function, or every method of an impl block, through a patch slot, so that it can
+/// be patched at runtime. See [`patch`] for the whole story.
+///
+/// - On a free function: `#[swapkit::patchable] fn price(..) -> ..`; name it as
+///   `swapkit::target!(path::price)`.
+/// - On an impl block, inherent or of a trait, every method becomes patchable: name them as
+///   `swapkit::target!(Type::method)` or `swapkit::target!(<Type as Trait>::method)`.
+///
+/// Generic functions and impl blocks, `async` and `const` functions, and `impl Trait` in a
+/// signature are compile errors: a patch slot has one concrete signature.
+pub use swapkit_macros::patchable;
+
+/// The `&'static` [`patch::Target`] of a `#[patchable]` function: `target!(path::to::f)`,
+/// `target!(Type::method)` or `target!(<Type as Trait>::method)`.
+pub use swapkit_macros::target;
+
+/// A [`patch::PatchBuilder`] for a `#[patchable]` function:
+/// `patch!(path::to::f, |args..| replacement).rollout(..).apply()`. The replacement's
+/// signature is checked at compile time.
+pub use swapkit_macros::patch;
 pub use swapper::{OverdueHook, ReloadReport, Swapper, SwapperBuilder};

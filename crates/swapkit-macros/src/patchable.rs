@@ -1,0 +1,502 @@
+//! `#[patchable]`, `target!` and `patch!`: route a function through a patch slot, and name
+//! that slot.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, ToTokens};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{
+    parse_quote, FnArg, GenericParam, ImplItem, ImplItemFn, Item, ItemFn, ItemImpl, Pat,
+    ReturnType, Signature, Type, Visibility,
+};
+
+/// The function being made patchable, whatever kind it is.
+struct Fun<'a> {
+    sig: &'a Signature,
+    /// The concrete `Self` type and the trait, for methods.
+    owner: Option<(&'a Type, Option<&'a syn::Path>)>,
+}
+
+pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    if !attr.is_empty() {
+        return Err(syn::Error::new(
+            attr.span(),
+            "#[patchable] takes no arguments",
+        ));
+    }
+    let krate = crate::host_path()?;
+    match syn::parse2::<Item>(item)? {
+        Item::Fn(f) => free_fn(&krate, f),
+        Item::Impl(i) => impl_block(&krate, i),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[patchable] goes on a function or on an impl block (to make its methods patchable)",
+        )),
+    }
+}
+
+fn free_fn(krate: &TokenStream, mut f: ItemFn) -> syn::Result<TokenStream> {
+    if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
+        return Err(syn::Error::new(
+            r.span(),
+            "put #[patchable] on the impl block: a method's patch slot needs its concrete Self type",
+        ));
+    }
+    let fun = Fun {
+        sig: &f.sig,
+        owner: None,
+    };
+    let plan = plan(krate, &fun)?;
+    let prologue = &plan.prologue;
+    let body = &f.block;
+    let new_body: syn::Block = parse_quote!({ #prologue #body });
+    f.block = Box::new(new_body);
+    let accessors = accessors(krate, &plan, &f.vis);
+    Ok(quote! { #f #accessors })
+}
+
+fn impl_block(krate: &TokenStream, mut block: ItemImpl) -> syn::Result<TokenStream> {
+    if !block.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            block.generics.span(),
+            "a generic impl block cannot be patched: each patch slot needs one concrete signature",
+        ));
+    }
+    let self_ty = (*block.self_ty).clone();
+    let trait_path = block.trait_.as_ref().map(|(_, p, _)| p.clone());
+    let mut accessor_items = vec![];
+    for item in &mut block.items {
+        let ImplItem::Fn(method) = item else { continue };
+        let ImplItemFn {
+            sig,
+            block: body,
+            vis,
+            ..
+        } = method;
+        let fun = Fun {
+            sig,
+            owner: Some((&self_ty, trait_path.as_ref())),
+        };
+        let plan = plan(krate, &fun)?;
+        let prologue = &plan.prologue;
+        let new_body: syn::Block = parse_quote!({ #prologue #body });
+        *body = new_body;
+        let vis = if trait_path.is_some() {
+            parse_quote!(pub)
+        } else {
+            vis.clone()
+        };
+        accessor_items.push(accessors(krate, &plan, &vis));
+    }
+    Ok(quote! {
+        #block
+        #[allow(private_interfaces, private_bounds)]
+        impl #self_ty {
+            #(#accessor_items)*
+        }
+    })
+}
+
+/// Everything generated for one function.
+struct Plan {
+    prologue: TokenStream,
+    /// `dyn Fn(..) -> R + Send + Sync`, with `for<'a>` when the function names lifetimes.
+    dyn_fn: TokenStream,
+    /// `Fn(..) -> R`, for the closure bound.
+    fn_bound: TokenStream,
+    target_fn: syn::Ident,
+    patch_fn: syn::Ident,
+    /// The call that returns the target, from inside or outside the impl.
+    accessor: TokenStream,
+    name: TokenStream,
+    signature: String,
+}
+
+fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
+    let sig = fun.sig;
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new(
+            a.span(),
+            "async functions cannot be patched yet; make a synchronous function they call patchable",
+        ));
+    }
+    if let Some(c) = &sig.constness {
+        return Err(syn::Error::new(
+            c.span(),
+            "a const fn cannot be patched: it may run at compile time",
+        ));
+    }
+    let mut lifetimes = vec![];
+    for g in &sig.generics.params {
+        match g {
+            GenericParam::Lifetime(l) => lifetimes.push(l.lifetime.clone()),
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "a generic function cannot be patched: a patch slot has one signature; make a \
+                     non-generic function it calls patchable",
+                ))
+            }
+        }
+    }
+    if sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            sig.generics.where_clause.span(),
+            "a patchable function cannot have a where clause",
+        ));
+    }
+
+    let mut subst = SelfToConcrete {
+        self_ty: fun.owner.map(|(t, _)| t),
+        trait_path: fun.owner.and_then(|(_, p)| p),
+    };
+    let mut arg_tys: Vec<Type> = vec![];
+    let mut arg_names: Vec<TokenStream> = vec![];
+    let mut retryable = true;
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(r) => {
+                let self_ty = fun.owner.map(|(t, _)| t).expect("receivers only in impls");
+                let ty: Type = match (&r.reference, r.mutability) {
+                    (Some((_, lt)), Some(_)) => parse_quote!(&#lt mut #self_ty),
+                    (Some((_, lt)), None) => parse_quote!(&#lt #self_ty),
+                    (None, _) => {
+                        let mut t = (*r.ty).clone();
+                        subst.visit_type_mut(&mut t);
+                        t
+                    }
+                };
+                retryable &= r.reference.is_some();
+                arg_tys.push(ty);
+                arg_names.push(quote!(self));
+            }
+            FnArg::Typed(pt) => {
+                let Pat::Ident(p) = &*pt.pat else {
+                    return Err(syn::Error::new(
+                        pt.pat.span(),
+                        "patchable functions need plain argument names, not patterns",
+                    ));
+                };
+                if let Type::ImplTrait(_) = &*pt.ty {
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "`impl Trait` arguments make a function generic; it cannot be patched",
+                    ));
+                }
+                let mut ty = (*pt.ty).clone();
+                subst.visit_type_mut(&mut ty);
+                retryable &= reusable(&ty);
+                arg_tys.push(ty);
+                let ident = &p.ident;
+                arg_names.push(quote!(#ident));
+            }
+        }
+    }
+    let mut ret: Type = match &sig.output {
+        ReturnType::Default => parse_quote!(()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    };
+    if let Type::ImplTrait(_) = &ret {
+        return Err(syn::Error::new(
+            ret.span(),
+            "a function returning `impl Trait` cannot be patched",
+        ));
+    }
+    subst.visit_type_mut(&mut ret);
+
+    let for_lt = if lifetimes.is_empty() {
+        quote!()
+    } else {
+        quote!(for<#(#lifetimes),*>)
+    };
+    let fn_bound = quote!(#for_lt Fn(#(#arg_tys),*) -> #ret);
+    let dyn_fn = quote!(dyn #fn_bound + ::core::marker::Send + ::core::marker::Sync);
+
+    let method = &sig.ident;
+    let (target_fn, patch_fn, name) = match fun.owner {
+        None => (
+            format_ident!("__swapkit_target_{}", method),
+            format_ident!("__swapkit_patch_{}", method),
+            quote!(::core::concat!(
+                ::core::module_path!(),
+                "::",
+                ::core::stringify!(#method)
+            )),
+        ),
+        Some((self_ty, None)) => {
+            let ty = canonical(self_ty);
+            (
+                format_ident!("__swapkit_target_{}", method),
+                format_ident!("__swapkit_patch_{}", method),
+                quote!(
+                    ::core::concat!(::core::module_path!(), "::", #ty, "::", ::core::stringify!(#method))
+                ),
+            )
+        }
+        Some((self_ty, Some(trait_path))) => {
+            let ty = canonical(self_ty);
+            let tr = trait_path
+                .segments
+                .last()
+                .expect("a trait path has a segment")
+                .ident
+                .clone();
+            let tr_text = canonical_path(trait_path);
+            (
+                format_ident!("__swapkit_target_{}_{}", tr, method),
+                format_ident!("__swapkit_patch_{}_{}", tr, method),
+                quote!(
+                    ::core::concat!(::core::module_path!(), "::<", #ty, " as ", #tr_text, ">::", ::core::stringify!(#method))
+                ),
+            )
+        }
+    };
+    let signature = format!(
+        "({})->{}",
+        arg_tys.iter().map(canonical).collect::<Vec<_>>().join(","),
+        canonical(&ret)
+    );
+
+    let accessor = match fun.owner {
+        None => quote!(#target_fn()),
+        Some((self_ty, _)) => quote!(<#self_ty>::#target_fn()),
+    };
+    let private = quote!(#krate::patch::__private);
+    let after_panic = if retryable {
+        quote!(__swapkit_patch.fall_back(__swapkit_panic);)
+    } else {
+        quote!(__swapkit_patch.propagate(__swapkit_panic))
+    };
+    let to_error = match result_error(&ret) {
+        Some(err) => quote! {
+            #[allow(unused_imports)]
+            use #private::{NoFrom as _, ViaFrom as _};
+            let mut __swapkit_slot = ::core::option::Option::Some(__swapkit_panic);
+            if let ::core::option::Option::Some(__swapkit_e) =
+                (&&#private::Wrap::<#err>::new()).convert(&mut __swapkit_slot)
+            {
+                return ::core::result::Result::Err(__swapkit_e);
+            }
+            let __swapkit_panic = __swapkit_slot.expect("not converted");
+        },
+        None => quote!(),
+    };
+    let prologue = quote! {
+        if let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() {
+            if __swapkit_patch.applies() {
+                match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#arg_names),*)) {
+                    ::core::result::Result::Ok(__swapkit_r) => return __swapkit_r,
+                    ::core::result::Result::Err(__swapkit_panic) => {
+                        #to_error
+                        #after_panic
+                    }
+                }
+            }
+        }
+    };
+    Ok(Plan {
+        prologue,
+        dyn_fn,
+        fn_bound,
+        target_fn,
+        patch_fn,
+        accessor,
+        name,
+        signature,
+    })
+}
+
+fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream {
+    let Plan {
+        dyn_fn,
+        fn_bound,
+        target_fn,
+        patch_fn,
+        accessor,
+        name,
+        signature,
+        ..
+    } = plan;
+    let private = quote!(#krate::patch::__private);
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        #[inline(always)]
+        #vis fn #target_fn() -> &'static #private::Target<#dyn_fn> {
+            static TARGET: #private::Target<#dyn_fn> = #private::Target::new(#private::TargetInfo {
+                name: #name,
+                signature: #signature,
+                signature_hash: #private::fnv1a64(#signature.as_bytes()),
+            });
+            #[#private::linkme::distributed_slice(#private::TARGETS)]
+            #[linkme(crate = #private::linkme)]
+            static REGISTERED: &'static dyn #private::AnyTarget = &TARGET;
+            &TARGET
+        }
+
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        #vis fn #patch_fn<__C>(replacement: __C, source: #private::PatchSource) -> #private::PatchBuilder<#dyn_fn>
+        where
+            __C: #fn_bound + ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            #private::PatchBuilder::new(#accessor, ::std::boxed::Box::new(replacement), source)
+        }
+    }
+}
+
+/// Whether a value of this type can be handed to the replacement and still be used for the
+/// original afterwards: references (shared, or reborrowed `&mut`) and primitives.
+fn reusable(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(_) => true,
+        Type::Path(p) if p.qself.is_none() => {
+            let text = canonical(ty);
+            matches!(
+                text.as_str(),
+                "u8" | "u16"
+                    | "u32"
+                    | "u64"
+                    | "u128"
+                    | "usize"
+                    | "i8"
+                    | "i16"
+                    | "i32"
+                    | "i64"
+                    | "i128"
+                    | "isize"
+                    | "f32"
+                    | "f64"
+                    | "bool"
+                    | "char"
+            )
+        }
+        Type::Tuple(t) => t.elems.iter().all(reusable),
+        _ => false,
+    }
+}
+
+/// `E` when the return type is written `Result<T, E>`.
+fn result_error(ret: &Type) -> Option<Type> {
+    let Type::Path(p) = ret else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    (types.len() == 2).then(|| types[1].clone())
+}
+
+fn canonical(t: &impl ToTokens) -> String {
+    t.to_token_stream()
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+fn canonical_path(p: &syn::Path) -> String {
+    canonical(p)
+}
+
+/// Replaces `Self` with the concrete type (and `Self::X` with `<Type as Trait>::X`), because a
+/// `static` inside a method cannot name `Self`.
+struct SelfToConcrete<'a> {
+    self_ty: Option<&'a Type>,
+    trait_path: Option<&'a syn::Path>,
+}
+
+impl VisitMut for SelfToConcrete<'_> {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let (Type::Path(tp), Some(self_ty)) = (&*ty, self.self_ty) {
+            if tp.qself.is_none() && tp.path.segments.first().is_some_and(|s| s.ident == "Self") {
+                let rest: Vec<_> = tp.path.segments.iter().skip(1).collect();
+                *ty = if rest.is_empty() {
+                    self_ty.clone()
+                } else if let Some(tr) = self.trait_path {
+                    parse_quote!(<#self_ty as #tr>::#(#rest)::*)
+                } else {
+                    parse_quote!(<#self_ty>::#(#rest)::*)
+                };
+                return;
+            }
+        }
+        syn::visit_mut::visit_type_mut(self, ty);
+    }
+}
+
+/// `target!(path)`: the `&'static Target` of a patchable function.
+pub fn target(input: TokenStream) -> syn::Result<TokenStream> {
+    let (prefix, name) = accessor_path(input, "target")?;
+    Ok(quote!(#prefix #name()))
+}
+
+/// `patch!(path, replacement)`: a `PatchBuilder` for the function at `path`.
+pub fn patch(input: TokenStream) -> syn::Result<TokenStream> {
+    let parser = |stream: syn::parse::ParseStream| {
+        let path: syn::ExprPath = stream.parse()?;
+        stream.parse::<syn::Token![,]>()?;
+        let replacement: syn::Expr = stream.parse()?;
+        let _ = stream.parse::<Option<syn::Token![,]>>()?;
+        Ok((path, replacement))
+    };
+    let (path, replacement) = syn::parse::Parser::parse2(parser, input)?;
+    let (prefix, name) = accessor_path(path.to_token_stream(), "patch")?;
+    let krate = crate::host_path()?;
+    Ok(quote! {
+        #prefix #name(#replacement, #krate::patch::PatchSource::InProcess {
+            file: ::core::file!(),
+            line: ::core::line!(),
+        })
+    })
+}
+
+/// Splits `a::b::f`, `Type::method` or `<Type as Trait>::method` into the path the generated
+/// accessor lives at and the accessor's name.
+fn accessor_path(input: TokenStream, kind: &str) -> syn::Result<(TokenStream, syn::Ident)> {
+    let path: syn::ExprPath = syn::parse2(input)?;
+    let last = path
+        .path
+        .segments
+        .last()
+        .ok_or_else(|| syn::Error::new(Span::call_site(), "expected a path"))?;
+    let method = &last.ident;
+    match &path.qself {
+        Some(q) => {
+            let trait_ident = path
+                .path
+                .segments
+                .iter()
+                .nth(q.position.saturating_sub(1))
+                .ok_or_else(|| syn::Error::new(path.span(), "expected `<Type as Trait>::method`"))?
+                .ident
+                .clone();
+            let ty = &q.ty;
+            Ok((
+                quote!(<#ty>::),
+                format_ident!("__swapkit_{}_{}_{}", kind, trait_ident, method),
+            ))
+        }
+        None => {
+            let mut prefix = TokenStream::new();
+            if path.path.leading_colon.is_some() {
+                prefix.extend(quote!(::));
+            }
+            for seg in path.path.segments.iter().take(path.path.segments.len() - 1) {
+                let s = &seg.ident;
+                prefix.extend(quote!(#s::));
+            }
+            Ok((prefix, format_ident!("__swapkit_{}_{}", kind, method)))
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Runtime function patching: replace one function of a running program, roll the
+//! replacement out to part of the traffic, and restore it, with no recompile.
+//!
+//! Mark a function, or an `impl` block, `#[swapkit::patchable]`. Each call then goes through
+//! a static slot. While the slot is empty, that costs one atomic load and a predictable
+//! branch, and the rest of the function is untouched, so inlining cannot defeat it: an
+//! inlined copy carries the check with it.
+//!
+//! Example: patch, roll out, restore.
+//!
+//! ```
+//! #[swapkit::patchable]
+//! fn price(cents: u64, qty: u32) -> u64 {
+//!     cents * qty as u64
+//! }
+//!
+//! // A 10% discount, for everyone.
+//! let guard = swapkit::patch!(price, |cents, qty| cents * qty as u64 * 9 / 10).apply().unwrap();
+//! assert_eq!(price(100, 2), 180);
+//! assert!(swapkit::target!(price).is_patched());
+//!
+//! // Only for a sticky half of the users; the key comes from the request context.
+//! guard.set_percent(50.0).unwrap();
+//! let discounted = (0..1000)
+//!     .filter(|user| swapkit::patch::with_key(*user as u64, || price(100, 1) == 90))
+//!     .count();
+//! assert!((400..600).contains(&discounted));
+//!
+//! drop(guard); // restored
+//! assert_eq!(price(100, 2), 200);
+//! ```
+
+mod context;
+mod rollout;
+mod target;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use context::{current_key, set_key, with_key, Key, KeyGuard, WithKey};
+pub use rollout::{bucket, Rollout, BUCKETS};
+pub use target::{call_original, PanicPolicy, PatchPanic, PatchSource, Target, TargetInfo};
+
+use target::{AnyTarget, PatchOptions};
+
+/// Why a patch could not be applied, changed or restored. On an error, nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatchError {
+    /// The target already has a patch; restore it first.
+    #[error(
+        "`{target}` is already patched by `{patch}`; restore that patch before applying another"
+    )]
+    AlreadyPatched {
+        /// The target.
+        target: &'static str,
+        /// The patch in place.
+        patch: String,
+    },
+    /// The target has no patch (or not this one).
+    #[error("`{target}` is not patched by this patch (it may have been restored already)")]
+    NotPatched {
+        /// The target.
+        target: &'static str,
+    },
+    /// A patch set names one target twice.
+    #[error("the patch set names `{target}` twice; a set patches each target once")]
+    DuplicateTarget {
+        /// The target.
+        target: &'static str,
+    },
+    /// A patch set failed at one target, and none of it was applied.
+    #[error("the patch set was not applied: {source}")]
+    SetFailed {
+        /// What failed.
+        #[source]
+        source: Box<PatchError>,
+    },
+    /// A percentage was asked of a patch whose rollout is a predicate.
+    #[error(
+        "patch `{patch}` of `{target}` rolls out by predicate, so it has no percentage to change"
+    )]
+    NotAShare {
+        /// The target.
+        target: &'static str,
+        /// The patch.
+        patch: String,
+    },
+}
+
+/// A patch ready to apply, typed by the target's signature. Made by `swapkit::patch!`.
+#[must_use = "a patch does nothing until `.apply()`"]
+pub struct PatchBuilder<F: ?Sized + 'static> {
+    target: &'static Target<F>,
+    replacement: Box<F>,
+    id: Option<String>,
+    rollout: Rollout,
+    on_panic: PanicPolicy,
+    source: PatchSource,
+}
+
+impl<F: ?Sized + Send + Sync + 'static> PatchBuilder<F> {
+    #[doc(hidden)]
+    pub fn new(target: &'static Target<F>, replacement: Box<F>, source: PatchSource) -> Self {
+        PatchBuilder {
+            target,
+            replacement,
+            id: None,
+            rollout: Rollout::all(),
+            on_panic: PanicPolicy::default(),
+            source,
+        }
+    }
+
+    /// Names the patch. The id seeds percentage rollouts, so a key keeps its variant for as
+    /// long as the id stays the same. Default: the target's name.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Who the patch applies to. Default: [`Rollout::all`].
+    pub fn rollout(mut self, rollout: Rollout) -> Self {
+        self.rollout = rollout;
+        self
+    }
+
+    /// What happens when the replacement panics. Default: [`PanicPolicy::Fallback`].
+    pub fn on_panic(mut self, policy: PanicPolicy) -> Self {
+        self.on_panic = policy;
+        self
+    }
+
+    /// Applies the patch. It is restored when the guard drops, unless the guard is
+    /// [kept](PatchGuard::keep).
+    pub fn apply(self) -> Result<PatchGuard, PatchError> {
+        self.apply_armed(None)
+    }
+
+    fn apply_armed(self, armed: Option<Arc<AtomicBool>>) -> Result<PatchGuard, PatchError> {
+        let options = PatchOptions {
+            id: self.id,
+            rollout: self.rollout,
+            on_panic: self.on_panic,
+            source: self.source,
+            armed,
+        };
+        self.target.apply(self.replacement, options)
+    }
+}
+
+/// An applied patch. Dropping it restores the target; so does [`restore`](Self::restore).
+#[must_use = "dropping the guard restores the patch at once; call .keep() to leave it applied"]
+pub struct PatchGuard {
+    target: &'static dyn AnyTarget,
+    identity: usize,
+    restore_on_drop: bool,
+}
+
+impl PatchGuard {
+    pub(crate) fn new(target: &'static dyn AnyTarget, identity: usize) -> PatchGuard {
+        PatchGuard {
+            target,
+            identity,
+            restore_on_drop: true,
+        }
+    }
+
+    /// The target's name.
+    pub fn target(&self) -> &'static str {
+        self.target.info().name
+    }
+
+    /// Restores the target now. Calls already inside the patch finish in it; its code and
+    /// captures are freed once the last of them returns.
+    pub fn restore(mut self) -> Result<(), PatchError> {
+        self.restore_on_drop = false;
+        self.target.restore(Some(self.identity)).map(|_| ())
+    }
+
+    /// Changes the share of keys the patch applies to, live. Keys already in stay in when it
+    /// rises.
+    pub fn set_percent(&self, percent: f64) -> Result<(), PatchError> {
+        self.target
+            .set_share(self.identity, rollout::buckets_for(percent))
+    }
+
+    /// Leaves the patch applied after the guard is gone; restore it with [`restore`].
+    pub fn keep(mut self) {
+        self.restore_on_drop = false;
+    }
+}
+
+impl Drop for PatchGuard {
+    fn drop(&mut self) {
+        if self.restore_on_drop {
+            let _ = self.target.restore(Some(self.identity));
+        }
+    }
+}
+
+impl std::fmt::Debug for PatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchGuard")
+            .field("target", &self.target())
+            .finish()
+    }
+}
+
+/// Restores whatever patch `target` has. Returns the patch's id.
+pub fn restore<F: ?Sized + Send + Sync + 'static>(
+    target: &'static Target<F>,
+) -> Result<String, PatchError> {
+    AnyTarget::restore(target, None)
+}
+
+/// Whether `target` has a patch applied.
+pub fn is_patched<F: ?Sized + 'static>(target: &'static Target<F>) -> bool {
+    target.is_patched()
+}
+
+/// Several patches applied together, all or nothing, and restored together.
+///
+/// The patches are installed disarmed and then armed by a single store, so a call never sees
+/// one patch of the set without the others once the set is live. If any target fails (it is
+/// already patched, or named twice), the ones installed so far are removed again and nothing
+/// changes.
+#[derive(Default)]
+#[must_use = "a patch set does nothing until `.apply()`"]
+pub struct PatchSet {
+    items: Vec<Box<dyn Pending>>,
+}
+
+/// A typed patch waiting in a set.
+trait Pending {
+    fn target_name(&self) -> &'static str;
+    fn target_id(&self) -> usize;
+    fn apply_armed(self: Box<Self>, armed: Arc<AtomicBool>) -> Result<PatchGuard, PatchError>;
+}
+
+impl<F: ?Sized + Send + Sync + 'static> Pending for PatchBuilder<F> {
+    fn target_name(&self) -> &'static str {
+        self.target.info().name
+    }
+
+    fn target_id(&self) -> usize {
+        self.target as *const Target<F> as *const () as usize
+    }
+
+    fn apply_armed(self: Box<Self>, armed: Arc<AtomicBool>) -> Result<PatchGuard, PatchError> {
+        (*self).apply_armed(Some(armed))
+    }
+}
+
+impl PatchSet {
+    /// An empty set.
+    pub fn new() -> PatchSet {
+        PatchSet::default()
+    }
+
+    /// Adds a patch.
+    pub fn with<F: ?Sized + Send + Sync + 'static>(mut self, patch: PatchBuilder<F>) -> PatchSet {
+        self.items.push(Box::new(patch));
+        self
+    }
+
+    /// Applies every patch, or none.
+    pub fn apply(self) -> Result<PatchSetGuard, PatchError> {
+        let mut seen = std::collections::HashSet::new();
+        for item in &self.items {
+            if !seen.insert(item.target_id()) {
+                let source = Box::new(PatchError::DuplicateTarget {
+                    target: item.target_name(),
+                });
+                return Err(PatchError::SetFailed { source });
+            }
+        }
+        let armed = Arc::new(AtomicBool::new(false));
+        let mut guards = Vec::with_capacity(self.items.len());
+        for item in self.items {
+            match item.apply_armed(armed.clone()) {
+                Ok(g) => guards.push(g),
+                Err(e) => {
+                    // Never armed, so no call ever ran these; dropping the guards removes them.
+                    drop(guards);
+                    return Err(PatchError::SetFailed {
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        armed.store(true, Ordering::Release);
+        Ok(PatchSetGuard { guards, armed })
+    }
+}
+
+/// An applied patch set. Dropping it restores every patch of the set.
+#[must_use = "dropping the guard restores the set at once"]
+pub struct PatchSetGuard {
+    guards: Vec<PatchGuard>,
+    armed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PatchSetGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchSetGuard")
+            .field("targets", &self.targets())
+            .finish()
+    }
+}
+
+impl PatchSetGuard {
+    /// The targets the set patches.
+    pub fn targets(&self) -> Vec<&'static str> {
+        self.guards.iter().map(PatchGuard::target).collect()
+    }
+
+    /// Restores every patch of the set. Calls stop seeing the set at one instant.
+    pub fn restore(self) {
+        drop(self)
+    }
+}
+
+impl Drop for PatchSetGuard {
+    fn drop(&mut self) {
+        // Disarm first, so that the set disappears at one instant, then remove each patch.
+        self.armed.store(false, Ordering::Release);
+        self.guards.clear();
+    }
+}
+
+/// The state of one patchable function.
+#[derive(Debug, Clone)]
+pub struct TargetStatus {
+    /// `module::path::function`.
+    pub name: &'static str,
+    /// Argument and return types.
+    pub signature: &'static str,
+    /// The patch applied, if any.
+    pub patch: Option<PatchStatus>,
+}
+
+/// One applied patch.
+#[derive(Debug, Clone)]
+pub struct PatchStatus {
+    /// Its id.
+    pub id: String,
+    /// Where it came from.
+    pub source: PatchSource,
+    /// When it was applied.
+    pub applied_at: SystemTime,
+    /// Who it applies to.
+    pub rollout: String,
+    /// Whether it is live (a patch of a set is not, until the whole set is).
+    pub armed: bool,
+    /// Calls it has served.
+    pub hits: u64,
+    /// Panics caught in it.
+    pub panics: u64,
+    /// False once it has panicked.
+    pub healthy: bool,
+}
+
+/// Every `#[patchable]` function linked into this binary, with its patch if it has one,
+/// sorted by name.
+pub fn registry() -> Vec<TargetStatus> {
+    let mut all: Vec<TargetStatus> = __private::TARGETS.iter().map(|t| t.status()).collect();
+    all.sort_by_key(|t| t.name);
+    all
+}
+
+/// Only the patched ones of [`registry`].
+pub fn active() -> Vec<TargetStatus> {
+    registry()
+        .into_iter()
+        .filter(|t| t.patch.is_some())
+        .collect()
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use super::target::convert::{NoFrom, ViaFrom, Wrap};
+    pub use super::target::AnyTarget;
+    pub use super::target::PatchCall;
+    pub use super::{PatchBuilder, PatchSource, Target, TargetInfo};
+    pub use linkme;
+    pub use swapkit_abi::hash::fnv1a64;
+
+    /// Every patch target in the binary, gathered at link time.
+    #[linkme::distributed_slice]
+    pub static TARGETS: [&'static dyn AnyTarget];
+}

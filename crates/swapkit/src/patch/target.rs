@@ -1,0 +1,438 @@
+//! Patch targets: the static slot behind each `#[patchable]` function, the patches put in it,
+//! and the per-call handle the generated code uses.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::context::stable_hash;
+use super::rollout::{Kind, Rollout, BUCKETS};
+use super::{PatchError, PatchGuard, PatchStatus, TargetStatus};
+use crate::hazard::{Guard, HazardCell};
+
+/// Where a patch came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatchSource {
+    /// A closure or function of this process, applied at this source location.
+    InProcess {
+        /// The file of the `patch!` call.
+        file: &'static str,
+        /// Its line.
+        line: u32,
+    },
+}
+
+impl std::fmt::Display for PatchSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatchSource::InProcess { file, line } => {
+                write!(f, "in-process closure at {file}:{line}")
+            }
+        }
+    }
+}
+
+/// What a patch does when its replacement panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PanicPolicy {
+    /// Run the original for this call, when the call can be made again (every argument is a
+    /// reference or a primitive); otherwise behave like [`PanicPolicy::Propagate`]. A target
+    /// returning `Result<_, E>` with `E: From<PatchPanic>` gets the error instead. The default.
+    #[default]
+    Fallback,
+    /// Let the panic continue to the caller (after turning it into the target's error, where
+    /// the target returns `Result<_, E>` with `E: From<PatchPanic>`).
+    Propagate,
+}
+
+/// A panic caught in a patch. Targets that return `Result<_, E>` get it as their error when
+/// `E: From<PatchPanic>`.
+#[derive(Debug)]
+pub struct PatchPanic {
+    /// The target.
+    pub target: &'static str,
+    /// The patch's id.
+    pub patch: String,
+    /// The panic message.
+    pub message: String,
+    payload: Box<dyn Any + Send>,
+}
+
+impl std::fmt::Display for PatchPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "patch `{}` of `{}` panicked: {}",
+            self.patch, self.target, self.message
+        )
+    }
+}
+
+impl std::error::Error for PatchPanic {}
+
+/// Static facts about a patchable function.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetInfo {
+    /// `module::path::function`, or `module::path::Type::method`.
+    pub name: &'static str,
+    /// The canonical signature text: argument types and return type.
+    pub signature: &'static str,
+    /// FNV-1a of the signature text.
+    pub signature_hash: u64,
+}
+
+/// One applied patch.
+pub(crate) struct Patch<F: ?Sized> {
+    pub id: String,
+    seed: u64,
+    replacement: Box<F>,
+    rollout: Rollout,
+    /// The share of buckets admitted, changeable while the patch is live.
+    share: AtomicU32,
+    on_panic: PanicPolicy,
+    pub source: PatchSource,
+    pub applied_at: SystemTime,
+    /// For patches applied as a set: one flag that makes the whole set visible at once.
+    armed: Option<Arc<AtomicBool>>,
+    hits: Stripes,
+    panics: AtomicU64,
+    healthy: AtomicBool,
+}
+
+/// A hit counter split over cache lines, so patched calls on different threads do not
+/// contend on one line.
+struct Stripes([Padded; 8]);
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (NEXT.fetch_add(1, Ordering::Relaxed) % 8) as usize
+    };
+    /// The target whose original a `call_original` is running, if any.
+    static BYPASS: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
+}
+
+impl Stripes {
+    fn new() -> Stripes {
+        Stripes(Default::default())
+    }
+
+    #[inline]
+    fn add(&self) {
+        let i = STRIPE.try_with(|s| *s).unwrap_or(0);
+        self.0[i].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The patch slot of one `#[patchable]` function. The macro puts one in a `static` next to the
+/// function; `swapkit::target!(path)` names it.
+pub struct Target<F: ?Sized + 'static> {
+    info: TargetInfo,
+    cell: HazardCell<Patch<F>>,
+    /// Serialises apply and restore on this target.
+    changing: Mutex<()>,
+}
+
+impl<F: ?Sized + 'static> Target<F> {
+    /// A target with no patch. Used by `#[patchable]`.
+    pub const fn new(info: TargetInfo) -> Target<F> {
+        Target {
+            info,
+            cell: HazardCell::empty(),
+            changing: Mutex::new(()),
+        }
+    }
+
+    /// The target's static facts.
+    pub fn info(&self) -> &TargetInfo {
+        &self.info
+    }
+
+    /// Whether a patch is applied (whatever its rollout).
+    pub fn is_patched(&self) -> bool {
+        !self.cell.is_empty()
+    }
+
+    /// The generated code's entry: `None` (one load, one branch) when unpatched.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn enter(&'static self) -> Option<PatchCall<F>> {
+        if self.cell.is_empty() {
+            return None;
+        }
+        self.enter_patched()
+    }
+
+    #[inline(never)]
+    fn enter_patched(&'static self) -> Option<PatchCall<F>> {
+        self.cell.enter().map(|guard| PatchCall {
+            target: self,
+            guard,
+        })
+    }
+
+    pub(crate) fn apply(
+        &'static self,
+        replacement: Box<F>,
+        options: PatchOptions,
+    ) -> Result<PatchGuard, PatchError>
+    where
+        F: Send + Sync,
+    {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = self.cell.load_full() {
+            return Err(PatchError::AlreadyPatched {
+                target: self.info.name,
+                patch: existing.id.clone(),
+            });
+        }
+        let id = options.id.unwrap_or_else(|| self.info.name.to_owned());
+        let share = match options.rollout.kind {
+            Kind::Share(n) => n,
+            Kind::Matching(_) => BUCKETS,
+        };
+        let patch = Arc::new(Patch {
+            seed: stable_hash(id.as_bytes()),
+            id: id.clone(),
+            replacement,
+            rollout: options.rollout,
+            share: AtomicU32::new(share),
+            on_panic: options.on_panic,
+            source: options.source,
+            applied_at: SystemTime::now(),
+            armed: options.armed,
+            hits: Stripes::new(),
+            panics: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        });
+        let identity = Arc::as_ptr(&patch) as *const () as usize;
+        self.cell.swap(Some(patch));
+        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, "patch applied");
+        Ok(PatchGuard::new(self, identity))
+    }
+}
+
+/// What a [`PatchGuard`] and the registry need from a target, whatever its signature.
+#[doc(hidden)]
+pub trait AnyTarget: Send + Sync {
+    fn info(&self) -> &TargetInfo;
+    fn status(&self) -> TargetStatus;
+    /// Restores the patch if it is the one with this identity (or any, for `None`).
+    fn restore(&self, identity: Option<usize>) -> Result<String, PatchError>;
+    /// Changes the live share of the patch with this identity.
+    fn set_share(&self, identity: usize, share: u32) -> Result<(), PatchError>;
+}
+
+impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
+    fn info(&self) -> &TargetInfo {
+        &self.info
+    }
+
+    fn status(&self) -> TargetStatus {
+        let patch = self.cell.load_full().map(|p| PatchStatus {
+            id: p.id.clone(),
+            source: p.source.clone(),
+            applied_at: p.applied_at,
+            rollout: p.rollout.describe(p.share.load(Ordering::Relaxed)),
+            armed: p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire)),
+            hits: p.hits.sum(),
+            panics: p.panics.load(Ordering::Relaxed),
+            healthy: p.healthy.load(Ordering::Relaxed),
+        });
+        TargetStatus {
+            name: self.info.name,
+            signature: self.info.signature,
+            patch,
+        }
+    }
+
+    fn restore(&self, identity: Option<usize>) -> Result<String, PatchError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.cell.load_full().ok_or(PatchError::NotPatched {
+            target: self.info.name,
+        })?;
+        if identity.is_some_and(|i| i != Arc::as_ptr(&current) as *const () as usize) {
+            return Err(PatchError::NotPatched {
+                target: self.info.name,
+            });
+        }
+        let id = current.id.clone();
+        drop(current);
+        // The entry is freed once no call is inside it.
+        self.cell.swap(None);
+        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, "patch restored");
+        Ok(id)
+    }
+
+    fn set_share(&self, identity: usize, share: u32) -> Result<(), PatchError> {
+        let current = self.cell.load_full().ok_or(PatchError::NotPatched {
+            target: self.info.name,
+        })?;
+        if identity != Arc::as_ptr(&current) as *const () as usize {
+            return Err(PatchError::NotPatched {
+                target: self.info.name,
+            });
+        }
+        if let Kind::Matching(_) = current.rollout.kind {
+            return Err(PatchError::NotAShare {
+                target: self.info.name,
+                patch: current.id.clone(),
+            });
+        }
+        current.share.store(share.min(BUCKETS), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// How a patch is applied.
+pub(crate) struct PatchOptions {
+    pub id: Option<String>,
+    pub rollout: Rollout,
+    pub on_panic: PanicPolicy,
+    pub source: PatchSource,
+    pub armed: Option<Arc<AtomicBool>>,
+}
+
+/// A call's hold on the patch of a target: it cannot be freed until this drops.
+#[doc(hidden)]
+pub struct PatchCall<F: ?Sized + 'static> {
+    target: &'static Target<F>,
+    guard: Guard<'static, Patch<F>>,
+}
+
+impl<F: ?Sized + 'static> PatchCall<F> {
+    /// Whether this call gets the patch: the set is armed, the original is not being called
+    /// on purpose, and the rollout admits the current key.
+    #[inline]
+    pub fn applies(&self) -> bool {
+        let p = self.guard.get();
+        if let Some(armed) = &p.armed {
+            if !armed.load(Ordering::Acquire) {
+                return false;
+            }
+        }
+        let me = self.target as *const Target<F> as *const ();
+        if BYPASS.try_with(|b| b.get() == me).unwrap_or(false) {
+            return false;
+        }
+        p.rollout
+            .admits_current(p.seed, p.share.load(Ordering::Relaxed))
+    }
+
+    /// Calls the replacement. A panic is caught, counted, and returned.
+    #[inline]
+    pub fn try_call<R>(&self, invoke: impl FnOnce(&F) -> R) -> Result<R, PatchPanic> {
+        let p = self.guard.get();
+        p.hits.add();
+        match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
+            Ok(r) => Ok(r),
+            Err(payload) => Err(self.caught(payload)),
+        }
+    }
+
+    #[cold]
+    fn caught(&self, payload: Box<dyn Any + Send>) -> PatchPanic {
+        let p = self.guard.get();
+        p.panics.fetch_add(1, Ordering::Relaxed);
+        p.healthy.store(false, Ordering::Relaxed);
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        tracing::error!(target: "swapkit::patch", target_fn = self.target.info.name, patch = %p.id, %message, "patch panicked; flagged unhealthy");
+        PatchPanic {
+            target: self.target.info.name,
+            patch: p.id.clone(),
+            message,
+            payload,
+        }
+    }
+
+    /// After a panic in a call that can be made again: returns to run the original under
+    /// [`PanicPolicy::Fallback`], or resumes the panic under [`PanicPolicy::Propagate`].
+    #[cold]
+    pub fn fall_back(&self, panic: PatchPanic) {
+        if self.guard.get().on_panic == PanicPolicy::Propagate {
+            resume_unwind(panic.payload)
+        }
+    }
+
+    /// After a panic in a call that cannot be made again: resumes the panic.
+    #[cold]
+    pub fn propagate(&self, panic: PatchPanic) -> ! {
+        resume_unwind(panic.payload)
+    }
+}
+
+/// Runs `f` with the patch of `target` bypassed on this thread: calls to the target inside `f`
+/// run its original code. This is how a replacement calls the function it replaces.
+pub fn call_original<F: ?Sized + 'static, R>(
+    target: &'static Target<F>,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore(*const ());
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = BYPASS.try_with(|b| b.set(self.0));
+        }
+    }
+    let me = target as *const Target<F> as *const ();
+    let _restore = Restore(BYPASS.with(|b| b.replace(me)));
+    f()
+}
+
+/// Turns a [`PatchPanic`] into `E` when `E: From<PatchPanic>`, and into nothing otherwise, by
+/// method resolution on `&&Wrap<E>` (autoref specialisation). Used by generated code.
+#[doc(hidden)]
+pub mod convert {
+    use super::PatchPanic;
+    use std::marker::PhantomData;
+
+    pub struct Wrap<E>(PhantomData<E>);
+
+    impl<E> Wrap<E> {
+        pub fn new() -> Self {
+            Wrap(PhantomData)
+        }
+    }
+
+    impl<E> Default for Wrap<E> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    pub trait ViaFrom<E> {
+        fn convert(&self, panic: &mut Option<PatchPanic>) -> Option<E>;
+    }
+
+    impl<E: From<PatchPanic>> ViaFrom<E> for &Wrap<E> {
+        fn convert(&self, panic: &mut Option<PatchPanic>) -> Option<E> {
+            panic.take().map(E::from)
+        }
+    }
+
+    pub trait NoFrom<E> {
+        fn convert(&self, panic: &mut Option<PatchPanic>) -> Option<E>;
+    }
+
+    impl<E> NoFrom<E> for Wrap<E> {
+        fn convert(&self, _: &mut Option<PatchPanic>) -> Option<E> {
+            None
+        }
+    }
+}
