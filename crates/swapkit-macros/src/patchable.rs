@@ -50,7 +50,7 @@ fn free_fn(krate: &TokenStream, mut f: ItemFn) -> syn::Result<TokenStream> {
     let prologue = &plan.prologue;
     let body = &f.block;
     let new_body: syn::Block = parse_quote!({ #prologue #body });
-    f.block = Box::new(new_body);
+    *f.block = new_body;
     let accessors = accessors(krate, &plan, &f.vis);
     Ok(quote! { #f #accessors })
 }
@@ -151,7 +151,10 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         trait_path: fun.owner.and_then(|(_, p)| p),
     };
     let mut arg_tys: Vec<Type> = vec![];
-    let mut arg_names: Vec<TokenStream> = vec![];
+    // How the caller hands each argument to the outlined patched path: a copy or reborrow it
+    // keeps using afterwards, or a move it gets back when the patch does not run.
+    let mut pass: Vec<TokenStream> = vec![];
+    let mut owned: Vec<(syn::Ident, bool, Type)> = vec![];
     let mut retryable = true;
     for arg in &sig.inputs {
         match arg {
@@ -161,14 +164,18 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
                     (Some((_, lt)), Some(_)) => parse_quote!(&#lt mut #self_ty),
                     (Some((_, lt)), None) => parse_quote!(&#lt #self_ty),
                     (None, _) => {
-                        let mut t = (*r.ty).clone();
-                        subst.visit_type_mut(&mut t);
-                        t
+                        return Err(syn::Error::new(
+                            r.span(),
+                            "a method taking `self` by value cannot be patched; take `&self` or `&mut self`",
+                        ))
                     }
                 };
-                retryable &= r.reference.is_some();
+                pass.push(if r.mutability.is_some() {
+                    quote!(&mut *self)
+                } else {
+                    quote!(self)
+                });
                 arg_tys.push(ty);
-                arg_names.push(quote!(self));
             }
             FnArg::Typed(pt) => {
                 let Pat::Ident(p) = &*pt.pat else {
@@ -185,10 +192,20 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
                 }
                 let mut ty = (*pt.ty).clone();
                 subst.visit_type_mut(&mut ty);
-                retryable &= reusable(&ty);
-                arg_tys.push(ty);
                 let ident = &p.ident;
-                arg_names.push(quote!(#ident));
+                if reusable(&ty) {
+                    let is_mut_ref = matches!(&ty, Type::Reference(r) if r.mutability.is_some());
+                    pass.push(if is_mut_ref {
+                        quote!(&mut *#ident)
+                    } else {
+                        quote!(#ident)
+                    });
+                } else {
+                    retryable = false;
+                    pass.push(quote!(#ident));
+                    owned.push((ident.clone(), p.mutability.is_some(), ty.clone()));
+                }
+                arg_tys.push(ty);
             }
         }
     }
@@ -262,8 +279,38 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         Some((self_ty, _)) => quote!(<#self_ty>::#target_fn()),
     };
     let private = quote!(#krate::patch::__private);
+    let params: Vec<syn::Ident> = (0..arg_tys.len())
+        .map(|i| format_ident!("__swapkit_a{}", i))
+        .collect();
+    // Inside the outlined path: reborrow `&mut` arguments so that they survive the call.
+    let invoke: Vec<TokenStream> = params
+        .iter()
+        .zip(&arg_tys)
+        .map(|(p, t)| match t {
+            Type::Reference(r) if r.mutability.is_some() => quote!(&mut *#p),
+            _ => quote!(#p),
+        })
+        .collect();
+    // The outlined path's parameters that carry owned arguments, which it hands back when
+    // the patch does not run.
+    let owned_params: Vec<&syn::Ident> = params
+        .iter()
+        .zip(&arg_tys)
+        .filter(|(_, t)| !reusable(t))
+        .map(|(p, _)| p)
+        .collect();
+    let owned_tys: Vec<&Type> = owned.iter().map(|(_, _, t)| t).collect();
+    let owned_names: Vec<&syn::Ident> = owned.iter().map(|(i, _, _)| i).collect();
+    let owned_bind: Vec<TokenStream> = owned
+        .iter()
+        .map(|(i, is_mut, _)| if *is_mut { quote!(mut #i) } else { quote!(#i) })
+        .collect();
+    let give_back = quote!(#private::Outcome::Original((#(#owned_params,)*)));
     let after_panic = if retryable {
-        quote!(__swapkit_patch.fall_back(__swapkit_panic);)
+        quote! {
+            __swapkit_patch.fall_back(__swapkit_panic);
+            #give_back
+        }
     } else {
         quote!(__swapkit_patch.propagate(__swapkit_panic))
     };
@@ -275,24 +322,49 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
             if let ::core::option::Option::Some(__swapkit_e) =
                 (&&#private::Wrap::<#err>::new()).convert(&mut __swapkit_slot)
             {
-                return ::core::result::Result::Err(__swapkit_e);
+                return #private::Outcome::Done(::core::result::Result::Err(__swapkit_e));
             }
             let __swapkit_panic = __swapkit_slot.expect("not converted");
         },
         None => quote!(),
     };
+    let generics = if lifetimes.is_empty() {
+        quote!()
+    } else {
+        quote!(<#(#lifetimes),*>)
+    };
+    // The fast path is one load and a branch. Everything else lives in a cold, out-of-line
+    // function, so an unpatched call pays no stack frame for it.
     let prologue = quote! {
-        if let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() {
-            if __swapkit_patch.applies() {
-                match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#arg_names),*)) {
-                    ::core::result::Result::Ok(__swapkit_r) => return __swapkit_r,
+        #[allow(unused_mut, clippy::let_unit_value)]
+        let (#(#owned_bind,)*) = if #accessor.is_patched() {
+            #[cold]
+            #[inline(never)]
+            #[allow(clippy::too_many_arguments, clippy::needless_lifetimes, unused_mut)]
+            fn __swapkit_patched #generics (#(#params: #arg_tys),*)
+                -> #private::Outcome<#ret, (#(#owned_tys,)*)>
+            {
+                let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
+                    return #give_back;
+                };
+                if !__swapkit_patch.applies() {
+                    return #give_back;
+                }
+                match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#invoke),*)) {
+                    ::core::result::Result::Ok(__swapkit_r) => #private::Outcome::Done(__swapkit_r),
                     ::core::result::Result::Err(__swapkit_panic) => {
                         #to_error
                         #after_panic
                     }
                 }
             }
-        }
+            match __swapkit_patched(#(#pass),*) {
+                #private::Outcome::Done(__swapkit_r) => return __swapkit_r,
+                #private::Outcome::Original(__swapkit_owned) => __swapkit_owned,
+            }
+        } else {
+            (#(#owned_names,)*)
+        };
     };
     Ok(Plan {
         prologue,

@@ -382,6 +382,14 @@ pub fn active() -> Vec<TargetStatus> {
 pub mod __private {
     pub use super::target::convert::{NoFrom, ViaFrom, Wrap};
     pub use super::target::AnyTarget;
+
+    /// What the outlined patched path of a `#[patchable]` function decided.
+    pub enum Outcome<R, A> {
+        /// The patch ran; return this.
+        Done(R),
+        /// Run the original, with these owned arguments handed back.
+        Original(A),
+    }
     pub use super::target::PatchCall;
     pub use super::{PatchBuilder, PatchSource, Target, TargetInfo};
     pub use linkme;

@@ -1,0 +1,60 @@
+//! The cost of `#[patchable]`: an unpatched call against the same plain function, a call
+//! patched with a closure, a call under a percentage rollout, and one rollout decision.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use swapkit::patch::{self, bucket, Key, Rollout};
+
+#[inline(never)]
+fn plain(x: u64) -> u64 {
+    x.wrapping_mul(3).wrapping_add(1)
+}
+
+#[swapkit::patchable]
+#[inline(never)]
+fn patchable(x: u64) -> u64 {
+    x.wrapping_mul(3).wrapping_add(1)
+}
+
+fn patching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("patch");
+    group.bench_function("plain_fn", |b| b.iter(|| plain(black_box(7))));
+    group.bench_function("patchable_unpatched", |b| {
+        b.iter(|| patchable(black_box(7)))
+    });
+
+    let g = swapkit::patch!(patchable, |x| x.wrapping_mul(5))
+        .apply()
+        .unwrap();
+    group.bench_function("patched_closure", |b| b.iter(|| patchable(black_box(7))));
+    g.restore().unwrap();
+
+    let g = swapkit::patch!(patchable, |x| x.wrapping_mul(5))
+        .rollout(Rollout::percent(10.0))
+        .apply()
+        .unwrap();
+    let _key = patch::set_key("user-1234");
+    group.bench_function("patched_percent_rollout", |b| {
+        b.iter(|| patchable(black_box(7)))
+    });
+    g.restore().unwrap();
+
+    let key = Key::new("user-1234");
+    let r = Rollout::percent(10.0);
+    group.bench_function("rollout_decision", |b| {
+        b.iter(|| r.admits_key(black_box(42), Some(black_box(&key))))
+    });
+    group.bench_function("rollout_bucket", |b| {
+        b.iter(|| bucket(black_box(42), black_box(0x1234_5678)))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = patching
+}
+criterion_main!(benches);
