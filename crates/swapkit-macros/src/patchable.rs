@@ -335,36 +335,54 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
     };
     // The fast path is one load and a branch. Everything else lives in a cold, out-of-line
     // function, so an unpatched call pays no stack frame for it.
-    let prologue = quote! {
-        #[allow(unused_mut, clippy::let_unit_value)]
-        let (#(#owned_bind,)*) = if #accessor.is_patched() {
-            #[cold]
-            #[inline(never)]
-            #[allow(clippy::too_many_arguments, clippy::needless_lifetimes, unused_mut)]
-            fn __swapkit_patched #generics (#(#params: #arg_tys),*)
-                -> #private::Outcome<#ret, (#(#owned_tys,)*)>
-            {
-                let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
-                    return #give_back;
-                };
-                if !__swapkit_patch.applies() {
-                    return #give_back;
-                }
-                match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#invoke),*)) {
-                    ::core::result::Result::Ok(__swapkit_r) => #private::Outcome::Done(__swapkit_r),
-                    ::core::result::Result::Err(__swapkit_panic) => {
-                        #to_error
-                        #after_panic
-                    }
+    let outlined = quote! {
+        #[cold]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments, clippy::needless_lifetimes, clippy::unused_unit, unused_mut)]
+        fn __swapkit_patched #generics (#(#params: #arg_tys),*)
+            -> #private::Outcome<#ret, (#(#owned_tys,)*)>
+        {
+            let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
+                return #give_back;
+            };
+            if !__swapkit_patch.applies() {
+                return #give_back;
+            }
+            match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#invoke),*)) {
+                ::core::result::Result::Ok(__swapkit_r) => #private::Outcome::Done(__swapkit_r),
+                ::core::result::Result::Err(__swapkit_panic) => {
+                    #to_error
+                    #after_panic
                 }
             }
-            match __swapkit_patched(#(#pass),*) {
-                #private::Outcome::Done(__swapkit_r) => return __swapkit_r,
-                #private::Outcome::Original(__swapkit_owned) => __swapkit_owned,
+        }
+    };
+    // The fast path is one load and a branch. Everything else lives in a cold, out-of-line
+    // function, so an unpatched call pays no stack frame for it.
+    let prologue = if owned.is_empty() {
+        quote! {
+            if #accessor.is_patched() {
+                #outlined
+                if let #private::Outcome::Done(__swapkit_r) = __swapkit_patched(#(#pass),*) {
+                    return __swapkit_r;
+                }
             }
-        } else {
-            (#(#owned_names,)*)
-        };
+        }
+    } else {
+        // Owned arguments move into the outlined path and come back when the patch does not
+        // run, rebound under their own names for the original body.
+        quote! {
+            #[allow(unused_mut)]
+            let (#(#owned_bind,)*) = if #accessor.is_patched() {
+                #outlined
+                match __swapkit_patched(#(#pass),*) {
+                    #private::Outcome::Done(__swapkit_r) => return __swapkit_r,
+                    #private::Outcome::Original(__swapkit_owned) => __swapkit_owned,
+                }
+            } else {
+                (#(#owned_names,)*)
+            };
+        }
     };
     Ok(Plan {
         prologue,

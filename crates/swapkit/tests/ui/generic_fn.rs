@@ -1,0 +1,6 @@
+#[swapkit::patchable]
+fn largest<T: Ord>(a: T, b: T) -> T {
+    a.max(b)
+}
+
+fn main() {}
