@@ -18,20 +18,21 @@ struct Append<'a>(&'a mut Vec<u8>);
 impl Flavor for Append<'_> {
     type Output = ();
 
-    #[inline]
+    #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         self.0.push(byte);
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        // Varints and short strings are a few bytes: a loop beats a call to memcpy.
         if bytes.len() <= 16 {
             self.0.reserve(bytes.len());
-            for &b in bytes {
-                self.0.push(b);
-            }
+            let len = self.0.len();
+            copy_small(&mut self.0.spare_capacity_mut()[..bytes.len()], bytes);
+            // SAFETY: `copy_small` initialised the `bytes.len()` bytes after `len`, which the
+            // `reserve` above made room for.
+            unsafe { self.0.set_len(len + bytes.len()) };
         } else {
             self.0.extend_from_slice(bytes);
         }
@@ -106,35 +107,88 @@ struct Stack<'a, const N: usize>(&'a mut StackBuf<N>);
 impl<const N: usize> Flavor for Stack<'_, N> {
     type Output = ();
 
-    #[inline]
+    #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        if self.0.heap.is_none() && bytes.len() <= N - self.0.len {
-            for (slot, &b) in self.0.stack[self.0.len..].iter_mut().zip(bytes) {
-                *slot = MaybeUninit::new(b);
-            }
-            self.0.len += bytes.len();
+        let buf = &mut *self.0;
+        if buf.heap.is_none() && buf.len < N {
+            buf.stack[buf.len] = MaybeUninit::new(byte);
+            buf.len += 1;
         } else {
-            if self.0.heap.is_none() {
-                self.0.spill();
-            }
-            self.0
-                .heap
-                .as_mut()
-                .expect("spilled")
-                .extend_from_slice(bytes);
+            buf.push(byte);
         }
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        let buf = &mut *self.0;
+        let (start, n) = (buf.len, bytes.len());
+        if n <= 16 && buf.heap.is_none() && start + n <= N {
+            copy_small(&mut buf.stack[start..start + n], bytes);
+            buf.len = start + n;
+        } else {
+            buf.extend_slow(bytes);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
+    }
+}
+
+impl<const N: usize> StackBuf<N> {
+    /// Appends a long run, or any run once spilled.
+    #[cold]
+    #[inline(never)]
+    fn extend_slow(&mut self, bytes: &[u8]) {
+        if self.heap.is_none() && bytes.len() <= N - self.len {
+            for (slot, &b) in self.stack[self.len..].iter_mut().zip(bytes) {
+                *slot = MaybeUninit::new(b);
+            }
+            self.len += bytes.len();
+            return;
+        }
+        if self.heap.is_none() {
+            self.spill();
+        }
+        self.heap
+            .as_mut()
+            .expect("spilled")
+            .extend_from_slice(bytes);
+    }
+}
+
+/// Copies up to 16 bytes with fixed-size, overlapping moves that the compiler inlines. A
+/// varint or a short string is a few bytes, and a call to `memcpy` for each would cost more
+/// than the copy.
+#[inline(always)]
+fn copy_small(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
+    debug_assert!(src.len() <= 16 && dst.len() == src.len());
+    let n = src.len();
+    let d = dst.as_mut_ptr().cast::<u8>();
+    let s = src.as_ptr();
+    // SAFETY: every read is within `src[..n]` and every write within `dst[..n]`: for each
+    // size class, the two chunks start at 0 and end at `n`, overlapping in the middle.
+    unsafe {
+        if n >= 8 {
+            d.cast::<[u8; 8]>()
+                .write_unaligned(s.cast::<[u8; 8]>().read_unaligned());
+            d.add(n - 8)
+                .cast::<[u8; 8]>()
+                .write_unaligned(s.add(n - 8).cast::<[u8; 8]>().read_unaligned());
+        } else if n >= 4 {
+            d.cast::<[u8; 4]>()
+                .write_unaligned(s.cast::<[u8; 4]>().read_unaligned());
+            d.add(n - 4)
+                .cast::<[u8; 4]>()
+                .write_unaligned(s.add(n - 4).cast::<[u8; 4]>().read_unaligned());
+        } else if n > 0 {
+            *d = *s;
+            *d.add(n / 2) = *s.add(n / 2);
+            *d.add(n - 1) = *s.add(n - 1);
+        }
     }
 }
 
@@ -198,6 +252,19 @@ mod tests {
         encode_to_stack(&(7u64, "ab"), &mut big).unwrap();
         assert!(big.heap.is_none());
         assert_eq!(big.as_slice(), [7, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn small_copies_are_exact_for_every_length() {
+        for n in 0..=16usize {
+            let src: Vec<u8> = (1..=n as u8).collect();
+            let mut out = vec![0xAA];
+            encode_into(src.as_slice(), &mut out).unwrap();
+            assert_eq!(&out[2..], &src[..], "length {n}");
+            let mut stack = StackBuf::<32>::new();
+            encode_to_stack(src.as_slice(), &mut stack).unwrap();
+            assert_eq!(&stack.as_slice()[1..], &src[..], "length {n}");
+        }
     }
 
     #[test]

@@ -80,15 +80,20 @@ fn claim_record() -> &'static Record {
     r
 }
 
-/// This thread's record and how many of its slots are in use.
+/// This thread's record and how many of its slots are in use. It has no destructor, so the
+/// hot path reads it with no "is it alive" check; [`Owner`] gives the record back at exit.
 struct Local {
     record: Cell<Option<&'static Record>>,
     depth: Cell<usize>,
 }
 
-impl Drop for Local {
+/// Gives this thread's record back when the thread exits.
+struct Owner;
+
+impl Drop for Owner {
     fn drop(&mut self) {
-        if let Some(r) = self.record.get() {
+        // Calls made later in this thread's teardown borrow spare records instead.
+        if let Some(r) = LOCAL.with(|l| l.record.take()) {
             r.owned.store(false, Ordering::Release);
         }
     }
@@ -96,6 +101,7 @@ impl Drop for Local {
 
 thread_local! {
     static LOCAL: Local = const { Local { record: Cell::new(None), depth: Cell::new(0) } };
+    static OWNER: Owner = const { Owner };
 }
 
 // ---- fences ----
@@ -205,10 +211,10 @@ impl<T> HazardCell<T> {
     /// the cell is never empty.
     #[inline(always)]
     fn protect<const MAY_BE_EMPTY: bool>(&self) -> Option<Guard<'_, T>> {
-        let (slot, held) = match LOCAL.try_with(take_slot) {
-            Ok(Some(found)) => found,
-            // Nested too deep, or this thread's locals are already destroyed.
-            _ => spare_slot(),
+        let (slot, held) = match LOCAL.with(take_slot) {
+            Some(found) => found,
+            // Nested too deep, or this thread is exiting.
+            None => spare_slot(),
         };
         loop {
             let g = self.ptr.load(Ordering::Acquire);
@@ -372,18 +378,21 @@ fn take_slot(local: &Local) -> Option<(&'static AtomicPtr<()>, Held)> {
     }
     let record = match local.record.get() {
         Some(r) => r,
-        None => first_record(local),
+        None => first_record(local)?,
     };
     local.depth.set(depth + 1);
     Some((&record.slots[depth], Held::Local(&local.depth)))
 }
 
-/// Claims this thread's record, on its first protected call.
+/// Claims this thread's record, on its first protected call; `None` once the thread is
+/// exiting, when a record claimed now could never be given back.
 #[cold]
-fn first_record(local: &Local) -> &'static Record {
+fn first_record(local: &Local) -> Option<&'static Record> {
+    // Touching OWNER registers its destructor, which gives the record back at exit.
+    OWNER.try_with(|_| ()).ok()?;
     let r = claim_record();
     local.record.set(Some(r));
-    r
+    Some(r)
 }
 
 /// A slot from a spare record, returned when the guard drops.
