@@ -88,7 +88,7 @@ fn main() {
     );
     run_phase("unpatched");
 
-    let guard = swapkit::patch!(quote, |units| new_quote(units))
+    let guard = swapkit::patch!(quote, new_quote)
         .id("volume-discount-v2")
         .rollout(Rollout::percent(10.0))
         .apply()
