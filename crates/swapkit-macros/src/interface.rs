@@ -3,6 +3,8 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, ToTokens};
 use syn::spanned::Spanned;
+
+use crate::canonical;
 use syn::{FnArg, ItemTrait, LitStr, Pat, ReturnType, TraitItem, Type};
 
 /// One method, as both sides see it.
@@ -238,13 +240,4 @@ fn decode_plan(abi: &TokenStream, name: &syn::Ident, ty: &Type) -> (TokenStream,
         return (quote!(#inner), quote!(&#name));
     }
     (ty.to_token_stream(), quote!(#name))
-}
-
-/// Type text with all whitespace removed, so formatting never changes the hash.
-fn canonical(ty: &Type) -> String {
-    ty.to_token_stream()
-        .to_string()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect()
 }

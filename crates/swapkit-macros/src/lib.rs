@@ -105,3 +105,12 @@ fn host_path() -> syn::Result<proc_macro2::TokenStream> {
         )),
     }
 }
+
+/// Token text with all whitespace removed, so formatting never changes a signature or a hash.
+fn canonical(t: &impl quote::ToTokens) -> String {
+    t.to_token_stream()
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}

@@ -4,6 +4,8 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, ToTokens};
 use syn::spanned::Spanned;
+
+use crate::canonical;
 use syn::visit_mut::VisitMut;
 use syn::{
     parse_quote, FnArg, GenericParam, ImplItem, ImplItemFn, Item, ItemFn, ItemImpl, Pat,
@@ -258,7 +260,7 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
                 .expect("a trait path has a segment")
                 .ident
                 .clone();
-            let tr_text = canonical_path(trait_path);
+            let tr_text = canonical(trait_path);
             (
                 format_ident!("__swapkit_target_{}_{}", tr, method),
                 format_ident!("__swapkit_patch_{}_{}", tr, method),
@@ -485,18 +487,6 @@ fn result_error(ret: &Type) -> Option<Type> {
         })
         .collect();
     (types.len() == 2).then(|| types[1].clone())
-}
-
-fn canonical(t: &impl ToTokens) -> String {
-    t.to_token_stream()
-        .to_string()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect()
-}
-
-fn canonical_path(p: &syn::Path) -> String {
-    canonical(p)
 }
 
 /// Replaces `Self` with the concrete type (and `Self::X` with `<Type as Trait>::X`), because a

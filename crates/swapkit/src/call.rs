@@ -154,7 +154,7 @@ impl Transport for Binding {
         args: &A,
     ) -> Result<R, CallError> {
         let guard = self.inner.current.enter();
-        call_in(guard.generation(), &self.target, method, args)
+        call_in(guard.get(), &self.target, method, args)
     }
 }
 

@@ -437,11 +437,6 @@ impl<'a, T> Guard<'a, T> {
     pub fn get(&self) -> &'a T {
         self.value
     }
-
-    #[inline]
-    pub fn generation(&self) -> &'a T {
-        self.value
-    }
 }
 
 impl<T> Drop for Guard<'_, T> {
@@ -475,11 +470,11 @@ mod tests {
         let guard = current.enter();
         let old: Weak<Generation> = Arc::downgrade(&current.swap(generation(2, &ledger)));
         assert!(old.upgrade().is_some(), "released under a live guard");
-        assert_eq!(guard.generation().id, 1);
-        assert_eq!(current.calls_in(guard.generation()), 1);
+        assert_eq!(guard.get().id, 1);
+        assert_eq!(current.calls_in(guard.get()), 1);
         drop(guard);
         assert!(old.upgrade().is_none(), "the last guard out retires it");
-        assert_eq!(current.enter().generation().id, 2);
+        assert_eq!(current.enter().get().id, 2);
     }
 
     #[test]
@@ -496,7 +491,7 @@ mod tests {
         let current = Current::new(generation(1, &ledger));
         let guards: Vec<Guard<'_, Generation>> =
             (0..DEPTH * 2 + 3).map(|_| current.enter()).collect();
-        assert_eq!(current.calls_in(guards[0].generation()), DEPTH * 2 + 3);
+        assert_eq!(current.calls_in(guards[0].get()), DEPTH * 2 + 3);
         let old = Arc::downgrade(&current.swap(generation(2, &ledger)));
         // Drop in reverse order, as nested calls do.
         let mut guards = guards;
@@ -506,7 +501,7 @@ mod tests {
         }
         assert!(old.upgrade().is_none());
         let after = current.enter();
-        assert_eq!(current.calls_in(after.generation()), 1);
+        assert_eq!(current.calls_in(after.get()), 1);
     }
 
     #[test]
@@ -523,14 +518,14 @@ mod tests {
                     let mut last = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let guard = current.enter();
-                        let g = guard.generation();
+                        let g = guard.get();
                         assert!(g.is_alive());
                         assert!(g.id >= last, "generations only move forward on one thread");
                         last = g.id;
                         if t == 0 {
                             // A nested call on the same thread.
                             let inner = current.enter();
-                            assert!(inner.generation().is_alive() && inner.generation().id >= g.id);
+                            assert!(inner.get().is_alive() && inner.get().id >= g.id);
                         }
                         std::hint::spin_loop();
                         assert!(g.is_alive());

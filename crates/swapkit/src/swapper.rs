@@ -337,7 +337,7 @@ impl Swapper {
 
     /// The current generation's number: 0 before the first load, then one more per swap.
     pub fn generation(&self) -> u64 {
-        self.inner.current.enter().generation().id
+        self.inner.current.enter().get().id
     }
 
     /// A snapshot of the generations alive and recently drained.
@@ -419,7 +419,7 @@ impl Inner {
 
     fn declare<I: Interface + ?Sized>(&self) -> Result<(), LoadError> {
         let guard = self.current.enter();
-        let current = guard.generation();
+        let current = guard.get();
         if let Some((inst, i)) = current.exported(I::NAME) {
             let decl = &inst.code.manifest.interfaces[i];
             if decl.hash != I::HASH {
