@@ -20,6 +20,10 @@ pub const ABI_VERSION: u32 = 1;
 /// host from colliding.
 pub const HEADER_SYMBOL_PREFIX: &str = "swapkit_plugin__";
 
+/// The `interface` number of `call` that addresses the plugin's exported patches instead of
+/// an interface; `method` is then the patch's position in the manifest's `patches` list.
+pub const PATCH_INTERFACE: u32 = u32::MAX;
+
 /// Header flag: the plugin was built with `panic = "unwind"`, so its glue can catch panics.
 pub const FLAG_PANIC_UNWIND: u32 = 1;
 

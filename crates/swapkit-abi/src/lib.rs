@@ -16,10 +16,10 @@ pub mod wire;
 pub use fingerprint::Fingerprint;
 pub use header::{
     level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader,
-    RawSlice, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, MAGIC,
+    RawSlice, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, MAGIC, PATCH_INTERFACE,
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
-pub use manifest::{Dependency, InterfaceDecl, Manifest};
+pub use manifest::{Dependency, InterfaceDecl, Manifest, PatchDecl};
 pub use status::Status;
 
 /// Turns a trait into a swapkit interface: a typed host client, the guest dispatch and the

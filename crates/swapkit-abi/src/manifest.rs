@@ -22,6 +22,23 @@ pub struct Manifest {
     pub interfaces: Vec<InterfaceDecl>,
     /// Plugins that must be loaded, and initialised, before this one.
     pub dependencies: Vec<Dependency>,
+    /// Replacements for `#[patchable]` functions of a host, in the order the `method` argument
+    /// of `call` numbers them when `interface` is [`PATCH_INTERFACE`](crate::PATCH_INTERFACE).
+    pub patches: Vec<PatchDecl>,
+}
+
+/// One exported patch: a replacement for a host's `#[patchable]` function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchDecl {
+    /// The target's full name, as the host's registry lists it: `crate::module::function`,
+    /// `crate::module::Type::method` or `crate::module::<Type as Trait>::method`.
+    pub target: String,
+    /// The normalised signature text, `(argtype,argtype)->rettype`: each type without
+    /// lifetimes, path prefixes or whitespace (`&'a std::string::String` is `&String`), so the
+    /// host and the plugin may spell a type differently.
+    pub signature: String,
+    /// FNV-1a of `signature`. The host refuses the patch unless it equals the target's.
+    pub hash: u64,
 }
 
 /// One exported interface.
@@ -66,6 +83,11 @@ mod tests {
             }],
             dependencies: vec![Dependency {
                 plugin: "store".into(),
+            }],
+            patches: vec![PatchDecl {
+                target: "host::price".into(),
+                signature: "(u64,u32)->u64".into(),
+                hash: 7,
             }],
         };
         let bytes = crate::wire::to_vec(&m).unwrap();

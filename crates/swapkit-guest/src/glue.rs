@@ -12,7 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use swapkit_abi::{
     wire, DispatchError, EntryPoints, Fingerprint, HostApi, Interface, InterfaceDecl, Manifest,
-    PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    PatchDecl, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    PATCH_INTERFACE,
 };
 
 use crate::{Host, Plugin};
@@ -27,6 +28,8 @@ pub trait Exports: Plugin {
     const CRATE_NAME: &'static str;
     /// Plugins this one depends on.
     const DEPENDENCIES: &'static [&'static str];
+    /// The exported patches, in the order `call` numbers them.
+    const PATCHES: &'static [PatchExport];
     /// The exported interfaces, in dispatch order.
     fn interfaces() -> Vec<InterfaceDecl>;
     /// Routes a call to the implementation of interface number `interface`.
@@ -37,6 +40,19 @@ pub trait Exports: Plugin {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), DispatchError>;
+}
+
+/// One exported patch, made by `#[swapkit_guest::patch]`.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchExport {
+    /// The target's full name in the host.
+    pub target: &'static str,
+    /// The normalised signature text.
+    pub signature: &'static str,
+    /// FNV-1a of `signature`.
+    pub hash: u64,
+    /// Decodes the arguments, runs the replacement and encodes its result.
+    pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), DispatchError>,
 }
 
 /// The manifest entry of an interface.
@@ -152,6 +168,14 @@ unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
                         plugin: (*d).into(),
                     })
                     .collect(),
+                patches: P::PATCHES
+                    .iter()
+                    .map(|p| PatchDecl {
+                        target: p.target.into(),
+                        signature: p.signature.into(),
+                        hash: p.hash,
+                    })
+                    .collect(),
             };
             wire::encode_into(&manifest, buf).map_err(|e| (Status::EncodeFailed, e.to_string()))
         })
@@ -222,9 +246,15 @@ unsafe extern "C" fn call<P: Exports>(
         }
         .as_slice();
         respond(out, |buf| {
-            inst.plugin
-                .dispatch(interface, method, input, buf)
-                .map_err(|e| (e.status(), e.to_string()))
+            let result = if interface == PATCH_INTERFACE {
+                match P::PATCHES.get(method as usize) {
+                    Some(patch) => (patch.invoke)(input, buf),
+                    None => Err(DispatchError::UnknownMethod(method)),
+                }
+            } else {
+                inst.plugin.dispatch(interface, method, input, buf)
+            };
+            result.map_err(|e| (e.status(), e.to_string()))
         })
     }
 }

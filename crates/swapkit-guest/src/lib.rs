@@ -61,14 +61,45 @@ pub use swapkit_abi as abi;
 ///     plugin: MyPlugin,                 // implements Plugin and every interface below
 ///     name: "greeter",                  // optional; default: the package name
 ///     version: "1.0.0",                 // optional; default: the package version
-///     interfaces: [api::Greeter],       // traits made with #[swapkit_abi::interface]
+///     interfaces: [api::Greeter],       // optional; traits made with #[swapkit_abi::interface]
 ///     dependencies: ["store"],          // optional; plugins to load and init first
+///     patches: [fixes::price],          // optional; functions marked #[swapkit_guest::patch]
 /// }
 /// ```
 ///
 /// It defines `pub static SWAPKIT_PLUGIN`, the plugin header, exported under a symbol named
 /// after the crate, so several plugins can be linked into one static host.
 pub use swapkit_macros::export_plugin;
+
+/// Exports a free function as a replacement for a host's `#[patchable(plugin)]` function.
+///
+/// The argument names the target as the host's patch registry does:
+/// `host_crate::module::function`, `host_crate::module::Type::method` or
+/// `host_crate::module::<Type as Trait>::method`. For a method, take the receiver as the first
+/// argument (`this: &Type`). The signature must match the target's; types may be spelled with
+/// or without their paths, and lifetimes do not matter. The host checks the signature's hash
+/// before it applies anything. List the function in `patches: [..]` of [`export_plugin!`].
+///
+/// ```
+/// pub struct Fixes;
+/// impl swapkit_guest::Plugin for Fixes {
+///     fn on_load(_: &swapkit_guest::Host) -> Result<Self, swapkit_guest::Error> {
+///         Ok(Fixes)
+///     }
+/// }
+///
+/// /// A 10% discount instead of the host's price.
+/// #[swapkit_guest::patch("pricing_service::price")]
+/// fn price(cents: u64, qty: u32) -> u64 {
+///     cents * qty as u64 * 9 / 10
+/// }
+///
+/// swapkit_guest::export_plugin! {
+///     plugin: Fixes,
+///     patches: [price],
+/// }
+/// ```
+pub use swapkit_macros::patch_export as patch;
 
 /// The lifecycle of a plugin instance.
 ///
@@ -122,7 +153,7 @@ impl<E: core::fmt::Display> From<E> for Error {
 
 #[doc(hidden)]
 pub mod __rt {
-    pub use crate::glue::{decl, header, Exports};
+    pub use crate::glue::{decl, header, Exports, PatchExport};
     pub use std::vec;
     pub use std::vec::Vec;
 }

@@ -12,6 +12,7 @@ struct Spec {
     version: Option<LitStr>,
     interfaces: Vec<Path>,
     dependencies: Vec<LitStr>,
+    patches: Vec<Path>,
 }
 
 impl Parse for Spec {
@@ -21,6 +22,7 @@ impl Parse for Spec {
         let mut version = None;
         let mut interfaces = None;
         let mut dependencies = vec![];
+        let mut patches = vec![];
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             input.parse::<Token![:]>()?;
@@ -40,11 +42,17 @@ impl Parse for Spec {
                     let list = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
                     dependencies = list.into_iter().collect();
                 }
+                "patches" => {
+                    let content;
+                    bracketed!(content in input);
+                    let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+                    patches = list.into_iter().collect();
+                }
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
                         format!(
-                            "unknown key `{other}`; expected plugin, name, version, interfaces or dependencies"
+                            "unknown key `{other}`; expected plugin, name, version, interfaces, dependencies or patches"
                         ),
                     ))
                 }
@@ -57,13 +65,19 @@ impl Parse for Spec {
             syn::Error::new(Span::call_site(), format!("export_plugin! needs `{what}`"))
         };
         let plugin = plugin.ok_or_else(|| missing("plugin: YourType"))?;
-        let interfaces = interfaces.ok_or_else(|| missing("interfaces: [path::Trait, ...]"))?;
+        let interfaces: Vec<Path> = interfaces.unwrap_or_default();
+        if interfaces.is_empty() && patches.is_empty() {
+            return Err(missing(
+                "interfaces: [path::Trait, ...] or patches: [path::function, ...]",
+            ));
+        }
         Ok(Spec {
             plugin,
             name,
             version,
             interfaces,
             dependencies,
+            patches,
         })
     }
 }
@@ -91,6 +105,13 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         .interfaces
         .iter()
         .map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
+    let patches = spec.patches.iter().map(|p| {
+        let mut p = p.clone();
+        if let Some(last) = p.segments.last_mut() {
+            last.ident = crate::patch_export_ident(&last.ident);
+        }
+        p
+    });
     let arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
         let i = i as u32;
         quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)
@@ -102,6 +123,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             const VERSION: &'static str = #version;
             const CRATE_NAME: &'static str = #crate_name;
             const DEPENDENCIES: &'static [&'static str] = &[#(#deps),*];
+            const PATCHES: &'static [::swapkit_guest::__rt::PatchExport] = &[#(#patches),*];
 
             fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
                 ::swapkit_guest::__rt::vec![#(#decls),*]

@@ -226,7 +226,11 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
 
 /// The type to decode an argument as, and the expression that passes it to the method:
 /// `&str` and `&[u8]` borrow from the input; any other `&T` decodes a `T` and lends it.
-fn decode_plan(abi: &TokenStream, name: &syn::Ident, ty: &Type) -> (TokenStream, TokenStream) {
+pub(crate) fn decode_plan(
+    abi: &TokenStream,
+    name: &syn::Ident,
+    ty: &Type,
+) -> (TokenStream, TokenStream) {
     if let Type::Reference(r) = ty {
         let inner = &*r.elem;
         let borrowable = matches!(canonical(inner).as_str(), "str" | "[u8]");

@@ -11,6 +11,7 @@ use quote::{format_ident, quote};
 
 mod export;
 mod interface;
+mod patch_export;
 mod patchable;
 
 /// Turns a trait into a swapkit interface. See `swapkit_abi::interface`.
@@ -42,6 +43,14 @@ pub fn target(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn patch(input: TokenStream) -> TokenStream {
     patchable::patch(input.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Exports a plugin function as a patch for a host function. See `swapkit_guest::patch`.
+#[proc_macro_attribute]
+pub fn patch_export(attr: TokenStream, item: TokenStream) -> TokenStream {
+    patch_export::expand(attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -113,4 +122,54 @@ fn canonical(t: &impl quote::ToTokens) -> String {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect()
+}
+
+/// The signature text of a patch target, `(A,B)->R`, as both `#[patchable]` and a plugin's
+/// `#[patch]` compute it: lifetimes and path prefixes are dropped and whitespace removed, so
+/// the host and a plugin may spell a type differently (`std::string::String` or `String`).
+fn patch_signature(args: &[syn::Type], ret: &syn::Type) -> String {
+    let norm = |t: &syn::Type| {
+        let mut t = t.clone();
+        syn::visit_mut::VisitMut::visit_type_mut(&mut Normalize, &mut t);
+        canonical(&t)
+    };
+    let args: Vec<String> = args.iter().map(norm).collect();
+    format!("({})->{}", args.join(","), norm(ret))
+}
+
+/// Drops lifetimes and path prefixes from a type.
+struct Normalize;
+
+impl syn::visit_mut::VisitMut for Normalize {
+    fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
+        r.lifetime = None;
+        syn::visit_mut::visit_type_reference_mut(self, r);
+    }
+
+    fn visit_type_path_mut(&mut self, p: &mut syn::TypePath) {
+        if p.qself.is_none() && p.path.segments.len() > 1 {
+            let last = p.path.segments.pop().expect("non-empty").into_value();
+            p.path.segments.clear();
+            p.path.leading_colon = None;
+            p.path.segments.push(last);
+        }
+        syn::visit_mut::visit_type_path_mut(self, p);
+    }
+
+    fn visit_angle_bracketed_generic_arguments_mut(
+        &mut self,
+        a: &mut syn::AngleBracketedGenericArguments,
+    ) {
+        a.args = std::mem::take(&mut a.args)
+            .into_iter()
+            .filter(|g| !matches!(g, syn::GenericArgument::Lifetime(_)))
+            .collect();
+        syn::visit_mut::visit_angle_bracketed_generic_arguments_mut(self, a);
+    }
+}
+
+/// The hidden constant that `#[swapkit_guest::patch]` puts next to function `f`, and that
+/// `export_plugin!` lists.
+fn patch_export_ident(f: &syn::Ident) -> syn::Ident {
+    format_ident!("__swapkit_export_{}", f)
 }

@@ -17,19 +17,17 @@ struct Fun<'a> {
     sig: &'a Signature,
     /// The concrete `Self` type and the trait, for methods.
     owner: Option<(&'a Type, Option<&'a syn::Path>)>,
+    /// `#[patchable(plugin)]`: plugins may patch it, so its arguments and result cross a
+    /// plugin boundary.
+    remote: bool,
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new(
-            attr.span(),
-            "#[patchable] takes no arguments",
-        ));
-    }
+    let remote = parse_attr(attr)?;
     let krate = crate::host_path()?;
     match syn::parse2::<Item>(item)? {
-        Item::Fn(f) => free_fn(&krate, f),
-        Item::Impl(i) => impl_block(&krate, i),
+        Item::Fn(f) => free_fn(&krate, f, remote),
+        Item::Impl(i) => impl_block(&krate, i, remote),
         other => Err(syn::Error::new(
             other.span(),
             "#[patchable] goes on a function or on an impl block (to make its methods patchable)",
@@ -37,7 +35,27 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     }
 }
 
-fn free_fn(krate: &TokenStream, mut f: ItemFn) -> syn::Result<TokenStream> {
+/// `#[patchable]` or `#[patchable(plugin)]`: whether plugins may patch the function too.
+fn parse_attr(attr: TokenStream) -> syn::Result<bool> {
+    if attr.is_empty() {
+        return Ok(false);
+    }
+    let mut remote = false;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("plugin") {
+            remote = true;
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown argument; the only one is `plugin`, which lets plugins patch the function",
+            ))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(remote)
+}
+
+fn free_fn(krate: &TokenStream, mut f: ItemFn, remote: bool) -> syn::Result<TokenStream> {
     if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
         return Err(syn::Error::new(
             r.span(),
@@ -47,6 +65,7 @@ fn free_fn(krate: &TokenStream, mut f: ItemFn) -> syn::Result<TokenStream> {
     let fun = Fun {
         sig: &f.sig,
         owner: None,
+        remote,
     };
     let plan = plan(krate, &fun)?;
     let prologue = &plan.prologue;
@@ -57,7 +76,7 @@ fn free_fn(krate: &TokenStream, mut f: ItemFn) -> syn::Result<TokenStream> {
     Ok(quote! { #f #accessors })
 }
 
-fn impl_block(krate: &TokenStream, mut block: ItemImpl) -> syn::Result<TokenStream> {
+fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Result<TokenStream> {
     if !block.generics.params.is_empty() {
         return Err(syn::Error::new(
             block.generics.span(),
@@ -78,6 +97,7 @@ fn impl_block(krate: &TokenStream, mut block: ItemImpl) -> syn::Result<TokenStre
         let fun = Fun {
             sig,
             owner: Some((&self_ty, trait_path.as_ref())),
+            remote,
         };
         let plan = plan(krate, &fun)?;
         let prologue = &plan.prologue;
@@ -112,6 +132,8 @@ struct Plan {
     accessor: TokenStream,
     name: TokenStream,
     signature: String,
+    /// For `#[patchable(plugin)]`: the function that wraps a plugin's export as a replacement.
+    remote: Option<TokenStream>,
 }
 
 fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
@@ -270,11 +292,12 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
             )
         }
     };
-    let signature = format!(
-        "({})->{}",
-        arg_tys.iter().map(canonical).collect::<Vec<_>>().join(","),
-        canonical(&ret)
-    );
+    let signature = crate::patch_signature(&arg_tys, &ret);
+    let remote = if fun.remote {
+        Some(remote_adapter(krate, sig, &arg_tys, &ret, &dyn_fn)?)
+    } else {
+        None
+    };
 
     let accessor = match fun.owner {
         None => quote!(#target_fn()),
@@ -395,7 +418,80 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         accessor,
         name,
         signature,
+        remote,
     })
+}
+
+/// The function that turns a plugin's exported patch into a replacement: a closure that
+/// encodes its arguments, calls the plugin, and decodes the result. A failure inside the plugin
+/// unwinds, so the patch's panic policy handles it like a panic in any replacement.
+fn remote_adapter(
+    krate: &TokenStream,
+    sig: &Signature,
+    arg_tys: &[Type],
+    ret: &Type,
+    dyn_fn: &TokenStream,
+) -> syn::Result<TokenStream> {
+    for (ty, arg) in arg_tys.iter().zip(&sig.inputs) {
+        if matches!(ty, Type::Reference(r) if r.mutability.is_some()) {
+            return Err(syn::Error::new(
+                arg.span(),
+                "#[patchable(plugin)]: a plugin cannot write through `&mut`, because arguments \
+                 cross to it as copies; take the argument by value or by `&`",
+            ));
+        }
+    }
+    if borrows(ret) {
+        return Err(syn::Error::new(
+            sig.output.span(),
+            "#[patchable(plugin)]: a plugin's result crosses back by value, so the function \
+             cannot return a borrow",
+        ));
+    }
+    let private = quote!(#krate::patch::__private);
+    let params: Vec<syn::Ident> = (0..arg_tys.len())
+        .map(|i| format_ident!("__swapkit_a{}", i))
+        .collect();
+    let elided: Vec<Type> = arg_tys
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            ElideLifetimes.visit_type_mut(&mut t);
+            t
+        })
+        .collect();
+    Ok(quote! {
+        fn __swapkit_remote(__swapkit_remote: #private::RemoteFn) -> ::std::boxed::Box<#dyn_fn> {
+            ::std::boxed::Box::new(move |#(#params: #elided),*| {
+                __swapkit_remote.invoke::<_, #ret>(&(#(#params,)*))
+            })
+        }
+    })
+}
+
+/// Whether a type holds a reference or a lifetime anywhere.
+fn borrows(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = true;
+        }
+        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+/// Turns every named lifetime into `'_`, so a closure's parameters can spell the type.
+struct ElideLifetimes;
+
+impl VisitMut for ElideLifetimes {
+    fn visit_lifetime_mut(&mut self, l: &mut syn::Lifetime) {
+        *l = syn::Lifetime::new("'_", l.span());
+    }
 }
 
 fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream {
@@ -407,19 +503,29 @@ fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream 
         accessor,
         name,
         signature,
+        remote,
         ..
     } = plan;
     let private = quote!(#krate::patch::__private);
+    let info = quote!(#private::TargetInfo {
+        name: #name,
+        signature: #signature,
+        signature_hash: #private::fnv1a64(#signature.as_bytes()),
+    });
+    let (adapter, make) = match remote {
+        Some(adapter) => (
+            adapter.clone(),
+            quote!(#private::Target::with_remote(#info, __swapkit_remote)),
+        ),
+        None => (quote!(), quote!(#private::Target::new(#info))),
+    };
     quote! {
         #[doc(hidden)]
         #[allow(non_snake_case)]
         #[inline(always)]
         #vis fn #target_fn() -> &'static #private::Target<#dyn_fn> {
-            static TARGET: #private::Target<#dyn_fn> = #private::Target::new(#private::TargetInfo {
-                name: #name,
-                signature: #signature,
-                signature_hash: #private::fnv1a64(#signature.as_bytes()),
-            });
+            #adapter
+            static TARGET: #private::Target<#dyn_fn> = #make;
             #[#private::linkme::distributed_slice(#private::TARGETS)]
             #[linkme(crate = #private::linkme)]
             static REGISTERED: &'static dyn #private::AnyTarget = &TARGET;

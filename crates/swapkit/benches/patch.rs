@@ -1,8 +1,11 @@
 //! The cost of `#[patchable]`: an unpatched call against the same plain function, a call
-//! patched with a closure, a call under a percentage rollout, and one rollout decision.
+//! patched with a closure, one patched from a native plugin, a call under a percentage
+//! rollout, and one rollout decision.
 
 use std::hint::black_box;
 use std::time::Duration;
+
+mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use swapkit::patch::{self, bucket, Key, Rollout};
@@ -12,7 +15,7 @@ fn plain(x: u64) -> u64 {
     x.wrapping_mul(3).wrapping_add(1)
 }
 
-#[swapkit::patchable]
+#[swapkit::patchable(plugin)]
 #[inline(never)]
 fn patchable(x: u64) -> u64 {
     x.wrapping_mul(3).wrapping_add(1)
@@ -30,6 +33,15 @@ fn patching(c: &mut Criterion) {
         .unwrap();
     group.bench_function("patched_closure", |b| b.iter(|| patchable(black_box(7))));
     g.restore().unwrap();
+
+    let artifact = support::release_artifacts(&["fixture-patches-bench"]).remove(0);
+    let swapper = swapkit::Swapper::new().unwrap();
+    let set = swapper.patches_from(&artifact).unwrap().apply().unwrap();
+    assert_eq!(patchable(7), 35);
+    group.bench_function("patched_from_plugin", |b| {
+        b.iter(|| patchable(black_box(7)))
+    });
+    set.restore();
 
     let g = swapkit::patch!(patchable, |x| x.wrapping_mul(5))
         .rollout(Rollout::percent(10.0))

@@ -68,12 +68,16 @@ pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
 
 /// Routes a function, or every method of an impl block, through a patch slot, so that it can
-/// be patched at runtime. See [`patch`] for the whole story.
+/// be patched at runtime. See [`patch`](mod@patch) for the whole story.
 ///
 /// - On a free function: `#[swapkit::patchable] fn price(..) -> ..`; name it as
 ///   `swapkit::target!(path::price)`.
 /// - On an impl block, inherent or of a trait, every method becomes patchable: name them as
 ///   `swapkit::target!(Type::method)` or `swapkit::target!(<Type as Trait>::method)`.
+///
+/// `#[patchable(plugin)]` also lets plugins patch it ([`patch::PluginPatches`]): its arguments
+/// then cross to the plugin in the wire encoding, so they must be `Serialize` (and not
+/// `&mut`), and its result `DeserializeOwned`.
 ///
 /// Generic functions and impl blocks, `async` and `const` functions, and `impl Trait` in a
 /// signature are compile errors: a patch slot has one concrete signature.

@@ -275,6 +275,17 @@ impl Swapper {
         self.inner.reload_from(&mut state, &source)
     }
 
+    /// Reads and checks one native artifact, outside any generation.
+    pub(crate) fn load_code(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let native = self.inner.native.as_ref().ok_or(LoadError::StaticMode)?;
+        native.load(path)
+    }
+
+    /// The sink plugins' log lines go to.
+    pub(crate) fn log_sink(&self) -> Option<LogSink> {
+        self.inner.sink.clone()
+    }
+
     fn load_from(&self, source: Source) -> Result<ReloadReport, LoadError> {
         let mut state = self.inner.lock_reload();
         let report = self.inner.reload_from(&mut state, &source)?;

@@ -537,3 +537,23 @@ fn status_describes_generations_and_plugins() {
     );
     let _keep = Arc::new(());
 }
+
+#[test]
+fn plugin_patches_for_functions_this_binary_lacks_are_refused() {
+    // The fixture patches functions of the `patch_plugin` test binary, not of this one.
+    let swapper = Swapper::new().unwrap();
+    let err = swapper
+        .patches_from(Fixture::Patches.path())
+        .expect("load")
+        .apply()
+        .expect_err("unknown target");
+    match &err {
+        swapkit::patch::PatchError::UnknownTarget { target, plugin } => {
+            assert!(target.starts_with("patch_plugin::"), "{target}");
+            assert_eq!(plugin, "pricing-fix");
+        }
+        other => panic!("expected UnknownTarget, got {other:?}"),
+    }
+    assert!(err.to_string().contains("registry()"), "{err}");
+    assert!(swapkit::patch::active().is_empty());
+}

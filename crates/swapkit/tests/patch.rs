@@ -90,12 +90,9 @@ fn a_second_patch_on_one_target_is_refused_and_changes_nothing() {
     let err = swapkit::patch!(inlined_double, |x| x * 4)
         .apply()
         .unwrap_err();
-    assert_eq!(
-        err,
-        PatchError::AlreadyPatched {
-            target: "patch::inlined_double",
-            patch: "triple".into()
-        }
+    assert!(
+        matches!(&err, PatchError::AlreadyPatched { target: "patch::inlined_double", patch } if patch == "triple"),
+        "{err:?}"
     );
     assert!(err.to_string().contains("restore that patch"), "{err}");
     // Inlining does not defeat the slot: the check is inside the inlined body.
@@ -107,11 +104,14 @@ fn a_second_patch_on_one_target_is_refused_and_changes_nothing() {
     first.restore().unwrap();
     assert_eq!(inlined_double(5), 10);
     let err = patch::restore(swapkit::target!(inlined_double)).unwrap_err();
-    assert_eq!(
-        err,
-        PatchError::NotPatched {
-            target: "patch::inlined_double"
-        }
+    assert!(
+        matches!(
+            err,
+            PatchError::NotPatched {
+                target: "patch::inlined_double"
+            }
+        ),
+        "{err:?}"
     );
 }
 

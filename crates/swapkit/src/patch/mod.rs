@@ -6,6 +6,9 @@
 //! branch, and the rest of the function is untouched, so inlining cannot defeat it: an
 //! inlined copy carries the check with it.
 //!
+//! A replacement is a closure of this process ([`patch!`](crate::patch!)) or a function
+//! exported by a plugin ([`PluginPatches`], for targets marked `#[patchable(plugin)]`).
+//!
 //! Example: patch, roll out, restore.
 //!
 //! ```
@@ -31,6 +34,7 @@
 //! ```
 
 mod context;
+mod plugin;
 mod rollout;
 mod target;
 
@@ -39,13 +43,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use context::{current_key, set_key, with_key, Key, KeyGuard, WithKey};
+pub use plugin::PluginPatches;
 pub use rollout::{bucket, Rollout, BUCKETS};
+pub use swapkit_abi::PatchDecl;
 pub use target::{call_original, PanicPolicy, PatchPanic, PatchSource, Target, TargetInfo};
 
 use target::{AnyTarget, PatchOptions};
 
 /// Why a patch could not be applied, changed or restored. On an error, nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PatchError {
     /// The target already has a patch; restore it first.
@@ -86,6 +92,56 @@ pub enum PatchError {
         target: &'static str,
         /// The patch.
         patch: String,
+    },
+    /// The plugin that should supply patches could not be loaded.
+    #[error("loading the patch plugin failed: {source}")]
+    Load {
+        /// Why.
+        #[source]
+        source: Arc<crate::LoadError>,
+    },
+    /// The plugin exports no patches.
+    #[error("plugin `{plugin}` ({origin}) exports no patches; list them in `patches: [..]` of its export_plugin!")]
+    NoPatches {
+        /// The plugin.
+        plugin: String,
+        /// Its artifact.
+        origin: String,
+    },
+    /// A plugin patches a function this binary does not have.
+    #[error(
+        "plugin `{plugin}` patches `{target}`, which is not a #[patchable] function of this \
+         binary; `swapkit::patch::registry()` lists the ones it has"
+    )]
+    UnknownTarget {
+        /// The target the plugin names.
+        target: String,
+        /// The plugin.
+        plugin: String,
+    },
+    /// A plugin's replacement has another signature than its target.
+    #[error(
+        "plugin `{plugin}` patches `{target}` with signature `{found}`, but the target's is \
+         `{expected}`; rebuild the plugin against the host's signature"
+    )]
+    SignatureMismatch {
+        /// The target.
+        target: &'static str,
+        /// The plugin.
+        plugin: String,
+        /// The target's signature.
+        expected: &'static str,
+        /// The plugin's.
+        found: String,
+    },
+    /// A plugin tried to patch a function not marked `#[patchable(plugin)]`.
+    #[error(
+        "`{target}` is #[patchable] but not open to plugins; mark it #[patchable(plugin)] so \
+         that its arguments and result can cross to a plugin"
+    )]
+    NotOpenToPlugins {
+        /// The target.
+        target: &'static str,
     },
 }
 
@@ -320,6 +376,12 @@ impl PatchSetGuard {
     pub fn restore(self) {
         drop(self)
     }
+
+    /// Changes the share of keys every patch of the set applies to, live. Patches of a set
+    /// made by [`PluginPatches`] share one id, so they admit the same keys.
+    pub fn set_percent(&self, percent: f64) -> Result<(), PatchError> {
+        self.guards.iter().try_for_each(|g| g.set_percent(percent))
+    }
 }
 
 impl Drop for PatchSetGuard {
@@ -381,7 +443,7 @@ pub fn active() -> Vec<TargetStatus> {
 #[doc(hidden)]
 pub mod __private {
     pub use super::target::convert::{NoFrom, ViaFrom, Wrap};
-    pub use super::target::AnyTarget;
+    pub use super::target::{AnyTarget, PatchOptions};
 
     /// What the outlined patched path of a `#[patchable]` function decided.
     pub enum Outcome<R, A> {
@@ -390,6 +452,7 @@ pub mod __private {
         /// Run the original, with these owned arguments handed back.
         Original(A),
     }
+    pub use super::plugin::RemoteFn;
     pub use super::target::PatchCall;
     pub use super::{PatchBuilder, PatchSource, Target, TargetInfo};
     pub use linkme;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::context::stable_hash;
+use super::plugin::RemoteFn;
 use super::rollout::{Kind, Rollout, BUCKETS};
 use super::{PatchError, PatchGuard, PatchStatus, TargetStatus};
 use crate::hazard::{Guard, HazardCell};
@@ -23,6 +24,15 @@ pub enum PatchSource {
         /// Its line.
         line: u32,
     },
+    /// An export of a plugin.
+    Plugin {
+        /// The plugin's name.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// The artifact's path, or `static:<crate>`.
+        origin: String,
+    },
 }
 
 impl std::fmt::Display for PatchSource {
@@ -31,6 +41,11 @@ impl std::fmt::Display for PatchSource {
             PatchSource::InProcess { file, line } => {
                 write!(f, "in-process closure at {file}:{line}")
             }
+            PatchSource::Plugin {
+                plugin,
+                version,
+                origin,
+            } => write!(f, "plugin `{plugin}` {version} ({origin})"),
         }
     }
 }
@@ -142,6 +157,8 @@ pub struct Target<F: ?Sized + 'static> {
     cell: HazardCell<Patch<F>>,
     /// Serialises apply and restore on this target.
     changing: Mutex<()>,
+    /// For `#[patchable(plugin)]`: wraps a plugin's export as a replacement.
+    remote: Option<fn(RemoteFn) -> Box<F>>,
 }
 
 impl<F: ?Sized + 'static> Target<F> {
@@ -151,6 +168,17 @@ impl<F: ?Sized + 'static> Target<F> {
             info,
             cell: HazardCell::empty(),
             changing: Mutex::new(()),
+            remote: None,
+        }
+    }
+
+    /// A target with no patch that plugins may patch too. Used by `#[patchable(plugin)]`.
+    pub const fn with_remote(info: TargetInfo, remote: fn(RemoteFn) -> Box<F>) -> Target<F> {
+        Target {
+            info,
+            cell: HazardCell::empty(),
+            changing: Mutex::new(()),
+            remote: Some(remote),
         }
     }
 
@@ -234,6 +262,14 @@ pub trait AnyTarget: Send + Sync {
     fn restore(&self, identity: Option<usize>) -> Result<String, PatchError>;
     /// Changes the live share of the patch with this identity.
     fn set_share(&self, identity: usize, share: u32) -> Result<(), PatchError>;
+    /// Whether plugins may patch it (`#[patchable(plugin)]`).
+    fn accepts_plugins(&self) -> bool;
+    /// Applies a plugin's export as the patch.
+    fn apply_remote(
+        &'static self,
+        remote: RemoteFn,
+        options: PatchOptions,
+    ) -> Result<PatchGuard, PatchError>;
 }
 
 impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
@@ -295,15 +331,31 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
         current.share.store(share.min(BUCKETS), Ordering::Release);
         Ok(())
     }
+
+    fn accepts_plugins(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    fn apply_remote(
+        &'static self,
+        remote: RemoteFn,
+        options: PatchOptions,
+    ) -> Result<PatchGuard, PatchError> {
+        let wrap = self.remote.ok_or(PatchError::NotOpenToPlugins {
+            target: self.info.name,
+        })?;
+        self.apply(wrap(remote), options)
+    }
 }
 
 /// How a patch is applied.
-pub(crate) struct PatchOptions {
-    pub id: Option<String>,
-    pub rollout: Rollout,
-    pub on_panic: PanicPolicy,
-    pub source: PatchSource,
-    pub armed: Option<Arc<AtomicBool>>,
+#[doc(hidden)]
+pub struct PatchOptions {
+    pub(crate) id: Option<String>,
+    pub(crate) rollout: Rollout,
+    pub(crate) on_panic: PanicPolicy,
+    pub(crate) source: PatchSource,
+    pub(crate) armed: Option<Arc<AtomicBool>>,
 }
 
 /// A call's hold on the patch of a target: it cannot be freed until this drops.

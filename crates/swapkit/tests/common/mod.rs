@@ -22,9 +22,12 @@ pub enum Fixture {
     ChainTop,
     PlainCdylib,
     Handmade,
+    Patches,
+    PatchesBad,
+    PatchesClosed,
 }
 
-const ALL: [Fixture; 11] = [
+const ALL: [Fixture; 14] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -36,6 +39,9 @@ const ALL: [Fixture; 11] = [
     Fixture::ChainTop,
     Fixture::PlainCdylib,
     Fixture::Handmade,
+    Fixture::Patches,
+    Fixture::PatchesBad,
+    Fixture::PatchesClosed,
 ];
 
 impl Fixture {
@@ -52,6 +58,9 @@ impl Fixture {
             Fixture::ChainTop => "fixture-chain-top",
             Fixture::PlainCdylib => "fixture-plain-cdylib",
             Fixture::Handmade => "fixture-handmade",
+            Fixture::Patches => "fixture-patches",
+            Fixture::PatchesBad => "fixture-patches-bad",
+            Fixture::PatchesClosed => "fixture-patches-closed",
         }
     }
 
@@ -73,6 +82,9 @@ impl Fixture {
             Fixture::CycleB => &fixture_cycle_b::SWAPKIT_PLUGIN,
             Fixture::ChainBase => &fixture_chain_base::SWAPKIT_PLUGIN,
             Fixture::ChainTop => &fixture_chain_top::SWAPKIT_PLUGIN,
+            Fixture::Patches => &fixture_patches::SWAPKIT_PLUGIN,
+            Fixture::PatchesBad => &fixture_patches_bad::SWAPKIT_PLUGIN,
+            Fixture::PatchesClosed => &fixture_patches_closed::SWAPKIT_PLUGIN,
             Fixture::PlainCdylib | Fixture::Handmade => panic!("{self:?} has no single header"),
         }
     }
