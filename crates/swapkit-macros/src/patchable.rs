@@ -68,6 +68,7 @@ fn free_fn(krate: &TokenStream, mut f: ItemFn, remote: bool) -> syn::Result<Toke
         remote,
     };
     let plan = plan(krate, &fun)?;
+    drop_mut(&mut f.sig, &plan.rebound);
     let prologue = &plan.prologue;
     let body = &f.block;
     let new_body: syn::Block = parse_quote!({ #prologue #body });
@@ -100,6 +101,7 @@ fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Re
             remote,
         };
         let plan = plan(krate, &fun)?;
+        drop_mut(sig, &plan.rebound);
         let prologue = &plan.prologue;
         let new_body: syn::Block = parse_quote!({ #prologue #body });
         *body = new_body;
@@ -119,13 +121,24 @@ fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Re
     })
 }
 
+/// Takes `mut` off the named arguments: the prologue binds them again with it.
+fn drop_mut(sig: &mut Signature, names: &[syn::Ident]) {
+    for arg in &mut sig.inputs {
+        if let FnArg::Typed(pt) = arg {
+            if let Pat::Ident(p) = &mut *pt.pat {
+                if names.contains(&p.ident) {
+                    p.mutability = None;
+                }
+            }
+        }
+    }
+}
+
 /// Everything generated for one function.
 struct Plan {
     prologue: TokenStream,
     /// `dyn Fn(..) -> R + Send + Sync`, with `for<'a>` when the function names lifetimes.
     dyn_fn: TokenStream,
-    /// `Fn(..) -> R`, for the closure bound.
-    fn_bound: TokenStream,
     target_fn: syn::Ident,
     patch_fn: syn::Ident,
     /// The call that returns the target, from inside or outside the impl.
@@ -134,15 +147,27 @@ struct Plan {
     signature: String,
     /// For `#[patchable(plugin)]`: the function that wraps a plugin's export as a replacement.
     remote: Option<TokenStream>,
+    /// How `patch!` boxes a replacement.
+    builder: Builder,
+    /// Arguments the prologue moves and binds again under their own names (with their `mut`),
+    /// so their `mut` comes off the signature.
+    rebound: Vec<syn::Ident>,
+}
+
+/// The parts of the generated patch constructor that differ between sync and async targets.
+struct Builder {
+    /// Its generic parameters.
+    generics: TokenStream,
+    /// Its where-clause predicates, which check the replacement's signature.
+    bounds: TokenStream,
+    /// The expression that boxes `replacement` as the target's `dyn Fn`.
+    boxed: TokenStream,
 }
 
 fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
     let sig = fun.sig;
-    if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(
-            a.span(),
-            "async functions cannot be patched yet; make a synchronous function they call patchable",
-        ));
+    if sig.asyncness.is_some() {
+        return plan_async(krate, fun);
     }
     if let Some(c) = &sig.constness {
         return Err(syn::Error::new(
@@ -253,45 +278,7 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
     let fn_bound = quote!(#for_lt Fn(#(#arg_tys),*) -> #ret);
     let dyn_fn = quote!(dyn #fn_bound + ::core::marker::Send + ::core::marker::Sync);
 
-    let method = &sig.ident;
-    let (target_fn, patch_fn, name) = match fun.owner {
-        None => (
-            format_ident!("__swapkit_target_{}", method),
-            format_ident!("__swapkit_patch_{}", method),
-            quote!(::core::concat!(
-                ::core::module_path!(),
-                "::",
-                ::core::stringify!(#method)
-            )),
-        ),
-        Some((self_ty, None)) => {
-            let ty = canonical(self_ty);
-            (
-                format_ident!("__swapkit_target_{}", method),
-                format_ident!("__swapkit_patch_{}", method),
-                quote!(
-                    ::core::concat!(::core::module_path!(), "::", #ty, "::", ::core::stringify!(#method))
-                ),
-            )
-        }
-        Some((self_ty, Some(trait_path))) => {
-            let ty = canonical(self_ty);
-            let tr = trait_path
-                .segments
-                .last()
-                .expect("a trait path has a segment")
-                .ident
-                .clone();
-            let tr_text = canonical(trait_path);
-            (
-                format_ident!("__swapkit_target_{}_{}", tr, method),
-                format_ident!("__swapkit_patch_{}_{}", tr, method),
-                quote!(
-                    ::core::concat!(::core::module_path!(), "::<", #ty, " as ", #tr_text, ">::", ::core::stringify!(#method))
-                ),
-            )
-        }
-    };
+    let (target_fn, patch_fn, name, accessor) = naming(fun);
     let signature = crate::patch_signature(&arg_tys, &ret);
     let remote = if fun.remote {
         Some(remote_adapter(krate, sig, &arg_tys, &ret, &dyn_fn)?)
@@ -299,10 +286,6 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         None
     };
 
-    let accessor = match fun.owner {
-        None => quote!(#target_fn()),
-        Some((self_ty, _)) => quote!(<#self_ty>::#target_fn()),
-    };
     let private = quote!(#krate::patch::__private);
     let params: Vec<syn::Ident> = (0..arg_tys.len())
         .map(|i| format_ident!("__swapkit_a{}", i))
@@ -339,20 +322,11 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
     } else {
         quote!(__swapkit_patch.propagate(__swapkit_panic))
     };
-    let to_error = match result_error(&ret) {
-        Some(err) => quote! {
-            #[allow(unused_imports)]
-            use #private::{NoFrom as _, ViaFrom as _};
-            let mut __swapkit_slot = ::core::option::Option::Some(__swapkit_panic);
-            if let ::core::option::Option::Some(__swapkit_e) =
-                (&&#private::Wrap::<#err>::new()).convert(&mut __swapkit_slot)
-            {
-                return #private::Outcome::Done(::core::result::Result::Err(__swapkit_e));
-            }
-            let __swapkit_panic = __swapkit_slot.expect("not converted");
-        },
-        None => quote!(),
-    };
+    let to_error = panic_to_error(
+        &private,
+        &ret,
+        quote!(#private::Outcome::Done(::core::result::Result::Err(__swapkit_e))),
+    );
     let generics = if lifetimes.is_empty() {
         quote!()
     } else {
@@ -412,14 +386,69 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
     Ok(Plan {
         prologue,
         dyn_fn,
-        fn_bound,
         target_fn,
         patch_fn,
         accessor,
         name,
         signature,
         remote,
+        builder: Builder {
+            generics: quote!(<__C>),
+            bounds: quote!(__C: #fn_bound + ::core::marker::Send + ::core::marker::Sync + 'static,),
+            boxed: quote!(::std::boxed::Box::new(replacement)),
+        },
+        rebound: owned.iter().map(|(i, _, _)| i.clone()).collect(),
     })
+}
+
+/// The hidden accessor names of a function, its registry name, and the call that returns its
+/// target from inside or outside the impl.
+fn naming(fun: &Fun<'_>) -> (syn::Ident, syn::Ident, TokenStream, TokenStream) {
+    let sig = fun.sig;
+    let method = &sig.ident;
+    let (target_fn, patch_fn, name) = match fun.owner {
+        None => (
+            format_ident!("__swapkit_target_{}", method),
+            format_ident!("__swapkit_patch_{}", method),
+            quote!(::core::concat!(
+                ::core::module_path!(),
+                "::",
+                ::core::stringify!(#method)
+            )),
+        ),
+        Some((self_ty, None)) => {
+            let ty = canonical(self_ty);
+            (
+                format_ident!("__swapkit_target_{}", method),
+                format_ident!("__swapkit_patch_{}", method),
+                quote!(
+                    ::core::concat!(::core::module_path!(), "::", #ty, "::", ::core::stringify!(#method))
+                ),
+            )
+        }
+        Some((self_ty, Some(trait_path))) => {
+            let ty = canonical(self_ty);
+            let tr = trait_path
+                .segments
+                .last()
+                .expect("a trait path has a segment")
+                .ident
+                .clone();
+            let tr_text = canonical(trait_path);
+            (
+                format_ident!("__swapkit_target_{}_{}", tr, method),
+                format_ident!("__swapkit_patch_{}_{}", tr, method),
+                quote!(
+                    ::core::concat!(::core::module_path!(), "::<", #ty, " as ", #tr_text, ">::", ::core::stringify!(#method))
+                ),
+            )
+        }
+    };
+    let accessor = match fun.owner {
+        None => quote!(#target_fn()),
+        Some((self_ty, _)) => quote!(<#self_ty>::#target_fn()),
+    };
+    (target_fn, patch_fn, name, accessor)
 }
 
 /// The function that turns a plugin's exported patch into a replacement: a closure that
@@ -469,6 +498,170 @@ fn remote_adapter(
     })
 }
 
+/// Code that turns `__swapkit_panic` into the target's error and returns `returns` (which
+/// names `__swapkit_e`), when the target returns `Result<_, E>` with `E: From<PatchPanic>`;
+/// otherwise it leaves `__swapkit_panic` bound for what follows.
+fn panic_to_error(private: &TokenStream, ret: &Type, returns: TokenStream) -> TokenStream {
+    match result_error(ret) {
+        Some(err) => quote! {
+            #[allow(unused_imports)]
+            use #private::{NoFrom as _, ViaFrom as _};
+            let mut __swapkit_slot = ::core::option::Option::Some(__swapkit_panic);
+            if let ::core::option::Option::Some(__swapkit_e) =
+                (&&#private::Wrap::<#err>::new()).convert(&mut __swapkit_slot)
+            {
+                return #returns;
+            }
+            let __swapkit_panic = __swapkit_slot.expect("not converted");
+        },
+        None => quote!(),
+    }
+}
+
+/// `#[patchable]` on an `async fn`. The replacement is a closure returning a future; the
+/// future is boxed and polled inside `catch_unwind`, and holds the patch until it completes.
+/// Arguments must be owned, because the replacement's future owns them past the call.
+fn plan_async(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
+    let sig = fun.sig;
+    if fun.remote {
+        return Err(syn::Error::new(
+            sig.asyncness.span(),
+            "#[patchable(plugin)] cannot be async: a plugin call is synchronous; make a \
+             synchronous function the async one calls patchable by plugins",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a generic async function cannot be patched: a patch slot has one signature",
+        ));
+    }
+    let mut subst = SelfToConcrete {
+        self_ty: fun.owner.map(|(t, _)| t),
+        trait_path: fun.owner.and_then(|(_, p)| p),
+    };
+    let mut names = vec![];
+    let mut binds = vec![];
+    let mut tys: Vec<Type> = vec![];
+    for arg in &sig.inputs {
+        let FnArg::Typed(pt) = arg else {
+            return Err(syn::Error::new(
+                arg.span(),
+                "an async method taking `self` cannot be patched: the replacement's future would \
+                 borrow it; make an async function with owned arguments patchable",
+            ));
+        };
+        let Pat::Ident(p) = &*pt.pat else {
+            return Err(syn::Error::new(
+                pt.pat.span(),
+                "patchable functions need plain argument names, not patterns",
+            ));
+        };
+        let mut ty = (*pt.ty).clone();
+        subst.visit_type_mut(&mut ty);
+        if borrows(&ty) || matches!(ty, Type::ImplTrait(_)) {
+            return Err(syn::Error::new(
+                pt.ty.span(),
+                "an async patchable function takes owned arguments: the replacement's future \
+                 owns them after the call returns",
+            ));
+        }
+        let ident = &p.ident;
+        names.push(quote!(#ident));
+        binds.push(if p.mutability.is_some() {
+            quote!(mut #ident)
+        } else {
+            quote!(#ident)
+        });
+        tys.push(ty);
+    }
+    let mut ret: Type = match &sig.output {
+        ReturnType::Default => parse_quote!(()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    };
+    subst.visit_type_mut(&mut ret);
+    let private = quote!(#krate::patch::__private);
+    let fn_bound = quote!(Fn(#(#tys),*) -> #private::BoxFuture<#ret>);
+    let dyn_fn = quote!(dyn #fn_bound + ::core::marker::Send + ::core::marker::Sync);
+    let (target_fn, patch_fn, name, accessor) = naming(fun);
+    let signature = format!("async {}", crate::patch_signature(&tys, &ret));
+    let params: Vec<syn::Ident> = (0..tys.len())
+        .map(|i| format_ident!("__swapkit_a{}", i))
+        .collect();
+    let to_error = panic_to_error(
+        &private,
+        &ret,
+        quote!(::core::result::Result::Err(__swapkit_e)),
+    );
+    let prologue = quote! {
+        #[allow(unused_mut)]
+        let (#(#binds,)*) = if #accessor.is_patched() {
+            #[cold]
+            #[inline(never)]
+            #[allow(clippy::too_many_arguments, clippy::unused_unit)]
+            fn __swapkit_patched(#(#params: #tys),*)
+                -> #private::Outcome<#private::PatchFuture<#ret>, (#(#tys,)*)>
+            {
+                let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
+                    return #private::Outcome::Original((#(#params,)*));
+                };
+                if !__swapkit_patch.applies() {
+                    return #private::Outcome::Original((#(#params,)*));
+                }
+                #private::Outcome::Done(__swapkit_patch.call_async(|__swapkit_f| __swapkit_f(#(#params),*)))
+            }
+            match __swapkit_patched(#(#names),*) {
+                #private::Outcome::Done(__swapkit_future) => {
+                    match __swapkit_future.await {
+                        ::core::result::Result::Ok(__swapkit_r) => return __swapkit_r,
+                        ::core::result::Result::Err(__swapkit_panic) => {
+                            #to_error
+                            #private::resume_panic(__swapkit_panic)
+                        }
+                    }
+                }
+                #private::Outcome::Original(__swapkit_owned) => __swapkit_owned,
+            }
+        } else {
+            (#(#names,)*)
+        };
+    };
+    let builder = Builder {
+        generics: quote!(<__C, __Fut>),
+        bounds: quote! {
+            __C: Fn(#(#tys),*) -> __Fut + ::core::marker::Send + ::core::marker::Sync + 'static,
+            __Fut: ::core::future::Future<Output = #ret> + ::core::marker::Send + 'static,
+        },
+        boxed: quote! {
+            ::std::boxed::Box::new(move |#(#params: #tys),*| -> #private::BoxFuture<#ret> {
+                ::std::boxed::Box::pin(replacement(#(#params),*))
+            })
+        },
+    };
+    Ok(Plan {
+        prologue,
+        dyn_fn,
+        target_fn,
+        patch_fn,
+        accessor,
+        name,
+        signature,
+        remote: None,
+        builder,
+        rebound: sig
+            .inputs
+            .iter()
+            .filter_map(|a| match a {
+                FnArg::Typed(pt) => match &*pt.pat {
+                    Pat::Ident(p) => Some(p.ident.clone()),
+                    _ => None,
+                },
+                FnArg::Receiver(_) => None,
+            })
+            .collect(),
+    })
+}
+
 /// Whether a type holds a reference or a lifetime anywhere.
 fn borrows(ty: &Type) -> bool {
     struct Finder(bool);
@@ -497,13 +690,17 @@ impl VisitMut for ElideLifetimes {
 fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream {
     let Plan {
         dyn_fn,
-        fn_bound,
         target_fn,
         patch_fn,
         accessor,
         name,
         signature,
         remote,
+        builder: Builder {
+            generics,
+            bounds,
+            boxed,
+        },
         ..
     } = plan;
     let private = quote!(#krate::patch::__private);
@@ -534,11 +731,11 @@ fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream 
 
         #[doc(hidden)]
         #[allow(non_snake_case)]
-        #vis fn #patch_fn<__C>(replacement: __C, source: #private::PatchSource) -> #private::PatchBuilder<#dyn_fn>
+        #vis fn #patch_fn #generics (replacement: __C, source: #private::PatchSource) -> #private::PatchBuilder<#dyn_fn>
         where
-            __C: #fn_bound + ::core::marker::Send + ::core::marker::Sync + 'static,
+            #bounds
         {
-            #private::PatchBuilder::new(#accessor, ::std::boxed::Box::new(replacement), source)
+            #private::PatchBuilder::new(#accessor, #boxed, source)
         }
     }
 }

@@ -242,14 +242,7 @@ impl<T> HazardCell<T> {
 
     /// A strong reference to the current value.
     pub fn load_full(&self) -> Option<Arc<T>> {
-        let guard = self.enter()?;
-        let raw: *const T = guard.value;
-        // SAFETY: `raw` came from `Arc::into_raw` and is protected by the guard, so its strong
-        // count is at least one while we add ours.
-        unsafe {
-            Arc::increment_strong_count(raw);
-            Some(Arc::from_raw(raw))
-        }
+        self.enter().map(|guard| guard.to_arc())
     }
 
     /// Puts `next` in the cell and returns the superseded value, which is released as soon as
@@ -436,6 +429,18 @@ impl<'a, T> Guard<'a, T> {
     #[inline]
     pub fn get(&self) -> &'a T {
         self.value
+    }
+
+    /// A strong reference to the guarded value, to hold it past this guard (for example
+    /// across an `.await`, where a guard cannot go).
+    pub fn to_arc(&self) -> Arc<T> {
+        let raw: *const T = self.value;
+        // SAFETY: every value in a cell came from `Arc::into_raw`, and this one is protected
+        // by the guard, so its strong count is at least one while we add ours.
+        unsafe {
+            Arc::increment_strong_count(raw);
+            Arc::from_raw(raw)
+        }
     }
 }
 

@@ -79,8 +79,13 @@ pub use swapkit_abi::{interface, Interface, PluginHeader};
 /// then cross to the plugin in the wire encoding, so they must be `Serialize` (and not
 /// `&mut`), and its result `DeserializeOwned`.
 ///
-/// Generic functions and impl blocks, `async` and `const` functions, and `impl Trait` in a
-/// signature are compile errors: a patch slot has one concrete signature.
+/// An `async fn` with owned arguments is patchable too: its replacement is a closure returning
+/// a future (`|id| async move { .. }`). The future holds its patch until it completes, and a
+/// panic while it is polled is handled like any other (it becomes the target's error when it
+/// returns `Result<_, E: From<PatchPanic>>`, and propagates otherwise).
+///
+/// Generic functions and impl blocks, `const` functions, async methods taking `self`, and
+/// `impl Trait` in a signature are compile errors: a patch slot has one concrete signature.
 pub use swapkit_macros::patchable;
 
 /// The `&'static` [`patch::Target`] of a `#[patchable]` function: `target!(path::to::f)`,

@@ -453,7 +453,7 @@ pub mod __private {
         Original(A),
     }
     pub use super::plugin::RemoteFn;
-    pub use super::target::PatchCall;
+    pub use super::target::{resume_panic, BoxFuture, PatchCall, PatchFuture};
     pub use super::{PatchBuilder, PatchSource, Target, TargetInfo};
     pub use linkme;
     pub use swapkit_abi::hash::fnv1a64;

@@ -3,9 +3,12 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use super::context::stable_hash;
@@ -253,6 +256,86 @@ impl<F: ?Sized + 'static> Target<F> {
     }
 }
 
+impl<F: ?Sized + Send + Sync> Caught for Patch<F> {
+    fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic {
+        Patch::caught(self, target, payload)
+    }
+}
+
+impl<F: ?Sized> Patch<F> {
+    /// Counts a panic, flags the patch unhealthy and logs it.
+    #[cold]
+    fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.healthy.store(false, Ordering::Relaxed);
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        tracing::error!(target: "swapkit::patch", target_fn = target, patch = %self.id, %message, "patch panicked; flagged unhealthy");
+        PatchPanic {
+            target,
+            patch: self.id.clone(),
+            message,
+            payload,
+        }
+    }
+}
+
+/// Records a panic in a patch, whatever its signature.
+trait Caught: Send + Sync {
+    fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic;
+}
+
+/// The future an async replacement returns, boxed.
+pub type BoxFuture<R> = Pin<Box<dyn Future<Output = R> + Send + 'static>>;
+
+/// A call into an async replacement: its output, or the panic it raised. It keeps the patch
+/// alive until it completes, so a restore while it is pending lets it finish in the patch.
+#[doc(hidden)]
+pub struct PatchFuture<R> {
+    future: Option<BoxFuture<R>>,
+    /// A panic raised while the replacement made its future.
+    early: Option<Box<dyn Any + Send>>,
+    patch: Arc<dyn Caught>,
+    target: &'static str,
+}
+
+impl<R> Future for PatchFuture<R> {
+    type Output = Result<R, PatchPanic>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(payload) = this.early.take() {
+            return Poll::Ready(Err(this.patch.caught(this.target, payload)));
+        }
+        let future = this
+            .future
+            .as_mut()
+            .expect("a patch future polled after it completed");
+        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(r)) => {
+                this.future = None;
+                Poll::Ready(Ok(r))
+            }
+            Err(payload) => {
+                this.future = None;
+                Poll::Ready(Err(this.patch.caught(this.target, payload)))
+            }
+        }
+    }
+}
+
+/// Continues a panic caught in a patch, for generated code that no longer holds the call.
+#[doc(hidden)]
+pub fn resume_panic(panic: PatchPanic) -> ! {
+    resume_unwind(panic.payload)
+}
+
 /// What a [`PatchGuard`] and the registry need from a target, whatever its signature.
 #[doc(hidden)]
 pub trait AnyTarget: Send + Sync {
@@ -397,22 +480,27 @@ impl<F: ?Sized + 'static> PatchCall<F> {
 
     #[cold]
     fn caught(&self, payload: Box<dyn Any + Send>) -> PatchPanic {
+        Patch::caught(self.guard.get(), self.target.info.name, payload)
+    }
+
+    /// Calls an async replacement. The returned future holds the patch (not the call's
+    /// hazard slot, which cannot cross an `.await`), and reports a panic in the replacement,
+    /// while it is made or while it is polled, as its output.
+    pub fn call_async<R>(&self, invoke: impl FnOnce(&F) -> BoxFuture<R>) -> PatchFuture<R>
+    where
+        F: Send + Sync,
+    {
         let p = self.guard.get();
-        p.panics.fetch_add(1, Ordering::Relaxed);
-        p.healthy.store(false, Ordering::Relaxed);
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "panic with a non-string payload".to_owned()
+        p.hits.add();
+        let (future, early) = match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
+            Ok(f) => (Some(f), None),
+            Err(payload) => (None, Some(payload)),
         };
-        tracing::error!(target: "swapkit::patch", target_fn = self.target.info.name, patch = %p.id, %message, "patch panicked; flagged unhealthy");
-        PatchPanic {
+        PatchFuture {
+            future,
+            early,
+            patch: self.guard.to_arc(),
             target: self.target.info.name,
-            patch: p.id.clone(),
-            message,
-            payload,
         }
     }
 

@@ -1,6 +1,7 @@
+// An async patchable function takes owned arguments: the replacement's future owns them.
 #[swapkit::patchable]
-async fn fetch(id: u64) -> u64 {
-    id
+async fn fetch(id: &str) -> usize {
+    id.len()
 }
 
 fn main() {}
