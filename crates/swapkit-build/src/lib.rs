@@ -34,12 +34,14 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// cargo ran and failed; its diagnostics were printed to stderr.
-    #[error("`cargo build` failed for {packages} ({status}); see the compiler output above")]
+    #[error("`cargo build` failed for {packages} ({status}); see the compiler output above{hint}")]
     Failed {
         /// The packages asked for.
         packages: String,
         /// cargo's exit status.
         status: std::process::ExitStatus,
+        /// What to try, if anything.
+        hint: String,
     },
     /// cargo succeeded but produced no `cdylib` for a package.
     #[error("package `{package}` built no cdylib; add crate-type = [\"cdylib\", \"rlib\"] to its [lib] section")]
@@ -58,6 +60,9 @@ pub struct BuiltArtifact {
     pub path: PathBuf,
 }
 
+/// The target triple of wasm plugins.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
 /// A `cargo build` of one or more plugin packages.
 #[derive(Debug, Clone)]
 pub struct PluginBuild {
@@ -67,6 +72,7 @@ pub struct PluginBuild {
     target_dir: Option<PathBuf>,
     quiet: bool,
     cargo: Option<PathBuf>,
+    target: Option<String>,
 }
 
 impl PluginBuild {
@@ -79,6 +85,7 @@ impl PluginBuild {
             target_dir: None,
             quiet: false,
             cargo: None,
+            target: None,
         }
     }
 
@@ -104,6 +111,19 @@ impl PluginBuild {
     pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.target_dir = Some(dir.into());
         self
+    }
+
+    /// Builds for this target triple (default: the host's). `wasm32-unknown-unknown` makes
+    /// plugins for the wasm backend; install it first with
+    /// `rustup target add wasm32-unknown-unknown`.
+    pub fn target(mut self, triple: impl Into<String>) -> Self {
+        self.target = Some(triple.into());
+        self
+    }
+
+    /// Shorthand for `.target("wasm32-unknown-unknown")`.
+    pub fn wasm(self) -> Self {
+        self.target(WASM_TARGET)
     }
 
     /// Silences cargo's progress output.
@@ -136,6 +156,9 @@ impl PluginBuild {
         if let Some(dir) = &self.target_dir {
             cmd.arg("--target-dir").arg(dir);
         }
+        if let Some(target) = &self.target {
+            cmd.arg("--target").arg(target);
+        }
         if self.quiet {
             cmd.arg("--quiet");
         }
@@ -150,8 +173,12 @@ impl PluginBuild {
         })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut found: Vec<(String, PathBuf)> = vec![];
+        let ext = match self.target.as_deref() {
+            Some(t) if t.starts_with("wasm32") => ".wasm".to_owned(),
+            _ => format!(".{}", std::env::consts::DLL_EXTENSION),
+        };
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(hit) = cdylib_of(&line) {
+            if let Some(hit) = cdylib_of(&line, &ext) {
                 found.push(hit);
             }
         }
@@ -162,6 +189,10 @@ impl PluginBuild {
             return Err(BuildError::Failed {
                 packages: self.packages.join(", "),
                 status,
+                hint: match self.target.as_deref() {
+                    Some(t) => format!("; if the target is missing, run `rustup target add {t}`"),
+                    None => String::new(),
+                },
             });
         }
         self.packages
@@ -185,7 +216,7 @@ impl PluginBuild {
 }
 
 /// The library name and cdylib path of a `compiler-artifact` message, if it has one.
-fn cdylib_of(line: &str) -> Option<(String, PathBuf)> {
+fn cdylib_of(line: &str, ext: &str) -> Option<(String, PathBuf)> {
     let msg: serde_json::Value = serde_json::from_str(line).ok()?;
     if msg.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
@@ -200,13 +231,12 @@ fn cdylib_of(line: &str) -> Option<(String, PathBuf)> {
         return None;
     }
     let name = target.get("name")?.as_str()?.replace('-', "_");
-    let ext = format!(".{}", std::env::consts::DLL_EXTENSION);
     let path = msg
         .get("filenames")?
         .as_array()?
         .iter()
         .filter_map(|f| f.as_str())
-        .find(|f| f.ends_with(&ext))?;
+        .find(|f| f.ends_with(ext))?;
     Some((name, PathBuf::from(path)))
 }
 
@@ -217,7 +247,8 @@ mod tests {
     #[test]
     fn reads_cdylib_messages_only() {
         let line = r#"{"reason":"compiler-artifact","target":{"kind":["cdylib","rlib"],"name":"greeter-v1"},"filenames":["/t/libgreeter_v1.rlib","/t/libgreeter_v1.so"]}"#;
-        let (name, path) = cdylib_of(line).expect("a cdylib");
+        let (name, path) =
+            cdylib_of(line, &format!(".{}", std::env::consts::DLL_EXTENSION)).expect("a cdylib");
         assert_eq!(name, "greeter_v1");
         assert!(
             path.to_str()
@@ -226,10 +257,10 @@ mod tests {
                 || cfg!(not(target_os = "linux"))
         );
         let rlib_only = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"serde"},"filenames":["/t/libserde.rlib"]}"#;
-        assert_eq!(cdylib_of(rlib_only), None);
-        assert_eq!(cdylib_of("not json"), None);
+        assert_eq!(cdylib_of(rlib_only, ".so"), None);
+        assert_eq!(cdylib_of("not json", ".so"), None);
         assert_eq!(
-            cdylib_of(r#"{"reason":"build-finished","success":true}"#),
+            cdylib_of(r#"{"reason":"build-finished","success":true}"#, ".so"),
             None
         );
     }

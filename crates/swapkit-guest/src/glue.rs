@@ -150,7 +150,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
+pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a writable `out`.
     unsafe {
         respond(out, |buf| {
@@ -182,7 +182,7 @@ unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
     }
 }
 
-unsafe extern "C" fn load<P: Exports>(
+pub(crate) unsafe extern "C" fn load<P: Exports>(
     api: *const HostApi,
     instance: *mut *mut c_void,
     out: *mut RawSlice,
@@ -202,7 +202,7 @@ unsafe extern "C" fn load<P: Exports>(
     }
 }
 
-unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
+pub(crate) unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a live instance made by `load::<P>` and a writable `out`.
     unsafe {
         let inst = &*(instance as *const Instance<P>);
@@ -214,7 +214,7 @@ unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice)
     }
 }
 
-unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
+pub(crate) unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a live instance made by `load::<P>`, exactly once, after its last
     // call has returned; ownership comes back to us here.
     unsafe {
@@ -228,7 +228,7 @@ unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mut RawSlice)
     }
 }
 
-unsafe extern "C" fn call<P: Exports>(
+pub(crate) unsafe extern "C" fn call<P: Exports>(
     instance: *mut c_void,
     interface: u32,
     method: u32,

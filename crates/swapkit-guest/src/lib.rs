@@ -50,6 +50,9 @@
 
 mod glue;
 mod host;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wasm;
 
 pub use host::{Host, Level};
 pub use swapkit_abi as abi;
@@ -154,6 +157,8 @@ impl<E: core::fmt::Display> From<E> for Error {
 #[doc(hidden)]
 pub mod __rt {
     pub use crate::glue::{decl, header, Exports, PatchExport};
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::wasm;
     pub use std::vec;
     pub use std::vec::Vec;
 }

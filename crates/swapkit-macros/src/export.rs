@@ -143,6 +143,43 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
 
+        /// The wasm32 entry points: the same glue, exported as module functions.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_abi_version() -> u32 {
+                ::swapkit_guest::__rt::wasm::abi_version()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_out_slot() -> u32 {
+                ::swapkit_guest::__rt::wasm::out_slot()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_input(len: u32) -> u32 {
+                ::swapkit_guest::__rt::wasm::input(len)
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_manifest() -> u32 {
+                ::swapkit_guest::__rt::wasm::manifest::<#plugin>()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_load() -> u32 {
+                ::swapkit_guest::__rt::wasm::load::<#plugin>()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_init() -> u32 {
+                ::swapkit_guest::__rt::wasm::init::<#plugin>()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_free() -> u32 {
+                ::swapkit_guest::__rt::wasm::free::<#plugin>()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_call(interface: u32, method: u32, len: u32) -> u32 {
+                ::swapkit_guest::__rt::wasm::call::<#plugin>(interface, method, len)
+            }
+        };
+
         /// The ABI v1 header of this plugin. A native host finds it by its exported symbol; a
         /// static host registers it directly.
         #[unsafe(export_name = #symbol)]

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::{wire, Interface, Status, Transport};
 
+use crate::backend::host_status;
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
 use crate::swapper::Inner;
@@ -29,12 +30,14 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     let (instance, interface) = generation.resolve(target)?;
     let mut input = wire::StackBuf::<STACK_ARGS>::new();
     wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
-    let reply = instance.call(interface, method, input.as_slice());
-    if reply.status == Status::Ok as u32 {
-        wire::from_bytes::<R>(reply.bytes).map_err(|e| decode_error(instance, target, method, e))
-    } else {
-        Err(failure(instance, target, method, reply.status, reply.bytes))
-    }
+    instance.call(interface, method, input.as_slice(), |reply| {
+        if reply.status == Status::Ok as u32 {
+            wire::from_bytes::<R>(reply.bytes)
+                .map_err(|e| decode_error(instance, target, method, e))
+        } else {
+            Err(failure(instance, target, method, reply.status, reply.bytes))
+        }
+    })
 }
 
 #[cold]
@@ -83,6 +86,43 @@ fn failure(
     let (plugin, version) = (code.name.clone(), code.version.clone());
     let (interface, method) = (target.interface, method_name(target, method));
     let message = String::from_utf8_lossy(bytes).into_owned();
+    match raw {
+        host_status::TRAP => {
+            tracing::error!(%plugin, %version, interface, method, %message, "wasm plugin trapped");
+            return CallError::Trap {
+                plugin,
+                version,
+                interface,
+                method,
+                message,
+            };
+        }
+        host_status::TIMEOUT => {
+            return CallError::Timeout {
+                plugin,
+                version,
+                interface,
+                method,
+            }
+        }
+        host_status::MEMORY => {
+            return CallError::ResourceLimit {
+                plugin,
+                version,
+                interface,
+                method,
+                message,
+            }
+        }
+        host_status::EXHAUSTED => {
+            return CallError::PoolExhausted {
+                plugin,
+                version,
+                message,
+            }
+        }
+        _ => {}
+    }
     match Status::from_raw(raw) {
         Some(Status::Panic) => {
             tracing::error!(%plugin, %version, interface, method, %message, "plugin panicked");

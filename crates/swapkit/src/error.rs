@@ -60,6 +60,40 @@ pub enum LoadError {
         /// What the parser or the dynamic loader said.
         reason: String,
     },
+    /// A thread swapkit needs could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The wasm engine could not be set up.
+    #[error("the wasm engine could not start: {reason}")]
+    WasmEngine {
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// A `.wasm` artifact is not a valid module, or did not compile.
+    #[error(
+        "{path} is not a valid wasm module ({reason}); rebuild the plugin for \
+         wasm32-unknown-unknown"
+    )]
+    WasmCompile {
+        /// The artifact.
+        path: PathBuf,
+        /// What the validator or compiler said.
+        reason: String,
+    },
+    /// A wasm module does not speak the ABI: a missing export, or a forbidden import.
+    #[error("{path} is not a swapkit wasm plugin: {reason}")]
+    WasmShape {
+        /// The artifact.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The library exports no plugin header.
     #[error(
         "{path} exports no swapkit plugin header (no symbol starting with `{prefix}`); call \
@@ -315,6 +349,68 @@ pub enum CallError {
         method: &'static str,
         /// The raw code.
         raw: u32,
+    },
+    /// A wasm plugin trapped (unreachable, an out-of-bounds access, a stack overflow, a
+    /// division by zero). The instance that trapped was thrown away; the next call gets
+    /// another.
+    #[error("wasm plugin `{plugin}` {version} trapped in {interface}::{method}: {message}")]
+    Trap {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// The trap.
+        message: String,
+    },
+    /// A wasm call ran past its CPU-time limit ([`WasmLimits::call_timeout`]) and was
+    /// interrupted; the instance was thrown away.
+    ///
+    /// [`WasmLimits::call_timeout`]: crate::WasmLimits::call_timeout
+    #[error(
+        "wasm plugin `{plugin}` {version} ran past its CPU-time limit in {interface}::{method} \
+         and was interrupted; raise WasmLimits::call_timeout if the work is legitimate"
+    )]
+    Timeout {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+    },
+    /// A wasm call hit its memory or table cap; the instance was thrown away.
+    #[error(
+        "wasm plugin `{plugin}` {version} hit a resource limit in {interface}::{method}: \
+         {message}; raise WasmLimits::max_memory if the plugin needs more"
+    )]
+    ResourceLimit {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+        /// Which limit.
+        message: String,
+    },
+    /// Every wasm instance of the plugin was busy, and the pool's policy is to fail (or the
+    /// wait ran out).
+    #[error("wasm plugin `{plugin}` {version} is at capacity: {message}")]
+    PoolExhausted {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The detail.
+        message: String,
     },
     /// The result did not decode as the host's return type.
     #[error(

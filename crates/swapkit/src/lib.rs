@@ -57,6 +57,7 @@ mod plan;
 mod status;
 mod swapper;
 
+pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
 pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError};

@@ -48,37 +48,44 @@ pub(crate) unsafe extern "C" fn host_log(
         let ctx = unsafe { &*(ctx as *const GuestCtx) };
         // SAFETY: upheld by the caller.
         let bytes = unsafe { swapkit_abi::RawSlice { ptr: msg, len }.as_slice() };
-        let message = String::from_utf8_lossy(bytes);
-        let level = match raw_level {
-            level::ERROR => tracing::Level::ERROR,
-            level::WARN => tracing::Level::WARN,
-            level::INFO => tracing::Level::INFO,
-            level::DEBUG => tracing::Level::DEBUG,
-            _ => tracing::Level::TRACE,
-        };
-        let (plugin, version) = (&*ctx.plugin, &*ctx.version);
-        match level {
-            tracing::Level::ERROR => {
-                tracing::error!(target: "swapkit::guest", plugin, version, "{message}")
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(target: "swapkit::guest", plugin, version, "{message}")
-            }
-            tracing::Level::INFO => {
-                tracing::info!(target: "swapkit::guest", plugin, version, "{message}")
-            }
-            tracing::Level::DEBUG => {
-                tracing::debug!(target: "swapkit::guest", plugin, version, "{message}")
-            }
-            _ => tracing::trace!(target: "swapkit::guest", plugin, version, "{message}"),
+        emit(ctx, raw_level, &String::from_utf8_lossy(bytes));
+    }));
+}
+
+/// Turns one guest log line into a `tracing` event and hands it to the sink.
+pub(crate) fn emit(ctx: &GuestCtx, raw_level: u32, message: &str) {
+    let level = match raw_level {
+        level::ERROR => tracing::Level::ERROR,
+        level::WARN => tracing::Level::WARN,
+        level::INFO => tracing::Level::INFO,
+        level::DEBUG => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let (plugin, version) = (&*ctx.plugin, &*ctx.version);
+    match level {
+        tracing::Level::ERROR => {
+            tracing::error!(target: "swapkit::guest", plugin, version, "{message}")
         }
-        if let Some(sink) = &ctx.sink {
+        tracing::Level::WARN => {
+            tracing::warn!(target: "swapkit::guest", plugin, version, "{message}")
+        }
+        tracing::Level::INFO => {
+            tracing::info!(target: "swapkit::guest", plugin, version, "{message}")
+        }
+        tracing::Level::DEBUG => {
+            tracing::debug!(target: "swapkit::guest", plugin, version, "{message}")
+        }
+        _ => tracing::trace!(target: "swapkit::guest", plugin, version, "{message}"),
+    }
+    if let Some(sink) = &ctx.sink {
+        // A panicking sink must not unwind into a guest or a wasm host function.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
             sink(&GuestLog {
                 plugin,
                 version,
                 level,
-                message: &message,
-            });
-        }
-    }));
+                message,
+            })
+        }));
+    }
 }

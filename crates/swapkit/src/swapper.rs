@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use swapkit_abi::{Interface, PluginHeader};
 
 use crate::backend::native::{NativeLoader, EXTENSION};
+use crate::backend::wasm::{WasmLimits, WasmLoader};
 use crate::backend::{statics, Code, Instance};
 use crate::call::{target, Binding, Pin};
 use crate::error::{DrainTimeout, InterfaceMismatch, LoadError};
@@ -60,6 +61,9 @@ pub(crate) struct Inner {
     interfaces: Mutex<Registry>,
     reload: Mutex<ReloadState>,
     native: Option<NativeLoader>,
+    /// Made on the first wasm artifact, so hosts without wasm plugins pay nothing for it.
+    wasm: Mutex<Option<Arc<WasmLoader>>>,
+    wasm_config: (WasmLimits, Option<PathBuf>),
     sink: Option<LogSink>,
     drain_deadline: Duration,
     history_len: usize,
@@ -90,6 +94,8 @@ pub struct SwapperBuilder {
     drain_deadline: Duration,
     history_len: usize,
     scratch: Option<PathBuf>,
+    wasm_limits: WasmLimits,
+    wasm_cache: Option<PathBuf>,
 }
 
 impl SwapperBuilder {
@@ -146,6 +152,19 @@ impl SwapperBuilder {
         self
     }
 
+    /// Limits and pool settings for wasm plugins (default: [`WasmLimits::default`]).
+    pub fn wasm_limits(mut self, limits: WasmLimits) -> Self {
+        self.wasm_limits = limits;
+        self
+    }
+
+    /// Where compiled wasm modules are cached across loads and restarts (default:
+    /// `$XDG_CACHE_HOME/swapkit/wasm`, or `~/.cache/swapkit/wasm`).
+    pub fn wasm_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.wasm_cache = Some(dir.into());
+        self
+    }
+
     /// Builds the swapper, loading the static plugins if any were registered.
     pub fn build(self) -> Result<Swapper, LoadError> {
         let ledger = Arc::new(Ledger::default());
@@ -176,6 +195,11 @@ impl SwapperBuilder {
                 next_id: 1,
             }),
             native,
+            wasm: Mutex::new(None),
+            wasm_config: (
+                self.wasm_limits,
+                self.wasm_cache.or_else(default_wasm_cache),
+            ),
             sink: self.sink,
             drain_deadline: self.drain_deadline,
             history_len: self.history_len,
@@ -186,9 +210,8 @@ impl SwapperBuilder {
         std::thread::Builder::new()
             .name("swapkit-drain".into())
             .spawn(move || watch(ledger, weak, deadline, on_overdue))
-            .map_err(|source| LoadError::Scratch {
-                path: PathBuf::new(),
-                scratch: PathBuf::new(),
+            .map_err(|source| LoadError::Thread {
+                what: "drain watchdog",
                 source,
             })?;
         let swapper = Swapper { inner };
@@ -243,6 +266,8 @@ impl Swapper {
             drain_deadline: Duration::from_secs(30),
             history_len: 8,
             scratch: None,
+            wasm_limits: WasmLimits::default(),
+            wasm_cache: None,
         }
     }
 
@@ -278,7 +303,7 @@ impl Swapper {
     /// Reads and checks one native artifact, outside any generation.
     pub(crate) fn load_code(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
         let native = self.inner.native.as_ref().ok_or(LoadError::StaticMode)?;
-        native.load(path)
+        self.inner.load_artifact(native, path)
     }
 
     /// The sink plugins' log lines go to.
@@ -456,9 +481,40 @@ impl Inner {
         };
         let codes = paths
             .iter()
-            .map(|p| native.load(p))
+            .map(|p| self.load_artifact(native, p))
             .collect::<Result<Vec<_>, _>>()?;
         self.install(state, codes, "reload", start)
+    }
+
+    /// Reads one artifact and loads it through the backend its content calls for: a wasm
+    /// module (it starts with `\0asm`) or a native library.
+    fn load_artifact(&self, native: &NativeLoader, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if bytes.is_empty() {
+            return Err(LoadError::Empty { path: path.into() });
+        }
+        let is_wasm = bytes.starts_with(b"\0asm")
+            || path.extension().and_then(|e| e.to_str()) == Some("wasm");
+        if is_wasm {
+            self.wasm_loader()?.load(path, bytes)
+        } else {
+            native.load(path, bytes)
+        }
+    }
+
+    /// The wasm engine, made on first use.
+    pub(crate) fn wasm_loader(&self) -> Result<Arc<WasmLoader>, LoadError> {
+        let mut slot = self.wasm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(loader) = &*slot {
+            return Ok(loader.clone());
+        }
+        let (limits, cache) = self.wasm_config.clone();
+        let loader = Arc::new(WasmLoader::new(limits, cache)?);
+        *slot = Some(loader.clone());
+        Ok(loader)
     }
 
     /// Checks `codes` as a set, builds the new generation and publishes it.
@@ -583,8 +639,8 @@ fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
-        if !hidden && path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) && path.is_file()
-        {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if !hidden && (ext == Some(EXTENSION) || ext == Some("wasm")) && path.is_file() {
             paths.push(path);
         }
     }
@@ -596,6 +652,16 @@ fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     paths.sort();
     Ok(paths)
+}
+
+/// The default wasm compile cache: under the user's cache directory, never a shared one,
+/// because a cache entry is native code the host will run.
+fn default_wasm_cache() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(base.join("swapkit").join("wasm"))
 }
 
 /// Reports generations held past the drain deadline, once each, until the ledger closes.

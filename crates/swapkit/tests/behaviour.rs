@@ -190,7 +190,10 @@ fn on_init_panic_aborts_and_frees_what_was_built(backend: Backend) {
         }
         other => panic!("expected an on_init panic, got {other:?}"),
     }
-    assert_eq!(logs.count("bad-init", "0.1.0", "on_free"), 1);
+    // A wasm panic traps, and a trapped instance is thrown away whole (its memory with it):
+    // no code runs in it again, so it gets no on_free.
+    let freed = if backend == Backend::Wasm { 0 } else { 1 };
+    assert_eq!(logs.count("bad-init", "0.1.0", "on_free"), freed);
     assert_eq!(logs.count("greeter", "1.0.0", "on_free"), 1);
 }
 

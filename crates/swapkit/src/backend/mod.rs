@@ -7,6 +7,7 @@
 
 pub(crate) mod native;
 pub(crate) mod statics;
+pub(crate) mod wasm;
 
 use std::ffi::c_void;
 use std::ptr::addr_of;
@@ -27,6 +28,30 @@ pub enum BackendKind {
     Native,
     /// A crate linked into the host.
     Static,
+    /// A `wasm32-unknown-unknown` module run by wasmtime.
+    Wasm,
+}
+
+/// Reply codes the host makes up for failures no guest reported: they lie outside the ABI's
+/// [`Status`] range, so they never collide with a guest's.
+pub(crate) mod host_status {
+    /// The wasm instance trapped.
+    pub const TRAP: u32 = 0x1_0000;
+    /// The call ran out of CPU time.
+    pub const TIMEOUT: u32 = 0x1_0001;
+    /// The instance hit its memory or table cap.
+    pub const MEMORY: u32 = 0x1_0002;
+    /// Every wasm instance of the pool was busy.
+    pub const EXHAUSTED: u32 = 0x1_0003;
+}
+
+/// Where a plugin's entry points are.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// A header in a native or static library mapped for the rest of the process.
+    Native(&'static PluginHeader),
+    /// A compiled wasm module.
+    Wasm(Arc<wasm::WasmModule>),
 }
 
 impl std::fmt::Display for BackendKind {
@@ -34,6 +59,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Native => "native",
             BackendKind::Static => "static",
+            BackendKind::Wasm => "wasm",
         })
     }
 }
@@ -41,7 +67,7 @@ impl std::fmt::Display for BackendKind {
 /// A plugin's code, checked and described: its entry table and manifest.
 #[derive(Debug)]
 pub(crate) struct Code {
-    pub header: &'static PluginHeader,
+    pub entry: Entry,
     pub manifest: Manifest,
     pub backend: BackendKind,
     /// SHA-256 of the artifact; for a static plugin, of its crate name and version.
@@ -126,7 +152,7 @@ impl Code {
         let name = manifest.name.as_str().into();
         let version = manifest.version.as_str().into();
         Ok(Code {
-            header,
+            entry: Entry::Native(header),
             manifest,
             backend,
             content_hash,
@@ -140,14 +166,23 @@ impl Code {
 /// A live plugin instance: the guest object made by `on_load`, freed by `on_free` on drop.
 pub(crate) struct Instance {
     pub code: Arc<Code>,
-    handle: *mut c_void,
-    /// The context behind the host table the guest copied. Boxed so its address is stable; it
-    /// is dropped after `free` returns, because fields drop after `Drop::drop`.
-    _ctx: Box<GuestCtx>,
+    imp: Imp,
 }
 
-// SAFETY: the guest instance is `Send + Sync` (the `Plugin` trait requires it); the handle is
-// only an address, and the host only passes it back to the same plugin's entry points.
+enum Imp {
+    Native {
+        header: &'static PluginHeader,
+        handle: *mut c_void,
+        /// The context behind the host table the guest copied. Boxed so its address is
+        /// stable; it is dropped after `free` returns, because fields drop after `Drop::drop`.
+        _ctx: Box<GuestCtx>,
+    },
+    Wasm(wasm::WasmInstance),
+}
+
+// SAFETY: a native guest instance is `Send + Sync` (the `Plugin` trait requires it); the
+// handle is only an address, and the host only passes it back to the same plugin's entry
+// points. A wasm instance's stores are each used by one thread at a time.
 unsafe impl Send for Instance {}
 // SAFETY: as above.
 unsafe impl Sync for Instance {}
@@ -168,11 +203,25 @@ impl Reply<'_> {
 impl Instance {
     /// Runs `on_load`, making a new instance of `code`.
     pub fn load(code: Arc<Code>, sink: Option<LogSink>) -> Result<Instance, LoadError> {
-        let ctx = Box::new(GuestCtx {
+        let ctx = GuestCtx {
             plugin: code.name.clone(),
             version: code.version.clone(),
             sink,
-        });
+        };
+        let _span =
+            tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
+        let header = match &code.entry {
+            Entry::Native(header) => *header,
+            Entry::Wasm(module) => {
+                let instance = wasm::WasmInstance::load(module.clone(), Arc::new(ctx))
+                    .map_err(|(status, message)| hook_error(&code, "on_load", status, message))?;
+                return Ok(Instance {
+                    code,
+                    imp: Imp::Wasm(instance),
+                });
+            }
+        };
+        let ctx = Box::new(ctx);
         let api = HostApi {
             size: std::mem::size_of::<HostApi>(),
             ctx: (&*ctx as *const GuestCtx).cast(),
@@ -180,11 +229,9 @@ impl Instance {
         };
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut out = RawSlice::EMPTY;
-        let _span =
-            tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
         // SAFETY: `load` is a checked v1 entry point; `api` is valid for the call and its
         // context outlives the instance (it is owned by the Instance built below).
-        let status = unsafe { (code.header.entry.load)(&api, &mut handle, &mut out) };
+        let status = unsafe { (header.entry.load)(&api, &mut handle, &mut out) };
         // SAFETY: the out buffer is valid until the next call on this thread.
         let reply = Reply {
             status,
@@ -202,61 +249,99 @@ impl Instance {
         }
         Ok(Instance {
             code,
-            handle,
-            _ctx: ctx,
+            imp: Imp::Native {
+                header,
+                handle,
+                _ctx: ctx,
+            },
         })
     }
 
     /// Runs `on_init`.
     pub fn init(&self) -> Result<(), LoadError> {
-        let mut out = RawSlice::EMPTY;
         let _span =
             tracing::debug_span!("on_init", plugin = %self.code.name, version = %self.code.version)
                 .entered();
-        // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
-        let status = unsafe { (self.code.header.entry.init)(self.handle, &mut out) };
-        // SAFETY: the out buffer is valid until the next call on this thread.
-        let reply = Reply {
-            status,
-            bytes: unsafe { out.as_slice() },
-        };
-        hook_result(&self.code, "on_init", &reply)
+        match &self.imp {
+            Imp::Native { header, handle, .. } => {
+                let mut out = RawSlice::EMPTY;
+                // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
+                let status = unsafe { (header.entry.init)(*handle, &mut out) };
+                // SAFETY: the out buffer is valid until the next call on this thread.
+                let reply = Reply {
+                    status,
+                    bytes: unsafe { out.as_slice() },
+                };
+                hook_result(&self.code, "on_init", &reply)
+            }
+            Imp::Wasm(instance) => instance
+                .init()
+                .map_err(|(status, message)| hook_error(&self.code, "on_init", status, message)),
+        }
     }
 
-    /// Calls method `method` of exported interface `interface` with encoded arguments.
+    /// Calls method `method` of exported interface `interface` with encoded arguments, and
+    /// hands the reply to `then` while its bytes are valid. A host-side failure (a wasm trap,
+    /// a timeout) arrives as a reply with a [`host_status`] code and a message.
     #[inline]
-    pub fn call(&self, interface: u32, method: u32, input: &[u8]) -> Reply<'_> {
-        let mut out = RawSlice::EMPTY;
-        // SAFETY: `handle` is a live instance (the Instance is alive, so `free` has not run);
-        // `input` is valid for the call; `out` is writable.
-        let status = unsafe {
-            (self.code.header.entry.call)(
-                self.handle,
-                interface,
-                method,
-                input.as_ptr(),
-                input.len(),
-                &mut out,
-            )
-        };
-        // SAFETY: the guest's out buffer stays valid until its next call on this thread; the
-        // reply borrows `self`, and callers decode it before calling again.
-        Reply {
-            status,
-            bytes: unsafe { out.as_slice() },
+    pub fn call<T>(
+        &self,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> T,
+    ) -> T {
+        match &self.imp {
+            Imp::Native { header, handle, .. } => {
+                let mut out = RawSlice::EMPTY;
+                // SAFETY: `handle` is a live instance (the Instance is alive, so `free` has
+                // not run); `input` is valid for the call; `out` is writable.
+                let status = unsafe {
+                    (header.entry.call)(
+                        *handle,
+                        interface,
+                        method,
+                        input.as_ptr(),
+                        input.len(),
+                        &mut out,
+                    )
+                };
+                // SAFETY: the guest's out buffer stays valid until its next call on this
+                // thread, and `then` runs before any other call.
+                then(Reply {
+                    status,
+                    bytes: unsafe { out.as_slice() },
+                })
+            }
+            Imp::Wasm(instance) => {
+                let mut then = Some(then);
+                match instance.call(interface, method, input, |r| {
+                    (then.take().expect("once"))(r)
+                }) {
+                    Ok(t) => t,
+                    Err(fault) => (then.take().expect("not called on a fault"))(Reply {
+                        status: fault.status,
+                        bytes: fault.message.as_bytes(),
+                    }),
+                }
+            }
         }
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let mut out = RawSlice::EMPTY;
         let _span =
             tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version)
                 .entered();
+        let Imp::Native { header, handle, .. } = &self.imp else {
+            // A wasm instance frees each of its pool's instances, then their stores.
+            return;
+        };
+        let mut out = RawSlice::EMPTY;
         // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
         // because every caller holds the Instance alive for the length of its call.
-        let status = unsafe { (self.code.header.entry.free)(self.handle, &mut out) };
+        let status = unsafe { (header.entry.free)(*handle, &mut out) };
         if status != Status::Ok as u32 {
             // SAFETY: the out buffer is valid until the next call on this thread.
             let message = String::from_utf8_lossy(unsafe { out.as_slice() }).into_owned();
@@ -265,22 +350,35 @@ impl Drop for Instance {
     }
 }
 
+#[cold]
+fn hook_error(code: &Code, hook: &'static str, status: u32, message: String) -> LoadError {
+    let (plugin, version) = (code.name.to_string(), code.version.to_string());
+    match status {
+        s if s == Status::Panic as u32 => LoadError::HookPanic {
+            plugin,
+            version,
+            hook,
+            message,
+        },
+        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY => LoadError::Hook {
+            plugin,
+            version,
+            hook,
+            message: format!("trapped: {message}"),
+        },
+        _ => LoadError::Hook {
+            plugin,
+            version,
+            hook,
+            message,
+        },
+    }
+}
+
 fn hook_result(code: &Code, hook: &'static str, reply: &Reply<'_>) -> Result<(), LoadError> {
-    let plugin = || code.name.to_string();
-    let version = || code.version.to_string();
-    match Status::from_raw(reply.status) {
-        Some(Status::Ok) => Ok(()),
-        Some(Status::Panic) => Err(LoadError::HookPanic {
-            plugin: plugin(),
-            version: version(),
-            hook,
-            message: reply.message(),
-        }),
-        _ => Err(LoadError::Hook {
-            plugin: plugin(),
-            version: version(),
-            hook,
-            message: reply.message(),
-        }),
+    if reply.status == Status::Ok as u32 {
+        Ok(())
+    } else {
+        Err(hook_error(code, hook, reply.status, reply.message()))
     }
 }

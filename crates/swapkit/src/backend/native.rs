@@ -57,15 +57,9 @@ impl NativeLoader {
         })
     }
 
-    /// Reads, hashes and, unless the same content is already loaded, loads the artifact.
-    pub fn load(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.into(),
-            source,
-        })?;
-        if bytes.is_empty() {
-            return Err(LoadError::Empty { path: path.into() });
-        }
+    /// Hashes and, unless the same content is already loaded, loads the artifact read from
+    /// `path`.
+    pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(code) = self
             .loaded

@@ -220,20 +220,23 @@ impl RemoteFn {
         if let Err(e) = wire::encode_to_stack(args, &mut input) {
             self.fail(format!("encoding the arguments failed: {e}"));
         }
-        let reply = self
+        let outcome = self
             .instance
-            .call(PATCH_INTERFACE, self.index, input.as_slice());
-        if reply.status == Status::Ok as u32 {
-            match wire::from_bytes::<R>(reply.bytes) {
-                Ok(r) => r,
-                Err(e) => self.fail(format!("its result did not decode: {e}")),
-            }
-        } else {
-            let message = String::from_utf8_lossy(reply.bytes).into_owned();
-            let status = Status::from_raw(reply.status)
-                .map(|s| format!("{s:?}"))
-                .unwrap_or_else(|| format!("status {}", reply.status));
-            self.fail(format!("{status}: {message}"))
+            .call(PATCH_INTERFACE, self.index, input.as_slice(), |reply| {
+                if reply.status == Status::Ok as u32 {
+                    wire::from_bytes::<R>(reply.bytes)
+                        .map_err(|e| format!("its result did not decode: {e}"))
+                } else {
+                    let message = String::from_utf8_lossy(reply.bytes).into_owned();
+                    let status = Status::from_raw(reply.status)
+                        .map(|s| format!("{s:?}"))
+                        .unwrap_or_else(|| format!("status {:#x}", reply.status));
+                    Err(format!("{status}: {message}"))
+                }
+            });
+        match outcome {
+            Ok(r) => r,
+            Err(what) => self.fail(what),
         }
     }
 

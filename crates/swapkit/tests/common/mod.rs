@@ -70,6 +70,22 @@ impl Fixture {
         built()[i].clone()
     }
 
+    /// The built wasm module (release build, for wasm32-unknown-unknown).
+    pub fn wasm_path(self) -> PathBuf {
+        let i = WASM.iter().position(|f| *f == self).unwrap_or_else(|| {
+            panic!("{self:?} is not built for wasm")
+        });
+        built_wasm()[i].clone()
+    }
+
+    /// The artifact for `backend` (static plugins have none).
+    pub fn artifact(self, backend: Backend) -> PathBuf {
+        match backend {
+            Backend::Wasm => self.wasm_path(),
+            _ => self.path(),
+        }
+    }
+
     /// The plugin header, for the static backend.
     pub fn header(self) -> &'static PluginHeader {
         match self {
@@ -101,6 +117,42 @@ fn built() -> &'static [PathBuf] {
             .expect("building the fixture plugins");
         artifacts.into_iter().map(|a| a.path).collect()
     })
+}
+
+/// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
+const WASM: [Fixture; 12] = [
+    Fixture::GreeterV1,
+    Fixture::GreeterV2,
+    Fixture::BadLoad,
+    Fixture::BadInit,
+    Fixture::Drift,
+    Fixture::CycleA,
+    Fixture::CycleB,
+    Fixture::ChainBase,
+    Fixture::ChainTop,
+    Fixture::Patches,
+    Fixture::PatchesBad,
+    Fixture::PatchesClosed,
+];
+
+/// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
+fn built_wasm() -> &'static [PathBuf] {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let artifacts = swapkit_build::PluginBuild::new(workspace)
+            .packages(WASM.iter().map(|f| f.package()))
+            .wasm()
+            .release(true)
+            .run()
+            .expect("building the wasm fixture plugins");
+        artifacts.into_iter().map(|a| a.path).collect()
+    })
+}
+
+/// A wasm compile cache shared by the tests of one build, so most loads skip compiling.
+pub fn wasm_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("swapkit-wasm-cache")
 }
 
 /// A fresh temporary directory.
@@ -157,18 +209,20 @@ impl Logs {
 pub enum Backend {
     Native,
     Static,
+    Wasm,
 }
 
 /// A swapper with `set` loaded through `backend`, declaring the fixture interfaces first.
 pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, LoadError> {
     let builder = logs
         .builder()
+        .wasm_cache_dir(wasm_cache())
         .interface::<dyn fixture_api::Greeter>()
         .interface::<dyn fixture_api::Probe>();
     match backend {
-        Backend::Native => {
+        Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;
-            swapper.load_files(set.iter().map(|f| f.path()))?;
+            swapper.load_files(set.iter().map(|f| f.artifact(backend)))?;
             Ok(swapper)
         }
         Backend::Static => set
@@ -187,6 +241,9 @@ macro_rules! on_both_backends {
         }
         mod statics {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Static) })*
+        }
+        mod wasm {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Wasm) })*
         }
     };
 }
