@@ -306,6 +306,13 @@ impl Swapper {
         self.inner.load_artifact(native, path)
     }
 
+    /// How many wasm modules this swapper compiled, rather than read from its compile cache
+    /// or reused from a loaded generation.
+    pub fn wasm_compiles(&self) -> usize {
+        let loader = self.inner.wasm.lock().unwrap_or_else(|e| e.into_inner());
+        loader.as_ref().map_or(0, |l| l.compiles())
+    }
+
     /// The sink plugins' log lines go to.
     pub(crate) fn log_sink(&self) -> Option<LogSink> {
         self.inner.sink.clone()

@@ -177,7 +177,7 @@ enum Imp {
         /// stable; it is dropped after `free` returns, because fields drop after `Drop::drop`.
         _ctx: Box<GuestCtx>,
     },
-    Wasm(wasm::WasmInstance),
+    Wasm(Box<wasm::WasmInstance>),
 }
 
 // SAFETY: a native guest instance is `Send + Sync` (the `Plugin` trait requires it); the
@@ -217,7 +217,7 @@ impl Instance {
                     .map_err(|(status, message)| hook_error(&code, "on_load", status, message))?;
                 return Ok(Instance {
                     code,
-                    imp: Imp::Wasm(instance),
+                    imp: Imp::Wasm(Box::new(instance)),
                 });
             }
         };

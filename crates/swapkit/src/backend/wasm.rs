@@ -582,7 +582,7 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-fn guest_bytes<'a>(caller: &'a mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<String> {
+fn guest_bytes(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<String> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return None;
     };
@@ -916,12 +916,6 @@ impl WasmInstance {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.freed.notify_one();
         }
-    }
-
-    /// Wasm instances alive in the pool.
-    #[cfg(test)]
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
     }
 }
 

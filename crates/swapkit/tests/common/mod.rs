@@ -25,6 +25,8 @@ pub enum Fixture {
     Patches,
     PatchesBad,
     PatchesClosed,
+    /// Wasm only.
+    Hostile,
 }
 
 const ALL: [Fixture; 14] = [
@@ -61,6 +63,7 @@ impl Fixture {
             Fixture::Patches => "fixture-patches",
             Fixture::PatchesBad => "fixture-patches-bad",
             Fixture::PatchesClosed => "fixture-patches-closed",
+            Fixture::Hostile => "fixture-hostile",
         }
     }
 
@@ -72,9 +75,10 @@ impl Fixture {
 
     /// The built wasm module (release build, for wasm32-unknown-unknown).
     pub fn wasm_path(self) -> PathBuf {
-        let i = WASM.iter().position(|f| *f == self).unwrap_or_else(|| {
-            panic!("{self:?} is not built for wasm")
-        });
+        let i = WASM
+            .iter()
+            .position(|f| *f == self)
+            .unwrap_or_else(|| panic!("{self:?} is not built for wasm"));
         built_wasm()[i].clone()
     }
 
@@ -101,7 +105,9 @@ impl Fixture {
             Fixture::Patches => &fixture_patches::SWAPKIT_PLUGIN,
             Fixture::PatchesBad => &fixture_patches_bad::SWAPKIT_PLUGIN,
             Fixture::PatchesClosed => &fixture_patches_closed::SWAPKIT_PLUGIN,
-            Fixture::PlainCdylib | Fixture::Handmade => panic!("{self:?} has no single header"),
+            Fixture::PlainCdylib | Fixture::Handmade | Fixture::Hostile => {
+                panic!("{self:?} is not linked statically")
+            }
         }
     }
 }
@@ -120,7 +126,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 12] = [
+const WASM: [Fixture; 13] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -133,6 +139,7 @@ const WASM: [Fixture; 12] = [
     Fixture::Patches,
     Fixture::PatchesBad,
     Fixture::PatchesClosed,
+    Fixture::Hostile,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.

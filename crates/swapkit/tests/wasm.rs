@@ -1,0 +1,404 @@
+//! The wasm backend's own promises: limits, traps, a bounded instance pool, the compile cache,
+//! module checks, and generations that mix native and wasm plugins. The shared behaviour
+//! (swaps, pins, hooks, dependencies) runs on wasm too, in `behaviour.rs`.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{tempdir, wasm_cache, Fixture, Logs};
+use fixture_api::Greeter;
+use swapkit::abi::{wire, Fingerprint, Interface, InterfaceDecl, Manifest};
+use swapkit::{BackendKind, CallError, Exhausted, LoadError, Swapper, WasmLimits};
+
+fn swapper_with(limits: WasmLimits) -> Swapper {
+    Swapper::builder()
+        .wasm_cache_dir(wasm_cache())
+        .wasm_limits(limits)
+        .build()
+        .expect("swapper")
+}
+
+fn hostile(limits: WasmLimits) -> (Swapper, fixture_api::GreeterClient<swapkit::Binding>) {
+    let swapper = swapper_with(limits);
+    swapper
+        .load_files([Fixture::Hostile.wasm_path()])
+        .expect("load hostile");
+    let client = swapper.client::<dyn Greeter>().expect("client");
+    (swapper, client)
+}
+
+/// The error names the plugin, its version and the method.
+fn names_the_call(err: &CallError) {
+    let text = err.to_string();
+    for part in ["hostile", "6.6.6", "Greeter::fail"] {
+        assert!(text.contains(part), "`{text}` does not name {part}");
+    }
+}
+
+#[test]
+fn an_infinite_loop_times_out_and_the_next_call_works() {
+    let limit = Duration::from_millis(100);
+    let (_swapper, greeter) = hostile(WasmLimits {
+        call_timeout: limit,
+        ..Default::default()
+    });
+    let start = Instant::now();
+    let err = greeter.fail("loop").expect_err("a runaway loop");
+    let took = start.elapsed();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    names_the_call(&err);
+    println!("interrupted after {took:?} (limit {limit:?})");
+    assert_eq!(greeter.greet("again").unwrap(), "hostile again");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap_and_the_next_call_works() {
+    let (_swapper, greeter) = hostile(WasmLimits {
+        max_memory: 16 << 20,
+        ..Default::default()
+    });
+    let err = greeter.fail("bomb").expect_err("memory bomb");
+    match &err {
+        CallError::ResourceLimit { message, .. } => {
+            assert!(message.contains("past the limit"), "{message}")
+        }
+        other => panic!("expected ResourceLimit, got {other:?}"),
+    }
+    names_the_call(&err);
+    assert_eq!(greeter.fail("fine").unwrap(), 4);
+}
+
+#[test]
+fn every_trap_kind_is_an_error_and_the_host_keeps_serving() {
+    let (_swapper, greeter) = hostile(WasmLimits::default());
+    for (what, expect) in [
+        ("unreachable", "unreachable"),
+        ("oob", "out of bounds"),
+        ("overflow", "call stack exhausted"),
+    ] {
+        let err = greeter.fail(what).expect_err(what);
+        match &err {
+            CallError::Trap { message, .. } => {
+                assert!(message.contains(expect), "{what}: {message}")
+            }
+            other => panic!("{what}: expected a trap, got {other:?}"),
+        }
+        names_the_call(&err);
+        assert_eq!(greeter.greet("after").unwrap(), "hostile after", "{what}");
+    }
+    // Rust checks integer division, so a division by zero in Rust is a panic (reported with
+    // its message); the raw wasm instruction trapping is tested with a hand-written module.
+    let err = greeter.fail("div:0").expect_err("divide by zero");
+    match &err {
+        CallError::Panic { message, .. } => {
+            assert!(message.contains("divide by zero"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert_eq!(greeter.fail("div:5").unwrap(), 20);
+}
+
+#[test]
+fn a_wasm_division_by_zero_traps() {
+    let dir = tempdir();
+    let path = dir.path().join("div.wasm");
+    std::fs::write(&path, handmade(DIV_BY_LEN, "")).unwrap();
+    let swapper = swapper_with(WasmLimits::default());
+    swapper
+        .load_files([&path])
+        .expect("a hand-made ABI module loads");
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    // `version` takes no arguments, so the module divides by a length of 0.
+    let err = greeter.version().expect_err("trap");
+    match &err {
+        CallError::Trap {
+            message, plugin, ..
+        } => {
+            assert!(message.contains("divide by zero"), "{message}");
+            assert_eq!(&**plugin, "handmade-wasm");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_threads_share_one_plugin_through_the_pool() {
+    let swapper = swapper_with(WasmLimits {
+        pool_size: 2,
+        ..Default::default()
+    });
+    swapper
+        .load_files([Fixture::GreeterV1.wasm_path()])
+        .unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let start = Arc::new(Barrier::new(3));
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let (greeter, start) = (greeter.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..2_000u64 {
+                    assert_eq!(greeter.score(i, "ab").unwrap(), i + 2, "thread {t}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("no failed call");
+    }
+}
+
+#[test]
+fn an_exhausted_pool_fails_or_waits_as_configured() {
+    for policy in [Exhausted::Fail, Exhausted::Wait(Duration::from_secs(10))] {
+        let (_swapper, greeter) = hostile(WasmLimits {
+            pool_size: 1,
+            when_exhausted: policy,
+            call_timeout: Duration::from_secs(60),
+            ..Default::default()
+        });
+        let busy = Arc::new(Barrier::new(2));
+        let holder = {
+            let (greeter, busy) = (greeter.clone(), busy.clone());
+            std::thread::spawn(move || {
+                busy.wait();
+                greeter.fail("spin:5000")
+            })
+        };
+        busy.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        let second = greeter.greet("second");
+        match policy {
+            Exhausted::Fail => {
+                let err = second.expect_err("the only instance is busy");
+                assert!(matches!(err, CallError::PoolExhausted { .. }), "{err:?}");
+                assert!(err.to_string().contains("pool_size"), "{err}");
+            }
+            Exhausted::Wait(_) => assert_eq!(second.unwrap(), "hostile second"),
+        }
+        holder.join().unwrap().expect("the long call finishes");
+    }
+}
+
+#[test]
+fn the_compile_cache_survives_a_restart_and_a_corrupt_entry_recompiles() {
+    let cache = tempdir();
+    let module = Fixture::GreeterV2.wasm_path();
+    let start = |expect_compiles: usize, why: &str| {
+        let swapper = Swapper::builder()
+            .wasm_cache_dir(cache.path())
+            .build()
+            .unwrap();
+        swapper.load_files([&module]).expect(why);
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        assert!(greeter.greet("c").unwrap().contains("v2"), "{why}");
+        assert_eq!(swapper.wasm_compiles(), expect_compiles, "{why}");
+    };
+    start(1, "cold: compiled and cached");
+    start(0, "a restart reads the cache");
+
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    // Flip bytes in the compiled code: the checksum no longer matches.
+    let mut bytes = std::fs::read(entry).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(entry, &bytes).unwrap();
+    start(1, "a corrupt entry is recompiled");
+    start(0, "and rewritten");
+
+    // Truncated to nothing but garbage.
+    std::fs::write(entry, b"garbage").unwrap();
+    start(1, "a garbage entry is recompiled");
+}
+
+#[test]
+fn a_corrupt_module_is_refused_and_the_current_generation_keeps_serving() {
+    let dir = tempdir();
+    let good = Fixture::GreeterV1.wasm_path();
+    let swapper = swapper_with(WasmLimits::default());
+    swapper.load_files([&good]).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = swapper.load_files([&truncated]).expect_err("truncated");
+    assert!(matches!(err, LoadError::WasmCompile { .. }), "{err:?}");
+    assert!(err.to_string().contains("truncated.wasm"), "{err}");
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0garbage").unwrap();
+    let err = swapper.load_files([&garbage]).expect_err("garbage");
+    assert!(matches!(err, LoadError::WasmCompile { .. }), "{err:?}");
+
+    assert_eq!(greeter.greet("still").unwrap(), "hello, still (v1)");
+    assert_eq!(swapper.generation(), 1);
+}
+
+#[test]
+fn a_module_that_is_not_a_plugin_is_refused_with_the_reason() {
+    let dir = tempdir();
+    let swapper = swapper_with(WasmLimits::default());
+    let cases = [
+        (
+            "missing-export.wasm",
+            handmade_without("swapkit_call"),
+            "does not export `swapkit_call`",
+        ),
+        (
+            "extra-import.wasm",
+            handmade("(i32.const 0)", r#"(import "env" "abort" (func $abort))"#),
+            "imports `env.abort`",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = swapper.load_files([&path]).expect_err(name);
+        assert!(
+            matches!(err, LoadError::WasmShape { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(err.to_string().contains(expect), "{name}: {err}");
+    }
+}
+
+#[test]
+fn one_generation_mixes_backends_and_a_reload_moves_a_plugin_between_them() {
+    let logs = Logs::default();
+    let swapper = logs.builder().wasm_cache_dir(wasm_cache()).build().unwrap();
+    // greeter natively, the probe chain in wasm.
+    swapper
+        .load_files([Fixture::GreeterV1.path(), Fixture::ChainBase.wasm_path()])
+        .unwrap();
+    let backends = |s: &Swapper| -> Vec<(String, BackendKind)> {
+        let mut v: Vec<_> = s
+            .status()
+            .current
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone(), p.backend))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(
+        backends(&swapper),
+        [
+            ("chain-base".to_owned(), BackendKind::Wasm),
+            ("greeter".to_owned(), BackendKind::Native)
+        ]
+    );
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let probe = swapper.client::<dyn fixture_api::Probe>().unwrap();
+    assert_eq!(probe.name().unwrap(), "chain-base");
+    assert_eq!(greeter.greet("n").unwrap(), "hello, n (v1)");
+
+    // Move the greeter to wasm: the same source, another build target.
+    swapper
+        .load_files([
+            Fixture::GreeterV1.wasm_path(),
+            Fixture::ChainBase.wasm_path(),
+        ])
+        .unwrap();
+    assert_eq!(
+        backends(&swapper)[1],
+        ("greeter".to_owned(), BackendKind::Wasm)
+    );
+    assert_eq!(greeter.greet("w").unwrap(), "hello, w (v1)");
+    // And back.
+    swapper.rollback().unwrap();
+    assert_eq!(
+        backends(&swapper)[1],
+        ("greeter".to_owned(), BackendKind::Native)
+    );
+    assert_eq!(greeter.greet("n").unwrap(), "hello, n (v1)");
+    assert_eq!(logs.count("greeter", "1.0.0", "on_load"), 3);
+}
+
+// ---- hand-written modules that follow (or break) the ABI ----
+
+/// A `swapkit_call` body that divides by the argument length.
+const DIV_BY_LEN: &str = "(drop (i32.div_u (i32.const 1) (local.get 2))) (i32.const 0)";
+
+/// A module that speaks ABI v1 by hand: its manifest declares the Greeter interface, and
+/// `swapkit_call` runs `call_body`.
+fn handmade(call_body: &str, imports: &str) -> Vec<u8> {
+    wat::parse_str(handmade_text(call_body, imports, None)).expect("valid wat")
+}
+
+fn handmade_without(export: &str) -> Vec<u8> {
+    wat::parse_str(handmade_text("(i32.const 0)", "", Some(export))).expect("valid wat")
+}
+
+fn handmade_text(call_body: &str, imports: &str, skip: Option<&str>) -> String {
+    let fp = Fingerprint::CURRENT;
+    let manifest = Manifest {
+        name: "handmade-wasm".into(),
+        version: "0.0.1".into(),
+        abi_version: swapkit::abi::ABI_VERSION,
+        crate_name: "handmade_wasm".into(),
+        fingerprint: [fp.rustc().into(), "wasm32".into(), fp.abi_crate().into()],
+        interfaces: vec![InterfaceDecl {
+            name: <dyn Greeter as Interface>::NAME.into(),
+            hash: <dyn Greeter as Interface>::HASH,
+            signature: <dyn Greeter as Interface>::SIGNATURE.into(),
+            methods: <dyn Greeter as Interface>::METHODS
+                .iter()
+                .map(|m| (*m).into())
+                .collect(),
+        }],
+        dependencies: vec![],
+        patches: vec![],
+    };
+    let bytes = wire::to_vec(&manifest).unwrap();
+    let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    let funcs = [
+        (
+            "swapkit_abi_version",
+            "(result i32) (i32.const 1)".to_owned(),
+        ),
+        ("swapkit_out_slot", "(result i32) (i32.const 16)".to_owned()),
+        (
+            "swapkit_input",
+            "(param i32) (result i32) (i32.const 4096)".to_owned(),
+        ),
+        (
+            "swapkit_manifest",
+            format!(
+                "(result i32) (i32.store (i32.const 16) (i32.const 1024)) \
+                 (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
+                bytes.len()
+            ),
+        ),
+        (
+            "swapkit_load",
+            "(result i32) (i32.store (i32.const 20) (i32.const 0)) (i32.const 0)".to_owned(),
+        ),
+        ("swapkit_init", "(result i32) (i32.const 0)".to_owned()),
+        ("swapkit_free", "(result i32) (i32.const 0)".to_owned()),
+        (
+            "swapkit_call",
+            format!("(param i32 i32 i32) (result i32) {call_body}"),
+        ),
+    ];
+    let funcs: String = funcs
+        .iter()
+        .filter(|(name, _)| Some(*name) != skip)
+        .map(|(name, body)| format!("(func (export \"{name}\") {body})\n"))
+        .collect();
+    format!(
+        "(module {imports}\n (memory (export \"memory\") 1)\n \
+         (data (i32.const 1024) \"{escaped}\")\n {funcs})"
+    )
+}
