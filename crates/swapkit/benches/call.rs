@@ -1,6 +1,7 @@
 //! The cost of a call: a typed call into a native plugin against a direct call and a
 //! `dyn Trait` call of the same logic, in the same run; the static backend and a pinned
-//! client; and throughput with 2 threads against 1.
+//! client; the same plugin built for wasm, against a raw wasmtime typed-func call into its
+//! module; and throughput with 2 threads against 1.
 //!
 //! The method takes a `u64` and a short string and returns a `u64` (`score` in fixture-api).
 
@@ -46,6 +47,15 @@ fn calls(c: &mut Criterion) {
     let pinned_client = pin.client::<dyn Greeter>();
     let local: Box<dyn Score> = Box::new(Local);
     assert_eq!(native_client.score(1, "abc").unwrap(), 4);
+    let module = support::release_wasm(&["fixture-greeter-v1"]).remove(0);
+    let wasm = Swapper::builder()
+        .wasm_cache_dir(std::env::temp_dir().join("swapkit-bench-cache"))
+        .build()
+        .unwrap();
+    wasm.load_files([&module]).unwrap();
+    let wasm_client = wasm.client::<dyn Greeter>().unwrap();
+    assert_eq!(wasm_client.score(1, "abc").unwrap(), 4);
+    let mut raw = RawWasm::new(&module);
 
     let mut group = c.benchmark_group("call");
     group.bench_function("direct", |b| {
@@ -63,6 +73,10 @@ fn calls(c: &mut Criterion) {
     group.bench_function("native_pinned", |b| {
         b.iter(|| pinned_client.score(black_box(7), black_box("abc")).unwrap())
     });
+    group.bench_function("wasm_typed", |b| {
+        b.iter(|| wasm_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("wasm_raw_typed_func", |b| b.iter(|| raw.call()));
     group.bench_function("native_greet_string", |b| {
         b.iter(|| native_client.greet(black_box("bench")).unwrap())
     });
@@ -99,6 +113,37 @@ fn calls(c: &mut Criterion) {
     }
     group.finish();
     drop(pin);
+}
+
+/// A bare wasmtime typed-func call into the same module: the floor under `wasm_typed`.
+struct RawWasm {
+    store: wasmtime::Store<()>,
+    func: wasmtime::TypedFunc<(), u32>,
+}
+
+impl RawWasm {
+    fn new(module: &std::path::Path) -> RawWasm {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::from_file(&engine, module).unwrap();
+        let mut linker = wasmtime::Linker::new(&engine);
+        linker
+            .func_wrap("swapkit", "log", |_: u32, _: u32, _: u32| {})
+            .unwrap();
+        linker
+            .func_wrap("swapkit", "panic", |_: u32, _: u32| {})
+            .unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        let instance = linker.instantiate(&mut store, &module).unwrap();
+        let func = instance
+            .get_typed_func::<(), u32>(&mut store, "swapkit_abi_version")
+            .unwrap();
+        RawWasm { store, func }
+    }
+
+    #[inline]
+    fn call(&mut self) -> u32 {
+        self.func.call(&mut self.store, ()).unwrap()
+    }
 }
 
 criterion_group! {

@@ -74,6 +74,94 @@ fn reloads(c: &mut Criterion) {
         })
     });
     group.finish();
+    wasm_reloads(c);
+}
+
+/// The same measurements for the wasm backend, plus a reload whose module is new to the
+/// swapper but already in the on-disk compile cache (a restart, or a version seen by another
+/// process): the case the cache exists for.
+fn wasm_reloads(c: &mut Criterion) {
+    let built = support::release_wasm(&["fixture-greeter-v1", "fixture-greeter-v2"]);
+    let (v1, v2) = (built[0].clone(), built[1].clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let swapper = Swapper::builder()
+        .wasm_cache_dir(cache.path())
+        .build()
+        .unwrap();
+    swapper.load_files([&v1]).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+
+    let mut group = c.benchmark_group("wasm_reload_to_first_call");
+    group.sample_size(30);
+    let mut flip = false;
+    group.bench_function("warm", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                flip = !flip;
+                let (next, want) = if flip { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
+                let start = Instant::now();
+                swapper.load_files([next]).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(served, want);
+            }
+            total
+        })
+    });
+
+    let v2_bytes = std::fs::read(&v2).unwrap();
+    let mut n = 0u64;
+    let mut unique = |n: u64| {
+        let path: PathBuf = dir.path().join(format!("v2-{n}.wasm"));
+        std::fs::write(&path, support::unique_wasm(&v2_bytes, n)).unwrap();
+        path
+    };
+    // Another swapper with the same cache directory: it compiles each variant and caches it.
+    let warmer = Swapper::builder()
+        .wasm_cache_dir(cache.path())
+        .build()
+        .unwrap();
+    group.sample_size(10);
+    group.bench_function("disk_cache", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                swapper.load_files([&v1]).unwrap();
+                n += 1;
+                let next = unique(n);
+                warmer.load_files([&next]).unwrap();
+                let before = swapper.wasm_compiles();
+                let start = Instant::now();
+                swapper.load_files([&next]).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(served, "2.0.0");
+                assert_eq!(swapper.wasm_compiles(), before, "read from the cache");
+            }
+            total
+        })
+    });
+    group.bench_function("cold", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                swapper.load_files([&v1]).unwrap();
+                n += 1;
+                let next = unique(n);
+                let before = swapper.wasm_compiles();
+                let start = Instant::now();
+                swapper.load_files([&next]).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(black_box(served), "2.0.0");
+                assert_eq!(swapper.wasm_compiles(), before + 1, "compiled");
+            }
+            total
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {

@@ -423,3 +423,39 @@ fn a_static_swapper_cannot_load_patch_artifacts() {
         .expect_err("static mode");
     assert!(matches!(err, PatchError::Load { .. }), "{err:?}");
 }
+
+#[test]
+fn wasm_plugin_patches_apply_and_contain_panics() {
+    let _serial = serial();
+    let logs = Logs::default();
+    let swapper = logs
+        .builder()
+        .wasm_cache_dir(common::wasm_cache())
+        .build()
+        .unwrap();
+    let set = swapper
+        .patches_from(Fixture::Patches.wasm_path())
+        .expect("load the wasm build")
+        .apply()
+        .expect("apply");
+    assert_eq!(price(100, 2), 180);
+    assert_eq!(label("w"), "fixed w");
+    assert_eq!(Shop { fee: 4 }.total(&Cart { items: vec![1] }), 3);
+    // A panic in wasm traps; the host reports the panic message and drops that instance.
+    match parse("boom") {
+        Err(ParseError::Patch(message)) => {
+            assert!(message.contains("cannot parse boom"), "{message}")
+        }
+        other => panic!("expected the patch's error, got {other:?}"),
+    }
+    assert_eq!(parse("5"), Ok(50), "the next call gets a fresh instance");
+    let source = patch::active()
+        .into_iter()
+        .find_map(|t| t.patch)
+        .map(|p| p.source.to_string())
+        .unwrap();
+    assert!(source.contains(".wasm"), "{source}");
+    drop(set);
+    assert_untouched();
+    assert_eq!(logs.count("pricing-fix", "1.0.0", "on_free"), 1);
+}

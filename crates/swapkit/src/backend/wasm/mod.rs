@@ -1,0 +1,452 @@
+//! The wasm backend: plugins compiled to `wasm32-unknown-unknown`, run by wasmtime.
+//!
+//! # What it gives
+//! - **Isolation.** A plugin sees only its linear memory and the ABI's host functions
+//!   (`swapkit.log`, `swapkit.panic`): no WASI, no other import. A module that imports anything
+//!   else is refused at load.
+//! - **Limits.** Each call has a CPU-time budget enforced by epoch interruption (a ticker thread
+//!   advances the engine's epoch), so a runaway loop becomes [`CallError::Timeout`]. Linear
+//!   memory, tables and instances are capped per store by a resource limiter.
+//! - **Traps are contained.** A trap (unreachable, out-of-bounds access, stack overflow, a
+//!   division by zero, a timeout, a memory cap) fails that call with an error naming the plugin,
+//!   its version and the method, and the instance that trapped is dropped, never reused.
+//! - **True unload.** A retired generation drops its instances, their stores and memories, and
+//!   the compiled module once no generation or history entry uses it.
+//!
+//! # Concurrency
+//! A wasmtime `Store` is single-threaded, so each plugin instance is a bounded pool of wasm
+//! instances ("slots"), kept in lock-free cells (see `pool.rs`). A call takes an idle slot, or makes one if the
+//! pool is below its size, or else waits or fails as [`WasmLimits::when_exhausted`] says. Each
+//! slot holds its own copy of the plugin object: `on_load` and `on_init` run in every slot, and
+//! only one slot's hook log lines reach the log sink (the first, or the slot that replaces it
+//! after it trapped; the others go to `tracing` at debug level), so a plugin's lifecycle reads
+//! the same as on the native backend.
+//!
+//! # Compile cache
+//! A module is compiled once per content. The compiled form is written to the cache directory,
+//! keyed by the content hash and the engine's compatibility hash (wasmtime version and
+//! configuration), with a SHA-256 of the compiled bytes in front. A restart or a re-load reads it
+//! instead of compiling. An entry whose checksum does not match, or that wasmtime rejects, is
+//! ignored and rewritten, so a corrupt cache costs a compile, never a crash.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use swapkit_abi::{wire, Fingerprint, Manifest, Status, ABI_VERSION};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
+
+use super::{BackendKind, Code, Entry};
+use crate::error::LoadError;
+use crate::log::GuestCtx;
+
+mod cache;
+mod pool;
+mod slot;
+
+pub(crate) use pool::WasmInstance;
+use slot::{host_log, host_panic, Funcs, Limiter, Slot, SlotData};
+
+/// How often the engine's epoch advances: the resolution of call timeouts.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Limits and pool settings for wasm plugins. The defaults are safe for untrusted code.
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = swapkit::WasmLimits {
+///     call_timeout: Duration::from_millis(50),
+///     max_memory: 16 << 20,
+///     ..Default::default()
+/// };
+/// let swapper = swapkit::Swapper::builder().wasm_limits(limits).build().unwrap();
+/// # drop(swapper);
+/// ```
+#[derive(Debug, Clone)]
+pub struct WasmLimits {
+    /// CPU time one call may take before it is interrupted with [`CallError::Timeout`]
+    /// (default 1 s). Measured in ticks of 2 ms, so it is approximate.
+    ///
+    /// [`CallError::Timeout`]: crate::CallError::Timeout
+    pub call_timeout: Duration,
+    /// Bytes of linear memory one instance may have (default 64 MiB). Growing past it fails.
+    pub max_memory: usize,
+    /// Elements one table may have (default 20,000).
+    pub max_table_elements: usize,
+    /// Wasm instances, tables and memories one store may create (default 1, 4 and 1).
+    pub max_instances: usize,
+    /// See `max_instances`.
+    pub max_tables: usize,
+    /// See `max_instances`.
+    pub max_memories: usize,
+    /// Wasm instances per plugin instance: the most calls into one plugin that run at once
+    /// (default: twice the available parallelism, at least 2).
+    pub pool_size: usize,
+    /// What a call does when every instance of the pool is busy.
+    pub when_exhausted: Exhausted,
+    /// Wasm stack a call may use before it traps with a stack overflow (default 512 KiB).
+    pub max_stack: usize,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        WasmLimits {
+            call_timeout: Duration::from_secs(1),
+            max_memory: 64 << 20,
+            max_table_elements: 20_000,
+            max_instances: 1,
+            max_tables: 4,
+            max_memories: 1,
+            pool_size: (2 * cpus).max(2),
+            when_exhausted: Exhausted::Wait(Duration::from_secs(1)),
+            max_stack: 512 << 10,
+        }
+    }
+}
+
+/// What a call does when every wasm instance of a plugin is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// Wait up to this long for one to come free, then fail with
+    /// [`CallError::PoolExhausted`](crate::CallError::PoolExhausted).
+    Wait(Duration),
+    /// Fail at once with [`CallError::PoolExhausted`](crate::CallError::PoolExhausted).
+    Fail,
+}
+
+/// The wasm engine of one swapper: compiles, caches and instantiates modules.
+pub(crate) struct WasmLoader {
+    shared: Arc<Shared>,
+    cache: Option<PathBuf>,
+    /// Compatibility key of compiled code: wasmtime version and engine configuration.
+    compat: u64,
+    /// Content hash to code, for reuse while something still holds it.
+    loaded: Mutex<HashMap<[u8; 32], Weak<Code>>>,
+    compiles: AtomicUsize,
+}
+
+/// What every module and instance of one engine shares.
+struct Shared {
+    engine: Engine,
+    linker: Linker<SlotData>,
+    limits: WasmLimits,
+    deadline_ticks: u64,
+    ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmLoader {
+    pub fn new(limits: WasmLimits, cache: Option<PathBuf>) -> Result<WasmLoader, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits.max_stack);
+        let engine = Engine::new(&config).map_err(|e| LoadError::WasmEngine {
+            reason: e.to_string(),
+        })?;
+        let mut linker = Linker::new(&engine);
+        let link_error = |e: wasmtime::Error| LoadError::WasmEngine {
+            reason: e.to_string(),
+        };
+        linker
+            .func_wrap("swapkit", "log", host_log)
+            .map_err(link_error)?;
+        linker
+            .func_wrap("swapkit", "panic", host_panic)
+            .map_err(link_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop.clone()).map_err(|e| LoadError::WasmEngine {
+            reason: format!("cannot start the epoch ticker thread: {e}"),
+        })?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        "swapkit-cache-v1".hash(&mut hasher);
+        let compat = hasher.finish();
+        let deadline_ticks = (limits.call_timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1;
+        if let Some(dir) = &cache {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "wasm compile cache unavailable; compiling every load");
+            }
+        }
+        Ok(WasmLoader {
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                limits,
+                deadline_ticks,
+                ticker: stop,
+            }),
+            cache,
+            compat,
+            loaded: Mutex::new(HashMap::new()),
+            compiles: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many modules this loader has compiled (not read from the cache).
+    pub fn compiles(&self) -> usize {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Reads, checks and compiles (or reuses) one `.wasm` artifact, and reads its manifest.
+    pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(code) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(code);
+        }
+        let module = self.module(path, &bytes, &hash)?;
+        check_shape(path, &module)?;
+        let pre =
+            self.shared
+                .linker
+                .instantiate_pre(&module)
+                .map_err(|e| LoadError::WasmShape {
+                    path: path.into(),
+                    reason: e.to_string(),
+                })?;
+        let wasm = Arc::new(WasmModule {
+            shared: self.shared.clone(),
+            pre,
+        });
+        let origin = path.display().to_string();
+        let manifest = probe(&wasm, &origin)?;
+        let code = Arc::new(Code {
+            entry: Entry::Wasm(wasm),
+            name: manifest.name.as_str().into(),
+            version: manifest.version.as_str().into(),
+            manifest,
+            backend: BackendKind::Wasm,
+            content_hash: hash,
+            origin,
+        });
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, w| w.strong_count() > 0);
+        loaded.insert(hash, Arc::downgrade(&code));
+        Ok(code)
+    }
+}
+
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("swapkit-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+}
+
+/// The exports a plugin module must have, with their (params, results) arity.
+const EXPORTS: [(&str, usize, usize); 8] = [
+    ("swapkit_abi_version", 0, 1),
+    ("swapkit_out_slot", 0, 1),
+    ("swapkit_input", 1, 1),
+    ("swapkit_manifest", 0, 1),
+    ("swapkit_load", 0, 1),
+    ("swapkit_init", 0, 1),
+    ("swapkit_free", 0, 1),
+    ("swapkit_call", 3, 1),
+];
+
+/// Checks that the module speaks ABI v1: the entry points, a memory, and no import beyond the
+/// host functions.
+fn check_shape(path: &Path, module: &Module) -> Result<(), LoadError> {
+    let bad = |reason: String| LoadError::WasmShape {
+        path: path.into(),
+        reason,
+    };
+    for import in module.imports() {
+        let known = import.module() == "swapkit" && matches!(import.name(), "log" | "panic");
+        if !known {
+            return Err(bad(format!(
+                "it imports `{}.{}`, but a plugin may import only `swapkit.log` and \
+                 `swapkit.panic`; build it with swapkit-guest for wasm32-unknown-unknown, \
+                 without wasm-bindgen or WASI",
+                import.module(),
+                import.name()
+            )));
+        }
+    }
+    let exports: HashMap<&str, wasmtime::ExternType> =
+        module.exports().map(|e| (e.name(), e.ty())).collect();
+    if !matches!(exports.get("memory"), Some(wasmtime::ExternType::Memory(_))) {
+        return Err(bad("it exports no linear memory named `memory`".into()));
+    }
+    for (name, params, results) in EXPORTS {
+        match exports.get(name) {
+            Some(wasmtime::ExternType::Func(f)) => {
+                let ok = f.params().len() == params
+                    && f.results().len() == results
+                    && f.params().chain(f.results()).all(|t| t.is_i32());
+                if !ok {
+                    return Err(bad(format!("export `{name}` has the wrong signature: {f}")));
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "it does not export `{name}`; is it a swapkit plugin built with \
+                     export_plugin! for wasm32?"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the manifest from a fresh instance, before any hook runs.
+fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
+    let failed = |reason: String| LoadError::Manifest {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let ctx = Arc::new(GuestCtx {
+        plugin: "?".into(),
+        version: "?".into(),
+        sink: None,
+    });
+    let mut slot = wasm
+        .slot(ctx, true, 0)
+        .map_err(|e| failed(format!("instantiating failed: {e}")))?;
+    let version = slot
+        .abi_version()
+        .map_err(|e| failed(format!("swapkit_abi_version trapped: {e}")))?;
+    if version != ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            origin: origin.to_owned(),
+            found: version,
+            expected: ABI_VERSION,
+        });
+    }
+    let deadline = wasm.shared.deadline_ticks;
+    let result = slot.run(
+        deadline,
+        |f, store| f.manifest.call(store, ()),
+        |reply| {
+            if reply.status != Status::Ok as u32 {
+                return Err(format!(
+                    "status {}: {}",
+                    reply.status,
+                    String::from_utf8_lossy(reply.bytes)
+                ));
+            }
+            wire::from_bytes::<Manifest>(reply.bytes).map_err(|e| e.to_string())
+        },
+    );
+    let manifest = match result {
+        Ok(Ok(m)) => m,
+        Ok(Err(reason)) => return Err(failed(reason)),
+        Err(fault) => {
+            return Err(failed(format!(
+                "the manifest entry failed: {}",
+                fault.message
+            )))
+        }
+    };
+    if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
+        return Err(failed(format!(
+            "name `{}`, ABI version {}",
+            manifest.name, manifest.abi_version
+        )));
+    }
+    let expected = Fingerprint::CURRENT;
+    if manifest.fingerprint[2] != expected.abi_crate() {
+        return Err(LoadError::Fingerprint {
+            field: "swapkit-abi version",
+            found: manifest.fingerprint[2].clone(),
+            expected: expected.abi_crate().into(),
+            origin: origin.to_owned(),
+        });
+    }
+    Ok(manifest)
+}
+
+/// A compiled, checked plugin module.
+pub(crate) struct WasmModule {
+    shared: Arc<Shared>,
+    pre: InstancePre<SlotData>,
+}
+
+impl std::fmt::Debug for WasmModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmModule").finish_non_exhaustive()
+    }
+}
+
+impl WasmModule {
+    /// A fresh wasm instance with its store.
+    fn slot(
+        &self,
+        ctx: Arc<GuestCtx>,
+        quiet: bool,
+        home: usize,
+    ) -> Result<Box<Slot>, wasmtime::Error> {
+        let limits = &self.shared.limits;
+        let data = SlotData {
+            limiter: Limiter {
+                memory: limits.max_memory,
+                table_elements: limits.max_table_elements,
+                instances: limits.max_instances,
+                tables: limits.max_tables,
+                memories: limits.max_memories,
+                hit: None,
+            },
+            ctx,
+            quiet,
+            panic: None,
+        };
+        let mut store = Store::new(&self.shared.engine, data);
+        store.limiter(|d| &mut d.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.shared.deadline_ticks);
+        let instance = self.pre.instantiate(&mut store)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| wasmtime::format_err!("no memory export"))?;
+        let f0 = |store: &mut Store<SlotData>, name: &str| {
+            instance.get_typed_func::<(), u32>(&mut *store, name)
+        };
+        let abi = f0(&mut store, "swapkit_abi_version")?;
+        let out = f0(&mut store, "swapkit_out_slot")?;
+        let manifest = f0(&mut store, "swapkit_manifest")?;
+        let load = f0(&mut store, "swapkit_load")?;
+        let init = f0(&mut store, "swapkit_init")?;
+        let free = f0(&mut store, "swapkit_free")?;
+        let input = instance.get_typed_func::<u32, u32>(&mut store, "swapkit_input")?;
+        let call = instance.get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")?;
+        let out_slot = out.call(&mut store, ())?;
+        Ok(Box::new(Slot {
+            store,
+            f: Funcs {
+                memory,
+                abi,
+                manifest,
+                load,
+                init,
+                free,
+                input,
+                call,
+                out_slot,
+            },
+            in_ptr: 0,
+            in_cap: 0,
+            home,
+        }))
+    }
+}

@@ -1,0 +1,294 @@
+//! One wasm instance and its store: the host functions it imports, its resource limiter,
+//! and the calls into its entry points.
+
+use std::sync::Arc;
+
+use swapkit_abi::Status;
+use wasmtime::{Caller, Extern, Memory, ResourceLimiter, Store, Trap, TypedFunc};
+
+use super::WasmModule;
+use crate::backend::{host_status, Reply};
+use crate::log::{emit, GuestCtx};
+
+/// What a store carries: the limiter, where log lines go, and the last panic message.
+pub(super) struct SlotData {
+    pub(super) limiter: Limiter,
+    pub(super) ctx: Arc<GuestCtx>,
+    /// A replica: its hook log lines go to `tracing` only.
+    pub(super) quiet: bool,
+    pub(super) panic: Option<String>,
+}
+
+/// The per-store resource caps; remembers which one was hit.
+pub(super) struct Limiter {
+    pub(super) memory: usize,
+    pub(super) table_elements: usize,
+    pub(super) instances: usize,
+    pub(super) tables: usize,
+    pub(super) memories: usize,
+    pub(super) hit: Option<String>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = Some(format!(
+                "linear memory would grow to {desired} bytes, past the limit of {} bytes",
+                self.memory
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.hit = Some(format!(
+                "a table would grow to {desired} elements, past the limit of {}",
+                self.table_elements
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.tables
+    }
+
+    fn memories(&self) -> usize {
+        self.memories
+    }
+}
+
+fn guest_bytes(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<String> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let data = memory.data(&*caller);
+    let bytes = data.get(ptr as usize..(ptr as usize).checked_add(len as usize)?)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// `swapkit.log(level, ptr, len)`.
+pub(super) fn host_log(mut caller: Caller<'_, SlotData>, level: u32, ptr: u32, len: u32) {
+    let Some(message) = guest_bytes(&mut caller, ptr, len) else {
+        return;
+    };
+    let data = caller.data();
+    if data.quiet {
+        tracing::debug!(target: "swapkit::guest", plugin = %data.ctx.plugin, version = %data.ctx.version, replica = true, "{message}");
+    } else {
+        emit(&data.ctx, level, &message);
+    }
+}
+
+/// `swapkit.panic(ptr, len)`: the guest's panic hook reports the message before it traps.
+pub(super) fn host_panic(mut caller: Caller<'_, SlotData>, ptr: u32, len: u32) {
+    let message = guest_bytes(&mut caller, ptr, len).unwrap_or_else(|| "<unreadable>".into());
+    caller.data_mut().panic = Some(message);
+}
+
+/// One wasm instance and its store.
+pub(super) struct Slot {
+    pub(super) store: Store<SlotData>,
+    pub(super) f: Funcs,
+    pub(super) in_ptr: u32,
+    pub(super) in_cap: u32,
+    /// Its cell in the pool.
+    pub(super) home: usize,
+}
+
+/// The entry points and memory of one wasm instance.
+pub(super) struct Funcs {
+    pub(super) memory: Memory,
+    pub(super) abi: TypedFunc<(), u32>,
+    pub(super) manifest: TypedFunc<(), u32>,
+    pub(super) load: TypedFunc<(), u32>,
+    pub(super) init: TypedFunc<(), u32>,
+    pub(super) free: TypedFunc<(), u32>,
+    pub(super) input: TypedFunc<u32, u32>,
+    pub(super) call: TypedFunc<(u32, u32, u32), u32>,
+    pub(super) out_slot: u32,
+}
+
+/// Why a wasm entry point failed: its instance must be thrown away.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    /// A `host_status` code, or [`Status::Panic`].
+    pub status: u32,
+    pub message: String,
+}
+
+impl Slot {
+    /// Whether its hook log lines stay out of the sink (a replica).
+    pub(super) fn quiet(&self) -> bool {
+        self.store.data().quiet
+    }
+
+    /// Calls `method` of `interface` with `input`.
+    #[inline]
+    pub(super) fn call<T>(
+        &mut self,
+        deadline: u64,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> T,
+    ) -> Result<T, Fault> {
+        self.write_input(deadline, input)?;
+        let len = input.len() as u32;
+        self.run(
+            deadline,
+            |f, store| f.call.call(store, (interface, method, len)),
+            then,
+        )
+    }
+
+    pub(super) fn abi_version(&mut self) -> wasmtime::Result<u32> {
+        self.f.abi.call(&mut self.store, ())
+    }
+
+    /// Runs one entry point under the call deadline, then hands its reply (status and the
+    /// bytes of the result slot) to `then`.
+    #[inline]
+    pub(super) fn run<T>(
+        &mut self,
+        deadline: u64,
+        entry: impl FnOnce(&Funcs, &mut Store<SlotData>) -> wasmtime::Result<u32>,
+        then: impl FnOnce(Reply<'_>) -> T,
+    ) -> Result<T, Fault> {
+        self.store.set_epoch_deadline(deadline);
+        match entry(&self.f, &mut self.store) {
+            Ok(status) => {
+                let mut raw = [0u8; 8];
+                if self
+                    .f
+                    .memory
+                    .read(&self.store, self.f.out_slot as usize, &mut raw)
+                    .is_err()
+                {
+                    return Err(self.broken("the result slot lies outside linear memory"));
+                }
+                let ptr = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+                let len = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]) as usize;
+                let data = self.f.memory.data(&self.store);
+                match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+                    Some(bytes) => Ok(then(Reply { status, bytes })),
+                    None => Err(self.broken("the result lies outside linear memory")),
+                }
+            }
+            Err(e) => Err(self.fault(e)),
+        }
+    }
+
+    #[cold]
+    fn broken(&self, what: &str) -> Fault {
+        Fault {
+            status: host_status::TRAP,
+            message: what.to_owned(),
+        }
+    }
+
+    /// Classifies a failed entry point.
+    #[cold]
+    fn fault(&mut self, e: wasmtime::Error) -> Fault {
+        let data = self.store.data_mut();
+        if let Some(message) = data.panic.take() {
+            return Fault {
+                status: Status::Panic as u32,
+                message,
+            };
+        }
+        if let Some(message) = data.limiter.hit.take() {
+            return Fault {
+                status: host_status::MEMORY,
+                message,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault {
+                status: host_status::TIMEOUT,
+                message: "the call ran past its CPU-time limit and was interrupted".into(),
+            },
+            Some(trap) => Fault {
+                status: host_status::TRAP,
+                message: trap.to_string(),
+            },
+            None => Fault {
+                status: host_status::TRAP,
+                message: format!("{e:#}"),
+            },
+        }
+    }
+
+    /// Copies the arguments into the guest's input buffer.
+    #[inline]
+    fn write_input(&mut self, deadline: u64, input: &[u8]) -> Result<(), Fault> {
+        let len = input.len() as u32;
+        if len > self.in_cap || self.in_cap == 0 {
+            self.store.set_epoch_deadline(deadline);
+            let want = len.max(256);
+            match self.f.input.call(&mut self.store, want) {
+                Ok(ptr) => {
+                    self.in_ptr = ptr;
+                    self.in_cap = want;
+                }
+                Err(e) => return Err(self.fault(e)),
+            }
+        }
+        self.f
+            .memory
+            .write(&mut self.store, self.in_ptr as usize, input)
+            .map_err(|_| self.broken("the input buffer lies outside linear memory"))
+    }
+}
+
+/// A lifecycle entry point.
+#[derive(Clone, Copy)]
+pub(super) enum Hook {
+    Load,
+    Init,
+    Free,
+}
+
+/// Runs a lifecycle entry point; an error is `(status, message)`.
+pub(super) fn hook(module: &WasmModule, slot: &mut Slot, which: Hook) -> Result<(), (u32, String)> {
+    let deadline = module.shared.deadline_ticks;
+    let reply = slot.run(
+        deadline,
+        |f, store| {
+            let entry = match which {
+                Hook::Load => &f.load,
+                Hook::Init => &f.init,
+                Hook::Free => &f.free,
+            };
+            entry.call(store, ())
+        },
+        |reply| {
+            (
+                reply.status,
+                String::from_utf8_lossy(reply.bytes).into_owned(),
+            )
+        },
+    );
+    match reply {
+        Ok((status, _)) if status == Status::Ok as u32 => Ok(()),
+        Ok(failed) => Err(failed),
+        Err(fault) => Err((fault.status, fault.message)),
+    }
+}
