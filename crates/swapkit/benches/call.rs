@@ -77,6 +77,7 @@ fn calls(c: &mut Criterion) {
         b.iter(|| wasm_client.score(black_box(7), black_box("abc")).unwrap())
     });
     group.bench_function("wasm_raw_typed_func", |b| b.iter(|| raw.call()));
+    group.bench_function("wasm_raw_abi_call", |b| b.iter(|| raw.call_abi()));
     group.bench_function("native_greet_string", |b| {
         b.iter(|| native_client.greet(black_box("bench")).unwrap())
     });
@@ -119,6 +120,10 @@ fn calls(c: &mut Criterion) {
 struct RawWasm {
     store: wasmtime::Store<()>,
     func: wasmtime::TypedFunc<(), u32>,
+    /// `swapkit_call`, with `score(7, "abc")` already in the guest's input buffer: the guest's
+    /// share of a typed call, with no host-side work around it.
+    call: wasmtime::TypedFunc<(u32, u32, u32), u32>,
+    len: u32,
 }
 
 impl RawWasm {
@@ -137,7 +142,33 @@ impl RawWasm {
         let func = instance
             .get_typed_func::<(), u32>(&mut store, "swapkit_abi_version")
             .unwrap();
-        RawWasm { store, func }
+        let load = instance
+            .get_typed_func::<(), u32>(&mut store, "swapkit_load")
+            .unwrap();
+        assert_eq!(load.call(&mut store, ()).unwrap(), 0);
+        let args = swapkit::abi::wire::to_vec(&(7u64, "abc")).unwrap();
+        let input = instance
+            .get_typed_func::<u32, u32>(&mut store, "swapkit_input")
+            .unwrap();
+        let ptr = input.call(&mut store, args.len() as u32).unwrap();
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        memory.write(&mut store, ptr as usize, &args).unwrap();
+        let call = instance
+            .get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")
+            .unwrap();
+        let len = args.len() as u32;
+        RawWasm {
+            store,
+            func,
+            call,
+            len,
+        }
+    }
+
+    #[inline]
+    fn call_abi(&mut self) -> u32 {
+        // Interface 0 (Greeter), method 2 (score).
+        self.call.call(&mut self.store, (0, 2, self.len)).unwrap()
     }
 
     #[inline]

@@ -39,10 +39,12 @@ pub(crate) struct WasmInstance {
 }
 
 thread_local! {
-    /// Where this thread starts looking for an idle slot.
-    static START: usize = {
+    /// Where this thread starts looking for an idle slot, as a fraction of the pool (a 32-bit
+    /// fixed-point number), so that picking a cell is a multiply, not a division. Threads get
+    /// well-spread fractions (Fibonacci hashing of a counter).
+    static START: u32 = {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        (NEXT.fetch_add(1, Ordering::Relaxed) as u32).wrapping_mul(0x9E37_79B9)
     };
 }
 
@@ -116,9 +118,11 @@ impl WasmInstance {
     #[inline]
     fn take_idle(&self) -> Option<Box<Slot>> {
         let n = self.cells.len();
-        let start = START.try_with(|s| *s).unwrap_or(0) % n;
-        for k in 0..n {
-            let cell = &self.cells[(start + k) % n].0;
+        let start = START.try_with(|s| *s).unwrap_or(0);
+        let mut i = ((start as u64 * n as u64) >> 32) as usize;
+        for _ in 0..n {
+            let cell = &self.cells[i].0;
+            i = if i + 1 == n { 0 } else { i + 1 };
             if cell.load(Ordering::Relaxed).is_null() {
                 continue;
             }

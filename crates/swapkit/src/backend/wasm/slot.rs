@@ -175,18 +175,14 @@ impl Slot {
         self.store.set_epoch_deadline(deadline);
         match entry(&self.f, &mut self.store) {
             Ok(status) => {
-                let mut raw = [0u8; 8];
-                if self
-                    .f
-                    .memory
-                    .read(&self.store, self.f.out_slot as usize, &mut raw)
-                    .is_err()
-                {
+                // One look at memory for both the slot and the result it points to.
+                let data = self.f.memory.data(&self.store);
+                let at = self.f.out_slot as usize;
+                let Some(raw) = at.checked_add(8).and_then(|end| data.get(at..end)) else {
                     return Err(self.broken("the result slot lies outside linear memory"));
-                }
+                };
                 let ptr = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
                 let len = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]) as usize;
-                let data = self.f.memory.data(&self.store);
                 match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
                     Some(bytes) => Ok(then(Reply { status, bytes })),
                     None => Err(self.broken("the result lies outside linear memory")),
