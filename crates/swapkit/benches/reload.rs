@@ -113,7 +113,7 @@ fn wasm_reloads(c: &mut Criterion) {
 
     let v2_bytes = std::fs::read(&v2).unwrap();
     let mut n = 0u64;
-    let mut unique = |n: u64| {
+    let unique = |n: u64| {
         let path: PathBuf = dir.path().join(format!("v2-{n}.wasm"));
         std::fs::write(&path, support::unique_wasm(&v2_bytes, n)).unwrap();
         path
