@@ -541,6 +541,7 @@ fn plan_async(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         trait_path: fun.owner.and_then(|(_, p)| p),
     };
     let mut names = vec![];
+    let mut rebound = vec![];
     let mut binds = vec![];
     let mut tys: Vec<Type> = vec![];
     for arg in &sig.inputs {
@@ -568,6 +569,7 @@ fn plan_async(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         }
         let ident = &p.ident;
         names.push(quote!(#ident));
+        rebound.push(ident.clone());
         binds.push(if p.mutability.is_some() {
             quote!(mut #ident)
         } else {
@@ -648,17 +650,7 @@ fn plan_async(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         signature,
         remote: None,
         builder,
-        rebound: sig
-            .inputs
-            .iter()
-            .filter_map(|a| match a {
-                FnArg::Typed(pt) => match &*pt.pat {
-                    Pat::Ident(p) => Some(p.ident.clone()),
-                    _ => None,
-                },
-                FnArg::Receiver(_) => None,
-            })
-            .collect(),
+        rebound,
     })
 }
 

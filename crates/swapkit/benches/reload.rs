@@ -32,22 +32,11 @@ fn reloads(c: &mut Criterion) {
     let swapper = Swapper::new().unwrap();
     swapper.load_files([&v1, &base]).unwrap();
     let greeter = swapper.client::<dyn Greeter>().unwrap();
-    let mut flip = false;
-    group.bench_function("warm", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                flip = !flip;
-                let (next, want) = if flip { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
-                let start = Instant::now();
-                swapper.load_files([next, &base]).unwrap();
-                let served = greeter.version().unwrap();
-                total += start.elapsed();
-                assert_eq!(served, want);
-            }
-            total
-        })
-    });
+    let sets = [
+        vec![v1.clone(), base.clone()],
+        vec![v2.clone(), base.clone()],
+    ];
+    bench_warm(&mut group, &swapper, &greeter, &sets);
 
     let v2_bytes = std::fs::read(&v2).unwrap();
     let mut n = 0u64;
@@ -77,6 +66,35 @@ fn reloads(c: &mut Criterion) {
     wasm_reloads(c);
 }
 
+/// Flips between two selections, v1 then v2, timing each reload to the first call it serves.
+fn bench_warm(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    swapper: &Swapper,
+    greeter: &fixture_api::GreeterClient<swapkit::Binding>,
+    sets: &[Vec<PathBuf>; 2],
+) {
+    let mut flip = false;
+    group.bench_function("warm", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                flip = !flip;
+                let (next, want) = if flip {
+                    (&sets[1], "2.0.0")
+                } else {
+                    (&sets[0], "1.0.0")
+                };
+                let start = Instant::now();
+                swapper.load_files(next).unwrap();
+                let served = greeter.version().unwrap();
+                total += start.elapsed();
+                assert_eq!(served, want);
+            }
+            total
+        })
+    });
+}
+
 /// The same measurements for the wasm backend, plus a reload whose module is new to the
 /// swapper but already in the on-disk compile cache (a restart, or a version seen by another
 /// process): the case the cache exists for.
@@ -94,22 +112,12 @@ fn wasm_reloads(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("wasm_reload_to_first_call");
     group.sample_size(30);
-    let mut flip = false;
-    group.bench_function("warm", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                flip = !flip;
-                let (next, want) = if flip { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
-                let start = Instant::now();
-                swapper.load_files([next]).unwrap();
-                let served = greeter.version().unwrap();
-                total += start.elapsed();
-                assert_eq!(served, want);
-            }
-            total
-        })
-    });
+    bench_warm(
+        &mut group,
+        &swapper,
+        &greeter,
+        &[vec![v1.clone()], vec![v2.clone()]],
+    );
 
     let v2_bytes = std::fs::read(&v2).unwrap();
     let mut n = 0u64;

@@ -249,6 +249,12 @@ impl WasmInstance {
     fn checkin(&self, slot: Box<Slot>) {
         let home = &self.cells[slot.home].0;
         home.store(Box::into_raw(slot), Ordering::Release);
+        self.wake_waiter();
+    }
+
+    /// Wakes one caller waiting for a slot, if any waits.
+    #[inline]
+    fn wake_waiter(&self) {
         if self.waiters.load(Ordering::Acquire) > 0 {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.freed.notify_one();
@@ -272,10 +278,7 @@ impl WasmInstance {
             .unwrap_or_else(|e| e.into_inner())
             .push(home);
         self.live.fetch_sub(1, Ordering::AcqRel);
-        if self.waiters.load(Ordering::Acquire) > 0 {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.freed.notify_one();
-        }
+        self.wake_waiter();
     }
 }
 
