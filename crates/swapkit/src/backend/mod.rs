@@ -313,18 +313,7 @@ impl Instance {
                     bytes: unsafe { out.as_slice() },
                 })
             }
-            Imp::Wasm(instance) => {
-                let mut then = Some(then);
-                match instance.call(interface, method, input, |r| {
-                    (then.take().expect("once"))(r)
-                }) {
-                    Ok(t) => t,
-                    Err(fault) => (then.take().expect("not called on a fault"))(Reply {
-                        status: fault.status,
-                        bytes: fault.message.as_bytes(),
-                    }),
-                }
-            }
+            Imp::Wasm(instance) => instance.call(interface, method, input, then),
         }
     }
 }

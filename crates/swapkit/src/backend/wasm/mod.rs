@@ -352,7 +352,7 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
     let manifest = match result {
         Ok(Ok(m)) => m,
         Ok(Err(reason)) => return Err(failed(reason)),
-        Err(fault) => {
+        Err((fault, _)) => {
             return Err(failed(format!(
                 "the manifest entry failed: {}",
                 fault.message

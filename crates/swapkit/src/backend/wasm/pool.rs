@@ -90,7 +90,8 @@ impl WasmInstance {
         result
     }
 
-    /// Calls `method` of `interface`, handing the reply to `then`.
+    /// Calls `method` of `interface`, handing the reply to `then`; a fault arrives as a reply
+    /// with a `host_status` code and a message.
     #[inline]
     pub fn call<T>(
         &self,
@@ -98,18 +99,21 @@ impl WasmInstance {
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> T,
-    ) -> Result<T, Fault> {
-        let mut slot = self.checkout()?;
+    ) -> T {
+        let mut slot = match self.checkout() {
+            Ok(slot) => slot,
+            Err(fault) => return fault.reply(then),
+        };
         let deadline = self.module.shared.deadline_ticks;
         match slot.call(deadline, interface, method, input, then) {
             Ok(t) => {
                 self.checkin(slot);
-                Ok(t)
+                t
             }
-            Err(fault) => {
+            Err((fault, then)) => {
                 // Never reuse an instance that trapped: its memory may be half-written.
                 self.discard(slot);
-                Err(fault)
+                fault.reply(then)
             }
         }
     }

@@ -134,23 +134,36 @@ pub(crate) struct Fault {
     pub message: String,
 }
 
+impl Fault {
+    /// Hands the fault to a reply handler, as a reply with its status and message.
+    #[cold]
+    pub(super) fn reply<T>(self, then: impl FnOnce(Reply<'_>) -> T) -> T {
+        then(Reply {
+            status: self.status,
+            bytes: self.message.as_bytes(),
+        })
+    }
+}
+
 impl Slot {
     /// Whether its hook log lines stay out of the sink (a replica).
     pub(super) fn quiet(&self) -> bool {
         self.store.data().quiet
     }
 
-    /// Calls `method` of `interface` with `input`.
+    /// Calls `method` of `interface` with `input`. On a fault, `then` comes back unused.
     #[inline]
-    pub(super) fn call<T>(
+    pub(super) fn call<T, F: FnOnce(Reply<'_>) -> T>(
         &mut self,
         deadline: u64,
         interface: u32,
         method: u32,
         input: &[u8],
-        then: impl FnOnce(Reply<'_>) -> T,
-    ) -> Result<T, Fault> {
-        self.write_input(deadline, input)?;
+        then: F,
+    ) -> Result<T, (Fault, F)> {
+        if let Err(fault) = self.write_input(deadline, input) {
+            return Err((fault, then));
+        }
         let len = input.len() as u32;
         self.run(
             deadline,
@@ -164,14 +177,14 @@ impl Slot {
     }
 
     /// Runs one entry point under the call deadline, then hands its reply (status and the
-    /// bytes of the result slot) to `then`.
+    /// bytes of the result slot) to `then`. On a fault, `then` comes back unused.
     #[inline]
-    pub(super) fn run<T>(
+    pub(super) fn run<T, F: FnOnce(Reply<'_>) -> T>(
         &mut self,
         deadline: u64,
         entry: impl FnOnce(&Funcs, &mut Store<SlotData>) -> wasmtime::Result<u32>,
-        then: impl FnOnce(Reply<'_>) -> T,
-    ) -> Result<T, Fault> {
+        then: F,
+    ) -> Result<T, (Fault, F)> {
         self.store.set_epoch_deadline(deadline);
         match entry(&self.f, &mut self.store) {
             Ok(status) => {
@@ -179,16 +192,19 @@ impl Slot {
                 let data = self.f.memory.data(&self.store);
                 let at = self.f.out_slot as usize;
                 let Some(raw) = at.checked_add(8).and_then(|end| data.get(at..end)) else {
-                    return Err(self.broken("the result slot lies outside linear memory"));
+                    return Err((
+                        self.broken("the result slot lies outside linear memory"),
+                        then,
+                    ));
                 };
                 let ptr = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
                 let len = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]) as usize;
                 match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
                     Some(bytes) => Ok(then(Reply { status, bytes })),
-                    None => Err(self.broken("the result lies outside linear memory")),
+                    None => Err((self.broken("the result lies outside linear memory"), then)),
                 }
             }
-            Err(e) => Err(self.fault(e)),
+            Err(e) => Err((self.fault(e), then)),
         }
     }
 
@@ -285,6 +301,6 @@ pub(super) fn hook(module: &WasmModule, slot: &mut Slot, which: Hook) -> Result<
     match reply {
         Ok((status, _)) if status == Status::Ok as u32 => Ok(()),
         Ok(failed) => Err(failed),
-        Err(fault) => Err((fault.status, fault.message)),
+        Err((fault, _)) => Err((fault.status, fault.message)),
     }
 }
