@@ -24,6 +24,22 @@ pub const HEADER_SYMBOL_PREFIX: &str = "swapkit_plugin__";
 /// an interface; `method` is then the patch's position in the manifest's `patches` list.
 pub const PATCH_INTERFACE: u32 = u32::MAX;
 
+/// The `interface` number of `call` that addresses the plugin's live functions and live-type
+/// factories; `method` is the position in the manifest's `live` list.
+pub const LIVE_INTERFACE: u32 = u32::MAX - 1;
+
+/// The `interface` number of `call` that addresses the live-data hooks: [`METHOD_SAVE`] and
+/// [`METHOD_MIGRATE`].
+pub const LIFECYCLE_INTERFACE: u32 = u32::MAX - 2;
+
+/// `save`: no input; replies with `Option<LiveData>` (postcard), the state this instance hands
+/// to its successor at a reload.
+pub const METHOD_SAVE: u32 = 0;
+
+/// `migrate`: input is a `LiveData` (postcard) saved by the predecessor; runs between `load`
+/// and `init`. A failure aborts the reload.
+pub const METHOD_MIGRATE: u32 = 1;
+
 /// Header flag: the plugin was built with `panic = "unwind"`, so its glue can catch panics.
 pub const FLAG_PANIC_UNWIND: u32 = 1;
 
@@ -97,7 +113,21 @@ pub struct HostApi {
     pub ctx: *const c_void,
     /// Writes one log line, attributed to the calling plugin. `msg` is UTF-8.
     pub log: unsafe extern "C" fn(ctx: *const c_void, level: u32, msg: *const u8, len: usize),
+    /// Runs one host service; see [`ServiceFn`] and [`crate::service`].
+    pub service: ServiceFn,
 }
+
+/// Runs host service `op` with the postcard-encoded request in `input`. Returns a
+/// [`Status`](crate::Status); `out` receives the encoded reply, or a UTF-8 message on failure.
+/// The reply bytes belong to the host and stay valid until the next service call on the same
+/// thread.
+pub type ServiceFn = unsafe extern "C" fn(
+    ctx: *const c_void,
+    op: u32,
+    input: *const u8,
+    len: usize,
+    out: *mut RawSlice,
+) -> u32;
 
 // SAFETY: `ctx` points to host data that is `Sync` and outlives every instance given this
 // table; the host functions are thread-safe.

@@ -7,19 +7,23 @@ extern crate alloc;
 mod fingerprint;
 mod header;
 mod interface;
+mod live;
 mod manifest;
 mod status;
 
 pub mod hash;
+pub mod service;
 pub mod wire;
 
 pub use fingerprint::Fingerprint;
 pub use header::{
     level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader,
-    RawSlice, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, MAGIC, PATCH_INTERFACE,
+    RawSlice, ServiceFn, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, LIFECYCLE_INTERFACE,
+    LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
-pub use manifest::{Dependency, InterfaceDecl, Manifest, PatchDecl};
+pub use live::{LiveData, LiveError, LiveType};
+pub use manifest::{Dependency, ExportDecl, InterfaceDecl, LiveKind, Manifest, PatchDecl};
 pub use status::Status;
 
 /// Turns a trait into a swapkit interface: a typed host client, the guest dispatch and the

@@ -25,6 +25,31 @@ pub struct Manifest {
     /// Replacements for `#[patchable]` functions of a host, in the order the `method` argument
     /// of `call` numbers them when `interface` is [`PATCH_INTERFACE`](crate::PATCH_INTERFACE).
     pub patches: Vec<PatchDecl>,
+    /// Live functions and live-type factories, in the order the `method` argument of `call`
+    /// numbers them when `interface` is [`LIVE_INTERFACE`](crate::LIVE_INTERFACE).
+    pub live: Vec<ExportDecl>,
+}
+
+/// One function a plugin exports by name: a live function, or the factory of a live type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportDecl {
+    /// The name callers use: the function's name, or the live type's name.
+    pub name: String,
+    /// What it is.
+    pub kind: LiveKind,
+    /// The normalised signature text, as in [`PatchDecl::signature`].
+    pub signature: String,
+    /// FNV-1a of `signature`.
+    pub hash: u64,
+}
+
+/// What an [`ExportDecl`] exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LiveKind {
+    /// A live function: a host's `LiveFn` calls it by plugin and name.
+    Function,
+    /// The factory of a live type: it returns a [`LiveData`](crate::LiveData) of that type.
+    Factory,
 }
 
 /// One exported patch: a replacement for a host's `#[patchable]` function.
@@ -59,6 +84,9 @@ pub struct InterfaceDecl {
 pub struct Dependency {
     /// The name of the plugin depended on.
     pub plugin: String,
+    /// The interfaces of it this plugin uses, as `(name, hash)`: the load checks that the
+    /// dependency exports each with the same hash.
+    pub interfaces: Vec<(String, u64)>,
 }
 
 #[cfg(test)]
@@ -83,11 +111,18 @@ mod tests {
             }],
             dependencies: vec![Dependency {
                 plugin: "store".into(),
+                interfaces: vec![("Store".into(), 9)],
             }],
             patches: vec![PatchDecl {
                 target: "host::price".into(),
                 signature: "(u64,u32)->u64".into(),
                 hash: 7,
+            }],
+            live: vec![ExportDecl {
+                name: "tick".into(),
+                kind: LiveKind::Function,
+                signature: "(u64)->u64".into(),
+                hash: 8,
             }],
         };
         let bytes = crate::wire::to_vec(&m).unwrap();

@@ -19,6 +19,8 @@ pub enum Status {
     UnknownMethod = 5,
     /// The result did not encode.
     EncodeFailed = 6,
+    /// A host service refused a request, or the call it made failed.
+    ServiceFailed = 7,
 }
 
 impl Status {
@@ -32,6 +34,7 @@ impl Status {
             4 => Status::UnknownInterface,
             5 => Status::UnknownMethod,
             6 => Status::EncodeFailed,
+            7 => Status::ServiceFailed,
             _ => return None,
         })
     }
@@ -43,9 +46,9 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        for raw in 0..7 {
+        for raw in 0..8 {
             assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
         }
-        assert_eq!(Status::from_raw(7), None);
+        assert_eq!(Status::from_raw(8), None);
     }
 }

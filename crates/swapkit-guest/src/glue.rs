@@ -11,8 +11,9 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use swapkit_abi::{
-    wire, DispatchError, EntryPoints, Fingerprint, HostApi, Interface, InterfaceDecl, Manifest,
-    PatchDecl, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    wire, DispatchError, EntryPoints, ExportDecl, Fingerprint, HostApi, Interface, InterfaceDecl,
+    LiveData, LiveKind, Manifest, PatchDecl, PluginHeader, RawSlice, Status, ABI_VERSION,
+    FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE,
     PATCH_INTERFACE,
 };
 
@@ -26,10 +27,12 @@ pub trait Exports: Plugin {
     const VERSION: &'static str;
     /// The crate the plugin is built from.
     const CRATE_NAME: &'static str;
-    /// Plugins this one depends on.
-    const DEPENDENCIES: &'static [&'static str];
+    /// Plugins this one depends on, each with the `(name, hash)` of the interfaces it uses.
+    const DEPENDENCIES: &'static [(&'static str, &'static [(&'static str, u64)])];
     /// The exported patches, in the order `call` numbers them.
     const PATCHES: &'static [PatchExport];
+    /// The live functions and factories, in the order `call` numbers them.
+    const LIVE: &'static [LiveExport];
     /// The exported interfaces, in dispatch order.
     fn interfaces() -> Vec<InterfaceDecl>;
     /// Routes a call to the implementation of interface number `interface`.
@@ -52,6 +55,21 @@ pub struct PatchExport {
     /// FNV-1a of `signature`.
     pub hash: u64,
     /// Decodes the arguments, runs the replacement and encodes its result.
+    pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), DispatchError>,
+}
+
+/// One live function or live-type factory, made by `#[swapkit_guest::live]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveExport {
+    /// The name callers use.
+    pub name: &'static str,
+    /// Whether it is a factory.
+    pub kind: LiveKind,
+    /// The normalised signature text.
+    pub signature: &'static str,
+    /// FNV-1a of `signature`.
+    pub hash: u64,
+    /// Decodes the arguments, runs the function and encodes its result.
     pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), DispatchError>,
 }
 
@@ -133,6 +151,31 @@ unsafe fn respond(
     })
 }
 
+/// `save` and `migrate`.
+fn lifecycle<P: Plugin>(
+    inst: &Instance<P>,
+    method: u32,
+    input: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), (Status, String)> {
+    let hook = |e: crate::Error| (Status::HookFailed, e.message().to_owned());
+    match method {
+        METHOD_SAVE => {
+            let state = inst.plugin.save(&inst.host).map_err(hook)?;
+            wire::encode_into(&state, buf).map_err(|e| (Status::EncodeFailed, e.to_string()))
+        }
+        METHOD_MIGRATE => {
+            let from: LiveData =
+                wire::from_bytes(input).map_err(|e| (Status::BadInput, e.to_string()))?;
+            inst.plugin.migrate(&inst.host, from).map_err(hook)
+        }
+        other => Err((
+            Status::UnknownMethod,
+            format!("no lifecycle method number {other}"),
+        )),
+    }
+}
+
 #[cold]
 fn failed(buf: &mut Vec<u8>, status: Status, message: &str) -> Status {
     buf.clear();
@@ -164,8 +207,9 @@ pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 
                 interfaces: P::interfaces(),
                 dependencies: P::DEPENDENCIES
                     .iter()
-                    .map(|d| swapkit_abi::Dependency {
-                        plugin: (*d).into(),
+                    .map(|(plugin, interfaces)| swapkit_abi::Dependency {
+                        plugin: (*plugin).into(),
+                        interfaces: interfaces.iter().map(|(n, h)| ((*n).into(), *h)).collect(),
                     })
                     .collect(),
                 patches: P::PATCHES
@@ -174,6 +218,15 @@ pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 
                         target: p.target.into(),
                         signature: p.signature.into(),
                         hash: p.hash,
+                    })
+                    .collect(),
+                live: P::LIVE
+                    .iter()
+                    .map(|l| ExportDecl {
+                        name: l.name.into(),
+                        kind: l.kind,
+                        signature: l.signature.into(),
+                        hash: l.hash,
                     })
                     .collect(),
             };
@@ -246,13 +299,17 @@ pub(crate) unsafe extern "C" fn call<P: Exports>(
         }
         .as_slice();
         respond(out, |buf| {
-            let result = if interface == PATCH_INTERFACE {
-                match P::PATCHES.get(method as usize) {
+            let result = match interface {
+                PATCH_INTERFACE => match P::PATCHES.get(method as usize) {
                     Some(patch) => (patch.invoke)(input, buf),
                     None => Err(DispatchError::UnknownMethod(method)),
-                }
-            } else {
-                inst.plugin.dispatch(interface, method, input, buf)
+                },
+                LIVE_INTERFACE => match P::LIVE.get(method as usize) {
+                    Some(live) => (live.invoke)(input, buf),
+                    None => Err(DispatchError::UnknownMethod(method)),
+                },
+                LIFECYCLE_INTERFACE => return lifecycle(inst, method, input, buf),
+                _ => inst.plugin.dispatch(interface, method, input, buf),
             };
             result.map_err(|e| (e.status(), e.to_string()))
         })

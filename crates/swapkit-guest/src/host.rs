@@ -1,6 +1,14 @@
-//! The guest's handle on the host functions of ABI v1.
+//! The guest's handle on the host functions of ABI v1: logging, the Vault, the host's own
+//! functions, dependencies and live types.
 
-use swapkit_abi::{level, HostApi};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put, Versioned};
+use swapkit_abi::{
+    level, wire, HostApi, Interface, LiveData, LiveType, RawSlice, Status, Transport,
+};
+
+use crate::Error;
 
 /// A log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,5 +74,244 @@ impl Host {
     /// Logs at [`Level::Debug`].
     pub fn debug(&self, message: &str) {
         self.log(Level::Debug, message)
+    }
+
+    /// The host's Vault: state that outlives every swap.
+    pub fn vault(&self) -> Vault {
+        Vault { host: *self }
+    }
+
+    /// Calls the function the host registered as `name` with the argument tuple `args`.
+    pub fn call_host<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<R, Error> {
+        let args = wire::to_vec(args).map_err(|e| {
+            Error::msg(format!(
+                "arguments of host function `{name}` did not encode: {e}"
+            ))
+        })?;
+        let bytes = self.service_raw(
+            service::HOST_FN,
+            &Invoke {
+                name: name.into(),
+                args,
+            },
+        )?;
+        wire::from_bytes(&bytes).map_err(|e| {
+            Error::msg(format!(
+                "the result of host function `{name}` did not decode: {e}"
+            ))
+        })
+    }
+
+    /// A typed client for interface `I` of plugin `plugin`, which this plugin must list in
+    /// `dependencies` of `export_plugin!`. Each call reaches the instance of `plugin` in the
+    /// caller's own generation, so a pinned request never crosses into another generation.
+    ///
+    /// Call it on a thread the host called in on (a method or a hook): the host finds the
+    /// caller's generation from that call.
+    pub fn dependency<I: Interface + ?Sized>(&self, plugin: &str) -> I::Client<Dependency> {
+        I::client(Dependency {
+            host: *self,
+            plugin: plugin.into(),
+            interface: I::NAME,
+            hash: I::HASH,
+        })
+    }
+
+    /// Creates a value of live type `type_name` with its factory in the caller's generation,
+    /// whichever plugin exports it.
+    pub fn new_live<A: Serialize + ?Sized>(
+        &self,
+        type_name: &str,
+        args: &A,
+    ) -> Result<LiveData, Error> {
+        let args = wire::to_vec(args)
+            .map_err(|e| Error::msg(format!("arguments of `{type_name}` did not encode: {e}")))?;
+        self.service(
+            service::LIVE_NEW,
+            &Invoke {
+                name: type_name.into(),
+                args,
+            },
+        )
+    }
+
+    /// Runs a host service and decodes its reply.
+    fn service<Q: Serialize, R: DeserializeOwned>(&self, op: u32, request: &Q) -> Result<R, Error> {
+        let bytes = self.service_raw(op, request)?;
+        wire::from_bytes(&bytes)
+            .map_err(|e| Error::msg(format!("a host service reply did not decode: {e}")))
+    }
+
+    /// Runs a host service and copies its encoded reply.
+    fn service_raw<Q: Serialize>(&self, op: u32, request: &Q) -> Result<Vec<u8>, Error> {
+        const NEEDED: usize = core::mem::offset_of!(HostApi, service)
+            + core::mem::size_of::<swapkit_abi::ServiceFn>();
+        if self.api.size < NEEDED {
+            return Err(Error::msg("the host is older than this plugin and offers no services; rebuild the host against this swapkit"));
+        }
+        let input = wire::to_vec(request)
+            .map_err(|e| Error::msg(format!("a host service request did not encode: {e}")))?;
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: the table is at least `NEEDED` bytes, so `service` is set; `input` is valid
+        // for the call and `out` is writable.
+        let status =
+            unsafe { (self.api.service)(self.api.ctx, op, input.as_ptr(), input.len(), &mut out) };
+        // SAFETY: the reply stays valid until the next service call on this thread; it is
+        // copied before any other.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        if status == Status::Ok as u32 {
+            Ok(bytes)
+        } else {
+            Err(Error::msg(String::from_utf8_lossy(&bytes)))
+        }
+    }
+}
+
+/// The host's Vault, seen from a plugin: typed key/value state that the host owns and that
+/// outlives every swap and rollback. Values are live data (see [`LiveType`]), so a newer or
+/// older version of the plugin reads what this one wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Vault {
+    host: Host,
+}
+
+impl Vault {
+    /// The value under `key`, decoded as `T`; `None` if there is none.
+    pub fn get<T: LiveType>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self.get_versioned(key)? {
+            Some(v) => {
+                Ok(Some(v.value.decode_as::<T>().map_err(|e| {
+                    Error::msg(format!("vault key `{key}`: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The raw entry under `key`, with its type name, schema and version.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, Error> {
+        self.host
+            .service(service::VAULT_GET, &Key { key: key.into() })
+    }
+
+    /// Stores `value` under `key`, and returns the entry's new version.
+    pub fn put<T: LiveType>(&self, key: &str, value: &T) -> Result<u64, Error> {
+        let value = LiveData::of(value).map_err(Error::msg)?;
+        self.host.service(
+            service::VAULT_PUT,
+            &Put {
+                key: key.into(),
+                value,
+            },
+        )
+    }
+
+    /// Replaces the entry under `key` if its version is `expected` (0: if there is none).
+    /// `Ok(Ok(version))` when written; `Ok(Err(current))` when another write came first.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Option<LiveData>,
+    ) -> Result<Result<u64, Option<Versioned>>, Error> {
+        let reply: CasReply = self.host.service(
+            service::VAULT_CAS,
+            &Cas {
+                key: key.into(),
+                expected,
+                value,
+            },
+        )?;
+        Ok(match reply {
+            CasReply::Done(v) => Ok(v),
+            CasReply::Conflict(current) => Err(current),
+        })
+    }
+
+    /// Applies `f` to the value under `key` atomically, retrying when another writer came
+    /// first, and returns the value stored.
+    pub fn update<T: LiveType>(
+        &self,
+        key: &str,
+        mut f: impl FnMut(Option<T>) -> T,
+    ) -> Result<T, Error> {
+        let mut current = self.get_versioned(key)?;
+        loop {
+            let (old, expected) = match &current {
+                Some(v) => (
+                    Some(
+                        v.value
+                            .decode_as::<T>()
+                            .map_err(|e| Error::msg(format!("vault key `{key}`: {e}")))?,
+                    ),
+                    v.version,
+                ),
+                None => (None, 0),
+            };
+            let new = f(old);
+            let data = LiveData::of(&new).map_err(Error::msg)?;
+            match self.compare_and_swap(key, expected, Some(data))? {
+                Ok(_) => return Ok(new),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Deletes the entry under `key`; whether there was one.
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.host
+            .service(service::VAULT_DELETE, &Key { key: key.into() })
+    }
+
+    /// The keys that start with `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        self.host
+            .service(service::VAULT_LIST, &Key { key: prefix.into() })
+    }
+}
+
+/// The transport of a dependency client made by [`Host::dependency`].
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    host: Host,
+    plugin: String,
+    interface: &'static str,
+    hash: u64,
+}
+
+impl Transport for Dependency {
+    type Error = Error;
+
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: u32,
+        args: &A,
+    ) -> Result<R, Error> {
+        let args = wire::to_vec(args).map_err(|e| {
+            Error::msg(format!(
+                "arguments to `{}` did not encode: {e}",
+                self.plugin
+            ))
+        })?;
+        let bytes = self.host.service_raw(
+            service::DEPENDENCY,
+            &DependencyCall {
+                plugin: self.plugin.clone(),
+                interface: self.interface.into(),
+                hash: self.hash,
+                method,
+                args,
+            },
+        )?;
+        wire::from_bytes(&bytes).map_err(|e| {
+            Error::msg(format!(
+                "the result from `{}` {}::{method} did not decode: {e}",
+                self.plugin, self.interface
+            ))
+        })
     }
 }

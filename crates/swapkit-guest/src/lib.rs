@@ -54,8 +54,9 @@ mod host;
 #[doc(hidden)]
 pub mod wasm;
 
-pub use host::{Host, Level};
+pub use host::{Dependency, Host, Level, Vault};
 pub use swapkit_abi as abi;
+pub use swapkit_abi::{LiveData, LiveType};
 
 /// Exports a plugin type through ABI v1.
 ///
@@ -65,7 +66,9 @@ pub use swapkit_abi as abi;
 ///     name: "greeter",                  // optional; default: the package name
 ///     version: "1.0.0",                 // optional; default: the package version
 ///     interfaces: [api::Greeter],       // optional; traits made with #[swapkit_abi::interface]
-///     dependencies: ["store"],          // optional; plugins to load and init first
+///     dependencies: ["store" => [api::Store]], // optional; plugins to load and init first,
+///                                       // with the interfaces of theirs this one calls
+///     live: [jobs::run],                // optional; functions marked #[swapkit_guest::live]
 ///     patches: [fixes::price],          // optional; functions marked #[swapkit_guest::patch]
 /// }
 /// ```
@@ -104,6 +107,36 @@ pub use swapkit_macros::export_plugin;
 /// ```
 pub use swapkit_macros::patch_export as patch;
 
+/// Exports a free function by name, as a live function or as the factory of a live type.
+///
+/// `#[live]` exports a live function under the function's name (or `#[live(name = "..")]`):
+/// a host stores a `LiveFn` handle to it, and every call resolves the handle in the
+/// generation current at the time, so a job scheduled under v1 runs v2's code after a swap.
+///
+/// `#[live(factory = "TypeName")]` exports the factory of live type `TypeName`: it returns a
+/// [`LiveData`], and a host or another plugin creates a value of the current version's type by
+/// name. List the function in `live: [..]` of [`export_plugin!`].
+///
+/// ```
+/// pub struct Jobs;
+/// impl swapkit_guest::Plugin for Jobs {
+///     fn on_load(_: &swapkit_guest::Host) -> Result<Self, swapkit_guest::Error> {
+///         Ok(Jobs)
+///     }
+/// }
+///
+/// #[swapkit_guest::live]
+/// fn reminder(user: u64) -> String {
+///     format!("user {user}: your turn")
+/// }
+///
+/// swapkit_guest::export_plugin! {
+///     plugin: Jobs,
+///     live: [reminder],
+/// }
+/// ```
+pub use swapkit_macros::live_export as live;
+
 /// The lifecycle of a plugin instance.
 ///
 /// A host creates one instance per load with [`Plugin::on_load`], then calls
@@ -123,6 +156,25 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     /// Runs exactly once, when the instance is retired, just before it is dropped.
     fn on_free(&mut self, host: &Host) {
         let _ = host;
+    }
+
+    /// Live data: the state this instance hands to the next version of the plugin at a
+    /// reload (or to an older one at a rollback). It is read, not taken: if the reload is
+    /// aborted, this instance keeps serving with its state as it was. State that many calls
+    /// change at once belongs in the [`Vault`]; this is for what the instance holds itself.
+    fn save(&self, host: &Host) -> Result<Option<LiveData>, Error> {
+        let _ = host;
+        Ok(None)
+    }
+
+    /// Receives the live data the previous instance saved, after `on_load` and before
+    /// `on_init`, like Erlang's `code_change`. `from.schema` says which schema wrote it, newer
+    /// or older than this one. An error aborts the reload, and the previous instance keeps
+    /// serving. With a self-describing encoding, `from.decode()` already reads a value that
+    /// lacks a field with `#[serde(default)]`, so only real schema changes need code here.
+    fn migrate(&self, host: &Host, from: LiveData) -> Result<(), Error> {
+        let _ = (host, from);
+        Ok(())
     }
 }
 
@@ -156,7 +208,7 @@ impl<E: core::fmt::Display> From<E> for Error {
 
 #[doc(hidden)]
 pub mod __rt {
-    pub use crate::glue::{decl, header, Exports, PatchExport};
+    pub use crate::glue::{decl, header, Exports, LiveExport, PatchExport};
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasm;
     pub use std::vec;

@@ -23,6 +23,13 @@ unsafe extern "C" {
     fn host_log(level: u32, ptr: *const u8, len: usize);
     #[link_name = "panic"]
     fn host_panic(ptr: *const u8, len: usize);
+    /// Runs a host service; returns `status << 32 | reply length`. The host keeps the reply
+    /// until `reply` copies it out.
+    #[link_name = "service"]
+    fn host_service(op: u32, ptr: *const u8, len: usize) -> u64;
+    /// Copies the pending service reply to `ptr`, which has room for its length.
+    #[link_name = "reply"]
+    fn host_reply(ptr: *mut u8);
 }
 
 unsafe extern "C" fn log_shim(_ctx: *const c_void, level: u32, msg: *const u8, len: usize) {
@@ -30,10 +37,33 @@ unsafe extern "C" fn log_shim(_ctx: *const c_void, level: u32, msg: *const u8, l
     unsafe { host_log(level, msg, len) }
 }
 
+unsafe extern "C" fn service_shim(
+    _ctx: *const c_void,
+    op: u32,
+    input: *const u8,
+    len: usize,
+    out: *mut RawSlice,
+) -> u32 {
+    // SAFETY: `input` holds `len` bytes for the call.
+    let packed = unsafe { host_service(op, input, len) };
+    let (status, reply_len) = ((packed >> 32) as u32, packed as u32 as usize);
+    REPLY.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        b.resize(reply_len, 0);
+        // SAFETY: the buffer has room for the pending reply, whose length the host gave.
+        unsafe { host_reply(b.as_mut_ptr()) };
+        // SAFETY: the glue passes a writable `out`; the bytes stay until the next service call.
+        unsafe { out.write(RawSlice::from_slice(&b)) };
+    });
+    status
+}
+
 static API: HostApi = HostApi {
     size: core::mem::size_of::<HostApi>(),
     ctx: core::ptr::null(),
     log: log_shim,
+    service: service_shim,
 };
 
 /// Where a result is published: `[pointer, length]`.
@@ -45,6 +75,7 @@ static OUT: Slot = Slot(UnsafeCell::new([0, 0]));
 thread_local! {
     static INSTANCE: Cell<*mut c_void> = const { Cell::new(core::ptr::null_mut()) };
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn publish(out: RawSlice, status: u32) -> u32 {

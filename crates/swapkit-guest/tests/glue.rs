@@ -67,6 +67,18 @@ fn call(instance: *mut c_void, interface: u32, method: u32, input: &[u8]) -> (u3
     (status, unsafe { out.as_slice() }.to_vec())
 }
 
+/// This test host offers no services.
+unsafe extern "C" fn service(
+    _: *const c_void,
+    _: u32,
+    _: *const u8,
+    _: usize,
+    out: *mut RawSlice,
+) -> u32 {
+    unsafe { out.write(RawSlice::from_slice(b"no services here")) };
+    Status::ServiceFailed as u32
+}
+
 #[test]
 fn entry_points_follow_the_abi() {
     let entry = &SWAPKIT_PLUGIN.entry;
@@ -85,6 +97,7 @@ fn entry_points_follow_the_abi() {
         size: std::mem::size_of::<HostApi>(),
         ctx: std::ptr::null(),
         log,
+        service,
     };
     let mut instance: *mut c_void = std::ptr::null_mut();
     assert_eq!(

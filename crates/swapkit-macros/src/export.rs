@@ -11,8 +11,31 @@ struct Spec {
     name: Option<LitStr>,
     version: Option<LitStr>,
     interfaces: Vec<Path>,
-    dependencies: Vec<LitStr>,
+    dependencies: Vec<Dep>,
     patches: Vec<Path>,
+    live: Vec<Path>,
+}
+
+/// `"plugin"` or `"plugin" => [path::Trait, ..]`.
+struct Dep {
+    plugin: LitStr,
+    interfaces: Vec<Path>,
+}
+
+impl Parse for Dep {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let plugin = input.parse()?;
+        let mut interfaces = vec![];
+        if input.peek(Token![=>]) {
+            input.parse::<Token![=>]>()?;
+            let content;
+            bracketed!(content in input);
+            interfaces = Punctuated::<Path, Token![,]>::parse_terminated(&content)?
+                .into_iter()
+                .collect();
+        }
+        Ok(Dep { plugin, interfaces })
+    }
 }
 
 impl Parse for Spec {
@@ -23,6 +46,7 @@ impl Parse for Spec {
         let mut interfaces = None;
         let mut dependencies = vec![];
         let mut patches = vec![];
+        let mut live = vec![];
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             input.parse::<Token![:]>()?;
@@ -39,7 +63,7 @@ impl Parse for Spec {
                 "dependencies" => {
                     let content;
                     bracketed!(content in input);
-                    let list = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
+                    let list = Punctuated::<Dep, Token![,]>::parse_terminated(&content)?;
                     dependencies = list.into_iter().collect();
                 }
                 "patches" => {
@@ -48,11 +72,17 @@ impl Parse for Spec {
                     let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
                     patches = list.into_iter().collect();
                 }
+                "live" => {
+                    let content;
+                    bracketed!(content in input);
+                    let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+                    live = list.into_iter().collect();
+                }
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
                         format!(
-                            "unknown key `{other}`; expected plugin, name, version, interfaces, dependencies or patches"
+                            "unknown key `{other}`; expected plugin, name, version, interfaces, dependencies, patches or live"
                         ),
                     ))
                 }
@@ -66,9 +96,9 @@ impl Parse for Spec {
         };
         let plugin = plugin.ok_or_else(|| missing("plugin: YourType"))?;
         let interfaces: Vec<Path> = interfaces.unwrap_or_default();
-        if interfaces.is_empty() && patches.is_empty() {
+        if interfaces.is_empty() && patches.is_empty() && live.is_empty() {
             return Err(missing(
-                "interfaces: [path::Trait, ...] or patches: [path::function, ...]",
+                "interfaces: [path::Trait, ...], patches: [path::function, ...] or live: [path::function, ...]",
             ));
         }
         Ok(Spec {
@@ -78,6 +108,7 @@ impl Parse for Spec {
             interfaces,
             dependencies,
             patches,
+            live,
         })
     }
 }
@@ -100,18 +131,26 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         Some(v) => quote!(#v),
         None => quote!(env!("CARGO_PKG_VERSION")),
     };
-    let deps = &spec.dependencies;
+    let deps = spec.dependencies.iter().map(|d| {
+        let plugin = &d.plugin;
+        let ifaces = d.interfaces.iter().map(|p| {
+            quote!((<dyn #p as ::swapkit_guest::abi::Interface>::NAME, <dyn #p as ::swapkit_guest::abi::Interface>::HASH))
+        });
+        quote!((#plugin, &[#(#ifaces),*]))
+    });
     let decls = spec
         .interfaces
         .iter()
         .map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
-    let patches = spec.patches.iter().map(|p| {
+    let exported = |p: &Path| {
         let mut p = p.clone();
         if let Some(last) = p.segments.last_mut() {
             last.ident = crate::patch_export_ident(&last.ident);
         }
         p
-    });
+    };
+    let patches = spec.patches.iter().map(exported);
+    let live = spec.live.iter().map(exported);
     let arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
         let i = i as u32;
         quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)
@@ -122,8 +161,9 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             const NAME: &'static str = #name;
             const VERSION: &'static str = #version;
             const CRATE_NAME: &'static str = #crate_name;
-            const DEPENDENCIES: &'static [&'static str] = &[#(#deps),*];
+            const DEPENDENCIES: &'static [(&'static str, &'static [(&'static str, u64)])] = &[#(#deps),*];
             const PATCHES: &'static [::swapkit_guest::__rt::PatchExport] = &[#(#patches),*];
+            const LIVE: &'static [::swapkit_guest::__rt::LiveExport] = &[#(#live),*];
 
             fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
                 ::swapkit_guest::__rt::vec![#(#decls),*]

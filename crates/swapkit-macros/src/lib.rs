@@ -55,6 +55,15 @@ pub fn patch_export(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
+/// Exports a plugin function as a live function or live-type factory. See
+/// `swapkit_guest::live`.
+#[proc_macro_attribute]
+pub fn live_export(attr: TokenStream, item: TokenStream) -> TokenStream {
+    patch_export::expand_live(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
 /// Exports a plugin type through ABI v1. See `swapkit_guest::export_plugin`.
 #[proc_macro]
 pub fn export_plugin(input: TokenStream) -> TokenStream {

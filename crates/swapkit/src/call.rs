@@ -28,14 +28,21 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     args: &A,
 ) -> Result<R, CallError> {
     let (instance, interface) = generation.resolve(target)?;
+    // A plugin with dependencies calls them in this generation.
+    let _scope = instance
+        .scoped
+        .then(|| crate::services::enter(&generation.plugins, generation.id));
     let mut input = wire::StackBuf::<STACK_ARGS>::new();
     wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
     instance.call(interface, method, input.as_slice(), |reply| {
         if reply.status == Status::Ok as u32 {
-            wire::from_bytes::<R>(reply.bytes)
-                .map_err(|e| decode_error(instance, target, method, e))
+            wire::from_bytes::<R>(reply.bytes).map_err(|e| {
+                decode_error(instance, target.interface, method_name(target, method), e)
+            })
         } else {
-            Err(failure(instance, target, method, reply.status, reply.bytes))
+            let message = String::from_utf8_lossy(reply.bytes).into_owned();
+            let names = (target.interface, method_name(target, method));
+            Err(failure(instance, names, reply.status, message))
         }
     })
 }
@@ -50,18 +57,18 @@ fn encode_error(target: &Target, method: u32, e: wire::Error) -> CallError {
 }
 
 #[cold]
-fn decode_error(
+pub(crate) fn decode_error(
     instance: &crate::backend::Instance,
-    target: &Target,
-    method: u32,
+    interface: &'static str,
+    method: &'static str,
     e: wire::Error,
 ) -> CallError {
     let code = &instance.code;
     CallError::Decode {
         plugin: code.name.clone(),
         version: code.version.clone(),
-        interface: target.interface,
-        method: method_name(target, method),
+        interface,
+        method,
         reason: e.to_string(),
     }
 }
@@ -74,18 +81,18 @@ fn method_name(target: &Target, method: u32) -> &'static str {
         .unwrap_or("<unknown method>")
 }
 
+/// The error of a call whose reply carried status `raw` and `message`; `names` are the
+/// interface and method names the error reports.
 #[cold]
-fn failure(
+pub(crate) fn failure(
     instance: &crate::backend::Instance,
-    target: &Target,
-    method: u32,
+    names: (&'static str, &'static str),
     raw: u32,
-    bytes: &[u8],
+    message: String,
 ) -> CallError {
     let code = &instance.code;
     let (plugin, version) = (code.name.clone(), code.version.clone());
-    let (interface, method) = (target.interface, method_name(target, method));
-    let message = String::from_utf8_lossy(bytes).into_owned();
+    let (interface, method) = names;
     match raw {
         host_status::TRAP => {
             tracing::error!(%plugin, %version, interface, method, %message, "wasm plugin trapped");

@@ -192,6 +192,22 @@ pub enum LoadError {
         /// The missing dependency.
         dependency: String,
     },
+    /// A plugin uses an interface of a dependency that the dependency does not export, or
+    /// exports with another hash.
+    #[error(
+        "plugin `{plugin}` uses interface `{interface}` of `{dependency}`, but {reason}; rebuild \
+         both against one interface crate"
+    )]
+    DependencyInterface {
+        /// The dependent plugin.
+        plugin: String,
+        /// The dependency.
+        dependency: String,
+        /// The interface.
+        interface: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Plugins depend on each other in a cycle.
     #[error("plugin dependencies form a cycle: {}; break it", cycle.join(" -> "))]
     DependencyCycle {
@@ -208,7 +224,7 @@ pub enum LoadError {
         plugin: String,
         /// Its version.
         version: String,
-        /// `on_load` or `on_init`.
+        /// `on_load`, `save`, `migrate` or `on_init`.
         hook: &'static str,
         /// The plugin's message.
         message: String,
@@ -429,6 +445,23 @@ pub enum CallError {
         /// The decoder's message.
         reason: String,
     },
+    /// A live function or live type is not in the generation the call ran in: the plugin is
+    /// gone, or its current version no longer exports the name.
+    #[error(
+        "generation {generation} has no live {kind} `{name}`{}; it may have been removed in \
+         the current version",
+        plugin.as_deref().map(|p| format!(" in plugin `{p}`")).unwrap_or_default()
+    )]
+    LiveNotFound {
+        /// `function` or `type`.
+        kind: &'static str,
+        /// The plugin asked for, if any.
+        plugin: Option<String>,
+        /// The function or type name.
+        name: String,
+        /// The generation searched.
+        generation: u64,
+    },
     /// The arguments did not encode.
     #[error("the arguments of {interface}::{method} did not encode: {reason}")]
     Encode {
@@ -465,4 +498,36 @@ fn describe(held: &[crate::GenerationStatus]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Why a typed Vault operation failed. The Vault is unchanged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The entry holds a value of another type.
+    #[error("vault key `{key}` holds a `{stored}`, not a `{wanted}`; read it with the matching type or get_versioned")]
+    TypeMismatch {
+        /// The key.
+        key: String,
+        /// The stored value's type name.
+        stored: String,
+        /// The type asked for.
+        wanted: &'static str,
+    },
+    /// The entry's bytes did not decode as the type asked for.
+    #[error("vault key `{key}` did not decode: {reason}; migrate the value or add #[serde(default)] to new fields")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The value did not encode.
+    #[error("the value for vault key `{key}` did not encode: {reason}")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The encoder's message.
+        reason: String,
+    },
 }

@@ -52,22 +52,28 @@ mod call;
 mod error;
 mod generation;
 mod hazard;
+mod live;
 mod log;
 pub mod patch;
 mod plan;
+mod services;
 mod status;
 mod swapper;
+mod vault;
 
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
-pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError};
+pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError, VaultError};
+pub use live::LiveFn;
 pub use log::{GuestLog, LogSink};
 pub use status::{
     DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
 };
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
+pub use swapkit_abi::{LiveData, LiveType};
+pub use vault::Vault;
 
 /// Routes a function, or every method of an impl block, through a patch slot, so that it can
 /// be patched at runtime. See [`patch`](mod@patch) for the whole story.

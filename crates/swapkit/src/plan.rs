@@ -6,6 +6,40 @@ use std::sync::Arc;
 use crate::backend::Code;
 use crate::error::LoadError;
 
+/// Checks that `dependency` exports each interface `code` says it uses from it, with the
+/// same hash.
+fn check_uses(
+    code: &Code,
+    uses: &swapkit_abi::Dependency,
+    dependency: &Code,
+) -> Result<(), LoadError> {
+    for (name, hash) in &uses.interfaces {
+        let exported = dependency
+            .manifest
+            .interfaces
+            .iter()
+            .find(|i| i.name == *name);
+        let reason = match exported {
+            Some(i) if i.hash == *hash => continue,
+            Some(i) => format!(
+                "`{}` {} exports it with hash {:#018x}, not {hash:#018x}",
+                dependency.name, dependency.version, i.hash
+            ),
+            None => format!(
+                "`{}` {} does not export it",
+                dependency.name, dependency.version
+            ),
+        };
+        return Err(LoadError::DependencyInterface {
+            plugin: code.name.to_string(),
+            dependency: dependency.name.to_string(),
+            interface: name.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
 /// Refuses duplicate names, unknown dependencies and cycles, and returns `codes` ordered so
 /// that every plugin comes after the plugins it depends on. Ties keep their given order.
 pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> {
@@ -25,7 +59,10 @@ pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> 
         let mut list = vec![];
         for d in &c.manifest.dependencies {
             match by_name.get(d.plugin.as_str()) {
-                Some(&j) => list.push(j),
+                Some(&j) => {
+                    check_uses(c, d, &codes[j])?;
+                    list.push(j)
+                }
                 None => {
                     return Err(LoadError::UnknownDependency {
                         plugin: c.name.to_string(),

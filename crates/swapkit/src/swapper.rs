@@ -16,8 +16,8 @@ use crate::error::{DrainTimeout, InterfaceMismatch, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
 use crate::log::LogSink;
-use crate::plan;
 use crate::status::{generation_status, Status};
+use crate::{plan, services, Vault};
 
 /// Called with the status of a generation still held past the drain deadline.
 pub type OverdueHook = Arc<dyn Fn(&crate::GenerationStatus) + Send + Sync>;
@@ -65,6 +65,7 @@ pub(crate) struct Inner {
     wasm: Mutex<Option<Arc<WasmLoader>>>,
     wasm_config: (WasmLimits, Option<PathBuf>),
     sink: Option<LogSink>,
+    vault: Vault,
     drain_deadline: Duration,
     history_len: usize,
 }
@@ -96,6 +97,7 @@ pub struct SwapperBuilder {
     scratch: Option<PathBuf>,
     wasm_limits: WasmLimits,
     wasm_cache: Option<PathBuf>,
+    vault: Option<Vault>,
 }
 
 impl SwapperBuilder {
@@ -165,6 +167,13 @@ impl SwapperBuilder {
         self
     }
 
+    /// Shares this Vault with the plugins, instead of a new empty one: for state the host
+    /// set up before the swapper, or kept from another swapper.
+    pub fn vault(mut self, vault: Vault) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
     /// Builds the swapper, loading the static plugins if any were registered.
     pub fn build(self) -> Result<Swapper, LoadError> {
         let ledger = Arc::new(Ledger::default());
@@ -201,6 +210,7 @@ impl SwapperBuilder {
                 self.wasm_cache.or_else(default_wasm_cache),
             ),
             sink: self.sink,
+            vault: self.vault.unwrap_or_default(),
             drain_deadline: self.drain_deadline,
             history_len: self.history_len,
         });
@@ -268,7 +278,18 @@ impl Swapper {
             scratch: None,
             wasm_limits: WasmLimits::default(),
             wasm_cache: None,
+            vault: None,
         }
+    }
+
+    /// The current-generation cell, for call paths outside this module.
+    pub(crate) fn current(&self) -> &Current {
+        &self.inner.current
+    }
+
+    /// The Vault the host and every generation share: it outlives every swap and rollback.
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
     }
 
     /// Loads every artifact in `dir` (files ending in the platform's library extension) as
@@ -544,6 +565,7 @@ impl Inner {
             reused: vec![],
             took: Duration::ZERO,
         };
+        let id = state.next_id;
         let built = (|| {
             for code in &codes {
                 let named = (code.name.to_string(), code.version.to_string());
@@ -556,11 +578,34 @@ impl Inner {
                     report.reused.push(named);
                 } else {
                     fresh.push(instances.len());
-                    instances.push(Arc::new(Instance::load(code.clone(), self.sink.clone())?));
+                    // Hooks see the plugins loaded so far (their dependencies) as their
+                    // generation.
+                    let loaded = {
+                        let _scope = services::enter(&instances, id);
+                        Instance::load(code.clone(), self.sink.clone(), self.vault.clone())?
+                    };
+                    instances.push(Arc::new(loaded));
                     report.loaded.push(named);
                 }
             }
+            // Live data: each new instance receives what its predecessor saves, between
+            // on_load and on_init. The predecessor keeps its own state and keeps serving.
             for &i in &fresh {
+                let name = &instances[i].code.name;
+                let Some(old) = current.plugins.iter().find(|p| p.code.name == *name) else {
+                    continue;
+                };
+                let saved = {
+                    let _scope = services::enter(&current.plugins, current.id);
+                    old.save()?
+                };
+                if let Some(data) = saved {
+                    let _scope = services::enter(&instances, id);
+                    instances[i].migrate(&data)?;
+                }
+            }
+            for &i in &fresh {
+                let _scope = services::enter(&instances, id);
                 instances[i].init()?;
             }
             Ok::<(), LoadError>(())
@@ -576,7 +621,6 @@ impl Inner {
             return Err(e);
         }
 
-        let id = state.next_id;
         state.next_id += 1;
         let generation = Arc::new(Generation::new(id, instances, self.ledger.clone()));
         let old = self.current.swap(generation);

@@ -360,6 +360,7 @@ fn handmade_text(call_body: &str, imports: &str, skip: Option<&str>) -> String {
         }],
         dependencies: vec![],
         patches: vec![],
+        live: vec![],
     };
     let bytes = wire::to_vec(&manifest).unwrap();
     let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();

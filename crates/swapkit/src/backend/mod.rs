@@ -14,12 +14,14 @@ use std::ptr::addr_of;
 use std::sync::Arc;
 
 use swapkit_abi::{
-    wire, Fingerprint, HostApi, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION,
-    FLAG_PANIC_UNWIND, MAGIC,
+    wire, Fingerprint, HostApi, LiveData, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION,
+    FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE,
 };
 
 use crate::error::LoadError;
 use crate::log::{host_log, GuestCtx, LogSink};
+use crate::services::host_service;
+use crate::Vault;
 
 /// Which backend a plugin came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +168,9 @@ impl Code {
 /// A live plugin instance: the guest object made by `on_load`, freed by `on_free` on drop.
 pub(crate) struct Instance {
     pub code: Arc<Code>,
+    /// The plugin declares dependencies, so a call into it records its generation for the
+    /// dependency calls it makes (see `services.rs`).
+    pub scoped: bool,
     imp: Imp,
 }
 
@@ -202,12 +207,12 @@ impl Reply<'_> {
 
 impl Instance {
     /// Runs `on_load`, making a new instance of `code`.
-    pub fn load(code: Arc<Code>, sink: Option<LogSink>) -> Result<Instance, LoadError> {
-        let ctx = GuestCtx {
-            plugin: code.name.clone(),
-            version: code.version.clone(),
-            sink,
-        };
+    pub fn load(
+        code: Arc<Code>,
+        sink: Option<LogSink>,
+        vault: Vault,
+    ) -> Result<Instance, LoadError> {
+        let ctx = GuestCtx::new(&code, sink, vault);
         let _span =
             tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
         let header = match &code.entry {
@@ -216,6 +221,7 @@ impl Instance {
                 let instance = wasm::WasmInstance::load(module.clone(), Arc::new(ctx))
                     .map_err(|(status, message)| hook_error(&code, "on_load", status, message))?;
                 return Ok(Instance {
+                    scoped: !code.manifest.dependencies.is_empty(),
                     code,
                     imp: Imp::Wasm(Box::new(instance)),
                 });
@@ -226,6 +232,7 @@ impl Instance {
             size: std::mem::size_of::<HostApi>(),
             ctx: (&*ctx as *const GuestCtx).cast(),
             log: host_log,
+            service: host_service,
         };
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut out = RawSlice::EMPTY;
@@ -248,6 +255,7 @@ impl Instance {
             });
         }
         Ok(Instance {
+            scoped: !code.manifest.dependencies.is_empty(),
             code,
             imp: Imp::Native {
                 header,
@@ -278,6 +286,43 @@ impl Instance {
                 .init()
                 .map_err(|(status, message)| hook_error(&self.code, "on_init", status, message)),
         }
+    }
+
+    /// Runs the `save` hook: the live data this instance hands to its successor.
+    pub fn save(&self) -> Result<Option<LiveData>, LoadError> {
+        let _span =
+            tracing::debug_span!("save", plugin = %self.code.name, version = %self.code.version)
+                .entered();
+        self.call(LIFECYCLE_INTERFACE, METHOD_SAVE, &[], |reply| {
+            if reply.status != Status::Ok as u32 {
+                return Err(hook_error(
+                    &self.code,
+                    "save",
+                    reply.status,
+                    reply.message(),
+                ));
+            }
+            wire::from_bytes(reply.bytes).map_err(|e| LoadError::Hook {
+                plugin: self.code.name.to_string(),
+                version: self.code.version.to_string(),
+                hook: "save",
+                message: format!("the saved state did not decode: {e}"),
+            })
+        })
+    }
+
+    /// Runs the `migrate` hook with the live data of the predecessor.
+    pub fn migrate(&self, from: &LiveData) -> Result<(), LoadError> {
+        let _span = tracing::info_span!("migrate", plugin = %self.code.name, version = %self.code.version, from_schema = from.schema).entered();
+        let input = wire::to_vec(from).map_err(|e| LoadError::Hook {
+            plugin: self.code.name.to_string(),
+            version: self.code.version.to_string(),
+            hook: "migrate",
+            message: format!("the saved state did not encode: {e}"),
+        })?;
+        self.call(LIFECYCLE_INTERFACE, METHOD_MIGRATE, &input, |reply| {
+            hook_result(&self.code, "migrate", &reply)
+        })
     }
 
     /// Calls method `method` of exported interface `interface` with encoded arguments, and

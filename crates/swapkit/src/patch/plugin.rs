@@ -63,18 +63,22 @@ impl PluginPatches {
     /// The patches of a plugin crate linked into the host: pass its `SWAPKIT_PLUGIN` static.
     pub fn from_static(header: &'static PluginHeader) -> Result<PluginPatches, PatchError> {
         let code = statics::code(header).map_err(PatchError::load)?;
-        PluginPatches::new(code, None)
+        PluginPatches::new(code, None, crate::Vault::new())
     }
 
     /// Loads an instance of `code` for its patches.
-    pub(crate) fn new(code: Arc<Code>, sink: Option<LogSink>) -> Result<PluginPatches, PatchError> {
+    pub(crate) fn new(
+        code: Arc<Code>,
+        sink: Option<LogSink>,
+        vault: crate::Vault,
+    ) -> Result<PluginPatches, PatchError> {
         if code.manifest.patches.is_empty() {
             return Err(PatchError::NoPatches {
                 plugin: code.name.to_string(),
                 origin: code.origin.clone(),
             });
         }
-        let instance = Instance::load(code, sink).map_err(PatchError::load)?;
+        let instance = Instance::load(code, sink, vault).map_err(PatchError::load)?;
         instance.init().map_err(PatchError::load)?;
         Ok(PluginPatches {
             instance: Arc::new(instance),
@@ -276,6 +280,6 @@ impl crate::Swapper {
         path: impl AsRef<std::path::Path>,
     ) -> Result<PluginPatches, PatchError> {
         let code = self.load_code(path.as_ref()).map_err(PatchError::load)?;
-        PluginPatches::new(code, self.log_sink())
+        PluginPatches::new(code, self.log_sink(), self.vault().clone())
     }
 }

@@ -27,9 +27,18 @@ pub enum Fixture {
     PatchesClosed,
     /// Wasm only.
     Hostile,
+    StateV1,
+    StateV2,
+    /// The plugins of `examples/trine`.
+    TrineStore,
+    TrineLogicV1,
+    TrineLogicV2,
+    TrineFront,
+    DepWrong,
+    DepStray,
 }
 
-const ALL: [Fixture; 14] = [
+const ALL: [Fixture; 22] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -44,6 +53,14 @@ const ALL: [Fixture; 14] = [
     Fixture::Patches,
     Fixture::PatchesBad,
     Fixture::PatchesClosed,
+    Fixture::StateV1,
+    Fixture::StateV2,
+    Fixture::TrineStore,
+    Fixture::TrineLogicV1,
+    Fixture::TrineLogicV2,
+    Fixture::TrineFront,
+    Fixture::DepWrong,
+    Fixture::DepStray,
 ];
 
 impl Fixture {
@@ -64,6 +81,14 @@ impl Fixture {
             Fixture::PatchesBad => "fixture-patches-bad",
             Fixture::PatchesClosed => "fixture-patches-closed",
             Fixture::Hostile => "fixture-hostile",
+            Fixture::StateV1 => "fixture-state-v1",
+            Fixture::StateV2 => "fixture-state-v2",
+            Fixture::TrineStore => "trine-store",
+            Fixture::TrineLogicV1 => "trine-logic-v1",
+            Fixture::TrineLogicV2 => "trine-logic-v2",
+            Fixture::TrineFront => "trine-front",
+            Fixture::DepWrong => "fixture-dep-wrong",
+            Fixture::DepStray => "fixture-dep-stray",
         }
     }
 
@@ -105,9 +130,7 @@ impl Fixture {
             Fixture::Patches => &fixture_patches::SWAPKIT_PLUGIN,
             Fixture::PatchesBad => &fixture_patches_bad::SWAPKIT_PLUGIN,
             Fixture::PatchesClosed => &fixture_patches_closed::SWAPKIT_PLUGIN,
-            Fixture::PlainCdylib | Fixture::Handmade | Fixture::Hostile => {
-                panic!("{self:?} is not linked statically")
-            }
+            _ => panic!("{self:?} is not linked statically"),
         }
     }
 }
@@ -126,7 +149,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 13] = [
+const WASM: [Fixture; 21] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -140,6 +163,14 @@ const WASM: [Fixture; 13] = [
     Fixture::PatchesBad,
     Fixture::PatchesClosed,
     Fixture::Hostile,
+    Fixture::StateV1,
+    Fixture::StateV2,
+    Fixture::TrineStore,
+    Fixture::TrineLogicV1,
+    Fixture::TrineLogicV2,
+    Fixture::TrineFront,
+    Fixture::DepWrong,
+    Fixture::DepStray,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
@@ -225,7 +256,8 @@ pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, 
         .builder()
         .wasm_cache_dir(wasm_cache())
         .interface::<dyn fixture_api::Greeter>()
-        .interface::<dyn fixture_api::Probe>();
+        .interface::<dyn fixture_api::Probe>()
+        .interface::<dyn fixture_api::Counter>();
     match backend {
         Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;
@@ -248,6 +280,19 @@ macro_rules! on_both_backends {
         }
         mod statics {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Static) })*
+        }
+        mod wasm {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Wasm) })*
+        }
+    };
+}
+
+/// Runs a test on the backends that can swap: native and wasm.
+#[macro_export]
+macro_rules! on_swappable_backends {
+    ($($name:ident),* $(,)?) => {
+        mod native {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Native) })*
         }
         mod wasm {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Wasm) })*

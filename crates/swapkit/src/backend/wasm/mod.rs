@@ -49,7 +49,7 @@ mod pool;
 mod slot;
 
 pub(crate) use pool::WasmInstance;
-use slot::{host_log, host_panic, Funcs, Limiter, Slot, SlotData};
+use slot::{host_log, host_panic, host_reply, host_service, Funcs, Limiter, Slot, SlotData};
 
 /// How often the engine's epoch advances: the resolution of call timeouts.
 const TICK: Duration = Duration::from_millis(2);
@@ -163,6 +163,12 @@ impl WasmLoader {
         linker
             .func_wrap("swapkit", "panic", host_panic)
             .map_err(link_error)?;
+        linker
+            .func_wrap("swapkit", "service", host_service)
+            .map_err(link_error)?;
+        linker
+            .func_wrap("swapkit", "reply", host_reply)
+            .map_err(link_error)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop.clone()).map_err(|e| LoadError::WasmEngine {
             reason: format!("cannot start the epoch ticker thread: {e}"),
@@ -273,12 +279,13 @@ fn check_shape(path: &Path, module: &Module) -> Result<(), LoadError> {
         reason,
     };
     for import in module.imports() {
-        let known = import.module() == "swapkit" && matches!(import.name(), "log" | "panic");
+        let known = import.module() == "swapkit"
+            && matches!(import.name(), "log" | "panic" | "service" | "reply");
         if !known {
             return Err(bad(format!(
-                "it imports `{}.{}`, but a plugin may import only `swapkit.log` and \
-                 `swapkit.panic`; build it with swapkit-guest for wasm32-unknown-unknown, \
-                 without wasm-bindgen or WASI",
+                "it imports `{}.{}`, but a plugin may import only the swapkit host functions \
+                 (`swapkit.log`, `swapkit.panic`, `swapkit.service`, `swapkit.reply`); build it \
+                 with swapkit-guest for wasm32-unknown-unknown, without wasm-bindgen or WASI",
                 import.module(),
                 import.name()
             )));
@@ -316,11 +323,7 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
         origin: origin.to_owned(),
         reason,
     };
-    let ctx = Arc::new(GuestCtx {
-        plugin: "?".into(),
-        version: "?".into(),
-        sink: None,
-    });
+    let ctx = Arc::new(GuestCtx::probe());
     let mut slot = wasm
         .slot(ctx, true, 0)
         .map_err(|e| failed(format!("instantiating failed: {e}")))?;
@@ -410,6 +413,7 @@ impl WasmModule {
             ctx,
             quiet,
             panic: None,
+            reply: Vec::new(),
         };
         let mut store = Store::new(&self.shared.engine, data);
         store.limiter(|d| &mut d.limiter);

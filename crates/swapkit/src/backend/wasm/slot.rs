@@ -17,6 +17,8 @@ pub(super) struct SlotData {
     /// A replica: its hook log lines go to `tracing` only.
     pub(super) quiet: bool,
     pub(super) panic: Option<String>,
+    /// The last `swapkit.service` reply, until `swapkit.reply` copies it out.
+    pub(super) reply: Vec<u8>,
 }
 
 /// The per-store resource caps; remembers which one was hit.
@@ -76,12 +78,50 @@ impl ResourceLimiter for Limiter {
 }
 
 fn guest_bytes(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<String> {
+    guest_slice(caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn guest_slice(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<Vec<u8>> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return None;
     };
     let data = memory.data(&*caller);
     let bytes = data.get(ptr as usize..(ptr as usize).checked_add(len as usize)?)?;
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    Some(bytes.to_vec())
+}
+
+/// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
+/// `services.rs`) and keeps the reply for `swapkit.reply`.
+pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, len: u32) -> u64 {
+    let result = match guest_slice(&mut caller, ptr, len) {
+        Some(input) => {
+            let ctx = caller.data().ctx.clone();
+            // A host panic must not unwind through wasm frames.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::services::serve(&ctx, op, &input)
+            }))
+            .unwrap_or_else(|_| Err("the host panicked serving the request".into()))
+        }
+        None => Err("the request lies outside linear memory".into()),
+    };
+    let (status, reply) = match result {
+        Ok(bytes) => (Status::Ok, bytes),
+        Err(message) => (Status::ServiceFailed, message.into_bytes()),
+    };
+    let len = reply.len() as u64;
+    caller.data_mut().reply = reply;
+    ((status as u64) << 32) | len
+}
+
+/// `swapkit.reply(ptr)`: copies the pending service reply to `ptr`.
+pub(super) fn host_reply(mut caller: Caller<'_, SlotData>, ptr: u32) -> wasmtime::Result<()> {
+    let reply = std::mem::take(&mut caller.data_mut().reply);
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::Error::msg("the plugin exports no memory"));
+    };
+    memory
+        .write(&mut caller, ptr as usize, &reply)
+        .map_err(|_| wasmtime::Error::msg("the reply buffer lies outside linear memory"))
 }
 
 /// `swapkit.log(level, ptr, len)`.

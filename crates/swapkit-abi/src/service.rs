@@ -1,0 +1,110 @@
+//! Host services: what a plugin asks of its host beyond logging, through one function,
+//! [`HostApi::service`](crate::HostApi::service) (on wasm, the imports `swapkit.service` and
+//! `swapkit.reply`).
+//!
+//! A request is an operation number and a postcard-encoded request value; the reply is a
+//! status and, on success, a postcard-encoded reply value. On failure the reply is a UTF-8
+//! message. The operations and their request and reply types:
+//!
+//! | op | request | reply |
+//! |---|---|---|
+//! | [`VAULT_GET`] | [`Key`] | `Option<`[`Versioned`]`>` |
+//! | [`VAULT_PUT`] | [`Put`] | `u64`, the entry's new version |
+//! | [`VAULT_CAS`] | [`Cas`] | [`CasReply`] |
+//! | [`VAULT_DELETE`] | [`Key`] | `bool`, whether the key existed |
+//! | [`VAULT_LIST`] | [`Key`] (a prefix) | `Vec<String>`, sorted |
+//! | [`HOST_FN`] | [`Invoke`] (a host function's name) | the function's encoded result |
+//! | [`DEPENDENCY`] | [`DependencyCall`] | the method's encoded result |
+//! | [`LIVE_NEW`] | [`Invoke`] (a live type's name) | [`LiveData`](crate::LiveData) |
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::live::LiveData;
+
+/// Reads a Vault entry.
+pub const VAULT_GET: u32 = 1;
+/// Writes a Vault entry, whatever it held.
+pub const VAULT_PUT: u32 = 2;
+/// Writes or deletes a Vault entry if its version is the expected one.
+pub const VAULT_CAS: u32 = 3;
+/// Deletes a Vault entry.
+pub const VAULT_DELETE: u32 = 4;
+/// Lists the Vault keys that start with a prefix.
+pub const VAULT_LIST: u32 = 5;
+/// Calls a function the host registered for plugins.
+pub const HOST_FN: u32 = 6;
+/// Calls an interface method of a plugin this one depends on, in the caller's generation.
+pub const DEPENDENCY: u32 = 7;
+/// Creates a value of a live type by name, in the caller's generation.
+pub const LIVE_NEW: u32 = 8;
+
+/// A request naming one key (or, for [`VAULT_LIST`], a prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    /// The key.
+    pub key: String,
+}
+
+/// A Vault entry with its version: 1 for its first write, one more for each later write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    /// The value.
+    pub value: LiveData,
+    /// The entry's version.
+    pub version: u64,
+}
+
+/// [`VAULT_PUT`]'s request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    /// The key.
+    pub key: String,
+    /// The new value.
+    pub value: LiveData,
+}
+
+/// [`VAULT_CAS`]'s request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cas {
+    /// The key.
+    pub key: String,
+    /// The version the entry must have; 0 means it must be absent.
+    pub expected: u64,
+    /// The new value; `None` deletes the entry.
+    pub value: Option<LiveData>,
+}
+
+/// [`VAULT_CAS`]'s reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CasReply {
+    /// Written: the entry's new version (0 if deleted).
+    Done(u64),
+    /// The entry had another version: what it holds now.
+    Conflict(Option<Versioned>),
+}
+
+/// A call by name: [`HOST_FN`] and [`LIVE_NEW`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoke {
+    /// The host function or live type.
+    pub name: String,
+    /// The postcard-encoded argument tuple.
+    pub args: Vec<u8>,
+}
+
+/// [`DEPENDENCY`]'s request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyCall {
+    /// The plugin called; the caller must declare it as a dependency.
+    pub plugin: String,
+    /// The interface's name.
+    pub interface: String,
+    /// The interface's hash, as the caller was built with it.
+    pub hash: u64,
+    /// The method number.
+    pub method: u32,
+    /// The postcard-encoded argument tuple.
+    pub args: Vec<u8>,
+}

@@ -1,0 +1,278 @@
+//! The Vault: typed key/value state that the host owns, that the host and every generation
+//! share, and that outlives every swap and rollback. It also carries the host's own functions
+//! for plugins.
+//!
+//! Values are [`LiveData`]: a type name, a schema version and a self-describing encoding, so a
+//! plugin version reads what another version wrote. Every write gives its entry a new version,
+//! unique across the Vault (a key deleted and written again never reuses one), which makes
+//! [`Vault::compare_and_swap`] safe from ABA.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::service::Versioned;
+use swapkit_abi::{wire, LiveData, LiveType};
+
+use crate::error::VaultError;
+
+/// A host function offered to plugins: encoded arguments in, encoded result or message out.
+pub(crate) type HostFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Host-owned state shared with every generation. Cloning it is cheap and shares the state.
+///
+/// ```
+/// let vault = swapkit::Vault::new();
+/// vault.put("hits", &1u64).unwrap();
+/// vault.update("hits", |n: Option<u64>| n.unwrap_or(0) + 1).unwrap();
+/// assert_eq!(vault.get::<u64>("hits").unwrap(), Some(2));
+/// ```
+#[derive(Clone, Default)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: RwLock<Entries>,
+    functions: RwLock<HashMap<String, HostFn>>,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: BTreeMap<String, Versioned>,
+    /// The last version given out.
+    version: u64,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("entries", &self.read().map.len())
+            .field("functions", &self.functions().len())
+            .finish()
+    }
+}
+
+impl Vault {
+    /// An empty Vault. A [`Swapper`](crate::Swapper) makes its own unless given one with
+    /// [`SwapperBuilder::vault`](crate::SwapperBuilder::vault).
+    pub fn new() -> Vault {
+        Vault::default()
+    }
+
+    /// The value under `key`, decoded as `T`; `None` if there is none. A value of another
+    /// type name is an error, not a silent misread.
+    pub fn get<T: LiveType>(&self, key: &str) -> Result<Option<T>, VaultError> {
+        match self.get_versioned(key) {
+            Some(v) => Ok(Some(decode(key, &v.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw entry under `key`: its live data and version.
+    pub fn get_versioned(&self, key: &str) -> Option<Versioned> {
+        self.read().map.get(key).cloned()
+    }
+
+    /// Stores `value` under `key`, and returns the entry's new version.
+    pub fn put<T: LiveType>(&self, key: &str, value: &T) -> Result<u64, VaultError> {
+        Ok(self.put_raw(key, encode(key, value)?))
+    }
+
+    /// Stores live data under `key`, and returns the entry's new version.
+    pub fn put_raw(&self, key: &str, value: LiveData) -> u64 {
+        let mut entries = self.write();
+        entries.version += 1;
+        let version = entries.version;
+        entries
+            .map
+            .insert(key.to_owned(), Versioned { value, version });
+        version
+    }
+
+    /// Replaces the entry under `key` with `value` (or deletes it, for `None`) if its version
+    /// is `expected`, where 0 means there must be no entry. `Ok(version)` when written;
+    /// `Err(current)` with what the entry holds when another write came first.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Option<LiveData>,
+    ) -> Result<u64, Option<Versioned>> {
+        let mut entries = self.write();
+        let current = entries.map.get(key).map_or(0, |v| v.version);
+        if current != expected {
+            return Err(entries.map.get(key).cloned());
+        }
+        match value {
+            Some(value) => {
+                entries.version += 1;
+                let version = entries.version;
+                entries
+                    .map
+                    .insert(key.to_owned(), Versioned { value, version });
+                Ok(version)
+            }
+            None => {
+                entries.map.remove(key);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Applies `f` to the value under `key` atomically: when another writer comes first, `f`
+    /// runs again on the newer value. Returns the value stored.
+    pub fn update<T: LiveType>(
+        &self,
+        key: &str,
+        mut f: impl FnMut(Option<T>) -> T,
+    ) -> Result<T, VaultError> {
+        let mut current = self.get_versioned(key);
+        loop {
+            let (old, expected) = match &current {
+                Some(v) => (Some(decode(key, &v.value)?), v.version),
+                None => (None, 0),
+            };
+            let new = f(old);
+            match self.compare_and_swap(key, expected, Some(encode(key, &new)?)) {
+                Ok(_) => return Ok(new),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Deletes the entry under `key`; whether there was one.
+    pub fn delete(&self, key: &str) -> bool {
+        self.write().map.remove(key).is_some()
+    }
+
+    /// The keys that start with `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        self.read()
+            .map
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Offers `f` to plugins as host function `name`; they call it with
+    /// `host.call_host::<A, R>(name, &args)`. Arguments and result cross in the wire encoding,
+    /// so both sides must agree on `A` and `R`, as for an interface method. Replaces any
+    /// function of the same name; calls already running finish with the old one.
+    pub fn provide<A, R, F>(&self, name: &str, f: F)
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let name_owned = name.to_owned();
+        let raw: HostFn = Arc::new(move |input: &[u8]| {
+            let args: A = wire::from_bytes(input).map_err(|e| {
+                format!("the arguments did not decode as host function `{name_owned}`'s: {e}")
+            })?;
+            wire::to_vec(&f(args)).map_err(|e| format!("the result did not encode: {e}"))
+        });
+        self.inner
+            .functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), raw);
+    }
+
+    /// Withdraws host function `name`; whether it was offered.
+    pub fn withdraw(&self, name: &str) -> bool {
+        self.inner
+            .functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    /// The host function `name`, if offered.
+    pub(crate) fn function(&self, name: &str) -> Option<HostFn> {
+        self.functions().get(name).cloned()
+    }
+
+    fn functions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HostFn>> {
+        self.inner
+            .functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
+        self.inner.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
+        self.inner
+            .entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn encode<T: LiveType>(key: &str, value: &T) -> Result<LiveData, VaultError> {
+    LiveData::of(value).map_err(|e| VaultError::Encode {
+        key: key.to_owned(),
+        reason: e.0,
+    })
+}
+
+fn decode<T: LiveType>(key: &str, value: &LiveData) -> Result<T, VaultError> {
+    if value.type_name != T::TYPE_NAME {
+        return Err(VaultError::TypeMismatch {
+            key: key.to_owned(),
+            stored: value.type_name.clone(),
+            wanted: T::TYPE_NAME,
+        });
+    }
+    value.decode().map_err(|e| VaultError::Decode {
+        key: key.to_owned(),
+        reason: e.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_never_reused() {
+        let v = Vault::new();
+        let first = v.put("k", &1u64).unwrap();
+        assert!(v.delete("k"));
+        let second = v.put("k", &1u64).unwrap();
+        assert!(second > first);
+        assert_eq!(
+            v.compare_and_swap("k", first, None)
+                .unwrap_err()
+                .unwrap()
+                .version,
+            second
+        );
+    }
+
+    #[test]
+    fn list_is_by_prefix_and_sorted() {
+        let v = Vault::new();
+        for k in ["job/2", "job/1", "jobs", "other"] {
+            v.put(k, &0u32).unwrap();
+        }
+        assert_eq!(v.list("job/"), ["job/1", "job/2"]);
+        assert!(v.list("zzz").is_empty());
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_error() {
+        let v = Vault::new();
+        v.put("k", &"text".to_string()).unwrap();
+        let e = v.get::<u64>("k").unwrap_err();
+        assert!(matches!(e, VaultError::TypeMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("String"), "{e}");
+    }
+}

@@ -1,0 +1,262 @@
+//! State that survives swaps: the Vault, live data and migration, live functions and types,
+//! host functions, and calls between dependent plugins. Each test runs on native and wasm.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use common::{start, Backend, Fixture, Logs};
+use fixture_api::{Counter, Probe};
+use swapkit::{CallError, LiveFn, LoadError, Swapper};
+
+on_swappable_backends!(
+    vault_state_survives_swap_and_rollback,
+    no_increment_is_lost_across_100_swaps,
+    migration_round_trip_upgrade_then_downgrade,
+    failed_migration_aborts_and_keeps_state,
+    panicking_migration_aborts_and_keeps_state,
+    live_fn_stored_before_a_swap_runs_the_new_code,
+    live_type_is_made_by_the_current_version,
+    host_functions_are_called_by_name,
+    dependency_calls_stay_in_the_callers_generation,
+    wrong_dependency_interface_is_refused,
+    undeclared_dependency_call_is_an_error,
+);
+
+fn swap(swapper: &Swapper, backend: Backend, set: &[Fixture]) -> Result<u64, LoadError> {
+    let report = swapper.load_files(set.iter().map(|f| f.artifact(backend)))?;
+    Ok(report.generation)
+}
+
+fn vault_state_survives_swap_and_rollback(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    for expected in 1..=3 {
+        assert_eq!(counter.bump("visits").unwrap(), expected);
+    }
+    swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
+    assert_eq!(counter.describe().unwrap().0, "2.0.0");
+    assert_eq!(
+        counter.read("visits").unwrap(),
+        Some(3),
+        "v2 reads what v1 wrote"
+    );
+    assert_eq!(counter.bump("visits").unwrap(), 4);
+    swapper.rollback().unwrap();
+    assert_eq!(counter.describe().unwrap().0, "1.0.0");
+    assert_eq!(
+        counter.read("visits").unwrap(),
+        Some(4),
+        "v1 reads what v2 wrote"
+    );
+    // The host sees the same state, typed.
+    assert_eq!(swapper.vault().get::<u64>("visits").unwrap(), Some(4));
+}
+
+fn no_increment_is_lost_across_100_swaps(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    let stop = AtomicBool::new(false);
+    let calls = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (counter, stop, calls) = (counter.clone(), &stop, &calls);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    counter.bump("hits").expect("no call fails during swaps");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        for i in 0..100 {
+            let next = if i % 2 == 0 {
+                Fixture::StateV2
+            } else {
+                Fixture::StateV1
+            };
+            swap(&swapper, backend, &[next]).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let made = calls.load(Ordering::Relaxed);
+    assert!(made > 0);
+    assert_eq!(swapper.vault().get::<u64>("hits").unwrap(), Some(made));
+}
+
+fn migration_round_trip_upgrade_then_downgrade(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    counter.remember("alpha").unwrap();
+    counter.remember("beta").unwrap();
+    swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
+    // v2 read v1's schema 1 state: its new field took its default, with no migration code.
+    assert_eq!(counter.describe().unwrap(), ("2.0.0".into(), 1));
+    assert_eq!(counter.notes().unwrap(), ["alpha", "beta"]);
+    assert_eq!(
+        logs.count("state", "2.0.0", "migrated 2 notes from schema 1"),
+        1
+    );
+    counter.remember("gamma").unwrap();
+    swapper.rollback().unwrap();
+    // v1 read v2's schema 2 state, ignoring the field it does not know.
+    assert_eq!(counter.describe().unwrap(), ("1.0.0".into(), 2));
+    assert_eq!(counter.notes().unwrap(), ["alpha", "beta", "gamma"]);
+}
+
+fn failed_migration_aborts_and_keeps_state(backend: Backend) {
+    migration_fault_keeps_state(
+        backend,
+        "poison",
+        |e| matches!(e, LoadError::Hook { hook: "migrate", message, .. } if message.contains("poisoned")),
+    );
+}
+
+fn panicking_migration_aborts_and_keeps_state(backend: Backend) {
+    migration_fault_keeps_state(
+        backend,
+        "panic",
+        |e| matches!(e, LoadError::HookPanic { hook: "migrate", message, .. } if message.contains("on purpose")),
+    );
+}
+
+fn migration_fault_keeps_state(backend: Backend, note: &str, expected: fn(&LoadError) -> bool) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    counter.bump("kept").unwrap();
+    counter.remember("ok").unwrap();
+    counter.remember(note).unwrap();
+    let before = swapper.generation();
+    let vault_before = swapper.vault().get_versioned("kept");
+    let err = swap(&swapper, backend, &[Fixture::StateV2]).unwrap_err();
+    assert!(expected(&err), "{err:?}");
+    assert!(err.to_string().contains("reload was aborted"), "{err}");
+    assert_eq!(swapper.generation(), before);
+    assert_eq!(counter.describe().unwrap(), ("1.0.0".into(), 0));
+    assert_eq!(counter.notes().unwrap(), ["ok", note]);
+    assert_eq!(swapper.vault().get_versioned("kept"), vault_before);
+    assert_eq!(counter.bump("kept").unwrap(), 2, "v1 keeps serving");
+}
+
+fn live_fn_stored_before_a_swap_runs_the_new_code(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let job: LiveFn<(u64,), String> = LiveFn::new("state", "job");
+    let stored = serde_json::to_string(&job).unwrap();
+    assert_eq!(job.call(&swapper, &(7,)).unwrap(), "v1 ran job 7");
+    let legacy: LiveFn<(), u32> = LiveFn::new("state", "legacy");
+    assert_eq!(legacy.call(&swapper, &()).unwrap(), 1);
+
+    swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
+    let job: LiveFn<(u64,), String> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(job.call(&swapper, &(7,)).unwrap(), "v2 ran job 7");
+    let err = legacy.call(&swapper, &()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::LiveNotFound { kind: "function", name, .. } if name == "legacy"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("plugin `state`"), "{err}");
+    let nowhere: LiveFn<(), u32> = LiveFn::new("no-such-plugin", "job");
+    assert!(matches!(
+        nowhere.call(&swapper, &()),
+        Err(CallError::LiveNotFound { .. })
+    ));
+}
+
+fn live_type_is_made_by_the_current_version(backend: Backend) {
+    #[derive(serde::Deserialize)]
+    struct Ticket {
+        id: u64,
+        #[serde(default)]
+        priority: u8,
+    }
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let made = swapper.new_live("Ticket", &(9u64,)).unwrap();
+    assert_eq!((made.type_name.as_str(), made.schema), ("Ticket", 1));
+    let t: Ticket = made.decode().unwrap();
+    assert_eq!((t.id, t.priority), (9, 0));
+    swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
+    let made = swapper.new_live("Ticket", &(10u64,)).unwrap();
+    assert_eq!(made.schema, 2);
+    let t: Ticket = made.decode().unwrap();
+    assert_eq!((t.id, t.priority), (10, 5));
+    assert!(matches!(
+        swapper.new_live("Nothing", &()),
+        Err(CallError::LiveNotFound { kind: "type", .. })
+    ));
+}
+
+fn host_functions_are_called_by_name(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    let err = counter.host_add(2, 3).unwrap().unwrap_err();
+    assert!(err.contains("no function `add`"), "{err}");
+    swapper.vault().provide("add", |(a, b): (u64, u64)| a + b);
+    assert_eq!(counter.host_add(2, 3).unwrap(), Ok(5));
+    // The function belongs to the host: it survives a swap.
+    swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
+    assert_eq!(counter.host_add(40, 2).unwrap(), Ok(42));
+    // A function with other argument types fails to decode, with its name in the message.
+    swapper
+        .vault()
+        .provide("add", |(a, b, c): (u64, u64, u64)| a + b + c);
+    let err = counter.host_add(1, 1).unwrap().unwrap_err();
+    assert!(err.contains("`add`"), "{err}");
+}
+
+fn dependency_calls_stay_in_the_callers_generation(backend: Backend) {
+    let logs = Logs::default();
+    let (store, v1, v2, front) = (
+        Fixture::TrineStore,
+        Fixture::TrineLogicV1,
+        Fixture::TrineLogicV2,
+        Fixture::TrineFront,
+    );
+    let swapper = start(backend, &logs, &[front, v1, store]).unwrap();
+    let client = swapper.client::<dyn trine_api::Front>().unwrap();
+    assert_eq!(client.quote("tea").unwrap(), "tea: 1.05 (logic v1)");
+    let pin = swapper.pin();
+    let report = swapper
+        .load_files([front, v2, store].map(|f| f.artifact(backend)))
+        .unwrap();
+    assert_eq!(report.loaded, [("logic".to_owned(), "2.0.0".to_owned())]);
+    assert_eq!(report.reused.len(), 2, "front and store are kept");
+    assert_eq!(client.quote("tea").unwrap(), "tea: 1.20 (logic v2)");
+    // The same `front` instance, called through the pin, reaches logic v1.
+    let pinned = pin.client::<dyn trine_api::Front>();
+    assert_eq!(pinned.quote("tea").unwrap(), "tea: 1.15 (logic v1)");
+    drop(pinned);
+    drop(pin);
+    assert_eq!(swapper.vault().get::<u64>("count/tea").unwrap(), Some(3));
+}
+
+fn wrong_dependency_interface_is_refused(backend: Backend) {
+    let logs = Logs::default();
+    let err = start(backend, &logs, &[Fixture::ChainBase, Fixture::DepWrong]).unwrap_err();
+    match &err {
+        LoadError::DependencyInterface {
+            plugin,
+            dependency,
+            interface,
+            ..
+        } => assert_eq!(
+            (plugin.as_str(), dependency.as_str(), interface.as_str()),
+            ("dep-wrong", "chain-base", "Greeter")
+        ),
+        other => panic!("expected a dependency interface error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("does not export it"), "{err}");
+}
+
+fn undeclared_dependency_call_is_an_error(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::ChainBase, Fixture::DepStray]).unwrap();
+    let stray = swapper.client_of::<dyn Probe>("dep-stray").unwrap();
+    let answer = stray.name().unwrap();
+    assert!(answer.contains("does not declare"), "{answer}");
+}
