@@ -70,8 +70,20 @@ fn with_scope<T>(f: impl FnOnce(&[Arc<Instance>], u64) -> Result<T, String>) -> 
     f(unsafe { &*scope.plugins }, scope.generation)
 }
 
+/// Serves one request with any host panic contained, since an unwind must never cross into
+/// the guest: the status, and the encoded reply or a message. Both backends' `service` host
+/// functions answer through this.
+pub(crate) fn serve_contained(ctx: &GuestCtx, op: u32, input: &[u8]) -> (Status, Vec<u8>) {
+    let result = catch_unwind(AssertUnwindSafe(|| serve(ctx, op, input)))
+        .unwrap_or_else(|_| Err("the host panicked serving the request".into()));
+    match result {
+        Ok(bytes) => (Status::Ok, bytes),
+        Err(message) => (Status::ServiceFailed, message.into_bytes()),
+    }
+}
+
 /// Serves one request from the plugin behind `ctx`: the encoded reply, or a message.
-pub(crate) fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, String> {
+fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, String> {
     fn req<'a, T: serde::Deserialize<'a>>(input: &'a [u8]) -> Result<T, String> {
         wire::from_bytes(input).map_err(|e| format!("the service request did not decode: {e}"))
     }
@@ -213,13 +225,7 @@ pub(crate) unsafe extern "C" fn host_service(
             RawSlice { ptr: input, len }.as_slice(),
         )
     };
-    // An unwind must never cross back into the guest.
-    let result = catch_unwind(AssertUnwindSafe(|| serve(ctx, op, input)))
-        .unwrap_or_else(|_| Err("the host panicked serving the request".into()));
-    let (status, bytes) = match result {
-        Ok(bytes) => (Status::Ok, bytes),
-        Err(message) => (Status::ServiceFailed, message.into_bytes()),
-    };
+    let (status, bytes) = serve_contained(ctx, op, input);
     REPLY.with(|r| {
         let mut r = r.borrow_mut();
         *r = bytes;

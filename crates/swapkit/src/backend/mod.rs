@@ -302,11 +302,9 @@ impl Instance {
                     reply.message(),
                 ));
             }
-            wire::from_bytes(reply.bytes).map_err(|e| LoadError::Hook {
-                plugin: self.code.name.to_string(),
-                version: self.code.version.to_string(),
-                hook: "save",
-                message: format!("the saved state did not decode: {e}"),
+            wire::from_bytes(reply.bytes).map_err(|e| {
+                let message = format!("the saved state did not decode: {e}");
+                hook_error(&self.code, "save", Status::HookFailed as u32, message)
             })
         })
     }
@@ -314,11 +312,9 @@ impl Instance {
     /// Runs the `migrate` hook with the live data of the predecessor.
     pub fn migrate(&self, from: &LiveData) -> Result<(), LoadError> {
         let _span = tracing::info_span!("migrate", plugin = %self.code.name, version = %self.code.version, from_schema = from.schema).entered();
-        let input = wire::to_vec(from).map_err(|e| LoadError::Hook {
-            plugin: self.code.name.to_string(),
-            version: self.code.version.to_string(),
-            hook: "migrate",
-            message: format!("the saved state did not encode: {e}"),
+        let input = wire::to_vec(from).map_err(|e| {
+            let message = format!("the saved state did not encode: {e}");
+            hook_error(&self.code, "migrate", Status::HookFailed as u32, message)
         })?;
         self.call(LIFECYCLE_INTERFACE, METHOD_MIGRATE, &input, |reply| {
             hook_result(&self.code, "migrate", &reply)

@@ -93,20 +93,15 @@ fn guest_slice(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<
 /// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
 /// `services.rs`) and keeps the reply for `swapkit.reply`.
 pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, len: u32) -> u64 {
-    let result = match guest_slice(&mut caller, ptr, len) {
+    let (status, reply) = match guest_slice(&mut caller, ptr, len) {
         Some(input) => {
             let ctx = caller.data().ctx.clone();
-            // A host panic must not unwind through wasm frames.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::services::serve(&ctx, op, &input)
-            }))
-            .unwrap_or_else(|_| Err("the host panicked serving the request".into()))
+            crate::services::serve_contained(&ctx, op, &input)
         }
-        None => Err("the request lies outside linear memory".into()),
-    };
-    let (status, reply) = match result {
-        Ok(bytes) => (Status::Ok, bytes),
-        Err(message) => (Status::ServiceFailed, message.into_bytes()),
+        None => (
+            Status::ServiceFailed,
+            b"the request lies outside linear memory".to_vec(),
+        ),
     };
     let len = reply.len() as u64;
     caller.data_mut().reply = reply;
