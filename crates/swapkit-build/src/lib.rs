@@ -78,6 +78,7 @@ pub struct PluginBuild {
     quiet: bool,
     cargo: Option<PathBuf>,
     target: Option<String>,
+    progress: Option<Progress>,
 }
 
 impl PluginBuild {
@@ -91,6 +92,7 @@ impl PluginBuild {
             quiet: false,
             cargo: None,
             target: None,
+            progress: None,
         }
     }
 
@@ -149,6 +151,13 @@ impl PluginBuild {
         self
     }
 
+    /// Calls `f` with each crate's name as cargo finishes compiling it, for a progress
+    /// display. Cargo's own output is then held back, and printed only if the build fails.
+    pub fn on_progress(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Progress(std::sync::Arc::new(f)));
+        self
+    }
+
     /// Runs the build, and returns one artifact per package, in the order they were added.
     pub fn run(&self) -> Result<Vec<BuiltArtifact>, BuildError> {
         let cargo = match &self.cargo {
@@ -193,6 +202,8 @@ impl PluginBuild {
         }
         cmd.stdout(Stdio::piped()).stderr(if self.quiet {
             Stdio::null()
+        } else if self.progress.is_some() {
+            Stdio::piped()
         } else {
             Stdio::inherit()
         });
@@ -201,6 +212,14 @@ impl PluginBuild {
             source,
         })?;
         let stdout = child.stdout.take().expect("piped stdout");
+        // Held-back diagnostics, printed if the build fails.
+        let held = child.stderr.take().map(|mut stderr| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                text
+            })
+        });
         let mut found: Vec<(String, PathBuf)> = vec![];
         let ext = if wasm {
             ".wasm".to_owned()
@@ -208,6 +227,9 @@ impl PluginBuild {
             format!(".{}", std::env::consts::DLL_EXTENSION)
         };
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let (Some(progress), Some(name)) = (&self.progress, compiled_crate(&line)) {
+                (progress.0)(&name);
+            }
             if let Some(hit) = cdylib_of(&line, &ext) {
                 found.push(hit);
             }
@@ -215,7 +237,9 @@ impl PluginBuild {
         let status = child
             .wait()
             .map_err(|source| BuildError::Spawn { cargo, source })?;
+        let held = held.and_then(|t| t.join().ok()).unwrap_or_default();
         if !status.success() {
+            eprint!("{held}");
             return Err(BuildError::Failed {
                 packages: self.packages.join(", "),
                 status,
@@ -243,6 +267,25 @@ impl PluginBuild {
             })
             .collect()
     }
+}
+
+/// A progress callback.
+#[derive(Clone)]
+struct Progress(std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// The crate name of a `compiler-artifact` message.
+fn compiled_crate(line: &str) -> Option<String> {
+    let msg: serde_json::Value = serde_json::from_str(line).ok()?;
+    if msg.get("reason")?.as_str()? != "compiler-artifact" {
+        return None;
+    }
+    Some(msg.get("target")?.get("name")?.as_str()?.to_owned())
 }
 
 /// The library name and cdylib path of a `compiler-artifact` message, if it has one.

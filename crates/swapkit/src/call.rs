@@ -14,6 +14,7 @@ use swapkit_abi::{wire, Interface, Status, Transport};
 use crate::backend::host_status;
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
+use crate::stats::Fault;
 use crate::swapper::Inner;
 
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
@@ -34,6 +35,7 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
         .then(|| crate::services::enter(&generation.plugins, generation.id));
     let mut input = wire::StackBuf::<STACK_ARGS>::new();
     wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
+    instance.stats.call();
     instance.call(interface, method, input.as_slice(), |reply| {
         if reply.status == Status::Ok as u32 {
             wire::from_bytes::<R>(reply.bytes).map_err(|e| {
@@ -63,6 +65,7 @@ pub(crate) fn decode_error(
     method: &'static str,
     e: wire::Error,
 ) -> CallError {
+    instance.stats.fault(Fault::Error);
     let code = &instance.code;
     CallError::Decode {
         plugin: code.name.clone(),
@@ -93,6 +96,11 @@ pub(crate) fn failure(
     let code = &instance.code;
     let (plugin, version) = (code.name.clone(), code.version.clone());
     let (interface, method) = names;
+    instance.stats.fault(match raw {
+        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY => Fault::Trap,
+        r if r == Status::Panic as u32 => Fault::Panic,
+        _ => Fault::Error,
+    });
     match raw {
         host_status::TRAP => {
             tracing::error!(%plugin, %version, interface, method, %message, "wasm plugin trapped");

@@ -253,6 +253,34 @@ pub enum LoadError {
     /// A rollback was asked for with no earlier generation in the history.
     #[error("nothing to roll back to: the history holds no generation before the current one")]
     NoHistory,
+    /// No kept selection matches what a rollback asked for.
+    #[error("no kept selection has {wanted}; the history holds: {kept}")]
+    NoMatch {
+        /// What was asked for.
+        wanted: String,
+        /// The kept selections, newest first.
+        kept: String,
+    },
+    /// A rollback target did not parse.
+    #[error(
+        "`{text}` is not a rollback target: {reason} (or VERSION, PLUGIN@VERSION, generation:N)"
+    )]
+    BadRollbackTarget {
+        /// The text.
+        text: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A background facility (admin socket, file watcher, signal handler) could not start.
+    #[error("cannot start the {what} ({at}): {reason}")]
+    Ops {
+        /// The facility.
+        what: &'static str,
+        /// Its socket, directory or signal.
+        at: String,
+        /// Why.
+        reason: String,
+    },
     /// Nothing has been loaded yet, so there is nothing to reload.
     #[error("nothing to reload: call load_dir or load_files first")]
     NoSource,

@@ -52,11 +52,15 @@ mod call;
 mod error;
 mod generation;
 mod hazard;
+mod history;
 mod live;
 mod log;
+mod ops;
 pub mod patch;
+mod persist;
 mod plan;
 mod services;
+mod stats;
 mod status;
 mod swapper;
 mod vault;
@@ -65,14 +69,17 @@ pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
 pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError, VaultError};
+pub use history::{KeptSelection, RollbackTarget};
 pub use live::LiveFn;
 pub use log::{GuestLog, LogSink};
+pub use ops::Probation;
 pub use status::{
     DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
 };
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
 pub use swapkit_abi::{LiveData, LiveType};
+pub use swapkit_admin as admin;
 pub use vault::Vault;
 
 /// Routes a function, or every method of an impl block, through a patch slot, so that it can
@@ -104,4 +111,4 @@ pub use swapkit_macros::target;
 /// `patch!(path::to::f, |args..| replacement).rollout(..).apply()`. The replacement's
 /// signature is checked at compile time.
 pub use swapkit_macros::patch;
-pub use swapper::{OverdueHook, ReloadReport, Swapper, SwapperBuilder};
+pub use swapper::{inspect, Artifact, OverdueHook, ReloadReport, Swapper, SwapperBuilder};

@@ -15,7 +15,10 @@ use crate::call::{target, Binding, Pin};
 use crate::error::{DrainTimeout, InterfaceMismatch, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
+use crate::history::{self, KeptSelection, RollbackTarget, Selection};
 use crate::log::LogSink;
+use crate::ops::{self, Probation};
+use crate::persist::StateDir;
 use crate::status::{generation_status, Status};
 use crate::{plan, services, Vault};
 
@@ -24,7 +27,7 @@ pub type OverdueHook = Arc<dyn Fn(&crate::GenerationStatus) + Send + Sync>;
 
 /// Where a reload reads its artifacts from.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     Dir(PathBuf),
     Files(Vec<PathBuf>),
 }
@@ -46,12 +49,19 @@ pub struct ReloadReport {
 /// Interfaces the host uses: name to `(hash, signature)`.
 type Registry = HashMap<&'static str, (u64, &'static str)>;
 
-struct ReloadState {
+impl ReloadState {
+    /// The generation the current selection was published as.
+    pub(crate) fn selection_generation(&self) -> u64 {
+        self.selection.generation
+    }
+}
+
+pub(crate) struct ReloadState {
     source: Option<Source>,
     /// Earlier selections, newest last; the current one is not in here.
-    history: VecDeque<Vec<Arc<Code>>>,
+    history: VecDeque<Selection>,
     /// The current selection.
-    selection: Vec<Arc<Code>>,
+    selection: Selection,
     next_id: u64,
 }
 
@@ -64,10 +74,14 @@ pub(crate) struct Inner {
     /// Made on the first wasm artifact, so hosts without wasm plugins pay nothing for it.
     wasm: Mutex<Option<Arc<WasmLoader>>>,
     wasm_config: (WasmLimits, Option<PathBuf>),
-    sink: Option<LogSink>,
-    vault: Vault,
+    pub(crate) sink: Option<LogSink>,
+    pub(crate) vault: Vault,
     drain_deadline: Duration,
     history_len: usize,
+    /// Where artifacts and the known-good selection persist, if anywhere.
+    state_dir: Option<StateDir>,
+    /// Reload triggers, swap counts and probation, shared with the ops thread.
+    pub(crate) ops: Arc<ops::Shared>,
 }
 
 impl Drop for Inner {
@@ -98,6 +112,8 @@ pub struct SwapperBuilder {
     wasm_limits: WasmLimits,
     wasm_cache: Option<PathBuf>,
     vault: Option<Vault>,
+    state_dir: Option<PathBuf>,
+    ops: ops::Config,
 }
 
 impl SwapperBuilder {
@@ -174,6 +190,65 @@ impl SwapperBuilder {
         self
     }
 
+    /// Persists every artifact loaded, and the last known-good selection, in `dir`, so that
+    /// [`Swapper::resume`] starts a restarted host with it. A selection becomes known-good
+    /// when it is published, or, with [`auto_rollback`](Self::auto_rollback), when its
+    /// probation ends without a rollback.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Serves the admin protocol ([`swapkit_admin`]) on a Unix socket at `path`, made with
+    /// mode 0600, to peers whose uid is the host's own or on
+    /// [`admin_allow_uid`](Self::admin_allow_uid). Every request is logged with the peer's
+    /// uid and pid. The socket is removed when the swapper is dropped.
+    pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ops.admin = Some(path.into());
+        self
+    }
+
+    /// Lets peers running as `uid` use the admin socket too (the socket file's mode must
+    /// also let them open it).
+    pub fn admin_allow_uid(mut self, uid: u32) -> Self {
+        self.ops.allow.push(uid);
+        self
+    }
+
+    /// Reloads when the directory given to [`Swapper::load_dir`] changes, once no change has
+    /// come for `debounce`. Files still being written are waited for: publish an artifact by
+    /// writing it under a hidden or `.tmp` name and renaming it into place (an atomic
+    /// rename), or by a write that closes the file (`cp`). On Linux a file is complete when
+    /// it is closed or renamed in; elsewhere only the debounce applies.
+    pub fn watch(mut self, debounce: Duration) -> Self {
+        self.ops.watch = Some(debounce);
+        self
+    }
+
+    /// Reloads when the process receives `signal` (for example
+    /// `signal_hook::consts::SIGHUP`). Signals that arrive during a reload are coalesced
+    /// into one more reload.
+    pub fn reload_on_signal(mut self, signal: i32) -> Self {
+        self.ops.signal = Some(signal);
+        self
+    }
+
+    /// Puts every reload on probation: if, within the window, the plugins it loaded fail
+    /// more than the policy allows, the swapper rolls back on its own and logs why. See
+    /// [`Probation`].
+    pub fn auto_rollback(mut self, probation: Probation) -> Self {
+        self.ops.probation = Some(probation);
+        self
+    }
+
+    /// Publishes call counts, failures, generations alive and pins held through the
+    /// `metrics` facade every `interval` (reload durations are recorded as they happen).
+    /// Counting itself is always on, and per-thread: the call path writes no shared counter.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.ops.metrics = Some(interval);
+        self
+    }
+
     /// Builds the swapper, loading the static plugins if any were registered.
     pub fn build(self) -> Result<Swapper, LoadError> {
         let ledger = Arc::new(Ledger::default());
@@ -193,6 +268,14 @@ impl SwapperBuilder {
         for (name, hash, sig) in &self.interfaces {
             registry.insert(name, (*hash, sig));
         }
+        let state_dir = match &self.state_dir {
+            Some(dir) => Some(StateDir::open(dir).map_err(|e| LoadError::Ops {
+                what: "state directory",
+                at: dir.display().to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             current: Current::new(Arc::new(Generation::new(0, vec![], ledger.clone()))),
             ledger: ledger.clone(),
@@ -200,7 +283,7 @@ impl SwapperBuilder {
             reload: Mutex::new(ReloadState {
                 source: None,
                 history: VecDeque::new(),
-                selection: vec![],
+                selection: Selection::default(),
                 next_id: 1,
             }),
             native,
@@ -213,6 +296,8 @@ impl SwapperBuilder {
             vault: self.vault.unwrap_or_default(),
             drain_deadline: self.drain_deadline,
             history_len: self.history_len,
+            state_dir,
+            ops: ops::Shared::new(self.ops.probation.clone()),
         });
         let deadline = self.drain_deadline;
         let on_overdue = self.on_overdue;
@@ -224,7 +309,8 @@ impl SwapperBuilder {
                 what: "drain watchdog",
                 source,
             })?;
-        let swapper = Swapper { inner };
+        let ops = ops::Ops::start(&inner, self.ops)?;
+        let swapper = Swapper { inner, ops };
         if !self.statics.is_empty() {
             let codes = self
                 .statics
@@ -232,9 +318,10 @@ impl SwapperBuilder {
                 .map(statics::code)
                 .collect::<Result<Vec<_>, _>>()?;
             let mut state = swapper.inner.lock_reload();
-            swapper
+            let report = swapper
                 .inner
-                .install(&mut state, codes, "load", Instant::now())?;
+                .install(&mut state, codes, "load", Instant::now());
+            swapper.inner.ops.settle(report)?;
         }
         Ok(swapper)
     }
@@ -258,6 +345,16 @@ impl SwapperBuilder {
 /// ```
 pub struct Swapper {
     inner: Arc<Inner>,
+    /// The background threads: triggers, the admin socket, probation, metrics.
+    ops: Option<ops::Ops>,
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        if let Some(ops) = self.ops.take() {
+            ops.stop();
+        }
+    }
 }
 
 impl Swapper {
@@ -279,6 +376,8 @@ impl Swapper {
             wasm_limits: WasmLimits::default(),
             wasm_cache: None,
             vault: None,
+            state_dir: None,
+            ops: ops::Config::default(),
         }
     }
 
@@ -313,18 +412,7 @@ impl Swapper {
     /// is unchanged keep their instance; the others are loaded, then initialised, in
     /// dependency order. On any error nothing changes and the current generation keeps serving.
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
-        let mut state = self.inner.lock_reload();
-        if self.inner.native.is_none() {
-            return Err(LoadError::StaticMode);
-        }
-        let source = state.source.clone().ok_or(LoadError::NoSource)?;
-        self.inner.reload_from(&mut state, &source)
-    }
-
-    /// Reads and checks one native artifact, outside any generation.
-    pub(crate) fn load_code(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
-        let native = self.inner.native.as_ref().ok_or(LoadError::StaticMode)?;
-        self.inner.load_artifact(native, path)
+        self.inner.reload("reload")
     }
 
     /// How many wasm modules this swapper compiled, rather than read from its compile cache
@@ -334,34 +422,68 @@ impl Swapper {
         loader.as_ref().map_or(0, |l| l.compiles())
     }
 
-    /// The sink plugins' log lines go to.
-    pub(crate) fn log_sink(&self) -> Option<LogSink> {
-        self.inner.sink.clone()
+    /// The shared state, for modules that extend the swapper.
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     fn load_from(&self, source: Source) -> Result<ReloadReport, LoadError> {
         let mut state = self.inner.lock_reload();
-        let report = self.inner.reload_from(&mut state, &source)?;
+        let report = self.inner.reload_from(&mut state, &source, "load");
+        let report = self.inner.ops.settle(report)?;
+        self.inner.ops.watch_source(&source);
         state.source = Some(source);
         Ok(report)
+    }
+
+    /// Starts from the last known-good selection in the [state
+    /// directory](SwapperBuilder::state_dir) if there is one, and from `dir` otherwise;
+    /// either way `dir` becomes the source of later reloads. A persisted selection that
+    /// cannot be read or loaded is logged and skipped, so a host always comes up if `dir`
+    /// loads.
+    pub fn resume(&self, dir: impl AsRef<Path>) -> Result<ReloadReport, LoadError> {
+        let dir = dir.as_ref();
+        let persisted = self.inner.state_dir.as_ref().map(|s| s.load());
+        if let Some(Ok(Some((known, paths)))) = persisted {
+            let generation = known.generation;
+            match self.load_files(&paths) {
+                Ok(report) => {
+                    tracing::info!(
+                        from_generation = generation,
+                        generation = report.generation,
+                        "resumed the last known-good selection"
+                    );
+                    let source = Source::Dir(dir.to_owned());
+                    self.inner.ops.watch_source(&source);
+                    self.inner.lock_reload().source = Some(source);
+                    return Ok(report);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the last known-good selection does not load; starting from {}", dir.display())
+                }
+            }
+        } else if let Some(Err(e)) = persisted {
+            tracing::warn!(error = %e, "the last known-good selection is unreadable; starting from {}", dir.display());
+        }
+        self.load_dir(dir)
     }
 
     /// Publishes the previous selection again, as a new generation with fresh instances of
     /// the plugins that differ. Works even if the files on disk were replaced since.
     pub fn rollback(&self) -> Result<ReloadReport, LoadError> {
-        let mut state = self.inner.lock_reload();
-        if self.inner.native.is_none() {
-            return Err(LoadError::StaticMode);
-        }
-        let previous = state.history.back().cloned().ok_or(LoadError::NoHistory)?;
-        let report = self
-            .inner
-            .install(&mut state, previous, "rollback", Instant::now())?;
-        // `install` pushed the rolled-back-from selection; drop it and the one we returned to,
-        // so that history reads as if the last swap never happened.
-        state.history.pop_back();
-        state.history.pop_back();
-        Ok(report)
+        self.inner
+            .rollback_to(&RollbackTarget::Previous, "rollback")
+    }
+
+    /// Publishes the newest kept selection that `target` names (see [`RollbackTarget`]).
+    /// The selection rolled back from is kept, so a later `rollback_to` can go forward again.
+    pub fn rollback_to(&self, target: &RollbackTarget) -> Result<ReloadReport, LoadError> {
+        self.inner.rollback_to(target, "rollback")
+    }
+
+    /// The selections kept for rollback, newest first.
+    pub fn history(&self) -> Vec<KeptSelection> {
+        self.inner.kept()
     }
 
     /// A typed client for interface `I`: each call runs in the generation current when it
@@ -406,32 +528,7 @@ impl Swapper {
 
     /// A snapshot of the generations alive and recently drained.
     pub fn status(&self) -> Status {
-        let deadline = Some(self.inner.drain_deadline);
-        let current = self.inner.current.load_full();
-        let current_status = generation_status(&current, &self.inner.current, true, deadline);
-        drop(current);
-        let (alive, drained) = {
-            let state = self.inner.ledger.lock();
-            let alive: Vec<Arc<Generation>> = state
-                .retiring
-                .iter()
-                .filter_map(|r| r.generation.upgrade())
-                .collect();
-            (alive, state.drained.iter().cloned().collect())
-        };
-        // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
-        let draining = alive
-            .iter()
-            .map(|g| generation_status(g, &self.inner.current, false, deadline))
-            .collect();
-        drop(alive);
-        let history = self.inner.lock_reload().history.len();
-        Status {
-            current: current_status,
-            draining,
-            drained,
-            history,
-        }
+        self.inner.status()
     }
 
     /// Waits until every superseded generation has retired, or `timeout` passes. On timeout,
@@ -477,8 +574,101 @@ impl std::fmt::Debug for Swapper {
 }
 
 impl Inner {
-    fn lock_reload(&self) -> MutexGuard<'_, ReloadState> {
+    /// Reads and checks one artifact, outside any generation.
+    pub(crate) fn load_code(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
+        self.load_artifact(native, path)
+    }
+
+    /// The selections kept for rollback, newest first.
+    pub(crate) fn kept(&self) -> Vec<KeptSelection> {
+        let state = self.lock_reload();
+        state.history.iter().rev().map(Selection::kept).collect()
+    }
+
+    /// The current generation, then every superseded one still held.
+    pub(crate) fn alive_generations(&self) -> Vec<Arc<Generation>> {
+        let mut alive = vec![self.current.load_full()];
+        let state = self.ledger.lock();
+        alive.extend(state.retiring.iter().filter_map(|r| r.generation.upgrade()));
+        alive
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let deadline = Some(self.drain_deadline);
+        let current = self.current.load_full();
+        let current_status = generation_status(&current, &self.current, true, deadline);
+        drop(current);
+        let (alive, drained) = {
+            let state = self.ledger.lock();
+            let alive: Vec<Arc<Generation>> = state
+                .retiring
+                .iter()
+                .filter_map(|r| r.generation.upgrade())
+                .collect();
+            (alive, state.drained.iter().cloned().collect())
+        };
+        // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
+        let draining = alive
+            .iter()
+            .map(|g| generation_status(g, &self.current, false, deadline))
+            .collect();
+        drop(alive);
+        let history = self.lock_reload().history.len();
+        Status {
+            current: current_status,
+            draining,
+            drained,
+            history,
+        }
+    }
+
+    pub(crate) fn lock_reload(&self) -> MutexGuard<'_, ReloadState> {
         self.reload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the source again and publishes a new generation; `what` names the trigger in
+    /// logs.
+    pub(crate) fn reload(&self, what: &str) -> Result<ReloadReport, LoadError> {
+        let mut state = self.lock_reload();
+        if self.native.is_none() {
+            return Err(LoadError::StaticMode);
+        }
+        let source = state.source.clone().ok_or(LoadError::NoSource)?;
+        let report = self.reload_from(&mut state, &source, what);
+        self.ops.settle(report)
+    }
+
+    /// Publishes the kept selection `target` names. `Previous` drops the rolled-back-from
+    /// selection as well, so that history reads as if the last swap never happened.
+    pub(crate) fn rollback_to(
+        &self,
+        target: &RollbackTarget,
+        what: &str,
+    ) -> Result<ReloadReport, LoadError> {
+        let mut state = self.lock_reload();
+        if self.native.is_none() {
+            return Err(LoadError::StaticMode);
+        }
+        let kept: Vec<&Selection> = state.history.iter().collect();
+        let index = history::find(&kept, target);
+        let index = self.ops.settle(index)?;
+        let chosen = state.history[index].clone();
+        let report = self.install(&mut state, chosen.codes, what, Instant::now());
+        let report = self.ops.settle(report)?;
+        // `install` pushed the rolled-back-from selection last; the one returned to is now
+        // current, so it leaves the history.
+        if let Some(i) = state
+            .history
+            .iter()
+            .position(|s| s.generation == chosen.generation)
+        {
+            state.history.remove(i);
+        }
+        if *target == RollbackTarget::Previous {
+            state.history.pop_back();
+        }
+        Ok(report)
     }
 
     fn declare<I: Interface + ?Sized>(&self) -> Result<(), LoadError> {
@@ -499,10 +689,11 @@ impl Inner {
         &self,
         state: &mut ReloadState,
         source: &Source,
+        what: &str,
     ) -> Result<ReloadReport, LoadError> {
         let start = Instant::now();
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
-        let _span = tracing::info_span!("reload", source = ?source).entered();
+        let _span = tracing::info_span!("reload", what, source = ?source).entered();
         let paths = match source {
             Source::Files(files) => files.clone(),
             Source::Dir(dir) => list_artifacts(dir)?,
@@ -511,7 +702,7 @@ impl Inner {
             .iter()
             .map(|p| self.load_artifact(native, p))
             .collect::<Result<Vec<_>, _>>()?;
-        self.install(state, codes, "reload", start)
+        self.install(state, codes, what, start)
     }
 
     /// Reads one artifact and loads it through the backend its content calls for: a wasm
@@ -526,11 +717,20 @@ impl Inner {
         }
         let is_wasm = bytes.starts_with(b"\0asm")
             || path.extension().and_then(|e| e.to_str()) == Some("wasm");
-        if is_wasm {
-            self.wasm_loader()?.load(path, bytes)
+        let _span =
+            tracing::debug_span!("load", path = %path.display(), bytes = bytes.len()).entered();
+        let kept = self.state_dir.as_ref().map(|_| bytes.clone());
+        let code = if is_wasm {
+            self.wasm_loader()?.load(path, bytes)?
         } else {
-            native.load(path, bytes)
+            native.load(path, bytes)?
+        };
+        if let (Some(dir), Some(bytes)) = (&self.state_dir, kept) {
+            if let Err(e) = dir.keep(&code, &bytes) {
+                tracing::warn!(error = %e, dir = %dir.path().display(), "cannot keep a copy of {path:?} in the state directory; a restart may not find it");
+            }
         }
+        Ok(code)
     }
 
     /// The wasm engine, made on first use.
@@ -626,7 +826,11 @@ impl Inner {
         let old = self.current.swap(generation);
         report.generation = id;
         report.took = start.elapsed();
-        let previous = std::mem::replace(&mut state.selection, codes);
+        let selection = Selection {
+            generation: id,
+            codes,
+        };
+        let previous = std::mem::replace(&mut state.selection, selection);
         if old.id != 0 {
             state.history.push_back(previous);
             while state.history.len() > self.history_len {
@@ -634,10 +838,35 @@ impl Inner {
             }
         }
         tracing::info!(generation = id, took = ?report.took, loaded = ?report.loaded, reused = ?report.reused, "{what}: published");
+        let fresh_names: Vec<String> = report.loaded.iter().map(|(n, _)| n.clone()).collect();
+        let probation = self
+            .ops
+            .published(id, fresh_names, what, old.id == 0, report.took);
+        if !probation {
+            self.mark_known_good(state);
+        }
         self.ledger.retiring(&old);
         // If nothing holds the old generation, it retires right here, after publication.
         drop(old);
         Ok(report)
+    }
+
+    /// Persists the current selection as the one a restarted host starts with, and prunes
+    /// kept artifacts that neither it nor the history needs.
+    pub(crate) fn mark_known_good(&self, state: &ReloadState) {
+        let generation = state.selection.generation;
+        self.ops.known_good(generation);
+        let Some(dir) = &self.state_dir else { return };
+        if let Err(e) = dir.save(generation, &state.selection.codes) {
+            tracing::error!(error = %e, dir = %dir.path().display(), generation, "cannot persist the known-good selection; a restart keeps the previous one");
+            return;
+        }
+        let keep = std::iter::once(&state.selection)
+            .chain(&state.history)
+            .flat_map(|s| s.codes.iter().map(|c| c.content_hash))
+            .collect();
+        dir.prune(&keep);
+        tracing::debug!(generation, "known-good selection persisted");
     }
 
     fn check_interfaces(&self, codes: &[Arc<Code>]) -> Result<(), LoadError> {
@@ -768,4 +997,37 @@ fn watch(
         drop(inner);
         state = ledger.lock();
     }
+}
+
+/// A checked artifact, as [`inspect`] reads it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The file.
+    pub path: PathBuf,
+    /// The backend it runs on.
+    pub backend: crate::BackendKind,
+    /// SHA-256 of its content, in hex: what a swapper compares to reuse an instance.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// What the plugin says about itself.
+    pub manifest: swapkit_abi::Manifest,
+}
+
+/// Reads and checks an artifact the way a load does (header, ABI version, build
+/// fingerprint, manifest, wasm imports and exports), without running any of its hooks.
+///
+/// A native library is mapped to read its manifest, which runs its static constructors, as
+/// any load would. The error for a broken file says what is wrong with it.
+pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
+    let path = path.as_ref();
+    let swapper = Swapper::new()?;
+    let code = swapper.inner.load_code(path)?;
+    Ok(Artifact {
+        path: path.to_owned(),
+        backend: code.backend,
+        sha256: StateDir::hex(&code.content_hash),
+        size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        manifest: code.manifest.clone(),
+    })
 }

@@ -171,6 +171,8 @@ pub(crate) struct Instance {
     /// The plugin declares dependencies, so a call into it records its generation for the
     /// dependency calls it makes (see `services.rs`).
     pub scoped: bool,
+    /// What calls into it did.
+    pub stats: crate::stats::Stats,
     imp: Imp,
 }
 
@@ -222,6 +224,7 @@ impl Instance {
                     .map_err(|(status, message)| hook_error(&code, "on_load", status, message))?;
                 return Ok(Instance {
                     scoped: !code.manifest.dependencies.is_empty(),
+                    stats: Default::default(),
                     code,
                     imp: Imp::Wasm(Box::new(instance)),
                 });
@@ -256,6 +259,7 @@ impl Instance {
         }
         Ok(Instance {
             scoped: !code.manifest.dependencies.is_empty(),
+            stats: Default::default(),
             code,
             imp: Imp::Native {
                 header,

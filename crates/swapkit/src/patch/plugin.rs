@@ -279,7 +279,14 @@ impl crate::Swapper {
         &self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<PluginPatches, PatchError> {
-        let code = self.load_code(path.as_ref()).map_err(PatchError::load)?;
-        PluginPatches::new(code, self.log_sink(), self.vault().clone())
+        self.inner().patches_from(path.as_ref())
+    }
+}
+
+impl crate::swapper::Inner {
+    /// See [`Swapper::patches_from`](crate::Swapper::patches_from).
+    pub(crate) fn patches_from(&self, path: &std::path::Path) -> Result<PluginPatches, PatchError> {
+        let code = self.load_code(path).map_err(PatchError::load)?;
+        PluginPatches::new(code, self.sink.clone(), self.vault.clone())
     }
 }

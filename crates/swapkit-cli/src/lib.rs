@@ -1,0 +1,119 @@
+//! The `swapkit` command line.
+//!
+//! - `swapkit new plugin NAME` and `swapkit new host NAME` scaffold crates that build as
+//!   they are.
+//! - `swapkit build [PATH]` builds a plugin, native, wasm or both, and writes the artifacts to
+//!   an output directory.
+//! - `swapkit inspect ARTIFACT` prints what a load would check, or what is wrong.
+//! - `swapkit status | reload | rollback | patch ...` steer a running host through its admin
+//!   socket (`--socket`, or `$SWAPKIT_SOCKET`).
+//!
+//! It also runs as `cargo swapkit ...`.
+
+#![deny(missing_docs)]
+
+mod build;
+mod inspect;
+mod remote;
+mod scaffold;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "swapkit",
+    version,
+    about = "Hot code swapping for Rust services: build, inspect and steer plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scaffold a plugin or host crate.
+    New {
+        #[command(subcommand)]
+        what: scaffold::What,
+    },
+    /// Build a plugin crate and copy its artifacts to an output directory.
+    Build(build::Args),
+    /// Print an artifact's manifest, hash, interfaces and exports, or what is wrong with it.
+    Inspect {
+        /// The artifact: a native library or a wasm module.
+        artifact: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running host's generations, plugins, call counts and history.
+    Status {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// Print the raw JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a running host reload from its plugin source.
+    Reload {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Make a running host go back to a kept selection.
+    Rollback {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// VERSION, PLUGIN@VERSION or generation:N; the previous selection if absent.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Apply, restore or list patches in a running host.
+    Patch {
+        #[command(subcommand)]
+        action: remote::PatchAction,
+    },
+}
+
+/// Runs the CLI with `args` (the program name first), and returns its exit code.
+pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::New { what } => scaffold::run(what),
+        Command::Build(args) => build::run(args),
+        Command::Inspect { artifact, json } => inspect::run(&artifact, json),
+        Command::Status { remote, json } => remote::status(&remote, json),
+        Command::Reload { remote } => remote::reload(&remote),
+        Command::Rollback { remote, to } => remote::rollback(&remote, to),
+        Command::Patch { action } => remote::patch(action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Any error, reported with its causes.
+type Error = Box<dyn std::error::Error + Send + Sync>;

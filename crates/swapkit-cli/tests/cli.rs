@@ -1,0 +1,378 @@
+//! The CLI end to end: a real host process (examples/ops/host), real plugins, the real
+//! `swapkit` binary talking to the host's admin socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds the ops host binary with the workspace's dev profile, and returns its path.
+fn build_host() -> PathBuf {
+    let out = Command::new(cargo())
+        .current_dir(workspace())
+        .args(["build", "-p", "ops-host", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo build -p ops-host");
+    assert!(out.status.success(), "building ops-host failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .expect("ops-host executable")
+}
+
+/// Builds plugin packages (native, dev profile) and returns their artifacts in order.
+fn build_plugins(packages: &[&str]) -> Vec<PathBuf> {
+    swapkit_build::PluginBuild::new(workspace().join("Cargo.toml"))
+        .packages(packages.iter().copied())
+        .run()
+        .expect("building plugins")
+        .into_iter()
+        .map(|a| a.path)
+        .collect()
+}
+
+/// Runs the `swapkit` binary; returns (success, stdout, stderr).
+fn swapkit(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swapkit"))
+        .args(args)
+        .output()
+        .expect("running swapkit");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `swapkit` and insists that it succeeded.
+fn ok(args: &[&str]) -> String {
+    let (success, stdout, stderr) = swapkit(args);
+    assert!(success, "swapkit {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// A host process, with the lines it printed so far.
+struct Host {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    fn spawn(exe: &Path, args: &[&str]) -> Host {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning ops-host");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(vec![]));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let host = Host { child, lines };
+        host.wait_for("ready");
+        host
+    }
+
+    /// Waits until the host prints a line containing `text`, after `from` lines.
+    fn wait_for_after(&self, from: usize, text: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some(i) = lines.iter().skip(from).position(|l| l.contains(text)) {
+                    return from + i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host never printed {text:?}; it printed {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_for(&self, text: &str) -> usize {
+        self.wait_for_after(0, text)
+    }
+
+    fn seen(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn status(&self, socket: &str) -> serde_json::Value {
+        serde_json::from_str(&ok(&["status", "--socket", socket, "--json"])).unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `to` with a copy of `from` by an atomic rename, as a deploy would.
+fn publish(from: &Path, to: &Path) {
+    let tmp = to.with_file_name(".publish.tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn the_cli_steers_a_running_host() {
+    let exe = build_host();
+    let built = build_plugins(&["hello-greeter-v1", "hello-greeter-v2", "ops-discount"]);
+    let (v1, v2, discount) = (&built[0], &built[1], &built[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let artifact = plugins.join(format!("greeter.{}", std::env::consts::DLL_EXTENSION));
+    publish(v1, &artifact);
+    let socket = dir.path().join("admin.sock");
+    let socket_s = socket.to_str().unwrap();
+    let host = Host::spawn(
+        &exe,
+        &[
+            "--plugins",
+            plugins.to_str().unwrap(),
+            "--socket",
+            socket_s,
+            "--no-watch",
+        ],
+    );
+    host.wait_for("serving Hello, ops!");
+
+    // The socket is the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the admin socket's mode");
+
+    // status: the plugin, its version and its calls.
+    let text = ok(&["status", "--socket", socket_s]);
+    assert!(text.contains("greeter") && text.contains("1.0.0"), "{text}");
+    let status = host.status(socket_s);
+    assert_eq!(status["plugins"][0]["version"], "1.0.0");
+    assert!(
+        status["plugins"][0]["calls"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let first = status["generation"].as_u64().unwrap();
+
+    // reload after a rebuild: v2's artifact replaces v1's, then the CLI asks for a reload.
+    let from = host.seen();
+    publish(v2, &artifact);
+    let text = ok(&["reload", "--socket", socket_s]);
+    assert!(text.contains("loaded greeter@2.0.0"), "{text}");
+    host.wait_for_after(from, "Hi there, ops");
+    assert_eq!(
+        host.status(socket_s)["generation"].as_u64().unwrap(),
+        first + 1
+    );
+
+    // rollback --to: back to 1.0.0, although its file is gone from the plugin directory.
+    let from = host.seen();
+    let text = ok(&["rollback", "--socket", socket_s, "--to", "greeter@1.0.0"]);
+    assert!(
+        text.contains("rolled back") && text.contains("greeter@1.0.0"),
+        "{text}"
+    );
+    host.wait_for_after(from, "serving Hello, ops!");
+    let status = host.status(socket_s);
+    assert_eq!(status["plugins"][0]["version"], "1.0.0");
+    // The selection rolled back from is kept, so one can go forward again.
+    assert!(
+        status["history"][0]["plugins"][0]["version"] == "2.0.0",
+        "{status}"
+    );
+
+    // A rollback to nothing kept is an error that names what is kept; nothing changes.
+    let (success, _, stderr) = swapkit(&["rollback", "--socket", socket_s, "--to", "9.9.9"]);
+    assert!(
+        !success && stderr.contains("no kept selection has version 9.9.9"),
+        "{stderr}"
+    );
+
+    // patch apply, list, restore.
+    let from = host.seen();
+    let text = ok(&[
+        "patch",
+        "apply",
+        "--socket",
+        socket_s,
+        discount.to_str().unwrap(),
+        "--id",
+        "ten-off",
+    ]);
+    assert!(
+        text.contains("ten-off") && text.contains("ops_host::pricing::price"),
+        "{text}"
+    );
+    host.wait_for_after(from, "price 900");
+    let text = ok(&["patch", "list", "--socket", socket_s]);
+    assert!(
+        text.contains("ops_host::pricing::price") && text.contains("ten-off"),
+        "{text}"
+    );
+    let from = host.seen();
+    ok(&["patch", "restore", "--socket", socket_s, "ten-off"]);
+    host.wait_for_after(from, "price 1000");
+    let (success, _, stderr) = swapkit(&["patch", "restore", "--socket", socket_s, "ten-off"]);
+    assert!(
+        !success && stderr.contains("no patch set `ten-off`"),
+        "{stderr}"
+    );
+
+    // SIGHUP reloads too: v2 is still the file on disk.
+    let from = host.seen();
+    let pid = host.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    host.wait_for_after(from, "Hi there, ops");
+
+    // A malformed request gets an error reply, on a connection that stays usable, and the
+    // host keeps serving.
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for (line, kind) in [
+        ("this is not json\n", "bad_request"),
+        ("{\"v\":1,\"op\":\"explode\"}\n", "bad_request"),
+        ("{\"v\":99,\"op\":\"status\"}\n", "version"),
+    ] {
+        stream.write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["error"]["kind"], kind, "{line}: {reply}");
+    }
+    stream.write_all(b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"ok\""), "{reply}");
+    let from = host.seen();
+    let calls = |s: &serde_json::Value| s["plugins"][0]["calls"].as_u64().unwrap();
+    let before = calls(&host.status(socket_s));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        calls(&host.status(socket_s)) > before,
+        "the host stopped serving"
+    );
+    assert!(host.seen() >= from);
+}
+
+#[test]
+fn new_build_and_inspect_make_a_plugin_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("hi-there");
+    let text = ok(&[
+        "new",
+        "plugin",
+        "hi-there",
+        "--path",
+        root.to_str().unwrap(),
+    ]);
+    assert!(text.contains("created plugin `hi-there`"), "{text}");
+    // A second scaffold over it is refused.
+    let (success, _, stderr) = swapkit(&[
+        "new",
+        "plugin",
+        "hi-there",
+        "--path",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        !success && stderr.contains("already holds a crate"),
+        "{stderr}"
+    );
+
+    let out = dir.path().join("dist");
+    let text = ok(&[
+        "build",
+        root.to_str().unwrap(),
+        "--debug",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let artifact = out
+        .join("native")
+        .join(format!("hi_there.{}", std::env::consts::DLL_EXTENSION));
+    assert!(artifact.is_file(), "{text}");
+    assert!(text.contains("hi-there 0.1.0 (native)"), "{text}");
+
+    let text = ok(&["inspect", artifact.to_str().unwrap()]);
+    for wanted in [
+        "plugin       hi-there 0.1.0",
+        "abi          v1",
+        "Greeter (hash",
+        "greet",
+        "sha256",
+        "signature",
+    ] {
+        assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "--json", artifact.to_str().unwrap()])).unwrap();
+    assert_eq!(json["manifest"]["name"], "hi-there");
+    assert_eq!(json["backend"], "native");
+
+    // A broken file: the error says what is wrong with it.
+    let broken = dir.path().join("broken.so");
+    std::fs::write(&broken, b"\x7fELF but not really").unwrap();
+    let (success, _, stderr) = swapkit(&["inspect", broken.to_str().unwrap()]);
+    assert!(!success && stderr.contains("broken.so"), "{stderr}");
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, b"\0asm\x01\0\0\0\x01").unwrap();
+    let (success, _, stderr) = swapkit(&["inspect", truncated.to_str().unwrap()]);
+    assert!(!success && stderr.contains("truncated.wasm"), "{stderr}");
+
+    // A host scaffold: it builds too (its dependencies are the workspace's, already built).
+    let host = dir.path().join("hi-host");
+    ok(&["new", "host", "hi-host", "--path", host.to_str().unwrap()]);
+    std::fs::copy(workspace().join("Cargo.lock"), host.join("Cargo.lock")).unwrap();
+    let status = Command::new(cargo())
+        .current_dir(&host)
+        .args(["build", "--offline"])
+        .env("CARGO_TARGET_DIR", workspace().join("target"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scaffolded host does not build");
+}
+
+#[test]
+fn bad_arguments_and_unreachable_hosts_are_clear_errors() {
+    let (success, _, stderr) = swapkit(&["status", "--socket", "/nonexistent/admin.sock"]);
+    assert!(
+        !success && stderr.contains("cannot connect to /nonexistent/admin.sock"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = swapkit(&["new", "plugin", "9lives"]);
+    assert!(!success && stderr.contains("not a crate name"), "{stderr}");
+    let (success, _, stderr) = swapkit(&["build", "/nonexistent/crate"]);
+    assert!(!success && stderr.contains("not a crate"), "{stderr}");
+    let (success, _, _) = swapkit(&["frobnicate"]);
+    assert!(!success);
+}

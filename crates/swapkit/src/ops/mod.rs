@@ -1,0 +1,523 @@
+//! Operating a swapper: reload triggers (the API, a file watcher, a signal), coalesced so
+//! that two reloads never run at once; swap counts; probation and auto-rollback; metrics;
+//! and the admin socket. One background thread runs it all, started only when the builder
+//! asks for one of these, and stopped when the [`Swapper`](crate::Swapper) is dropped.
+
+mod admin;
+mod metrics;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::LoadError;
+use crate::history::RollbackTarget;
+use crate::stats::Counts;
+use crate::swapper::{Inner, ReloadReport, Source};
+
+/// When a swap is rolled back on its own: its probation policy.
+///
+/// For `window` after a reload publishes, the calls into the plugins it loaded are counted.
+/// If at least `min_calls` were made and more than `max_failure_rate` of them failed (an
+/// error status, a panic, a trap or a timeout), the swapper rolls back to the previous
+/// selection and logs why. A generation that passes probation becomes the known-good one.
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = swapkit::Probation::new(Duration::from_secs(60))
+///     .max_failure_rate(0.02)
+///     .min_calls(100);
+/// let swapper = swapkit::Swapper::builder().auto_rollback(policy).build().unwrap();
+/// # drop(swapper);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probation {
+    window: Duration,
+    max_failure_rate: f64,
+    min_calls: u64,
+}
+
+impl Probation {
+    /// A probation of `window`, at most 5% failures, judged after 20 calls.
+    pub fn new(window: Duration) -> Probation {
+        Probation {
+            window,
+            max_failure_rate: 0.05,
+            min_calls: 20,
+        }
+    }
+
+    /// The share of failed calls, from 0 to 1, above which the swap is rolled back.
+    pub fn max_failure_rate(mut self, rate: f64) -> Probation {
+        self.max_failure_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// How many calls must be made before the rate is judged.
+    pub fn min_calls(mut self, calls: u64) -> Probation {
+        self.min_calls = calls.max(1);
+        self
+    }
+}
+
+/// What the builder asked for.
+#[derive(Default)]
+pub(crate) struct Config {
+    pub admin: Option<PathBuf>,
+    pub allow: Vec<u32>,
+    pub watch: Option<Duration>,
+    pub signal: Option<i32>,
+    pub probation: Option<Probation>,
+    pub metrics: Option<Duration>,
+}
+
+impl Config {
+    fn wanted(&self) -> bool {
+        self.admin.is_some()
+            || self.watch.is_some()
+            || self.signal.is_some()
+            || self.probation.is_some()
+            || self.metrics.is_some()
+    }
+}
+
+/// Counts of swaps, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SwapCounts {
+    pub published: u64,
+    pub failed: u64,
+    pub auto_rollbacks: u64,
+    pub last_took: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+/// A generation on probation.
+#[derive(Debug, Clone)]
+pub(crate) struct OnProbation {
+    pub generation: u64,
+    /// The plugins its reload loaded: only their calls are judged.
+    pub fresh: Vec<String>,
+    pub until: Instant,
+}
+
+pub(crate) struct State {
+    /// The trigger of the reload to run next, if one is due.
+    pending: Option<String>,
+    /// Reloads the ops thread started, and finished.
+    started: u64,
+    finished: u64,
+    last: Option<Result<ReloadReport, String>>,
+    stop: bool,
+    running: bool,
+    pub counts: SwapCounts,
+    pub probation: Option<OnProbation>,
+    pub known_good: Option<u64>,
+    pub watch: watch::WatchState,
+    pub triggers: Vec<String>,
+}
+
+/// The part of ops the swapper itself reports to: it lives in the swapper's `Inner`.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+    policy: Option<Probation>,
+}
+
+impl Shared {
+    pub fn new(policy: Option<Probation>) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: None,
+                started: 0,
+                finished: 0,
+                last: None,
+                stop: false,
+                running: false,
+                counts: SwapCounts::default(),
+                probation: None,
+                known_good: None,
+                watch: Default::default(),
+                triggers: vec![],
+            }),
+            cv: Condvar::new(),
+            policy,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a failed load, reload or rollback, and passes the result on.
+    pub fn settle<T>(&self, result: Result<T, LoadError>) -> Result<T, LoadError> {
+        if let Err(e) = &result {
+            let mut state = self.lock();
+            state.counts.failed += 1;
+            state.counts.last_error = Some(e.to_string());
+            ::metrics::counter!("swapkit_reloads_total", "outcome" => "failed").increment(1);
+        }
+        result
+    }
+
+    /// Records a published swap. Returns whether it went on probation (if not, it is
+    /// known-good now).
+    pub fn published(
+        &self,
+        generation: u64,
+        fresh: Vec<String>,
+        what: &str,
+        first: bool,
+        took: Duration,
+    ) -> bool {
+        ::metrics::counter!("swapkit_reloads_total", "outcome" => "published").increment(1);
+        ::metrics::histogram!("swapkit_reload_duration_seconds", "what" => what.to_owned())
+            .record(took.as_secs_f64());
+        ::metrics::gauge!("swapkit_generation").set(generation as f64);
+        let mut state = self.lock();
+        state.counts.published += 1;
+        state.counts.last_took = Some(took);
+        let judged = self
+            .policy
+            .as_ref()
+            .filter(|_| !first && !fresh.is_empty() && !what.contains("rollback"));
+        state.probation = judged.map(|policy| OnProbation {
+            generation,
+            fresh,
+            until: Instant::now() + policy.window,
+        });
+        let on_probation = state.probation.is_some();
+        if on_probation {
+            tracing::info!(generation, window = ?self.policy.as_ref().map(|p| p.window), "on probation");
+            self.cv.notify_all();
+        }
+        on_probation
+    }
+
+    pub fn known_good(&self, generation: u64) {
+        self.lock().known_good = Some(generation);
+    }
+
+    /// Asks for a reload without waiting: the ops thread runs one soon, once for all the
+    /// triggers that arrive before it starts.
+    pub fn trigger(&self, origin: &str) {
+        let mut state = self.lock();
+        if state.pending.is_none() {
+            tracing::info!(trigger = origin, "reload requested");
+            state.pending = Some(origin.to_owned());
+        } else {
+            tracing::debug!(trigger = origin, "reload already pending; coalesced");
+        }
+        self.cv.notify_all();
+    }
+
+    /// Asks for a reload and waits for one that started after the request: concurrent
+    /// requests share a reload rather than queueing one each.
+    pub fn request_reload(&self, origin: &str) -> Result<ReloadReport, String> {
+        let mut state = self.lock();
+        if !state.running {
+            return Err("the swapper's ops thread is not running".into());
+        }
+        if state.pending.is_none() {
+            state.pending = Some(origin.to_owned());
+        }
+        let target = state.started + 1;
+        self.cv.notify_all();
+        while state.finished < target && !state.stop {
+            state = self.cv.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state
+            .last
+            .clone()
+            .unwrap_or_else(|| Err("the swapper is shutting down".into()))
+    }
+
+    /// Points the watcher, if there is one, at a new source.
+    pub fn watch_source(&self, source: &Source) {
+        let mut state = self.lock();
+        state.watch.set_source(source);
+        self.cv.notify_all();
+    }
+
+    /// The probation in progress, with its calls and failures so far.
+    pub fn probation_counts(&self, inner: &Inner) -> Option<(OnProbation, Counts)> {
+        let probation = self.lock().probation.clone()?;
+        Some((probation.clone(), fresh_counts(inner, &probation)?))
+    }
+}
+
+/// The calls and failures of a probation's fresh plugins, if its generation is current.
+fn fresh_counts(inner: &Inner, probation: &OnProbation) -> Option<Counts> {
+    let guard = inner.current.enter();
+    let current = guard.get();
+    if current.id != probation.generation {
+        return None;
+    }
+    let mut sum = Counts::default();
+    for p in current
+        .plugins
+        .iter()
+        .filter(|p| probation.fresh.iter().any(|n| **n == *p.code.name))
+    {
+        let c = p.stats.counts();
+        sum.calls += c.calls;
+        sum.errors += c.errors;
+        sum.panics += c.panics;
+        sum.traps += c.traps;
+    }
+    Some(sum)
+}
+
+/// The background threads; dropped by [`Ops::stop`].
+pub(crate) struct Ops {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    admin: Option<admin::Server>,
+    signal: Option<signal_hook::iterator::Handle>,
+}
+
+impl Ops {
+    /// Starts the ops thread, and the admin and signal threads, if `config` asks for any.
+    pub fn start(inner: &Arc<Inner>, config: Config) -> Result<Option<Ops>, LoadError> {
+        if !config.wanted() {
+            return Ok(None);
+        }
+        let shared = inner.ops.clone();
+        let mut ops = Ops {
+            shared: shared.clone(),
+            threads: vec![],
+            admin: None,
+            signal: None,
+        };
+        {
+            let mut state = shared.lock();
+            state.running = true;
+            state.watch.debounce = config.watch;
+            if config.admin.is_some() {
+                state.triggers.push("admin".into());
+            }
+        }
+        if let Some(signal) = config.signal {
+            let name = signal_name(signal);
+            let mut signals =
+                signal_hook::iterator::Signals::new([signal]).map_err(|e| LoadError::Ops {
+                    what: "signal handler",
+                    at: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            ops.signal = Some(signals.handle());
+            let shared = shared.clone();
+            shared.lock().triggers.push(format!("signal:{name}"));
+            let origin = format!("signal:{name}");
+            ops.spawn("swapkit-signal", move || {
+                for _ in signals.forever() {
+                    shared.trigger(&origin);
+                }
+            })?;
+        }
+        if let Some(path) = &config.admin {
+            let mut allow = config.allow.clone();
+            // SAFETY: getuid has no preconditions and cannot fail.
+            allow.push(unsafe { libc::getuid() });
+            let server = admin::Server::bind(path, allow, Arc::downgrade(inner))?;
+            let handle = server.spawn()?;
+            ops.threads.push(handle);
+            ops.admin = Some(server);
+        }
+        let weak = Arc::downgrade(inner);
+        let metrics = config.metrics;
+        ops.spawn("swapkit-ops", move || run(weak, shared, metrics))?;
+        Ok(Some(ops))
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), LoadError> {
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|source| LoadError::Thread {
+                what: "ops",
+                source,
+            })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Stops every thread and waits for them; a reload in progress finishes first.
+    pub fn stop(mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.stop = true;
+            state.running = false;
+            self.shared.cv.notify_all();
+        }
+        if let Some(handle) = self.signal.take() {
+            handle.close();
+        }
+        if let Some(server) = self.admin.take() {
+            server.stop();
+        }
+        let me = std::thread::current().id();
+        for t in self.threads.drain(..) {
+            // The last swapper handle may be dropped on one of these threads (by a request
+            // handler); it cannot wait for itself.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    signal_hook::low_level::signal_name(signal)
+        .map(|n| n.trim_start_matches("SIG").to_owned())
+        .unwrap_or_else(|| signal.to_string())
+}
+
+/// The ops thread: runs pending reloads one at a time, turns settled file changes into a
+/// reload, judges probation, and publishes metrics.
+fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
+    let mut watcher = watch::Watcher::default();
+    let mut next_metrics = Instant::now();
+    let mut state = shared.lock();
+    loop {
+        if state.stop {
+            return;
+        }
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+
+        if let Some(origin) = state.pending.take() {
+            state.started += 1;
+            let number = state.started;
+            drop(state);
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let result = strong.reload(&origin).map_err(|e| {
+                tracing::warn!(trigger = %origin, error = %e, "reload failed; the current generation keeps serving");
+                e.to_string()
+            });
+            drop(strong);
+            state = shared.lock();
+            state.finished = number;
+            state.last = Some(result);
+            shared.cv.notify_all();
+            continue;
+        }
+
+        if let Some(wanted) = state.watch.wanted_dir() {
+            if watcher.dir() != Some(wanted.as_path()) {
+                drop(state);
+                watcher.watch(&wanted, &shared);
+                state = shared.lock();
+                continue;
+            }
+        }
+        match state.watch.settled(now) {
+            watch::Settled::Reload => {
+                state.pending = Some("watch".into());
+                continue;
+            }
+            watch::Settled::Wait(at) => wake = wake.min(at),
+            watch::Settled::Idle => {}
+        }
+
+        if let Some(probation) = state.probation.clone() {
+            drop(state);
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            judge(&strong, &shared, &probation);
+            drop(strong);
+            state = shared.lock();
+            wake = wake.min(now + Duration::from_millis(50));
+        }
+
+        if let Some(interval) = metrics {
+            if now >= next_metrics {
+                drop(state);
+                if let Some(strong) = inner.upgrade() {
+                    metrics::publish(&strong);
+                }
+                next_metrics = now + interval;
+                state = shared.lock();
+            }
+            wake = wake.min(next_metrics);
+        }
+
+        let timeout = wake.saturating_duration_since(Instant::now());
+        state = shared
+            .cv
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Ends `probation` if its generation failed too often (rolling back) or its window passed
+/// (marking it known-good).
+fn judge(inner: &Inner, shared: &Shared, probation: &OnProbation) {
+    let Some(policy) = &shared.policy else { return };
+    let still = |shared: &Shared| {
+        let mut state = shared.lock();
+        let same = state
+            .probation
+            .as_ref()
+            .is_some_and(|p| p.generation == probation.generation);
+        if same {
+            state.probation = None;
+        }
+        same
+    };
+    let Some(counts) = fresh_counts(inner, probation) else {
+        // Superseded meanwhile: its successor has a probation of its own.
+        still(shared);
+        return;
+    };
+    let failures = counts.failures();
+    let rate = failures as f64 / counts.calls.max(1) as f64;
+    if counts.calls >= policy.min_calls && rate > policy.max_failure_rate {
+        if !still(shared) {
+            return;
+        }
+        let reason = format!(
+            "{failures} of {} calls failed ({:.1}%: {} errors, {} panics, {} traps), over the limit of {:.1}%",
+            counts.calls,
+            rate * 100.0,
+            counts.errors,
+            counts.panics,
+            counts.traps,
+            policy.max_failure_rate * 100.0
+        );
+        tracing::error!(generation = probation.generation, plugins = ?probation.fresh, %reason, "auto-rollback");
+        match inner.rollback_to(&RollbackTarget::Previous, "auto-rollback") {
+            Ok(report) => {
+                shared.lock().counts.auto_rollbacks += 1;
+                ::metrics::counter!("swapkit_auto_rollbacks_total").increment(1);
+                tracing::warn!(
+                    from = probation.generation,
+                    to = report.generation,
+                    "auto-rollback published the previous selection"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auto-rollback failed; the faulty generation keeps serving")
+            }
+        }
+    } else if Instant::now() >= probation.until {
+        if !still(shared) {
+            return;
+        }
+        tracing::info!(
+            generation = probation.generation,
+            calls = counts.calls,
+            failures,
+            "probation passed"
+        );
+        let state = inner.lock_reload();
+        if state.selection_generation() == probation.generation {
+            inner.mark_known_good(&state);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The state directory: a content-addressed copy of every artifact loaded, and the last
+//! known-good selection, so that a restarted host starts where the last one was known to work
+//! even if the plugin directory was replaced meanwhile.
+//!
+//! Layout: `artifacts/<sha256>.<ext>` and `known-good.json`. Both are written to a temporary
+//! file in the same directory, synced, then renamed over the old one: a crash leaves either
+//! the old file or the new one, never a torn one.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::native::EXTENSION;
+use crate::backend::{BackendKind, Code};
+
+const KNOWN_GOOD: &str = "known-good.json";
+const ARTIFACTS: &str = "artifacts";
+
+/// The persisted selection.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KnownGood {
+    pub v: u32,
+    pub generation: u64,
+    pub plugins: Vec<KnownPlugin>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KnownPlugin {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    /// Relative to the state directory.
+    pub file: String,
+}
+
+pub(crate) struct StateDir {
+    dir: PathBuf,
+}
+
+fn hex(hash: &[u8; 32]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn extension(backend: BackendKind) -> &'static str {
+    if backend == BackendKind::Wasm {
+        "wasm"
+    } else {
+        EXTENSION
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename itself is durable once the directory is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> std::io::Result<StateDir> {
+        std::fs::create_dir_all(dir.join(ARTIFACTS))?;
+        Ok(StateDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn relative(hash: &[u8; 32], backend: BackendKind) -> String {
+        format!("{ARTIFACTS}/{}.{}", hex(hash), extension(backend))
+    }
+
+    /// Keeps a copy of an artifact just loaded, unless one is already there.
+    pub fn keep(&self, code: &Code, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self
+            .dir
+            .join(Self::relative(&code.content_hash, code.backend));
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    /// Records `codes`, published as `generation`, as the selection to start with.
+    pub fn save(&self, generation: u64, codes: &[Arc<Code>]) -> std::io::Result<()> {
+        let known = KnownGood {
+            v: 1,
+            generation,
+            plugins: codes
+                .iter()
+                .map(|c| KnownPlugin {
+                    name: c.name.to_string(),
+                    version: c.version.to_string(),
+                    sha256: hex(&c.content_hash),
+                    file: Self::relative(&c.content_hash, c.backend),
+                })
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&known).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join(KNOWN_GOOD), &text)
+    }
+
+    /// The persisted selection: `Ok(None)` if there is none, an error if it is unreadable.
+    pub fn load(&self) -> Result<Option<(KnownGood, Vec<PathBuf>)>, String> {
+        let path = self.dir.join(KNOWN_GOOD);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let known: KnownGood = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} does not parse: {e}", path.display()))?;
+        if known.v != 1 {
+            return Err(format!(
+                "{} has format v{}; expected v1",
+                path.display(),
+                known.v
+            ));
+        }
+        let paths = known
+            .plugins
+            .iter()
+            .map(|p| {
+                let file = Path::new(&p.file);
+                if file.is_absolute() || file.components().any(|c| c.as_os_str() == "..") {
+                    return Err(format!(
+                        "{} names a file outside it: {}",
+                        path.display(),
+                        p.file
+                    ));
+                }
+                Ok(self.dir.join(file))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((known, paths)))
+    }
+
+    /// Deletes kept artifacts that none of `keep` (content hashes) names.
+    pub fn prune(&self, keep: &HashSet<[u8; 32]>) {
+        let keep: HashSet<String> = keep.iter().map(hex).collect();
+        let Ok(entries) = std::fs::read_dir(self.dir.join(ARTIFACTS)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if stem.len() == 64 && !keep.contains(stem) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    pub fn hex(hash: &[u8; 32]) -> String {
+        hex(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known-good.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("known-good.json")]);
+    }
+
+    #[test]
+    fn a_torn_or_foreign_selection_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(state.load().unwrap().is_none());
+        std::fs::write(dir.path().join(KNOWN_GOOD), b"{\"v\":1,\"gener").unwrap();
+        assert!(state.load().unwrap_err().contains("does not parse"));
+        let escape = r#"{"v":1,"generation":3,"plugins":[{"name":"a","version":"1","sha256":"00","file":"../../etc/passwd"}]}"#;
+        std::fs::write(dir.path().join(KNOWN_GOOD), escape).unwrap();
+        assert!(state.load().unwrap_err().contains("outside"));
+    }
+}
