@@ -36,9 +36,11 @@ pub enum Fixture {
     TrineFront,
     DepWrong,
     DepStray,
+    /// `greet` panics.
+    GreeterFaulty,
 }
 
-const ALL: [Fixture; 22] = [
+const ALL: [Fixture; 23] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -61,6 +63,7 @@ const ALL: [Fixture; 22] = [
     Fixture::TrineFront,
     Fixture::DepWrong,
     Fixture::DepStray,
+    Fixture::GreeterFaulty,
 ];
 
 impl Fixture {
@@ -89,6 +92,7 @@ impl Fixture {
             Fixture::TrineFront => "trine-front",
             Fixture::DepWrong => "fixture-dep-wrong",
             Fixture::DepStray => "fixture-dep-stray",
+            Fixture::GreeterFaulty => "fixture-greeter-faulty",
         }
     }
 
@@ -149,7 +153,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 21] = [
+const WASM: [Fixture; 22] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -171,6 +175,7 @@ const WASM: [Fixture; 21] = [
     Fixture::TrineFront,
     Fixture::DepWrong,
     Fixture::DepStray,
+    Fixture::GreeterFaulty,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.

@@ -1,0 +1,554 @@
+//! Operating a swapper: the file watcher, auto-rollback, the persisted known-good selection,
+//! rollback to a named selection, the admin socket's access control, coalesced triggers and
+//! metrics. Real plugins, real threads, a real socket.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{tempdir, wasm_cache, Backend, Fixture};
+use fixture_api::Greeter;
+use swapkit::admin::{Client, ClientError, FailureKind, Outcome, Request};
+use swapkit::{LoadError, Probation, RollbackTarget, Swapper, SwapperBuilder};
+
+fn builder() -> SwapperBuilder {
+    Swapper::builder()
+        .wasm_cache_dir(wasm_cache())
+        .interface::<dyn Greeter>()
+}
+
+fn artifact_name(backend: Backend) -> String {
+    match backend {
+        Backend::Wasm => "greeter.wasm".into(),
+        _ => format!("greeter.{}", std::env::consts::DLL_EXTENSION),
+    }
+}
+
+/// Replaces `to` by an atomic rename from a hidden temporary file.
+fn publish(fixture: Fixture, backend: Backend, to: &Path) {
+    let tmp = to.with_file_name(".incoming.tmp");
+    std::fs::copy(fixture.artifact(backend), &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// Polls `f` until it is true, for up to 20 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn greeting(swapper: &Swapper) -> String {
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    greeter
+        .greet("ops")
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+fn watcher_loads_renamed_artifacts_and_waits_for_half_written_ones(backend: Backend) {
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(backend));
+    publish(Fixture::GreeterV1, backend, &artifact);
+    let swapper = builder().watch(Duration::from_millis(50)).build().unwrap();
+    swapper.load_dir(dir.path()).unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+
+    // An atomic rename: loaded once, complete.
+    publish(Fixture::GreeterV2, backend, &artifact);
+    eventually("the watcher to load v2", || {
+        greeting(&swapper).contains("(v2)")
+    });
+    let after_rename = swapper.generation();
+
+    // A file written in place, slowly: half of it, then a pause far past the debounce.
+    let bytes = std::fs::read(Fixture::GreeterV1.artifact(backend)).unwrap();
+    let mut file = std::fs::File::create(&artifact).unwrap();
+    use std::io::Write;
+    file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        swapper.generation(),
+        after_rename,
+        "a half-written artifact was loaded"
+    );
+    assert!(greeting(&swapper).contains("(v2)"));
+    assert_eq!(swapper.status().history, 1);
+
+    // Once the writer finishes and closes the file, it loads.
+    file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(file);
+    eventually("the watcher to load the completed v1", || {
+        greeting(&swapper).contains("(v1)")
+    });
+    assert_eq!(swapper.generation(), after_rename + 1);
+}
+
+fn auto_rollback_undoes_a_faulty_release(backend: Backend) {
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(backend));
+    publish(Fixture::GreeterV1, backend, &artifact);
+    let state = tempdir();
+    let policy = Probation::new(Duration::from_secs(30))
+        .max_failure_rate(0.2)
+        .min_calls(5);
+    let swapper = builder()
+        .auto_rollback(policy)
+        .state_dir(state.path())
+        .build()
+        .unwrap();
+    let first = swapper.load_dir(dir.path()).unwrap().generation;
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+
+    publish(Fixture::GreeterFaulty, backend, &artifact);
+    let faulty = swapper.reload().unwrap().generation;
+    assert_eq!(swapper.status().current.plugins[0].version, "2.1.0");
+    // Every greeting panics in the faulty release; the host turns each into an error.
+    let mut failures = 0;
+    eventually("the auto-rollback", || {
+        if greeter.greet("x").is_err() {
+            failures += 1;
+        }
+        swapper.generation() > faulty
+    });
+    assert!(
+        failures >= 5,
+        "rolled back after {failures} failures, before min_calls"
+    );
+    let status = swapper.status();
+    assert_eq!(status.current.plugins[0].version, "1.0.0");
+    assert_eq!(greeter.greet("x").unwrap(), "hello, x (v1)");
+    // The faulty selection never became the known-good one: a restart would start on v1.
+    let known: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("known-good.json")).unwrap())
+            .unwrap();
+    assert_eq!(known["generation"], swapper.generation());
+    assert_eq!(known["plugins"][0]["version"], "1.0.0");
+    assert!(first < faulty);
+}
+
+fn a_release_that_passes_probation_becomes_known_good(backend: Backend) {
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(backend));
+    publish(Fixture::GreeterV1, backend, &artifact);
+    let state = tempdir();
+    let swapper = builder()
+        .auto_rollback(Probation::new(Duration::from_millis(200)).min_calls(1))
+        .state_dir(state.path())
+        .build()
+        .unwrap();
+    swapper.load_dir(dir.path()).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    publish(Fixture::GreeterV2, backend, &artifact);
+    let v2 = swapper.reload().unwrap().generation;
+    for _ in 0..20 {
+        greeter.greet("x").unwrap();
+    }
+    let known = state.path().join("known-good.json");
+    eventually("v2 to pass probation", || {
+        std::fs::read(&known)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["generation"] == v2)
+    });
+    assert_eq!(
+        swapper.generation(),
+        v2,
+        "a healthy release was rolled back"
+    );
+}
+
+fn a_restarted_host_resumes_the_known_good_selection(backend: Backend) {
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(backend));
+    let state = tempdir();
+    publish(Fixture::GreeterV1, backend, &artifact);
+    {
+        let swapper = builder().state_dir(state.path()).build().unwrap();
+        swapper.resume(dir.path()).unwrap();
+        publish(Fixture::GreeterV2, backend, &artifact);
+        swapper.reload().unwrap();
+        assert!(greeting(&swapper).contains("(v2)"));
+    }
+    // Meanwhile the plugin directory went back to v1 (a bad deploy script, say).
+    publish(Fixture::GreeterV1, backend, &artifact);
+    let swapper = builder().state_dir(state.path()).build().unwrap();
+    swapper.resume(dir.path()).unwrap();
+    assert!(
+        greeting(&swapper).contains("(v2)"),
+        "did not resume the known-good v2"
+    );
+    // The plugin directory is still the source of later reloads.
+    swapper.reload().unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+    drop(swapper);
+
+    // A torn selection file never stops a host from starting: it starts from the directory.
+    std::fs::write(state.path().join("known-good.json"), b"{\"v\":1,\"generat").unwrap();
+    let swapper = builder().state_dir(state.path()).build().unwrap();
+    swapper.resume(dir.path()).unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+    drop(swapper);
+
+    // Nor does a kept artifact that was tampered with: its hash no longer matches.
+    let known: serde_json::Value = {
+        let swapper = builder().state_dir(state.path()).build().unwrap();
+        swapper.load_dir(dir.path()).unwrap();
+        serde_json::from_slice(&std::fs::read(state.path().join("known-good.json")).unwrap())
+            .unwrap()
+    };
+    let kept = state
+        .path()
+        .join(known["plugins"][0]["file"].as_str().unwrap());
+    std::fs::write(&kept, b"not a plugin").unwrap();
+    let swapper = builder().state_dir(state.path()).build().unwrap();
+    swapper.resume(dir.path()).unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+}
+
+fn rollback_to_a_named_selection(backend: Backend) {
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(backend));
+    publish(Fixture::GreeterV1, backend, &artifact);
+    let swapper = builder().build().unwrap();
+    let g1 = swapper.load_dir(dir.path()).unwrap().generation;
+    publish(Fixture::GreeterV2, backend, &artifact);
+    let g2 = swapper.reload().unwrap().generation;
+    assert_eq!(swapper.history().len(), 1);
+
+    // Nothing kept matches: an error naming what is kept, and nothing changes.
+    let err = swapper
+        .rollback_to(&"greeter@7.0.0".parse().unwrap())
+        .unwrap_err();
+    assert!(matches!(err, LoadError::NoMatch { .. }), "{err}");
+    assert!(err.to_string().contains("greeter@1.0.0"), "{err}");
+    assert_eq!(swapper.generation(), g2);
+    assert!(matches!(
+        "greeter@".parse::<RollbackTarget>(),
+        Err(LoadError::BadRollbackTarget { .. })
+    ));
+
+    // By version, although the file on disk is v2's.
+    swapper
+        .rollback_to(&"greeter@1.0.0".parse().unwrap())
+        .unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+    // The selection rolled back from is kept: forward again, by generation.
+    let history = swapper.history();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].generation, g2);
+    assert_eq!(history[0].plugins[0].1, "2.0.0");
+    swapper
+        .rollback_to(&RollbackTarget::Generation(g2))
+        .unwrap();
+    assert!(greeting(&swapper).contains("(v2)"));
+    assert_eq!(swapper.history()[0].plugins[0].1, "1.0.0");
+    assert_ne!(
+        swapper.history()[0].generation,
+        g1,
+        "history records the generation it was published as"
+    );
+}
+
+on_swappable_backends!(
+    watcher_loads_renamed_artifacts_and_waits_for_half_written_ones,
+    auto_rollback_undoes_a_faulty_release,
+    a_release_that_passes_probation_becomes_known_good,
+    a_restarted_host_resumes_the_known_good_selection,
+    rollback_to_a_named_selection,
+);
+
+/// A swapper serving v1 with its admin socket in a fresh directory.
+fn admin_host(allow: Option<u32>) -> (tempfile::TempDir, PathBuf, Swapper) {
+    let dir = tempdir();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    publish(
+        Fixture::GreeterV1,
+        Backend::Native,
+        &plugins.join(artifact_name(Backend::Native)),
+    );
+    let socket = dir.path().join("admin.sock");
+    let mut b = builder().admin_socket(&socket);
+    if let Some(uid) = allow {
+        b = b.admin_allow_uid(uid);
+    }
+    let swapper = b.build().unwrap();
+    swapper.load_dir(&plugins).unwrap();
+    (dir, socket, swapper)
+}
+
+#[test]
+fn the_admin_socket_is_owner_only_and_refuses_other_uids() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, socket, swapper) = admin_host(None);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The owner is served.
+    let mut client = Client::connect(&socket).unwrap();
+    assert!(matches!(
+        client.request(&Request::Status).unwrap(),
+        Outcome::Status(_)
+    ));
+
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        println!("skipped the other-uid half: it needs root to run a client as `nobody`");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    // Let `nobody` reach the socket through the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // With the socket's mode 0600, the kernel refuses `nobody` outright.
+    assert_eq!(connect_as(NOBODY, &socket), Err(libc::EACCES));
+    // Loosen the file's mode, as a careless deploy might: the uid check still refuses, and
+    // says why.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let reply = connect_as(NOBODY, &socket).expect("nobody connects once the mode allows it");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["error"]["kind"], "forbidden", "{reply}");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("uid 65534"));
+    // The host keeps serving.
+    assert!(greeting(&swapper).contains("(v1)"));
+
+    // Allowed explicitly, `nobody` is served.
+    drop(swapper);
+    let (dir, socket, _swapper) = admin_host(Some(NOBODY));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let reply = connect_as(NOBODY, &socket).unwrap();
+    assert!(reply.contains("\"ok\""), "{reply}");
+}
+
+/// In a forked child running as `uid`, connects to `socket`, sends a status request and
+/// returns the reply line, or the errno of the connect. Only raw system calls run in the
+/// child, since the parent is multithreaded.
+fn connect_as(uid: u32, socket: &Path) -> Result<String, i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_os_str().as_bytes();
+    assert!(path.len() < addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    let request = b"{\"v\":1,\"op\":\"status\"}\n";
+    let mut fds = [0; 2];
+    // SAFETY: plain system calls on valid buffers; the child only makes system calls and
+    // leaves with _exit.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            libc::close(fds[0]);
+            let out = fds[1];
+            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                libc::_exit(90);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                let errno = *libc::__errno_location();
+                let code = [b'E', errno as u8];
+                libc::write(out, code.as_ptr().cast(), 2);
+                libc::_exit(0);
+            }
+            libc::write(out, b"R".as_ptr().cast(), 1);
+            libc::write(fd, request.as_ptr().cast(), request.len());
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                libc::write(out, buf.as_ptr().cast(), n as usize);
+                if buf[..n as usize].contains(&b'\n') {
+                    break;
+                }
+            }
+            libc::_exit(0);
+        }
+        libc::close(fds[1]);
+        let mut got = vec![];
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+        libc::close(fds[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child failed: {status}"
+        );
+        match got.first() {
+            Some(b'E') => Err(got[1] as i32),
+            Some(b'R') => Ok(String::from_utf8_lossy(&got[1..]).into_owned()),
+            _ => panic!("child said nothing"),
+        }
+    }
+}
+
+#[test]
+fn malformed_requests_get_error_replies_and_the_host_keeps_serving() {
+    let (_dir, socket, swapper) = admin_host(None);
+    let mut client = Client::connect(&socket).unwrap();
+    let cases = [
+        ("not json at all\n", FailureKind::BadRequest),
+        ("{\"v\":1}\n", FailureKind::BadRequest),
+        (
+            "{\"v\":1,\"op\":\"rollback\",\"to\":7}\n",
+            FailureKind::BadRequest,
+        ),
+        ("{\"v\":2,\"op\":\"status\"}\n", FailureKind::Version),
+        ("{\"v\":1,\"op\":\"rollback\"}\n", FailureKind::NotFound),
+        (
+            "{\"v\":1,\"op\":\"rollback\",\"to\":\"greeter@\"}\n",
+            FailureKind::BadRequest,
+        ),
+        (
+            "{\"v\":1,\"op\":\"patch_restore\",\"id\":\"nope\"}\n",
+            FailureKind::NotFound,
+        ),
+        (
+            "{\"v\":1,\"op\":\"patch_apply\",\"artifact\":\"/nonexistent.so\"}\n",
+            FailureKind::Patch,
+        ),
+    ];
+    for (line, kind) in cases {
+        match client.send_raw(line) {
+            Err(ClientError::Refused(f)) => assert_eq!(f.kind, kind, "{line}: {}", f.message),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+    // A line longer than the limit closes the connection after its error.
+    let huge = format!(
+        "{{\"v\":1,\"op\":\"status\",\"pad\":\"{}\"}}\n",
+        "x".repeat(swapkit::admin::MAX_LINE)
+    );
+    assert!(
+        matches!(client.send_raw(&huge), Err(ClientError::Refused(f)) if f.kind == FailureKind::BadRequest)
+    );
+    // Nothing changed, and the host serves calls and requests.
+    assert_eq!(swapper.generation(), 1);
+    assert!(greeting(&swapper).contains("(v1)"));
+    let mut client = Client::connect(&socket).unwrap();
+    assert!(matches!(
+        client.request(&Request::Status).unwrap(),
+        Outcome::Status(_)
+    ));
+    // A reload that fails is an error reply; v1 keeps serving.
+    let failed = |client: &mut Client| match client.request(&Request::Status).unwrap() {
+        Outcome::Status(s) => (s.reloads.failed, s.reloads.last_error),
+        other => panic!("{other:?}"),
+    };
+    let (failed_before, _) = failed(&mut client);
+    let plugins = socket.with_file_name("plugins");
+    std::fs::write(plugins.join(artifact_name(Backend::Native)), b"garbage").unwrap();
+    match client.request(&Request::Reload) {
+        Err(ClientError::Refused(f)) => assert_eq!(f.kind, FailureKind::Load),
+        other => panic!("{other:?}"),
+    }
+    assert!(greeting(&swapper).contains("(v1)"));
+    let (failed_after, last_error) = failed(&mut client);
+    assert_eq!(failed_after, failed_before + 1);
+    assert!(last_error.unwrap().contains("greeter"));
+}
+
+#[test]
+fn concurrent_reload_requests_are_coalesced() {
+    let (_dir, socket, swapper) = admin_host(None);
+    let before = swapper.generation();
+    const THREADS: usize = 8;
+    const EACH: usize = 10;
+    let generations: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut client = Client::connect(&socket).unwrap();
+                    (0..EACH)
+                        .map(|_| match client.request(&Request::Reload).unwrap() {
+                            Outcome::Swapped(swap) => swap.generation,
+                            other => panic!("{other:?}"),
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Every request was answered by a reload that started after it: each client sees its
+    // generations increase.
+    for g in &generations {
+        assert!(g.windows(2).all(|w| w[1] > w[0]), "{g:?}");
+    }
+    let reloads = swapper.generation() - before;
+    assert!(reloads >= EACH as u64);
+    assert!(
+        reloads < (THREADS * EACH) as u64,
+        "{reloads} reloads for {} requests: nothing was coalesced",
+        THREADS * EACH
+    );
+    assert!(greeting(&swapper).contains("(v1)"));
+}
+
+#[test]
+fn call_counts_reach_status_and_the_metrics_facade() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+    let dir = tempdir();
+    publish(
+        Fixture::GreeterV1,
+        Backend::Native,
+        &dir.path().join(artifact_name(Backend::Native)),
+    );
+    let swapper = builder()
+        .metrics_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    swapper.load_dir(dir.path()).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| (0..50).for_each(|_| drop(greeter.greet("x").unwrap())));
+        }
+    });
+    assert!(greeter.fail("on purpose").is_err());
+    type Entries = Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        metrics_util::debugging::DebugValue,
+    )>;
+    let counter = |entries: &Entries, name: &str, kind: Option<&str>| {
+        entries
+            .iter()
+            .find(|(key, ..)| {
+                let labels = || key.key().labels();
+                key.key().name() == name
+                    && labels().any(|l| l.key() == "plugin" && l.value() == "greeter")
+                    && kind.is_none_or(|k| labels().any(|l| l.key() == "kind" && l.value() == k))
+            })
+            .and_then(|(.., v)| match v {
+                metrics_util::debugging::DebugValue::Counter(n) => Some(*n),
+                _ => None,
+            })
+    };
+    eventually("the metrics flush", || {
+        let entries = snapshotter.snapshot().into_vec();
+        counter(&entries, "swapkit_calls_total", None) == Some(101)
+            && counter(&entries, "swapkit_call_failures_total", Some("panic")) == Some(1)
+    });
+}
