@@ -84,14 +84,15 @@ impl std::fmt::Display for KeptSelection {
 ///
 /// ```
 /// use swapkit::RollbackTarget;
-/// assert_eq!("generation:4".parse(), Ok(RollbackTarget::Generation(4)));
+/// let parse = |s: &str| s.parse::<RollbackTarget>().unwrap();
+/// assert_eq!(parse("generation:4"), RollbackTarget::Generation(4));
 /// assert_eq!(
-///     "greeter@1.0.0".parse(),
-///     Ok(RollbackTarget::Version { plugin: Some("greeter".into()), version: "1.0.0".into() })
+///     parse("greeter@1.0.0"),
+///     RollbackTarget::Version { plugin: Some("greeter".into()), version: "1.0.0".into() }
 /// );
 /// assert_eq!(
-///     "1.0.0".parse(),
-///     Ok(RollbackTarget::Version { plugin: None, version: "1.0.0".into() })
+///     parse("1.0.0"),
+///     RollbackTarget::Version { plugin: None, version: "1.0.0".into() }
 /// );
 /// assert!("generation:four".parse::<RollbackTarget>().is_err());
 /// ```
