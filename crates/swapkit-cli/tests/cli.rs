@@ -376,3 +376,22 @@ fn bad_arguments_and_unreachable_hosts_are_clear_errors() {
     let (success, _, _) = swapkit(&["frobnicate"]);
     assert!(!success);
 }
+
+#[test]
+fn it_runs_as_a_cargo_subcommand() {
+    // cargo runs `cargo swapkit status ...` as `cargo-swapkit swapkit status ...`.
+    let out = Command::new(env!("CARGO_BIN_EXE_cargo-swapkit"))
+        .args(["swapkit", "status", "--socket", "/nonexistent/admin.sock"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot connect to /nonexistent/admin.sock"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cargo-swapkit"))
+        .args(["swapkit", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("inspect"));
+}

@@ -552,3 +552,55 @@ fn call_counts_reach_status_and_the_metrics_facade() {
             && counter(&entries, "swapkit_call_failures_total", Some("panic")) == Some(1)
     });
 }
+
+#[test]
+fn facilities_that_cannot_start_are_clear_errors() {
+    let dir = tempdir();
+    let socket = dir.path().join("admin.sock");
+    let first = builder().admin_socket(&socket).build().unwrap();
+    // A second host on a live socket is refused, and the first keeps it.
+    let err = builder().admin_socket(&socket).build().unwrap_err();
+    assert!(
+        err.to_string().contains("another process is serving"),
+        "{err}"
+    );
+    assert!(Client::connect(&socket).is_ok());
+    // Dropping the swapper removes its socket.
+    drop(first);
+    assert!(!socket.exists());
+    // A stale socket left by a host that died is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let _host = builder().admin_socket(&socket).build().unwrap();
+    assert!(Client::connect(&socket).is_ok());
+
+    // A signal that cannot be handled.
+    let err = builder()
+        .reload_on_signal(libc::SIGKILL)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Ops {
+                what: "signal handler",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A state directory that cannot be made.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let err = builder().state_dir(file.join("state")).build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Ops {
+                what: "state directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -300,6 +300,14 @@ impl Ops {
         }
         if let Some(signal) = config.signal {
             let name = signal_name(signal);
+            // signal-hook panics on these; refuse them with an error instead.
+            if signal_hook::consts::FORBIDDEN.contains(&signal) {
+                return Err(LoadError::Ops {
+                    what: "signal handler",
+                    at: name,
+                    reason: "this signal cannot be handled (KILL, STOP, ILL, FPE, SEGV); use HUP or USR1".into(),
+                });
+            }
             let mut signals =
                 signal_hook::iterator::Signals::new([signal]).map_err(|e| LoadError::Ops {
                     what: "signal handler",
