@@ -429,9 +429,16 @@ impl Swapper {
 
     fn load_from(&self, source: Source) -> Result<ReloadReport, LoadError> {
         let mut state = self.inner.lock_reload();
-        let report = self.inner.reload_from(&mut state, &source, "load");
-        let report = self.inner.ops.settle(report)?;
+        // Watch before reading, so that nothing published after the read is missed.
         self.inner.ops.watch_source(&source);
+        let report = self.inner.reload_from(&mut state, &source, "load");
+        let report = self.inner.ops.settle(report);
+        if report.is_err() {
+            if let Some(previous) = &state.source {
+                self.inner.ops.watch_source(previous);
+            }
+        }
+        let report = report?;
         state.source = Some(source);
         Ok(report)
     }
@@ -443,6 +450,7 @@ impl Swapper {
     /// loads.
     pub fn resume(&self, dir: impl AsRef<Path>) -> Result<ReloadReport, LoadError> {
         let dir = dir.as_ref();
+        self.inner.ops.watch_source(&Source::Dir(dir.to_owned()));
         let persisted = self.inner.state_dir.as_ref().map(|s| s.load());
         if let Some(Ok(Some((known, paths)))) = persisted {
             let generation = known.generation;
@@ -453,9 +461,7 @@ impl Swapper {
                         generation = report.generation,
                         "resumed the last known-good selection"
                     );
-                    let source = Source::Dir(dir.to_owned());
-                    self.inner.ops.watch_source(&source);
-                    self.inner.lock_reload().source = Some(source);
+                    self.inner.lock_reload().source = Some(Source::Dir(dir.to_owned()));
                     return Ok(report);
                 }
                 Err(e) => {

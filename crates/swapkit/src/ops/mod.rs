@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     policy: Option<Probation>,
+    /// The notify watcher. Its callback takes `state`, never this lock.
+    watcher: Mutex<watch::Watcher>,
 }
 
 impl Shared {
@@ -143,6 +145,7 @@ impl Shared {
             }),
             cv: Condvar::new(),
             policy,
+            watcher: Mutex::new(watch::Watcher::default()),
         })
     }
 
@@ -233,11 +236,25 @@ impl Shared {
             .unwrap_or_else(|| Err("the swapper is shutting down".into()))
     }
 
-    /// Points the watcher, if there is one, at a new source.
-    pub fn watch_source(&self, source: &Source) {
-        let mut state = self.lock();
-        state.watch.set_source(source);
-        self.cv.notify_all();
+    /// Points the watcher, if one is configured, at `source`'s directory, on the caller's
+    /// thread: a load watches its directory before reading it, so no change made after the
+    /// read can be missed.
+    pub fn watch_source(self: &Arc<Self>, source: &Source) {
+        let dir = {
+            let mut state = self.lock();
+            state.watch.set_source(source);
+            state.watch.wanted_dir()
+        };
+        let Some(dir) = dir else { return };
+        let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        if watcher.dir() != Some(dir.as_path()) {
+            watcher.watch(&dir, self);
+        }
+    }
+
+    /// Stops watching.
+    fn unwatch(&self) {
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = watch::Watcher::default();
     }
 
     /// The probation in progress, with its calls and failures so far.
@@ -359,6 +376,7 @@ impl Ops {
             state.running = false;
             self.shared.cv.notify_all();
         }
+        self.shared.unwatch();
         if let Some(handle) = self.signal.take() {
             handle.close();
         }
@@ -385,7 +403,6 @@ fn signal_name(signal: i32) -> String {
 /// The ops thread: runs pending reloads one at a time, turns settled file changes into a
 /// reload, judges probation, and publishes metrics.
 fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
-    let mut watcher = watch::Watcher::default();
     let mut next_metrics = Instant::now();
     let mut state = shared.lock();
     loop {
@@ -414,14 +431,6 @@ fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
             continue;
         }
 
-        if let Some(wanted) = state.watch.wanted_dir() {
-            if watcher.dir() != Some(wanted.as_path()) {
-                drop(state);
-                watcher.watch(&wanted, &shared);
-                state = shared.lock();
-                continue;
-            }
-        }
         match state.watch.settled(now) {
             watch::Settled::Reload => {
                 state.pending = Some("watch".into());
