@@ -604,3 +604,13 @@ fn facilities_that_cannot_start_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn dropping_the_swapper_stops_the_admin_socket_even_if_its_file_is_gone() {
+    let dir = tempdir();
+    let socket = dir.path().join("admin.sock");
+    let swapper = builder().admin_socket(&socket).build().unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    // Returns: the accept thread is woken without the file.
+    drop(swapper);
+}

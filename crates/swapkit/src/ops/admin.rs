@@ -135,7 +135,13 @@ impl Server {
     /// Stops accepting, removes the socket, and restores the patches applied through it.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
+        // Wake the accept loop: shutting the listening socket down makes a blocked accept
+        // return, even if someone removed the socket file; the connection is a fallback.
+        if let Some(listener) = &self.listener {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the fd is open (we own the listener); shutdown has no other effect.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         let _ = UnixStream::connect(&self.path);
         self.listener = None;
         let _ = std::fs::remove_file(&self.path);
@@ -156,7 +162,8 @@ impl Server {
 }
 
 fn accept(listener: UnixListener, stop: Arc<AtomicBool>, context: Arc<Context>) {
-    for stream in listener.incoming() {
+    loop {
+        let stream = listener.accept().map(|(s, _)| s);
         if stop.load(Ordering::SeqCst) {
             return;
         }
