@@ -226,6 +226,16 @@ pub(crate) struct LedgerState {
     pub closed: bool,
 }
 
+impl LedgerState {
+    /// The superseded generations still held. Drop them only after releasing the lock.
+    pub fn alive(&self) -> Vec<Arc<Generation>> {
+        self.retiring
+            .iter()
+            .filter_map(|r| r.generation.upgrade())
+            .collect()
+    }
+}
+
 /// Superseded generations, and the record of drained ones. Shared by the swapper, its
 /// generations and the drain watchdog.
 ///

@@ -74,7 +74,7 @@ pub use live::LiveFn;
 pub use log::{GuestLog, LogSink};
 pub use ops::Probation;
 pub use status::{
-    DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
+    CallCounts, DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
 };
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};

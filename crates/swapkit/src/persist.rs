@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::native::EXTENSION;
-use crate::backend::{BackendKind, Code};
+use crate::backend::{hex, BackendKind, Code};
 
 const KNOWN_GOOD: &str = "known-good.json";
 const ARTIFACTS: &str = "artifacts";
@@ -38,10 +38,6 @@ pub(crate) struct KnownPlugin {
 
 pub(crate) struct StateDir {
     dir: PathBuf,
-}
-
-fn hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn extension(backend: BackendKind) -> &'static str {
@@ -149,7 +145,7 @@ impl StateDir {
 
     /// Deletes kept artifacts that none of `keep` (content hashes) names.
     pub fn prune(&self, keep: &HashSet<[u8; 32]>) {
-        let keep: HashSet<String> = keep.iter().map(hex).collect();
+        let keep: HashSet<String> = keep.iter().map(|h| hex(h)).collect();
         let Ok(entries) = std::fs::read_dir(self.dir.join(ARTIFACTS)) else {
             return;
         };
@@ -160,10 +156,6 @@ impl StateDir {
                 let _ = std::fs::remove_file(&path);
             }
         }
-    }
-
-    pub fn hex(hash: &[u8; 32]) -> String {
-        hex(hash)
     }
 }
 

@@ -35,17 +35,20 @@ pub(crate) struct Stats {
 }
 
 /// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Counts {
-    pub calls: u64,
-    pub errors: u64,
-    pub panics: u64,
-    pub traps: u64,
+pub(crate) type Counts = crate::CallCounts;
+
+impl crate::CallCounts {
+    pub(crate) fn failures(&self) -> u64 {
+        self.errors + self.panics + self.traps
+    }
 }
 
-impl Counts {
-    pub fn failures(&self) -> u64 {
-        self.errors + self.panics + self.traps
+impl std::ops::AddAssign for crate::CallCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.panics += other.panics;
+        self.traps += other.traps;
     }
 }
 

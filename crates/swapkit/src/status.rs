@@ -72,6 +72,21 @@ pub struct PluginStatus {
     pub origin: String,
     /// The interfaces it exports.
     pub interfaces: Vec<String>,
+    /// What calls into this instance did since it was loaded.
+    pub counts: CallCounts,
+}
+
+/// Calls into one plugin instance through typed clients, and how many failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed with an error status or a result that did not decode.
+    pub errors: u64,
+    /// Calls that panicked.
+    pub panics: u64,
+    /// Calls that trapped, timed out or hit a resource limit (wasm).
+    pub traps: u64,
 }
 
 /// A labelled pin.
@@ -126,12 +141,7 @@ pub(crate) fn generation_status(
                 name: p.code.name.to_string(),
                 version: p.code.version.to_string(),
                 backend: p.code.backend,
-                content_hash: p
-                    .code
-                    .content_hash
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                content_hash: crate::backend::hex(&p.code.content_hash),
                 origin: p.code.origin.clone(),
                 interfaces: p
                     .code
@@ -140,6 +150,7 @@ pub(crate) fn generation_status(
                     .iter()
                     .map(|i| i.name.clone())
                     .collect(),
+                counts: p.stats.counts(),
             })
             .collect(),
         pin_count: g.pin_count(),

@@ -549,11 +549,7 @@ impl Swapper {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                let alive: Vec<Arc<Generation>> = state
-                    .retiring
-                    .iter()
-                    .filter_map(|r| r.generation.upgrade())
-                    .collect();
+                let alive = state.alive();
                 drop(state);
                 let deadline = Some(self.inner.drain_deadline);
                 let held = alive
@@ -595,8 +591,8 @@ impl Inner {
     /// The current generation, then every superseded one still held.
     pub(crate) fn alive_generations(&self) -> Vec<Arc<Generation>> {
         let mut alive = vec![self.current.load_full()];
-        let state = self.ledger.lock();
-        alive.extend(state.retiring.iter().filter_map(|r| r.generation.upgrade()));
+        let retiring = self.ledger.lock().alive();
+        alive.extend(retiring);
         alive
     }
 
@@ -607,12 +603,7 @@ impl Inner {
         drop(current);
         let (alive, drained) = {
             let state = self.ledger.lock();
-            let alive: Vec<Arc<Generation>> = state
-                .retiring
-                .iter()
-                .filter_map(|r| r.generation.upgrade())
-                .collect();
-            (alive, state.drained.iter().cloned().collect())
+            (state.alive(), state.drained.iter().cloned().collect())
         };
         // Statuses are taken, and the upgraded references dropped, outside the ledger lock.
         let draining = alive
@@ -1032,7 +1023,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
     Ok(Artifact {
         path: path.to_owned(),
         backend: code.backend,
-        sha256: StateDir::hex(&code.content_hash),
+        sha256: crate::backend::hex(&code.content_hash),
         size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         manifest: code.manifest.clone(),
     })

@@ -165,6 +165,11 @@ impl Code {
     }
 }
 
+/// Lower-case hex of `bytes`: content hashes in status reports, file names and logs.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A live plugin instance: the guest object made by `on_load`, freed by `on_free` on drop.
 pub(crate) struct Instance {
     pub code: Arc<Code>,

@@ -82,7 +82,7 @@ impl NativeLoader {
             .and_then(|s| s.to_str())
             .unwrap_or("plugin");
         let n = self.copies.fetch_add(1, Ordering::Relaxed);
-        let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = super::hex(&hash[..6]);
         let copy = self
             .scratch
             .path()

@@ -444,33 +444,27 @@ fn swap(report: &ReloadReport) -> Swap {
 /// The status report: generations, plugins with their call counts, history, probation.
 pub(crate) fn status(inner: &Inner) -> StatusReport {
     let status = inner.status();
-    let alive = inner.alive_generations();
-    let pins_held = alive.iter().map(|g| g.pin_count()).sum();
-    let generations_alive = alive.len();
-    let plugins = {
-        let guard = inner.current.enter();
-        guard
-            .get()
-            .plugins
-            .iter()
-            .map(|p| {
-                let c = p.stats.counts();
-                PluginReport {
-                    plugin: PluginVersion {
-                        name: p.code.name.to_string(),
-                        version: p.code.version.to_string(),
-                    },
-                    backend: p.code.backend.to_string(),
-                    sha256: crate::persist::StateDir::hex(&p.code.content_hash),
-                    calls: c.calls,
-                    errors: c.errors,
-                    panics: c.panics,
-                    traps: c.traps,
-                }
-            })
-            .collect()
-    };
-    drop(alive);
+    // One snapshot: the current generation's plugins and counts, and the draining ones.
+    let generations_alive = 1 + status.draining.len();
+    let pins_held =
+        status.current.pin_count + status.draining.iter().map(|g| g.pin_count).sum::<usize>();
+    let plugins = status
+        .current
+        .plugins
+        .iter()
+        .map(|p| PluginReport {
+            plugin: PluginVersion {
+                name: p.name.clone(),
+                version: p.version.clone(),
+            },
+            backend: p.backend.to_string(),
+            sha256: p.content_hash.clone(),
+            calls: p.counts.calls,
+            errors: p.counts.errors,
+            panics: p.counts.panics,
+            traps: p.counts.traps,
+        })
+        .collect();
     let history = inner
         .kept()
         .into_iter()

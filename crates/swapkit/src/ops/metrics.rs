@@ -23,14 +23,9 @@ pub(crate) fn publish(inner: &Inner) {
             if !seen.insert(std::sync::Arc::as_ptr(p)) {
                 continue;
             }
-            let c = p.stats.counts();
-            let sum = sums
+            *sums
                 .entry((p.code.name.to_string(), p.code.version.to_string()))
-                .or_default();
-            sum.calls += c.calls;
-            sum.errors += c.errors;
-            sum.panics += c.panics;
-            sum.traps += c.traps;
+                .or_default() += p.stats.counts();
         }
     }
     ::metrics::gauge!("swapkit_generations_alive").set(alive.len() as f64);

@@ -277,11 +277,7 @@ fn fresh_counts(inner: &Inner, probation: &OnProbation) -> Option<Counts> {
         .iter()
         .filter(|p| probation.fresh.iter().any(|n| **n == *p.code.name))
     {
-        let c = p.stats.counts();
-        sum.calls += c.calls;
-        sum.errors += c.errors;
-        sum.panics += c.panics;
-        sum.traps += c.traps;
+        sum += p.stats.counts();
     }
     Some(sum)
 }

@@ -20,7 +20,7 @@ impl WasmLoader {
         hash: &[u8; 32],
     ) -> Result<Module, LoadError> {
         let entry = self.cache.as_ref().map(|dir| {
-            let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::backend::hex(&hash[..16]);
             dir.join(format!("{hex}-{:016x}.cwasm", self.compat))
         });
         if let Some(entry) = &entry {
