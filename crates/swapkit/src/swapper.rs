@@ -898,6 +898,17 @@ fn interface_mismatch(
     }))
 }
 
+/// Whether a reload of its directory loads `path`: not hidden, with an artifact extension.
+/// The watcher asks the same question of the files it sees change.
+pub(crate) fn is_artifact(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str());
+    !hidden && (ext == Some(EXTENSION) || ext == Some("wasm"))
+}
+
 /// The artifacts in `dir`, sorted by name. Hidden files and files with other extensions
 /// (such as a `.tmp` being written) are skipped.
 fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -912,12 +923,7 @@ fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             source,
         })?;
         let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        let ext = path.extension().and_then(|e| e.to_str());
-        if !hidden && (ext == Some(EXTENSION) || ext == Some("wasm")) && path.is_file() {
+        if is_artifact(&path) && path.is_file() {
             paths.push(path);
         }
     }

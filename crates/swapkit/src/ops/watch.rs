@@ -16,8 +16,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use super::Shared;
-use crate::backend::native::EXTENSION;
-use crate::swapper::Source;
+use crate::swapper::{is_artifact, Source};
 
 /// A writer that has shown no sign of life for this long is taken to have died: the reload
 /// goes ahead, and a truncated artifact fails to load (the current generation keeps serving).
@@ -105,17 +104,6 @@ impl WatchState {
             self.dirty = Some(now);
         }
     }
-}
-
-/// Whether `path` would be loaded by a reload of its directory: not hidden, and with an
-/// artifact extension.
-fn is_artifact(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| n.starts_with('.'));
-    let ext = path.extension().and_then(|e| e.to_str());
-    !hidden && (ext == Some(EXTENSION) || ext == Some("wasm"))
 }
 
 /// The notify watcher, owned by the ops thread.
