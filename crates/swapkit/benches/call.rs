@@ -55,7 +55,8 @@ fn calls(c: &mut Criterion) {
     wasm.load_files([&module]).unwrap();
     let wasm_client = wasm.client::<dyn Greeter>().unwrap();
     assert_eq!(wasm_client.score(1, "abc").unwrap(), 4);
-    let mut raw = RawWasm::new(&module);
+    let mut raw = RawWasm::new(&module, false);
+    let mut raw_swapkit = RawWasm::new(&module, true);
 
     let mut group = c.benchmark_group("call");
     group.bench_function("direct", |b| {
@@ -78,6 +79,9 @@ fn calls(c: &mut Criterion) {
     });
     group.bench_function("wasm_raw_typed_func", |b| b.iter(|| raw.call()));
     group.bench_function("wasm_raw_abi_call", |b| b.iter(|| raw.call_abi()));
+    group.bench_function("wasm_raw_abi_swapkit_engine", |b| {
+        b.iter(|| raw_swapkit.call_abi())
+    });
     group.bench_function("native_greet_string", |b| {
         b.iter(|| native_client.greet(black_box("bench")).unwrap())
     });
@@ -127,8 +131,14 @@ struct RawWasm {
 }
 
 impl RawWasm {
-    fn new(module: &std::path::Path) -> RawWasm {
-        let engine = wasmtime::Engine::default();
+    /// `swapkit_engine`: the engine settings swapkit uses (epoch interruption, memory that
+    /// never moves) instead of wasmtime's defaults.
+    fn new(module: &std::path::Path, swapkit_engine: bool) -> RawWasm {
+        let mut config = wasmtime::Config::new();
+        config
+            .epoch_interruption(swapkit_engine)
+            .memory_may_move(!swapkit_engine);
+        let engine = wasmtime::Engine::new(&config).unwrap();
         let module = wasmtime::Module::from_file(&engine, module).unwrap();
         let mut linker = wasmtime::Linker::new(&engine);
         linker
@@ -143,6 +153,7 @@ impl RawWasm {
             .unwrap();
         linker.func_wrap("swapkit", "reply", |_: u32| {}).unwrap();
         let mut store = wasmtime::Store::new(&engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
         let instance = linker.instantiate(&mut store, &module).unwrap();
         let func = instance
             .get_typed_func::<(), u32>(&mut store, "swapkit_abi_version")

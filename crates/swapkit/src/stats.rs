@@ -1,13 +1,20 @@
 //! Per-instance call counts, kept without a shared counter on the call path.
 //!
-//! Each thread adds to a stripe of its own (its own cache line), so two threads calling the
-//! same plugin never write the same line; the sum over stripes is read only by status
-//! reports, metrics and probation. Failures are rare, and counted on the cold error path.
+//! A thread that calls plugins takes one of [`OWNED`] stripe numbers for its lifetime, and
+//! gives it back when it exits. Stripe `k` of every instance's counts has one writer, the
+//! thread holding `k`, so counting a call is a plain load and store on a cache line no other
+//! thread writes: no atomic read-modify-write, which costs about 6 ns on the call path. Threads
+//! beyond the first [`OWNED`] at once share one more stripe, counted with `fetch_add`. The sum
+//! over stripes is read only by status reports, metrics and probation. Failures are rare, and
+//! counted on the cold error path.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-const STRIPES: usize = 16;
+/// Stripe numbers threads can hold for themselves.
+const OWNED: usize = 32;
+
+/// The stripe threads share when every owned one is taken.
+const SHARED: usize = OWNED;
 
 /// One cache line (two on CPUs that prefetch pairs), so stripes never share one.
 #[repr(align(128))]
@@ -26,9 +33,8 @@ pub(crate) enum Fault {
 }
 
 /// The counts of one plugin instance.
-#[derive(Default)]
 pub(crate) struct Stats {
-    calls: [Line; STRIPES],
+    calls: [Line; OWNED + 1],
     errors: AtomicU64,
     panics: AtomicU64,
     traps: AtomicU64,
@@ -52,26 +58,71 @@ impl std::ops::AddAssign for crate::CallCounts {
     }
 }
 
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            s.set(i);
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            calls: std::array::from_fn(|_| Line::default()),
+            errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
         }
-        i
-    })
+    }
+}
+
+/// The stripe numbers no thread holds, one bit each.
+static FREE: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// A thread's stripe number, given back when the thread exits.
+struct Stripe(usize);
+
+impl Stripe {
+    fn claim() -> Stripe {
+        let mut free = FREE.load(Ordering::Relaxed);
+        while free != 0 {
+            let bit = free.trailing_zeros();
+            // Acquire pairs with the release in `drop`: the counts the last holder wrote are
+            // visible to this thread's plain loads.
+            match FREE.compare_exchange_weak(
+                free,
+                free & !(1 << bit),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Stripe(bit as usize),
+                Err(now) => free = now,
+            }
+        }
+        Stripe(SHARED)
+    }
+}
+
+impl Drop for Stripe {
+    fn drop(&mut self) {
+        if self.0 < OWNED {
+            FREE.fetch_or(1 << self.0, Ordering::Release);
+        }
+    }
+}
+
+thread_local! {
+    static STRIPE: Stripe = Stripe::claim();
 }
 
 impl Stats {
     /// Counts one call, on this thread's stripe.
     #[inline]
     pub fn call(&self) {
-        self.calls[stripe()].0.fetch_add(1, Ordering::Relaxed);
+        match STRIPE.try_with(|s| s.0) {
+            Ok(k) if k < OWNED => {
+                // Only this thread writes stripe `k` (see the module docs).
+                let line = &self.calls[k].0;
+                line.store(line.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            // A shared stripe, or a thread past its thread-local destructors.
+            _ => {
+                self.calls[SHARED].0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Counts one failed call.
@@ -115,5 +166,35 @@ mod tests {
         let c = stats.counts();
         assert_eq!((c.calls, c.errors, c.panics, c.traps), (4000, 0, 1, 2));
         assert_eq!(c.failures(), 3);
+    }
+
+    #[test]
+    fn threads_past_the_owned_stripes_share_one_and_lose_nothing() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let threads = OWNED + 8;
+        let all_alive = std::sync::Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (stats, all_alive) = (stats.clone(), all_alive.clone());
+                std::thread::spawn(move || {
+                    stats.call();
+                    // Every thread holds its stripe number here, so some share.
+                    all_alive.wait();
+                    (0..999).for_each(|_| stats.call());
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(stats.counts().calls, threads as u64 * 1000);
+        assert!(stats.calls[SHARED].0.load(Ordering::Relaxed) >= 8 * 1000);
+        // Stripe numbers come back when threads exit, and their counts stay.
+        for _ in 0..3 * OWNED {
+            let stats = stats.clone();
+            std::thread::spawn(move || stats.call()).join().unwrap();
+        }
+        assert_eq!(
+            stats.counts().calls,
+            threads as u64 * 1000 + 3 * OWNED as u64
+        );
     }
 }

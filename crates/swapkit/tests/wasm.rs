@@ -123,6 +123,104 @@ fn a_wasm_division_by_zero_traps() {
     }
 }
 
+/// Loads a handmade module (see [`handmade_with`]) as the only plugin.
+fn load_handmade(dir: &tempfile::TempDir, edits: &[(&str, Option<&str>)]) -> Swapper {
+    let path = dir.path().join("handmade.wasm");
+    std::fs::write(&path, handmade_with("", edits)).unwrap();
+    let swapper = swapper_with(WasmLimits::default());
+    swapper
+        .load_files([&path])
+        .expect("a hand-made module loads");
+    swapper
+}
+
+#[test]
+fn large_arguments_and_results_grow_linear_memory_and_round_trip() {
+    let swapper = swapper_with(WasmLimits::default());
+    swapper
+        .load_files([Fixture::GreeterV1.wasm_path()])
+        .unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(greeter.score(1, "ab").unwrap(), 3);
+    // Megabytes each way: the guest grows its memory for the arguments, then for the result,
+    // so both lie past the memory the instance started with.
+    for size in [3 << 20, 5 << 20] {
+        let name = "x".repeat(size);
+        let greeting = greeter.greet(&name).unwrap();
+        assert_eq!(greeting, format!("hello, {name} (v1)"));
+        assert_eq!(greeter.score(size as u64, "ab").unwrap(), size as u64 + 2);
+    }
+}
+
+#[test]
+fn a_result_written_to_memory_the_call_grew_is_read() {
+    let dir = tempdir();
+    // Grows memory by one page, then puts the result (the varint 42) at the start of it.
+    let grow = "(drop (memory.grow (i32.const 1))) \
+                (i32.store8 (i32.const 65536) (i32.const 42)) \
+                (i32.store (i32.const 16) (i32.const 65536)) \
+                (i32.store (i32.const 20) (i32.const 1)) (i32.const 0)";
+    let swapper = load_handmade(&dir, &[("swapkit_call", Some(grow))]);
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    for _ in 0..3 {
+        assert_eq!(greeter.score(1, "ab").unwrap(), 42);
+    }
+}
+
+#[test]
+fn a_result_or_input_buffer_outside_linear_memory_is_a_trap_not_a_read() {
+    let dir = tempdir();
+    // One page of memory: 65,536 bytes.
+    let cases = [
+        (
+            "swapkit_call",
+            "(i32.store (i32.const 16) (i32.const 65532)) \
+             (i32.store (i32.const 20) (i32.const 8)) (i32.const 0)",
+            "the result lies outside linear memory",
+        ),
+        (
+            "swapkit_call",
+            "(i32.store (i32.const 16) (i32.const -16)) \
+             (i32.store (i32.const 20) (i32.const 64)) (i32.const 0)",
+            "the result lies outside linear memory",
+        ),
+        (
+            "swapkit_input",
+            "(i32.const 65534)",
+            "the input buffer lies outside linear memory",
+        ),
+    ];
+    for (export, body, expect) in cases {
+        let swapper = load_handmade(&dir, &[(export, Some(body))]);
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        for _ in 0..2 {
+            // The instance is thrown away each time; a new one fails the same way.
+            match greeter.score(7, "abc") {
+                Err(CallError::Trap { message, .. }) => assert_eq!(message, expect),
+                other => panic!("{export}: expected a trap, got {other:?}"),
+            }
+        }
+        let counts = swapper.status().current.plugins[0].counts;
+        assert_eq!((counts.calls, counts.traps), (2, 2), "{export}");
+    }
+}
+
+#[test]
+fn a_result_slot_outside_linear_memory_is_refused_at_load() {
+    let dir = tempdir();
+    let path = dir.path().join("slot.wasm");
+    let edit = [("swapkit_out_slot", Some("(i32.const 65532)"))];
+    std::fs::write(&path, handmade_with("", &edit)).unwrap();
+    let swapper = swapper_with(WasmLimits::default());
+    let err = swapper.load_files([&path]).expect_err("a slot past memory");
+    assert!(
+        err.to_string()
+            .contains("the result slot lies outside linear memory"),
+        "{err}"
+    );
+    assert_eq!(swapper.generation(), 0);
+}
+
 #[test]
 fn two_threads_share_one_plugin_through_the_pool() {
     let swapper = swapper_with(WasmLimits {
@@ -334,14 +432,19 @@ const DIV_BY_LEN: &str = "(drop (i32.div_u (i32.const 1) (local.get 2))) (i32.co
 /// A module that speaks ABI v1 by hand: its manifest declares the Greeter interface, and
 /// `swapkit_call` runs `call_body`.
 fn handmade(call_body: &str, imports: &str) -> Vec<u8> {
-    wat::parse_str(handmade_text(call_body, imports, None)).expect("valid wat")
+    handmade_with(imports, &[("swapkit_call", Some(call_body))])
 }
 
 fn handmade_without(export: &str) -> Vec<u8> {
-    wat::parse_str(handmade_text("(i32.const 0)", "", Some(export))).expect("valid wat")
+    handmade_with("", &[(export, None)])
 }
 
-fn handmade_text(call_body: &str, imports: &str, skip: Option<&str>) -> String {
+/// The handmade module with some entry points' bodies replaced (`Some`) or left out (`None`).
+fn handmade_with(imports: &str, edits: &[(&str, Option<&str>)]) -> Vec<u8> {
+    wat::parse_str(handmade_text(imports, edits)).expect("valid wat")
+}
+
+fn handmade_text(imports: &str, edits: &[(&str, Option<&str>)]) -> String {
     let fp = Fingerprint::CURRENT;
     let manifest = Manifest {
         name: "handmade-wasm".into(),
@@ -364,39 +467,43 @@ fn handmade_text(call_body: &str, imports: &str, skip: Option<&str>) -> String {
     };
     let bytes = wire::to_vec(&manifest).unwrap();
     let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    let manifest_body = format!(
+        "(i32.store (i32.const 16) (i32.const 1024)) \
+         (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
+        bytes.len()
+    );
+    // Name, signature, and default body. The result slot is at 16, the input buffer at 4096.
     let funcs = [
-        (
-            "swapkit_abi_version",
-            "(result i32) (i32.const 1)".to_owned(),
-        ),
-        ("swapkit_out_slot", "(result i32) (i32.const 16)".to_owned()),
+        ("swapkit_abi_version", "(result i32)", "(i32.const 1)"),
+        ("swapkit_out_slot", "(result i32)", "(i32.const 16)"),
         (
             "swapkit_input",
-            "(param i32) (result i32) (i32.const 4096)".to_owned(),
+            "(param i32) (result i32)",
+            "(i32.const 4096)",
         ),
-        (
-            "swapkit_manifest",
-            format!(
-                "(result i32) (i32.store (i32.const 16) (i32.const 1024)) \
-                 (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
-                bytes.len()
-            ),
-        ),
+        ("swapkit_manifest", "(result i32)", &manifest_body),
         (
             "swapkit_load",
-            "(result i32) (i32.store (i32.const 20) (i32.const 0)) (i32.const 0)".to_owned(),
+            "(result i32)",
+            "(i32.store (i32.const 20) (i32.const 0)) (i32.const 0)",
         ),
-        ("swapkit_init", "(result i32) (i32.const 0)".to_owned()),
-        ("swapkit_free", "(result i32) (i32.const 0)".to_owned()),
+        ("swapkit_init", "(result i32)", "(i32.const 0)"),
+        ("swapkit_free", "(result i32)", "(i32.const 0)"),
         (
             "swapkit_call",
-            format!("(param i32 i32 i32) (result i32) {call_body}"),
+            "(param i32 i32 i32) (result i32)",
+            "(i32.const 0)",
         ),
     ];
     let funcs: String = funcs
         .iter()
-        .filter(|(name, _)| Some(*name) != skip)
-        .map(|(name, body)| format!("(func (export \"{name}\") {body})\n"))
+        .filter_map(|&(name, signature, body)| {
+            let body = match edits.iter().find(|(edited, _)| *edited == name) {
+                Some((_, edit)) => (*edit)?,
+                None => body,
+            };
+            Some(format!("(func (export \"{name}\") {signature} {body})\n"))
+        })
         .collect();
     format!(
         "(module {imports}\n (memory (export \"memory\") 1)\n \

@@ -149,6 +149,9 @@ impl WasmLoader {
     pub fn new(limits: WasmLimits, cache: Option<PathBuf>) -> Result<WasmLoader, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Linear memory never moves (32-bit memories fit the default 4 GiB reservation), which
+        // lets cranelift hoist the base out of loops and the slots keep a view of it.
+        config.memory_may_move(false);
         config.max_wasm_stack(limits.max_stack);
         let engine = Engine::new(&config).map_err(|e| LoadError::WasmEngine {
             reason: e.to_string(),
@@ -436,6 +439,7 @@ impl WasmModule {
         let call = instance.get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")?;
         let out_slot = out.call(&mut store, ())?;
         Ok(Box::new(Slot {
+            view: slot::View::of(&memory, &store),
             store,
             f: Funcs {
                 memory,
