@@ -205,6 +205,49 @@ fn a_result_or_input_buffer_outside_linear_memory_is_a_trap_not_a_read() {
     }
 }
 
+/// A `swapkit_call` body that runs host service `op` on `len` bytes at `at`, copies the reply
+/// to `reply_at`, and returns it with the service's status.
+fn relay(op: u32, at: u32, len: u32, reply_at: u32) -> String {
+    format!(
+        "(local $r i64) \
+         (local.set $r (call $service (i32.const {op}) (i32.const {at}) (i32.const {len}))) \
+         (call $reply (i32.const {reply_at})) \
+         (i32.store (i32.const 16) (i32.const {reply_at})) \
+         (i32.store (i32.const 20) (i32.wrap_i64 (local.get $r))) \
+         (i32.wrap_i64 (i64.shr_u (local.get $r) (i64.const 32)))"
+    )
+}
+
+#[test]
+fn bad_service_requests_fail_the_call_and_the_host_keeps_serving() {
+    let dir = tempdir();
+    let imports = r#"(import "swapkit" "service" (func $service (param i32 i32 i32) (result i64)))
+        (import "swapkit" "reply" (func $reply (param i32)))"#;
+    let get = swapkit::abi::service::VAULT_GET;
+    // The host writes the arguments, `score(7, "abc")`, to the input buffer at 4096.
+    let cases = [
+        (relay(999, 4096, 0, 2048), "unknown host service 999"),
+        (relay(get, 70_000, 4, 2048), "the request lies outside linear memory"),
+        (relay(get, 4096, 5, 2048), "the service request did not decode"),
+        (
+            relay(999, 4096, 0, 65_530),
+            "the reply buffer lies outside linear memory",
+        ),
+    ];
+    for (body, expect) in cases {
+        let path = dir.path().join("relay.wasm");
+        std::fs::write(&path, handmade_with(imports, &[("swapkit_call", Some(&body))])).unwrap();
+        let swapper = swapper_with(WasmLimits::default());
+        swapper.load_files([&path]).expect("a relay module loads");
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        for _ in 0..2 {
+            let err = greeter.score(7, "abc").expect_err(expect);
+            assert!(err.to_string().contains(expect), "{expect}: {err}");
+        }
+        assert_eq!(swapper.status().current.plugins[0].counts.calls, 2);
+    }
+}
+
 #[test]
 fn a_result_slot_outside_linear_memory_is_refused_at_load() {
     let dir = tempdir();
