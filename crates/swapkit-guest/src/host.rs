@@ -1,11 +1,13 @@
 //! The guest's handle on the host functions of ABI v1: logging, the Vault, the host's own
 //! functions, dependencies and live types.
 
+use core::ffi::c_void;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put, Versioned};
+
 use swapkit_abi::{
-    level, wire, HostApi, Interface, LiveData, LiveType, RawSlice, Status, Transport,
+    level, wire, HostApi, Interface, LiveData, LiveType, RawSlice, ServiceFn, Status, Transport,
 };
 
 use crate::Error;
@@ -29,16 +31,40 @@ pub enum Level {
 /// log from methods.
 #[derive(Debug, Clone, Copy)]
 pub struct Host {
-    api: HostApi,
+    ctx: *const c_void,
+    log: LogFn,
+    /// `None` when the host's table ends before `service`: a host older than services.
+    service: Option<ServiceFn>,
 }
 
+// SAFETY: as for `HostApi`: `ctx` points to host data that is `Sync` and outlives every
+// instance given it, and the functions may be called from any thread.
+unsafe impl Send for Host {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Host {}
+
+type LogFn = unsafe extern "C" fn(ctx: *const c_void, level: u32, msg: *const u8, len: usize);
+
 impl Host {
+    /// Copies the fields of the host's table that it has, so the host may free its own.
+    ///
+    /// The table may be shorter than this plugin's [`HostApi`] (an older host): only the
+    /// fields within its `size` are read.
+    ///
     /// # Safety
-    /// `api` must point to a valid table whose context outlives the instance.
+    /// `api` must point to a valid table of at least `size` bytes, and at least the fields of
+    /// ABI v1's first table (`size`, `ctx`, `log`), whose context outlives the instance.
     pub(crate) unsafe fn from_raw(api: *const HostApi) -> Host {
-        // SAFETY: upheld by the caller; the table is copied so the host may free its own.
-        Host {
-            api: unsafe { *api },
+        const WITH_SERVICE: usize =
+            core::mem::offset_of!(HostApi, service) + core::mem::size_of::<ServiceFn>();
+        // SAFETY: upheld by the caller. Each read is of one field, so none reads past the end
+        // of a shorter table.
+        unsafe {
+            Host {
+                ctx: (*api).ctx,
+                log: (*api).log,
+                service: ((*api).size >= WITH_SERVICE).then(|| (*api).service),
+            }
         }
     }
 
@@ -53,7 +79,7 @@ impl Host {
         };
         // SAFETY: the host guarantees `log` and `ctx` stay valid for the instance's lifetime,
         // and `message` is valid UTF-8 for the length passed.
-        unsafe { (self.api.log)(self.api.ctx, raw, message.as_ptr(), message.len()) }
+        unsafe { (self.log)(self.ctx, raw, message.as_ptr(), message.len()) }
     }
 
     /// Logs at [`Level::Error`].
@@ -148,18 +174,15 @@ impl Host {
 
     /// Runs a host service and copies its encoded reply.
     fn service_raw<Q: Serialize>(&self, op: u32, request: &Q) -> Result<Vec<u8>, Error> {
-        const NEEDED: usize = core::mem::offset_of!(HostApi, service)
-            + core::mem::size_of::<swapkit_abi::ServiceFn>();
-        if self.api.size < NEEDED {
+        let Some(service) = self.service else {
             return Err(Error::msg("the host is older than this plugin and offers no services; rebuild the host against this swapkit"));
-        }
+        };
         let input = wire::to_vec(request)
             .map_err(|e| Error::msg(format!("a host service request did not encode: {e}")))?;
         let mut out = RawSlice::EMPTY;
-        // SAFETY: the table is at least `NEEDED` bytes, so `service` is set; `input` is valid
-        // for the call and `out` is writable.
-        let status =
-            unsafe { (self.api.service)(self.api.ctx, op, input.as_ptr(), input.len(), &mut out) };
+        // SAFETY: the host's table had `service`, valid with `ctx` for the instance's lifetime;
+        // `input` is valid for the call and `out` is writable.
+        let status = unsafe { service(self.ctx, op, input.as_ptr(), input.len(), &mut out) };
         // SAFETY: the reply stays valid until the next service call on this thread; it is
         // copied before any other.
         let bytes = unsafe { out.as_slice() }.to_vec();
@@ -313,5 +336,35 @@ impl Transport for Dependency {
                 self.plugin, self.interface
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first host table of ABI v1, from before services: it ends after `log`.
+    #[repr(C)]
+    struct OldHostApi {
+        size: usize,
+        ctx: *const c_void,
+        log: LogFn,
+    }
+
+    unsafe extern "C" fn log_nothing(_: *const c_void, _: u32, _: *const u8, _: usize) {}
+
+    #[test]
+    fn a_host_older_than_services_gets_a_clear_error_and_no_read_past_its_table() {
+        let old = OldHostApi {
+            size: core::mem::size_of::<OldHostApi>(),
+            ctx: core::ptr::null(),
+            log: log_nothing,
+        };
+        // SAFETY: a valid table of `size` bytes with the first table's fields.
+        let host = unsafe { Host::from_raw((&old as *const OldHostApi).cast::<HostApi>()) };
+        assert!(host.service.is_none());
+        let err = host.vault().get::<u64>("k").expect_err("no services");
+        assert!(err.message().contains("older than this plugin"), "{err:?}");
+        host.info("logging still works");
     }
 }

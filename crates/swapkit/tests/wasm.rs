@@ -227,8 +227,14 @@ fn bad_service_requests_fail_the_call_and_the_host_keeps_serving() {
     // The host writes the arguments, `score(7, "abc")`, to the input buffer at 4096.
     let cases = [
         (relay(999, 4096, 0, 2048), "unknown host service 999"),
-        (relay(get, 70_000, 4, 2048), "the request lies outside linear memory"),
-        (relay(get, 4096, 5, 2048), "the service request did not decode"),
+        (
+            relay(get, 70_000, 4, 2048),
+            "the request lies outside linear memory",
+        ),
+        (
+            relay(get, 4096, 5, 2048),
+            "the service request did not decode",
+        ),
         (
             relay(999, 4096, 0, 65_530),
             "the reply buffer lies outside linear memory",
@@ -236,7 +242,11 @@ fn bad_service_requests_fail_the_call_and_the_host_keeps_serving() {
     ];
     for (body, expect) in cases {
         let path = dir.path().join("relay.wasm");
-        std::fs::write(&path, handmade_with(imports, &[("swapkit_call", Some(&body))])).unwrap();
+        std::fs::write(
+            &path,
+            handmade_with(imports, &[("swapkit_call", Some(&body))]),
+        )
+        .unwrap();
         let swapper = swapper_with(WasmLimits::default());
         swapper.load_files([&path]).expect("a relay module loads");
         let greeter = swapper.client::<dyn Greeter>().unwrap();
@@ -246,6 +256,30 @@ fn bad_service_requests_fail_the_call_and_the_host_keeps_serving() {
         }
         assert_eq!(swapper.status().current.plugins[0].counts.calls, 2);
     }
+}
+
+#[test]
+fn a_saved_state_that_does_not_decode_fails_the_reload_and_the_old_version_keeps_serving() {
+    let dir = tempdir();
+    // Every call, `save` included, answers the single byte 7: the varint 7 to `score`, and an
+    // `Option` tag that does not exist to the host decoding the saved state.
+    let seven = "(i32.store8 (i32.const 3000) (i32.const 7)) \
+                 (i32.store (i32.const 16) (i32.const 3000)) \
+                 (i32.store (i32.const 20) (i32.const 1)) (i32.const 0)";
+    let swapper = load_handmade(&dir, &[("swapkit_call", Some(seven))]);
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(greeter.score(1, "a").unwrap(), 7);
+
+    let next = dir.path().join("next.wasm");
+    std::fs::write(&next, handmade("(i32.const 0)", "")).unwrap();
+    let err = swapper
+        .load_files([&next])
+        .expect_err("an undecodable saved state");
+    let text = err.to_string();
+    assert!(text.contains("the saved state did not decode"), "{text}");
+    assert!(text.contains("save"), "{text}");
+    assert_eq!(swapper.generation(), 1);
+    assert_eq!(greeter.score(1, "a").unwrap(), 7);
 }
 
 #[test]
