@@ -2,10 +2,10 @@
 //! functions, dependencies and live types.
 
 use core::ffi::c_void;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put, Versioned};
-
 use swapkit_abi::{
     level, wire, HostApi, Interface, LiveData, LiveType, RawSlice, ServiceFn, Status, Transport,
 };

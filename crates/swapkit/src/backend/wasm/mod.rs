@@ -2,8 +2,9 @@
 //!
 //! # What it gives
 //! - **Isolation.** A plugin sees only its linear memory and the ABI's host functions
-//!   (`swapkit.log`, `swapkit.panic`): no WASI, no other import. A module that imports anything
-//!   else is refused at load.
+//!   (`swapkit.log`, `swapkit.panic`, and `swapkit.service` with `swapkit.reply` for the Vault,
+//!   host functions and dependencies): no WASI, no other import. A module that imports
+//!   anything else is refused at load.
 //! - **Limits.** Each call has a CPU-time budget enforced by epoch interruption (a ticker thread
 //!   advances the engine's epoch), so a runaway loop becomes [`CallError::Timeout`]. Linear
 //!   memory, tables and instances are capped per store by a resource limiter.
