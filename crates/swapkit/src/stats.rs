@@ -10,8 +10,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Stripe numbers threads can hold for themselves.
-const OWNED: usize = 32;
+/// Stripe numbers threads can hold for themselves: one bit each of [`FREE`].
+const OWNED: usize = u32::BITS as usize;
 
 /// The stripe threads share when every owned one is taken.
 const SHARED: usize = OWNED;

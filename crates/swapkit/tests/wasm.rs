@@ -103,12 +103,7 @@ fn every_trap_kind_is_an_error_and_the_host_keeps_serving() {
 #[test]
 fn a_wasm_division_by_zero_traps() {
     let dir = tempdir();
-    let path = dir.path().join("div.wasm");
-    std::fs::write(&path, handmade(DIV_BY_LEN, "")).unwrap();
-    let swapper = swapper_with(WasmLimits::default());
-    swapper
-        .load_files([&path])
-        .expect("a hand-made ABI module loads");
+    let swapper = load_handmade(&dir, "", &[("swapkit_call", Some(DIV_BY_LEN))]);
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     // `version` takes no arguments, so the module divides by a length of 0.
     let err = greeter.version().expect_err("trap");
@@ -124,9 +119,13 @@ fn a_wasm_division_by_zero_traps() {
 }
 
 /// Loads a handmade module (see [`handmade_with`]) as the only plugin.
-fn load_handmade(dir: &tempfile::TempDir, edits: &[(&str, Option<&str>)]) -> Swapper {
+fn load_handmade(
+    dir: &tempfile::TempDir,
+    imports: &str,
+    edits: &[(&str, Option<&str>)],
+) -> Swapper {
     let path = dir.path().join("handmade.wasm");
-    std::fs::write(&path, handmade_with("", edits)).unwrap();
+    std::fs::write(&path, handmade_with(imports, edits)).unwrap();
     let swapper = swapper_with(WasmLimits::default());
     swapper
         .load_files([&path])
@@ -160,7 +159,7 @@ fn a_result_written_to_memory_the_call_grew_is_read() {
                 (i32.store8 (i32.const 65536) (i32.const 42)) \
                 (i32.store (i32.const 16) (i32.const 65536)) \
                 (i32.store (i32.const 20) (i32.const 1)) (i32.const 0)";
-    let swapper = load_handmade(&dir, &[("swapkit_call", Some(grow))]);
+    let swapper = load_handmade(&dir, "", &[("swapkit_call", Some(grow))]);
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     for _ in 0..3 {
         assert_eq!(greeter.score(1, "ab").unwrap(), 42);
@@ -191,7 +190,7 @@ fn a_result_or_input_buffer_outside_linear_memory_is_a_trap_not_a_read() {
         ),
     ];
     for (export, body, expect) in cases {
-        let swapper = load_handmade(&dir, &[(export, Some(body))]);
+        let swapper = load_handmade(&dir, "", &[(export, Some(body))]);
         let greeter = swapper.client::<dyn Greeter>().unwrap();
         for _ in 0..2 {
             // The instance is thrown away each time; a new one fails the same way.
@@ -241,14 +240,7 @@ fn bad_service_requests_fail_the_call_and_the_host_keeps_serving() {
         ),
     ];
     for (body, expect) in cases {
-        let path = dir.path().join("relay.wasm");
-        std::fs::write(
-            &path,
-            handmade_with(imports, &[("swapkit_call", Some(&body))]),
-        )
-        .unwrap();
-        let swapper = swapper_with(WasmLimits::default());
-        swapper.load_files([&path]).expect("a relay module loads");
+        let swapper = load_handmade(&dir, imports, &[("swapkit_call", Some(&body))]);
         let greeter = swapper.client::<dyn Greeter>().unwrap();
         for _ in 0..2 {
             let err = greeter.score(7, "abc").expect_err(expect);
@@ -266,7 +258,7 @@ fn a_saved_state_that_does_not_decode_fails_the_reload_and_the_old_version_keeps
     let seven = "(i32.store8 (i32.const 3000) (i32.const 7)) \
                  (i32.store (i32.const 16) (i32.const 3000)) \
                  (i32.store (i32.const 20) (i32.const 1)) (i32.const 0)";
-    let swapper = load_handmade(&dir, &[("swapkit_call", Some(seven))]);
+    let swapper = load_handmade(&dir, "", &[("swapkit_call", Some(seven))]);
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     assert_eq!(greeter.score(1, "a").unwrap(), 7);
 
