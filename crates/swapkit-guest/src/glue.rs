@@ -193,6 +193,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The `manifest` entry point.
+///
+/// # Safety
+///
+/// The host's side of the contract in ABI.md ("Entry points"): `out` is writable.
 pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a writable `out`.
     unsafe {
@@ -235,6 +240,12 @@ pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 
     }
 }
 
+/// The `load` entry point.
+///
+/// # Safety
+///
+/// The host's side of the contract in ABI.md ("Entry points"): `api` is a valid host table
+/// whose context outlives the instance, and `instance` and `out` are writable.
 pub(crate) unsafe extern "C" fn load<P: Exports>(
     api: *const HostApi,
     instance: *mut *mut c_void,
@@ -255,6 +266,12 @@ pub(crate) unsafe extern "C" fn load<P: Exports>(
     }
 }
 
+/// The `init` entry point.
+///
+/// # Safety
+///
+/// The host's side of the contract in ABI.md: `instance` was made by `load::<P>` and is not
+/// freed, and `out` is writable.
 pub(crate) unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a live instance made by `load::<P>` and a writable `out`.
     unsafe {
@@ -267,6 +284,12 @@ pub(crate) unsafe extern "C" fn init<P: Exports>(instance: *mut c_void, out: *mu
     }
 }
 
+/// The `free` entry point.
+///
+/// # Safety
+///
+/// The host's side of the contract in ABI.md: `instance` was made by `load::<P>`, is passed
+/// here exactly once, after its last call returned, and `out` is writable.
 pub(crate) unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mut RawSlice) -> u32 {
     // SAFETY: the host passes a live instance made by `load::<P>`, exactly once, after its last
     // call has returned; ownership comes back to us here.
@@ -281,6 +304,12 @@ pub(crate) unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mu
     }
 }
 
+/// The `call` entry point.
+///
+/// # Safety
+///
+/// The host's side of the contract in ABI.md: `instance` was made by `load::<P>` and is not
+/// freed, `input` is valid for `input_len` bytes for the call, and `out` is writable.
 pub(crate) unsafe extern "C" fn call<P: Exports>(
     instance: *mut c_void,
     interface: u32,

@@ -351,6 +351,11 @@ mod tests {
         log: LogFn,
     }
 
+    /// A host `log` that drops every line.
+    ///
+    /// # Safety
+    ///
+    /// None: it reads nothing.
     unsafe extern "C" fn log_nothing(_: *const c_void, _: u32, _: *const u8, _: usize) {}
 
     #[test]

@@ -32,11 +32,22 @@ unsafe extern "C" {
     fn host_reply(ptr: *mut u8);
 }
 
+/// The `log` entry of the host table on wasm, where the host is reached through imports.
+///
+/// # Safety
+///
+/// `msg` must be valid for `len` bytes (ABI.md, the host table).
 unsafe extern "C" fn log_shim(_ctx: *const c_void, level: u32, msg: *const u8, len: usize) {
     // SAFETY: forwarded from the glue, which passes a valid message.
     unsafe { host_log(level, msg, len) }
 }
 
+/// The `service` entry of the host table on wasm.
+///
+/// # Safety
+///
+/// `input` must be valid for `len` bytes and `out` writable (ABI.md, the service host
+/// function).
 unsafe extern "C" fn service_shim(
     _ctx: *const c_void,
     op: u32,

@@ -45,6 +45,7 @@ swapkit_guest::export_plugin! {
 static LOGGED: Mutex<Vec<(u32, String)>> = Mutex::new(vec![]);
 
 unsafe extern "C" fn log(_ctx: *const c_void, level: u32, msg: *const u8, len: usize) {
+    // SAFETY: the guest passes a message valid for `len` bytes for the length of the call.
     let text = unsafe { RawSlice { ptr: msg, len }.as_slice() };
     LOGGED
         .lock()
@@ -54,6 +55,7 @@ unsafe extern "C" fn log(_ctx: *const c_void, level: u32, msg: *const u8, len: u
 
 fn call(instance: *mut c_void, interface: u32, method: u32, input: &[u8]) -> (u32, Vec<u8>) {
     let mut out = RawSlice::EMPTY;
+    // SAFETY: `instance` came from this plugin's `load`; input and out are valid buffers.
     let status = unsafe {
         (SWAPKIT_PLUGIN.entry.call)(
             instance,
@@ -64,6 +66,7 @@ fn call(instance: *mut c_void, interface: u32, method: u32, input: &[u8]) -> (u3
             &mut out,
         )
     };
+    // SAFETY: the guest's out buffer is valid until its next call on this thread.
     (status, unsafe { out.as_slice() }.to_vec())
 }
 
@@ -75,6 +78,7 @@ unsafe extern "C" fn service(
     _: usize,
     out: *mut RawSlice,
 ) -> u32 {
+    // SAFETY: the guest passes a writable out slot (ABI.md, the service host function).
     unsafe { out.write(RawSlice::from_slice(b"no services here")) };
     Status::ServiceFailed as u32
 }
@@ -83,7 +87,9 @@ unsafe extern "C" fn service(
 fn entry_points_follow_the_abi() {
     let entry = &SWAPKIT_PLUGIN.entry;
     let mut out = RawSlice::EMPTY;
+    // SAFETY: `manifest` takes a writable out slot.
     assert_eq!(unsafe { (entry.manifest)(&mut out) }, Status::Ok as u32);
+    // SAFETY: the out buffer is valid until the next call on this thread.
     let manifest: Manifest = wire::from_bytes(unsafe { out.as_slice() }).unwrap();
     assert_eq!(
         (manifest.name.as_str(), manifest.version.as_str()),
@@ -101,6 +107,7 @@ fn entry_points_follow_the_abi() {
     };
     let mut instance: *mut c_void = std::ptr::null_mut();
     assert_eq!(
+        // SAFETY: `api` outlives the instance; instance and out are writable.
         unsafe { (entry.load)(&api, &mut instance, &mut out) },
         Status::Ok as u32
     );
@@ -110,6 +117,7 @@ fn entry_points_follow_the_abi() {
         [(3, "hello from on_load".to_owned())]
     );
     assert_eq!(
+        // SAFETY: `instance` came from `load` and was not freed.
         unsafe { (entry.init)(instance, &mut out) },
         Status::Ok as u32
     );
@@ -167,6 +175,7 @@ fn entry_points_follow_the_abi() {
     );
 
     assert_eq!(
+        // SAFETY: `instance` came from `load`, and is not used after this.
         unsafe { (entry.free)(instance, &mut out) },
         Status::Ok as u32
     );

@@ -63,6 +63,7 @@ mod services;
 mod stats;
 mod status;
 mod swapper;
+mod trigger;
 mod vault;
 
 pub use backend::wasm::{Exhausted, WasmLimits};
@@ -112,3 +113,4 @@ pub use swapkit_macros::target;
 /// signature is checked at compile time.
 pub use swapkit_macros::patch;
 pub use swapper::{inspect, Artifact, OverdueHook, ReloadReport, Swapper, SwapperBuilder};
+pub use trigger::Trigger;

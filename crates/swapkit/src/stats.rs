@@ -1,25 +1,13 @@
 //! Per-instance call counts, kept without a shared counter on the call path.
 //!
-//! A thread that calls plugins takes one of [`OWNED`] stripe numbers for its lifetime, and
-//! gives it back when it exits. Stripe `k` of every instance's counts has one writer, the
-//! thread holding `k`, so counting a call is a plain load and store on a cache line no other
-//! thread writes: no atomic read-modify-write, which costs about 6 ns on the call path. Threads
-//! beyond the first [`OWNED`] at once share one more stripe, counted with `fetch_add`. The sum
-//! over stripes is read only by status reports, metrics and probation. Failures are rare, and
-//! counted on the cold error path.
+//! Calls are counted on a [`StripedCounter`]: a plain load and store on a stripe only the
+//! calling thread writes, with no atomic read-modify-write (which costs about 6 ns on the call
+//! path). The sum over stripes is read only by status reports, metrics and probation. Failures
+//! are rare, and counted on the cold error path.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Stripe numbers threads can hold for themselves: one bit each of [`FREE`].
-const OWNED: usize = u32::BITS as usize;
-
-/// The stripe threads share when every owned one is taken.
-const SHARED: usize = OWNED;
-
-/// One cache line (two on CPUs that prefetch pairs), so stripes never share one.
-#[repr(align(128))]
-#[derive(Default)]
-struct Line(AtomicU64);
+use swapkit_sync::StripedCounter;
 
 /// How a call failed, as the counts and metrics class it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +22,7 @@ pub(crate) enum Fault {
 
 /// The counts of one plugin instance.
 pub(crate) struct Stats {
-    calls: [Line; OWNED + 1],
+    calls: StripedCounter,
     errors: AtomicU64,
     panics: AtomicU64,
     traps: AtomicU64,
@@ -61,7 +49,7 @@ impl std::ops::AddAssign for crate::CallCounts {
 impl Default for Stats {
     fn default() -> Stats {
         Stats {
-            calls: std::array::from_fn(|_| Line::default()),
+            calls: StripedCounter::new(),
             errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             traps: AtomicU64::new(0),
@@ -69,60 +57,11 @@ impl Default for Stats {
     }
 }
 
-/// The stripe numbers no thread holds, one bit each.
-static FREE: AtomicU32 = AtomicU32::new(u32::MAX);
-
-/// A thread's stripe number, given back when the thread exits.
-struct Stripe(usize);
-
-impl Stripe {
-    fn claim() -> Stripe {
-        let mut free = FREE.load(Ordering::Relaxed);
-        while free != 0 {
-            let bit = free.trailing_zeros();
-            // Acquire pairs with the release in `drop`: the counts the last holder wrote are
-            // visible to this thread's plain loads.
-            match FREE.compare_exchange_weak(
-                free,
-                free & !(1 << bit),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Stripe(bit as usize),
-                Err(now) => free = now,
-            }
-        }
-        Stripe(SHARED)
-    }
-}
-
-impl Drop for Stripe {
-    fn drop(&mut self) {
-        if self.0 < OWNED {
-            FREE.fetch_or(1 << self.0, Ordering::Release);
-        }
-    }
-}
-
-thread_local! {
-    static STRIPE: Stripe = Stripe::claim();
-}
-
 impl Stats {
     /// Counts one call, on this thread's stripe.
     #[inline]
     pub fn call(&self) {
-        match STRIPE.try_with(|s| s.0) {
-            Ok(k) if k < OWNED => {
-                // Only this thread writes stripe `k` (see the module docs).
-                let line = &self.calls[k].0;
-                line.store(line.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            }
-            // A shared stripe, or a thread past its thread-local destructors.
-            _ => {
-                self.calls[SHARED].0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.calls.add_one();
     }
 
     /// Counts one failed call.
@@ -138,7 +77,7 @@ impl Stats {
 
     pub fn counts(&self) -> Counts {
         Counts {
-            calls: self.calls.iter().map(|l| l.0.load(Ordering::Relaxed)).sum(),
+            calls: self.calls.sum(),
             errors: self.errors.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
@@ -166,35 +105,5 @@ mod tests {
         let c = stats.counts();
         assert_eq!((c.calls, c.errors, c.panics, c.traps), (4000, 0, 1, 2));
         assert_eq!(c.failures(), 3);
-    }
-
-    #[test]
-    fn threads_past_the_owned_stripes_share_one_and_lose_nothing() {
-        let stats = std::sync::Arc::new(Stats::default());
-        let threads = OWNED + 8;
-        let all_alive = std::sync::Arc::new(std::sync::Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (stats, all_alive) = (stats.clone(), all_alive.clone());
-                std::thread::spawn(move || {
-                    stats.call();
-                    // Every thread holds its stripe number here, so some share.
-                    all_alive.wait();
-                    (0..999).for_each(|_| stats.call());
-                })
-            })
-            .collect();
-        handles.into_iter().for_each(|t| t.join().unwrap());
-        assert_eq!(stats.counts().calls, threads as u64 * 1000);
-        assert!(stats.calls[SHARED].0.load(Ordering::Relaxed) >= 8 * 1000);
-        // Stripe numbers come back when threads exit, and their counts stay.
-        for _ in 0..3 * OWNED {
-            let stats = stats.clone();
-            std::thread::spawn(move || stats.call()).join().unwrap();
-        }
-        assert_eq!(
-            stats.counts().calls,
-            threads as u64 * 1000 + 3 * OWNED as u64
-        );
     }
 }

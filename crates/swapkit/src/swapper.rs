@@ -20,6 +20,7 @@ use crate::log::LogSink;
 use crate::ops::{self, Probation};
 use crate::persist::StateDir;
 use crate::status::{generation_status, Status};
+use crate::trigger::Trigger;
 use crate::{plan, services, Vault};
 
 /// Called with the status of a generation still held past the drain deadline.
@@ -320,7 +321,7 @@ impl SwapperBuilder {
             let mut state = swapper.inner.lock_reload();
             let report = swapper
                 .inner
-                .install(&mut state, codes, "load", Instant::now());
+                .install(&mut state, codes, &Trigger::Load, Instant::now());
             swapper.inner.ops.settle(report)?;
         }
         Ok(swapper)
@@ -412,7 +413,7 @@ impl Swapper {
     /// is unchanged keep their instance; the others are loaded, then initialised, in
     /// dependency order. On any error nothing changes and the current generation keeps serving.
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
-        self.inner.reload("reload")
+        self.inner.reload(&Trigger::ApiReload)
     }
 
     /// How many wasm modules this swapper compiled, rather than read from its compile cache
@@ -431,7 +432,7 @@ impl Swapper {
         let mut state = self.inner.lock_reload();
         // Watch before reading, so that nothing published after the read is missed.
         self.inner.ops.watch_source(&source);
-        let report = self.inner.reload_from(&mut state, &source, "load");
+        let report = self.inner.reload_from(&mut state, &source, &Trigger::Load);
         let report = self.inner.ops.settle(report);
         if report.is_err() {
             if let Some(previous) = &state.source {
@@ -478,13 +479,13 @@ impl Swapper {
     /// the plugins that differ. Works even if the files on disk were replaced since.
     pub fn rollback(&self) -> Result<ReloadReport, LoadError> {
         self.inner
-            .rollback_to(&RollbackTarget::Previous, "rollback")
+            .rollback_to(&RollbackTarget::Previous, &Trigger::ApiRollback)
     }
 
     /// Publishes the newest kept selection that `target` names (see [`RollbackTarget`]).
     /// The selection rolled back from is kept, so a later `rollback_to` can go forward again.
     pub fn rollback_to(&self, target: &RollbackTarget) -> Result<ReloadReport, LoadError> {
-        self.inner.rollback_to(target, "rollback")
+        self.inner.rollback_to(target, &Trigger::ApiRollback)
     }
 
     /// The selections kept for rollback, newest first.
@@ -624,15 +625,15 @@ impl Inner {
         self.reload.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads the source again and publishes a new generation; `what` names the trigger in
+    /// Reads the source again and publishes a new generation; `trigger` is what asked, for
     /// logs.
-    pub(crate) fn reload(&self, what: &str) -> Result<ReloadReport, LoadError> {
+    pub(crate) fn reload(&self, trigger: &Trigger) -> Result<ReloadReport, LoadError> {
         let mut state = self.lock_reload();
         if self.native.is_none() {
             return Err(LoadError::StaticMode);
         }
         let source = state.source.clone().ok_or(LoadError::NoSource)?;
-        let report = self.reload_from(&mut state, &source, what);
+        let report = self.reload_from(&mut state, &source, trigger);
         self.ops.settle(report)
     }
 
@@ -641,7 +642,7 @@ impl Inner {
     pub(crate) fn rollback_to(
         &self,
         target: &RollbackTarget,
-        what: &str,
+        trigger: &Trigger,
     ) -> Result<ReloadReport, LoadError> {
         let mut state = self.lock_reload();
         if self.native.is_none() {
@@ -651,7 +652,7 @@ impl Inner {
         let index = history::find(&kept, target);
         let index = self.ops.settle(index)?;
         let chosen = state.history[index].clone();
-        let report = self.install(&mut state, chosen.codes, what, Instant::now());
+        let report = self.install(&mut state, chosen.codes, trigger, Instant::now());
         let report = self.ops.settle(report)?;
         // `install` pushed the rolled-back-from selection last; the one returned to is now
         // current, so it leaves the history.
@@ -686,11 +687,11 @@ impl Inner {
         &self,
         state: &mut ReloadState,
         source: &Source,
-        what: &str,
+        trigger: &Trigger,
     ) -> Result<ReloadReport, LoadError> {
         let start = Instant::now();
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
-        let _span = tracing::info_span!("reload", what, source = ?source).entered();
+        let _span = tracing::info_span!("reload", trigger = %trigger, source = ?source).entered();
         let paths = match source {
             Source::Files(files) => files.clone(),
             Source::Dir(dir) => list_artifacts(dir)?,
@@ -699,7 +700,7 @@ impl Inner {
             .iter()
             .map(|p| self.load_artifact(native, p))
             .collect::<Result<Vec<_>, _>>()?;
-        self.install(state, codes, what, start)
+        self.install(state, codes, trigger, start)
     }
 
     /// Reads one artifact and loads it through the backend its content calls for: a wasm
@@ -747,7 +748,7 @@ impl Inner {
         &self,
         state: &mut ReloadState,
         codes: Vec<Arc<Code>>,
-        what: &str,
+        trigger: &Trigger,
         start: Instant,
     ) -> Result<ReloadReport, LoadError> {
         let codes = plan::order(codes)?;
@@ -814,7 +815,7 @@ impl Inner {
             while let Some(inst) = instances.pop() {
                 drop(inst);
             }
-            tracing::warn!(error = %e, "{what} aborted; the current generation keeps serving");
+            tracing::warn!(error = %e, "{trigger} aborted; the current generation keeps serving");
             return Err(e);
         }
 
@@ -834,11 +835,11 @@ impl Inner {
                 state.history.pop_front();
             }
         }
-        tracing::info!(generation = id, took = ?report.took, loaded = ?report.loaded, reused = ?report.reused, "{what}: published");
+        tracing::info!(generation = id, took = ?report.took, loaded = ?report.loaded, reused = ?report.reused, "{trigger}: published");
         let fresh_names: Vec<String> = report.loaded.iter().map(|(n, _)| n.clone()).collect();
         let probation = self
             .ops
-            .published(id, fresh_names, what, old.id == 0, report.took);
+            .published(id, fresh_names, trigger, old.id == 0, report.took);
         if !probation {
             self.mark_known_good(state);
         }

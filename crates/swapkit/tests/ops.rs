@@ -331,6 +331,7 @@ fn the_admin_socket_is_owner_only_and_refuses_other_uids() {
 /// child, since the parent is multithreaded.
 fn connect_as(uid: u32, socket: &Path) -> Result<String, i32> {
     use std::os::unix::ffi::OsStrExt;
+    // SAFETY: `sockaddr_un` is plain old data, for which all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let path = socket.as_os_str().as_bytes();
@@ -613,4 +614,44 @@ fn dropping_the_swapper_stops_the_admin_socket_even_if_its_file_is_gone() {
     std::fs::remove_file(&socket).unwrap();
     // Returns: the accept thread is woken without the file.
     drop(swapper);
+}
+
+#[test]
+fn an_admin_rollback_with_auto_rollback_on_is_not_judged() {
+    let dir = tempdir();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let artifact = plugins.join(artifact_name(Backend::Native));
+    publish(Fixture::GreeterV1, Backend::Native, &artifact);
+    let socket = dir.path().join("admin.sock");
+    // A window no test outlives: whatever is on probation stays there until judged.
+    let swapper = builder()
+        .admin_socket(&socket)
+        .auto_rollback(Probation::new(Duration::from_secs(600)).min_calls(1_000_000))
+        .build()
+        .unwrap();
+    swapper.load_dir(&plugins).unwrap();
+    publish(Fixture::GreeterV2, Backend::Native, &artifact);
+    let v2 = swapper.reload().unwrap().generation;
+    let mut client = Client::connect(&socket).unwrap();
+    let probation = |client: &mut Client| match client.request(&Request::Status).unwrap() {
+        Outcome::Status(status) => status.probation.map(|p| p.generation),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        probation(&mut client),
+        Some(v2),
+        "a reload goes on probation"
+    );
+    let back = match client.request(&Request::Rollback { to: None }).unwrap() {
+        Outcome::Swapped(swap) => swap.generation,
+        other => panic!("{other:?}"),
+    };
+    assert!(back > v2 && greeting(&swapper).contains("(v1)"));
+    // The peer's "admin uid=.. pid=.." once made this a reload: it went on probation.
+    assert_eq!(
+        probation(&mut client),
+        None,
+        "an admin rollback was put on probation"
+    );
 }

@@ -539,3 +539,63 @@ fn a_restored_patch_is_not_freed_while_a_call_is_inside_it() {
         "freed when the last call left"
     );
 }
+
+#[swapkit::patchable]
+fn stale_target(x: u32) -> u32 {
+    x
+}
+
+#[test]
+fn a_stale_guard_never_touches_the_next_patch_on_its_target() {
+    for round in 0..50 {
+        let stale = swapkit::patch!(stale_target, |x| x + 1).apply().unwrap();
+        patch::restore(swapkit::target!(stale_target)).unwrap();
+        // The next patch usually reuses the freed one's address; it must not matter.
+        let next = swapkit::patch!(stale_target, |x| x + 2).apply().unwrap();
+        let err = stale.set_percent(10.0).unwrap_err();
+        assert!(
+            matches!(err, PatchError::NotPatched { .. }),
+            "round {round}: {err:?}"
+        );
+        drop(stale);
+        assert_eq!(
+            stale_target(1),
+            3,
+            "round {round}: the stale guard restored the next patch"
+        );
+        assert!(swapkit::target!(stale_target).is_patched());
+        next.restore().unwrap();
+    }
+}
+
+#[swapkit::patchable]
+fn held_out_of_order(x: u32) -> u32 {
+    x
+}
+
+#[test]
+fn patch_calls_held_and_dropped_out_of_order_keep_their_patch() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let g = swapkit::patch!(held_out_of_order, move |x| {
+        let _keep = &flag;
+        x + 1
+    })
+    .apply()
+    .unwrap();
+    let target = swapkit::target!(held_out_of_order);
+    let a = target.enter().expect("patched");
+    let b = target.enter().expect("patched");
+    drop(a);
+    // Before the fix, C took B's hazard slot and overwrote it.
+    let c = target.enter().expect("patched");
+    g.restore().unwrap();
+    drop(c);
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "the patch was freed under B"
+    );
+    assert_eq!(b.try_call(|f| f(1)).unwrap(), 2, "B still runs its patch");
+    drop(b);
+    assert!(dropped.load(Ordering::SeqCst), "freed once B left");
+}

@@ -247,9 +247,9 @@ impl Instance {
         // SAFETY: `load` is a checked v1 entry point; `api` is valid for the call and its
         // context outlives the instance (it is owned by the Instance built below).
         let status = unsafe { (header.entry.load)(&api, &mut handle, &mut out) };
-        // SAFETY: the out buffer is valid until the next call on this thread.
         let reply = Reply {
             status,
+            // SAFETY: the out buffer is valid until the next call on this thread.
             bytes: unsafe { out.as_slice() },
         };
         hook_result(&code, "on_load", &reply)?;
@@ -284,9 +284,9 @@ impl Instance {
                 let mut out = RawSlice::EMPTY;
                 // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
                 let status = unsafe { (header.entry.init)(*handle, &mut out) };
-                // SAFETY: the out buffer is valid until the next call on this thread.
                 let reply = Reply {
                     status,
+                    // SAFETY: the out buffer is valid until the next call on this thread.
                     bytes: unsafe { out.as_slice() },
                 };
                 hook_result(&self.code, "on_init", &reply)
@@ -356,10 +356,10 @@ impl Instance {
                         &mut out,
                     )
                 };
-                // SAFETY: the guest's out buffer stays valid until its next call on this
-                // thread, and `then` runs before any other call.
                 then(Reply {
                     status,
+                    // SAFETY: the guest's out buffer stays valid until its next call on this
+                    // thread, and `then` runs before any other call.
                     bytes: unsafe { out.as_slice() },
                 })
             }

@@ -190,6 +190,13 @@ fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Co
     }
 }
 
+/// Maps the library at `path` and runs its initialisers.
+///
+/// # Safety
+///
+/// Loading a library runs its constructors, which can do anything: `path` must be a library
+/// the operator meant to load (native plugins are trusted code), and nothing may replace the
+/// file between the checks made on it and this call.
 #[cfg(unix)]
 unsafe fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -199,6 +206,11 @@ unsafe fn open_library(path: &Path) -> Result<libloading::Library, libloading::E
     unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL).map(Into::into) }
 }
 
+/// Maps the library at `path` and runs its initialisers.
+///
+/// # Safety
+///
+/// As for the unix version.
 #[cfg(not(unix))]
 unsafe fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
     // SAFETY: forwarded to the caller.

@@ -25,6 +25,7 @@ use crate::error::LoadError;
 use crate::history::RollbackTarget;
 use crate::patch::{PatchSetGuard, Rollout};
 use crate::swapper::{Inner, ReloadReport};
+use crate::trigger::Trigger;
 
 /// At most this many connections are served at once; more are refused.
 const MAX_CONNECTIONS: usize = 16;
@@ -286,23 +287,19 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
     let Some(inner) = context.inner.upgrade() else {
         return Reply::Error(failure(FailureKind::Load, "the swapper is shutting down"));
     };
-    let who = format!(
-        "admin uid={} pid={}",
-        peer.uid,
-        peer.pid.map_or("?".into(), |p| p.to_string())
-    );
+    let (uid, pid) = (peer.uid, peer.pid);
     let result = match request {
         Request::Status => Ok(Outcome::Status(Box::new(status(&inner)))),
         Request::Reload => inner
             .ops
-            .request_reload(&who)
+            .request_reload(Trigger::AdminReload { uid, pid })
             .map(|r| Outcome::Swapped(swap(&r)))
             .map_err(|e| failure(FailureKind::Load, e)),
         Request::Rollback { to } => to
             .as_deref()
             .unwrap_or("")
             .parse::<RollbackTarget>()
-            .and_then(|target| inner.rollback_to(&target, &who))
+            .and_then(|target| inner.rollback_to(&target, &Trigger::AdminRollback { uid, pid }))
             .map(|r| Outcome::Swapped(swap(&r)))
             .map_err(|e| failure(kind_of(&e), e.to_string())),
         Request::PatchApply {

@@ -16,6 +16,7 @@ use crate::error::LoadError;
 use crate::history::RollbackTarget;
 use crate::stats::Counts;
 use crate::swapper::{Inner, ReloadReport, Source};
+use crate::trigger::Trigger;
 
 /// When a swap is rolled back on its own: its probation policy.
 ///
@@ -104,7 +105,7 @@ pub(crate) struct OnProbation {
 
 pub(crate) struct State {
     /// The trigger of the reload to run next, if one is due.
-    pending: Option<String>,
+    pending: Option<Trigger>,
     /// Reloads the ops thread started, and finished.
     started: u64,
     finished: u64,
@@ -170,12 +171,12 @@ impl Shared {
         &self,
         generation: u64,
         fresh: Vec<String>,
-        what: &str,
+        trigger: &Trigger,
         first: bool,
         took: Duration,
     ) -> bool {
         ::metrics::counter!("swapkit_reloads_total", "outcome" => "published").increment(1);
-        ::metrics::histogram!("swapkit_reload_duration_seconds", "what" => what.to_owned())
+        ::metrics::histogram!("swapkit_reload_duration_seconds", "trigger" => trigger.label())
             .record(took.as_secs_f64());
         ::metrics::gauge!("swapkit_generation").set(generation as f64);
         let mut state = self.lock();
@@ -184,7 +185,7 @@ impl Shared {
         let judged = self
             .policy
             .as_ref()
-            .filter(|_| !first && !fresh.is_empty() && !what.contains("rollback"));
+            .filter(|_| !first && !fresh.is_empty() && !trigger.is_rollback());
         state.probation = judged.map(|policy| OnProbation {
             generation,
             fresh,
@@ -204,26 +205,26 @@ impl Shared {
 
     /// Asks for a reload without waiting: the ops thread runs one soon, once for all the
     /// triggers that arrive before it starts.
-    pub fn trigger(&self, origin: &str) {
+    pub fn trigger(&self, origin: Trigger) {
         let mut state = self.lock();
         if state.pending.is_none() {
-            tracing::info!(trigger = origin, "reload requested");
-            state.pending = Some(origin.to_owned());
+            tracing::info!(trigger = %origin, "reload requested");
+            state.pending = Some(origin);
         } else {
-            tracing::debug!(trigger = origin, "reload already pending; coalesced");
+            tracing::debug!(trigger = %origin, "reload already pending; coalesced");
         }
         self.cv.notify_all();
     }
 
     /// Asks for a reload and waits for one that started after the request: concurrent
     /// requests share a reload rather than queueing one each.
-    pub fn request_reload(&self, origin: &str) -> Result<ReloadReport, String> {
+    pub fn request_reload(&self, origin: Trigger) -> Result<ReloadReport, String> {
         let mut state = self.lock();
         if !state.running {
             return Err("the swapper's ops thread is not running".into());
         }
         if state.pending.is_none() {
-            state.pending = Some(origin.to_owned());
+            state.pending = Some(origin);
         }
         let target = state.started + 1;
         self.cv.notify_all();
@@ -330,10 +331,9 @@ impl Ops {
             ops.signal = Some(signals.handle());
             let shared = shared.clone();
             shared.lock().triggers.push(format!("signal:{name}"));
-            let origin = format!("signal:{name}");
             ops.spawn("swapkit-signal", move || {
                 for _ in signals.forever() {
-                    shared.trigger(&origin);
+                    shared.trigger(Trigger::Signal { name: name.clone() });
                 }
             })?;
         }
@@ -429,7 +429,7 @@ fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
 
         match state.watch.settled(now) {
             watch::Settled::Reload => {
-                state.pending = Some("watch".into());
+                state.pending = Some(Trigger::Watcher);
                 continue;
             }
             watch::Settled::Wait(at) => wake = wake.min(at),
@@ -504,7 +504,7 @@ fn judge(inner: &Inner, shared: &Shared, probation: &OnProbation) {
             policy.max_failure_rate * 100.0
         );
         tracing::error!(generation = probation.generation, plugins = ?probation.fresh, %reason, "auto-rollback");
-        match inner.rollback_to(&RollbackTarget::Previous, "auto-rollback") {
+        match inner.rollback_to(&RollbackTarget::Previous, &Trigger::AutoRollback) {
             Ok(report) => {
                 shared.lock().counts.auto_rollbacks += 1;
                 ::metrics::counter!("swapkit_auto_rollbacks_total").increment(1);

@@ -210,15 +210,16 @@ impl<F: ?Sized + Send + Sync + 'static> PatchBuilder<F> {
 #[must_use = "dropping the guard restores the patch at once; call .keep() to leave it applied"]
 pub struct PatchGuard {
     target: &'static dyn AnyTarget,
-    identity: usize,
+    /// The patch's serial number, unique for the life of the process.
+    serial: u64,
     restore_on_drop: bool,
 }
 
 impl PatchGuard {
-    pub(crate) fn new(target: &'static dyn AnyTarget, identity: usize) -> PatchGuard {
+    pub(crate) fn new(target: &'static dyn AnyTarget, serial: u64) -> PatchGuard {
         PatchGuard {
             target,
-            identity,
+            serial,
             restore_on_drop: true,
         }
     }
@@ -232,14 +233,14 @@ impl PatchGuard {
     /// captures are freed once the last of them returns.
     pub fn restore(mut self) -> Result<(), PatchError> {
         self.restore_on_drop = false;
-        self.target.restore(Some(self.identity)).map(|_| ())
+        self.target.restore(Some(self.serial)).map(|_| ())
     }
 
     /// Changes the share of keys the patch applies to, live. Keys already in stay in when it
     /// rises.
     pub fn set_percent(&self, percent: f64) -> Result<(), PatchError> {
         self.target
-            .set_share(self.identity, rollout::buckets_for(percent))
+            .set_share(self.serial, rollout::buckets_for(percent))
     }
 
     /// Leaves the patch applied after the guard is gone; restore it with [`restore`].
@@ -251,7 +252,7 @@ impl PatchGuard {
 impl Drop for PatchGuard {
     fn drop(&mut self) {
         if self.restore_on_drop {
-            let _ = self.target.restore(Some(self.identity));
+            let _ = self.target.restore(Some(self.serial));
         }
     }
 }

@@ -15,7 +15,7 @@ use super::context::stable_hash;
 use super::plugin::RemoteFn;
 use super::rollout::{Kind, Rollout, BUCKETS};
 use super::{PatchError, PatchGuard, PatchStatus, TargetStatus};
-use crate::hazard::{Guard, HazardCell};
+use swapkit_sync::{Guard, HazardCell, StripedCounter};
 
 /// Where a patch came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,9 @@ pub struct TargetInfo {
 /// One applied patch.
 pub(crate) struct Patch<F: ?Sized> {
     pub id: String,
+    /// Unique for the life of the process: what a [`PatchGuard`] names its patch by. An
+    /// address would not do: the next patch on a target often gets the freed one's.
+    serial: u64,
     seed: u64,
     replacement: Box<F>,
     rollout: Rollout,
@@ -115,42 +118,15 @@ pub(crate) struct Patch<F: ?Sized> {
     pub applied_at: SystemTime,
     /// For patches applied as a set: one flag that makes the whole set visible at once.
     armed: Option<Arc<AtomicBool>>,
-    hits: Stripes,
+    /// Calls the patch served, counted with no locked instruction.
+    hits: StripedCounter,
     panics: AtomicU64,
     healthy: AtomicBool,
 }
 
-/// A hit counter split over cache lines, so patched calls on different threads do not
-/// contend on one line.
-struct Stripes([Padded; 8]);
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded(AtomicU64);
-
 thread_local! {
-    static STRIPE: usize = {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        (NEXT.fetch_add(1, Ordering::Relaxed) % 8) as usize
-    };
     /// The target whose original a `call_original` is running, if any.
     static BYPASS: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
-}
-
-impl Stripes {
-    fn new() -> Stripes {
-        Stripes(Default::default())
-    }
-
-    #[inline]
-    fn add(&self) {
-        let i = STRIPE.try_with(|s| *s).unwrap_or(0);
-        self.0[i].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
-    }
 }
 
 /// The patch slot of one `#[patchable]` function. The macro puts one in a `static` next to the
@@ -235,7 +211,10 @@ impl<F: ?Sized + 'static> Target<F> {
             Kind::Share(n) => n,
             Kind::Matching(_) => BUCKETS,
         };
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let patch = Arc::new(Patch {
+            serial,
             seed: stable_hash(id.as_bytes()),
             id: id.clone(),
             replacement,
@@ -245,14 +224,13 @@ impl<F: ?Sized + 'static> Target<F> {
             source: options.source,
             applied_at: SystemTime::now(),
             armed: options.armed,
-            hits: Stripes::new(),
+            hits: StripedCounter::new(),
             panics: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         });
-        let identity = Arc::as_ptr(&patch) as *const () as usize;
         self.cell.swap(Some(patch));
         tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, "patch applied");
-        Ok(PatchGuard::new(self, identity))
+        Ok(PatchGuard::new(self, serial))
     }
 }
 
@@ -341,10 +319,10 @@ pub fn resume_panic(panic: PatchPanic) -> ! {
 pub trait AnyTarget: Send + Sync {
     fn info(&self) -> &TargetInfo;
     fn status(&self) -> TargetStatus;
-    /// Restores the patch if it is the one with this identity (or any, for `None`).
-    fn restore(&self, identity: Option<usize>) -> Result<String, PatchError>;
-    /// Changes the live share of the patch with this identity.
-    fn set_share(&self, identity: usize, share: u32) -> Result<(), PatchError>;
+    /// Restores the patch if it is the one with this serial number (or any, for `None`).
+    fn restore(&self, serial: Option<u64>) -> Result<String, PatchError>;
+    /// Changes the live share of the patch with this serial number.
+    fn set_share(&self, serial: u64, share: u32) -> Result<(), PatchError>;
     /// Whether plugins may patch it (`#[patchable(plugin)]`).
     fn accepts_plugins(&self) -> bool;
     /// Applies a plugin's export as the patch.
@@ -378,12 +356,12 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
         }
     }
 
-    fn restore(&self, identity: Option<usize>) -> Result<String, PatchError> {
+    fn restore(&self, serial: Option<u64>) -> Result<String, PatchError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.cell.load_full().ok_or(PatchError::NotPatched {
             target: self.info.name,
         })?;
-        if identity.is_some_and(|i| i != Arc::as_ptr(&current) as *const () as usize) {
+        if serial.is_some_and(|s| s != current.serial) {
             return Err(PatchError::NotPatched {
                 target: self.info.name,
             });
@@ -396,11 +374,11 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
         Ok(id)
     }
 
-    fn set_share(&self, identity: usize, share: u32) -> Result<(), PatchError> {
+    fn set_share(&self, serial: u64, share: u32) -> Result<(), PatchError> {
         let current = self.cell.load_full().ok_or(PatchError::NotPatched {
             target: self.info.name,
         })?;
-        if identity != Arc::as_ptr(&current) as *const () as usize {
+        if serial != current.serial {
             return Err(PatchError::NotPatched {
                 target: self.info.name,
             });
@@ -471,7 +449,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
     #[inline]
     pub fn try_call<R>(&self, invoke: impl FnOnce(&F) -> R) -> Result<R, PatchPanic> {
         let p = self.guard.get();
-        p.hits.add();
+        p.hits.add_one();
         match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
             Ok(r) => Ok(r),
             Err(payload) => Err(self.caught(payload)),
@@ -491,7 +469,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
         F: Send + Sync,
     {
         let p = self.guard.get();
-        p.hits.add();
+        p.hits.add_one();
         let (future, early) = match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
             Ok(f) => (Some(f), None),
             Err(payload) => (None, Some(payload)),

@@ -1,31 +1,29 @@
 //! A plugin instance on the wasm backend: a bounded pool of wasm instances ("slots").
 //!
-//! The pool is an array of cells, one per possible slot. A slot has a home cell and always
-//! goes back to it, so returning it is a plain store. A call claims a slot by swapping a cell
-//! empty, starting at a cell chosen by its thread, so threads mostly touch different cache
-//! lines: one atomic read-modify-write per call, and no shared queue head. Only growing the
-//! pool, waiting for a slot, and throwing one away take a lock.
+//! The pool is a [`HomeCells`] (in `swapkit-sync`, where Miri and loom check it), one cell
+//! per possible slot. A slot has a home cell and always goes back to it, so returning it is a
+//! plain store. A call claims a slot by swapping a cell empty, starting at a cell chosen by its
+//! thread, so threads mostly touch different cache lines: one atomic read-modify-write per
+//! call, and no shared queue head. Only growing the pool, waiting for a slot, and throwing one
+//! away take a lock.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use swapkit_abi::Status;
+use swapkit_sync::HomeCells;
 
 use super::slot::{hook, Fault, Hook, Slot};
 use super::{Exhausted, WasmModule};
 use crate::backend::{host_status, Reply};
 use crate::log::GuestCtx;
 
-/// One cell of the pool, on its own cache line.
-#[repr(align(64))]
-struct Cell(AtomicPtr<Slot>);
-
 /// A plugin instance on the wasm backend.
 pub(crate) struct WasmInstance {
     module: Arc<WasmModule>,
     ctx: Arc<GuestCtx>,
-    cells: Box<[Cell]>,
+    cells: HomeCells<Slot>,
     /// Cells with no slot of their own: where a new slot makes its home.
     vacant: Mutex<Vec<usize>>,
     /// Slots that exist, idle or busy.
@@ -59,10 +57,8 @@ impl WasmInstance {
             .slot(ctx.clone(), false, 0)
             .map_err(|e| (host_status::TRAP, format!("instantiating failed: {e:#}")))?;
         hook(&module, &mut first, Hook::Load)?;
-        let cells: Box<[Cell]> = (0..size)
-            .map(|_| Cell(AtomicPtr::new(std::ptr::null_mut())))
-            .collect();
-        cells[0].0.store(Box::into_raw(first), Ordering::Release);
+        let cells = HomeCells::new(size);
+        cells.put(0, first);
         Ok(WasmInstance {
             module,
             ctx,
@@ -121,23 +117,9 @@ impl WasmInstance {
     /// Claims an idle slot, if there is one.
     #[inline]
     fn take_idle(&self) -> Option<Box<Slot>> {
-        let n = self.cells.len();
         let start = START.try_with(|s| *s).unwrap_or(0);
-        let mut i = ((start as u64 * n as u64) >> 32) as usize;
-        for _ in 0..n {
-            let cell = &self.cells[i].0;
-            i = if i + 1 == n { 0 } else { i + 1 };
-            if cell.load(Ordering::Relaxed).is_null() {
-                continue;
-            }
-            let p = cell.swap(std::ptr::null_mut(), Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: every non-null cell holds a `Box::into_raw`, and the swap made this
-                // thread its only owner.
-                return Some(unsafe { Box::from_raw(p) });
-            }
-        }
-        None
+        let first = ((start as u64 * self.cells.len() as u64) >> 32) as usize;
+        self.cells.take(first).map(|(_, slot)| slot)
     }
 
     /// An idle slot, a new one, or a wait, by the pool's policy.
@@ -179,10 +161,7 @@ impl WasmInstance {
             }
             self.waiters.fetch_add(1, Ordering::AcqRel);
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            let idle = self
-                .cells
-                .iter()
-                .any(|c| !c.0.load(Ordering::Acquire).is_null());
+            let idle = self.cells.any_idle();
             if !idle && self.live.load(Ordering::Acquire) >= size {
                 // Bounded, so a wake-up lost between the check and the wait costs 10 ms at most.
                 let _ = self
@@ -251,8 +230,7 @@ impl WasmInstance {
     /// Puts a slot back in its home cell, which it left empty.
     #[inline]
     fn checkin(&self, slot: Box<Slot>) {
-        let home = &self.cells[slot.home].0;
-        home.store(Box::into_raw(slot), Ordering::Release);
+        self.cells.put(slot.home, slot);
         self.wake_waiter();
     }
 
@@ -289,13 +267,7 @@ impl WasmInstance {
 impl Drop for WasmInstance {
     fn drop(&mut self) {
         // Every caller holds the instance for the length of its call, so all slots are idle.
-        for cell in self.cells.iter() {
-            let p = cell.0.swap(std::ptr::null_mut(), Ordering::Acquire);
-            if p.is_null() {
-                continue;
-            }
-            // SAFETY: a non-null cell holds a `Box::into_raw`, now ours alone.
-            let mut slot = unsafe { Box::from_raw(p) };
+        for mut slot in self.cells.drain() {
             if let Err((status, message)) = hook(&self.module, &mut slot, Hook::Free) {
                 tracing::error!(plugin = %self.ctx.plugin, version = %self.ctx.version, status, %message, "on_free failed");
             }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Verifies swapkit's lock-free core (crates/swapkit-sync) the way arc-swap and crossbeam do:
+#
+#   miri    the crate's unit, hazard and stress tests under Miri, Stacked and Tree Borrows,
+#           several seeds each (fences are plain fence(SeqCst) under cfg(miri));
+#   loom    the loom models in tests/loom.rs, over the real code (--cfg loom);
+#   tsan    the hazard and stress tests under ThreadSanitizer (nightly, -Zbuild-std), with
+#           --cfg swapkit_symmetric_fences, since TSan does not see membarrier;
+#   stress  the hazard stress tests, run many times in a row in release while other
+#           threads burn every core.
+#
+# Usage: scripts/verify-sync.sh [miri|loom|tsan|stress|all] [--full]
+# The short form (the default) is what CI runs, in a few minutes. --full is the long form:
+# 8 seeds per aliasing model, a deeper loom bound, longer TSan runs, and 1,000 stress runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+full=false
+[[ "${2:-}" == "--full" || "${1:-}" == "--full" ]] && full=true
+[[ "$what" == "--full" ]] && what=all
+export CARGO_TERM_COLOR=never
+
+nightly_with() {
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    rustup component add --toolchain nightly "$@" >/dev/null
+}
+
+run_miri() {
+    nightly_with miri rust-src
+    local seeds=2
+    $full && seeds=8
+    for model in "" "-Zmiri-tree-borrows"; do
+        for seed in $(seq 1 "$seeds"); do
+            echo "== miri ${model:-stacked-borrows} seed $seed"
+            MIRIFLAGS="-Zmiri-seed=$seed $model" \
+                cargo +nightly miri test -q -p swapkit-sync --target-dir target/miri \
+                --lib --test hazard --test stress
+        done
+    done
+}
+
+run_loom() {
+    local bound=3
+    $full && bound=4
+    echo "== loom, preemption bound $bound"
+    RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=$bound \
+        cargo test -q --release -p swapkit-sync --target-dir target/loom --test loom
+}
+
+run_tsan() {
+    nightly_with rust-src
+    local host
+    host="$(rustc -vV | sed -n 's/^host: //p')"
+    local times=1
+    $full && times=20
+    echo "== thread sanitizer, $times run(s)"
+    for _ in $(seq 1 "$times"); do
+        RUSTFLAGS="-Zsanitizer=thread --cfg swapkit_symmetric_fences" \
+        RUSTDOCFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1" \
+            cargo +nightly test -q -Zbuild-std --target "$host" -p swapkit-sync \
+            --target-dir target/tsan --test hazard --test stress
+    done
+}
+
+run_stress() {
+    local runs=20
+    $full && runs=1000
+    cargo test -q --release -p swapkit-sync --test stress --test hazard --test seccomp --no-run
+    # Burn both cores (and more) for the whole run: races that never show on an idle machine
+    # show here.
+    local burners=()
+    for _ in 1 2 3; do
+        (while :; do :; done) &
+        burners+=($!)
+    done
+    trap 'kill "${burners[@]}" 2>/dev/null || true' RETURN
+    echo "== stress: $runs runs with $(nproc) cores busy (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    local start=$SECONDS
+    for i in $(seq 1 "$runs"); do
+        if ! cargo test -q --release -p swapkit-sync --test stress --test hazard >/tmp/swapkit-stress.log 2>&1; then
+            cat /tmp/swapkit-stress.log
+            echo "stress run $i of $runs FAILED"
+            return 1
+        fi
+    done
+    cargo test -q --release -p swapkit-sync --test seccomp
+    echo "stress: $runs of $runs runs passed in $((SECONDS - start)) s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+}
+
+case "$what" in
+    miri) run_miri ;;
+    loom) run_loom ;;
+    tsan) run_tsan ;;
+    stress) run_stress ;;
+    all) run_loom; run_miri; run_tsan; run_stress ;;
+    *) echo "usage: $0 [miri|loom|tsan|stress|all] [--full]" >&2; exit 2 ;;
+esac
