@@ -123,7 +123,10 @@ thread_local! {
 /// bytes through `out`.
 ///
 /// The buffer is taken out of the thread-local while `work` runs, so a re-entrant call on the
-/// same thread gets a buffer of its own instead of a borrow conflict.
+/// same thread gets a buffer of its own instead of a borrow conflict. A call made after this
+/// thread's thread-locals were destroyed (from another thread-local's destructor) gets a
+/// buffer that is leaked, so its bytes stay valid as the ABI requires: `with` would panic
+/// there, and a panic cannot unwind out of an `extern "C"` function.
 ///
 /// # Safety
 /// `out` must be valid for a write.
@@ -131,24 +134,27 @@ unsafe fn respond(
     out: *mut RawSlice,
     work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>,
 ) -> u32 {
-    OUT.with(|cell| {
-        let mut buf = cell.take();
-        if buf.capacity() > KEEP_CAPACITY {
-            buf = Vec::new();
-        }
-        buf.clear();
-        let status = match catch_unwind(AssertUnwindSafe(|| work(&mut buf))) {
-            Ok(Ok(())) => Status::Ok,
-            Ok(Err((status, message))) => failed(&mut buf, status, &message),
-            Err(payload) => failed(&mut buf, Status::Panic, &panic_message(&*payload)),
-        };
-        let slice = RawSlice::from_slice(&buf);
-        // Moving the vector does not move its heap bytes, so `slice` stays valid.
-        cell.set(buf);
-        // SAFETY: the caller guarantees `out` is writable.
-        unsafe { out.write(slice) };
-        status as u32
-    })
+    let mut buf = OUT.try_with(Cell::take).unwrap_or_default();
+    if buf.capacity() > KEEP_CAPACITY {
+        buf = Vec::new();
+    }
+    buf.clear();
+    let status = match catch_unwind(AssertUnwindSafe(|| work(&mut buf))) {
+        Ok(Ok(())) => Status::Ok,
+        Ok(Err((status, message))) => failed(&mut buf, status, &message),
+        Err(payload) => failed(&mut buf, Status::Panic, &panic_message(&*payload)),
+    };
+    let slice = RawSlice::from_slice(&buf);
+    // Moving the vector does not move its heap bytes, so `slice` stays valid.
+    let mut keep = Some(buf);
+    let _ = OUT.try_with(|cell| cell.set(keep.take().unwrap_or_default()));
+    if let Some(orphan) = keep {
+        // The thread-local is gone: keep the bytes alive for good (only in thread teardown).
+        orphan.leak();
+    }
+    // SAFETY: the caller guarantees `out` is writable.
+    unsafe { out.write(slice) };
+    status as u32
 }
 
 /// `save` and `migrate`.

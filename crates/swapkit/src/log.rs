@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use swapkit_abi::level;
+use swapkit_sync::HazardCell;
 
 use crate::Vault;
 
@@ -62,10 +63,12 @@ impl GuestCtx {
     }
 }
 
-/// The `log` host function.
+/// The `log` host function of native instances. A line logged after the instance was freed
+/// (by a thread the plugin left running) is dropped.
 ///
 /// # Safety
-/// `ctx` must be the context of a live instance, and `msg` must point to `len` readable bytes.
+/// `ctx` must be the pointer the instance's host table was made with (a leaked
+/// `HazardCell<GuestCtx>`), and `msg` must point to `len` readable bytes.
 pub(crate) unsafe extern "C" fn host_log(
     ctx: *const c_void,
     raw_level: u32,
@@ -74,11 +77,15 @@ pub(crate) unsafe extern "C" fn host_log(
 ) {
     // An unwind must never cross back into the guest, so a panicking sink is contained here.
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: upheld by the caller: the guest passes back the context it was given.
-        let ctx = unsafe { &*(ctx as *const GuestCtx) };
+        // SAFETY: upheld by the caller: the guest passes back the pointer it was given, to a
+        // cell that is never freed.
+        let cell = unsafe { &*(ctx as *const HazardCell<GuestCtx>) };
+        let Some(ctx) = cell.enter() else {
+            return;
+        };
         // SAFETY: upheld by the caller.
         let bytes = unsafe { swapkit_abi::RawSlice { ptr: msg, len }.as_slice() };
-        emit(ctx, raw_level, &String::from_utf8_lossy(bytes));
+        emit(&ctx, raw_level, &String::from_utf8_lossy(bytes));
     }));
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put};
 use swapkit_abi::{wire, LiveKind, RawSlice, Status, LIVE_INTERFACE};
+use swapkit_sync::HazardCell;
 
 use crate::backend::Instance;
 use crate::log::GuestCtx;
@@ -206,11 +207,13 @@ fn invoke(
     })
 }
 
-/// The native `service` host function.
+/// The native `service` host function. A request made after the instance was freed (by a
+/// thread the plugin left running) fails with `ServiceFailed`.
 ///
 /// # Safety
-/// `ctx` must be the context of a live instance, `input` must point to `len` readable bytes,
-/// and `out` must be writable.
+/// `ctx` must be the pointer the instance's host table was made with (a leaked
+/// `HazardCell<GuestCtx>`), `input` must point to `len` readable bytes, and `out` must be
+/// writable.
 pub(crate) unsafe extern "C" fn host_service(
     ctx: *const c_void,
     op: u32,
@@ -218,14 +221,22 @@ pub(crate) unsafe extern "C" fn host_service(
     len: usize,
     out: *mut RawSlice,
 ) -> u32 {
-    // SAFETY: upheld by the caller.
-    let (ctx, input) = unsafe {
+    // SAFETY: upheld by the caller; the cell is never freed.
+    let (cell, input) = unsafe {
         (
-            &*(ctx as *const GuestCtx),
+            &*(ctx as *const HazardCell<GuestCtx>),
             RawSlice { ptr: input, len }.as_slice(),
         )
     };
-    let (status, bytes) = serve_contained(ctx, op, input);
+    let (status, bytes) = match cell.enter() {
+        Some(ctx) => serve_contained(&ctx, op, input),
+        None => (
+            Status::ServiceFailed,
+            b"this plugin instance was freed: a thread it left running called the host after \
+              its on_free; stop such threads in on_free"
+                .to_vec(),
+        ),
+    };
     REPLY.with(|r| {
         let mut r = r.borrow_mut();
         *r = bytes;

@@ -557,3 +557,75 @@ fn plugin_patches_for_functions_this_binary_lacks_are_refused() {
     assert!(err.to_string().contains("registry()"), "{err}");
     assert!(swapkit::patch::active().is_empty());
 }
+
+/// Calls the greeter from a thread-local destructor that runs after the plugin's own
+/// thread-locals were destroyed: the plugin's reply buffer is gone by then. Its entry points
+/// once used `with` on that buffer, which panics there, and a panic cannot leave an
+/// `extern "C"` function: the process aborted.
+#[test]
+fn a_call_from_a_thread_local_destructor_after_the_plugins_own_is_served() {
+    struct CallsOnExit(Option<(Arc<Swapper>, mpsc::Sender<Result<String, String>>)>);
+    impl Drop for CallsOnExit {
+        fn drop(&mut self) {
+            if let Some((swapper, tx)) = self.0.take() {
+                let greeter = swapper.client::<dyn Greeter>().unwrap();
+                let _ = tx.send(greeter.greet("teardown").map_err(|e| e.to_string()));
+            }
+        }
+    }
+    thread_local! {
+        static ON_EXIT: std::cell::RefCell<CallsOnExit> =
+            const { std::cell::RefCell::new(CallsOnExit(None)) };
+    }
+    let swapper = Arc::new(Swapper::new().unwrap());
+    swapper.load_files([Fixture::GreeterV1.path()]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let s = swapper.clone();
+    std::thread::spawn(move || {
+        // Registered before the plugin's buffer, so destroyed after it.
+        ON_EXIT.with(|o| o.borrow_mut().0 = Some((s.clone(), tx)));
+        let greeter = s.client::<dyn Greeter>().unwrap();
+        assert!(greeter.greet("first").unwrap().contains("first"));
+    })
+    .join()
+    .unwrap();
+    let reply = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(reply.unwrap(), "hello, teardown (v1)");
+}
+
+/// A plugin whose thread outlives its instance keeps logging and reading the Vault through its
+/// copy of the `Host`. The host table once pointed straight at the instance's context, freed
+/// after `on_free`: those calls read freed memory (and reached the log sink). Now they find
+/// the context retired: lines are dropped and services fail, and the host keeps serving.
+#[test]
+fn a_plugin_thread_that_outlives_its_instance_reaches_nothing_freed() {
+    let logs = Logs::default();
+    let swapper = logs.builder().build().unwrap();
+    swapper.load_files([Fixture::Lingering.path()]).unwrap();
+    let count = |m: &str| logs.count("greeter", "1.0.0", m);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("tick") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin's thread never logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Retire the lingering instance: its on_free runs, its thread goes on.
+    swapper.load_files([Fixture::GreeterV1.path()]).unwrap();
+    assert_eq!(count("on_free"), 1);
+    let ticks = count("tick");
+    // The thread runs for about two seconds; let it try many times.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count("tick after free"),
+        0,
+        "a line logged after on_free reached the sink"
+    );
+    assert!(
+        count("tick") <= ticks + 1,
+        "lines kept arriving after on_free"
+    );
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(greeter.greet("after").unwrap(), "hello, after (v1)");
+}

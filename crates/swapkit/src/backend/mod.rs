@@ -18,6 +18,8 @@ use swapkit_abi::{
     FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE,
 };
 
+use swapkit_sync::HazardCell;
+
 use crate::error::LoadError;
 use crate::log::{host_log, GuestCtx, LogSink};
 use crate::services::host_service;
@@ -185,9 +187,12 @@ enum Imp {
     Native {
         header: &'static PluginHeader,
         handle: *mut c_void,
-        /// The context behind the host table the guest copied. Boxed so its address is
-        /// stable; it is dropped after `free` returns, because fields drop after `Drop::drop`.
-        _ctx: Box<GuestCtx>,
+        /// The context behind the host table the guest copied. The guest may keep the table
+        /// past `free` (a thread it left running), so the table points at this cell, which is
+        /// leaked (a few dozen bytes per native load, beside a code mapping that is never
+        /// unmapped either); the context in it is taken out after `free`, and freed once no
+        /// host function is inside it. Host functions called later find it empty.
+        ctx: &'static HazardCell<GuestCtx>,
     },
     Wasm(Box<wasm::WasmInstance>),
 }
@@ -235,10 +240,11 @@ impl Instance {
                 });
             }
         };
-        let ctx = Box::new(ctx);
+        let ctx: &'static HazardCell<GuestCtx> =
+            Box::leak(Box::new(HazardCell::new(Arc::new(ctx))));
         let api = HostApi {
             size: std::mem::size_of::<HostApi>(),
-            ctx: (&*ctx as *const GuestCtx).cast(),
+            ctx: std::ptr::from_ref(ctx).cast(),
             log: host_log,
             service: host_service,
         };
@@ -252,8 +258,13 @@ impl Instance {
             // SAFETY: the out buffer is valid until the next call on this thread.
             bytes: unsafe { out.as_slice() },
         };
-        hook_result(&code, "on_load", &reply)?;
+        if let Err(e) = hook_result(&code, "on_load", &reply) {
+            // A failed load may still have handed its table to a thread.
+            drop(ctx.swap(None));
+            return Err(e);
+        }
         if handle.is_null() {
+            drop(ctx.swap(None));
             let message = "returned success without an instance".to_owned();
             return Err(LoadError::Hook {
                 plugin: code.name.to_string(),
@@ -269,7 +280,7 @@ impl Instance {
             imp: Imp::Native {
                 header,
                 handle,
-                _ctx: ctx,
+                ctx,
             },
         })
     }
@@ -373,10 +384,23 @@ impl Drop for Instance {
         let _span =
             tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version)
                 .entered();
-        let Imp::Native { header, handle, .. } = &self.imp else {
+        let Imp::Native {
+            header,
+            handle,
+            ctx,
+        } = &self.imp
+        else {
             // A wasm instance frees each of its pool's instances, then their stores.
             return;
         };
+        // Retires the context once `free` has run, whatever it returned.
+        struct Retire(&'static HazardCell<GuestCtx>);
+        impl Drop for Retire {
+            fn drop(&mut self) {
+                drop(self.0.swap(None));
+            }
+        }
+        let _retire = Retire(ctx);
         let mut out = RawSlice::EMPTY;
         // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
         // because every caller holds the Instance alive for the length of its call.

@@ -38,9 +38,11 @@ pub enum Fixture {
     DepStray,
     /// `greet` panics.
     GreeterFaulty,
+    /// Native only: leaves a thread logging through its `Host` after `on_free`.
+    Lingering,
 }
 
-const ALL: [Fixture; 23] = [
+const ALL: [Fixture; 24] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -64,6 +66,7 @@ const ALL: [Fixture; 23] = [
     Fixture::DepWrong,
     Fixture::DepStray,
     Fixture::GreeterFaulty,
+    Fixture::Lingering,
 ];
 
 impl Fixture {
@@ -93,6 +96,7 @@ impl Fixture {
             Fixture::DepWrong => "fixture-dep-wrong",
             Fixture::DepStray => "fixture-dep-stray",
             Fixture::GreeterFaulty => "fixture-greeter-faulty",
+            Fixture::Lingering => "fixture-lingering",
         }
     }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole suite, on a fresh machine: the README's test command, and what .ci/run calls.
+#
+#   1. the wasm32 target the fixture plugins are built for, if missing;
+#   2. cargo test over the workspace: unit, integration (real fixture plugins on the native,
+#      wasm and static backends), compile-fail and doc tests;
+#   3. the short form of the lock-free core's verification (scripts/verify-sync.sh): loom,
+#      Miri with several seeds, ThreadSanitizer, and repeated stress runs with every core busy.
+#      The long form is `scripts/verify-sync.sh all --full`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-unknown-unknown
+cargo test --workspace
+scripts/verify-sync.sh all
