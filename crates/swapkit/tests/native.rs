@@ -564,7 +564,8 @@ fn plugin_patches_for_functions_this_binary_lacks_are_refused() {
 /// `extern "C"` function: the process aborted.
 #[test]
 fn a_call_from_a_thread_local_destructor_after_the_plugins_own_is_served() {
-    struct CallsOnExit(Option<(Arc<Swapper>, mpsc::Sender<Result<String, String>>)>);
+    type Reply = mpsc::Sender<Result<String, String>>;
+    struct CallsOnExit(Option<(Arc<Swapper>, Reply)>);
     impl Drop for CallsOnExit {
         fn drop(&mut self) {
             if let Some((swapper, tx)) = self.0.take() {
