@@ -65,26 +65,34 @@ run_tsan() {
 run_stress() {
     local runs=20
     $full && runs=1000
-    cargo test -q --release -p swapkit-sync --test stress --test hazard --test seccomp --no-run
+    # The test binaries, run directly so that each run costs the tests and nothing else.
+    local bins
+    bins=$(cargo test --release -p swapkit-sync --test stress --test hazard --no-run 2>&1 |
+        sed -n 's/.*Executable .*(\(.*\))$/\1/p')
     # Burn both cores (and more) for the whole run: races that never show on an idle machine
     # show here.
     local burners=()
-    for _ in 1 2 3; do
+    for _ in $(seq 1 "$(nproc)"); do
         (while :; do :; done) &
         burners+=($!)
     done
     trap 'kill "${burners[@]}" 2>/dev/null || true' RETURN
-    echo "== stress: $runs runs with $(nproc) cores busy (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "== stress: $runs runs of $(echo "$bins" | wc -l) test binaries, $(nproc) burner threads on $(nproc) cores (load $(cut -d' ' -f1-3 /proc/loadavg))"
     local start=$SECONDS
     for i in $(seq 1 "$runs"); do
-        if ! cargo test -q --release -p swapkit-sync --test stress --test hazard >/tmp/swapkit-stress.log 2>&1; then
-            cat /tmp/swapkit-stress.log
-            echo "stress run $i of $runs FAILED"
-            return 1
+        for bin in $bins; do
+            if ! SWAPKIT_SEED=$i "$bin" -q >/tmp/swapkit-stress.log 2>&1; then
+                cat /tmp/swapkit-stress.log
+                echo "stress run $i of $runs FAILED: $bin (SWAPKIT_SEED=$i)"
+                return 1
+            fi
+        done
+        if (( i % 50 == 0 )); then
+            echo "  $i of $runs runs passed ($((SECONDS - start)) s, load $(cut -d' ' -f1-3 /proc/loadavg))"
         fi
     done
-    cargo test -q --release -p swapkit-sync --test seccomp
     echo "stress: $runs of $runs runs passed in $((SECONDS - start)) s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    cargo test -q --release -p swapkit-sync --test seccomp
 }
 
 case "$what" in

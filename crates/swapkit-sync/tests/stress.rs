@@ -18,7 +18,7 @@ use swapkit_sync::{Guard, HazardCell};
 /// reader's slot naming the old value, and the reader's retry cleared it without scanning.
 #[test]
 fn every_superseded_value_is_freed_once_its_last_call_leaves() {
-    let swaps = scaled(1_000);
+    let swaps = scaled(600);
     let book = Book::new(swaps + 1);
     let cell = HazardCell::new(book.value(0));
     let stop = AtomicBool::new(false);
@@ -79,7 +79,7 @@ fn every_superseded_value_is_freed_once_its_last_call_leaves() {
 /// swaps: nothing is freed under a guard, and everything is freed once the readers stop.
 #[test]
 fn thousands_of_swaps_under_concurrent_nested_calls() {
-    let swaps = scaled(5_000);
+    let swaps = scaled(2_000);
     let book = Book::new(swaps + 1);
     let cell = HazardCell::new(book.value(0));
     let stop = AtomicBool::new(false);
