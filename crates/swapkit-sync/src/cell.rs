@@ -272,7 +272,18 @@ pub struct Guard<'a, T> {
 }
 
 impl<T> Guard<'_, T> {
-    /// The guarded value, borrowed from the guard.
+    /// The guarded value, borrowed from the guard: it cannot outlive the protection.
+    ///
+    /// ```compile_fail
+    /// use std::sync::Arc;
+    /// let cell = swapkit_sync::HazardCell::new(Arc::new(1));
+    /// let escaped: &i32 = {
+    ///     let guard = cell.enter().unwrap();
+    ///     guard.get() // error: `guard` does not live long enough
+    /// };
+    /// cell.swap(Some(Arc::new(2))); // would free the value `escaped` points at
+    /// assert_eq!(*escaped, 1);
+    /// ```
     #[inline(always)]
     pub fn get(&self) -> &T {
         // SAFETY: the value is protected by our slot for as long as `self` lives (see the
