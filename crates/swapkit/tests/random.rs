@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::{Fixture, Logs};
 use fixture_api::Greeter;
-use swapkit::Swapper;
 
 /// A small generator (xorshift64*), so a failing sequence can be replayed from its seed.
 struct Rng(u64);
