@@ -129,6 +129,14 @@ pub(crate) fn failure(
                 message,
             }
         }
+        host_status::REENTRANT => {
+            return CallError::Reentrant {
+                plugin,
+                version,
+                interface,
+                method,
+            }
+        }
         host_status::EXHAUSTED => {
             return CallError::PoolExhausted {
                 plugin,

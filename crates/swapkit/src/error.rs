@@ -456,6 +456,25 @@ pub enum CallError {
         /// The detail.
         message: String,
     },
+    /// A call into a native plugin was made while this thread was still decoding an earlier
+    /// result of that plugin: from a `Deserialize` impl that calls plugins. The plugin writes
+    /// every result into one per-thread buffer, so the nested call would overwrite the bytes
+    /// being decoded; it is refused instead.
+    #[error(
+        "{interface}::{method} of plugin `{plugin}` {version} was called while this thread was \
+         still decoding an earlier result of the same plugin (a Deserialize impl that calls \
+         plugins?); decode into plain data first, then make the call"
+    )]
+    Reentrant {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its version.
+        version: Arc<str>,
+        /// The interface.
+        interface: &'static str,
+        /// The method.
+        method: &'static str,
+    },
     /// The result did not decode as the host's return type.
     #[error(
         "plugin `{plugin}` {version} returned a result from {interface}::{method} that does not \

@@ -630,3 +630,63 @@ fn a_plugin_thread_that_outlives_its_instance_reaches_nothing_freed() {
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     assert_eq!(greeter.greet("after").unwrap(), "hello, after (v1)");
 }
+
+type NestedCall = Box<dyn Fn() -> Result<String, CallError>>;
+
+thread_local! {
+    /// What `Nested`'s Deserialize impl calls, and what that call returned.
+    static NESTED: std::cell::RefCell<(Option<NestedCall>, Option<Result<String, CallError>>)> =
+        const { std::cell::RefCell::new((None, None)) };
+}
+
+/// A result type whose Deserialize impl calls the plugin before decoding its own bytes.
+struct Nested(String);
+
+impl<'de> serde::Deserialize<'de> for Nested {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let call = NESTED
+            .with(|n| n.borrow_mut().0.take())
+            .expect("a nested call is set");
+        let result = call();
+        NESTED.with(|n| n.borrow_mut().1 = Some(result));
+        <String as serde::Deserialize>::deserialize(d).map(Nested)
+    }
+}
+
+/// The plugin writes each result into one per-thread buffer. A call made from inside the
+/// decoding of an earlier result (a Deserialize impl that calls plugins) once overwrote the
+/// bytes being decoded; now it is refused with a clear error and the outer result is intact.
+#[test]
+fn a_call_made_while_decoding_a_result_of_the_same_plugin_is_refused() {
+    use swapkit::abi::Transport;
+    let swapper = Arc::new(Swapper::new().unwrap());
+    swapper.load_files([Fixture::GreeterV1.path()]).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let inner = swapper.client::<dyn Greeter>().unwrap();
+    let long = "a name long enough to make the plugin grow its reply buffer ".repeat(64);
+    NESTED.with(|n| n.borrow_mut().0 = Some(Box::new(move || inner.greet(&long))));
+    // Method 0 of Greeter is `greet`.
+    let outer: Nested = greeter.transport().call(0, &("outer",)).unwrap();
+    assert_eq!(
+        outer.0, "hello, outer (v1)",
+        "the outer result was overwritten"
+    );
+    let nested = NESTED.with(|n| n.borrow_mut().1.take()).unwrap();
+    let err = nested.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Reentrant {
+                method: "greet",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("decode into plain data first"),
+        "{err}"
+    );
+    // The plugin serves the next call as usual.
+    assert_eq!(greeter.greet("after").unwrap(), "hello, after (v1)");
+}

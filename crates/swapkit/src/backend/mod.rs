@@ -47,6 +47,25 @@ pub(crate) mod host_status {
     pub const MEMORY: u32 = 0x1_0002;
     /// Every wasm instance of the pool was busy.
     pub const EXHAUSTED: u32 = 0x1_0003;
+    /// The call was made while this thread was decoding an earlier result of the same native
+    /// plugin, whose result buffer it would overwrite.
+    pub const REENTRANT: u32 = 0x1_0004;
+}
+
+thread_local! {
+    /// The native plugin whose result this thread is decoding, if any: its per-thread result
+    /// buffer must not be written until the decoding ends.
+    static READING: std::cell::Cell<*const PluginHeader> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Puts back the plugin whose result was being decoded before, even if decoding panics.
+struct DoneReading(*const PluginHeader);
+
+impl Drop for DoneReading {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let _ = READING.try_with(|r| r.set(self.0));
+    }
 }
 
 /// Where a plugin's entry points are.
@@ -354,6 +373,11 @@ impl Instance {
     ) -> T {
         match &self.imp {
             Imp::Native { header, handle, .. } => {
+                let me: *const PluginHeader = *header;
+                let outer = READING.try_with(|r| r.get()).unwrap_or(std::ptr::null());
+                if std::ptr::eq(outer, me) {
+                    return reentrant(then);
+                }
                 let mut out = RawSlice::EMPTY;
                 // SAFETY: `handle` is a live instance (the Instance is alive, so `free` has
                 // not run); `input` is valid for the call; `out` is writable.
@@ -367,10 +391,13 @@ impl Instance {
                         &mut out,
                     )
                 };
+                let _ = READING.try_with(|r| r.set(me));
+                let _done = DoneReading(outer);
                 then(Reply {
                     status,
                     // SAFETY: the guest's out buffer stays valid until its next call on this
-                    // thread, and `then` runs before any other call.
+                    // thread; `then` runs before any other call to this plugin on this thread,
+                    // since `READING` refuses those until it returns.
                     bytes: unsafe { out.as_slice() },
                 })
             }
@@ -411,6 +438,16 @@ impl Drop for Instance {
             tracing::error!(plugin = %self.code.name, version = %self.code.version, status, %message, "on_free failed");
         }
     }
+}
+
+/// The reply of a call refused because this thread is decoding a result of the same plugin.
+#[cold]
+#[inline(never)]
+fn reentrant<T>(then: impl FnOnce(Reply<'_>) -> T) -> T {
+    then(Reply {
+        status: host_status::REENTRANT,
+        bytes: b"reentrant",
+    })
 }
 
 #[cold]
