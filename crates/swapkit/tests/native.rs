@@ -632,11 +632,11 @@ fn a_plugin_thread_that_outlives_its_instance_reaches_nothing_freed() {
 }
 
 type NestedCall = Box<dyn Fn() -> Result<String, CallError>>;
+type NestedState = (Option<NestedCall>, Option<Result<String, CallError>>);
 
 thread_local! {
     /// What `Nested`'s Deserialize impl calls, and what that call returned.
-    static NESTED: std::cell::RefCell<(Option<NestedCall>, Option<Result<String, CallError>>)> =
-        const { std::cell::RefCell::new((None, None)) };
+    static NESTED: std::cell::RefCell<NestedState> = const { std::cell::RefCell::new((None, None)) };
 }
 
 /// A result type whose Deserialize impl calls the plugin before decoding its own bytes.
