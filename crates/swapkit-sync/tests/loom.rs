@@ -108,3 +108,35 @@ fn a_restore_races_a_call() {
         assert_eq!(drops.load(SeqCst), 1);
     });
 }
+
+/// Two calls on two threads, one of them nested and dropped out of order, race a swap.
+#[test]
+fn two_callers_one_nested_out_of_order_and_a_swap() {
+    loom::model(|| {
+        let old = LoomArc::new(AtomicUsize::new(0));
+        let new = LoomArc::new(AtomicUsize::new(0));
+        let next = value(&new);
+        let cell = LoomArc::new(HazardCell::new(value(&old)));
+        let simple = {
+            let cell = cell.clone();
+            loom::thread::spawn(move || {
+                let guard = cell.enter().expect("never empty");
+                assert_eq!(guard.drops.load(SeqCst), 0, "freed under a guard");
+            })
+        };
+        let nested = {
+            let cell = cell.clone();
+            loom::thread::spawn(move || {
+                let outer = cell.enter().expect("never empty");
+                let inner = cell.enter().expect("never empty");
+                drop(outer);
+                assert_eq!(inner.drops.load(SeqCst), 0, "freed under a guard");
+            })
+        };
+        drop(cell.swap(Some(next)));
+        simple.join().unwrap();
+        nested.join().unwrap();
+        assert_eq!((old.load(SeqCst), new.load(SeqCst)), (1, 0));
+        assert_eq!(cell.retiring(), 0);
+    });
+}
