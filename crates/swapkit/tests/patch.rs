@@ -474,10 +474,20 @@ fn ten_thousand_toggles_under_concurrent_calls_never_tear() {
                 }
             });
         }
-        for _ in 0..10_000 {
+        // Toggle among running calls: on a busy machine the callers may not have started
+        // yet, or may sleep through thousands of toggles; go on until some call saw a patch.
+        while calls.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        let mut toggles = 0;
+        while toggles < 10_000 || seen_new.load(Ordering::Relaxed) == 0 {
             let g = swapkit::patch!(toggled, |x| x * 3 + 7).apply().unwrap();
             std::hint::spin_loop();
+            if toggles >= 10_000 {
+                std::thread::yield_now();
+            }
             g.restore().unwrap();
+            toggles += 1;
         }
         stop.store(true, Ordering::Relaxed);
     });
