@@ -159,8 +159,12 @@ impl<T> HazardCell<T> {
             if now == g {
                 return Some(Guard {
                     cell: self,
-                    // SAFETY: `g` is not null (checked above).
-                    ptr: unsafe { NonNull::new_unchecked(g) },
+                    // `now`, not `g`: equal addresses, but `g` may be a freed value whose
+                    // address the value now in the cell reuses (ABA, which is harmless here:
+                    // our slot protects that address from now on), and only `now` carries the
+                    // provenance of the live value. Miri caught the difference.
+                    // SAFETY: `now == g`, which is not null (checked above).
+                    ptr: unsafe { NonNull::new_unchecked(now) },
                     slot,
                     not_send: PhantomData,
                 });
