@@ -87,37 +87,63 @@ fn calls(c: &mut Criterion) {
     });
     group.finish();
 
-    // Throughput: each iteration is one call on each of `threads` threads.
+    // Throughput: each iteration is one call on each of `threads` threads. Time is taken inside
+    // the workers, from the first start to the last end: timing from the main thread after a
+    // barrier lets workers start early, and reads more than 2x on 2 cores even for a direct
+    // call. The direct call is the control: it must read at most 2x.
     let mut group = c.benchmark_group("throughput");
     for threads in [1u64, 2] {
         group.throughput(Throughput::Elements(threads));
         group.bench_function(format!("native_typed_threads_{threads}"), |b| {
             b.iter_custom(|iters| {
-                let barrier = std::sync::Barrier::new(threads as usize + 1);
-                std::thread::scope(|s| {
-                    let workers: Vec<_> = (0..threads)
-                        .map(|_| {
-                            let (client, barrier) = (&native_client, &barrier);
-                            s.spawn(move || {
-                                barrier.wait();
-                                for i in 0..iters {
-                                    black_box(client.score(i, "abc").unwrap());
-                                }
-                            })
-                        })
-                        .collect();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for w in workers {
-                        w.join().unwrap();
-                    }
-                    start.elapsed()
+                in_workers(threads, iters, |i| {
+                    black_box(native_client.score(i, "abc").unwrap());
+                })
+            })
+        });
+        group.bench_function(format!("direct_threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                in_workers(threads, iters, |i| {
+                    black_box(direct(black_box(i), black_box("abc")));
                 })
             })
         });
     }
     group.finish();
     drop(pin);
+}
+
+/// Runs `work(i)` for `i` in `0..iters` on each of `threads` threads, and returns the time
+/// from the first worker's start to the last worker's end, each taken inside the worker.
+fn in_workers(threads: u64, iters: u64, work: impl Fn(u64) + Sync) -> std::time::Duration {
+    let barrier = std::sync::Barrier::new(threads as usize);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (work, barrier) = (&work, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        work(i);
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let first = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("at least one worker");
+    let last = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("at least one worker");
+    last - first
 }
 
 /// A bare wasmtime typed-func call into the same module: the floor under `wasm_typed`.
