@@ -420,18 +420,13 @@ impl Drop for Instance {
             // A wasm instance frees each of its pool's instances, then their stores.
             return;
         };
-        // Retires the context once `free` has run, whatever it returned.
-        struct Retire(&'static HazardCell<GuestCtx>);
-        impl Drop for Retire {
-            fn drop(&mut self) {
-                drop(self.0.swap(None));
-            }
-        }
-        let _retire = Retire(ctx);
         let mut out = RawSlice::EMPTY;
         // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
         // because every caller holds the Instance alive for the length of its call.
         let status = unsafe { (header.entry.free)(*handle, &mut out) };
+        // The guest's host table may outlive the instance (a thread the plugin left running):
+        // retire its context now that `free` has returned, whatever it returned.
+        drop(ctx.swap(None));
         if status != Status::Ok as u32 {
             // SAFETY: the out buffer is valid until the next call on this thread.
             let message = String::from_utf8_lossy(unsafe { out.as_slice() }).into_owned();
