@@ -1,8 +1,8 @@
 //! The call path: typed clients, their transports, and pins.
 //!
 //! A call holds the current generation through a hazard slot of its own thread (see
-//! `hazard.rs`: no lock, no shared counter, no atomic read-modify-write), encodes its arguments on the stack, calls the plugin,
-//! and decodes the result from the plugin's own buffer. The generation stays alive for the
+//! `hazard.rs`: no lock, no shared counter, no atomic read-modify-write), encodes its
+//! arguments on the stack, calls the plugin, and decodes the result from the plugin's own buffer. The generation stays alive for the
 //! length of the call, so a swap during the call never frees the code it runs in.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use swapkit_abi::{wire, Interface, Status, Transport};
 use crate::backend::host_status;
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
+use crate::hazard::Current;
 use crate::stats::Fault;
-use crate::swapper::Inner;
 
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
 const STACK_ARGS: usize = 256;
@@ -188,13 +188,14 @@ pub(crate) fn target<I: Interface + ?Sized>(plugin: Option<&str>) -> Target {
 /// runs in the generation that is current when it starts.
 #[derive(Clone)]
 pub struct Binding {
-    inner: Arc<Inner>,
+    /// The current-generation cell and nothing else: the call path needs no more.
+    current: Arc<Current>,
     target: Target,
 }
 
 impl Binding {
-    pub(crate) fn new(inner: Arc<Inner>, target: Target) -> Binding {
-        Binding { inner, target }
+    pub(crate) fn new(current: Arc<Current>, target: Target) -> Binding {
+        Binding { current, target }
     }
 }
 
@@ -216,7 +217,7 @@ impl Transport for Binding {
         method: u32,
         args: &A,
     ) -> Result<R, CallError> {
-        let guard = self.inner.current.enter();
+        let guard = self.current.enter();
         call_in(guard.get(), &self.target, method, args)
     }
 }

@@ -284,6 +284,18 @@ pub enum LoadError {
     /// Nothing has been loaded yet, so there is nothing to reload.
     #[error("nothing to reload: call load_dir or load_files first")]
     NoSource,
+    /// The scratch directory for library copies could not be made.
+    #[error(
+        "cannot make a scratch directory for private copies of native libraries in {scratch}: \
+         {source}; point SwapperBuilder::scratch_dir at a writable directory"
+    )]
+    ScratchDir {
+        /// Where it was to be made.
+        scratch: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The scratch directory for library copies could not be used.
     #[error("cannot write the private copy of {path} to {scratch}: {source}")]
     Scratch {

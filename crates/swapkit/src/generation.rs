@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Instance;
 use crate::error::CallError;
+use crate::lock::lock;
 use crate::status::{DrainedGeneration, PinInfo};
 
 /// One exported interface of one plugin of a generation.
@@ -207,10 +208,6 @@ impl Drop for Generation {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A superseded generation that may still be held.
 pub(crate) struct Retiring {
     pub id: u64,
@@ -287,9 +284,6 @@ impl Ledger {
         guard: MutexGuard<'a, LedgerState>,
         timeout: Duration,
     ) -> MutexGuard<'a, LedgerState> {
-        self.changed
-            .wait_timeout(guard, timeout)
-            .unwrap_or_else(|e| e.into_inner())
-            .0
+        crate::lock::wait_timeout(&self.changed, guard, timeout)
     }
 }

@@ -54,11 +54,15 @@ mod generation;
 mod hazard;
 mod history;
 mod live;
+mod load;
+mod lock;
 mod log;
 mod ops;
 pub mod patch;
 mod persist;
 mod plan;
+mod publish;
+mod reload;
 mod services;
 mod stats;
 mod status;
@@ -108,9 +112,12 @@ pub use swapkit_macros::patchable;
 /// `target!(Type::method)` or `target!(<Type as Trait>::method)`.
 pub use swapkit_macros::target;
 
+pub use load::{inspect, Artifact};
+pub use publish::OverdueHook;
+pub use reload::ReloadReport;
 /// A [`patch::PatchBuilder`] for a `#[patchable]` function:
 /// `patch!(path::to::f, |args..| replacement).rollout(..).apply()`. The replacement's
 /// signature is checked at compile time.
 pub use swapkit_macros::patch;
-pub use swapper::{inspect, Artifact, OverdueHook, ReloadReport, Swapper, SwapperBuilder};
+pub use swapper::{Swapper, SwapperBuilder};
 pub use trigger::Trigger;

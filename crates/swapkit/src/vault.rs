@@ -175,19 +175,12 @@ impl Vault {
             })?;
             wire::to_vec(&f(args)).map_err(|e| format!("the result did not encode: {e}"))
         });
-        self.inner
-            .functions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), raw);
+        crate::lock::write(&self.inner.functions).insert(name.to_owned(), raw);
     }
 
     /// Withdraws host function `name`; whether it was offered.
     pub fn withdraw(&self, name: &str) -> bool {
-        self.inner
-            .functions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::lock::write(&self.inner.functions)
             .remove(name)
             .is_some()
     }
@@ -198,21 +191,15 @@ impl Vault {
     }
 
     fn functions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HostFn>> {
-        self.inner
-            .functions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::lock::read(&self.inner.functions)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
-        self.inner.entries.read().unwrap_or_else(|e| e.into_inner())
+        crate::lock::read(&self.inner.entries)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
-        self.inner
-            .entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::lock::write(&self.inner.entries)
     }
 }
 

@@ -61,18 +61,13 @@ impl NativeLoader {
     /// `path`.
     pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(code) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
-        {
+        if let Some(code) = crate::lock::lock(&self.loaded).get(&hash) {
             return Ok(code.clone());
         }
         let symbol = header_symbol(path, &bytes)?;
         let copy = self.write_copy(path, &hash, &bytes)?;
         let code = Arc::new(open(path, &copy, &symbol, hash)?);
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = crate::lock::lock(&self.loaded);
         Ok(loaded.entry(hash).or_insert(code).clone())
     }
 

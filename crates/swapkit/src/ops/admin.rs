@@ -21,10 +21,12 @@ use swapkit_admin::{
     TargetReport, MAX_LINE, VERSION,
 };
 
+use super::Shared;
 use crate::error::LoadError;
 use crate::history::RollbackTarget;
+use crate::lock::lock;
 use crate::patch::{PatchSetGuard, Rollout};
-use crate::swapper::{Inner, ReloadReport};
+use crate::reload::{ReloadReport, Reloader};
 use crate::trigger::Trigger;
 
 /// At most this many connections are served at once; more are refused.
@@ -45,7 +47,8 @@ struct Applied {
 }
 
 struct Context {
-    inner: Weak<Inner>,
+    inner: Weak<Reloader>,
+    shared: Arc<Shared>,
     allow: Vec<u32>,
     patches: Mutex<BTreeMap<String, Applied>>,
     next_patch: AtomicUsize,
@@ -67,7 +70,12 @@ fn failure(kind: FailureKind, message: impl Into<String>) -> Failure {
 }
 
 impl Server {
-    pub fn bind(path: &Path, allow: Vec<u32>, inner: Weak<Inner>) -> Result<Server, LoadError> {
+    pub fn bind(
+        path: &Path,
+        allow: Vec<u32>,
+        inner: Weak<Reloader>,
+        shared: Arc<Shared>,
+    ) -> Result<Server, LoadError> {
         let error = |reason: String| LoadError::Ops {
             what: "admin socket",
             at: path.display().to_string(),
@@ -104,6 +112,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             context: Arc::new(Context {
                 inner,
+                shared,
                 allow,
                 patches: Mutex::new(BTreeMap::new()),
                 next_patch: AtomicUsize::new(1),
@@ -146,13 +155,7 @@ impl Server {
         let _ = UnixStream::connect(&self.path);
         self.listener = None;
         let _ = std::fs::remove_file(&self.path);
-        let applied = std::mem::take(
-            &mut *self
-                .context
-                .patches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let applied = std::mem::take(&mut *lock(&self.context.patches));
         if !applied.is_empty() {
             tracing::info!(
                 count = applied.len(),
@@ -289,9 +292,9 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
     };
     let (uid, pid) = (peer.uid, peer.pid);
     let result = match request {
-        Request::Status => Ok(Outcome::Status(Box::new(status(&inner)))),
-        Request::Reload => inner
-            .ops
+        Request::Status => Ok(Outcome::Status(Box::new(status(&inner, &context.shared)))),
+        Request::Reload => context
+            .shared
             .request_reload(Trigger::AdminReload { uid, pid })
             .map(|r| Outcome::Swapped(swap(&r)))
             .map_err(|e| failure(FailureKind::Load, e)),
@@ -308,11 +311,7 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
             id,
         } => apply(&inner, context, &artifact, percent, id),
         Request::PatchRestore { id } => {
-            let removed = context
-                .patches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            let removed = lock(&context.patches).remove(&id);
             match removed {
                 Some(applied) => {
                     drop(applied);
@@ -342,7 +341,7 @@ fn kind_of(e: &LoadError) -> FailureKind {
 }
 
 fn apply(
-    inner: &Inner,
+    inner: &Reloader,
     context: &Context,
     artifact: &Path,
     percent: Option<f64>,
@@ -354,19 +353,13 @@ fn apply(
             context.next_patch.fetch_add(1, Ordering::SeqCst)
         )
     });
-    if context
-        .patches
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&id)
-    {
+    if lock(&context.patches).contains_key(&id) {
         return Err(failure(
             FailureKind::Patch,
             format!("a patch set `{id}` is already applied; restore it first or pick another id"),
         ));
     }
-    let patches = inner
-        .patches_from(artifact)
+    let patches = crate::patch::plugin::patches_from(inner, artifact)
         .map_err(|e| failure(FailureKind::Patch, e.to_string()))?;
     let plugin = PluginVersion {
         name: patches.plugin().to_owned(),
@@ -386,17 +379,13 @@ fn apply(
         plugin,
         targets: guard.targets().into_iter().map(str::to_owned).collect(),
     };
-    context
-        .patches
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            id,
-            Applied {
-                report: report.clone(),
-                _guard: guard,
-            },
-        );
+    lock(&context.patches).insert(
+        id,
+        Applied {
+            report: report.clone(),
+            _guard: guard,
+        },
+    );
     Ok(Outcome::Patched(report))
 }
 
@@ -411,10 +400,7 @@ fn patch_list(context: &Context) -> PatchReport {
                 patch: t.patch.map(|p| p.id),
             })
             .collect(),
-        applied: context
-            .patches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        applied: lock(&context.patches)
             .values()
             .map(|a| a.report.clone())
             .collect(),
@@ -439,7 +425,7 @@ fn swap(report: &ReloadReport) -> Swap {
 }
 
 /// The status report: generations, plugins with their call counts, history, probation.
-pub(crate) fn status(inner: &Inner) -> StatusReport {
+pub(crate) fn status(inner: &Reloader, shared: &Shared) -> StatusReport {
     let status = inner.status();
     // One snapshot: the current generation's plugins and counts, and the draining ones.
     let generations_alive = 1 + status.draining.len();
@@ -474,8 +460,7 @@ pub(crate) fn status(inner: &Inner) -> StatusReport {
                 .collect(),
         })
         .collect();
-    let probation = inner
-        .ops
+    let probation = shared
         .probation_counts(inner)
         .map(|(p, c)| ProbationReport {
             generation: p.generation,
@@ -486,7 +471,7 @@ pub(crate) fn status(inner: &Inner) -> StatusReport {
             calls: c.calls,
             failures: c.failures(),
         });
-    let state = inner.ops.lock();
+    let state = shared.lock();
     StatusReport {
         pid: std::process::id(),
         generation: status.current.id,

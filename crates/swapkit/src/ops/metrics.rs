@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::swapper::Inner;
+use crate::reload::Reloader;
 
-pub(crate) fn publish(inner: &Inner) {
-    let alive = inner.alive_generations();
+pub(crate) fn publish(core: &Reloader) {
+    let alive = core.published.alive();
     let mut sums: BTreeMap<(String, String), crate::stats::Counts> = BTreeMap::new();
     let mut pins = 0;
     let mut seen = std::collections::HashSet::new();

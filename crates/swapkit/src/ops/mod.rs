@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::LoadError;
 use crate::history::RollbackTarget;
+use crate::load::Source;
+use crate::lock::{lock, wait, wait_timeout};
+use crate::reload::{Observer, PublishedEvent, ReloadReport, Reloader, Verdict};
 use crate::stats::Counts;
-use crate::swapper::{Inner, ReloadReport, Source};
 use crate::trigger::Trigger;
 
 /// When a swap is rolled back on its own: its probation policy.
@@ -119,18 +121,20 @@ pub(crate) struct State {
     pub triggers: Vec<String>,
 }
 
-/// The part of ops the swapper itself reports to: it lives in the swapper's `Inner`.
+/// What ops shares between its threads; the reloader reports to it as its [`Observer`].
 pub(crate) struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     policy: Option<Probation>,
     /// The notify watcher. Its callback takes `state`, never this lock.
     watcher: Mutex<watch::Watcher>,
+    /// This, for the watcher's callback, which must not keep it alive.
+    me: Weak<Shared>,
 }
 
 impl Shared {
     pub fn new(policy: Option<Probation>) -> Arc<Shared> {
-        Arc::new(Shared {
+        Arc::new_cyclic(|me| Shared {
             state: Mutex::new(State {
                 pending: None,
                 started: 0,
@@ -147,60 +151,12 @@ impl Shared {
             cv: Condvar::new(),
             policy,
             watcher: Mutex::new(watch::Watcher::default()),
+            me: me.clone(),
         })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Counts a failed load, reload or rollback, and passes the result on.
-    pub fn settle<T>(&self, result: Result<T, LoadError>) -> Result<T, LoadError> {
-        if let Err(e) = &result {
-            let mut state = self.lock();
-            state.counts.failed += 1;
-            state.counts.last_error = Some(e.to_string());
-            ::metrics::counter!("swapkit_reloads_total", "outcome" => "failed").increment(1);
-        }
-        result
-    }
-
-    /// Records a published swap. Returns whether it went on probation (if not, it is
-    /// known-good now).
-    pub fn published(
-        &self,
-        generation: u64,
-        fresh: Vec<String>,
-        trigger: &Trigger,
-        first: bool,
-        took: Duration,
-    ) -> bool {
-        ::metrics::counter!("swapkit_reloads_total", "outcome" => "published").increment(1);
-        ::metrics::histogram!("swapkit_reload_duration_seconds", "trigger" => trigger.label())
-            .record(took.as_secs_f64());
-        ::metrics::gauge!("swapkit_generation").set(generation as f64);
-        let mut state = self.lock();
-        state.counts.published += 1;
-        state.counts.last_took = Some(took);
-        let judged = self
-            .policy
-            .as_ref()
-            .filter(|_| !first && !fresh.is_empty() && !trigger.is_rollback());
-        state.probation = judged.map(|policy| OnProbation {
-            generation,
-            fresh,
-            until: Instant::now() + policy.window,
-        });
-        let on_probation = state.probation.is_some();
-        if on_probation {
-            tracing::info!(generation, window = ?self.policy.as_ref().map(|p| p.window), "on probation");
-            self.cv.notify_all();
-        }
-        on_probation
-    }
-
-    pub fn known_good(&self, generation: u64) {
-        self.lock().known_good = Some(generation);
+        lock(&self.state)
     }
 
     /// Asks for a reload without waiting: the ops thread runs one soon, once for all the
@@ -229,7 +185,7 @@ impl Shared {
         let target = state.started + 1;
         self.cv.notify_all();
         while state.finished < target && !state.stop {
-            state = self.cv.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = wait(&self.cv, state);
         }
         state
             .last
@@ -237,37 +193,84 @@ impl Shared {
             .unwrap_or_else(|| Err("the swapper is shutting down".into()))
     }
 
+    /// Stops watching.
+    fn unwatch(&self) {
+        *lock(&self.watcher) = watch::Watcher::default();
+    }
+
+    /// The probation in progress, with its calls and failures so far.
+    pub fn probation_counts(&self, core: &Reloader) -> Option<(OnProbation, Counts)> {
+        let probation = self.lock().probation.clone()?;
+        Some((probation.clone(), fresh_counts(core, &probation)?))
+    }
+}
+
+impl Observer for Shared {
     /// Points the watcher, if one is configured, at `source`'s directory, on the caller's
     /// thread: a load watches its directory before reading it, so no change made after the
     /// read can be missed.
-    pub fn watch_source(self: &Arc<Self>, source: &Source) {
+    fn source(&self, source: &Source) {
         let dir = {
             let mut state = self.lock();
             state.watch.set_source(source);
             state.watch.wanted_dir()
         };
         let Some(dir) = dir else { return };
-        let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watcher = lock(&self.watcher);
         if watcher.dir() != Some(dir.as_path()) {
             watcher.watch(&dir, self);
         }
     }
 
-    /// Stops watching.
-    fn unwatch(&self) {
-        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = watch::Watcher::default();
+    /// Counts a failed load, reload or rollback.
+    fn failed(&self, error: &LoadError) {
+        let mut state = self.lock();
+        state.counts.failed += 1;
+        state.counts.last_error = Some(error.to_string());
+        ::metrics::counter!("swapkit_reloads_total", "outcome" => "failed").increment(1);
     }
 
-    /// The probation in progress, with its calls and failures so far.
-    pub fn probation_counts(&self, inner: &Inner) -> Option<(OnProbation, Counts)> {
-        let probation = self.lock().probation.clone()?;
-        Some((probation.clone(), fresh_counts(inner, &probation)?))
+    /// Records a published swap, and puts it on probation if the policy judges it.
+    fn published(&self, event: &PublishedEvent<'_>) -> Verdict {
+        let PublishedEvent {
+            generation,
+            trigger,
+            first,
+            took,
+            ..
+        } = *event;
+        ::metrics::counter!("swapkit_reloads_total", "outcome" => "published").increment(1);
+        ::metrics::histogram!("swapkit_reload_duration_seconds", "trigger" => trigger.label())
+            .record(took.as_secs_f64());
+        ::metrics::gauge!("swapkit_generation").set(generation as f64);
+        let mut state = self.lock();
+        state.counts.published += 1;
+        state.counts.last_took = Some(took);
+        let judged = self
+            .policy
+            .as_ref()
+            .filter(|_| !first && !event.fresh.is_empty() && !trigger.is_rollback());
+        state.probation = judged.map(|policy| OnProbation {
+            generation,
+            fresh: event.fresh.clone(),
+            until: Instant::now() + policy.window,
+        });
+        if state.probation.is_none() {
+            return Verdict::KnownGood;
+        }
+        tracing::info!(generation, window = ?self.policy.as_ref().map(|p| p.window), "on probation");
+        self.cv.notify_all();
+        Verdict::Held
+    }
+
+    fn known_good(&self, generation: u64) {
+        self.lock().known_good = Some(generation);
     }
 }
 
 /// The calls and failures of a probation's fresh plugins, if its generation is current.
-fn fresh_counts(inner: &Inner, probation: &OnProbation) -> Option<Counts> {
-    let guard = inner.current.enter();
+fn fresh_counts(core: &Reloader, probation: &OnProbation) -> Option<Counts> {
+    let guard = core.published.current().enter();
     let current = guard.get();
     if current.id != probation.generation {
         return None;
@@ -293,11 +296,14 @@ pub(crate) struct Ops {
 
 impl Ops {
     /// Starts the ops thread, and the admin and signal threads, if `config` asks for any.
-    pub fn start(inner: &Arc<Inner>, config: Config) -> Result<Option<Ops>, LoadError> {
+    pub fn start(
+        core: &Arc<Reloader>,
+        shared: Arc<Shared>,
+        config: Config,
+    ) -> Result<Option<Ops>, LoadError> {
         if !config.wanted() {
             return Ok(None);
         }
-        let shared = inner.ops.clone();
         let mut ops = Ops {
             shared: shared.clone(),
             threads: vec![],
@@ -341,12 +347,12 @@ impl Ops {
             let mut allow = config.allow.clone();
             // SAFETY: getuid has no preconditions and cannot fail.
             allow.push(unsafe { libc::getuid() });
-            let server = admin::Server::bind(path, allow, Arc::downgrade(inner))?;
+            let server = admin::Server::bind(path, allow, Arc::downgrade(core), shared.clone())?;
             let handle = server.spawn()?;
             ops.threads.push(handle);
             ops.admin = Some(server);
         }
-        let weak = Arc::downgrade(inner);
+        let weak = Arc::downgrade(core);
         let metrics = config.metrics;
         ops.spawn("swapkit-ops", move || run(weak, shared, metrics))?;
         Ok(Some(ops))
@@ -398,7 +404,7 @@ fn signal_name(signal: i32) -> String {
 
 /// The ops thread: runs pending reloads one at a time, turns settled file changes into a
 /// reload, judges probation, and publishes metrics.
-fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
+fn run(inner: Weak<Reloader>, shared: Arc<Shared>, metrics: Option<Duration>) {
     let mut next_metrics = Instant::now();
     let mut state = shared.lock();
     loop {
@@ -460,17 +466,13 @@ fn run(inner: Weak<Inner>, shared: Arc<Shared>, metrics: Option<Duration>) {
         }
 
         let timeout = wake.saturating_duration_since(Instant::now());
-        state = shared
-            .cv
-            .wait_timeout(state, timeout)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        state = wait_timeout(&shared.cv, state, timeout);
     }
 }
 
 /// Ends `probation` if its generation failed too often (rolling back) or its window passed
 /// (marking it known-good).
-fn judge(inner: &Inner, shared: &Shared, probation: &OnProbation) {
+fn judge(inner: &Reloader, shared: &Shared, probation: &OnProbation) {
     let Some(policy) = &shared.policy else { return };
     let still = |shared: &Shared| {
         let mut state = shared.lock();
@@ -528,9 +530,6 @@ fn judge(inner: &Inner, shared: &Shared, probation: &OnProbation) {
             failures,
             "probation passed"
         );
-        let state = inner.lock_reload();
-        if state.selection_generation() == probation.generation {
-            inner.mark_known_good(&state);
-        }
+        inner.mark_known_good(probation.generation);
     }
 }

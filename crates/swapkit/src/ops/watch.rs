@@ -9,14 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use super::Shared;
-use crate::swapper::{is_artifact, Source};
+use crate::load::{is_artifact, Source};
 
 /// A writer that has shown no sign of life for this long is taken to have died: the reload
 /// goes ahead, and a truncated artifact fails to load (the current generation keeps serving).
@@ -119,9 +118,9 @@ impl Watcher {
 
     /// Watches `dir` instead of whatever was watched. A failure is logged: the other
     /// triggers still work.
-    pub fn watch(&mut self, dir: &Path, shared: &Arc<Shared>) {
+    pub fn watch(&mut self, dir: &Path, shared: &Shared) {
         self.current = None;
-        let weak = Arc::downgrade(shared);
+        let weak = shared.me.clone();
         let handler = move |event: notify::Result<Event>| {
             let Some(shared) = weak.upgrade() else { return };
             match event {

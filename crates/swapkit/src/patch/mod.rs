@@ -34,7 +34,7 @@
 //! ```
 
 mod context;
-mod plugin;
+pub(crate) mod plugin;
 mod rollout;
 mod target;
 

@@ -279,14 +279,15 @@ impl crate::Swapper {
         &self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<PluginPatches, PatchError> {
-        self.inner().patches_from(path.as_ref())
+        patches_from(self.core(), path.as_ref())
     }
 }
 
-impl crate::swapper::Inner {
-    /// See [`Swapper::patches_from`](crate::Swapper::patches_from).
-    pub(crate) fn patches_from(&self, path: &std::path::Path) -> Result<PluginPatches, PatchError> {
-        let code = self.load_code(path).map_err(PatchError::load)?;
-        PluginPatches::new(code, self.sink.clone(), self.vault.clone())
-    }
+/// See [`Swapper::patches_from`](crate::Swapper::patches_from).
+pub(crate) fn patches_from(
+    core: &crate::reload::Reloader,
+    path: &std::path::Path,
+) -> Result<PluginPatches, PatchError> {
+    let code = core.loader.load(path).map_err(PatchError::load)?;
+    PluginPatches::new(code, core.sink().clone(), core.vault().clone())
 }

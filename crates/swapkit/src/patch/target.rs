@@ -199,7 +199,7 @@ impl<F: ?Sized + 'static> Target<F> {
     where
         F: Send + Sync,
     {
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let _changing = crate::lock::lock(&self.changing);
         if let Some(existing) = self.cell.load_full() {
             return Err(PatchError::AlreadyPatched {
                 target: self.info.name,
@@ -357,7 +357,7 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
     }
 
     fn restore(&self, serial: Option<u64>) -> Result<String, PatchError> {
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let _changing = crate::lock::lock(&self.changing);
         let current = self.cell.load_full().ok_or(PatchError::NotPatched {
             target: self.info.name,
         })?;

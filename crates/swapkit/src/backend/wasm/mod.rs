@@ -210,10 +210,7 @@ impl WasmLoader {
     /// Reads, checks and compiles (or reuses) one `.wasm` artifact, and reads its manifest.
     pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(code) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        if let Some(code) = crate::lock::lock(&self.loaded)
             .get(&hash)
             .and_then(Weak::upgrade)
         {
@@ -244,7 +241,7 @@ impl WasmLoader {
             content_hash: hash,
             origin,
         });
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = crate::lock::lock(&self.loaded);
         loaded.retain(|_, w| w.strong_count() > 0);
         loaded.insert(hash, Arc::downgrade(&code));
         Ok(code)

@@ -160,7 +160,7 @@ impl WasmInstance {
                 return Err(self.exhausted(wait));
             }
             self.waiters.fetch_add(1, Ordering::AcqRel);
-            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = crate::lock::lock(&self.lock);
             let idle = self.cells.any_idle();
             if !idle && self.live.load(Ordering::Acquire) >= size {
                 // Bounded, so a wake-up lost between the check and the wait costs 10 ms at most.
@@ -187,10 +187,7 @@ impl WasmInstance {
     /// A new slot for the pool, loaded and initialised. The caller has counted it in `live`.
     #[cold]
     fn replica(&self) -> Result<Box<Slot>, Fault> {
-        let home = self
-            .vacant
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let home = crate::lock::lock(&self.vacant)
             .pop()
             .expect("fewer live slots than cells leaves a vacant cell");
         let quiet = self.primary.swap(true, Ordering::AcqRel);
@@ -238,7 +235,7 @@ impl WasmInstance {
     #[inline]
     fn wake_waiter(&self) {
         if self.waiters.load(Ordering::Acquire) > 0 {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::lock::lock(&self.lock);
             self.freed.notify_one();
         }
     }
@@ -255,10 +252,7 @@ impl WasmInstance {
 
     /// Counts a slot gone, gives its cell back, and wakes a waiter, who may now make one.
     fn vacate(&self, home: usize) {
-        self.vacant
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(home);
+        crate::lock::lock(&self.vacant).push(home);
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.wake_waiter();
     }

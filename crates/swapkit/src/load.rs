@@ -1,0 +1,223 @@
+//! Loading artifacts: where a reload reads from, how each file's format is told, and which
+//! backend loads it. The result is checked [`Code`], outside any generation: nothing here
+//! runs a plugin hook.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::native::{NativeLoader, EXTENSION};
+use crate::backend::wasm::{WasmLimits, WasmLoader};
+use crate::backend::{BackendKind, Code};
+use crate::error::LoadError;
+use crate::lock::lock;
+use crate::persist::StateDir;
+
+/// Where a reload reads its artifacts from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    Dir(PathBuf),
+    Files(Vec<PathBuf>),
+}
+
+impl Source {
+    /// The artifacts to load, in load order (sorted by name for a directory).
+    pub fn paths(&self) -> Result<Vec<PathBuf>, LoadError> {
+        match self {
+            Source::Files(files) => Ok(files.clone()),
+            Source::Dir(dir) => list_artifacts(dir),
+        }
+    }
+}
+
+/// How the wasm engine is set up when the first wasm artifact arrives.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WasmConfig {
+    pub limits: WasmLimits,
+    /// The compile cache directory, if any.
+    pub cache: Option<PathBuf>,
+}
+
+/// Reads artifacts and loads each through the backend its content calls for.
+pub(crate) struct Loader {
+    /// `None` for a swapper of static plugins, which loads no artifact.
+    native: Option<NativeLoader>,
+    /// Made on the first wasm artifact, so hosts without wasm plugins pay nothing for it.
+    wasm: Mutex<Option<Arc<WasmLoader>>>,
+    wasm_config: WasmConfig,
+    /// Where every artifact loaded is kept, if anywhere.
+    keep: Option<Arc<StateDir>>,
+}
+
+impl Loader {
+    pub fn new(
+        native: Option<NativeLoader>,
+        wasm_config: WasmConfig,
+        keep: Option<Arc<StateDir>>,
+    ) -> Loader {
+        Loader {
+            native,
+            wasm: Mutex::new(None),
+            wasm_config,
+            keep,
+        }
+    }
+
+    /// Whether this loader loads artifacts at all (a static swapper's does not).
+    pub fn is_static(&self) -> bool {
+        self.native.is_none()
+    }
+
+    /// Loads every artifact of `source`.
+    pub fn load_source(&self, source: &Source) -> Result<Vec<Arc<Code>>, LoadError> {
+        let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
+        source
+            .paths()?
+            .iter()
+            .map(|p| self.load_with(native, p))
+            .collect()
+    }
+
+    /// Reads and checks one artifact.
+    pub fn load(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
+        self.load_with(native, path)
+    }
+
+    fn load_with(&self, native: &NativeLoader, path: &Path) -> Result<Arc<Code>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if bytes.is_empty() {
+            return Err(LoadError::Empty { path: path.into() });
+        }
+        let _span =
+            tracing::debug_span!("load", path = %path.display(), bytes = bytes.len()).entered();
+        let kept = self.keep.as_ref().map(|_| bytes.clone());
+        let code = match format(path, &bytes) {
+            BackendKind::Wasm => self.wasm()?.load(path, bytes)?,
+            _ => native.load(path, bytes)?,
+        };
+        if let (Some(dir), Some(bytes)) = (&self.keep, kept) {
+            if let Err(e) = dir.keep(&code, &bytes) {
+                tracing::warn!(error = %e, dir = %dir.path().display(), "cannot keep a copy of {path:?} in the state directory; a restart may not find it");
+            }
+        }
+        Ok(code)
+    }
+
+    /// The wasm engine, made on first use.
+    pub fn wasm(&self) -> Result<Arc<WasmLoader>, LoadError> {
+        let mut slot = lock(&self.wasm);
+        if let Some(loader) = &*slot {
+            return Ok(loader.clone());
+        }
+        let WasmConfig { limits, cache } = self.wasm_config.clone();
+        let loader = Arc::new(WasmLoader::new(limits, cache)?);
+        *slot = Some(loader.clone());
+        Ok(loader)
+    }
+
+    /// How many wasm modules were compiled rather than read from the cache or reused.
+    pub fn wasm_compiles(&self) -> usize {
+        lock(&self.wasm).as_ref().map_or(0, |l| l.compiles())
+    }
+}
+
+/// The backend an artifact is for: a wasm module starts with `\0asm` (or is named `.wasm`);
+/// anything else goes to the platform's dynamic loader, whose parser says what is wrong
+/// with a file that is neither.
+fn format(path: &Path, bytes: &[u8]) -> BackendKind {
+    let wasm =
+        bytes.starts_with(b"\0asm") || path.extension().and_then(|e| e.to_str()) == Some("wasm");
+    if wasm {
+        BackendKind::Wasm
+    } else {
+        BackendKind::Native
+    }
+}
+
+/// Whether a reload of its directory loads `path`: not hidden, with an artifact extension.
+/// The watcher asks the same question of the files it sees change.
+pub(crate) fn is_artifact(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str());
+    !hidden && (ext == Some(EXTENSION) || ext == Some("wasm"))
+}
+
+/// The artifacts in `dir`, sorted by name. Hidden files and files with other extensions
+/// (such as a `.tmp` being written) are skipped.
+fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let read_dir = |source| LoadError::ReadDir {
+        path: dir.into(),
+        source,
+    };
+    let mut paths = vec![];
+    for entry in std::fs::read_dir(dir).map_err(read_dir)? {
+        let path = entry.map_err(read_dir)?.path();
+        if is_artifact(&path) && path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(LoadError::NoArtifacts {
+            path: dir.into(),
+            ext: EXTENSION,
+        });
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The default wasm compile cache: under the user's cache directory, never a shared one,
+/// because a cache entry is native code the host will run.
+pub(crate) fn default_wasm_cache() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(base.join("swapkit").join("wasm"))
+}
+
+/// A checked artifact, as [`inspect`] reads it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The file.
+    pub path: PathBuf,
+    /// The backend it runs on.
+    pub backend: BackendKind,
+    /// SHA-256 of its content, in hex: what a swapper compares to reuse an instance.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// What the plugin says about itself.
+    pub manifest: swapkit_abi::Manifest,
+}
+
+/// Reads and checks an artifact the way a load does (header, ABI version, build
+/// fingerprint, manifest, wasm imports and exports), without running any of its hooks.
+///
+/// A native library is mapped to read its manifest, which runs its static constructors, as
+/// any load would. The error for a broken file says what is wrong with it.
+pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
+    let path = path.as_ref();
+    let native = NativeLoader::new(None).map_err(|source| LoadError::ScratchDir {
+        scratch: std::env::temp_dir(),
+        source,
+    })?;
+    let config = WasmConfig {
+        limits: WasmLimits::default(),
+        cache: default_wasm_cache(),
+    };
+    let code = Loader::new(Some(native), config, None).load(path)?;
+    Ok(Artifact {
+        path: path.to_owned(),
+        backend: code.backend,
+        sha256: crate::backend::hex(&code.content_hash),
+        size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        manifest: code.manifest.clone(),
+    })
+}

@@ -1,0 +1,250 @@
+//! [`SwapperBuilder`]: every setting of a swapper, and the order its parts start in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swapkit_abi::{Interface, PluginHeader};
+
+use super::Swapper;
+use crate::backend::native::NativeLoader;
+use crate::backend::statics;
+use crate::backend::wasm::WasmLimits;
+use crate::error::LoadError;
+use crate::load::{default_wasm_cache, Loader, WasmConfig};
+use crate::log::LogSink;
+use crate::ops::{self, Probation};
+use crate::persist::StateDir;
+use crate::publish::{OverdueHook, Published};
+use crate::reload::{Observer, Reloader, Settings};
+use crate::Vault;
+
+/// Builds a [`Swapper`].
+///
+/// ```
+/// use std::time::Duration;
+/// let swapper = swapkit::Swapper::builder()
+///     .drain_deadline(Duration::from_secs(5))
+///     .history(4)
+///     .build()
+///     .unwrap();
+/// assert_eq!(swapper.generation(), 0);
+/// ```
+pub struct SwapperBuilder {
+    statics: Vec<&'static PluginHeader>,
+    interfaces: Vec<(&'static str, u64, &'static str)>,
+    sink: Option<LogSink>,
+    on_overdue: Option<OverdueHook>,
+    drain_deadline: Duration,
+    history_len: usize,
+    scratch: Option<PathBuf>,
+    wasm: WasmConfig,
+    vault: Option<Vault>,
+    state_dir: Option<PathBuf>,
+    ops: ops::Config,
+}
+
+impl Default for SwapperBuilder {
+    fn default() -> Self {
+        SwapperBuilder {
+            statics: vec![],
+            interfaces: vec![],
+            sink: None,
+            on_overdue: None,
+            drain_deadline: Duration::from_secs(30),
+            history_len: 8,
+            scratch: None,
+            wasm: WasmConfig::default(),
+            vault: None,
+            state_dir: None,
+            ops: ops::Config::default(),
+        }
+    }
+}
+
+impl SwapperBuilder {
+    /// Declares an interface the host uses, so that every load checks plugins against its
+    /// hash. [`Swapper::client`] declares it too; declare it here when plugins are loaded
+    /// before the first client is made.
+    pub fn interface<I: Interface + ?Sized>(mut self) -> Self {
+        self.interfaces.push((I::NAME, I::HASH, I::SIGNATURE));
+        self
+    }
+
+    /// Registers a plugin linked into the host (the static backend). A swapper with static
+    /// plugins loads them in [`build`](Self::build) and refuses to reload or roll back.
+    ///
+    /// Pass the plugin crate's `SWAPKIT_PLUGIN` static: `.static_plugin(&my_plugin::SWAPKIT_PLUGIN)`.
+    pub fn static_plugin(mut self, header: &'static PluginHeader) -> Self {
+        self.statics.push(header);
+        self
+    }
+
+    /// Receives every log line plugins write, besides the `tracing` event each one becomes.
+    pub fn log_sink(mut self, sink: impl Fn(&crate::GuestLog<'_>) + Send + Sync + 'static) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// How long a superseded generation may stay held before it is reported (default 30 s).
+    /// Reporting never frees it: a generation retires only when its last reference goes.
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
+    }
+
+    /// Called once for each generation held past the drain deadline, besides a `tracing`
+    /// warning.
+    pub fn on_overdue(
+        mut self,
+        hook: impl Fn(&crate::GenerationStatus) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_overdue = Some(Arc::new(hook));
+        self
+    }
+
+    /// How many earlier selections to keep for rollback (default 8).
+    pub fn history(mut self, len: usize) -> Self {
+        self.history_len = len;
+        self
+    }
+
+    /// Where to put the private copies native libraries are loaded from (default: the
+    /// system's temporary directory).
+    pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch = Some(dir.into());
+        self
+    }
+
+    /// Limits and pool settings for wasm plugins (default: [`WasmLimits::default`]).
+    pub fn wasm_limits(mut self, limits: WasmLimits) -> Self {
+        self.wasm.limits = limits;
+        self
+    }
+
+    /// Where compiled wasm modules are cached across loads and restarts (default:
+    /// `$XDG_CACHE_HOME/swapkit/wasm`, or `~/.cache/swapkit/wasm`).
+    pub fn wasm_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.wasm.cache = Some(dir.into());
+        self
+    }
+
+    /// Shares this Vault with the plugins, instead of a new empty one: for state the host
+    /// set up before the swapper, or kept from another swapper.
+    pub fn vault(mut self, vault: Vault) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    /// Persists every artifact loaded, and the last known-good selection, in `dir`, so that
+    /// [`Swapper::resume`] starts a restarted host with it. A selection becomes known-good
+    /// when it is published, or, with [`auto_rollback`](Self::auto_rollback), when its
+    /// probation ends without a rollback.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Serves the admin protocol ([`swapkit_admin`]) on a Unix socket at `path`, made with
+    /// mode 0600, to peers whose uid is the host's own or on
+    /// [`admin_allow_uid`](Self::admin_allow_uid). Every request is logged with the peer's
+    /// uid and pid. The socket is removed when the swapper is dropped.
+    pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ops.admin = Some(path.into());
+        self
+    }
+
+    /// Lets peers running as `uid` use the admin socket too (the socket file's mode must
+    /// also let them open it).
+    pub fn admin_allow_uid(mut self, uid: u32) -> Self {
+        self.ops.allow.push(uid);
+        self
+    }
+
+    /// Reloads when the directory given to [`Swapper::load_dir`] changes, once no change has
+    /// come for `debounce`. Files still being written are waited for: publish an artifact by
+    /// writing it under a hidden or `.tmp` name and renaming it into place (an atomic
+    /// rename), or by a write that closes the file (`cp`). On Linux a file is complete when
+    /// it is closed or renamed in; elsewhere only the debounce applies.
+    pub fn watch(mut self, debounce: Duration) -> Self {
+        self.ops.watch = Some(debounce);
+        self
+    }
+
+    /// Reloads when the process receives `signal` (for example
+    /// `signal_hook::consts::SIGHUP`). Signals that arrive during a reload are coalesced
+    /// into one more reload.
+    pub fn reload_on_signal(mut self, signal: i32) -> Self {
+        self.ops.signal = Some(signal);
+        self
+    }
+
+    /// Puts every reload on probation: if, within the window, the plugins it loaded fail
+    /// more than the policy allows, the swapper rolls back on its own and logs why. See
+    /// [`Probation`].
+    pub fn auto_rollback(mut self, probation: Probation) -> Self {
+        self.ops.probation = Some(probation);
+        self
+    }
+
+    /// Publishes call counts, failures, generations alive and pins held through the
+    /// `metrics` facade every `interval` (reload durations are recorded as they happen).
+    /// Counting itself is always on, and per-thread: the call path writes no shared counter.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.ops.metrics = Some(interval);
+        self
+    }
+
+    /// Builds the swapper, loading the static plugins if any were registered.
+    ///
+    /// The parts start from the bottom up: the published cell and its drain watchdog, the
+    /// loader, the reloader, then operations, which observe the reloader.
+    pub fn build(self) -> Result<Swapper, LoadError> {
+        let published = Published::start(self.drain_deadline, self.on_overdue)?;
+        let native = if self.statics.is_empty() {
+            let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| {
+                LoadError::ScratchDir {
+                    scratch: self.scratch.clone().unwrap_or_else(std::env::temp_dir),
+                    source,
+                }
+            })?;
+            Some(loader)
+        } else {
+            None
+        };
+        let state_dir = match &self.state_dir {
+            Some(dir) => Some(Arc::new(StateDir::open(dir).map_err(|e| {
+                LoadError::Ops {
+                    what: "state directory",
+                    at: dir.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            None => None,
+        };
+        let mut wasm = self.wasm;
+        wasm.cache = wasm.cache.or_else(default_wasm_cache);
+        let loader = Loader::new(native, wasm, state_dir.clone());
+        let observer = ops::Shared::new(self.ops.probation.clone());
+        let settings = Settings {
+            sink: self.sink,
+            vault: self.vault.unwrap_or_default(),
+            history_len: self.history_len,
+            state_dir,
+            interfaces: self.interfaces,
+            observer: Some(observer.clone() as Arc<dyn Observer>),
+        };
+        let core = Arc::new(Reloader::new(published, loader, settings));
+        let ops = ops::Ops::start(&core, observer, self.ops)?;
+        let swapper = Swapper { core, ops };
+        if !self.statics.is_empty() {
+            let codes = self
+                .statics
+                .into_iter()
+                .map(statics::code)
+                .collect::<Result<Vec<_>, _>>()?;
+            swapper.core.install_codes(codes)?;
+        }
+        Ok(swapper)
+    }
+}

@@ -1,0 +1,220 @@
+//! The [`Swapper`]: the public face of the runtime. It owns the reloader (which owns the
+//! published generation and the loader) and the operations threads, and hands out clients
+//! and pins; each method is a few lines over the layer that does the work.
+
+mod builder;
+
+pub use builder::SwapperBuilder;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swapkit_abi::Interface;
+
+use crate::call::{target, Binding, Pin};
+use crate::error::{DrainTimeout, LoadError};
+use crate::hazard::Current;
+use crate::history::{KeptSelection, RollbackTarget};
+use crate::load::Source;
+use crate::ops;
+use crate::reload::{ReloadReport, Reloader};
+use crate::status::Status;
+use crate::trigger::Trigger;
+use crate::Vault;
+
+/// Owns the current generation of plugins and swaps it.
+///
+/// Cheap to share: wrap it in an `Arc`, or hand out clients, which keep what they need alive.
+///
+/// Example: load a directory, call, swap, roll back.
+///
+/// ```no_run
+/// # mod api { #[swapkit::interface] pub trait Greeter { fn greet(&self, name: &str) -> String; } }
+/// let swapper = swapkit::Swapper::new()?;
+/// swapper.load_dir("plugins/")?;
+/// let greeter = swapper.client::<dyn api::Greeter>()?;
+/// println!("{}", greeter.greet("world")?);
+/// swapper.reload()?;   // picks up rebuilt artifacts; calls in flight finish on the old code
+/// swapper.rollback()?; // back to the previous selection
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Swapper {
+    core: Arc<Reloader>,
+    /// The background threads: triggers, the admin socket, probation, metrics.
+    ops: Option<ops::Ops>,
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        if let Some(ops) = self.ops.take() {
+            ops.stop();
+        }
+    }
+}
+
+impl Swapper {
+    /// A swapper for native plugins, with default settings.
+    pub fn new() -> Result<Swapper, LoadError> {
+        Swapper::builder().build()
+    }
+
+    /// Starts a [`SwapperBuilder`].
+    pub fn builder() -> SwapperBuilder {
+        SwapperBuilder::default()
+    }
+
+    /// The current-generation cell, for call paths outside this module.
+    pub(crate) fn current(&self) -> &Current {
+        self.core.published.current()
+    }
+
+    /// The reloader, for modules that extend the swapper.
+    pub(crate) fn core(&self) -> &Arc<Reloader> {
+        &self.core
+    }
+
+    /// The Vault the host and every generation share: it outlives every swap and rollback.
+    pub fn vault(&self) -> &Vault {
+        self.core.vault()
+    }
+
+    /// Loads every artifact in `dir` as one new generation, and makes `dir` the source of
+    /// later [`reload`](Self::reload)s. An artifact is a file ending in the platform's
+    /// library extension (`.so`, `.dylib`, `.dll`) or in `.wasm`; hidden files and other
+    /// extensions (a `.tmp` being written) are skipped.
+    pub fn load_dir(&self, dir: impl AsRef<Path>) -> Result<ReloadReport, LoadError> {
+        self.core.load_from(Source::Dir(dir.as_ref().to_owned()))
+    }
+
+    /// Loads exactly these artifacts as one new generation, and makes them the source of
+    /// later [`reload`](Self::reload)s.
+    pub fn load_files<P: AsRef<Path>>(
+        &self,
+        files: impl IntoIterator<Item = P>,
+    ) -> Result<ReloadReport, LoadError> {
+        let files = files.into_iter().map(|p| p.as_ref().to_owned()).collect();
+        self.core.load_from(Source::Files(files))
+    }
+
+    /// Reads the source again and publishes a new generation. Plugins whose artifact content
+    /// is unchanged keep their instance; the others are loaded, then initialised, in
+    /// dependency order. On any error nothing changes and the current generation keeps serving.
+    pub fn reload(&self) -> Result<ReloadReport, LoadError> {
+        self.core.reload(&Trigger::ApiReload)
+    }
+
+    /// How many wasm modules this swapper compiled, rather than read from its compile cache
+    /// or reused from a loaded generation.
+    pub fn wasm_compiles(&self) -> usize {
+        self.core.loader.wasm_compiles()
+    }
+
+    /// Starts from the last known-good selection in the [state
+    /// directory](SwapperBuilder::state_dir) if there is one, and from `dir` otherwise;
+    /// either way `dir` becomes the source of later reloads. A persisted selection that
+    /// cannot be read or loaded is logged and skipped, so a host always comes up if `dir`
+    /// loads.
+    pub fn resume(&self, dir: impl AsRef<Path>) -> Result<ReloadReport, LoadError> {
+        let dir = dir.as_ref();
+        self.core.announce_source(&Source::Dir(dir.to_owned()));
+        let persisted = self.core.state_dir().map(|s| s.load());
+        if let Some(Ok(Some((known, paths)))) = persisted {
+            let generation = known.generation;
+            match self.load_files(&paths) {
+                Ok(report) => {
+                    tracing::info!(
+                        from_generation = generation,
+                        generation = report.generation,
+                        "resumed the last known-good selection"
+                    );
+                    self.core.set_source(Source::Dir(dir.to_owned()));
+                    return Ok(report);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the last known-good selection does not load; starting from {}", dir.display())
+                }
+            }
+        } else if let Some(Err(e)) = persisted {
+            tracing::warn!(error = %e, "the last known-good selection is unreadable; starting from {}", dir.display());
+        }
+        self.load_dir(dir)
+    }
+
+    /// Publishes the previous selection again, as a new generation with fresh instances of
+    /// the plugins that differ. Works even if the files on disk were replaced since.
+    pub fn rollback(&self) -> Result<ReloadReport, LoadError> {
+        self.core
+            .rollback_to(&RollbackTarget::Previous, &Trigger::ApiRollback)
+    }
+
+    /// Publishes the newest kept selection that `target` names (see [`RollbackTarget`]).
+    /// The selection rolled back from is kept, so a later `rollback_to` can go forward again.
+    pub fn rollback_to(&self, target: &RollbackTarget) -> Result<ReloadReport, LoadError> {
+        self.core.rollback_to(target, &Trigger::ApiRollback)
+    }
+
+    /// The selections kept for rollback, newest first.
+    pub fn history(&self) -> Vec<KeptSelection> {
+        self.core.kept()
+    }
+
+    /// A typed client for interface `I`: each call runs in the generation current when it
+    /// starts. Declares `I`, so later loads check plugins against its hash.
+    ///
+    /// The client's type is the one the interface macro generates, named after the trait:
+    /// for `trait Greeter` in crate `api`, `api::GreeterClient<swapkit::Binding>`. Keep it
+    /// in a struct field or pass it by that name.
+    ///
+    /// Fails if the current generation exports an interface of this name with another hash.
+    pub fn client<I: Interface + ?Sized>(&self) -> Result<I::Client<Binding>, LoadError> {
+        self.core.declare::<I>()?;
+        let current = self.core.published.current().clone();
+        Ok(I::client(Binding::new(current, target::<I>(None))))
+    }
+
+    /// Like [`client`](Self::client), for the plugin named `plugin`, when several plugins
+    /// export `I`.
+    pub fn client_of<I: Interface + ?Sized>(
+        &self,
+        plugin: &str,
+    ) -> Result<I::Client<Binding>, LoadError> {
+        self.core.declare::<I>()?;
+        let current = self.core.published.current().clone();
+        Ok(I::client(Binding::new(current, target::<I>(Some(plugin)))))
+    }
+
+    /// Pins the current generation for a unit of work. See [`Pin`].
+    pub fn pin(&self) -> Pin {
+        Pin::new(self.current().load_full(), None)
+    }
+
+    /// Pins the current generation, with a label that drain reports show while it is held.
+    pub fn pin_labeled(&self, label: impl Into<String>) -> Pin {
+        Pin::new(self.current().load_full(), Some(label.into()))
+    }
+
+    /// The current generation's number: 0 before the first load, then one more per swap.
+    pub fn generation(&self) -> u64 {
+        self.core.published.id()
+    }
+
+    /// A snapshot of the generations alive and recently drained.
+    pub fn status(&self) -> Status {
+        self.core.status()
+    }
+
+    /// Waits until every superseded generation has retired, or `timeout` passes. On timeout,
+    /// the error lists the generations still held and their labelled pins.
+    pub fn wait_drained(&self, timeout: Duration) -> Result<(), DrainTimeout> {
+        self.core.published.wait_drained(timeout)
+    }
+}
+
+impl std::fmt::Debug for Swapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swapper")
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
