@@ -32,7 +32,7 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     // A plugin with dependencies calls them in this generation.
     let _scope = instance
         .scoped
-        .then(|| crate::services::enter(&generation.plugins, generation.id));
+        .then(|| crate::backend::host::enter(&generation.plugins, generation.id));
     let mut input = wire::StackBuf::<STACK_ARGS>::new();
     wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
     instance.stats.call();

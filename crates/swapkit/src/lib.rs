@@ -56,27 +56,25 @@ mod history;
 mod live;
 mod load;
 mod lock;
-mod log;
 mod ops;
 pub mod patch;
 mod persist;
 mod plan;
 mod publish;
 mod reload;
-mod services;
 mod stats;
 mod status;
 mod swapper;
 mod trigger;
 mod vault;
 
+pub use backend::host::{GuestLog, LogSink};
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
 pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError, VaultError};
 pub use history::{KeptSelection, RollbackTarget};
 pub use live::LiveFn;
-pub use log::{GuestLog, LogSink};
 pub use ops::Probation;
 pub use status::{
     CallCounts, DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,

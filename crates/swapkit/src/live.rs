@@ -7,10 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use swapkit_abi::{wire, LiveData, LiveKind, Status, LIVE_INTERFACE};
 
+use crate::backend::host as services;
 use crate::call::{decode_error, failure};
 use crate::error::CallError;
 use crate::generation::Generation;
-use crate::services;
 use crate::Swapper;
 
 /// A serializable handle to a live function: a plugin name and a function name, typed on the

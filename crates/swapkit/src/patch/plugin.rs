@@ -17,9 +17,9 @@ use swapkit_abi::{wire, PatchDecl, PluginHeader, Status, PATCH_INTERFACE};
 
 use super::target::{AnyTarget, PatchOptions};
 use super::{PanicPolicy, PatchError, PatchSet, PatchSetGuard, PatchSource, Pending, Rollout};
+use crate::backend::host::LogSink;
 use crate::backend::{statics, Code, Instance};
 use crate::error::LoadError;
-use crate::log::LogSink;
 
 /// The patches one plugin exports, loaded and ready to apply.
 ///

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
+use crate::backend::host as services;
+use crate::backend::host::LogSink;
 use crate::backend::{Code, Instance};
 use crate::error::LoadError;
 use crate::generation::Generation;
-use crate::log::LogSink;
-use crate::services;
 use crate::Vault;
 
 /// The instances of a generation being built. Dropped unfinished, it frees them in reverse

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use swapkit_abi::Interface;
 
+use crate::backend::host::LogSink;
 use crate::backend::Code;
 use crate::error::{InterfaceMismatch, LoadError};
 use crate::history::{self, KeptSelection, RollbackTarget, Selection};
 use crate::load::{Loader, Source};
 use crate::lock::lock;
-use crate::log::LogSink;
 use crate::persist::StateDir;
 use crate::publish::Published;
 use crate::status::Status;

@@ -7,12 +7,12 @@ use std::time::Duration;
 use swapkit_abi::{Interface, PluginHeader};
 
 use super::Swapper;
+use crate::backend::host::LogSink;
 use crate::backend::native::NativeLoader;
 use crate::backend::statics;
 use crate::backend::wasm::WasmLimits;
 use crate::error::LoadError;
 use crate::load::{default_wasm_cache, Loader, WasmConfig};
-use crate::log::LogSink;
 use crate::ops::{self, Probation};
 use crate::persist::StateDir;
 use crate::publish::{OverdueHook, Published};

@@ -42,8 +42,8 @@ use swapkit_abi::{wire, Fingerprint, Manifest, Status, ABI_VERSION};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
 
 use super::{BackendKind, Code, Entry};
+use crate::backend::host::GuestCtx;
 use crate::error::LoadError;
-use crate::log::GuestCtx;
 
 mod cache;
 mod pool;

@@ -16,8 +16,8 @@ use swapkit_sync::HomeCells;
 
 use super::slot::{hook, Fault, Hook, Slot};
 use super::{Exhausted, WasmModule};
+use crate::backend::host::GuestCtx;
 use crate::backend::{host_status, Reply};
-use crate::log::GuestCtx;
 
 /// A plugin instance on the wasm backend.
 pub(crate) struct WasmInstance {

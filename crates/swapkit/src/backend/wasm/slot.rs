@@ -7,8 +7,8 @@ use swapkit_abi::Status;
 use wasmtime::{Caller, Extern, Memory, ResourceLimiter, Store, Trap, TypedFunc};
 
 use super::WasmModule;
+use crate::backend::host::{emit, GuestCtx};
 use crate::backend::{host_status, Reply};
-use crate::log::{emit, GuestCtx};
 
 /// What a store carries: the limiter, where log lines go, and the last panic message.
 pub(super) struct SlotData {
@@ -96,7 +96,7 @@ pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, 
     let (status, reply) = match guest_slice(&mut caller, ptr, len) {
         Some(input) => {
             let ctx = caller.data().ctx.clone();
-            crate::services::serve_contained(&ctx, op, &input)
+            crate::backend::host::serve_contained(&ctx, op, &input)
         }
         None => (
             Status::ServiceFailed,

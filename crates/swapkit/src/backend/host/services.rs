@@ -16,8 +16,8 @@ use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put
 use swapkit_abi::{wire, LiveKind, RawSlice, Status, LIVE_INTERFACE};
 use swapkit_sync::HazardCell;
 
+use super::GuestCtx;
 use crate::backend::Instance;
-use crate::log::GuestCtx;
 
 /// The plugins of the generation a call on this thread runs in.
 #[derive(Clone, Copy)]

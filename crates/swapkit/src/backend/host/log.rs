@@ -10,7 +10,7 @@ use std::sync::Arc;
 use swapkit_abi::level;
 use swapkit_sync::HazardCell;
 
-use crate::Vault;
+use super::GuestCtx;
 
 /// A host callback that receives every log line a plugin writes.
 pub type LogSink = Arc<dyn Fn(&GuestLog<'_>) + Send + Sync>;
@@ -26,41 +26,6 @@ pub struct GuestLog<'a> {
     pub level: tracing::Level,
     /// The text.
     pub message: &'a str,
-}
-
-/// What the host table's `ctx` points at: one per instance.
-pub(crate) struct GuestCtx {
-    pub plugin: Arc<str>,
-    pub version: Arc<str>,
-    pub sink: Option<LogSink>,
-    /// The swapper's Vault, for the `service` host function.
-    pub vault: Vault,
-    /// What the plugin's manifest declares it depends on.
-    pub dependencies: Vec<swapkit_abi::Dependency>,
-}
-
-impl GuestCtx {
-    /// The context of an instance of `code`.
-    pub fn new(code: &crate::backend::Code, sink: Option<LogSink>, vault: Vault) -> GuestCtx {
-        GuestCtx {
-            plugin: code.name.clone(),
-            version: code.version.clone(),
-            sink,
-            vault,
-            dependencies: code.manifest.dependencies.clone(),
-        }
-    }
-
-    /// The context of a module being probed, before it is known: no sink, an empty Vault.
-    pub fn probe() -> GuestCtx {
-        GuestCtx {
-            plugin: "?".into(),
-            version: "?".into(),
-            sink: None,
-            vault: Vault::new(),
-            dependencies: vec![],
-        }
-    }
 }
 
 /// The `log` host function of native instances. A line logged after the instance was freed

@@ -1,22 +1,4 @@
-//! The native backend: a plugin `cdylib` loaded with the platform's dynamic loader.
-//!
-//! # What is freed, and what is not
-//!
-//! A native plugin's code mapping is never unmapped. Rust `cdylib`s register thread-local
-//! destructors with the C runtime, and `dlclose` on such a library is either a no-op or, where
-//! it does unmap, leaves those destructors pointing at freed code; there is no sound way to
-//! unload it. So swapkit never calls `dlclose`. Everything a generation owns is still dropped:
-//! each plugin instance gets its `on_free` and is dropped inside the plugin, and the host's
-//! records of it are freed. The cost is one mapping per distinct artifact content ever loaded,
-//! shared by every later load of the same content (a rollback to a version seen before maps
-//! nothing new). Use the wasm backend where code must be truly unloaded.
-//!
-//! # Why a private copy
-//!
-//! Each artifact is loaded from a private copy in a scratch directory, written from the very
-//! bytes that were hashed. The dynamic loader caches libraries by path, so loading the original
-//! path twice would return the first version; the copy lets a rebuild in place be reloaded and
-//! two versions coexist, and means what runs is exactly what was checked.
+//! Loading native artifacts: hashing, the private copy, and `dlopen`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +9,7 @@ use object::{Object, ObjectSymbol};
 use sha2::{Digest, Sha256};
 use swapkit_abi::{PluginHeader, HEADER_SYMBOL_PREFIX};
 
-use super::{BackendKind, Code};
+use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
 
 /// The file extension of native artifacts on this platform.
@@ -77,7 +59,7 @@ impl NativeLoader {
             .and_then(|s| s.to_str())
             .unwrap_or("plugin");
         let n = self.copies.fetch_add(1, Ordering::Relaxed);
-        let hex = super::hex(&hash[..6]);
+        let hex = crate::backend::hex(&hash[..6]);
         let copy = self
             .scratch
             .path()

@@ -1,0 +1,49 @@
+//! The host end of the ABI: the functions a guest calls back into (`log`, and `service` for
+//! the Vault, host functions, live things and dependency calls), for both backends, and the
+//! per-instance context they find their plugin in.
+
+mod log;
+mod services;
+
+pub(crate) use log::{emit, host_log};
+pub use log::{GuestLog, LogSink};
+pub(crate) use services::{enter, find_live, host_service, serve_contained};
+
+use std::sync::Arc;
+
+use crate::Vault;
+
+/// What the host table's `ctx` points at: one per instance.
+pub(crate) struct GuestCtx {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    pub sink: Option<LogSink>,
+    /// The swapper's Vault, for the `service` host function.
+    pub vault: Vault,
+    /// What the plugin's manifest declares it depends on.
+    pub dependencies: Vec<swapkit_abi::Dependency>,
+}
+
+impl GuestCtx {
+    /// The context of an instance of `code`.
+    pub fn new(code: &crate::backend::Code, sink: Option<LogSink>, vault: Vault) -> GuestCtx {
+        GuestCtx {
+            plugin: code.name.clone(),
+            version: code.version.clone(),
+            sink,
+            vault,
+            dependencies: code.manifest.dependencies.clone(),
+        }
+    }
+
+    /// The context of a module being probed, before it is known: no sink, an empty Vault.
+    pub fn probe() -> GuestCtx {
+        GuestCtx {
+            plugin: "?".into(),
+            version: "?".into(),
+            sink: None,
+            vault: Vault::new(),
+            dependencies: vec![],
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The native backend: a plugin `cdylib` loaded with the platform's dynamic loader.
+//!
+//! # What is freed, and what is not
+//!
+//! A native plugin's code mapping is never unmapped. Rust `cdylib`s register thread-local
+//! destructors with the C runtime, and `dlclose` on such a library is either a no-op or, where
+//! it does unmap, leaves those destructors pointing at freed code; there is no sound way to
+//! unload it. So swapkit never calls `dlclose`. Everything a generation owns is still dropped:
+//! each plugin instance gets its `on_free` and is dropped inside the plugin, and the host's
+//! records of it are freed. The cost is one mapping per distinct artifact content ever loaded,
+//! shared by every later load of the same content (a rollback to a version seen before maps
+//! nothing new). Use the wasm backend where code must be truly unloaded.
+//!
+//! # Why a private copy
+//!
+//! Each artifact is loaded from a private copy in a scratch directory, written from the very
+//! bytes that were hashed. The dynamic loader caches libraries by path, so loading the original
+//! path twice would return the first version; the copy lets a rebuild in place be reloaded and
+//! two versions coexist, and means what runs is exactly what was checked.
+
+//!
+//! # Calls
+//!
+//! A call goes straight through the header's `call` entry point. The guest writes its reply
+//! into a buffer of its own, per thread, valid until its next call on that thread; so while
+//! this thread decodes a reply of a plugin, a nested call into the same plugin (from a
+//! `Deserialize` impl) is refused rather than allowed to overwrite the bytes being decoded.
+
+mod loader;
+
+pub(crate) use loader::{NativeLoader, EXTENSION};
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use swapkit_abi::{HostApi, PluginHeader, RawSlice};
+use swapkit_sync::HazardCell;
+
+use super::host::{host_log, host_service, GuestCtx};
+use super::{host_status, Reply};
+
+thread_local! {
+    /// The native plugin whose result this thread is decoding, if any: its per-thread result
+    /// buffer must not be written until the decoding ends.
+    static READING: std::cell::Cell<*const PluginHeader> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Puts back the plugin whose result was being decoded before, even if decoding panics.
+struct DoneReading(*const PluginHeader);
+
+impl Drop for DoneReading {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let _ = READING.try_with(|r| r.set(self.0));
+    }
+}
+
+/// A live native instance: the guest object `on_load` made.
+pub(crate) struct NativeInstance {
+    header: &'static PluginHeader,
+    handle: *mut c_void,
+    /// The context behind the host table the guest copied. The guest may keep the table past
+    /// `free` (a thread it left running), so the table points at this cell, which is leaked
+    /// (a few dozen bytes per native load, beside a code mapping that is never unmapped
+    /// either); the context in it is taken out after `free`, and freed once no host function
+    /// is inside it. Host functions called later find it empty.
+    ctx: &'static HazardCell<GuestCtx>,
+}
+
+impl NativeInstance {
+    /// Runs `on_load`. On failure, the status and message the guest replied with.
+    pub fn load(
+        header: &'static PluginHeader,
+        ctx: GuestCtx,
+    ) -> Result<NativeInstance, (u32, String)> {
+        let ctx: &'static HazardCell<GuestCtx> =
+            Box::leak(Box::new(HazardCell::new(Arc::new(ctx))));
+        let api = HostApi {
+            size: std::mem::size_of::<HostApi>(),
+            ctx: std::ptr::from_ref(ctx).cast(),
+            log: host_log,
+            service: host_service,
+        };
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: `load` is a checked v1 entry point; `api` is valid for the call and its
+        // context outlives the instance (the cell is leaked).
+        let status = unsafe { (header.entry.load)(&api, &mut handle, &mut out) };
+        let reply = Reply {
+            status,
+            // SAFETY: the out buffer is valid until the next call on this thread.
+            bytes: unsafe { out.as_slice() },
+        };
+        let failed = if !reply.is_ok() {
+            Some((status, reply.message()))
+        } else if handle.is_null() {
+            let message = "returned success without an instance".to_owned();
+            Some((swapkit_abi::Status::HookFailed as u32, message))
+        } else {
+            None
+        };
+        if let Some(failure) = failed {
+            // A failed load may still have handed its table to a thread.
+            drop(ctx.swap(None));
+            return Err(failure);
+        }
+        Ok(NativeInstance {
+            header,
+            handle,
+            ctx,
+        })
+    }
+
+    /// Runs `on_init`.
+    pub fn init(&self) -> Result<(), (u32, String)> {
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: `handle` is a live instance of this plugin; `out` is writable.
+        let status = unsafe { (self.header.entry.init)(self.handle, &mut out) };
+        let reply = Reply {
+            status,
+            // SAFETY: the out buffer is valid until the next call on this thread.
+            bytes: unsafe { out.as_slice() },
+        };
+        reply.into_result()
+    }
+
+    /// See [`Instance::call`](super::Instance::call).
+    #[inline]
+    pub fn call<T>(
+        &self,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> T,
+    ) -> T {
+        let me: *const PluginHeader = self.header;
+        let outer = READING.try_with(|r| r.get()).unwrap_or(std::ptr::null());
+        if std::ptr::eq(outer, me) {
+            return reentrant(then);
+        }
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: `handle` is a live instance (its Instance is alive, so `free` has not run);
+        // `input` is valid for the call; `out` is writable.
+        let status = unsafe {
+            (self.header.entry.call)(
+                self.handle,
+                interface,
+                method,
+                input.as_ptr(),
+                input.len(),
+                &mut out,
+            )
+        };
+        let _ = READING.try_with(|r| r.set(me));
+        let _done = DoneReading(outer);
+        then(Reply {
+            status,
+            // SAFETY: the guest's out buffer stays valid until its next call on this thread;
+            // `then` runs before any other call to this plugin on this thread, since `READING`
+            // refuses those until it returns.
+            bytes: unsafe { out.as_slice() },
+        })
+    }
+
+    /// Runs `on_free`. Called once, by the owning [`Instance`](super::Instance)'s drop.
+    pub fn free(&mut self) -> Result<(), (u32, String)> {
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
+        // because every caller holds the Instance alive for the length of its call.
+        let status = unsafe { (self.header.entry.free)(self.handle, &mut out) };
+        // The guest's host table may outlive the instance (a thread the plugin left running):
+        // retire its context now that `free` has returned, whatever it returned.
+        drop(self.ctx.swap(None));
+        let reply = Reply {
+            status,
+            // SAFETY: the out buffer is valid until the next call on this thread.
+            bytes: unsafe { out.as_slice() },
+        };
+        reply.into_result()
+    }
+}
+
+/// The reply of a call refused because this thread is decoding a result of the same plugin.
+#[cold]
+#[inline(never)]
+fn reentrant<T>(then: impl FnOnce(Reply<'_>) -> T) -> T {
+    then(Reply {
+        status: host_status::REENTRANT,
+        bytes: b"reentrant",
+    })
+}
