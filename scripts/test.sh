@@ -4,11 +4,14 @@
 #   1. the wasm32 target the fixture plugins are built for, if missing;
 #   2. cargo test over the workspace: unit, integration (real fixture plugins on the native,
 #      wasm and static backends), compile-fail and doc tests;
-#   3. the short form of the lock-free core's verification (scripts/verify-sync.sh): loom,
+#   3. swapkit's own tests again, built with neither of its optional features (`wasm`, `ops`):
+#      the part of the suite a host that only uses native plugins and patches builds;
+#   4. the short form of the lock-free core's verification (scripts/verify-sync.sh): loom,
 #      Miri with several seeds, ThreadSanitizer, and repeated stress runs with every core busy.
 #      The long form is `scripts/verify-sync.sh all --full`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown
 cargo test --workspace
+cargo test -p swapkit --no-default-features
 scripts/verify-sync.sh all

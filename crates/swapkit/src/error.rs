@@ -49,6 +49,19 @@ pub enum LoadError {
         /// The artifact.
         path: PathBuf,
     },
+    /// The artifact is for a backend this build of swapkit leaves out.
+    #[error(
+        "{path} is a {backend} plugin, but this host was built without swapkit's `{feature}` \
+         feature; enable it in the host's Cargo.toml"
+    )]
+    BackendDisabled {
+        /// The artifact.
+        path: PathBuf,
+        /// The backend it is for.
+        backend: crate::BackendKind,
+        /// The cargo feature that enables that backend.
+        feature: &'static str,
+    },
     /// The artifact is not a shared library, or is damaged.
     #[error(
         "{path} is not a loadable shared library ({reason}); it may be truncated or not a plugin: \

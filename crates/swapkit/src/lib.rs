@@ -40,6 +40,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Before production, read [`docs::limitations`], [`docs::consistency`] and
+//! [`docs::performance`].
+//!
+//! # Cargo features
+//! - `wasm` (default): the wasm backend, with wasmtime. Without it, a `.wasm` artifact is
+//!   refused with [`LoadError::BackendDisabled`].
+//! - `ops` (default): the admin socket, the file watcher, reload on a signal, probation and
+//!   auto-rollback (`Probation`), and metrics.
+//!
 //! Native plugins' code mappings are never unmapped: Rust `cdylib`s register thread-local
 //! destructors, which makes `dlclose` unsound. Every object a generation owns is still dropped
 //! when it retires, and loading content seen before reuses its mapping. The ABI itself is
@@ -49,6 +58,7 @@
 
 mod backend;
 mod call;
+pub mod docs;
 mod error;
 mod generation;
 mod hazard;
@@ -56,6 +66,7 @@ mod history;
 mod live;
 mod load;
 mod lock;
+#[cfg(feature = "ops")]
 mod ops;
 pub mod patch;
 mod persist;
@@ -69,12 +80,14 @@ mod trigger;
 mod vault;
 
 pub use backend::host::{GuestLog, LogSink};
+#[cfg(feature = "wasm")]
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
 pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError, VaultError};
 pub use history::{KeptSelection, RollbackTarget};
 pub use live::LiveFn;
+#[cfg(feature = "ops")]
 pub use ops::Probation;
 pub use status::{
     CallCounts, DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
@@ -82,6 +95,7 @@ pub use status::{
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{interface, Interface, PluginHeader};
 pub use swapkit_abi::{LiveData, LiveType};
+#[cfg(feature = "ops")]
 pub use swapkit_admin as admin;
 pub use vault::Vault;
 

@@ -3,12 +3,16 @@
 //! runs a plugin hook.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "wasm")]
+use std::sync::Mutex;
 
 use crate::backend::native::{NativeLoader, EXTENSION};
+#[cfg(feature = "wasm")]
 use crate::backend::wasm::{WasmLimits, WasmLoader};
 use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
+#[cfg(feature = "wasm")]
 use crate::lock::lock;
 use crate::persist::StateDir;
 
@@ -32,6 +36,7 @@ impl Source {
 /// How the wasm engine is set up when the first wasm artifact arrives.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WasmConfig {
+    #[cfg(feature = "wasm")]
     pub limits: WasmLimits,
     /// The compile cache directory, if any.
     pub cache: Option<PathBuf>,
@@ -42,7 +47,9 @@ pub(crate) struct Loader {
     /// `None` for a swapper of static plugins, which loads no artifact.
     native: Option<NativeLoader>,
     /// Made on the first wasm artifact, so hosts without wasm plugins pay nothing for it.
+    #[cfg(feature = "wasm")]
     wasm: Mutex<Option<Arc<WasmLoader>>>,
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
     wasm_config: WasmConfig,
     /// Where every artifact loaded is kept, if anywhere.
     keep: Option<Arc<StateDir>>,
@@ -56,6 +63,7 @@ impl Loader {
     ) -> Loader {
         Loader {
             native,
+            #[cfg(feature = "wasm")]
             wasm: Mutex::new(None),
             wasm_config,
             keep,
@@ -95,7 +103,16 @@ impl Loader {
             tracing::debug_span!("load", path = %path.display(), bytes = bytes.len()).entered();
         let kept = self.keep.as_ref().map(|_| bytes.clone());
         let code = match format(path, &bytes) {
+            #[cfg(feature = "wasm")]
             BackendKind::Wasm => self.wasm()?.load(path, bytes)?,
+            #[cfg(not(feature = "wasm"))]
+            BackendKind::Wasm => {
+                return Err(LoadError::BackendDisabled {
+                    path: path.into(),
+                    backend: BackendKind::Wasm,
+                    feature: "wasm",
+                })
+            }
             _ => native.load(path, bytes)?,
         };
         if let (Some(dir), Some(bytes)) = (&self.keep, kept) {
@@ -107,6 +124,7 @@ impl Loader {
     }
 
     /// The wasm engine, made on first use.
+    #[cfg(feature = "wasm")]
     pub fn wasm(&self) -> Result<Arc<WasmLoader>, LoadError> {
         let mut slot = lock(&self.wasm);
         if let Some(loader) = &*slot {
@@ -119,6 +137,7 @@ impl Loader {
     }
 
     /// How many wasm modules were compiled rather than read from the cache or reused.
+    #[cfg(feature = "wasm")]
     pub fn wasm_compiles(&self) -> usize {
         lock(&self.wasm).as_ref().map_or(0, |l| l.compiles())
     }
@@ -209,8 +228,9 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
         source,
     })?;
     let config = WasmConfig {
-        limits: WasmLimits::default(),
         cache: default_wasm_cache(),
+        #[cfg(feature = "wasm")]
+        limits: WasmLimits::default(),
     };
     let code = Loader::new(Some(native), config, None).load(path)?;
     Ok(Artifact {

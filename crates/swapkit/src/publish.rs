@@ -82,6 +82,7 @@ impl Published {
     }
 
     /// The current generation, then every superseded one still held.
+    #[cfg(feature = "ops")]
     pub fn alive(&self) -> Vec<Arc<Generation>> {
         let mut alive = vec![self.current.load_full()];
         alive.extend(self.ledger.lock().alive());

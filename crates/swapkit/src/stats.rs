@@ -32,6 +32,7 @@ pub(crate) struct Stats {
 pub(crate) type Counts = crate::CallCounts;
 
 impl crate::CallCounts {
+    #[cfg_attr(not(feature = "ops"), allow(dead_code))]
     pub(crate) fn failures(&self) -> u64 {
         self.errors + self.panics + self.traps
     }

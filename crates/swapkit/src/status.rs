@@ -160,7 +160,17 @@ pub(crate) fn generation_status(
     }
 }
 
+/// How many drained generations `Status`'s `Display` lists; the rest are counted.
+const DRAINED_SHOWN: usize = 5;
+
 impl std::fmt::Display for Status {
+    /// A few lines for a log or a terminal:
+    ///
+    /// ```text
+    /// generation 3 [current] in flight: 0 calls, 0 pins, 0 other refs
+    ///   greeter 1.0.0 (native, 804c7b820f54…) calls=12 errors=0 panics=1 traps=0 /tmp/…/libgreeter.so
+    /// drained generation 2 [greeter 2.0.0] 16.4µs after it was superseded
+    /// ```
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for g in std::iter::once(&self.current).chain(&self.draining) {
             let state = match g.state {
@@ -174,17 +184,22 @@ impl std::fmt::Display for Status {
             };
             writeln!(
                 f,
-                "generation {} [{state}] calls={} pins={} refs={}",
+                "generation {} [{state}] in flight: {} calls, {} pins, {} other refs",
                 g.id, g.calls, g.pin_count, g.refs
             )?;
             for p in &g.plugins {
+                let c = &p.counts;
                 writeln!(
                     f,
-                    "  {} {} ({}, {}…) {}",
+                    "  {} {} ({}, {}…) calls={} errors={} panics={} traps={} {}",
                     p.name,
                     p.version,
                     p.backend,
                     &p.content_hash[..12],
+                    c.calls,
+                    c.errors,
+                    c.panics,
+                    c.traps,
                     p.origin
                 )?;
             }
@@ -192,7 +207,11 @@ impl std::fmt::Display for Status {
                 writeln!(f, "  pinned by `{}` for {:.1?}", pin.label, pin.held_for)?;
             }
         }
-        for d in &self.drained {
+        let skipped = self.drained.len().saturating_sub(DRAINED_SHOWN);
+        if skipped > 0 {
+            writeln!(f, "({skipped} earlier generations drained)")?;
+        }
+        for d in &self.drained[skipped..] {
             writeln!(f, "{d}")?;
         }
         Ok(())

@@ -690,3 +690,31 @@ fn a_call_made_while_decoding_a_result_of_the_same_plugin_is_refused() {
     // The plugin serves the next call as usual.
     assert_eq!(greeter.greet("after").unwrap(), "hello, after (v1)");
 }
+
+/// A host built without the `wasm` feature refuses a wasm artifact with an error that names
+/// the feature, and keeps serving what it had.
+#[cfg(not(feature = "wasm"))]
+#[test]
+fn a_wasm_artifact_needs_the_wasm_feature() {
+    let swapper = swapkit::Swapper::new().unwrap();
+    swapper.load_files([Fixture::GreeterV1.path()]).unwrap();
+    let err = swapper
+        .load_files([Fixture::GreeterV2.wasm_path()])
+        .expect_err("no wasm backend in this build");
+    assert!(
+        matches!(
+            err,
+            swapkit::LoadError::BackendDisabled {
+                feature: "wasm",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`wasm` feature"), "{err}");
+    assert_eq!(
+        swapper.generation(),
+        1,
+        "the current generation keeps serving"
+    );
+}

@@ -7,15 +7,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{tempdir, wasm_cache, Backend, Fixture};
+#[cfg(feature = "wasm")]
+use common::wasm_cache;
+use common::{tempdir, Backend, Fixture};
 use fixture_api::Greeter;
 use swapkit::admin::{Client, ClientError, FailureKind, Outcome, Request};
 use swapkit::{LoadError, Probation, RollbackTarget, Swapper, SwapperBuilder};
 
 fn builder() -> SwapperBuilder {
-    Swapper::builder()
-        .wasm_cache_dir(wasm_cache())
-        .interface::<dyn Greeter>()
+    let builder = Swapper::builder();
+    #[cfg(feature = "wasm")]
+    let builder = builder.wasm_cache_dir(wasm_cache());
+    builder.interface::<dyn Greeter>()
 }
 
 fn artifact_name(backend: Backend) -> String {

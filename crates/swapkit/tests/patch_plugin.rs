@@ -424,6 +424,7 @@ fn a_static_swapper_cannot_load_patch_artifacts() {
     assert!(matches!(err, PatchError::Load { .. }), "{err:?}");
 }
 
+#[cfg(feature = "wasm")]
 #[test]
 fn wasm_plugin_patches_apply_and_contain_panics() {
     let _serial = serial();

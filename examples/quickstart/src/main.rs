@@ -18,13 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run()?;
     let (v1, v2) = (&built[0].path, &built[1].path);
     let dir = tempfile::tempdir()?;
-    let live = dir.path().join(v1.file_name().ok_or("artifact without a name")?);
+    let live = dir
+        .path()
+        .join(v1.file_name().ok_or("artifact without a name")?);
     std::fs::copy(v1, &live)?;
 
     // 1. Load: every artifact in the directory becomes one generation, published at once.
     let swapper = Swapper::new()?;
     let report = swapper.load_dir(dir.path())?;
-    println!("1. loaded {:?} as generation {}", report.loaded, report.generation);
+    println!(
+        "1. loaded {:?} as generation {}",
+        report.loaded, report.generation
+    );
 
     // 2. Call: a typed client. Each call runs in the generation current when it starts,
     //    with no lock on the way; a plugin's panic or error comes back as a `CallError`.
@@ -37,12 +42,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::copy(v2, &staged)?;
     std::fs::rename(&staged, &live)?;
     let report = swapper.reload()?;
-    println!("3. reloaded in {:?}: {}", report.took, greeter.greet("world")?);
+    println!(
+        "3. reloaded in {:?}: {}",
+        report.took,
+        greeter.greet("world")?
+    );
 
     // 4. Roll back: the previous selection is published again from the code kept in memory,
     //    even though v2 is what is on disk now.
     swapper.rollback()?;
-    println!("4. rolled back: {} (v{})", greeter.greet("world")?, greeter.version()?);
+    println!(
+        "4. rolled back: {} (v{})",
+        greeter.greet("world")?,
+        greeter.version()?
+    );
 
     // 5. Status: the current generation, its plugins and call counts, and the generations
     //    that drained.

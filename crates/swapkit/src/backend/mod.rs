@@ -9,6 +9,7 @@ mod header;
 pub(crate) mod host;
 pub(crate) mod native;
 pub(crate) mod statics;
+#[cfg(feature = "wasm")]
 pub(crate) mod wasm;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub(crate) enum Entry {
     /// A header in a native or static library mapped for the rest of the process.
     Native(&'static PluginHeader),
     /// A compiled wasm module.
+    #[cfg(feature = "wasm")]
     Wasm(Arc<wasm::WasmModule>),
 }
 
@@ -102,6 +104,7 @@ pub(crate) struct Instance {
 /// The backend's half of an instance: one arm per backend.
 enum Imp {
     Native(NativeInstance),
+    #[cfg(feature = "wasm")]
     Wasm(Box<wasm::WasmInstance>),
 }
 
@@ -150,6 +153,7 @@ impl Instance {
             tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
         let imp = match &code.entry {
             Entry::Native(header) => NativeInstance::load(header, ctx).map(Imp::Native),
+            #[cfg(feature = "wasm")]
             Entry::Wasm(module) => wasm::WasmInstance::load(module.clone(), Arc::new(ctx))
                 .map(|i| Imp::Wasm(Box::new(i))),
         };
@@ -169,6 +173,7 @@ impl Instance {
                 .entered();
         let result = match &self.imp {
             Imp::Native(instance) => instance.init(),
+            #[cfg(feature = "wasm")]
             Imp::Wasm(instance) => instance.init(),
         };
         result.map_err(|(status, message)| hook_error(&self.code, "on_init", status, message))
@@ -222,6 +227,7 @@ impl Instance {
     ) -> T {
         match &self.imp {
             Imp::Native(instance) => instance.call(interface, method, input, then),
+            #[cfg(feature = "wasm")]
             Imp::Wasm(instance) => instance.call(interface, method, input, then),
         }
     }
@@ -235,6 +241,7 @@ impl Drop for Instance {
         let freed = match &mut self.imp {
             Imp::Native(instance) => instance.free(),
             // A wasm instance frees each of its pool's instances, then their stores, as it drops.
+            #[cfg(feature = "wasm")]
             Imp::Wasm(_) => Ok(()),
         };
         if let Err((status, message)) = freed {

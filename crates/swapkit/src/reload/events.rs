@@ -2,6 +2,8 @@
 //! [`Observer`] and never depends on who listens: operations (`ops/`) is one observer, and a
 //! build without the `ops` feature has none.
 
+#![cfg_attr(not(feature = "ops"), allow(dead_code))]
+
 use std::time::Duration;
 
 use crate::error::LoadError;

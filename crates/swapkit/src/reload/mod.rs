@@ -274,6 +274,7 @@ impl Reloader {
 
     /// Marks `generation` known-good, if it is still the current selection: it is persisted
     /// as the one a restarted host starts with.
+    #[cfg(feature = "ops")]
     pub fn mark_known_good(&self, generation: u64) {
         let state = self.lock();
         if state.selection.generation == generation {

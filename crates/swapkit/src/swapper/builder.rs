@@ -10,13 +10,17 @@ use super::Swapper;
 use crate::backend::host::LogSink;
 use crate::backend::native::NativeLoader;
 use crate::backend::statics;
+#[cfg(feature = "wasm")]
 use crate::backend::wasm::WasmLimits;
 use crate::error::LoadError;
 use crate::load::{default_wasm_cache, Loader, WasmConfig};
+#[cfg(feature = "ops")]
 use crate::ops::{self, Probation};
 use crate::persist::StateDir;
 use crate::publish::{OverdueHook, Published};
-use crate::reload::{Observer, Reloader, Settings};
+#[cfg(feature = "ops")]
+use crate::reload::Observer;
+use crate::reload::{Reloader, Settings};
 use crate::Vault;
 
 /// Builds a [`Swapper`].
@@ -41,6 +45,7 @@ pub struct SwapperBuilder {
     wasm: WasmConfig,
     vault: Option<Vault>,
     state_dir: Option<PathBuf>,
+    #[cfg(feature = "ops")]
     ops: ops::Config,
 }
 
@@ -57,6 +62,7 @@ impl Default for SwapperBuilder {
             wasm: WasmConfig::default(),
             vault: None,
             state_dir: None,
+            #[cfg(feature = "ops")]
             ops: ops::Config::default(),
         }
     }
@@ -117,6 +123,7 @@ impl SwapperBuilder {
     }
 
     /// Limits and pool settings for wasm plugins (default: [`WasmLimits::default`]).
+    #[cfg(feature = "wasm")]
     pub fn wasm_limits(mut self, limits: WasmLimits) -> Self {
         self.wasm.limits = limits;
         self
@@ -124,6 +131,7 @@ impl SwapperBuilder {
 
     /// Where compiled wasm modules are cached across loads and restarts (default:
     /// `$XDG_CACHE_HOME/swapkit/wasm`, or `~/.cache/swapkit/wasm`).
+    #[cfg(feature = "wasm")]
     pub fn wasm_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.wasm.cache = Some(dir.into());
         self
@@ -149,6 +157,7 @@ impl SwapperBuilder {
     /// mode 0600, to peers whose uid is the host's own or on
     /// [`admin_allow_uid`](Self::admin_allow_uid). Every request is logged with the peer's
     /// uid and pid. The socket is removed when the swapper is dropped.
+    #[cfg(feature = "ops")]
     pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.ops.admin = Some(path.into());
         self
@@ -156,6 +165,7 @@ impl SwapperBuilder {
 
     /// Lets peers running as `uid` use the admin socket too (the socket file's mode must
     /// also let them open it).
+    #[cfg(feature = "ops")]
     pub fn admin_allow_uid(mut self, uid: u32) -> Self {
         self.ops.allow.push(uid);
         self
@@ -166,6 +176,7 @@ impl SwapperBuilder {
     /// writing it under a hidden or `.tmp` name and renaming it into place (an atomic
     /// rename), or by a write that closes the file (`cp`). On Linux a file is complete when
     /// it is closed or renamed in; elsewhere only the debounce applies.
+    #[cfg(feature = "ops")]
     pub fn watch(mut self, debounce: Duration) -> Self {
         self.ops.watch = Some(debounce);
         self
@@ -174,6 +185,7 @@ impl SwapperBuilder {
     /// Reloads when the process receives `signal` (for example
     /// `signal_hook::consts::SIGHUP`). Signals that arrive during a reload are coalesced
     /// into one more reload.
+    #[cfg(feature = "ops")]
     pub fn reload_on_signal(mut self, signal: i32) -> Self {
         self.ops.signal = Some(signal);
         self
@@ -182,6 +194,7 @@ impl SwapperBuilder {
     /// Puts every reload on probation: if, within the window, the plugins it loaded fail
     /// more than the policy allows, the swapper rolls back on its own and logs why. See
     /// [`Probation`].
+    #[cfg(feature = "ops")]
     pub fn auto_rollback(mut self, probation: Probation) -> Self {
         self.ops.probation = Some(probation);
         self
@@ -190,6 +203,7 @@ impl SwapperBuilder {
     /// Publishes call counts, failures, generations alive and pins held through the
     /// `metrics` facade every `interval` (reload durations are recorded as they happen).
     /// Counting itself is always on, and per-thread: the call path writes no shared counter.
+    #[cfg(feature = "ops")]
     pub fn metrics_interval(mut self, interval: Duration) -> Self {
         self.ops.metrics = Some(interval);
         self
@@ -225,6 +239,7 @@ impl SwapperBuilder {
         let mut wasm = self.wasm;
         wasm.cache = wasm.cache.or_else(default_wasm_cache);
         let loader = Loader::new(native, wasm, state_dir.clone());
+        #[cfg(feature = "ops")]
         let observer = ops::Shared::new(self.ops.probation.clone());
         let settings = Settings {
             sink: self.sink,
@@ -232,11 +247,17 @@ impl SwapperBuilder {
             history_len: self.history_len,
             state_dir,
             interfaces: self.interfaces,
+            #[cfg(feature = "ops")]
             observer: Some(observer.clone() as Arc<dyn Observer>),
+            #[cfg(not(feature = "ops"))]
+            observer: None,
         };
         let core = Arc::new(Reloader::new(published, loader, settings));
-        let ops = ops::Ops::start(&core, observer, self.ops)?;
-        let swapper = Swapper { core, ops };
+        let swapper = Swapper {
+            #[cfg(feature = "ops")]
+            ops: ops::Ops::start(&core, observer, self.ops)?,
+            core,
+        };
         if !self.statics.is_empty() {
             let codes = self
                 .statics

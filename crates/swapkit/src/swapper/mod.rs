@@ -17,6 +17,7 @@ use crate::error::{DrainTimeout, LoadError};
 use crate::hazard::Current;
 use crate::history::{KeptSelection, RollbackTarget};
 use crate::load::Source;
+#[cfg(feature = "ops")]
 use crate::ops;
 use crate::reload::{ReloadReport, Reloader};
 use crate::status::Status;
@@ -42,9 +43,11 @@ use crate::Vault;
 pub struct Swapper {
     core: Arc<Reloader>,
     /// The background threads: triggers, the admin socket, probation, metrics.
+    #[cfg(feature = "ops")]
     ops: Option<ops::Ops>,
 }
 
+#[cfg(feature = "ops")]
 impl Drop for Swapper {
     fn drop(&mut self) {
         if let Some(ops) = self.ops.take() {
@@ -106,6 +109,7 @@ impl Swapper {
 
     /// How many wasm modules this swapper compiled, rather than read from its compile cache
     /// or reused from a loaded generation.
+    #[cfg(feature = "wasm")]
     pub fn wasm_compiles(&self) -> usize {
         self.core.loader.wasm_compiles()
     }

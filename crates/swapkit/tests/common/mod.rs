@@ -261,9 +261,10 @@ pub enum Backend {
 
 /// A swapper with `set` loaded through `backend`, declaring the fixture interfaces first.
 pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, LoadError> {
-    let builder = logs
-        .builder()
-        .wasm_cache_dir(wasm_cache())
+    let builder = logs.builder();
+    #[cfg(feature = "wasm")]
+    let builder = builder.wasm_cache_dir(wasm_cache());
+    let builder = builder
         .interface::<dyn fixture_api::Greeter>()
         .interface::<dyn fixture_api::Probe>()
         .interface::<dyn fixture_api::Counter>();
@@ -290,6 +291,7 @@ macro_rules! on_both_backends {
         mod statics {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Static) })*
         }
+        #[cfg(feature = "wasm")]
         mod wasm {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Wasm) })*
         }
@@ -303,6 +305,7 @@ macro_rules! on_swappable_backends {
         mod native {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Native) })*
         }
+        #[cfg(feature = "wasm")]
         mod wasm {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Wasm) })*
         }

@@ -5,9 +5,11 @@
 mod log;
 mod services;
 
-pub(crate) use log::{emit, host_log};
+pub(crate) use log::host_log;
 pub use log::{GuestLog, LogSink};
-pub(crate) use services::{enter, find_live, host_service, serve_contained};
+pub(crate) use services::{enter, find_live, host_service};
+#[cfg(feature = "wasm")]
+pub(crate) use {log::emit, services::serve_contained};
 
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ impl GuestCtx {
     }
 
     /// The context of a module being probed, before it is known: no sink, an empty Vault.
+    #[cfg(feature = "wasm")]
     pub fn probe() -> GuestCtx {
         GuestCtx {
             plugin: "?".into(),
