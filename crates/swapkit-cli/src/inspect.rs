@@ -7,7 +7,16 @@ use swapkit::abi::LiveKind;
 use crate::Error;
 
 pub(crate) fn run(path: &Path, json: bool) -> Result<(), Error> {
-    let artifact = swapkit::inspect(path)?;
+    let artifact = match swapkit::inspect(path) {
+        Ok(artifact) => artifact,
+        Err(e) if json => {
+            // A script asked for JSON: it gets JSON on stdout for a bad artifact too, and the
+            // exit status says it failed.
+            println!("{}", serde_json::to_string_pretty(&error_json(path, &e))?);
+            return Err(Reported(e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let m = &artifact.manifest;
     if json {
         let value = serde_json::json!({
@@ -43,6 +52,8 @@ pub(crate) fn run(path: &Path, json: bool) -> Result<(), Error> {
     );
     for i in &m.interfaces {
         println!("    {} (hash {:016x})", i.name, i.hash);
+        // The text the hash is taken over: compare it with the host's to explain a mismatch.
+        println!("      signature: {}", i.signature);
         for method in &i.methods {
             println!("      {method}");
         }
@@ -79,4 +90,36 @@ pub(crate) fn run(path: &Path, json: bool) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `{"path", "error": {"kind", "message", "causes"}}` for an artifact that did not inspect.
+fn error_json(path: &Path, e: &swapkit::LoadError) -> serde_json::Value {
+    let debug = format!("{e:?}");
+    let kind: String = debug.chars().take_while(|c| c.is_alphanumeric()).collect();
+    let mut causes = vec![];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    serde_json::json!({
+        "path": path,
+        "error": { "kind": kind, "message": e.to_string(), "causes": causes },
+    })
+}
+
+/// An error already reported on stdout as JSON; the CLI still prints it to stderr and fails.
+#[derive(Debug)]
+struct Reported(swapkit::LoadError);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Reported {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }

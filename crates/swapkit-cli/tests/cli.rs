@@ -328,6 +328,7 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
         "plugin       hi-there 0.1.0",
         "abi          v1",
         "Greeter (hash",
+        "signature: ",
         "greet",
         "sha256",
         "signature",
@@ -348,6 +349,17 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
     std::fs::write(&truncated, b"\0asm\x01\0\0\0\x01").unwrap();
     let (success, _, stderr) = swapkit(&["inspect", truncated.to_str().unwrap()]);
     assert!(!success && stderr.contains("truncated.wasm"), "{stderr}");
+    // With --json, a bad artifact is still JSON on stdout, and the exit status fails.
+    let (success, stdout, _) = swapkit(&["inspect", "--json", broken.to_str().unwrap()]);
+    assert!(!success, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["error"]["kind"], "NotALibrary", "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("broken.so")),
+        "{json}"
+    );
 
     // A host scaffold: it builds too (its dependencies are the workspace's, already built).
     let host = dir.path().join("hi-host");

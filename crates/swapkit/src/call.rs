@@ -12,7 +12,7 @@ use serde::Serialize;
 use swapkit_abi::{wire, Interface, Status, Transport};
 
 use crate::backend::host_status;
-use crate::error::CallError;
+use crate::error::{CallError, CallSite};
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
 use crate::stats::Fault;
@@ -66,12 +66,8 @@ pub(crate) fn decode_error(
     e: wire::Error,
 ) -> CallError {
     instance.stats.fault(Fault::Error);
-    let code = &instance.code;
     CallError::Decode {
-        plugin: code.name.clone(),
-        version: code.version.clone(),
-        interface,
-        method,
+        site: site(instance, (interface, method)),
         reason: e.to_string(),
     }
 }
@@ -84,6 +80,16 @@ fn method_name(target: &Target, method: u32) -> &'static str {
         .unwrap_or("<unknown method>")
 }
 
+/// The call site of a call into `instance`; `names` are the interface and method names.
+fn site(instance: &crate::backend::Instance, names: (&'static str, &'static str)) -> CallSite {
+    CallSite {
+        plugin: instance.code.name.clone(),
+        version: instance.code.version.clone(),
+        interface: names.0,
+        method: names.1,
+    }
+}
+
 /// The error of a call whose reply carried status `raw` and `message`; `names` are the
 /// interface and method names the error reports.
 #[cold]
@@ -93,85 +99,34 @@ pub(crate) fn failure(
     raw: u32,
     message: String,
 ) -> CallError {
-    let code = &instance.code;
-    let (plugin, version) = (code.name.clone(), code.version.clone());
-    let (interface, method) = names;
     instance.stats.fault(match raw {
         host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY => Fault::Trap,
         r if r == Status::Panic as u32 => Fault::Panic,
         _ => Fault::Error,
     });
+    let site = site(instance, names);
     match raw {
         host_status::TRAP => {
-            tracing::error!(%plugin, %version, interface, method, %message, "wasm plugin trapped");
-            return CallError::Trap {
-                plugin,
-                version,
-                interface,
-                method,
-                message,
-            };
+            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "wasm plugin trapped");
+            return CallError::Trap { site, message };
         }
-        host_status::TIMEOUT => {
-            return CallError::Timeout {
-                plugin,
-                version,
-                interface,
-                method,
-            }
-        }
-        host_status::MEMORY => {
-            return CallError::ResourceLimit {
-                plugin,
-                version,
-                interface,
-                method,
-                message,
-            }
-        }
-        host_status::REENTRANT => {
-            return CallError::Reentrant {
-                plugin,
-                version,
-                interface,
-                method,
-            }
-        }
-        host_status::EXHAUSTED => {
-            return CallError::PoolExhausted {
-                plugin,
-                version,
-                message,
-            }
-        }
+        host_status::TIMEOUT => return CallError::Timeout { site },
+        host_status::MEMORY => return CallError::ResourceLimit { site, message },
+        host_status::REENTRANT => return CallError::Reentrant { site },
+        host_status::EXHAUSTED => return CallError::PoolExhausted { site, message },
         _ => {}
     }
     match Status::from_raw(raw) {
         Some(Status::Panic) => {
-            tracing::error!(%plugin, %version, interface, method, %message, "plugin panicked");
-            CallError::Panic {
-                plugin,
-                version,
-                interface,
-                method,
-                message,
-            }
+            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "plugin panicked");
+            CallError::Panic { site, message }
         }
         Some(status) => CallError::Guest {
-            plugin,
-            version,
-            interface,
-            method,
+            site,
             status,
             message,
         },
-        None => CallError::UnknownStatus {
-            plugin,
-            version,
-            interface,
-            method,
-            raw,
-        },
+        None => CallError::UnknownStatus { site, raw },
     }
 }
 

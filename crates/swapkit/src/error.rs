@@ -1,11 +1,14 @@
 //! Typed errors. Each message says what was wrong, with which artifact or plugin, and what to
 //! do about it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use swapkit_abi::Status;
+
+/// An underlying error, kept as a [`LoadError`]'s `source`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a load, reload or rollback did not happen. When one is returned, nothing changed: the
 /// current generation keeps serving.
@@ -64,14 +67,15 @@ pub enum LoadError {
     },
     /// The artifact is not a shared library, or is damaged.
     #[error(
-        "{path} is not a loadable shared library ({reason}); it may be truncated or not a plugin: \
+        "{path} is not a loadable shared library ({source}); it may be truncated or not a plugin: \
          rebuild the plugin crate with crate-type = [\"cdylib\"]"
     )]
     NotALibrary {
         /// The artifact.
         path: PathBuf,
         /// What the parser or the dynamic loader said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A thread swapkit needs could not be started.
     #[error("cannot start the {what} thread: {source}")]
@@ -83,21 +87,23 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The wasm engine could not be set up.
-    #[error("the wasm engine could not start: {reason}")]
+    #[error("the wasm engine could not start: {source}")]
     WasmEngine {
         /// What wasmtime said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A `.wasm` artifact is not a valid module, or did not compile.
     #[error(
-        "{path} is not a valid wasm module ({reason}); rebuild the plugin for \
+        "{path} is not a valid wasm module ({source}); rebuild the plugin for \
          wasm32-unknown-unknown"
     )]
     WasmCompile {
         /// The artifact.
         path: PathBuf,
         /// What the validator or compiler said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A wasm module does not speak the ABI: a missing export, or a forbidden import.
     #[error("{path} is not a swapkit wasm plugin: {reason}")]
@@ -174,12 +180,13 @@ pub enum LoadError {
         origin: String,
     },
     /// The manifest could not be read.
-    #[error("{origin}: the plugin manifest is unreadable ({reason}); rebuild the plugin with swapkit-guest")]
+    #[error("{origin}: the plugin manifest is unreadable ({source}); rebuild the plugin with swapkit-guest")]
     Manifest {
         /// The artifact or static plugin.
         origin: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the decoder's error, or what the plugin replied.
+        #[source]
+        source: BoxError,
     },
     /// A plugin exports an interface whose hash differs from the host's.
     #[error(transparent)]
@@ -285,14 +292,15 @@ pub enum LoadError {
         reason: String,
     },
     /// A background facility (admin socket, file watcher, signal handler) could not start.
-    #[error("cannot start the {what} ({at}): {reason}")]
+    #[error("cannot start the {what} ({at}): {source}")]
     Ops {
         /// The facility.
         what: &'static str,
         /// Its socket, directory or signal.
         at: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// Nothing has been loaded yet, so there is nothing to reload.
     #[error("nothing to reload: call load_dir or load_files first")]
@@ -320,6 +328,67 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl LoadError {
+    /// The file or directory the error is about, if it is about one: the artifact that did
+    /// not read, parse, check or compile, or the directory that did not list.
+    pub fn path(&self) -> Option<&Path> {
+        use LoadError::*;
+        match self {
+            Read { path, .. }
+            | ReadDir { path, .. }
+            | NoArtifacts { path, .. }
+            | Empty { path }
+            | BackendDisabled { path, .. }
+            | NotALibrary { path, .. }
+            | WasmCompile { path, .. }
+            | WasmShape { path, .. }
+            | NoEntrySymbol { path, .. }
+            | ManyEntrySymbols { path, .. }
+            | Scratch { path, .. } => Some(path),
+            BadMagic { origin }
+            | AbiVersion { origin, .. }
+            | Fingerprint { origin, .. }
+            | PanicAbort { origin }
+            | Manifest { origin, .. } => {
+                (!origin.starts_with("static:")).then(|| Path::new(origin.as_str()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The plugin the error is about, by the name its manifest gives, if it got that far.
+    pub fn plugin(&self) -> Option<&str> {
+        use LoadError::*;
+        match self {
+            Hook { plugin, .. }
+            | HookPanic { plugin, .. }
+            | UnknownDependency { plugin, .. }
+            | DependencyInterface { plugin, .. } => Some(plugin),
+            DuplicatePlugin { name, .. } => Some(name),
+            InterfaceHash(mismatch) => Some(&mismatch.plugin),
+            _ => None,
+        }
+    }
+
+    /// The version of [`plugin`](Self::plugin), where the error names one.
+    pub fn version(&self) -> Option<&str> {
+        use LoadError::*;
+        match self {
+            Hook { version, .. } | HookPanic { version, .. } => Some(version),
+            InterfaceHash(mismatch) => Some(&mismatch.version),
+            _ => None,
+        }
+    }
+
+    /// The hook that failed (`on_load`, `save`, `migrate`, `on_init`), for a hook's error.
+    pub fn hook(&self) -> Option<&'static str> {
+        match self {
+            LoadError::Hook { hook, .. } | LoadError::HookPanic { hook, .. } => Some(hook),
+            _ => None,
+        }
+    }
 }
 
 /// An interface a plugin exports under the host's name but with another hash.
@@ -374,110 +443,70 @@ pub enum CallError {
         generation: u64,
     },
     /// The plugin panicked; the panic was caught at the boundary.
-    #[error("plugin `{plugin}` {version} panicked in {interface}::{method}: {message}")]
+    #[error("plugin `{}` {} panicked in {}: {message}", .site.plugin, .site.version, .site.method())]
     Panic {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// The panic message.
         message: String,
     },
     /// The plugin refused the call (bad input, unknown method, unencodable result).
-    #[error("plugin `{plugin}` {version} failed {interface}::{method} ({status:?}): {message}")]
+    #[error("plugin `{}` {} failed {} ({status:?}): {message}", .site.plugin, .site.version, .site.method())]
     Guest {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// The status the plugin returned.
         status: Status,
         /// The plugin's message.
         message: String,
     },
     /// The plugin returned a status code this ABI does not define.
-    #[error(
-        "plugin `{plugin}` {version} returned unknown status {raw} from {interface}::{method}"
-    )]
+    #[error("plugin `{}` {} returned unknown status {raw} from {}", .site.plugin, .site.version, .site.method())]
     UnknownStatus {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// The raw code.
         raw: u32,
     },
     /// A wasm plugin trapped (unreachable, an out-of-bounds access, a stack overflow, a
     /// division by zero). The instance that trapped was thrown away; the next call gets
     /// another.
-    #[error("wasm plugin `{plugin}` {version} trapped in {interface}::{method}: {message}")]
+    #[error("wasm plugin `{}` {} trapped in {}: {message}", .site.plugin, .site.version, .site.method())]
     Trap {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// The trap.
         message: String,
     },
-    /// A wasm call ran past its CPU-time limit ([`WasmLimits::call_timeout`]) and was
+    /// A wasm call ran past its CPU-time limit (`WasmLimits::call_timeout`) and was
     /// interrupted; the instance was thrown away.
-    ///
-    /// [`WasmLimits::call_timeout`]: crate::WasmLimits::call_timeout
     #[error(
-        "wasm plugin `{plugin}` {version} ran past its CPU-time limit in {interface}::{method} \
-         and was interrupted; raise WasmLimits::call_timeout if the work is legitimate"
+        "wasm plugin `{}` {} ran past its CPU-time limit in {} and was interrupted; raise \
+         WasmLimits::call_timeout if the work is legitimate",
+        .site.plugin, .site.version, .site.method()
     )]
     Timeout {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
     },
     /// A wasm call hit its memory or table cap; the instance was thrown away.
     #[error(
-        "wasm plugin `{plugin}` {version} hit a resource limit in {interface}::{method}: \
-         {message}; raise WasmLimits::max_memory if the plugin needs more"
+        "wasm plugin `{}` {} hit a resource limit in {}: {message}; raise WasmLimits::max_memory \
+         if the plugin needs more",
+        .site.plugin, .site.version, .site.method()
     )]
     ResourceLimit {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// Which limit.
         message: String,
     },
     /// Every wasm instance of the plugin was busy, and the pool's policy is to fail (or the
     /// wait ran out).
-    #[error("wasm plugin `{plugin}` {version} is at capacity: {message}")]
+    #[error("wasm plugin `{}` {} is at capacity: {message}", .site.plugin, .site.version)]
     PoolExhausted {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
+        /// The call.
+        site: CallSite,
         /// The detail.
         message: String,
     },
@@ -486,34 +515,24 @@ pub enum CallError {
     /// every result into one per-thread buffer, so the nested call would overwrite the bytes
     /// being decoded; it is refused instead.
     #[error(
-        "{interface}::{method} of plugin `{plugin}` {version} was called while this thread was \
-         still decoding an earlier result of the same plugin (a Deserialize impl that calls \
-         plugins?); decode into plain data first, then make the call"
+        "{} of plugin `{}` {} was called while this thread was still decoding an earlier result \
+         of the same plugin (a Deserialize impl that calls plugins?); decode into plain data \
+         first, then make the call",
+        .site.method(), .site.plugin, .site.version
     )]
     Reentrant {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
     },
     /// The result did not decode as the host's return type.
     #[error(
-        "plugin `{plugin}` {version} returned a result from {interface}::{method} that does not \
-         decode as the host's type ({reason}); rebuild host and plugin against one interface crate"
+        "plugin `{}` {} returned a result from {} that does not decode as the host's type \
+         ({reason}); rebuild host and plugin against one interface crate",
+        .site.plugin, .site.version, .site.method()
     )]
     Decode {
-        /// The plugin.
-        plugin: Arc<str>,
-        /// Its version.
-        version: Arc<str>,
-        /// The interface.
-        interface: &'static str,
-        /// The method.
-        method: &'static str,
+        /// The call.
+        site: CallSite,
         /// The decoder's message.
         reason: String,
     },
@@ -544,6 +563,70 @@ pub enum CallError {
         /// The encoder's message.
         reason: String,
     },
+}
+
+/// Which call failed: the plugin and version it reached, and the interface method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSite {
+    /// The plugin.
+    pub plugin: Arc<str>,
+    /// Its version.
+    pub version: Arc<str>,
+    /// The interface.
+    pub interface: &'static str,
+    /// The method.
+    pub method: &'static str,
+}
+
+impl CallSite {
+    /// `Interface::method`, as messages print it.
+    pub fn method(&self) -> String {
+        format!("{}::{}", self.interface, self.method)
+    }
+}
+
+impl std::fmt::Display for CallSite {
+    /// `` `plugin` version, Interface::method ``
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` {}, {}::{}",
+            self.plugin, self.version, self.interface, self.method
+        )
+    }
+}
+
+impl CallError {
+    /// The call that failed inside a plugin; `None` for a failure before any plugin was
+    /// reached (no exporter, ambiguous, arguments that did not encode, a live name not found).
+    pub fn site(&self) -> Option<&CallSite> {
+        match self {
+            CallError::Panic { site, .. }
+            | CallError::Guest { site, .. }
+            | CallError::UnknownStatus { site, .. }
+            | CallError::Trap { site, .. }
+            | CallError::Timeout { site }
+            | CallError::ResourceLimit { site, .. }
+            | CallError::PoolExhausted { site, .. }
+            | CallError::Reentrant { site }
+            | CallError::Decode { site, .. } => Some(site),
+            _ => None,
+        }
+    }
+
+    /// The plugin the call reached, if it reached one.
+    pub fn plugin(&self) -> Option<&str> {
+        self.site().map(|s| &*s.plugin)
+    }
+
+    /// Whether the plugin's instance was thrown away (a wasm trap, timeout or resource
+    /// limit): the next call runs in a fresh one.
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            CallError::Trap { .. } | CallError::Timeout { .. } | CallError::ResourceLimit { .. }
+        )
+    }
 }
 
 /// Old generations still held when a drain wait ran out.

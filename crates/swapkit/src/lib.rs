@@ -84,7 +84,9 @@ pub use backend::host::{GuestLog, LogSink};
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
-pub use error::{CallError, DrainTimeout, InterfaceMismatch, LoadError, VaultError};
+pub use error::{
+    BoxError, CallError, CallSite, DrainTimeout, InterfaceMismatch, LoadError, VaultError,
+};
 pub use history::{KeptSelection, RollbackTarget};
 pub use live::LiveFn;
 #[cfg(feature = "ops")]

@@ -75,15 +75,9 @@ fn plugin_panic_is_an_error_and_the_next_call_works(backend: Backend) {
     let greeter = swapper.client::<dyn Greeter>().unwrap();
     for round in 0..3 {
         match greeter.fail(&format!("boom {round}")) {
-            Err(CallError::Panic {
-                plugin,
-                version,
-                interface,
-                method,
-                message,
-            }) => {
+            Err(CallError::Panic { site, message }) => {
                 assert_eq!(
-                    (&*plugin, &*version, interface, method),
+                    (&*site.plugin, &*site.version, site.interface, site.method),
                     ("greeter", "1.0.0", "Greeter", "fail")
                 );
                 assert_eq!(message, format!("boom {round}"));
@@ -170,6 +164,10 @@ fn on_load_error_aborts_and_frees_what_was_built(backend: Backend) {
         }
         other => panic!("expected an on_load error, got {other:?}"),
     }
+    assert_eq!(
+        (err.plugin(), err.hook(), err.path()),
+        (Some("bad-load"), Some("on_load"), None)
+    );
     // greeter loaded first, so the abort freed it, and nothing was initialised.
     assert_eq!(logs.lines(), ["greeter on_load", "greeter on_free"]);
 }

@@ -315,6 +315,15 @@ fn truncated_cdylib() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = swapper.load_files([&path]).unwrap_err();
     assert!(matches!(err, LoadError::NotALibrary { .. }), "{err:?}");
+    assert_eq!(
+        err.path(),
+        Some(path.as_path()),
+        "the error names the artifact"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parser's or loader's error is kept as the source"
+    );
     still_serving(&swapper);
 }
 
@@ -325,6 +334,15 @@ fn not_a_shared_library() {
     std::fs::write(&path, b"this is a text file, not a library\n").unwrap();
     let err = swapper.load_files([&path]).unwrap_err();
     assert!(matches!(err, LoadError::NotALibrary { .. }), "{err:?}");
+    assert_eq!(
+        err.path(),
+        Some(path.as_path()),
+        "the error names the artifact"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parser's or loader's error is kept as the source"
+    );
     // An object that is not a shared library: a relocatable object is refused too.
     let rlib_member = dir.path().join("object.so");
     let mut elf_rel = std::fs::read(Fixture::GreeterV2.path()).unwrap();
@@ -674,15 +692,10 @@ fn a_call_made_while_decoding_a_result_of_the_same_plugin_is_refused() {
     let nested = NESTED.with(|n| n.borrow_mut().1.take()).unwrap();
     let err = nested.unwrap_err();
     assert!(
-        matches!(
-            err,
-            CallError::Reentrant {
-                method: "greet",
-                ..
-            }
-        ),
+        matches!(&err, CallError::Reentrant { site } if site.method == "greet"),
         "{err:?}"
     );
+    assert_eq!(err.plugin(), Some("greeter"));
     assert!(
         err.to_string().contains("decode into plain data first"),
         "{err}"

@@ -31,6 +31,10 @@ fn hostile(limits: WasmLimits) -> (Swapper, fixture_api::GreeterClient<swapkit::
 
 /// The error names the plugin, its version and the method.
 fn names_the_call(err: &CallError) {
+    let site = err
+        .site()
+        .expect("a failure inside the plugin has a call site");
+    assert_eq!((&*site.plugin, &*site.version), ("hostile", "6.6.6"));
     let text = err.to_string();
     for part in ["hostile", "6.6.6", "Greeter::fail"] {
         assert!(text.contains(part), "`{text}` does not name {part}");
@@ -108,11 +112,11 @@ fn a_wasm_division_by_zero_traps() {
     // `version` takes no arguments, so the module divides by a length of 0.
     let err = greeter.version().expect_err("trap");
     match &err {
-        CallError::Trap {
-            message, plugin, ..
-        } => {
+        CallError::Trap { message, site } => {
             assert!(message.contains("divide by zero"), "{message}");
-            assert_eq!(&**plugin, "handmade-wasm");
+            assert_eq!(&*site.plugin, "handmade-wasm");
+            assert_eq!(site.method(), "Greeter::version");
+            assert!(err.is_trap());
         }
         other => panic!("expected a trap, got {other:?}"),
     }

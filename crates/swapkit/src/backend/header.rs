@@ -70,18 +70,24 @@ impl Code {
                 "manifest entry returned status {status}: {}",
                 String::from_utf8_lossy(bytes)
             );
-            return Err(LoadError::Manifest { origin, reason });
+            return Err(LoadError::Manifest {
+                origin,
+                source: reason.into(),
+            });
         }
         let manifest: Manifest = wire::from_bytes(bytes).map_err(|e| LoadError::Manifest {
             origin: origin.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
             let reason = format!(
                 "name `{}`, ABI version {}",
                 manifest.name, manifest.abi_version
             );
-            return Err(LoadError::Manifest { origin, reason });
+            return Err(LoadError::Manifest {
+                origin,
+                source: reason.into(),
+            });
         }
         let name = manifest.name.as_str().into();
         let version = manifest.version.as_str().into();

@@ -76,10 +76,10 @@ impl Server {
         inner: Weak<Reloader>,
         shared: Arc<Shared>,
     ) -> Result<Server, LoadError> {
-        let error = |reason: String| LoadError::Ops {
+        let error = |source: crate::error::BoxError| LoadError::Ops {
             what: "admin socket",
             at: path.display().to_string(),
-            reason,
+            source,
         };
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
@@ -89,7 +89,7 @@ impl Server {
             }
             // A stale socket left by a host that died.
             std::fs::remove_file(path)
-                .map_err(|e| error(format!("cannot remove the stale socket: {e}")))?;
+                .map_err(|e| error(format!("cannot remove the stale socket: {e}").into()))?;
         }
         let dir = path
             .parent()
@@ -98,12 +98,12 @@ impl Server {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("admin");
         let staging = dir.join(format!(".{name}.{}.binding", std::process::id()));
         let _ = std::fs::remove_file(&staging);
-        let listener = UnixListener::bind(&staging).map_err(|e| error(e.to_string()))?;
+        let listener = UnixListener::bind(&staging).map_err(|e| error(e.into()))?;
         let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
             .and_then(|_| std::fs::rename(&staging, path));
         if let Err(e) = placed {
             let _ = std::fs::remove_file(&staging);
-            return Err(error(e.to_string()));
+            return Err(error(e.into()));
         }
         tracing::info!(socket = %path.display(), allow = ?allow, "admin socket listening");
         Ok(Server {

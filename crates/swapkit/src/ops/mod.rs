@@ -325,14 +325,14 @@ impl Ops {
                 return Err(LoadError::Ops {
                     what: "signal handler",
                     at: name,
-                    reason: "this signal cannot be handled (KILL, STOP, ILL, FPE, SEGV); use HUP or USR1".into(),
+                    source: "this signal cannot be handled (KILL, STOP, ILL, FPE, SEGV); use HUP or USR1".into(),
                 });
             }
             let mut signals =
                 signal_hook::iterator::Signals::new([signal]).map_err(|e| LoadError::Ops {
                     what: "signal handler",
                     at: name.clone(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 })?;
             ops.signal = Some(signals.handle());
             let shared = shared.clone();

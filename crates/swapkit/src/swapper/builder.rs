@@ -231,7 +231,7 @@ impl SwapperBuilder {
                 LoadError::Ops {
                     what: "state directory",
                     at: dir.display().to_string(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 }
             })?)),
             None => None,

@@ -75,16 +75,15 @@ impl NativeLoader {
 
 /// Finds the one exported symbol that holds a plugin header, without running any code.
 fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
-    let not_a_library = |reason: String| LoadError::NotALibrary {
+    let not_a_library = |source: crate::error::BoxError| LoadError::NotALibrary {
         path: path.into(),
-        reason,
+        source,
     };
-    let file = object::File::parse(bytes).map_err(|e| not_a_library(e.to_string()))?;
+    let file = object::File::parse(bytes).map_err(|e| not_a_library(e.into()))?;
     if file.kind() != object::ObjectKind::Dynamic {
-        return Err(not_a_library(format!(
-            "it is a {:?} object, not a shared library",
-            file.kind()
-        )));
+        return Err(not_a_library(
+            format!("it is a {:?} object, not a shared library", file.kind()).into(),
+        ));
     }
     let prefix = HEADER_SYMBOL_PREFIX.trim_start_matches('_');
     let mut names = vec![];
@@ -101,7 +100,7 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
                 "symbol `{name}` is {} bytes, too small for a plugin header",
                 sym.size()
             );
-            return Err(not_a_library(reason));
+            return Err(not_a_library(reason.into()));
         }
         names.push(name.to_owned());
     }
@@ -131,14 +130,14 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
 
 /// Opens the private copy and checks its header.
 fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Code, LoadError> {
-    let not_a_library = |reason: String| LoadError::NotALibrary {
+    let not_a_library = |source: crate::error::BoxError| LoadError::NotALibrary {
         path: original.into(),
-        reason,
+        source,
     };
     // SAFETY: loading a library runs its initialisers. swapkit plugins are trusted code (the
     // native backend is for trusted code only, as documented); a library that is not a
     // plugin was already rejected above by its symbol table.
-    let library = unsafe { open_library(copy) }.map_err(|e| not_a_library(e.to_string()))?;
+    let library = unsafe { open_library(copy) }.map_err(|e| not_a_library(e.into()))?;
     let mut name = symbol.as_bytes().to_vec();
     name.push(0);
     // SAFETY: the symbol is a data symbol; we only take its address here.

@@ -35,14 +35,14 @@ impl WasmLoader {
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::WasmCompile {
                 path: path.into(),
-                reason: "the file does not start with the wasm magic number `\\0asm`".into(),
+                source: "the file does not start with the wasm magic number `\\0asm`".into(),
             });
         }
         let _span = tracing::debug_span!("compile", path = %path.display()).entered();
         let module = Module::from_binary(&self.shared.engine, bytes).map_err(|e| {
             LoadError::WasmCompile {
                 path: path.into(),
-                reason: format!("{e:#}"),
+                source: format!("{e:#}").into(),
             }
         })?;
         self.compiles.fetch_add(1, Ordering::Relaxed);

@@ -154,13 +154,10 @@ impl WasmLoader {
         // lets cranelift hoist the base out of loops and the slots keep a view of it.
         config.memory_may_move(false);
         config.max_wasm_stack(limits.max_stack);
-        let engine = Engine::new(&config).map_err(|e| LoadError::WasmEngine {
-            reason: e.to_string(),
-        })?;
+        let engine =
+            Engine::new(&config).map_err(|e| LoadError::WasmEngine { source: e.into() })?;
         let mut linker = Linker::new(&engine);
-        let link_error = |e: wasmtime::Error| LoadError::WasmEngine {
-            reason: e.to_string(),
-        };
+        let link_error = |e: wasmtime::Error| LoadError::WasmEngine { source: e.into() };
         linker
             .func_wrap("swapkit", "log", host_log)
             .map_err(link_error)?;
@@ -175,7 +172,7 @@ impl WasmLoader {
             .map_err(link_error)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop.clone()).map_err(|e| LoadError::WasmEngine {
-            reason: format!("cannot start the epoch ticker thread: {e}"),
+            source: format!("cannot start the epoch ticker thread: {e}").into(),
         })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -322,7 +319,7 @@ fn check_shape(path: &Path, module: &Module) -> Result<(), LoadError> {
 fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
     let failed = |reason: String| LoadError::Manifest {
         origin: origin.to_owned(),
-        reason,
+        source: reason.into(),
     };
     let ctx = Arc::new(GuestCtx::probe());
     let mut slot = wasm
