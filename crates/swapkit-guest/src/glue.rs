@@ -114,9 +114,43 @@ struct Instance<P> {
 /// memory on the thread for good.
 const KEEP_CAPACITY: usize = 256 * 1024;
 
-thread_local! {
+/// What this copy of the guest keeps per thread.
+struct PerThread {
     /// The buffer behind the `out` slice of the last call on this thread.
-    static OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    out: Cell<Vec<u8>>,
+    /// How many entry points are running on this thread: a panic while one is, is caught
+    /// at the boundary and reported to the host, so the panic hook keeps quiet about it.
+    depth: Cell<u32>,
+}
+
+thread_local! {
+    static OUT: PerThread = const {
+        PerThread {
+            out: Cell::new(Vec::new()),
+            depth: Cell::new(0),
+        }
+    };
+}
+
+/// Installs, once per copy of the guest, a panic hook that says nothing about a panic an
+/// entry point will catch: the host turns it into an error naming the plugin, version and
+/// method, and logs it through `tracing`. Left to the default hook, every caught panic would
+/// print to stderr, with a full backtrace (and its symbolisation, tens of MiB of RSS) under
+/// `RUST_BACKTRACE`. Any other panic (a thread the plugin spawned) goes to the hook that was
+/// there before: for a native plugin, its own copy of `std`'s default; for a plugin linked
+/// statically, the host's.
+#[cfg(not(target_family = "wasm"))]
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let caught = OUT.try_with(|t| t.depth.get() > 0).unwrap_or(false);
+            if !caught {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Runs `work` with the thread's out buffer, catches any panic, and publishes the buffer's
@@ -134,7 +168,12 @@ unsafe fn respond(
     out: *mut RawSlice,
     work: impl FnOnce(&mut Vec<u8>) -> Result<(), (Status, String)>,
 ) -> u32 {
-    let mut buf = OUT.try_with(Cell::take).unwrap_or_default();
+    let mut buf = OUT
+        .try_with(|t| {
+            t.depth.set(t.depth.get() + 1);
+            t.out.take()
+        })
+        .unwrap_or_default();
     if buf.capacity() > KEEP_CAPACITY {
         buf = Vec::new();
     }
@@ -147,7 +186,10 @@ unsafe fn respond(
     let slice = RawSlice::from_slice(&buf);
     // Moving the vector does not move its heap bytes, so `slice` stays valid.
     let mut keep = Some(buf);
-    let _ = OUT.try_with(|cell| cell.set(keep.take().unwrap_or_default()));
+    let _ = OUT.try_with(|t| {
+        t.depth.set(t.depth.get().saturating_sub(1));
+        t.out.set(keep.take().unwrap_or_default())
+    });
     if let Some(orphan) = keep {
         // The thread-local is gone: keep the bytes alive for good (only in thread teardown).
         orphan.leak();
@@ -257,6 +299,8 @@ pub(crate) unsafe extern "C" fn load<P: Exports>(
     instance: *mut *mut c_void,
     out: *mut RawSlice,
 ) -> u32 {
+    #[cfg(not(target_family = "wasm"))]
+    install_quiet_hook();
     // SAFETY: the host passes a valid table, whose context outlives the instance, and writable
     // `instance` and `out` pointers.
     unsafe {

@@ -731,3 +731,54 @@ fn a_wasm_artifact_needs_the_wasm_feature() {
         "the current generation keeps serving"
     );
 }
+
+/// A plugin panic that the boundary catches goes through no panic hook: nothing on stderr,
+/// no backtrace even under `RUST_BACKTRACE=1` (the host gets the message in the error). A
+/// panic the host's own code makes still reaches the host's hook, also after a plugin linked
+/// statically (which shares the host's `std`) installed its hook. Run in a child process, so
+/// that the panic hooks and stderr are this test's alone.
+#[test]
+fn a_caught_plugin_panic_prints_nothing() {
+    if std::env::var_os("SWAPKIT_PANIC_CHILD").is_some() {
+        let native = Swapper::new().unwrap();
+        native.load_files([Fixture::GreeterV1.path()]).unwrap();
+        let statics = Swapper::builder()
+            .static_plugin(Fixture::GreeterV1.header())
+            .build()
+            .unwrap();
+        for swapper in [&native, &statics] {
+            let err = swapper
+                .client::<dyn Greeter>()
+                .unwrap()
+                .fail("quiet please")
+                .unwrap_err();
+            assert!(err.to_string().contains("quiet please"), "{err}");
+        }
+        let host = std::panic::catch_unwind(|| panic!("the host's own panic"));
+        assert!(host.is_err());
+        eprintln!("child done");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_caught_plugin_panic_prints_nothing",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SWAPKIT_PANIC_CHILD", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("child done"), "{stderr}");
+    assert!(
+        !stderr.contains("quiet please"),
+        "a caught plugin panic went through a panic hook:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("the host's own panic"),
+        "the host's panic hook no longer runs:\n{stderr}"
+    );
+}
