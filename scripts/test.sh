@@ -6,7 +6,8 @@
 #      wasm and static backends), compile-fail and doc tests;
 #   3. swapkit's own tests again, built with neither of its optional features (`wasm`, `ops`):
 #      the part of the suite a host that only uses native plugins and patches builds;
-#   4. the short form of the lock-free core's verification (scripts/verify-sync.sh): loom,
+#   4. the runtime's module graph has no cycles (scripts/layers.py);
+#   5. the short form of the lock-free core's verification (scripts/verify-sync.sh): loom,
 #      Miri with several seeds, ThreadSanitizer, and repeated stress runs with every core busy.
 #      The long form is `scripts/verify-sync.sh all --full`.
 set -euo pipefail
@@ -14,4 +15,5 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown
 cargo test --workspace
 cargo test -p swapkit --no-default-features
+scripts/layers.py
 scripts/verify-sync.sh all

@@ -361,13 +361,17 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
         "{json}"
     );
 
-    // A host scaffold: it builds too (its dependencies are the workspace's, already built).
+    // A host scaffold: it builds too. Its dependencies are the workspace's, already built,
+    // if it builds them with the workspace's dev profile; with cargo's default one it would
+    // rebuild wasmtime and everything else (minutes on a clean clone).
     let host = dir.path().join("hi-host");
     ok(&["new", "host", "hi-host", "--path", host.to_str().unwrap()]);
     std::fs::copy(workspace().join("Cargo.lock"), host.join("Cargo.lock")).unwrap();
     let status = Command::new(cargo())
         .current_dir(&host)
         .args(["build", "--offline"])
+        .args(["--config", "profile.dev.debug=1"])
+        .args(["--config", "profile.dev.package.\"*\".opt-level=2"])
         .env("CARGO_TARGET_DIR", workspace().join("target"))
         .status()
         .unwrap();

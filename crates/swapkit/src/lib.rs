@@ -6,7 +6,10 @@
 //!
 //! The pieces:
 //! - an **interface** is a Rust trait marked [`#[swapkit::interface]`](interface) in a crate
-//!   the host and its plugins share; it yields a typed client and a hash checked at load;
+//!   the host and its plugins share; it yields a typed client (for `trait Greeter`, the type
+//!   `GreeterClient<Binding>`) and a hash checked at load. The shared crate depends on
+//!   `swapkit-abi` alone and writes `#[swapkit_abi::interface]` (the same macro), so that it
+//!   builds for wasm plugins too;
 //! - a **plugin** implements interfaces with the `swapkit-guest` SDK and is built as a native
 //!   `cdylib`, as a `wasm32-unknown-unknown` module (sandboxed, limited and truly unloadable;
 //!   see [`WasmLimits`]), or linked statically;

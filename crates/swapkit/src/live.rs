@@ -11,7 +11,6 @@ use crate::backend::host as services;
 use crate::call::{decode_error, failure};
 use crate::error::CallError;
 use crate::generation::Generation;
-use crate::Swapper;
 
 /// A serializable handle to a live function: a plugin name and a function name, typed on the
 /// host side by its argument tuple `A` and result `R`.
@@ -67,11 +66,10 @@ impl<A, R> LiveFn<A, R> {
 }
 
 impl<A: Serialize, R: DeserializeOwned> LiveFn<A, R> {
-    /// Calls the function in `swapper`'s current generation.
-    pub fn call(&self, swapper: &Swapper, args: &A) -> Result<R, CallError> {
-        let guard = swapper.current().enter();
+    /// Calls the function in `generation` (see [`LiveFn::call`]).
+    pub(crate) fn call_in(&self, generation: &Generation, args: &A) -> Result<R, CallError> {
         call_live(
-            guard.get(),
+            generation,
             Some(&self.plugin),
             &self.name,
             LiveKind::Function,
@@ -100,18 +98,14 @@ impl<A, R> std::fmt::Debug for LiveFn<A, R> {
     }
 }
 
-impl Swapper {
-    /// Creates a value of live type `type_name` with the factory of the current generation,
-    /// whichever plugin exports it (`#[swapkit_guest::live(factory = "..")]`), and returns it
-    /// as live data: decode it with [`LiveData::decode`], or keep it in the Vault.
-    pub fn new_live<A: Serialize + ?Sized>(
-        &self,
-        type_name: &str,
-        args: &A,
-    ) -> Result<LiveData, CallError> {
-        let guard = self.current().enter();
-        call_live(guard.get(), None, type_name, LiveKind::Factory, args)
-    }
+/// Makes a value of live type `type_name` with the factory `generation` has for it (see
+/// [`Swapper::new_live`](crate::Swapper::new_live)).
+pub(crate) fn new_live<A: Serialize + ?Sized>(
+    generation: &Generation,
+    type_name: &str,
+    args: &A,
+) -> Result<LiveData, CallError> {
+    call_live(generation, None, type_name, LiveKind::Factory, args)
 }
 
 /// Calls live export `name` of `kind` in `generation`.

@@ -11,7 +11,7 @@ use crate::backend::Instance;
 use crate::error::{DrainTimeout, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
-use crate::status::{generation_status, DrainedGeneration, GenerationStatus};
+use crate::status::{DrainedGeneration, GenerationState, GenerationStatus, PluginStatus};
 
 /// Called with the status of a generation still held past the drain deadline.
 pub type OverdueHook = Arc<dyn Fn(&GenerationStatus) + Send + Sync>;
@@ -202,5 +202,54 @@ fn watchdog(
         }
         drop(current);
         state = ledger.lock();
+    }
+}
+
+/// The status of `g`, as `owner` sees it; `current` says whether it is the current one.
+fn generation_status(
+    g: &Arc<Generation>,
+    owner: &Current,
+    current: bool,
+    deadline: Option<Duration>,
+) -> GenerationStatus {
+    // Ours, the swapper's pointer if it is current, and the retiring list's if it is on it.
+    let internal = 1 + usize::from(current) + usize::from(owner.is_retiring(g));
+    let state = match (current, g.superseded()) {
+        (false, Some(t)) => {
+            let since = t.elapsed();
+            GenerationState::Draining {
+                since,
+                overdue: deadline.is_some_and(|d| since > d),
+            }
+        }
+        _ => GenerationState::Current,
+    };
+    GenerationStatus {
+        id: g.id,
+        state,
+        age: g.created.elapsed(),
+        plugins: g
+            .plugins
+            .iter()
+            .map(|p| PluginStatus {
+                name: p.code.name.to_string(),
+                version: p.code.version.to_string(),
+                backend: p.code.backend,
+                content_hash: crate::backend::hex(&p.code.content_hash),
+                origin: p.code.origin.clone(),
+                interfaces: p
+                    .code
+                    .manifest
+                    .interfaces
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect(),
+                counts: p.stats.counts(),
+            })
+            .collect(),
+        pin_count: g.pin_count(),
+        pins: g.pin_labels(),
+        calls: owner.calls_in(g),
+        refs: Arc::strong_count(g).saturating_sub(internal),
     }
 }

@@ -1,12 +1,9 @@
 //! Status reports: the generations alive, their plugins and versions, the pins held, and the
 //! generations that drained.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::BackendKind;
-use crate::generation::Generation;
-use crate::hazard::Current;
 
 /// A snapshot of a swapper.
 #[derive(Debug, Clone)]
@@ -110,54 +107,6 @@ pub struct DrainedGeneration {
     pub drained_after: Option<Duration>,
     /// When it retired.
     pub at: Instant,
-}
-
-pub(crate) fn generation_status(
-    g: &Arc<Generation>,
-    owner: &Current,
-    current: bool,
-    deadline: Option<Duration>,
-) -> GenerationStatus {
-    // Ours, the swapper's pointer if it is current, and the retiring list's if it is on it.
-    let internal = 1 + usize::from(current) + usize::from(owner.is_retiring(g));
-    let state = match (current, g.superseded()) {
-        (false, Some(t)) => {
-            let since = t.elapsed();
-            GenerationState::Draining {
-                since,
-                overdue: deadline.is_some_and(|d| since > d),
-            }
-        }
-        _ => GenerationState::Current,
-    };
-    GenerationStatus {
-        id: g.id,
-        state,
-        age: g.created.elapsed(),
-        plugins: g
-            .plugins
-            .iter()
-            .map(|p| PluginStatus {
-                name: p.code.name.to_string(),
-                version: p.code.version.to_string(),
-                backend: p.code.backend,
-                content_hash: crate::backend::hex(&p.code.content_hash),
-                origin: p.code.origin.clone(),
-                interfaces: p
-                    .code
-                    .manifest
-                    .interfaces
-                    .iter()
-                    .map(|i| i.name.clone())
-                    .collect(),
-                counts: p.stats.counts(),
-            })
-            .collect(),
-        pin_count: g.pin_count(),
-        pins: g.pin_labels(),
-        calls: owner.calls_in(g),
-        refs: Arc::strong_count(g).saturating_sub(internal),
-    }
 }
 
 /// How many drained generations `Status`'s `Display` lists; the rest are counted.

@@ -271,18 +271,6 @@ impl PatchError {
     }
 }
 
-impl crate::Swapper {
-    /// Loads a native plugin artifact for the patches it exports; see [`PluginPatches`]. The
-    /// plugin is loaded beside the generations, not into one: its patches stay applied across
-    /// swaps until restored.
-    pub fn patches_from(
-        &self,
-        path: impl AsRef<std::path::Path>,
-    ) -> Result<PluginPatches, PatchError> {
-        patches_from(self.core(), path.as_ref())
-    }
-}
-
 /// See [`Swapper::patches_from`](crate::Swapper::patches_from).
 pub(crate) fn patches_from(
     core: &crate::reload::Reloader,

@@ -10,15 +10,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use swapkit_abi::Interface;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::{Interface, LiveData};
 
 use crate::call::{target, Binding, Pin};
-use crate::error::{DrainTimeout, LoadError};
+use crate::error::{CallError, DrainTimeout, LoadError};
 use crate::hazard::Current;
 use crate::history::{KeptSelection, RollbackTarget};
+use crate::live::{self, LiveFn};
 use crate::load::Source;
 #[cfg(feature = "ops")]
 use crate::ops;
+use crate::patch::{PatchError, PluginPatches};
 use crate::reload::{ReloadReport, Reloader};
 use crate::status::Status;
 use crate::trigger::Trigger;
@@ -70,11 +74,6 @@ impl Swapper {
     /// The current-generation cell, for call paths outside this module.
     pub(crate) fn current(&self) -> &Current {
         self.core.published.current()
-    }
-
-    /// The reloader, for modules that extend the swapper.
-    pub(crate) fn core(&self) -> &Arc<Reloader> {
-        &self.core
     }
 
     /// The Vault the host and every generation share: it outlives every swap and rollback.
@@ -212,6 +211,33 @@ impl Swapper {
     /// the error lists the generations still held and their labelled pins.
     pub fn wait_drained(&self, timeout: Duration) -> Result<(), DrainTimeout> {
         self.core.published.wait_drained(timeout)
+    }
+
+    /// Creates a value of live type `type_name` with the factory of the current generation,
+    /// whichever plugin exports it (`#[swapkit_guest::live(factory = "..")]`), and returns it
+    /// as live data: decode it with [`LiveData::decode`], or keep it in the Vault.
+    pub fn new_live<A: Serialize + ?Sized>(
+        &self,
+        type_name: &str,
+        args: &A,
+    ) -> Result<LiveData, CallError> {
+        let guard = self.current().enter();
+        live::new_live(guard.get(), type_name, args)
+    }
+
+    /// Loads a native plugin artifact for the patches it exports; see [`PluginPatches`]. The
+    /// plugin is loaded beside the generations, not into one: its patches stay applied across
+    /// swaps until restored.
+    pub fn patches_from(&self, path: impl AsRef<Path>) -> Result<PluginPatches, PatchError> {
+        crate::patch::plugin::patches_from(&self.core, path.as_ref())
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned> LiveFn<A, R> {
+    /// Calls the function in `swapper`'s current generation.
+    pub fn call(&self, swapper: &Swapper, args: &A) -> Result<R, CallError> {
+        let guard = swapper.current().enter();
+        self.call_in(guard.get(), args)
     }
 }
 
