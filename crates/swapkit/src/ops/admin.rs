@@ -501,7 +501,7 @@ pub(crate) fn status(inner: &Reloader, shared: &Shared) -> StatusReport {
         },
         probation,
         known_good: state.known_good,
-        triggers: state.triggers.clone(),
+        triggers: state.triggers.iter().map(ToString::to_string).collect(),
     }
 }
 

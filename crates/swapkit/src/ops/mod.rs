@@ -96,6 +96,28 @@ pub(crate) struct SwapCounts {
     pub last_error: Option<String>,
 }
 
+/// A reload trigger that is armed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// The admin socket's `reload` request.
+    Admin,
+    /// A signal, by name (`HUP`).
+    Signal(String),
+    /// The file watcher, on this directory.
+    Watch(PathBuf),
+}
+
+impl std::fmt::Display for Armed {
+    /// As the admin protocol's status reports it: `admin`, `signal:HUP`, `watch:/srv/plugins`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Armed::Admin => f.write_str("admin"),
+            Armed::Signal(name) => write!(f, "signal:{name}"),
+            Armed::Watch(dir) => write!(f, "watch:{}", dir.display()),
+        }
+    }
+}
+
 /// A generation on probation.
 #[derive(Debug, Clone)]
 pub(crate) struct OnProbation {
@@ -118,7 +140,8 @@ pub(crate) struct State {
     pub probation: Option<OnProbation>,
     pub known_good: Option<u64>,
     pub watch: watch::WatchState,
-    pub triggers: Vec<String>,
+    /// The reload triggers armed, for status.
+    pub triggers: Vec<Armed>,
 }
 
 /// What ops shares between its threads; the reloader reports to it as its [`Observer`].
@@ -315,7 +338,7 @@ impl Ops {
             state.running = true;
             state.watch.debounce = config.watch;
             if config.admin.is_some() {
-                state.triggers.push("admin".into());
+                state.triggers.push(Armed::Admin);
             }
         }
         if let Some(signal) = config.signal {
@@ -336,7 +359,7 @@ impl Ops {
                 })?;
             ops.signal = Some(signals.handle());
             let shared = shared.clone();
-            shared.lock().triggers.push(format!("signal:{name}"));
+            shared.lock().triggers.push(Armed::Signal(name.clone()));
             ops.spawn("swapkit-signal", move || {
                 for _ in signals.forever() {
                     shared.trigger(Trigger::Signal { name: name.clone() });

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use super::Shared;
+use super::{Armed, Shared};
 use crate::load::{is_artifact, Source};
 
 /// A writer that has shown no sign of life for this long is taken to have died: the reload
@@ -141,8 +141,8 @@ impl Watcher {
             Ok(w) => {
                 tracing::info!(dir = %dir.display(), "watching for new artifacts");
                 let mut state = shared.lock();
-                state.triggers.retain(|t| !t.starts_with("watch:"));
-                state.triggers.push(format!("watch:{}", dir.display()));
+                state.triggers.retain(|t| !matches!(t, Armed::Watch(_)));
+                state.triggers.push(Armed::Watch(dir.to_owned()));
                 drop(state);
                 self.current = Some((dir.to_owned(), w));
             }
