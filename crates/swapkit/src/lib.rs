@@ -12,7 +12,7 @@
 //!   builds for wasm plugins too;
 //! - a **plugin** implements interfaces with the `swapkit-guest` SDK and is built as a native
 //!   `cdylib`, as a `wasm32-unknown-unknown` module (sandboxed, limited and truly unloadable;
-//!   see [`WasmLimits`]), or linked statically;
+//!   see `WasmLimits`), or linked statically;
 //! - the [`Swapper`] loads plugins into a **generation**, publishes it with one atomic swap,
 //!   and retires the old one when its last call or [`Pin`] ends;
 //! - typed clients call the current generation with no lock and no shared counter on the

@@ -146,7 +146,7 @@ impl SwapperBuilder {
 
     /// Persists every artifact loaded, and the last known-good selection, in `dir`, so that
     /// [`Swapper::resume`] starts a restarted host with it. A selection becomes known-good
-    /// when it is published, or, with [`auto_rollback`](Self::auto_rollback), when its
+    /// when it is published, or, with `auto_rollback`, when its
     /// probation ends without a rollback.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());

@@ -91,7 +91,7 @@ fn guest_slice(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<
 }
 
 /// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
-/// `services.rs`) and keeps the reply for `swapkit.reply`.
+/// `backend/host/services.rs`) and keeps the reply for `swapkit.reply`.
 pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, len: u32) -> u64 {
     let (status, reply) = match guest_slice(&mut caller, ptr, len) {
         Some(input) => {
