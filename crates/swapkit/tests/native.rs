@@ -307,23 +307,25 @@ fn empty_file() {
     still_serving(&swapper);
 }
 
+/// Loading `path` fails as not a library, naming the artifact and keeping the parser's or
+/// loader's error as the source.
+fn refused_as_not_a_library(swapper: &Swapper, path: &Path) {
+    let err = swapper.load_files([path]).unwrap_err();
+    assert!(matches!(err, LoadError::NotALibrary { .. }), "{err:?}");
+    assert_eq!(err.path(), Some(path), "the error names the artifact");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parser's or loader's error is kept as the source"
+    );
+}
+
 #[test]
 fn truncated_cdylib() {
     let (swapper, dir) = serving();
     let bytes = std::fs::read(Fixture::GreeterV2.path()).unwrap();
     let path = dir.path().join("truncated.so");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = swapper.load_files([&path]).unwrap_err();
-    assert!(matches!(err, LoadError::NotALibrary { .. }), "{err:?}");
-    assert_eq!(
-        err.path(),
-        Some(path.as_path()),
-        "the error names the artifact"
-    );
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "the parser's or loader's error is kept as the source"
-    );
+    refused_as_not_a_library(&swapper, &path);
     still_serving(&swapper);
 }
 
@@ -332,17 +334,7 @@ fn not_a_shared_library() {
     let (swapper, dir) = serving();
     let path = dir.path().join("text.so");
     std::fs::write(&path, b"this is a text file, not a library\n").unwrap();
-    let err = swapper.load_files([&path]).unwrap_err();
-    assert!(matches!(err, LoadError::NotALibrary { .. }), "{err:?}");
-    assert_eq!(
-        err.path(),
-        Some(path.as_path()),
-        "the error names the artifact"
-    );
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "the parser's or loader's error is kept as the source"
-    );
+    refused_as_not_a_library(&swapper, &path);
     // An object that is not a shared library: a relocatable object is refused too.
     let rlib_member = dir.path().join("object.so");
     let mut elf_rel = std::fs::read(Fixture::GreeterV2.path()).unwrap();
