@@ -5,7 +5,9 @@
 mod log;
 mod services;
 
-pub(crate) use log::host_log;
+#[cfg(feature = "wasm")]
+pub(crate) use log::MAX_LINE;
+pub(crate) use log::{host_log, LogBudget};
 pub use log::{GuestLog, LogSink};
 pub(crate) use services::{enter, find_live, host_service};
 #[cfg(feature = "wasm")]
@@ -24,6 +26,8 @@ pub(crate) struct GuestCtx {
     pub vault: Vault,
     /// What the plugin's manifest declares it depends on.
     pub dependencies: Vec<swapkit_abi::Dependency>,
+    /// How many more lines this instance may log now.
+    pub log_budget: LogBudget,
 }
 
 impl GuestCtx {
@@ -35,6 +39,7 @@ impl GuestCtx {
             sink,
             vault,
             dependencies: code.manifest.dependencies.clone(),
+            log_budget: LogBudget::default(),
         }
     }
 
@@ -47,6 +52,7 @@ impl GuestCtx {
             sink: None,
             vault: Vault::new(),
             dependencies: vec![],
+            log_budget: LogBudget::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use swapkit_abi::Status;
 use wasmtime::{Caller, Extern, Memory, ResourceLimiter, Store, Trap, TypedFunc};
 
 use super::WasmModule;
-use crate::backend::host::{emit, GuestCtx};
+use crate::backend::host::{emit, GuestCtx, MAX_LINE};
 use crate::backend::{host_status, Reply};
 
 /// What a store carries: the limiter, where log lines go, and the last panic message.
@@ -81,6 +81,15 @@ fn guest_bytes(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<
     guest_slice(caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// `len`, if `ptr..ptr + len` lies inside the guest's memory.
+fn guest_slice_len(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<usize> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let end = (ptr as usize).checked_add(len as usize)?;
+    (end <= memory.data_size(&*caller)).then_some(len as usize)
+}
+
 fn guest_slice(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<Vec<u8>> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return None;
@@ -121,14 +130,20 @@ pub(super) fn host_reply(mut caller: Caller<'_, SlotData>, ptr: u32) -> wasmtime
 
 /// `swapkit.log(level, ptr, len)`.
 pub(super) fn host_log(mut caller: Caller<'_, SlotData>, level: u32, ptr: u32, len: u32) {
-    let Some(message) = guest_bytes(&mut caller, ptr, len) else {
+    // Only the first MAX_LINE bytes are copied out, however long the line the guest wrote.
+    let shown = len.min(MAX_LINE as u32);
+    if guest_slice_len(&mut caller, ptr, len) != Some(len as usize) {
+        return;
+    }
+    let Some(message) = guest_bytes(&mut caller, ptr, shown) else {
         return;
     };
+    let cut = (len - shown) as usize;
     let data = caller.data();
     if data.quiet {
-        tracing::debug!(target: "swapkit::guest", plugin = %data.ctx.plugin, version = %data.ctx.version, replica = true, "{message}");
+        tracing::debug!(target: "swapkit::guest", plugin = %data.ctx.plugin, version = %data.ctx.version, replica = true, cut, "{message}");
     } else {
-        emit(&data.ctx, level, &message);
+        emit(&data.ctx, level, &message, cut);
     }
 }
 
