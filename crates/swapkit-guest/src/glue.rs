@@ -120,6 +120,8 @@ struct PerThread {
     out: Cell<Vec<u8>>,
     /// How many entry points are running on this thread: a panic while one is, is caught
     /// at the boundary and reported to the host, so the panic hook keeps quiet about it.
+    /// (A wasm guest's panics abort, and its hook reports them; it keeps no count.)
+    #[cfg(not(target_family = "wasm"))]
     depth: Cell<u32>,
 }
 
@@ -127,6 +129,7 @@ thread_local! {
     static OUT: PerThread = const {
         PerThread {
             out: Cell::new(Vec::new()),
+            #[cfg(not(target_family = "wasm"))]
             depth: Cell::new(0),
         }
     };
@@ -170,6 +173,7 @@ unsafe fn respond(
 ) -> u32 {
     let mut buf = OUT
         .try_with(|t| {
+            #[cfg(not(target_family = "wasm"))]
             t.depth.set(t.depth.get() + 1);
             t.out.take()
         })
@@ -187,6 +191,7 @@ unsafe fn respond(
     // Moving the vector does not move its heap bytes, so `slice` stays valid.
     let mut keep = Some(buf);
     let _ = OUT.try_with(|t| {
+        #[cfg(not(target_family = "wasm"))]
         t.depth.set(t.depth.get().saturating_sub(1));
         t.out.set(keep.take().unwrap_or_default())
     });

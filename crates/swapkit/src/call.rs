@@ -2,8 +2,9 @@
 //!
 //! A call holds the current generation through a hazard slot of its own thread (see
 //! `hazard.rs`: no lock, no shared counter, no atomic read-modify-write), encodes its
-//! arguments on the stack, calls the plugin, and decodes the result from the plugin's own buffer. The generation stays alive for the
-//! length of the call, so a swap during the call never frees the code it runs in.
+//! arguments on the stack, calls the plugin, and decodes the result from the plugin's own
+//! buffer. The generation stays alive for the length of the call, so a swap during the call
+//! never frees the code it runs in.
 
 use std::sync::Arc;
 

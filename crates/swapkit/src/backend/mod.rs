@@ -239,7 +239,9 @@ impl Drop for Instance {
             tracing::debug_span!("on_free", plugin = %self.code.name, version = %self.code.version)
                 .entered();
         let freed = match &mut self.imp {
-            Imp::Native(instance) => instance.free(),
+            // SAFETY: this is the drop of the instance's only owner: `free` runs once, and no
+            // call is in flight, since every caller holds the Instance alive for its call.
+            Imp::Native(instance) => unsafe { instance.free() },
             // A wasm instance frees each of its pool's instances, then their stores, as it drops.
             #[cfg(feature = "wasm")]
             Imp::Wasm(_) => Ok(()),

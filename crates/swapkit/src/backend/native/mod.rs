@@ -162,11 +162,15 @@ impl NativeInstance {
         })
     }
 
-    /// Runs `on_free`. Called once, by the owning [`Instance`](super::Instance)'s drop.
-    pub fn free(&mut self) -> Result<(), (u32, String)> {
+    /// Runs `on_free`.
+    ///
+    /// # Safety
+    /// Called at most once, with no call into the instance in flight, and the instance is not
+    /// used afterwards: the owning [`Instance`](super::Instance)'s drop is the one caller.
+    pub unsafe fn free(&mut self) -> Result<(), (u32, String)> {
         let mut out = RawSlice::EMPTY;
-        // SAFETY: this is the one and only `free` of a live instance; no call is in flight,
-        // because every caller holds the Instance alive for the length of its call.
+        // SAFETY: by this function's contract, this is the one and only `free` of a live
+        // instance, and no call is in flight.
         let status = unsafe { (self.header.entry.free)(self.handle, &mut out) };
         // The guest's host table may outlive the instance (a thread the plugin left running):
         // retire its context now that `free` has returned, whatever it returned.

@@ -77,26 +77,36 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-fn guest_bytes(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<String> {
-    guest_slice(caller, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-/// `len`, if `ptr..ptr + len` lies inside the guest's memory.
-fn guest_slice_len(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<usize> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return None;
-    };
-    let end = (ptr as usize).checked_add(len as usize)?;
-    (end <= memory.data_size(&*caller)).then_some(len as usize)
+/// The first `shown` bytes of `ptr..ptr + len` as text, if the whole range lies inside the
+/// guest's memory.
+fn guest_bytes(
+    caller: &mut Caller<'_, SlotData>,
+    ptr: u32,
+    len: u32,
+    shown: u32,
+) -> Option<String> {
+    guest_prefix(caller, ptr, len, shown).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn guest_slice(caller: &mut Caller<'_, SlotData>, ptr: u32, len: u32) -> Option<Vec<u8>> {
+    guest_prefix(caller, ptr, len, len)
+}
+
+/// A copy of the first `shown` bytes of `ptr..ptr + len`, if the whole range lies inside the
+/// guest's memory: the range is checked whole, and only the prefix is copied.
+fn guest_prefix(
+    caller: &mut Caller<'_, SlotData>,
+    ptr: u32,
+    len: u32,
+    shown: u32,
+) -> Option<Vec<u8>> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return None;
     };
     let data = memory.data(&*caller);
-    let bytes = data.get(ptr as usize..(ptr as usize).checked_add(len as usize)?)?;
-    Some(bytes.to_vec())
+    let start = ptr as usize;
+    data.get(start..start.checked_add(len as usize)?)?;
+    Some(data[start..start + shown.min(len) as usize].to_vec())
 }
 
 /// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
@@ -132,10 +142,7 @@ pub(super) fn host_reply(mut caller: Caller<'_, SlotData>, ptr: u32) -> wasmtime
 pub(super) fn host_log(mut caller: Caller<'_, SlotData>, level: u32, ptr: u32, len: u32) {
     // Only the first MAX_LINE bytes are copied out, however long the line the guest wrote.
     let shown = len.min(MAX_LINE as u32);
-    if guest_slice_len(&mut caller, ptr, len) != Some(len as usize) {
-        return;
-    }
-    let Some(message) = guest_bytes(&mut caller, ptr, shown) else {
+    let Some(message) = guest_bytes(&mut caller, ptr, len, shown) else {
         return;
     };
     let cut = (len - shown) as usize;
@@ -149,7 +156,7 @@ pub(super) fn host_log(mut caller: Caller<'_, SlotData>, level: u32, ptr: u32, l
 
 /// `swapkit.panic(ptr, len)`: the guest's panic hook reports the message before it traps.
 pub(super) fn host_panic(mut caller: Caller<'_, SlotData>, ptr: u32, len: u32) {
-    let message = guest_bytes(&mut caller, ptr, len).unwrap_or_else(|| "<unreadable>".into());
+    let message = guest_bytes(&mut caller, ptr, len, len).unwrap_or_else(|| "<unreadable>".into());
     caller.data_mut().panic = Some(message);
 }
 
