@@ -148,7 +148,8 @@ impl Host {
     }
 
     /// Creates a value of live type `type_name` with its factory in the caller's generation,
-    /// whichever plugin exports it.
+    /// exported by a plugin this one lists in `dependencies` of `export_plugin!`. A plugin
+    /// builds its own live types directly: the host refuses to call back into the caller.
     pub fn new_live<A: Serialize + ?Sized>(
         &self,
         type_name: &str,
@@ -197,6 +198,10 @@ impl Host {
 /// The host's Vault, seen from a plugin: typed key/value state that the host owns and that
 /// outlives every swap and rollback. Values are live data (see [`LiveType`]), so a newer or
 /// older version of the plugin reads what this one wrote.
+///
+/// A plugin reaches only its own namespace, the keys that start with `<plugin name>/`, plus
+/// the prefixes the host grants it (`swapkit::Sandbox`), within a quota of keys and bytes;
+/// anything else fails with an error saying which grant or quota was missing.
 #[derive(Debug, Clone, Copy)]
 pub struct Vault {
     host: Host,

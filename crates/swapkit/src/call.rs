@@ -101,7 +101,9 @@ pub(crate) fn failure(
     message: String,
 ) -> CallError {
     instance.stats.fault(match raw {
-        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY => Fault::Trap,
+        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY | host_status::NESTING => {
+            Fault::Trap
+        }
         r if r == Status::Panic as u32 => Fault::Panic,
         _ => Fault::Error,
     });
@@ -114,6 +116,10 @@ pub(crate) fn failure(
         host_status::TIMEOUT => return CallError::Timeout { site },
         host_status::MEMORY => return CallError::ResourceLimit { site, message },
         host_status::REENTRANT => return CallError::Reentrant { site },
+        host_status::NESTING => {
+            tracing::warn!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "nested plugin calls went past the sandbox's bounds");
+            return CallError::Nesting { site, message };
+        }
         host_status::EXHAUSTED => return CallError::PoolExhausted { site, message },
         _ => {}
     }

@@ -524,6 +524,18 @@ pub enum CallError {
         /// The call.
         site: CallSite,
     },
+    /// Below this call, a plugin → host → plugin call went past the sandbox's bounds: nested
+    /// deeper than [`Sandbox::max_nesting`](crate::Sandbox::max_nesting), with too little
+    /// native stack left for another guest, or re-entering a plugin already running on the
+    /// thread. The message says which. Every wasm guest in the chain trapped and was thrown
+    /// away.
+    #[error("plugin `{}` {} was stopped in {}: {message}", .site.plugin, .site.version, .site.method())]
+    Nesting {
+        /// The host's call, at the bottom of the chain.
+        site: CallSite,
+        /// Which bound, where.
+        message: String,
+    },
     /// The result did not decode as the host's return type.
     #[error(
         "plugin `{}` {} returned a result from {} that does not decode as the host's type \
@@ -609,6 +621,7 @@ impl CallError {
             | CallError::ResourceLimit { site, .. }
             | CallError::PoolExhausted { site, .. }
             | CallError::Reentrant { site }
+            | CallError::Nesting { site, .. }
             | CallError::Decode { site, .. } => Some(site),
             _ => None,
         }
@@ -619,12 +632,15 @@ impl CallError {
         self.site().map(|s| &*s.plugin)
     }
 
-    /// Whether the plugin's instance was thrown away (a wasm trap, timeout or resource
-    /// limit): the next call runs in a fresh one.
+    /// Whether the plugin's instance was thrown away (a wasm trap, timeout, resource limit
+    /// or nesting bound): the next call runs in a fresh one.
     pub fn is_trap(&self) -> bool {
         matches!(
             self,
-            CallError::Trap { .. } | CallError::Timeout { .. } | CallError::ResourceLimit { .. }
+            CallError::Trap { .. }
+                | CallError::Timeout { .. }
+                | CallError::ResourceLimit { .. }
+                | CallError::Nesting { .. }
         )
     }
 }

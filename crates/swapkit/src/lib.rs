@@ -76,6 +76,7 @@ mod persist;
 mod plan;
 mod publish;
 mod reload;
+mod sandbox;
 mod stats;
 mod status;
 mod swapper;
@@ -132,6 +133,7 @@ pub use swapkit_macros::target;
 pub use load::{inspect, Artifact};
 pub use publish::OverdueHook;
 pub use reload::ReloadReport;
+pub use sandbox::{Grant, Quota, Sandbox};
 /// A [`patch::PatchBuilder`] for a `#[patchable]` function:
 /// `patch!(path::to::f, |args..| replacement).rollout(..).apply()`. The replacement's
 /// signature is checked at compile time.

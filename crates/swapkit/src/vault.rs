@@ -16,6 +16,7 @@ use swapkit_abi::service::Versioned;
 use swapkit_abi::{wire, LiveData, LiveType};
 
 use crate::error::VaultError;
+use crate::sandbox::Quota;
 
 /// A host function offered to plugins: encoded arguments in, encoded result or message out.
 pub(crate) type HostFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
@@ -44,6 +45,93 @@ struct Entries {
     map: BTreeMap<String, Versioned>,
     /// The last version given out.
     version: u64,
+    /// What each namespace a plugin writes through holds, kept up to date by every write (the
+    /// host's too), so that checking a quota costs no scan.
+    usage: Vec<(String, Usage)>,
+}
+
+/// Keys and bytes under one namespace.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub keys: usize,
+    pub bytes: usize,
+}
+
+/// What one entry counts for against a quota: its key and its encoded value.
+fn size(key: &str, value: &LiveData) -> usize {
+    key.len() + value.type_name.len() + value.bytes.len()
+}
+
+impl Entries {
+    /// Writes (`Some`) or deletes (`None`) the entry under `key`, keeping the usage counts;
+    /// the last version given out.
+    fn set(&mut self, key: &str, value: Option<LiveData>) -> u64 {
+        let new = value.as_ref().map(|v| size(key, v));
+        let old = match value {
+            Some(value) => {
+                self.version += 1;
+                let version = self.version;
+                self.map
+                    .insert(key.to_owned(), Versioned { value, version })
+            }
+            None => self.map.remove(key),
+        };
+        let old = old.map(|v| size(key, &v.value));
+        let keys = isize::from(new.is_some()) - isize::from(old.is_some());
+        let bytes = new.unwrap_or(0) as isize - old.unwrap_or(0) as isize;
+        for (_, u) in self
+            .usage
+            .iter_mut()
+            .filter(|(ns, _)| key.starts_with(ns.as_str()))
+        {
+            u.keys = u.keys.saturating_add_signed(keys);
+            u.bytes = u.bytes.saturating_add_signed(bytes);
+        }
+        self.version
+    }
+
+    /// Refuses a write of `value` under `key`, through namespace `ns`, that would take the
+    /// namespace past `quota`.
+    fn admits(
+        &self,
+        key: &str,
+        value: Option<&LiveData>,
+        ns: &str,
+        quota: &Quota,
+    ) -> Result<(), String> {
+        let Some(value) = value else {
+            return Ok(());
+        };
+        if value.bytes.len() > quota.largest_value {
+            return Err(format!(
+                "the value for `{key}` is {} bytes, past the quota's largest value of {} bytes                  (Quota::largest_value)",
+                value.bytes.len(),
+                quota.largest_value
+            ));
+        }
+        let used = self
+            .usage
+            .iter()
+            .find(|(n, _)| n == ns)
+            .map(|(_, u)| *u)
+            .unwrap_or_default();
+        let old = self.map.get(key).map(|v| size(key, &v.value));
+        let keys = used.keys + usize::from(old.is_none());
+        let bytes = used.bytes - old.unwrap_or(0) + size(key, value);
+        if keys > quota.keys {
+            return Err(format!(
+                "namespace `{ns}` holds {} keys, its quota (Quota::keys); writing `{key}` would                  add one",
+                used.keys
+            ));
+        }
+        if bytes > quota.bytes {
+            return Err(format!(
+                "writing `{key}` would bring namespace `{ns}` to {bytes} bytes, past its quota                  of {} bytes (Quota::bytes)",
+                quota.bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -83,13 +171,7 @@ impl Vault {
 
     /// Stores live data under `key`, and returns the entry's new version.
     pub fn put_raw(&self, key: &str, value: LiveData) -> u64 {
-        let mut entries = self.write();
-        entries.version += 1;
-        let version = entries.version;
-        entries
-            .map
-            .insert(key.to_owned(), Versioned { value, version });
-        version
+        self.write().set(key, Some(value))
     }
 
     /// Replaces the entry under `key` with `value` (or deletes it, for `None`) if its version
@@ -106,20 +188,9 @@ impl Vault {
         if current != expected {
             return Err(entries.map.get(key).cloned());
         }
-        match value {
-            Some(value) => {
-                entries.version += 1;
-                let version = entries.version;
-                entries
-                    .map
-                    .insert(key.to_owned(), Versioned { value, version });
-                Ok(version)
-            }
-            None => {
-                entries.map.remove(key);
-                Ok(0)
-            }
-        }
+        let deleting = value.is_none();
+        let version = entries.set(key, value);
+        Ok(if deleting { 0 } else { version })
     }
 
     /// Applies `f` to the value under `key` atomically: when another writer comes first, `f`
@@ -145,7 +216,61 @@ impl Vault {
 
     /// Deletes the entry under `key`; whether there was one.
     pub fn delete(&self, key: &str) -> bool {
-        self.write().map.remove(key).is_some()
+        let mut entries = self.write();
+        let found = entries.map.contains_key(key);
+        if found {
+            entries.set(key, None);
+        }
+        found
+    }
+
+    /// Starts keeping the usage of namespace `ns` (a key prefix), counting what it holds now.
+    pub(crate) fn track(&self, ns: &str) {
+        let mut entries = self.write();
+        if entries.usage.iter().any(|(n, _)| n == ns) {
+            return;
+        }
+        let mut usage = Usage::default();
+        for (k, v) in entries
+            .map
+            .range(ns.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(ns))
+        {
+            usage.keys += 1;
+            usage.bytes += size(k, &v.value);
+        }
+        entries.usage.push((ns.to_owned(), usage));
+    }
+
+    /// What namespace `ns` holds, if it is tracked.
+    #[cfg(test)]
+    pub(crate) fn usage(&self, ns: &str) -> Option<Usage> {
+        let entries = self.read();
+        entries.usage.iter().find(|(n, _)| n == ns).map(|(_, u)| *u)
+    }
+
+    /// [`Vault::compare_and_swap`] for a plugin, writing through namespace `ns` under
+    /// `quota` (`expected` of `None`: a plain put). `Err` says which quota refused it; the
+    /// Vault is then unchanged.
+    pub(crate) fn write_within(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Option<LiveData>,
+        ns: &str,
+        quota: &Quota,
+    ) -> Result<Result<u64, Option<Versioned>>, String> {
+        let mut entries = self.write();
+        if let Some(expected) = expected {
+            let current = entries.map.get(key).map_or(0, |v| v.version);
+            if current != expected {
+                return Ok(Err(entries.map.get(key).cloned()));
+            }
+        }
+        entries.admits(key, value.as_ref(), ns, quota)?;
+        let deleting = value.is_none();
+        let version = entries.set(key, value);
+        Ok(Ok(if deleting { 0 } else { version }))
     }
 
     /// The keys that start with `prefix`, sorted.
@@ -252,6 +377,58 @@ mod tests {
         }
         assert_eq!(v.list("job/"), ["job/1", "job/2"]);
         assert!(v.list("zzz").is_empty());
+    }
+
+    #[test]
+    fn usage_follows_every_write_and_quotas_refuse_without_writing() {
+        let v = Vault::new();
+        v.put("p/old", &1u64).unwrap();
+        v.track("p/");
+        let one = v.usage("p/").unwrap();
+        assert_eq!(
+            one.keys, 1,
+            "what the namespace held before tracking counts"
+        );
+        let quota = Quota {
+            keys: 2,
+            bytes: 1 << 20,
+            largest_value: 64,
+        };
+        let value = |n: usize| LiveData {
+            type_name: "t".into(),
+            schema: 1,
+            bytes: vec![0; n],
+        };
+        v.write_within("p/a", None, Some(value(8)), "p/", &quota)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.usage("p/").unwrap().keys, 2);
+        let e = v
+            .write_within("p/b", None, Some(value(8)), "p/", &quota)
+            .unwrap_err();
+        assert!(e.contains("Quota::keys"), "{e}");
+        assert!(
+            v.get_versioned("p/b").is_none(),
+            "a refused write changes nothing"
+        );
+        let e = v
+            .write_within("p/a", None, Some(value(65)), "p/", &quota)
+            .unwrap_err();
+        assert!(e.contains("largest value"), "{e}");
+        // Overwriting and deleting, by the host too, keep the counts.
+        v.put_raw("p/a", value(16));
+        assert!(v.delete("p/old"));
+        v.put_raw("other", value(100));
+        let now = v.usage("p/").unwrap();
+        assert_eq!((now.keys, now.bytes), (1, "p/a".len() + 1 + 16));
+        v.write_within("p/a", Some(0), None, "p/", &quota)
+            .unwrap()
+            .unwrap_err();
+        let version = v.get_versioned("p/a").unwrap().version;
+        v.write_within("p/a", Some(version), None, "p/", &quota)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.usage("p/").unwrap(), Usage::default());
     }
 
     #[test]

@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{start, Backend, Fixture, Logs};
+use common::{start, start_with, Backend, Fixture, Logs};
 use fixture_api::{Counter, Probe};
-use swapkit::{CallError, LiveFn, LoadError, Swapper};
+use swapkit::{CallError, Grant, LiveFn, LoadError, Sandbox, Swapper};
 
 on_swappable_backends!(
     vault_state_survives_swap_and_rollback,
@@ -33,25 +33,25 @@ fn vault_state_survives_swap_and_rollback(backend: Backend) {
     let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
     let counter = swapper.client::<dyn Counter>().unwrap();
     for expected in 1..=3 {
-        assert_eq!(counter.bump("visits").unwrap(), expected);
+        assert_eq!(counter.bump("state/visits").unwrap(), expected);
     }
     swap(&swapper, backend, &[Fixture::StateV2]).unwrap();
     assert_eq!(counter.describe().unwrap().0, "2.0.0");
     assert_eq!(
-        counter.read("visits").unwrap(),
+        counter.read("state/visits").unwrap(),
         Some(3),
         "v2 reads what v1 wrote"
     );
-    assert_eq!(counter.bump("visits").unwrap(), 4);
+    assert_eq!(counter.bump("state/visits").unwrap(), 4);
     swapper.rollback().unwrap();
     assert_eq!(counter.describe().unwrap().0, "1.0.0");
     assert_eq!(
-        counter.read("visits").unwrap(),
+        counter.read("state/visits").unwrap(),
         Some(4),
         "v1 reads what v2 wrote"
     );
     // The host sees the same state, typed.
-    assert_eq!(swapper.vault().get::<u64>("visits").unwrap(), Some(4));
+    assert_eq!(swapper.vault().get::<u64>("state/visits").unwrap(), Some(4));
 }
 
 fn no_increment_is_lost_across_100_swaps(backend: Backend) {
@@ -65,7 +65,9 @@ fn no_increment_is_lost_across_100_swaps(backend: Backend) {
             let (counter, stop, calls) = (counter.clone(), &stop, &calls);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    counter.bump("hits").expect("no call fails during swaps");
+                    counter
+                        .bump("state/hits")
+                        .expect("no call fails during swaps");
                     calls.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -82,7 +84,10 @@ fn no_increment_is_lost_across_100_swaps(backend: Backend) {
     });
     let made = calls.load(Ordering::Relaxed);
     assert!(made > 0);
-    assert_eq!(swapper.vault().get::<u64>("hits").unwrap(), Some(made));
+    assert_eq!(
+        swapper.vault().get::<u64>("state/hits").unwrap(),
+        Some(made)
+    );
 }
 
 fn migration_round_trip_upgrade_then_downgrade(backend: Backend) {
@@ -126,19 +131,19 @@ fn migration_fault_keeps_state(backend: Backend, note: &str, expected: fn(&LoadE
     let logs = Logs::default();
     let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
     let counter = swapper.client::<dyn Counter>().unwrap();
-    counter.bump("kept").unwrap();
+    counter.bump("state/kept").unwrap();
     counter.remember("ok").unwrap();
     counter.remember(note).unwrap();
     let before = swapper.generation();
-    let vault_before = swapper.vault().get_versioned("kept");
+    let vault_before = swapper.vault().get_versioned("state/kept");
     let err = swap(&swapper, backend, &[Fixture::StateV2]).unwrap_err();
     assert!(expected(&err), "{err:?}");
     assert!(err.to_string().contains("reload was aborted"), "{err}");
     assert_eq!(swapper.generation(), before);
     assert_eq!(counter.describe().unwrap(), ("1.0.0".into(), 0));
     assert_eq!(counter.notes().unwrap(), ["ok", note]);
-    assert_eq!(swapper.vault().get_versioned("kept"), vault_before);
-    assert_eq!(counter.bump("kept").unwrap(), 2, "v1 keeps serving");
+    assert_eq!(swapper.vault().get_versioned("state/kept"), vault_before);
+    assert_eq!(counter.bump("state/kept").unwrap(), 2, "v1 keeps serving");
 }
 
 fn live_fn_stored_before_a_swap_runs_the_new_code(backend: Backend) {
@@ -193,6 +198,15 @@ fn live_type_is_made_by_the_current_version(backend: Backend) {
 fn host_functions_are_called_by_name(backend: Backend) {
     let logs = Logs::default();
     let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    swapper.vault().provide("add", |(a, b): (u64, u64)| a + b);
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    let err = counter.host_add(2, 3).unwrap().unwrap_err();
+    assert!(
+        err.contains("may not call host function `add`") && err.contains("Grant::HostFn"),
+        "a host function is granted per plugin: {err}"
+    );
+    let granted = Sandbox::new().grant("state", Grant::HostFn("add".into()));
+    let swapper = start_with(backend, &logs, &[Fixture::StateV1], granted).unwrap();
     let counter = swapper.client::<dyn Counter>().unwrap();
     let err = counter.host_add(2, 3).unwrap().unwrap_err();
     assert!(err.contains("no function `add`"), "{err}");
@@ -232,7 +246,10 @@ fn dependency_calls_stay_in_the_callers_generation(backend: Backend) {
     assert_eq!(pinned.quote("tea").unwrap(), "tea: 1.15 (logic v1)");
     drop(pinned);
     drop(pin);
-    assert_eq!(swapper.vault().get::<u64>("count/tea").unwrap(), Some(3));
+    assert_eq!(
+        swapper.vault().get::<u64>("store/count/tea").unwrap(),
+        Some(3)
+    );
 }
 
 fn wrong_dependency_interface_is_refused(backend: Backend) {

@@ -20,8 +20,7 @@ use swapkit_abi::{
 };
 
 use crate::error::LoadError;
-use crate::Vault;
-use host::{GuestCtx, LogSink};
+use host::{GuestCtx, Services};
 use native::NativeInstance;
 
 /// Which backend a plugin came through.
@@ -49,6 +48,9 @@ pub(crate) mod host_status {
     /// The call was made while this thread was decoding an earlier result of the same native
     /// plugin, whose result buffer it would overwrite.
     pub const REENTRANT: u32 = 0x1_0004;
+    /// A plugin → host → plugin call went past the sandbox's nesting bounds (depth, native
+    /// stack, re-entry) somewhere below this call.
+    pub const NESTING: u32 = 0x1_0005;
 }
 
 /// Where a plugin's entry points are.
@@ -93,6 +95,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// A live plugin instance: the guest object made by `on_load`, freed by `on_free` on drop.
 pub(crate) struct Instance {
     pub code: Arc<Code>,
+    /// The id of its context (`GuestCtx::id`).
+    pub id: u64,
     /// The plugin declares dependencies, so a call into it records its generation for the
     /// dependency calls it makes (see `host/services.rs`).
     pub scoped: bool,
@@ -143,12 +147,9 @@ impl Reply<'_> {
 
 impl Instance {
     /// Runs `on_load`, making a new instance of `code`.
-    pub fn load(
-        code: Arc<Code>,
-        sink: Option<LogSink>,
-        vault: Vault,
-    ) -> Result<Instance, LoadError> {
-        let ctx = GuestCtx::new(&code, sink, vault);
+    pub fn load(code: Arc<Code>, services: &Services) -> Result<Instance, LoadError> {
+        let ctx = GuestCtx::new(&code, services);
+        let id = ctx.id;
         let _span =
             tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();
         let imp = match &code.entry {
@@ -159,6 +160,7 @@ impl Instance {
         };
         let imp = imp.map_err(|(status, message)| hook_error(&code, "on_load", status, message))?;
         Ok(Instance {
+            id,
             scoped: !code.manifest.dependencies.is_empty(),
             stats: Default::default(),
             code,
@@ -262,12 +264,14 @@ fn hook_error(code: &Code, hook: &'static str, status: u32, message: String) -> 
             hook,
             message,
         },
-        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY => LoadError::Hook {
-            plugin,
-            version,
-            hook,
-            message: format!("trapped: {message}"),
-        },
+        host_status::TRAP | host_status::TIMEOUT | host_status::MEMORY | host_status::NESTING => {
+            LoadError::Hook {
+                plugin,
+                version,
+                hook,
+                message: format!("trapped: {message}"),
+            }
+        }
         _ => LoadError::Hook {
             plugin,
             version,

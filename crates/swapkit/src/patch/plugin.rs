@@ -17,7 +17,7 @@ use swapkit_abi::{wire, PatchDecl, PluginHeader, Status, PATCH_INTERFACE};
 
 use super::target::{AnyTarget, PatchOptions};
 use super::{PanicPolicy, PatchError, PatchSet, PatchSetGuard, PatchSource, Pending, Rollout};
-use crate::backend::host::LogSink;
+use crate::backend::host::Services;
 use crate::backend::{statics, Code, Instance};
 use crate::error::LoadError;
 
@@ -63,22 +63,18 @@ impl PluginPatches {
     /// The patches of a plugin crate linked into the host: pass its `SWAPKIT_PLUGIN` static.
     pub fn from_static(header: &'static PluginHeader) -> Result<PluginPatches, PatchError> {
         let code = statics::code(header).map_err(PatchError::load)?;
-        PluginPatches::new(code, None, crate::Vault::new())
+        PluginPatches::new(code, &Services::detached())
     }
 
     /// Loads an instance of `code` for its patches.
-    pub(crate) fn new(
-        code: Arc<Code>,
-        sink: Option<LogSink>,
-        vault: crate::Vault,
-    ) -> Result<PluginPatches, PatchError> {
+    pub(crate) fn new(code: Arc<Code>, services: &Services) -> Result<PluginPatches, PatchError> {
         if code.manifest.patches.is_empty() {
             return Err(PatchError::NoPatches {
                 plugin: code.name.to_string(),
                 origin: code.origin.clone(),
             });
         }
-        let instance = Instance::load(code, sink, vault).map_err(PatchError::load)?;
+        let instance = Instance::load(code, services).map_err(PatchError::load)?;
         instance.init().map_err(PatchError::load)?;
         Ok(PluginPatches {
             instance: Arc::new(instance),
@@ -277,5 +273,5 @@ pub(crate) fn patches_from(
     path: &std::path::Path,
 ) -> Result<PluginPatches, PatchError> {
     let code = core.loader.load(path).map_err(PatchError::load)?;
-    PluginPatches::new(code, core.sink().clone(), core.vault().clone())
+    PluginPatches::new(code, core.services())
 }

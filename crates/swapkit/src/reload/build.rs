@@ -8,11 +8,10 @@
 use std::sync::Arc;
 
 use crate::backend::host as services;
-use crate::backend::host::LogSink;
+use crate::backend::host::Services;
 use crate::backend::{Code, Instance};
 use crate::error::LoadError;
 use crate::generation::Generation;
-use crate::Vault;
 
 /// The instances of a generation being built. Dropped unfinished, it frees them in reverse
 /// dependency order (reused instances are only released).
@@ -45,8 +44,7 @@ pub(crate) fn build(
     codes: &[Arc<Code>],
     current: &Generation,
     id: u64,
-    sink: &Option<LogSink>,
-    vault: &Vault,
+    services: &Services,
 ) -> Result<Built, LoadError> {
     let mut built = Built::default();
     let mut fresh = vec![];
@@ -65,7 +63,7 @@ pub(crate) fn build(
         // Hooks see the plugins loaded so far (their dependencies) as their generation.
         let loaded = {
             let _scope = services::enter(&built.instances, id);
-            Instance::load(code.clone(), sink.clone(), vault.clone())?
+            Instance::load(code.clone(), services)?
         };
         built.instances.push(Arc::new(loaded));
         built.loaded.push(named);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use swapkit_abi::Interface;
 
-use crate::backend::host::LogSink;
+use crate::backend::host::Services;
 use crate::backend::Code;
 use crate::error::{InterfaceMismatch, LoadError};
 use crate::history::{self, KeptSelection, RollbackTarget, Selection};
@@ -54,8 +54,7 @@ pub(crate) struct ReloadState {
 
 /// Everything a reload needs besides its artifacts.
 pub(crate) struct Settings {
-    pub sink: Option<LogSink>,
-    pub vault: Vault,
+    pub services: Services,
     pub history_len: usize,
     pub state_dir: Option<Arc<StateDir>>,
     pub interfaces: Vec<(&'static str, u64, &'static str)>,
@@ -68,8 +67,7 @@ pub(crate) struct Reloader {
     pub loader: Loader,
     state: Mutex<ReloadState>,
     interfaces: Mutex<Registry>,
-    sink: Option<LogSink>,
-    vault: Vault,
+    services: Services,
     history_len: usize,
     state_dir: Option<Arc<StateDir>>,
     observer: Option<Arc<dyn Observer>>,
@@ -92,20 +90,19 @@ impl Reloader {
                 next_id: 1,
             }),
             interfaces: Mutex::new(interfaces),
-            sink: settings.sink,
-            vault: settings.vault,
+            services: settings.services,
             history_len: settings.history_len,
             state_dir: settings.state_dir,
             observer: settings.observer,
         }
     }
 
-    pub fn sink(&self) -> &Option<LogSink> {
-        &self.sink
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     pub fn vault(&self) -> &Vault {
-        &self.vault
+        &self.services.vault
     }
 
     pub fn state_dir(&self) -> Option<&StateDir> {
@@ -228,7 +225,7 @@ impl Reloader {
         self.check_interfaces(&codes)?;
         let id = state.next_id;
         let current = self.published.current().load_full();
-        let built = build::build(&codes, &current, id, &self.sink, &self.vault);
+        let built = build::build(&codes, &current, id, &self.services);
         drop(current);
         let mut built = built.inspect_err(|e| {
             tracing::warn!(error = %e, "{trigger} aborted; the current generation keeps serving");

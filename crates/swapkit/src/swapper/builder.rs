@@ -7,7 +7,7 @@ use std::time::Duration;
 use swapkit_abi::{Interface, PluginHeader};
 
 use super::Swapper;
-use crate::backend::host::LogSink;
+use crate::backend::host::{LogSink, Services};
 use crate::backend::native::NativeLoader;
 use crate::backend::statics;
 #[cfg(feature = "wasm")]
@@ -21,7 +21,7 @@ use crate::publish::{OverdueHook, Published};
 #[cfg(feature = "ops")]
 use crate::reload::Observer;
 use crate::reload::{Reloader, Settings};
-use crate::Vault;
+use crate::{Sandbox, Vault};
 
 /// Builds a [`Swapper`].
 ///
@@ -44,6 +44,7 @@ pub struct SwapperBuilder {
     scratch: Option<PathBuf>,
     wasm: WasmConfig,
     vault: Option<Vault>,
+    sandbox: Sandbox,
     state_dir: Option<PathBuf>,
     #[cfg(feature = "ops")]
     ops: ops::Config,
@@ -61,6 +62,7 @@ impl Default for SwapperBuilder {
             scratch: None,
             wasm: WasmConfig::default(),
             vault: None,
+            sandbox: Sandbox::default(),
             state_dir: None,
             #[cfg(feature = "ops")]
             ops: ops::Config::default(),
@@ -141,6 +143,14 @@ impl SwapperBuilder {
     /// set up before the swapper, or kept from another swapper.
     pub fn vault(mut self, vault: Vault) -> Self {
         self.vault = Some(vault);
+        self
+    }
+
+    /// What plugins may reach through the host: their Vault namespaces and quotas, the host
+    /// functions granted to them, and how deep their calls may nest (default:
+    /// [`Sandbox::default`], each plugin confined to its own namespace `<plugin>/`).
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
         self
     }
 
@@ -238,12 +248,20 @@ impl SwapperBuilder {
         };
         let mut wasm = self.wasm;
         wasm.cache = wasm.cache.or_else(default_wasm_cache);
+        #[cfg(feature = "wasm")]
+        let wasm_stack = wasm.limits.max_stack;
+        #[cfg(not(feature = "wasm"))]
+        let wasm_stack = 0;
         let loader = Loader::new(native, wasm, state_dir.clone());
         #[cfg(feature = "ops")]
         let observer = ops::Shared::new(self.ops.probation.clone());
         let settings = Settings {
-            sink: self.sink,
-            vault: self.vault.unwrap_or_default(),
+            services: Services::new(
+                self.sink,
+                self.vault.unwrap_or_default(),
+                self.sandbox,
+                wasm_stack,
+            ),
             history_len: self.history_len,
             state_dir,
             interfaces: self.interfaces,

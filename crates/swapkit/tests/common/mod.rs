@@ -261,7 +261,17 @@ pub enum Backend {
 
 /// A swapper with `set` loaded through `backend`, declaring the fixture interfaces first.
 pub fn start(backend: Backend, logs: &Logs, set: &[Fixture]) -> Result<Swapper, LoadError> {
-    let builder = logs.builder();
+    start_with(backend, logs, set, swapkit::Sandbox::default())
+}
+
+/// [`start`], with the plugins under `sandbox`.
+pub fn start_with(
+    backend: Backend,
+    logs: &Logs,
+    set: &[Fixture],
+    sandbox: swapkit::Sandbox,
+) -> Result<Swapper, LoadError> {
+    let builder = logs.builder().sandbox(sandbox);
     #[cfg(feature = "wasm")]
     let builder = builder.wasm_cache_dir(wasm_cache());
     let builder = builder

@@ -75,7 +75,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     drop(pinned);
     println!(
         "the Vault kept the counts: tea asked {} times",
-        swapper.vault().get::<u64>("count/tea")?.unwrap_or(0)
+        swapper.vault().get::<u64>("store/count/tea")?.unwrap_or(0)
     );
     println!("dropping the swapper frees the plugins in reverse dependency order:");
     drop(client);

@@ -26,7 +26,9 @@ impl Plugin for Store {
 
 impl trine_api::Store for Store {
     fn record(&self, item: &str) -> u64 {
-        let key = format!("count/{item}");
+        // A plugin writes its own part of the Vault, `<plugin name>/`, unless the host's
+        // Sandbox grants it more.
+        let key = format!("store/count/{item}");
         match self
             .host
             .vault()

@@ -168,7 +168,7 @@ fn line(ctx: &GuestCtx, raw_level: u32, message: &str) {
         }
         _ => tracing::trace!(target: "swapkit::guest", plugin, version, "{message}"),
     }
-    if let Some(sink) = &ctx.sink {
+    if let Some(sink) = &ctx.services.sink {
         // A panicking sink must not unwind into a guest or a wasm host function.
         let _ = catch_unwind(AssertUnwindSafe(|| {
             sink(&GuestLog {

@@ -13,17 +13,56 @@ pub(crate) use services::{enter, find_live, host_service};
 #[cfg(feature = "wasm")]
 pub(crate) use {log::emit, services::serve_contained};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::sandbox::{Policy, Sandbox};
 use crate::Vault;
+
+/// What the host offers every instance it makes: where logs go, the Vault, and the rules
+/// requests are checked against.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub sink: Option<LogSink>,
+    pub vault: Vault,
+    pub sandbox: Arc<Sandbox>,
+    /// The native stack a nested call into a plugin must find left (see `services::open`).
+    pub nested_stack: usize,
+}
+
+impl Services {
+    /// Services with `sink`, `vault` and `sandbox`, for guests whose wasm stack may reach
+    /// `wasm_stack` bytes.
+    pub fn new(
+        sink: Option<LogSink>,
+        vault: Vault,
+        sandbox: Sandbox,
+        wasm_stack: usize,
+    ) -> Services {
+        Services {
+            sink,
+            vault,
+            sandbox: Arc::new(sandbox),
+            nested_stack: wasm_stack + services::HOST_STACK,
+        }
+    }
+
+    /// No sink, a Vault of its own, the default sandbox: for a plugin outside any swapper.
+    pub fn detached() -> Services {
+        Services::new(None, Vault::new(), Sandbox::default(), 512 << 10)
+    }
+}
 
 /// What the host table's `ctx` points at: one per instance.
 pub(crate) struct GuestCtx {
+    /// Unique to the instance, for telling a re-entry into it (see `services.rs`).
+    pub id: u64,
     pub plugin: Arc<str>,
     pub version: Arc<str>,
-    pub sink: Option<LogSink>,
-    /// The swapper's Vault, for the `service` host function.
-    pub vault: Vault,
+    /// Where its logs go, the Vault, the sandbox.
+    pub services: Services,
+    /// What the plugin may reach.
+    pub policy: Policy,
     /// What the plugin's manifest declares it depends on.
     pub dependencies: Vec<swapkit_abi::Dependency>,
     /// How many more lines this instance may log now.
@@ -31,13 +70,20 @@ pub(crate) struct GuestCtx {
 }
 
 impl GuestCtx {
-    /// The context of an instance of `code`.
-    pub fn new(code: &crate::backend::Code, sink: Option<LogSink>, vault: Vault) -> GuestCtx {
+    /// The context of an instance of `code`. Starts counting the Vault namespaces it writes
+    /// through, for its quota.
+    pub fn new(code: &crate::backend::Code, services: &Services) -> GuestCtx {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let policy = services.sandbox.policy(&code.name);
+        for ns in policy.namespaces() {
+            services.vault.track(ns);
+        }
         GuestCtx {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             plugin: code.name.clone(),
             version: code.version.clone(),
-            sink,
-            vault,
+            services: services.clone(),
+            policy,
             dependencies: code.manifest.dependencies.clone(),
             log_budget: LogBudget::default(),
         }
@@ -47,10 +93,11 @@ impl GuestCtx {
     #[cfg(feature = "wasm")]
     pub fn probe() -> GuestCtx {
         GuestCtx {
+            id: 0,
             plugin: "?".into(),
             version: "?".into(),
-            sink: None,
-            vault: Vault::new(),
+            services: Services::detached(),
+            policy: Sandbox::default().policy("?"),
             dependencies: vec![],
             log_budget: LogBudget::default(),
         }

@@ -16,8 +16,8 @@ use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put
 use swapkit_abi::{wire, LiveKind, RawSlice, Status, LIVE_INTERFACE};
 use swapkit_sync::HazardCell;
 
-use super::GuestCtx;
-use crate::backend::Instance;
+use super::{GuestCtx, Services};
+use crate::backend::{host_status, Instance};
 
 /// The plugins of the generation a call on this thread runs in.
 #[derive(Clone, Copy)]
@@ -57,84 +57,231 @@ impl Drop for ScopeGuard<'_> {
 }
 
 /// Runs `f` with the current scope's plugins and generation number.
-fn with_scope<T>(f: impl FnOnce(&[Arc<Instance>], u64) -> Result<T, String>) -> Result<T, String> {
+fn with_scope<T>(
+    f: impl FnOnce(&[Arc<Instance>], u64) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
     let Some(scope) = SCOPE.get() else {
-        return Err(
-            "no generation is calling this plugin on this thread; call dependencies and \
-                    live types from a method or hook the host called, not from a thread of the \
-                    plugin's own"
+        return Err(Refusal::Failed(
+            "no generation is calling this plugin on this thread; call dependencies and live \
+             types from a method or hook the host called, not from a thread of the plugin's own"
                 .into(),
-        );
+        ));
     };
     // SAFETY: a scope is only set by `enter`, whose guard borrows the slice and restores the
     // previous scope when dropped, so the slice is alive while it is the current scope.
     f(unsafe { &*scope.plugins }, scope.generation)
 }
 
-/// Serves one request with any host panic contained, since an unwind must never cross into
-/// the guest: the status, and the encoded reply or a message. Both backends' `service` host
-/// functions answer through this.
-pub(crate) fn serve_contained(ctx: &GuestCtx, op: u32, input: &[u8]) -> (Status, Vec<u8>) {
-    let result = catch_unwind(AssertUnwindSafe(|| serve(ctx, op, input)))
-        .unwrap_or_else(|_| Err("the host panicked serving the request".into()));
-    match result {
-        Ok(bytes) => (Status::Ok, bytes),
-        Err(message) => (Status::ServiceFailed, message.into_bytes()),
+/// What a refused request says: a plain failure the guest sees as an error, or one past the
+/// sandbox's nesting bounds, which also traps a wasm caller so that the whole chain unwinds to
+/// the host's call, which fails with [`CallError::Nesting`](crate::CallError::Nesting).
+pub(crate) enum Refusal {
+    Failed(String),
+    Nesting(String),
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal::Failed(message)
     }
 }
 
-/// Serves one request from the plugin behind `ctx`: the encoded reply, or a message.
-fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, String> {
+/// How much native stack a nested call must find left, beyond the wasm stack it may use: the
+/// host's own frames between the two guests (service, wasmtime's entry, decoding) and a host
+/// function's.
+pub(crate) const HOST_STACK: usize = 256 << 10;
+
+thread_local! {
+    /// The instances whose requests this thread is serving, outermost first: how deep plugin
+    /// → host → plugin calls are nested here, and which instances are running below.
+    static OPEN: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One open nested request; closes it when dropped.
+struct Open;
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.with(|o| o.borrow_mut().pop());
+    }
+}
+
+/// Opens a request of `ctx` that may call a plugin: refused past the sandbox's depth, or when
+/// too little native stack is left for another guest on top of this thread.
+fn open(ctx: &GuestCtx, services: &Services) -> Result<Open, Refusal> {
+    let depth = OPEN.with(|o| o.borrow().len());
+    if depth >= ctx.policy.max_nesting {
+        return Err(Refusal::Nesting(format!(
+            "plugin `{}` {} made a nested call {} deep (plugin -> host -> plugin), past the \
+             limit of {} (Sandbox::max_nesting)",
+            ctx.plugin,
+            ctx.version,
+            depth + 1,
+            ctx.policy.max_nesting
+        )));
+    }
+    let need = services.nested_stack;
+    if let Some(left) = stacker::remaining_stack() {
+        if left < need {
+            return Err(Refusal::Nesting(format!(
+                "plugin `{}` {} made a nested call with {} KiB of native stack left on this \
+                 thread, less than the {} KiB another guest may need (WasmLimits::max_stack \
+                 plus the host's frames); run the call on a thread with a larger stack",
+                ctx.plugin,
+                ctx.version,
+                left >> 10,
+                need >> 10
+            )));
+        }
+    }
+    OPEN.with(|o| o.borrow_mut().push(ctx.id));
+    Ok(Open)
+}
+
+/// What a service call returned: the status, the reply or message, and whether the request
+/// went past the nesting bounds.
+pub(crate) struct Served {
+    pub status: Status,
+    pub bytes: Vec<u8>,
+    pub nesting: bool,
+}
+
+/// Serves one request with any host panic contained, since an unwind must never cross into
+/// the guest. Both backends' `service` host functions answer through this.
+pub(crate) fn serve_contained(ctx: &GuestCtx, op: u32, input: &[u8]) -> Served {
+    let result = catch_unwind(AssertUnwindSafe(|| serve(ctx, op, input)))
+        .unwrap_or_else(|_| Err("the host panicked serving the request".to_owned().into()));
+    match result {
+        Ok(bytes) => Served {
+            status: Status::Ok,
+            bytes,
+            nesting: false,
+        },
+        Err(Refusal::Failed(message)) => Served {
+            status: Status::ServiceFailed,
+            bytes: message.into_bytes(),
+            nesting: false,
+        },
+        Err(Refusal::Nesting(message)) => Served {
+            status: Status::ServiceFailed,
+            bytes: message.into_bytes(),
+            nesting: true,
+        },
+    }
+}
+
+/// Serves one request from the plugin behind `ctx`: the encoded reply, or why not. Every
+/// request is checked against the plugin's [`Policy`](crate::sandbox::Policy) first.
+fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
     fn req<'a, T: serde::Deserialize<'a>>(input: &'a [u8]) -> Result<T, String> {
         wire::from_bytes(input).map_err(|e| format!("the service request did not decode: {e}"))
     }
-    fn reply<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        wire::to_vec(value).map_err(|e| format!("the service reply did not encode: {e}"))
+    fn reply<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Refusal> {
+        wire::to_vec(value)
+            .map_err(|e| Refusal::Failed(format!("the service reply did not encode: {e}")))
     }
-    let vault = &ctx.vault;
+    let (vault, policy) = (&ctx.services.vault, &ctx.policy);
+    let readable = |key: &str| {
+        if policy.may_read(key) {
+            Ok(())
+        } else {
+            Err(policy.refusal(&ctx.plugin, "read", key))
+        }
+    };
+    let writable = |key: &str| {
+        policy
+            .namespace_for_write(key)
+            .ok_or_else(|| policy.refusal(&ctx.plugin, "write", key))
+    };
     match op {
-        service::VAULT_GET => reply(&vault.get_versioned(&req::<Key>(input)?.key)),
+        service::VAULT_GET => {
+            let key = req::<Key>(input)?.key;
+            readable(&key)?;
+            reply(&vault.get_versioned(&key))
+        }
         service::VAULT_PUT => {
             let put: Put = req(input)?;
-            reply(&vault.put_raw(&put.key, put.value))
+            let ns = writable(&put.key)?;
+            let written = vault.write_within(&put.key, None, Some(put.value), ns, &policy.quota)?;
+            reply(&written.unwrap_or_default())
         }
         service::VAULT_CAS => {
             let cas: Cas = req(input)?;
-            reply(
-                &match vault.compare_and_swap(&cas.key, cas.expected, cas.value) {
-                    Ok(version) => CasReply::Done(version),
-                    Err(current) => CasReply::Conflict(current),
-                },
-            )
+            let ns = writable(&cas.key)?;
+            let written =
+                vault.write_within(&cas.key, Some(cas.expected), cas.value, ns, &policy.quota)?;
+            reply(&match written {
+                Ok(version) => CasReply::Done(version),
+                Err(current) => CasReply::Conflict(current),
+            })
         }
-        service::VAULT_DELETE => reply(&vault.delete(&req::<Key>(input)?.key)),
-        service::VAULT_LIST => reply(&vault.list(&req::<Key>(input)?.key)),
+        service::VAULT_DELETE => {
+            let key = req::<Key>(input)?.key;
+            writable(&key)?;
+            reply(&vault.delete(&key))
+        }
+        service::VAULT_LIST => {
+            let mut keys = vault.list(&req::<Key>(input)?.key);
+            keys.retain(|k| policy.may_read(k));
+            reply(&keys)
+        }
         service::HOST_FN => {
             let call: Invoke = req(input)?;
+            if !policy.may_call(&call.name) {
+                return Err(Refusal::Failed(format!(
+                    "plugin `{}` may not call host function `{}`; grant it with \
+                     Sandbox::grant(\"{}\", Grant::HostFn(\"{}\".into()))",
+                    ctx.plugin, call.name, ctx.plugin, call.name
+                )));
+            }
             let f = vault.function(&call.name).ok_or_else(|| {
                 format!(
                     "the host offers no function `{}`; register it with Vault::provide",
                     call.name
                 )
             })?;
-            f(&call.args).map_err(|e| format!("host function `{}`: {e}", call.name))
+            let _open = open(ctx, &ctx.services)?;
+            Ok(f(&call.args).map_err(|e| format!("host function `{}`: {e}", call.name))?)
         }
         service::DEPENDENCY => dependency(ctx, req(input)?),
-        service::LIVE_NEW => live_new(req(input)?),
-        other => Err(format!(
-            "unknown host service {other}; the plugin is newer than the host"
-        )),
+        service::LIVE_NEW => live_new(ctx, req(input)?),
+        other => {
+            Err(format!("unknown host service {other}; the plugin is newer than the host").into())
+        }
     }
 }
 
-fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, String> {
-    if !ctx.dependencies.iter().any(|d| d.plugin == call.plugin) {
+fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> {
+    let Some(declared) = ctx.dependencies.iter().find(|d| d.plugin == call.plugin) else {
         return Err(format!(
             "plugin `{}` calls `{}`, which it does not declare; add it to `dependencies` of \
              export_plugin!",
             ctx.plugin, call.plugin
-        ));
+        )
+        .into());
+    };
+    if !declared
+        .interfaces
+        .iter()
+        .any(|(_, hash)| *hash == call.hash)
+    {
+        return Err(format!(
+            "plugin `{}` calls `{}` of `{}` with hash {:#x}, which its manifest does not declare \
+             (it declares {}); rebuild it",
+            ctx.plugin,
+            call.interface,
+            call.plugin,
+            call.hash,
+            declared
+                .interfaces
+                .iter()
+                .map(|(name, hash)| format!("`{name}` {hash:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .into());
     }
+    let _open = open(ctx, &ctx.services)?;
     with_scope(|plugins, generation| {
         let instance = plugins
             .iter()
@@ -156,10 +303,24 @@ fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, String> {
     })
 }
 
-fn live_new(call: Invoke) -> Result<Vec<u8>, String> {
+/// A live-type constructor of the caller's declared dependencies: a plugin reaches no other
+/// plugin's types, and builds its own without the host.
+fn live_new(ctx: &GuestCtx, call: Invoke) -> Result<Vec<u8>, Refusal> {
+    let _open = open(ctx, &ctx.services)?;
     with_scope(|plugins, generation| {
-        let (instance, index) = find_live(plugins, None, &call.name, LiveKind::Factory)
-            .ok_or_else(|| format!("generation {generation} has no live type `{}`", call.name))?;
+        let declared = |p: &&Arc<Instance>| {
+            *p.code.name == *ctx.plugin
+                || ctx.dependencies.iter().any(|d| *d.plugin == *p.code.name)
+        };
+        let in_reach: Vec<Arc<Instance>> = plugins.iter().filter(declared).cloned().collect();
+        let (instance, index) = find_live(&in_reach, None, &call.name, LiveKind::Factory)
+            .ok_or_else(|| {
+                format!(
+                    "generation {generation} has no live type `{}` in `{}` or the plugins it \
+                     declares in `dependencies`",
+                    call.name, ctx.plugin
+                )
+            })?;
         invoke(instance, LIVE_INTERFACE, index, &call.args)
     })
 }
@@ -185,25 +346,39 @@ pub(crate) fn find_live<'a>(
         })
 }
 
-/// Calls a plugin for another plugin: the encoded result, or what went wrong.
+/// Calls a plugin for another plugin: the encoded result, or what went wrong. The callee
+/// must not be running on this thread already: a plugin never re-enters itself through the
+/// host, whichever backend (on wasm it would run in another instance of its pool, on top of
+/// this thread's stack).
 fn invoke(
     instance: &Instance,
     interface: u32,
     method: u32,
     args: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Refusal> {
+    if OPEN.with(|o| o.borrow().contains(&instance.id)) {
+        return Err(Refusal::Nesting(format!(
+            "`{}` {} is already running on this thread below this call; a plugin may not \
+             re-enter itself through the host (a dependency cycle or its own live type)",
+            instance.code.name, instance.code.version
+        )));
+    }
     instance.call(interface, method, args, |reply| {
         if reply.status == Status::Ok as u32 {
-            Ok(reply.bytes.to_vec())
-        } else {
-            Err(format!(
-                "`{}` {} failed (status {}): {}",
-                instance.code.name,
-                instance.code.version,
-                reply.status,
-                String::from_utf8_lossy(reply.bytes)
-            ))
+            return Ok(reply.bytes.to_vec());
         }
+        let message = format!(
+            "`{}` {} failed (status {}): {}",
+            instance.code.name,
+            instance.code.version,
+            reply.status,
+            String::from_utf8_lossy(reply.bytes)
+        );
+        Err(if reply.status == host_status::NESTING {
+            Refusal::Nesting(message)
+        } else {
+            Refusal::Failed(message)
+        })
     })
 }
 
@@ -229,7 +404,10 @@ pub(crate) unsafe extern "C" fn host_service(
         )
     };
     let (status, bytes) = match cell.enter() {
-        Some(ctx) => serve_contained(&ctx, op, input),
+        Some(ctx) => {
+            let served = serve_contained(&ctx, op, input);
+            (served.status, served.bytes)
+        }
         None => (
             Status::ServiceFailed,
             b"this plugin instance was freed: a thread it left running called the host after \

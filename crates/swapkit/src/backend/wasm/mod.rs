@@ -50,7 +50,9 @@ mod pool;
 mod slot;
 
 pub(crate) use pool::WasmInstance;
-use slot::{host_log, host_panic, host_reply, host_service, Funcs, Limiter, Slot, SlotData};
+use slot::{
+    host_log, host_panic, host_reply, host_service, Funcs, Limiter, PoolMemory, Slot, SlotData,
+};
 
 /// How often the engine's epoch advances: the resolution of call timeouts.
 const TICK: Duration = Duration::from_millis(2);
@@ -76,6 +78,10 @@ pub struct WasmLimits {
     pub call_timeout: Duration,
     /// Bytes of linear memory one instance may have (default 64 MiB). Growing past it fails.
     pub max_memory: usize,
+    /// Bytes of linear memory all the instances of one plugin's pool may have together
+    /// (`None`, the default: four times `max_memory`), so that a plugin's share of the host
+    /// does not grow with the pool size. Growing past it fails, as for `max_memory`.
+    pub max_pool_memory: Option<usize>,
     /// Elements one table may have (default 20,000).
     pub max_table_elements: usize,
     /// Wasm instances, tables and memories one store may create (default 1, 4 and 1).
@@ -99,6 +105,7 @@ impl Default for WasmLimits {
         WasmLimits {
             call_timeout: Duration::from_secs(1),
             max_memory: 64 << 20,
+            max_pool_memory: None,
             max_table_elements: 20_000,
             max_instances: 1,
             max_tables: 4,
@@ -323,7 +330,7 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
     };
     let ctx = Arc::new(GuestCtx::probe());
     let mut slot = wasm
-        .slot(ctx, true, 0)
+        .slot(ctx, wasm.pool_memory(), true, 0)
         .map_err(|e| failed(format!("instantiating failed: {e}")))?;
     let version = slot
         .abi_version()
@@ -391,10 +398,21 @@ impl std::fmt::Debug for WasmModule {
 }
 
 impl WasmModule {
-    /// A fresh wasm instance with its store.
+    /// The memory account of a new pool of this module.
+    fn pool_memory(&self) -> Arc<PoolMemory> {
+        let limits = &self.shared.limits;
+        PoolMemory::new(
+            limits
+                .max_pool_memory
+                .unwrap_or(limits.max_memory.saturating_mul(4)),
+        )
+    }
+
+    /// A fresh wasm instance with its store, its memory counted in `pool`.
     fn slot(
         &self,
         ctx: Arc<GuestCtx>,
+        pool: Arc<PoolMemory>,
         quiet: bool,
         home: usize,
     ) -> Result<Box<Slot>, wasmtime::Error> {
@@ -406,6 +424,9 @@ impl WasmModule {
                 instances: limits.max_instances,
                 tables: limits.max_tables,
                 memories: limits.max_memories,
+                pool,
+                held: 0,
+                pending: 0,
                 hit: None,
             },
             ctx,

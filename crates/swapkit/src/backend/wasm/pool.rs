@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use swapkit_abi::Status;
 use swapkit_sync::HomeCells;
 
-use super::slot::{hook, Fault, Hook, Slot};
+use super::slot::{hook, Fault, Hook, PoolMemory, Slot};
 use super::{Exhausted, WasmModule};
 use crate::backend::host::GuestCtx;
 use crate::backend::{host_status, Reply};
@@ -23,6 +23,8 @@ use crate::backend::{host_status, Reply};
 pub(crate) struct WasmInstance {
     module: Arc<WasmModule>,
     ctx: Arc<GuestCtx>,
+    /// The linear memory of all its slots, against `WasmLimits::max_pool_memory`.
+    memory: Arc<PoolMemory>,
     cells: HomeCells<Slot>,
     /// Cells with no slot of their own: where a new slot makes its home.
     vacant: Mutex<Vec<usize>>,
@@ -53,8 +55,9 @@ impl WasmInstance {
         ctx: Arc<GuestCtx>,
     ) -> Result<WasmInstance, (u32, String)> {
         let size = module.shared.limits.pool_size.max(1);
+        let memory = module.pool_memory();
         let mut first = module
-            .slot(ctx.clone(), false, 0)
+            .slot(ctx.clone(), memory.clone(), false, 0)
             .map_err(|e| (host_status::TRAP, format!("instantiating failed: {e:#}")))?;
         hook(&module, &mut first, Hook::Load)?;
         let cells = HomeCells::new(size);
@@ -62,6 +65,7 @@ impl WasmInstance {
         Ok(WasmInstance {
             module,
             ctx,
+            memory,
             cells,
             vacant: Mutex::new((1..size).rev().collect()),
             live: AtomicUsize::new(1),
@@ -193,7 +197,7 @@ impl WasmInstance {
         let quiet = self.primary.swap(true, Ordering::AcqRel);
         let made = self
             .module
-            .slot(self.ctx.clone(), quiet, home)
+            .slot(self.ctx.clone(), self.memory.clone(), quiet, home)
             .map_err(|e| Fault {
                 status: host_status::TRAP,
                 message: format!("instantiating a pool instance failed: {e:#}"),

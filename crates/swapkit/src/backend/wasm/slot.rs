@@ -1,6 +1,7 @@
 //! One wasm instance and its store: the host functions it imports, its resource limiter,
 //! and the calls into its entry points.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use swapkit_abi::Status;
@@ -21,31 +22,76 @@ pub(super) struct SlotData {
     pub(super) reply: Vec<u8>,
 }
 
-/// The per-store resource caps; remembers which one was hit.
+/// The linear memory all instances of one pool hold together, against its cap.
+#[derive(Debug)]
+pub(crate) struct PoolMemory {
+    pub(super) used: AtomicUsize,
+    pub(super) cap: usize,
+}
+
+impl PoolMemory {
+    pub(crate) fn new(cap: usize) -> Arc<PoolMemory> {
+        Arc::new(PoolMemory {
+            used: AtomicUsize::new(0),
+            cap,
+        })
+    }
+}
+
+/// The per-store resource caps, and this store's share of its pool's memory; remembers which
+/// cap the current call hit.
 pub(super) struct Limiter {
     pub(super) memory: usize,
     pub(super) table_elements: usize,
     pub(super) instances: usize,
     pub(super) tables: usize,
     pub(super) memories: usize,
+    pub(super) pool: Arc<PoolMemory>,
+    /// Bytes of the pool's memory this store holds.
+    pub(super) held: usize,
+    /// The last growth granted, taken back if wasmtime then fails to grow.
+    pub(super) pending: usize,
+    /// What the current entry point was refused, if anything; cleared as each one starts.
     pub(super) hit: Option<String>,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = Some(format!(
-                "linear memory would grow to {desired} bytes, past the limit of {} bytes",
+                "linear memory would grow to {desired} bytes, past the limit of {} bytes per \
+                 instance (WasmLimits::max_memory)",
                 self.memory
             ));
             return Ok(false);
         }
+        let more = desired.saturating_sub(current);
+        let before = self.pool.used.fetch_add(more, Ordering::AcqRel);
+        if before + more > self.pool.cap {
+            self.pool.used.fetch_sub(more, Ordering::AcqRel);
+            self.hit = Some(format!(
+                "the plugin's wasm instances would hold {} bytes of linear memory together, \
+                 past the limit of {} bytes per plugin (WasmLimits::max_pool_memory)",
+                before + more,
+                self.pool.cap
+            ));
+            return Ok(false);
+        }
+        self.held += more;
+        self.pending = more;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        let more = std::mem::take(&mut self.pending);
+        self.held -= more;
+        self.pool.used.fetch_sub(more, Ordering::AcqRel);
+        Ok(())
     }
 
     fn table_growing(
@@ -76,6 +122,26 @@ impl ResourceLimiter for Limiter {
         self.memories
     }
 }
+
+impl Drop for Limiter {
+    /// The store, and with it its memory, is going: its share goes back to the pool.
+    fn drop(&mut self) {
+        self.pool.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// The trap a `service` call raises in a wasm caller whose request went past the nesting
+/// bounds, so that the chain of guests unwinds to the host's call.
+#[derive(Debug)]
+pub(super) struct NestingTrap(pub(super) String);
+
+impl std::fmt::Display for NestingTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NestingTrap {}
 
 /// The first `shown` bytes of `ptr..ptr + len` as text, if the whole range lies inside the
 /// guest's memory.
@@ -110,12 +176,23 @@ fn guest_prefix(
 }
 
 /// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
-/// `backend/host/services.rs`) and keeps the reply for `swapkit.reply`.
-pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, len: u32) -> u64 {
+/// `backend/host/services.rs`) and keeps the reply for `swapkit.reply`. A request past the
+/// nesting bounds traps the caller.
+pub(super) fn host_service(
+    mut caller: Caller<'_, SlotData>,
+    op: u32,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<u64> {
     let (status, reply) = match guest_slice(&mut caller, ptr, len) {
         Some(input) => {
             let ctx = caller.data().ctx.clone();
-            crate::backend::host::serve_contained(&ctx, op, &input)
+            let served = crate::backend::host::serve_contained(&ctx, op, &input);
+            if served.nesting {
+                let message = String::from_utf8_lossy(&served.bytes).into_owned();
+                return Err(wasmtime::Error::new(NestingTrap(message)));
+            }
+            (served.status, served.bytes)
         }
         None => (
             Status::ServiceFailed,
@@ -124,7 +201,7 @@ pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, 
     };
     let len = reply.len() as u64;
     caller.data_mut().reply = reply;
-    ((status as u64) << 32) | len
+    Ok(((status as u64) << 32) | len)
 }
 
 /// `swapkit.reply(ptr)`: copies the pending service reply to `ptr`.
@@ -271,6 +348,7 @@ impl Slot {
         then: F,
     ) -> Result<T, (Fault, F)> {
         self.store.set_epoch_deadline(deadline);
+        self.store.data_mut().limiter.hit = None;
         match entry(&self.f, &mut self.store) {
             Ok(status) => {
                 let Some(raw) = self.bytes(self.f.out_slot as usize, 8) else {
@@ -298,7 +376,9 @@ impl Slot {
         }
     }
 
-    /// Classifies a failed entry point.
+    /// Classifies a failed entry point. A refused growth earlier in the same call explains
+    /// an `unreachable` trap (how a Rust guest aborts when allocation fails); any other trap
+    /// is reported as itself, with the refusal noted.
     #[cold]
     fn fault(&mut self, e: wasmtime::Error) -> Fault {
         let data = self.store.data_mut();
@@ -308,24 +388,36 @@ impl Slot {
                 message,
             };
         }
-        if let Some(message) = data.limiter.hit.take() {
+        if let Some(nesting) = e.downcast_ref::<NestingTrap>() {
             return Fault {
-                status: host_status::MEMORY,
-                message,
+                status: host_status::NESTING,
+                message: nesting.0.clone(),
             };
         }
-        match e.downcast_ref::<Trap>() {
+        let hit = data.limiter.hit.take();
+        let trap = e.downcast_ref::<Trap>();
+        if let (Some(message), Some(Trap::UnreachableCodeReached) | None) = (&hit, trap) {
+            return Fault {
+                status: host_status::MEMORY,
+                message: message.clone(),
+            };
+        }
+        let noted = |message: String| match &hit {
+            Some(refused) => format!("{message} (earlier in this call: {refused})"),
+            None => message,
+        };
+        match trap {
             Some(Trap::Interrupt) => Fault {
                 status: host_status::TIMEOUT,
                 message: "the call ran past its CPU-time limit and was interrupted".into(),
             },
             Some(trap) => Fault {
                 status: host_status::TRAP,
-                message: trap.to_string(),
+                message: noted(trap.to_string()),
             },
             None => Fault {
                 status: host_status::TRAP,
-                message: format!("{e:#}"),
+                message: noted(format!("{e:#}")),
             },
         }
     }
@@ -336,6 +428,7 @@ impl Slot {
         let len = input.len() as u32;
         if len > self.in_cap || self.in_cap == 0 {
             self.store.set_epoch_deadline(deadline);
+            self.store.data_mut().limiter.hit = None;
             let want = len.max(256);
             match self.f.input.call(&mut self.store, want) {
                 Ok(ptr) => {
