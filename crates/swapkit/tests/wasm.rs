@@ -7,9 +7,10 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::wat::{relay, Wat};
 use common::{tempdir, wasm_cache, Fixture, Logs};
 use fixture_api::Greeter;
-use swapkit::abi::{wire, Fingerprint, Interface, InterfaceDecl, Manifest};
+
 use swapkit::{BackendKind, CallError, Exhausted, LoadError, Swapper, WasmLimits};
 
 fn swapper_with(limits: WasmLimits) -> Swapper {
@@ -206,19 +207,6 @@ fn a_result_or_input_buffer_outside_linear_memory_is_a_trap_not_a_read() {
         let counts = swapper.status().current.plugins[0].counts;
         assert_eq!((counts.calls, counts.traps), (2, 2), "{export}");
     }
-}
-
-/// A `swapkit_call` body that runs host service `op` on `len` bytes at `at`, copies the reply
-/// to `reply_at`, and returns it with the service's status.
-fn relay(op: u32, at: u32, len: u32, reply_at: u32) -> String {
-    format!(
-        "(local $r i64) \
-         (local.set $r (call $service (i32.const {op}) (i32.const {at}) (i32.const {len}))) \
-         (call $reply (i32.const {reply_at})) \
-         (i32.store (i32.const 16) (i32.const {reply_at})) \
-         (i32.store (i32.const 20) (i32.wrap_i64 (local.get $r))) \
-         (i32.wrap_i64 (i64.shr_u (local.get $r) (i64.const 32)))"
-    )
 }
 
 #[test]
@@ -499,76 +487,6 @@ fn one_generation_mixes_backends_and_a_reload_moves_a_plugin_between_them() {
 
 // ---- hand-written modules that follow (or break) the ABI ----
 
-/// A `swapkit_call` body that divides by the argument length.
-/// A plugin cannot flood the host through its log. A 2 MiB line arrives cut to 4 KiB, saying
-/// how much was cut (and only 4 KiB is copied out of the guest); 1,000 lines at once are cut
-/// to the burst the rate allows; and once a line gets through again, it comes after a warning
-/// that counts the lines dropped.
-#[test]
-fn a_log_flood_is_cut_and_counted() {
-    let dir = tempdir();
-    let path = dir.path().join("flood.wasm");
-    let imports = r#"(import "swapkit" "log" (func $log (param i32 i32 i32)))"#;
-    let flood = "(drop (memory.grow (i32.const 40))) \
-         (call $log (i32.const 2) (i32.const 0) (i32.const 2097152)) \
-         (local.set 0 (i32.const 0)) \
-         (block (loop (br_if 1 (i32.ge_u (local.get 0) (i32.const 1000))) \
-           (call $log (i32.const 2) (i32.const 1024) (i32.const 1)) \
-           (local.set 0 (i32.add (local.get 0) (i32.const 1))) (br 0))) \
-         (i32.const 0)";
-    std::fs::write(
-        &path,
-        handmade_with(imports, &[("swapkit_call", Some(flood))]),
-    )
-    .unwrap();
-    let logs = Logs::default();
-    let swapper = logs.builder().wasm_cache_dir(wasm_cache()).build().unwrap();
-    swapper.load_files([&path]).unwrap();
-    let greeter = swapper.client::<dyn Greeter>().unwrap();
-    let lines = |logs: &Logs| -> Vec<String> {
-        logs.all()
-            .into_iter()
-            .filter(|(plugin, ..)| plugin == "handmade-wasm")
-            .map(|(_, _, message)| message)
-            .collect()
-    };
-    let _ = greeter.version(); // the module returns no result; only its log matters here
-    let first = lines(&logs);
-    let long = &first[0];
-    assert!(
-        long.ends_with("… [2093056 more bytes cut]"),
-        "{}",
-        &long[4000..]
-    );
-    assert!(long.len() < 4096 + 64, "{} bytes", long.len());
-    // 200 at once, and 100 a second after that: a slow machine may see a few more.
-    assert!(
-        (100..=600).contains(&first.len()),
-        "{} of 1,001 lines went through at once",
-        first.len()
-    );
-    // A second later the budget has refilled: the next line comes after the count.
-    std::thread::sleep(Duration::from_millis(1100));
-    let _ = greeter.version();
-    let after = lines(&logs);
-    let notices: Vec<&String> = after
-        .iter()
-        .filter(|l| l.contains("log lines of this plugin were dropped"))
-        .collect();
-    assert!(
-        after.len() > first.len() && !notices.is_empty(),
-        "a warning that counts the dropped lines"
-    );
-    let dropped: u64 = notices
-        .iter()
-        .map(|n| {
-            let count = n.trim_start_matches("[swapkit] ").split(' ').next();
-            count.unwrap().parse::<u64>().unwrap()
-        })
-        .sum();
-    assert!((400..=1001).contains(&dropped), "{notices:?}");
-}
-
 const DIV_BY_LEN: &str = "(drop (i32.div_u (i32.const 1) (local.get 2))) (i32.const 0)";
 
 /// A module that speaks ABI v1 by hand: its manifest declares the Greeter interface, and
@@ -583,72 +501,16 @@ fn handmade_without(export: &str) -> Vec<u8> {
 
 /// The handmade module with some entry points' bodies replaced (`Some`) or left out (`None`).
 fn handmade_with(imports: &str, edits: &[(&str, Option<&str>)]) -> Vec<u8> {
-    wat::parse_str(handmade_text(imports, edits)).expect("valid wat")
-}
-
-fn handmade_text(imports: &str, edits: &[(&str, Option<&str>)]) -> String {
-    let fp = Fingerprint::CURRENT;
-    let manifest = Manifest {
-        name: "handmade-wasm".into(),
-        version: "0.0.1".into(),
-        abi_version: swapkit::abi::ABI_VERSION,
-        crate_name: "handmade_wasm".into(),
-        fingerprint: [fp.rustc().into(), "wasm32".into(), fp.abi_crate().into()],
-        interfaces: vec![InterfaceDecl {
-            name: <dyn Greeter as Interface>::NAME.into(),
-            hash: <dyn Greeter as Interface>::HASH,
-            signature: <dyn Greeter as Interface>::SIGNATURE.into(),
-            methods: <dyn Greeter as Interface>::METHODS
-                .iter()
-                .map(|m| (*m).into())
-                .collect(),
-        }],
-        dependencies: vec![],
-        patches: vec![],
-        live: vec![],
-    };
-    let bytes = wire::to_vec(&manifest).unwrap();
-    let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
-    let manifest_body = format!(
-        "(i32.store (i32.const 16) (i32.const 1024)) \
-         (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
-        bytes.len()
-    );
-    // Name, signature, and default body. The result slot is at 16, the input buffer at 4096.
-    let funcs = [
-        ("swapkit_abi_version", "(result i32)", "(i32.const 1)"),
-        ("swapkit_out_slot", "(result i32)", "(i32.const 16)"),
-        (
-            "swapkit_input",
-            "(param i32) (result i32)",
-            "(i32.const 4096)",
-        ),
-        ("swapkit_manifest", "(result i32)", &manifest_body),
-        (
-            "swapkit_load",
-            "(result i32)",
-            "(i32.store (i32.const 20) (i32.const 0)) (i32.const 0)",
-        ),
-        ("swapkit_init", "(result i32)", "(i32.const 0)"),
-        ("swapkit_free", "(result i32)", "(i32.const 0)"),
-        (
-            "swapkit_call",
-            "(param i32 i32 i32) (result i32)",
-            "(i32.const 0)",
-        ),
-    ];
-    let funcs: String = funcs
+    edits
         .iter()
-        .filter_map(|&(name, signature, body)| {
-            let body = match edits.iter().find(|(edited, _)| *edited == name) {
-                Some((_, edit)) => (*edit)?,
-                None => body,
-            };
-            Some(format!("(func (export \"{name}\") {signature} {body})\n"))
-        })
-        .collect();
-    format!(
-        "(module {imports}\n (memory (export \"memory\") 1)\n \
-         (data (i32.const 1024) \"{escaped}\")\n {funcs})"
-    )
+        .fold(
+            Wat::plugin("handmade-wasm")
+                .imports(imports)
+                .raw_lifecycle(),
+            |wat, (entry, body)| match body {
+                Some(body) => wat.body(entry, *body),
+                None => wat.without(entry),
+            },
+        )
+        .bytes()
 }

@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use swapkit::{LoadError, PluginHeader, Swapper, SwapperBuilder};
 
+#[cfg(feature = "wasm")]
+pub mod wat;
+
 /// A fixture plugin crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fixture {

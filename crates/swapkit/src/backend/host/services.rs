@@ -306,6 +306,14 @@ fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> 
 /// A live-type constructor of the caller's declared dependencies: a plugin reaches no other
 /// plugin's types, and builds its own without the host.
 fn live_new(ctx: &GuestCtx, call: Invoke) -> Result<Vec<u8>, Refusal> {
+    if ctx.dependencies.is_empty() {
+        return Err(Refusal::Failed(format!(
+            "plugin `{}` declares no dependencies, so no live type is in its reach through the \
+             host: it builds its own types directly; to use `{}` of another plugin, declare that \
+             plugin in `dependencies` of export_plugin!",
+            ctx.plugin, call.name
+        )));
+    }
     let _open = open(ctx, &ctx.services)?;
     with_scope(|plugins, generation| {
         let declared = |p: &&Arc<Instance>| {

@@ -1,0 +1,239 @@
+//! Hand-made wasm plugins, written in the text format: modules that speak ABI v1 without the
+//! guest SDK, so a test can do what a hostile plugin would.
+//!
+//! Memory layout of every module: the result slot at 16, the manifest at 1024, the input
+//! buffer at 4096, service requests from [`REQUEST`], service replies at [`REPLY`].
+
+use std::path::{Path, PathBuf};
+
+use fixture_api::Greeter;
+use swapkit::abi::{wire, Dependency, ExportDecl, Fingerprint, Interface, InterfaceDecl, LiveKind};
+use swapkit::abi::{Manifest, LIFECYCLE_INTERFACE, LIVE_INTERFACE};
+
+/// Where a module keeps the service request it makes.
+pub const REQUEST: u32 = 32 << 10;
+/// Where a module copies the reply of a service request.
+pub const REPLY: u32 = 48 << 10;
+
+/// Every host function, under the names the bodies use.
+const ALL_IMPORTS: &str = r#"(import "swapkit" "log" (func $log (param i32 i32 i32)))
+ (import "swapkit" "panic" (func $panic (param i32 i32)))
+ (import "swapkit" "service" (func $service (param i32 i32 i32) (result i64)))
+ (import "swapkit" "reply" (func $reply (param i32)))"#;
+
+/// A hand-made plugin module, built up and then written out.
+#[derive(Debug, Clone)]
+pub struct Wat {
+    manifest: Manifest,
+    imports: String,
+    /// Entry points whose bodies are replaced (`Some`) or which are left out (`None`).
+    edits: Vec<(String, Option<String>)>,
+    data: Vec<(u32, Vec<u8>)>,
+    /// Further functions, for the bodies to call.
+    extra: String,
+    /// Whether lifecycle calls bypass a replaced `swapkit_call` body.
+    guard_lifecycle: bool,
+}
+
+impl Wat {
+    /// Plugin `name` 0.0.1, exporting [`Greeter`], importing every host function, with
+    /// entry points that do nothing and succeed.
+    pub fn plugin(name: &str) -> Wat {
+        let fp = Fingerprint::CURRENT;
+        Wat {
+            manifest: Manifest {
+                name: name.into(),
+                version: "0.0.1".into(),
+                abi_version: swapkit::abi::ABI_VERSION,
+                crate_name: name.replace('-', "_"),
+                fingerprint: [fp.rustc().into(), "wasm32".into(), fp.abi_crate().into()],
+                interfaces: vec![InterfaceDecl {
+                    name: <dyn Greeter as Interface>::NAME.into(),
+                    hash: <dyn Greeter as Interface>::HASH,
+                    signature: <dyn Greeter as Interface>::SIGNATURE.into(),
+                    methods: <dyn Greeter as Interface>::METHODS
+                        .iter()
+                        .map(|m| (*m).into())
+                        .collect(),
+                }],
+                dependencies: vec![],
+                patches: vec![],
+                live: vec![],
+            },
+            imports: ALL_IMPORTS.into(),
+            edits: vec![],
+            data: vec![],
+            extra: String::new(),
+            guard_lifecycle: true,
+        }
+    }
+
+    /// Lets a replaced `swapkit_call` body answer the lifecycle calls (`save`, `migrate`) too.
+    pub fn raw_lifecycle(mut self) -> Wat {
+        self.guard_lifecycle = false;
+        self
+    }
+
+    /// Imports only what `imports` declares.
+    pub fn imports(mut self, imports: &str) -> Wat {
+        self.imports = imports.into();
+        self
+    }
+
+    /// Declares that it uses interface `Greeter` of plugin `plugin`, with `hash`.
+    pub fn depends_on(mut self, plugin: &str, hash: u64) -> Wat {
+        self.manifest.dependencies.push(Dependency {
+            plugin: plugin.into(),
+            interfaces: vec![(<dyn Greeter as Interface>::NAME.into(), hash)],
+        });
+        self
+    }
+
+    /// Declares a live type `name`, whose factory is `swapkit_call` with interface
+    /// [`LIVE_INTERFACE`].
+    pub fn live_type(mut self, name: &str) -> Wat {
+        self.manifest.live.push(ExportDecl {
+            name: name.into(),
+            kind: LiveKind::Factory,
+            signature: "fn(u64) -> LiveData".into(),
+            hash: 1,
+        });
+        self
+    }
+
+    /// Replaces the body of entry point `entry` (`swapkit_call`, `swapkit_init`, ...).
+    pub fn body(mut self, entry: &str, body: impl Into<String>) -> Wat {
+        self.edits.push((entry.into(), Some(body.into())));
+        self
+    }
+
+    /// Leaves entry point `entry` out.
+    pub fn without(mut self, entry: &str) -> Wat {
+        self.edits.push((entry.into(), None));
+        self
+    }
+
+    /// Puts `bytes` at address `at` of linear memory.
+    pub fn data(mut self, at: u32, bytes: &[u8]) -> Wat {
+        self.data.push((at, bytes.to_vec()));
+        self
+    }
+
+    /// Adds functions for the bodies to call.
+    pub fn extra(mut self, funcs: &str) -> Wat {
+        self.extra.push_str(funcs);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Makes `entry` run host service `op` with `request` (kept at [`REQUEST`]) and return
+    /// the host's status and reply as its own: a refusal reaches the host's caller as
+    /// `CallError::Guest` with the host's message.
+    pub fn relays(self, entry: &str, op: u32, request: &[u8]) -> Wat {
+        let len = request.len() as u32;
+        self.data(REQUEST, request)
+            .body(entry, relay(op, REQUEST, len, REPLY))
+    }
+
+    /// The module's text.
+    pub fn text(&self) -> String {
+        let manifest = wire::to_vec(&self.manifest).unwrap();
+        assert!(
+            manifest.len() < 3072,
+            "the manifest fits below the input buffer"
+        );
+        let manifest_body = format!(
+            "(i32.store (i32.const 16) (i32.const 1024)) \
+             (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
+            manifest.len()
+        );
+        let funcs = [
+            ("swapkit_abi_version", "(result i32)", "(i32.const 1)"),
+            ("swapkit_out_slot", "(result i32)", "(i32.const 16)"),
+            (
+                "swapkit_input",
+                "(param i32) (result i32)",
+                "(i32.const 4096)",
+            ),
+            ("swapkit_manifest", "(result i32)", &manifest_body),
+            (
+                "swapkit_load",
+                "(result i32)",
+                "(i32.store (i32.const 20) (i32.const 0)) (i32.const 0)",
+            ),
+            ("swapkit_init", "(result i32)", "(i32.const 0)"),
+            ("swapkit_free", "(result i32)", "(i32.const 0)"),
+            (
+                "swapkit_call",
+                "(param i32 i32 i32) (result i32)",
+                "(i32.const 0)",
+            ),
+        ];
+        let mut funcs: String = funcs
+            .iter()
+            .filter_map(|&(name, signature, body)| {
+                let body = match self.edits.iter().rev().find(|(edited, _)| edited == name) {
+                    Some((_, edit)) => edit.as_deref()?,
+                    None => body,
+                };
+                // A replaced `swapkit_call` body serves the plugin's own interfaces; the
+                // lifecycle calls a reload makes (`save`, `migrate`) get "no state".
+                if name == "swapkit_call" && body != "(i32.const 0)" && self.guard_lifecycle {
+                    return Some(format!(
+                        "(func $call_body {signature} {body})\n\
+                         (func (export \"{name}\") {signature} \
+                           (if (result i32) (i32.eq (local.get 0) (i32.const {LIFECYCLE_INTERFACE})) \
+                             (then (i32.store8 (i32.const 3100) (i32.const 0)) \
+                                   (i32.store (i32.const 16) (i32.const 3100)) \
+                                   (i32.store (i32.const 20) (i32.const 1)) (i32.const 0)) \
+                             (else (call $call_body (local.get 0) (local.get 1) (local.get 2)))))\n"
+                    ));
+                }
+                Some(format!("(func (export \"{name}\") {signature} {body})\n"))
+            })
+            .collect();
+        funcs.push('\n');
+        let data: String = std::iter::once((1024, manifest))
+            .chain(self.data.iter().cloned())
+            .map(|(at, bytes)| format!("(data (i32.const {at}) \"{}\")\n", escape(&bytes)))
+            .collect();
+        format!(
+            "(module {}\n (memory (export \"memory\") 1)\n {data} {funcs} {})",
+            self.imports, self.extra
+        )
+    }
+
+    /// The module's binary.
+    pub fn bytes(&self) -> Vec<u8> {
+        wat::parse_str(self.text()).expect("valid wat")
+    }
+
+    /// Writes the module to `<dir>/<plugin name>.wasm`.
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.wasm", self.manifest.name));
+        std::fs::write(&path, self.bytes()).unwrap();
+        path
+    }
+}
+
+/// A `swapkit_call` body that runs host service `op` on `len` bytes at `at`, copies the reply
+/// to `reply_at`, and returns it with the service's status.
+pub fn relay(op: u32, at: u32, len: u32, reply_at: u32) -> String {
+    format!(
+        "(local $r i64) \
+         (local.set $r (call $service (i32.const {op}) (i32.const {at}) (i32.const {len}))) \
+         (call $reply (i32.const {reply_at})) \
+         (i32.store (i32.const 16) (i32.const {reply_at})) \
+         (i32.store (i32.const 20) (i32.wrap_i64 (local.get $r))) \
+         (i32.wrap_i64 (i64.shr_u (local.get $r) (i64.const 32)))"
+    )
+}
+
+/// Whether a call's `interface` argument (local 0 of `swapkit_call`) names the live factory.
+pub const IS_LIVE: &str = "(i32.eq (local.get 0) (i32.const -2))";
+
+const _: () = assert!(LIVE_INTERFACE == u32::MAX - 1);
+
+fn escape(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
