@@ -133,6 +133,8 @@ pub enum FailureKind {
     Patch,
     /// The named thing does not exist.
     NotFound,
+    /// The host serves as many connections as it may (per uid, or in all); try again later.
+    Busy,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -144,6 +146,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Load => "load failed",
             FailureKind::Patch => "patch failed",
             FailureKind::NotFound => "not found",
+            FailureKind::Busy => "busy",
         })
     }
 }

@@ -26,6 +26,24 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The artifact is not a regular file: a FIFO, a device, a socket, a directory.
+    #[error("{path} is {kind}, not a plugin artifact; point swapkit at a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The artifact is larger than any plugin swapkit reads.
+    #[error("{path} is {size} bytes, larger than the {limit} bytes swapkit reads for one artifact")]
+    TooLarge {
+        /// The artifact.
+        path: PathBuf,
+        /// Its size, or what was read of it.
+        size: u64,
+        /// The cap (`MAX_ARTIFACT`).
+        limit: u64,
+    },
     /// The plugin directory could not be listed.
     #[error("cannot list plugin directory {path}: {source}")]
     ReadDir {
@@ -337,6 +355,8 @@ impl LoadError {
         use LoadError::*;
         match self {
             Read { path, .. }
+            | NotAFile { path, .. }
+            | TooLarge { path, .. }
             | ReadDir { path, .. }
             | NoArtifacts { path, .. }
             | Empty { path }

@@ -92,10 +92,7 @@ impl Loader {
     }
 
     fn load_with(&self, native: &NativeLoader, path: &Path) -> Result<Arc<Code>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = read_artifact(path)?;
         if bytes.is_empty() {
             return Err(LoadError::Empty { path: path.into() });
         }
@@ -240,4 +237,72 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
         size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         manifest: code.manifest.clone(),
     })
+}
+
+/// The largest artifact swapkit reads: 256 MiB, far above any real plugin.
+pub(crate) const MAX_ARTIFACT: u64 = 256 << 20;
+
+/// Reads an artifact: a regular file of at most [`MAX_ARTIFACT`] bytes. It is opened without
+/// blocking (a FIFO would wait for a writer forever) and checked through the open handle, so
+/// a device, a FIFO or a socket is refused before a byte is read, and a file that grows while
+/// it is read stops at the cap.
+pub(crate) fn read_artifact(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let read = |source| LoadError::Read {
+        path: path.into(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.into(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    let too_large = |size| LoadError::TooLarge {
+        path: path.into(),
+        size,
+        limit: MAX_ARTIFACT,
+    };
+    if meta.len() > MAX_ARTIFACT {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_ARTIFACT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_ARTIFACT {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// What a file that is not a regular file is, for an error.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }

@@ -329,6 +329,110 @@ fn the_admin_socket_is_owner_only_and_refuses_other_uids() {
     assert!(reply.contains("\"ok\""), "{reply}");
 }
 
+/// One allowed peer could hold all 16 connections, idle, and lock everyone out until they
+/// timed out. Now one uid holds at most 4: the fifth is refused as busy, while another allowed
+/// uid is still served, and a place comes back when a connection closes.
+#[test]
+fn one_uid_cannot_lock_the_others_out_of_the_admin_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let (dir, socket, swapper) = admin_host(Some(NOBODY));
+    let mut held: Vec<std::os::unix::net::UnixStream> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    // Connections are admitted in order, so the four are in when the fifth is looked at.
+    let busy = |socket: &Path| match Client::connect(socket).unwrap().request(&Request::Status) {
+        Err(ClientError::Refused(f)) if f.kind == FailureKind::Busy => Some(f.message),
+        Ok(Outcome::Status(_)) => None,
+        other => panic!("expected a status or a busy refusal, got {other:?}"),
+    };
+    let message = busy(&socket).expect("a fifth connection of one uid is refused");
+    assert!(message.contains("already holds 4 admin connections"), "{message}");
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let reply = connect_as(NOBODY, &socket).expect("another uid connects");
+        assert!(reply.contains("\"ok\""), "another allowed uid is served: {reply}");
+    } else {
+        println!("skipped the other-uid half: it needs root to run a client as `nobody`");
+    }
+    held.pop();
+    let start = Instant::now();
+    while busy(&socket).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the place never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(greeting(&swapper).contains("(v1)"));
+}
+
+/// A connection that says nothing is closed after the idle timeout, freeing its place.
+#[test]
+fn a_silent_admin_connection_is_closed() {
+    use std::io::Read;
+    let dir = tempdir();
+    let socket = dir.path().join("admin.sock");
+    let _swapper = builder()
+        .admin_socket(&socket)
+        .admin_idle_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    // Half a request, then nothing.
+    std::io::Write::write_all(&mut silent, b"{\"v\":1,").unwrap();
+    let mut rest = Vec::new();
+    let read = silent.read_to_end(&mut rest).unwrap();
+    assert_eq!(read, 0, "the host closed the connection without a reply");
+    let mut client = Client::connect(&socket).unwrap();
+    assert!(matches!(
+        client.request(&Request::Status).unwrap(),
+        Outcome::Status(_)
+    ));
+}
+
+/// `patch_apply` of a FIFO blocked a connection thread forever, and of `/dev/zero` read
+/// without end. An artifact must now be a regular file under the size cap, checked on the
+/// open handle before a byte is read.
+#[test]
+fn patch_apply_reads_only_regular_files_under_the_cap() {
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, socket, swapper) = admin_host(None);
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let huge = dir.path().join("huge.so");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let mut client = Client::connect(&socket).unwrap();
+    for (artifact, expect) in [
+        (fifo, "is a FIFO, not a plugin artifact"),
+        (PathBuf::from("/dev/zero"), "is a character device"),
+        (huge, "larger than the 268435456 bytes"),
+    ] {
+        let request = Request::PatchApply {
+            artifact,
+            percent: None,
+            id: None,
+        };
+        match client.request(&request) {
+            Err(ClientError::Refused(f)) => {
+                assert_eq!(f.kind, FailureKind::Patch);
+                assert!(f.message.contains(expect), "{}", f.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(greeting(&swapper).contains("(v1)"));
+    // The same holds for a reload from a directory holding such a file.
+    let err = swapper
+        .load_files([PathBuf::from("/dev/zero")])
+        .expect_err("a device is no artifact");
+    assert!(matches!(err, LoadError::NotAFile { .. }), "{err:?}");
+}
+
 /// In a forked child running as `uid`, connects to `socket`, sends a status request and
 /// returns the reply line, or the errno of the connect. Only raw system calls run in the
 /// child, since the parent is multithreaded.

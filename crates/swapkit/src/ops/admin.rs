@@ -4,6 +4,11 @@
 //! place, so there is no moment at which another user could connect. Each connection's peer
 //! uid is read from the kernel (SO_PEERCRED) and checked against the allow list before any
 //! request is read; each request is logged with the peer's uid and pid.
+//!
+//! One allowed peer cannot lock the others out: each uid may hold [`PER_UID`] connections,
+//! all together [`MAX_CONNECTIONS`]; a connection silent for the idle timeout is closed, and
+//! a reply the peer does not read within [`WRITE`] closes it too. Artifacts named in requests
+//! are read as any artifact is: regular files only, under a size cap (see `load.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,8 +36,12 @@ use crate::trigger::Trigger;
 
 /// At most this many connections are served at once; more are refused.
 const MAX_CONNECTIONS: usize = 16;
-/// A connection idle this long is closed.
-const IDLE: Duration = Duration::from_secs(300);
+/// At most this many of them from one uid.
+const PER_UID: usize = 4;
+/// A connection silent this long is closed (the default of `admin_idle_timeout`).
+pub(crate) const IDLE: Duration = Duration::from_secs(60);
+/// A reply not taken by the peer within this long closes the connection.
+const WRITE: Duration = Duration::from_secs(10);
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +61,53 @@ struct Context {
     allow: Vec<u32>,
     patches: Mutex<BTreeMap<String, Applied>>,
     next_patch: AtomicUsize,
-    connections: AtomicUsize,
+    /// Open connections per uid.
+    open: Mutex<BTreeMap<u32, usize>>,
+    idle: Duration,
+}
+
+/// A place among the open connections, given back when dropped.
+struct Admitted {
+    context: Arc<Context>,
+    uid: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = lock(&self.context.open);
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Context {
+    /// A place for a connection of `uid`, or why there is none.
+    fn admit(self: &Arc<Context>, uid: u32) -> Result<Admitted, String> {
+        let mut open = lock(&self.open);
+        let total: usize = open.values().sum();
+        let mine = open.get(&uid).copied().unwrap_or(0);
+        if mine >= PER_UID {
+            return Err(format!(
+                "uid {uid} already holds {mine} admin connections, the most one uid may; close \
+                 one (idle ones close after {:?})",
+                self.idle
+            ));
+        }
+        if total >= MAX_CONNECTIONS {
+            return Err(format!(
+                "{total} admin connections are open, the most this host serves; try again"
+            ));
+        }
+        *open.entry(uid).or_default() += 1;
+        Ok(Admitted {
+            context: self.clone(),
+            uid,
+        })
+    }
 }
 
 pub(crate) struct Server {
@@ -73,6 +128,7 @@ impl Server {
     pub fn bind(
         path: &Path,
         allow: Vec<u32>,
+        idle: Duration,
         inner: Weak<Reloader>,
         shared: Arc<Shared>,
     ) -> Result<Server, LoadError> {
@@ -116,7 +172,8 @@ impl Server {
                 allow,
                 patches: Mutex::new(BTreeMap::new()),
                 next_patch: AtomicUsize::new(1),
-                connections: AtomicUsize::new(0),
+                open: Mutex::new(BTreeMap::new()),
+                idle,
             }),
         })
     }
@@ -179,23 +236,28 @@ fn accept(listener: UnixListener, stop: Arc<AtomicBool>, context: Arc<Context>) 
                 continue;
             }
         };
-        if context.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            context.connections.fetch_sub(1, Ordering::SeqCst);
-            let _ = reply(
-                &stream,
-                &Reply::Error(failure(
-                    FailureKind::BadRequest,
-                    "too many admin connections; try again",
-                )),
-            );
+        // A refusal below is one short line: the write timeout bounds it for a peer that
+        // does not read.
+        let _ = stream.set_write_timeout(Some(WRITE));
+        let Some(peer) = allowed(&stream, &context) else {
             continue;
-        }
-        let context = context.clone();
+        };
+        let admitted = match context.admit(peer.uid) {
+            Ok(admitted) => admitted,
+            Err(message) => {
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, %message, "admin connection refused");
+                let _ = reply(
+                    &stream,
+                    &Reply::Error(failure(FailureKind::Busy, message)),
+                );
+                continue;
+            }
+        };
         let spawned = std::thread::Builder::new()
             .name("swapkit-admin-conn".into())
             .spawn(move || {
-                serve(&stream, &context);
-                context.connections.fetch_sub(1, Ordering::SeqCst);
+                serve(&stream, peer, &admitted.context);
+                drop(admitted);
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start an admin connection thread");
@@ -210,12 +272,13 @@ fn reply(mut stream: &UnixStream, reply: &Reply) -> std::io::Result<()> {
     stream.flush()
 }
 
-fn serve(stream: &UnixStream, context: &Context) {
+/// The peer of a new connection, if its uid is allowed; a refusal is answered and logged.
+fn allowed(stream: &UnixStream, context: &Context) -> Option<Peer> {
     let peer = match peer(stream) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "admin connection refused: cannot read the peer's credentials");
-            return;
+            return None;
         }
     };
     if !context.allow.contains(&peer.uid) {
@@ -228,9 +291,13 @@ fn serve(stream: &UnixStream, context: &Context) {
             stream,
             &Reply::Error(failure(FailureKind::Forbidden, message)),
         );
-        return;
+        return None;
     }
-    let _ = stream.set_read_timeout(Some(IDLE));
+    Some(peer)
+}
+
+fn serve(stream: &UnixStream, peer: Peer, context: &Context) {
+    let _ = stream.set_read_timeout(Some(context.idle));
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = Vec::new();

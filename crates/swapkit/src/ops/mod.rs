@@ -70,6 +70,8 @@ impl Probation {
 pub(crate) struct Config {
     pub admin: Option<PathBuf>,
     pub allow: Vec<u32>,
+    /// How long an admin connection may stay silent (`None`: the default).
+    pub idle: Option<Duration>,
     pub watch: Option<Duration>,
     pub signal: Option<i32>,
     pub probation: Option<Probation>,
@@ -370,7 +372,13 @@ impl Ops {
             let mut allow = config.allow.clone();
             // SAFETY: getuid has no preconditions and cannot fail.
             allow.push(unsafe { libc::getuid() });
-            let server = admin::Server::bind(path, allow, Arc::downgrade(core), shared.clone())?;
+            let server = admin::Server::bind(
+                path,
+                allow,
+                config.idle.unwrap_or(admin::IDLE),
+                Arc::downgrade(core),
+                shared.clone(),
+            )?;
             let handle = server.spawn()?;
             ops.threads.push(handle);
             ops.admin = Some(server);

@@ -181,6 +181,15 @@ impl SwapperBuilder {
         self
     }
 
+    /// How long an admin connection may stay silent, before a request or inside one, before
+    /// it is closed (default 60 s). Each allowed uid may hold 4 connections and all together
+    /// 16, so a slow or idle client holds a place for this long at most.
+    #[cfg(feature = "ops")]
+    pub fn admin_idle_timeout(mut self, idle: Duration) -> Self {
+        self.ops.idle = Some(idle);
+        self
+    }
+
     /// Reloads when the directory given to [`Swapper::load_dir`] changes, once no change has
     /// come for `debounce`. Files still being written are waited for: publish an artifact by
     /// writing it under a hidden or `.tmp` name and renaming it into place (an atomic
