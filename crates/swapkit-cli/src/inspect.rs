@@ -1,41 +1,273 @@
 //! `swapkit inspect`: what a load would check, in words.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use swapkit::abi::LiveKind;
+use swapkit::abi::{LiveKind, Manifest};
 
 use crate::Error;
 
-pub(crate) fn run(path: &Path, json: bool) -> Result<(), Error> {
-    let artifact = match swapkit::inspect(path) {
-        Ok(artifact) => artifact,
-        Err(e) if json => {
-            // A script asked for JSON: it gets JSON on stdout for a bad artifact too, and the
-            // exit status says it failed.
-            println!("{}", serde_json::to_string_pretty(&error_json(path, &e))?);
-            return Err(Reported(e).into());
-        }
-        Err(e) => return Err(e.into()),
+/// How `inspect` may look at an artifact.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Print JSON.
+    pub json: bool,
+    /// Read only the file's bytes: never map a native library, even in a child process.
+    pub no_exec: bool,
+    /// Map a native library in this process (what the child does).
+    pub in_process: bool,
+}
+
+/// How long the child reading a native manifest may take.
+const CHILD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Inspects `path` without running any of its code in this process: its bytes are checked
+/// first (a native library's symbol table and plugin header); a wasm module is then probed in
+/// the sandbox; a native library's manifest, which only its code can produce, is read by a
+/// child process, where its constructors run.
+pub(crate) fn run(path: &Path, options: Options) -> Result<(), Error> {
+    let json = options.json;
+    if options.in_process {
+        return match swapkit::inspect(path) {
+            Ok(artifact) => print(&Report::of(&artifact), IN_PROCESS, json),
+            Err(e) => failed(path, e, IN_PROCESS, json),
+        };
+    }
+    let check = match swapkit::inspect_file(path) {
+        Ok(check) => check,
+        Err(e) => return failed(path, e, BYTES, json),
     };
-    let m = &artifact.manifest;
+    match (&check.header, options.no_exec) {
+        (None, _) => match swapkit::inspect(path) {
+            Ok(artifact) => print(&Report::of(&artifact), SANDBOX, json),
+            Err(e) => failed(path, e, SANDBOX, json),
+        },
+        (Some(header), true) => header_only(&check, header, json),
+        (Some(_), false) => in_child(path, json),
+    }
+}
+
+const BYTES: &str = "read from the file's bytes: no code of it ran";
+const SANDBOX: &str = "compiled and probed in the wasm sandbox: no code of it ran outside it";
+const IN_PROCESS: &str = "mapped in this process: its constructors ran here";
+
+/// What is printed of an inspected artifact.
+struct Report {
+    path: std::path::PathBuf,
+    backend: String,
+    sha256: String,
+    size: u64,
+    manifest: Manifest,
+}
+
+impl Report {
+    fn of(artifact: &swapkit::Artifact) -> Report {
+        Report {
+            path: artifact.path.clone(),
+            backend: artifact.backend.to_string(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+            manifest: artifact.manifest.clone(),
+        }
+    }
+}
+
+/// Reports a failure, as JSON on stdout too when asked; the exit status fails either way.
+fn failed(
+    path: &Path,
+    error: swapkit::LoadError,
+    checked: &'static str,
+    json: bool,
+) -> Result<(), Error> {
+    if json {
+        let mut value = error_json(path, &error);
+        value["checked"] = checked.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Err(Failed { error, checked }.into())
+}
+
+/// Reads a native library's manifest in a child process (this program, inspecting in
+/// process), so that its constructors run there: with no environment, no input, a CPU-time
+/// limit, and a deadline after which it is killed.
+fn in_child(path: &Path, json: bool) -> Result<(), Error> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args(["inspect", "--in-process", "--json"])
+        .arg(path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let cpu = libc::rlimit {
+                rlim_cur: 30,
+                rlim_max: 30,
+            };
+            let core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            libc::setrlimit(libc::RLIMIT_CORE, &core);
+            Ok(())
+        })
+    };
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut bytes = vec![];
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut bytes);
+        bytes
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = vec![];
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut bytes);
+        bytes
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > CHILD_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the child process (pid {pid}) reading {}'s manifest did not finish in {:?} and \
+                 was killed: the library's constructors or manifest entry hang",
+                path.display(),
+                CHILD_DEADLINE
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    let checked = format!(
+        "header read from the file's bytes; manifest read by a child process (pid {pid}), \
+         where the library's constructors ran, not in this process"
+    );
+    if let Some(signal) = status.signal() {
+        return Err(format!(
+            "the child process (pid {pid}) reading {}'s manifest was killed by signal {signal}: \
+             the library crashed it{}",
+            path.display(),
+            stderr_tail(&err)
+        )
+        .into());
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        format!(
+            "the child process (pid {pid}) reading {}'s manifest answered no report ({e}){}",
+            path.display(),
+            stderr_tail(&err)
+        )
+    })?;
+    value["checked"] = checked.clone().into();
+    if !status.success() {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        let message = value["error"]["message"].as_str().unwrap_or("failed");
+        return Err(format!("{message} ({checked})").into());
+    }
+    let report = Report {
+        path: path.to_owned(),
+        backend: value["backend"].as_str().unwrap_or("native").to_owned(),
+        sha256: value["sha256"].as_str().unwrap_or_default().to_owned(),
+        size: value["size"].as_u64().unwrap_or_default(),
+        manifest: serde_json::from_value(value["manifest"].take())?,
+    };
+    print(&report, &checked, json)
+}
+
+/// The last lines the child wrote to stderr, if any, to add to an error.
+fn stderr_tail(err: &[u8]) -> String {
+    let text = String::from_utf8_lossy(err);
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        let lines: Vec<&str> = tail.into_iter().rev().collect();
+        format!("; it wrote: {}", lines.join(" / "))
+    }
+}
+
+/// What `--no-exec` can say of a native library: its header, from the file's bytes.
+fn header_only(
+    check: &swapkit::FileCheck,
+    header: &swapkit::HeaderCheck,
+    json: bool,
+) -> Result<(), Error> {
     if json {
         let value = serde_json::json!({
-            "path": artifact.path,
-            "backend": artifact.backend.to_string(),
-            "sha256": artifact.sha256,
-            "size": artifact.size,
-            "signature": "unsigned",
-            "manifest": m,
+            "path": check.path,
+            "backend": check.backend.to_string(),
+            "sha256": check.sha256,
+            "size": check.size,
+            "header": {
+                "symbol": header.symbol,
+                "abi_version": header.abi_version,
+                "fingerprint": header.fingerprint,
+            },
+            "manifest": null,
+            "checked": BYTES,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("{}", artifact.path.display());
+    let fp = &header.fingerprint;
+    println!("{}", check.path.display());
+    println!("  backend      {}", check.backend);
+    println!("  sha256       {}", check.sha256);
+    println!("  size         {} bytes", check.size);
+    println!("  header       `{}`", header.symbol);
+    println!(
+        "  abi          v{} (this swapkit speaks v{})",
+        header.abi_version,
+        swapkit::abi::ABI_VERSION
+    );
+    println!(
+        "  fingerprint  {} | {} | swapkit-abi {} (matches this build)",
+        fp[0], fp[1], fp[2]
+    );
+    println!("  manifest     not read: only the library's code can produce it (drop --no-exec to read it in a child process)");
+    println!("  checked      {BYTES}");
+    Ok(())
+}
+
+fn print(report: &Report, checked: &str, json: bool) -> Result<(), Error> {
+    let m = &report.manifest;
+    if json {
+        let value = serde_json::json!({
+            "path": report.path,
+            "backend": report.backend,
+            "sha256": report.sha256,
+            "size": report.size,
+            "signature": "unsigned",
+            "manifest": m,
+            "checked": checked,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("{}", report.path.display());
     println!("  plugin       {} {}", m.name, m.version);
     println!("  crate        {}", m.crate_name);
-    println!("  backend      {}", artifact.backend);
-    println!("  sha256       {}", artifact.sha256);
-    println!("  size         {} bytes", artifact.size);
+    println!("  backend      {}", report.backend);
+    println!("  sha256       {}", report.sha256);
+    println!("  size         {} bytes", report.size);
     println!(
         "  abi          v{} (this swapkit speaks v{})",
         m.abi_version,
@@ -89,6 +321,7 @@ pub(crate) fn run(path: &Path, json: bool) -> Result<(), Error> {
             println!("    {} {}", p.target, p.signature);
         }
     }
+    println!("  checked      {checked}");
     Ok(())
 }
 
@@ -108,18 +341,21 @@ fn error_json(path: &Path, e: &swapkit::LoadError) -> serde_json::Value {
     })
 }
 
-/// An error already reported on stdout as JSON; the CLI still prints it to stderr and fails.
+/// A failed inspection: the load error, and how the artifact was looked at.
 #[derive(Debug)]
-struct Reported(swapkit::LoadError);
+struct Failed {
+    error: swapkit::LoadError,
+    checked: &'static str,
+}
 
-impl std::fmt::Display for Reported {
+impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        write!(f, "{} ({})", self.error, self.checked)
     }
 }
 
-impl std::error::Error for Reported {
+impl std::error::Error for Failed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.error.source()
     }
 }

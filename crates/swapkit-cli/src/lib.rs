@@ -44,12 +44,22 @@ enum Command {
     /// Build a plugin crate and copy its artifacts to an output directory.
     Build(build::Args),
     /// Print an artifact's manifest, hash, interfaces and exports, or what is wrong with it.
+    /// No code of the artifact runs in this process: its bytes are checked first; a wasm
+    /// module is probed in the sandbox, a native library's manifest read by a child process.
     Inspect {
         /// The artifact: a native library or a wasm module.
         artifact: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Check only the file's bytes, never running any of a native library's code (its
+        /// manifest is then not shown).
+        #[arg(long)]
+        no_exec: bool,
+        /// Map a native library in this process to read its manifest (its constructors run
+        /// here); what the child process does.
+        #[arg(long, hide = true)]
+        in_process: bool,
     },
     /// Show a running host's generations, plugins, call counts and history.
     Status {
@@ -95,7 +105,19 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
     let result = match cli.command {
         Command::New { what } => scaffold::run(what),
         Command::Build(args) => build::run(args),
-        Command::Inspect { artifact, json } => inspect::run(&artifact, json),
+        Command::Inspect {
+            artifact,
+            json,
+            no_exec,
+            in_process,
+        } => inspect::run(
+            &artifact,
+            inspect::Options {
+                json,
+                no_exec,
+                in_process,
+            },
+        ),
         Command::Status { remote, json } => remote::status(&remote, json),
         Command::Reload { remote } => remote::reload(&remote),
         Command::Rollback { remote, to } => remote::rollback(&remote, to),

@@ -417,3 +417,50 @@ fn it_runs_as_a_cargo_subcommand() {
         .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("inspect"));
 }
+
+/// A hostile library's constructors run as soon as it is mapped. `inspect` reads the header
+/// from the file's bytes, and the manifest in a child process: this library ends the process
+/// that maps it, and the CLI survives it and says so; with `--no-exec` nothing of it runs.
+/// Mapped in process (`--in-process`, what the child does), it takes the process down.
+#[test]
+fn inspect_runs_no_code_of_a_native_library_in_its_own_process() {
+    let artifact = build_plugins(&["fixture-ctor-exit"]).remove(0);
+    let path = artifact.to_str().unwrap();
+    let (success, stdout, stderr) = swapkit(&["inspect", path]);
+    assert!(!success, "{stdout}");
+    assert!(
+        stderr.contains("child process") && stderr.contains("ctor-exit: constructor ran"),
+        "the CLI reports what the child did: {stderr}"
+    );
+    let (success, stdout, stderr) = swapkit(&["inspect", "--no-exec", path]);
+    assert!(success, "{stderr}");
+    for wanted in [
+        "header       `",
+        "abi          v1",
+        "no code of it ran",
+        "manifest     not read",
+    ] {
+        assert!(
+            stdout.contains(wanted),
+            "{wanted:?} missing from:\n{stdout}"
+        );
+    }
+    assert!(!stderr.contains("constructor ran"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&swapkit(&["inspect", "--no-exec", "--json", path]).1).unwrap();
+    assert_eq!(json["header"]["abi_version"], 1, "{json}");
+    let out = Command::new(env!("CARGO_BIN_EXE_swapkit"))
+        .args(["inspect", "--in-process", path])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "mapped in process, the library ended it"
+    );
+    // A plugin that maps cleanly reads the same through the child, and says how.
+    let good = build_plugins(&["fixture-greeter-v1"]).remove(0);
+    let text = ok(&["inspect", good.to_str().unwrap()]);
+    assert!(text.contains("plugin       greeter 1.0.0"), "{text}");
+    assert!(text.contains("manifest read by a child process"), "{text}");
+}

@@ -35,7 +35,9 @@ pub enum LoadError {
         kind: &'static str,
     },
     /// The artifact is larger than any plugin swapkit reads.
-    #[error("{path} is {size} bytes, larger than the {limit} bytes swapkit reads for one artifact")]
+    #[error(
+        "{path} is {size} bytes, larger than the {limit} bytes swapkit reads for one artifact"
+    )]
     TooLarge {
         /// The artifact.
         path: PathBuf,

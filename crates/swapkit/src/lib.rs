@@ -130,7 +130,7 @@ pub use swapkit_macros::patchable;
 /// `target!(Type::method)` or `target!(<Type as Trait>::method)`.
 pub use swapkit_macros::target;
 
-pub use load::{inspect, Artifact};
+pub use load::{inspect, inspect_file, Artifact, FileCheck, HeaderCheck};
 pub use publish::OverdueHook;
 pub use reload::ReloadReport;
 pub use sandbox::{Grant, Quota, Sandbox};

@@ -239,6 +239,73 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
     })
 }
 
+/// What an artifact's bytes say, read without running or compiling any of it: see
+/// [`inspect_file`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FileCheck {
+    /// The file.
+    pub path: PathBuf,
+    /// The backend it would run on, by its format.
+    pub backend: BackendKind,
+    /// SHA-256 of its content, in hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// For a native library, its plugin header, found and checked.
+    pub header: Option<HeaderCheck>,
+}
+
+/// A native library's plugin header, read from the file and checked as a load checks it:
+/// magic, ABI version, build fingerprint and panic strategy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HeaderCheck {
+    /// The exported symbol that holds it.
+    pub symbol: String,
+    /// Its ABI version.
+    pub abi_version: u32,
+    /// Its build fingerprint: `rustc -V`, target, `swapkit-abi` version.
+    pub fingerprint: [String; 3],
+}
+
+/// Reads and checks what can be checked of an artifact from its bytes alone, running none of
+/// its code: a native library's symbol table and plugin header (not its manifest, which only
+/// its code can produce). Use it on a file you do not trust; [`inspect`] maps a native library,
+/// which runs its constructors. A wasm module needs compiling to check, which [`inspect`] does
+/// inside the sandbox, so here it is only hashed.
+pub fn inspect_file(path: impl AsRef<Path>) -> Result<FileCheck, LoadError> {
+    let path = path.as_ref();
+    let bytes = read_artifact(path)?;
+    if bytes.is_empty() {
+        return Err(LoadError::Empty { path: path.into() });
+    }
+    let backend = format(path, &bytes);
+    let header = match backend {
+        BackendKind::Wasm => None,
+        _ => {
+            let found = crate::backend::native::header_in_file(path, &bytes)?;
+            let fp = &found.fingerprint;
+            Some(HeaderCheck {
+                symbol: found.symbol,
+                abi_version: found.abi_version,
+                fingerprint: [
+                    fp.rustc().to_owned(),
+                    fp.target().to_owned(),
+                    fp.abi_crate().to_owned(),
+                ],
+            })
+        }
+    };
+    Ok(FileCheck {
+        path: path.to_owned(),
+        backend,
+        sha256: crate::backend::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        size: bytes.len() as u64,
+        header,
+    })
+}
+
 /// The largest artifact swapkit reads: 256 MiB, far above any real plugin.
 pub(crate) const MAX_ARTIFACT: u64 = 256 << 20;
 

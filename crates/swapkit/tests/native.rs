@@ -452,6 +452,44 @@ fn panic_abort_build_is_refused() {
     still_serving(&swapper);
 }
 
+/// `inspect_file` reads the header from the file's bytes, mapping nothing, and refuses what a
+/// load refuses, with the same error.
+#[test]
+fn inspect_file_finds_in_the_bytes_what_a_load_finds() {
+    let (swapper, dir) = serving();
+    let edits: [fn(&mut [u8]); 4] = [
+        |h| h[6] = b'X',
+        |h| h[8..12].copy_from_slice(&2u32.to_le_bytes()),
+        |h| h[16..80].fill(b'x'),
+        |h| h[12..16].copy_from_slice(&0u32.to_le_bytes()),
+    ];
+    for edit in edits {
+        let path = with_header_edit(dir.path(), edit);
+        let loaded = swapper.load_files([&path]).unwrap_err();
+        let read = swapkit::inspect_file(&path).unwrap_err();
+        assert_eq!(
+            std::mem::discriminant(&loaded),
+            std::mem::discriminant(&read),
+            "{loaded:?} vs {read:?}"
+        );
+    }
+    let plain = swapkit::inspect_file(Fixture::PlainCdylib.path()).unwrap_err();
+    assert!(
+        matches!(plain, LoadError::NoEntrySymbol { .. }),
+        "{plain:?}"
+    );
+    let good = swapkit::inspect_file(Fixture::GreeterV2.path()).unwrap();
+    let header = good.header.expect("a native header");
+    assert!(
+        header.symbol.starts_with("swapkit_plugin"),
+        "{}",
+        header.symbol
+    );
+    assert_eq!(header.abi_version, swapkit::abi::ABI_VERSION);
+    assert_eq!(good.backend, swapkit::BackendKind::Native);
+    still_serving(&swapper);
+}
+
 #[test]
 fn interface_hash_mismatch_on_reload() {
     let (swapper, _dir) = serving();

@@ -347,20 +347,29 @@ fn one_uid_cannot_lock_the_others_out_of_the_admin_socket() {
         other => panic!("expected a status or a busy refusal, got {other:?}"),
     };
     let message = busy(&socket).expect("a fifth connection of one uid is refused");
-    assert!(message.contains("already holds 4 admin connections"), "{message}");
+    assert!(
+        message.contains("already holds 4 admin connections"),
+        "{message}"
+    );
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } == 0 {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
         let reply = connect_as(NOBODY, &socket).expect("another uid connects");
-        assert!(reply.contains("\"ok\""), "another allowed uid is served: {reply}");
+        assert!(
+            reply.contains("\"ok\""),
+            "another allowed uid is served: {reply}"
+        );
     } else {
         println!("skipped the other-uid half: it needs root to run a client as `nobody`");
     }
     held.pop();
     let start = Instant::now();
     while busy(&socket).is_some() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the place never came back");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the place never came back"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(greeting(&swapper).contains("(v1)"));

@@ -36,27 +36,7 @@ impl Code {
                 addr_of!((*header).fingerprint).read_unaligned(),
             )
         };
-        if magic != MAGIC {
-            return Err(LoadError::BadMagic { origin });
-        }
-        if abi_version != ABI_VERSION {
-            return Err(LoadError::AbiVersion {
-                origin,
-                found: abi_version,
-                expected: ABI_VERSION,
-            });
-        }
-        if let Some((field, found, expected)) = fingerprint.mismatch(&Fingerprint::CURRENT) {
-            return Err(LoadError::Fingerprint {
-                field,
-                found: found.into(),
-                expected: expected.into(),
-                origin,
-            });
-        }
-        if flags & FLAG_PANIC_UNWIND == 0 {
-            return Err(LoadError::PanicAbort { origin });
-        }
+        check_prefix(magic, abi_version, flags, &fingerprint, &origin)?;
         // SAFETY: the prefix says ABI v1 from our toolchain, so by the caller's contract the
         // header is a valid v1 header that lives for the rest of the process.
         let header: &'static PluginHeader = unsafe { &*header };
@@ -101,4 +81,38 @@ impl Code {
             version,
         })
     }
+}
+
+/// The checks of a header's frozen prefix, done before anything else in it is trusted: the
+/// same whether the prefix was read from a mapped library or from the file's bytes.
+pub(crate) fn check_prefix(
+    magic: [u8; 8],
+    abi_version: u32,
+    flags: u32,
+    fingerprint: &Fingerprint,
+    origin: &str,
+) -> Result<(), LoadError> {
+    let origin = origin.to_owned();
+    if magic != MAGIC {
+        return Err(LoadError::BadMagic { origin });
+    }
+    if abi_version != ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            origin,
+            found: abi_version,
+            expected: ABI_VERSION,
+        });
+    }
+    if let Some((field, found, expected)) = fingerprint.mismatch(&Fingerprint::CURRENT) {
+        return Err(LoadError::Fingerprint {
+            field,
+            found: found.into(),
+            expected: expected.into(),
+            origin,
+        });
+    }
+    if flags & FLAG_PANIC_UNWIND == 0 {
+        return Err(LoadError::PanicAbort { origin });
+    }
+    Ok(())
 }

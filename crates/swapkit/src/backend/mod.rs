@@ -5,7 +5,7 @@
 //! This module and its children hold all of swapkit's `unsafe`: the checks that make a header
 //! trustworthy, and the calls across the ABI.
 
-mod header;
+pub(crate) mod header;
 pub(crate) mod host;
 pub(crate) mod native;
 pub(crate) mod statics;

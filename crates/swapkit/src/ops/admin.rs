@@ -246,10 +246,7 @@ fn accept(listener: UnixListener, stop: Arc<AtomicBool>, context: Arc<Context>) 
             Ok(admitted) => admitted,
             Err(message) => {
                 tracing::warn!(uid = peer.uid, pid = ?peer.pid, %message, "admin connection refused");
-                let _ = reply(
-                    &stream,
-                    &Reply::Error(failure(FailureKind::Busy, message)),
-                );
+                let _ = reply(&stream, &Reply::Error(failure(FailureKind::Busy, message)));
                 continue;
             }
         };

@@ -128,6 +128,76 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
     }
 }
 
+/// A native artifact's header as its bytes hold it: the symbol, checked like a loaded one.
+pub(crate) struct FileHeader {
+    pub symbol: String,
+    pub abi_version: u32,
+    pub fingerprint: swapkit_abi::Fingerprint,
+}
+
+/// Finds and checks the plugin header in a native library's bytes, without mapping it: the
+/// symbol's address is translated to a file offset through the section that holds it, and the
+/// header's frozen prefix (plain data, never relocated) is read from there and checked as a
+/// load checks it. No code of the library runs.
+pub(crate) fn header_in_file(path: &Path, bytes: &[u8]) -> Result<FileHeader, LoadError> {
+    use object::ObjectSection;
+    use std::mem::{offset_of, size_of};
+    let symbol = header_symbol(path, bytes)?;
+    let unreadable = |why: &str| LoadError::NotALibrary {
+        path: path.into(),
+        source: format!("its header symbol `{symbol}` {why}").into(),
+    };
+    let file = object::File::parse(bytes).map_err(|e| LoadError::NotALibrary {
+        path: path.into(),
+        source: e.into(),
+    })?;
+    let sym = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name().map(|n| n.trim_start_matches('_')) == Ok(symbol.as_str()))
+        .ok_or_else(|| unreadable("is listed but not defined"))?;
+    let section = sym
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or_else(|| unreadable("lies in no section"))?;
+    let (start, len) = section
+        .file_range()
+        .ok_or_else(|| unreadable("lies in a section with no bytes in the file"))?;
+    let within = sym.address().wrapping_sub(section.address());
+    let at = start.checked_add(within).filter(|_| within < len);
+    let prefix = size_of::<PluginHeader>();
+    let header = at
+        .and_then(|at| bytes.get(at as usize..(at as usize).checked_add(prefix)?))
+        .ok_or_else(|| unreadable("lies past the end of the file"))?;
+    let field = |offset: usize, n: usize| &header[offset..offset + n];
+    let u32_at = |offset: usize| u32::from_ne_bytes(field(offset, 4).try_into().unwrap());
+    let magic: [u8; 8] = field(offset_of!(PluginHeader, magic), 8)
+        .try_into()
+        .unwrap();
+    let abi_version = u32_at(offset_of!(PluginHeader, abi_version));
+    let flags = u32_at(offset_of!(PluginHeader, flags));
+    let raw = field(
+        offset_of!(PluginHeader, fingerprint),
+        size_of::<swapkit_abi::Fingerprint>(),
+    );
+    // SAFETY: `Fingerprint` is `repr(C)` byte arrays, for which every bit pattern is valid,
+    // and `raw` holds exactly its size.
+    let fingerprint =
+        unsafe { std::ptr::read_unaligned(raw.as_ptr().cast::<swapkit_abi::Fingerprint>()) };
+    crate::backend::header::check_prefix(
+        magic,
+        abi_version,
+        flags,
+        &fingerprint,
+        &path.display().to_string(),
+    )?;
+    Ok(FileHeader {
+        symbol,
+        abi_version,
+        fingerprint,
+    })
+}
+
 /// Opens the private copy and checks its header.
 fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Code, LoadError> {
     let not_a_library = |source: crate::error::BoxError| LoadError::NotALibrary {

@@ -28,7 +28,7 @@
 
 mod loader;
 
-pub(crate) use loader::{NativeLoader, EXTENSION};
+pub(crate) use loader::{header_in_file, NativeLoader, EXTENSION};
 
 use std::ffi::c_void;
 use std::sync::Arc;
