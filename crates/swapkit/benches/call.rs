@@ -55,6 +55,15 @@ fn calls(c: &mut Criterion) {
     wasm.load_files([&module]).unwrap();
     let wasm_client = wasm.client::<dyn Greeter>().unwrap();
     assert_eq!(wasm_client.score(1, "abc").unwrap(), 4);
+    // A call whose plugin asks the host for a Vault entry: where the sandbox's checks run.
+    let state = support::release_wasm(&["fixture-state-v1"]).remove(0);
+    let stateful = Swapper::builder()
+        .wasm_cache_dir(std::env::temp_dir().join("swapkit-bench-cache"))
+        .build()
+        .unwrap();
+    stateful.load_files([&state]).unwrap();
+    let counter = stateful.client::<dyn fixture_api::Counter>().unwrap();
+    counter.bump("state/visits").unwrap();
     let mut raw = RawWasm::new(&module, false);
     let mut raw_swapkit = RawWasm::new(&module, true);
 
@@ -76,6 +85,9 @@ fn calls(c: &mut Criterion) {
     });
     group.bench_function("wasm_typed", |b| {
         b.iter(|| wasm_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("wasm_vault_read", |b| {
+        b.iter(|| counter.read(black_box("state/visits")).unwrap())
     });
     group.bench_function("wasm_raw_typed_func", |b| b.iter(|| raw.call()));
     group.bench_function("wasm_raw_abi_call", |b| b.iter(|| raw.call_abi()));

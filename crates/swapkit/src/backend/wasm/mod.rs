@@ -433,6 +433,7 @@ impl WasmModule {
             quiet,
             panic: None,
             reply: Vec::new(),
+            nesting: false,
         };
         let mut store = Store::new(&self.shared.engine, data);
         store.limiter(|d| &mut d.limiter);

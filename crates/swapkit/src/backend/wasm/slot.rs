@@ -20,6 +20,8 @@ pub(super) struct SlotData {
     pub(super) panic: Option<String>,
     /// The last `swapkit.service` reply, until `swapkit.reply` copies it out.
     pub(super) reply: Vec<u8>,
+    /// The last request went past the nesting bounds: `swapkit.reply` traps instead.
+    pub(super) nesting: bool,
 }
 
 /// The linear memory all instances of one pool hold together, against its cap.
@@ -176,37 +178,41 @@ fn guest_prefix(
 }
 
 /// `swapkit.service(op, ptr, len) -> status << 32 | reply length`: runs a host service (see
-/// `backend/host/services.rs`) and keeps the reply for `swapkit.reply`. A request past the
-/// nesting bounds traps the caller.
-pub(super) fn host_service(
-    mut caller: Caller<'_, SlotData>,
-    op: u32,
-    ptr: u32,
-    len: u32,
-) -> wasmtime::Result<u64> {
-    let (status, reply) = match guest_slice(&mut caller, ptr, len) {
+/// `backend/host/services.rs`) and keeps the reply for `swapkit.reply`.
+///
+/// A request past the nesting bounds traps the caller when it fetches the reply, which the
+/// guest SDK always does: a host function that can fail costs a few percent of every service
+/// call in wasmtime's wrapper, `reply` already can. A guest that skips `reply` only keeps
+/// running with a refusal; the bound holds either way.
+pub(super) fn host_service(mut caller: Caller<'_, SlotData>, op: u32, ptr: u32, len: u32) -> u64 {
+    let (status, reply, nesting) = match guest_slice(&mut caller, ptr, len) {
         Some(input) => {
             let ctx = caller.data().ctx.clone();
             let served = crate::backend::host::serve_contained(&ctx, op, &input);
-            if served.nesting {
-                let message = String::from_utf8_lossy(&served.bytes).into_owned();
-                return Err(wasmtime::Error::new(NestingTrap(message)));
-            }
-            (served.status, served.bytes)
+            (served.status, served.bytes, served.nesting)
         }
         None => (
             Status::ServiceFailed,
             b"the request lies outside linear memory".to_vec(),
+            false,
         ),
     };
     let len = reply.len() as u64;
-    caller.data_mut().reply = reply;
-    Ok(((status as u64) << 32) | len)
+    let data = caller.data_mut();
+    data.reply = reply;
+    data.nesting = nesting;
+    ((status as u64) << 32) | len
 }
 
-/// `swapkit.reply(ptr)`: copies the pending service reply to `ptr`.
+/// `swapkit.reply(ptr)`: copies the pending service reply to `ptr`, or traps if the request
+/// went past the nesting bounds.
 pub(super) fn host_reply(mut caller: Caller<'_, SlotData>, ptr: u32) -> wasmtime::Result<()> {
-    let reply = std::mem::take(&mut caller.data_mut().reply);
+    let data = caller.data_mut();
+    let reply = std::mem::take(&mut data.reply);
+    if std::mem::take(&mut data.nesting) {
+        let message = String::from_utf8_lossy(&reply).into_owned();
+        return Err(wasmtime::Error::new(NestingTrap(message)));
+    }
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return Err(wasmtime::Error::msg("the plugin exports no memory"));
     };
