@@ -330,25 +330,25 @@ fn the_admin_socket_is_owner_only_and_refuses_other_uids() {
 }
 
 /// One allowed peer could hold all 16 connections, idle, and lock everyone out until they
-/// timed out. Now one uid holds at most 4: the fifth is refused as busy, while another allowed
+/// timed out. Now one uid holds at most 8: the ninth is refused as busy, while another allowed
 /// uid is still served, and a place comes back when a connection closes.
 #[test]
 fn one_uid_cannot_lock_the_others_out_of_the_admin_socket() {
     use std::os::unix::fs::PermissionsExt;
     const NOBODY: u32 = 65534;
     let (dir, socket, swapper) = admin_host(Some(NOBODY));
-    let mut held: Vec<std::os::unix::net::UnixStream> = (0..4)
+    let mut held: Vec<std::os::unix::net::UnixStream> = (0..8)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
         .collect();
-    // Connections are admitted in order, so the four are in when the fifth is looked at.
+    // Connections are admitted in order, so the eight are in when the ninth is looked at.
     let busy = |socket: &Path| match Client::connect(socket).unwrap().request(&Request::Status) {
         Err(ClientError::Refused(f)) if f.kind == FailureKind::Busy => Some(f.message),
         Ok(Outcome::Status(_)) => None,
         other => panic!("expected a status or a busy refusal, got {other:?}"),
     };
-    let message = busy(&socket).expect("a fifth connection of one uid is refused");
+    let message = busy(&socket).expect("a ninth connection of one uid is refused");
     assert!(
-        message.contains("already holds 4 admin connections"),
+        message.contains("already holds 8 admin connections"),
         "{message}"
     );
     // SAFETY: getuid has no preconditions.

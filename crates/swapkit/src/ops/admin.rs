@@ -35,9 +35,9 @@ use crate::reload::{ReloadReport, Reloader};
 use crate::trigger::Trigger;
 
 /// At most this many connections are served at once; more are refused.
-const MAX_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 32;
 /// At most this many of them from one uid.
-const PER_UID: usize = 4;
+const PER_UID: usize = 8;
 /// A connection silent this long is closed (the default of `admin_idle_timeout`).
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
 /// A reply not taken by the peer within this long closes the connection.

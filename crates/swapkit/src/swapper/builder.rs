@@ -182,8 +182,8 @@ impl SwapperBuilder {
     }
 
     /// How long an admin connection may stay silent, before a request or inside one, before
-    /// it is closed (default 60 s). Each allowed uid may hold 4 connections and all together
-    /// 16, so a slow or idle client holds a place for this long at most.
+    /// it is closed (default 60 s). Each allowed uid may hold 8 connections and all together
+    /// 32, so a slow or idle client holds a place for this long at most.
     #[cfg(feature = "ops")]
     pub fn admin_idle_timeout(mut self, idle: Duration) -> Self {
         self.ops.idle = Some(idle);
