@@ -399,6 +399,52 @@ fn a_silent_admin_connection_is_closed() {
     ));
 }
 
+/// A peer that sends requests and never reads the replies fills the socket; the host's write
+/// gives up after its write timeout (10 s) and closes the connection, instead of holding a
+/// connection thread forever. Other clients are served meanwhile.
+#[test]
+fn a_peer_that_never_reads_is_cut_off() {
+    use std::io::{Read, Write};
+    let (_dir, socket, _swapper) = admin_host(None);
+    let mut greedy = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Far more replies than a socket buffers. The host stops reading once its write blocks,
+    // so this side's writes may block too: they run on a thread of their own.
+    let mut writer = greedy.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let line = b"{\"v\":1,\"op\":\"status\"}\n".repeat(64);
+        for _ in 0..1_000 {
+            if writer.write_all(&line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut client = Client::connect(&socket).unwrap();
+    assert!(matches!(
+        client.request(&Request::Status).unwrap(),
+        Outcome::Status(_)
+    ));
+    // Only now read: what the host wrote before it gave up, then the end of the stream. (Read
+    // sooner, and the host's writes would go through again.)
+    std::thread::sleep(Duration::from_secs(15));
+    greedy
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut replies = Vec::new();
+    greedy
+        .read_to_end(&mut replies)
+        .expect("the host closed the connection; a read timeout here means it never did");
+    let answered = replies.iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        answered > 0 && answered < 64_000,
+        "{answered} of 64,000 requests answered before the host gave up"
+    );
+    drop(greedy);
+    sender.join().unwrap();
+}
+
 /// `patch_apply` of a FIFO blocked a connection thread forever, and of `/dev/zero` read
 /// without end. An artifact must now be a regular file under the size cap, checked on the
 /// open handle before a byte is read.
