@@ -72,6 +72,30 @@ pub enum LoadError {
         /// The artifact.
         path: PathBuf,
     },
+    /// The host's trust policy refuses the artifact: unsigned, signed by a key it does not
+    /// trust or revoked, a signature that does not verify, or signed as something else.
+    #[error("{path} is not trusted: {source}")]
+    Untrusted {
+        /// The artifact.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: swapkit_trust::TrustError,
+    },
+    /// A kept artifact in the state directory is not the content recorded for it: it was
+    /// replaced or corrupted after it was kept.
+    #[error(
+        "the kept artifact {path} was changed after it was kept: its SHA-256 is {found}, the \
+         state directory recorded {expected}; it is not loaded"
+    )]
+    KeptChanged {
+        /// The kept file.
+        path: PathBuf,
+        /// The recorded SHA-256.
+        expected: String,
+        /// What the file hashes to now.
+        found: String,
+    },
     /// The artifact is for a backend this build of swapkit leaves out.
     #[error(
         "{path} is a {backend} plugin, but this host was built without swapkit's `{feature}` \
@@ -362,6 +386,8 @@ impl LoadError {
             | ReadDir { path, .. }
             | NoArtifacts { path, .. }
             | Empty { path }
+            | Untrusted { path, .. }
+            | KeptChanged { path, .. }
             | BackendDisabled { path, .. }
             | NotALibrary { path, .. }
             | WasmCompile { path, .. }

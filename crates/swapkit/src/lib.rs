@@ -74,6 +74,7 @@ mod ops;
 pub mod patch;
 mod persist;
 mod plan;
+mod private_dir;
 mod publish;
 mod reload;
 mod sandbox;
@@ -138,5 +139,9 @@ pub use sandbox::{Grant, Quota, Sandbox};
 /// `patch!(path::to::f, |args..| replacement).rollout(..).apply()`. The replacement's
 /// signature is checked at compile time.
 pub use swapkit_macros::patch;
+/// Signed releases: keys, signature files, and the [`TrustPolicy`] a host checks every
+/// artifact against ([`SwapperBuilder::trust`]).
+pub use swapkit_trust as trust;
+pub use swapkit_trust::TrustPolicy;
 pub use swapper::{Swapper, SwapperBuilder};
 pub use trigger::Trigger;

@@ -15,6 +15,7 @@ use crate::error::LoadError;
 #[cfg(feature = "wasm")]
 use crate::lock::lock;
 use crate::persist::StateDir;
+use swapkit_trust::{SignatureFile, TrustPolicy};
 
 /// Where a reload reads its artifacts from.
 #[derive(Debug, Clone)]
@@ -53,6 +54,14 @@ pub(crate) struct Loader {
     wasm_config: WasmConfig,
     /// Where every artifact loaded is kept, if anywhere.
     keep: Option<Arc<StateDir>>,
+    /// What every artifact is checked against before any of its code runs, if anything.
+    trust: Option<TrustPolicy>,
+}
+
+/// A kept artifact to load: its path, and the SHA-256 the state directory recorded for it.
+pub(crate) struct Kept {
+    pub path: PathBuf,
+    pub sha256: [u8; 32],
 }
 
 impl Loader {
@@ -60,6 +69,7 @@ impl Loader {
         native: Option<NativeLoader>,
         wasm_config: WasmConfig,
         keep: Option<Arc<StateDir>>,
+        trust: Option<TrustPolicy>,
     ) -> Loader {
         Loader {
             native,
@@ -67,6 +77,7 @@ impl Loader {
             wasm: Mutex::new(None),
             wasm_config,
             keep,
+            trust,
         }
     }
 
@@ -81,27 +92,72 @@ impl Loader {
         source
             .paths()?
             .iter()
-            .map(|p| self.load_with(native, p))
+            .map(|p| self.load_with(native, p, None))
             .collect()
     }
 
     /// Reads and checks one artifact.
     pub fn load(&self, path: &Path) -> Result<Arc<Code>, LoadError> {
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
-        self.load_with(native, path)
+        self.load_with(native, path, None)
     }
 
-    fn load_with(&self, native: &NativeLoader, path: &Path) -> Result<Arc<Code>, LoadError> {
-        let bytes = read_artifact(path)?;
+    /// Loads artifacts kept in the state directory: each is opened without following a
+    /// link, and must hash to what was recorded for it, before anything else.
+    pub fn load_kept(&self, kept: &[Kept]) -> Result<Vec<Arc<Code>>, LoadError> {
+        let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
+        kept.iter()
+            .map(|k| self.load_with(native, &k.path, Some(&k.sha256)))
+            .collect()
+    }
+
+    /// Reads, checks and loads one artifact: the bytes, then (if the host has a trust
+    /// policy) the signature over them, then the backend, then the signed claims against the
+    /// manifest. `expect` is the recorded hash of a kept artifact.
+    fn load_with(
+        &self,
+        native: &NativeLoader,
+        path: &Path,
+        expect: Option<&[u8; 32]>,
+    ) -> Result<Arc<Code>, LoadError> {
+        let bytes = read_artifact(path, expect.is_some())?;
         if bytes.is_empty() {
             return Err(LoadError::Empty { path: path.into() });
         }
         let _span =
             tracing::debug_span!("load", path = %path.display(), bytes = bytes.len()).entered();
+        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+        if let Some(expected) = expect.filter(|e| **e != hash) {
+            return Err(LoadError::KeptChanged {
+                path: path.into(),
+                expected: crate::backend::hex(expected),
+                found: crate::backend::hex(&hash),
+            });
+        }
+        let backend = format(path, &bytes);
+        let untrusted = |source| LoadError::Untrusted {
+            path: path.into(),
+            source,
+        };
+        let signature = match &self.trust {
+            Some(policy) => {
+                let signature = read_signature(path, expect.is_some())?;
+                let signer = policy
+                    .check_content(
+                        &hash,
+                        &backend.to_string(),
+                        signature.as_ref().map(|s| &s.1),
+                    )
+                    .map_err(untrusted)?;
+                tracing::debug!(signer = %signer, "trusted");
+                signature
+            }
+            None => None,
+        };
         let kept = self.keep.as_ref().map(|_| bytes.clone());
-        let code = match format(path, &bytes) {
+        let code = match backend {
             #[cfg(feature = "wasm")]
-            BackendKind::Wasm => self.wasm()?.load(path, bytes)?,
+            BackendKind::Wasm => self.wasm()?.load(path, bytes, hash)?,
             #[cfg(not(feature = "wasm"))]
             BackendKind::Wasm => {
                 return Err(LoadError::BackendDisabled {
@@ -110,10 +166,20 @@ impl Loader {
                     feature: "wasm",
                 })
             }
-            _ => native.load(path, bytes)?,
+            _ => native.load(path, bytes, hash)?,
         };
+        if let Some((_, signed)) = &signature {
+            TrustPolicy::check_claims(
+                signed,
+                &code.name,
+                &code.version,
+                &code.manifest.fingerprint,
+            )
+            .map_err(untrusted)?;
+        }
         if let (Some(dir), Some(bytes)) = (&self.keep, kept) {
-            if let Err(e) = dir.keep(&code, &bytes) {
+            let signature = signature.as_ref().map(|(text, _)| text.as_str());
+            if let Err(e) = dir.keep(&code, &bytes, signature) {
                 tracing::warn!(error = %e, dir = %dir.path().display(), "cannot keep a copy of {path:?} in the state directory; a restart may not find it");
             }
         }
@@ -229,7 +295,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
         #[cfg(feature = "wasm")]
         limits: WasmLimits::default(),
     };
-    let code = Loader::new(Some(native), config, None).load(path)?;
+    let code = Loader::new(Some(native), config, None, None).load(path)?;
     Ok(Artifact {
         path: path.to_owned(),
         backend: code.backend,
@@ -276,7 +342,7 @@ pub struct HeaderCheck {
 /// inside the sandbox, so here it is only hashed.
 pub fn inspect_file(path: impl AsRef<Path>) -> Result<FileCheck, LoadError> {
     let path = path.as_ref();
-    let bytes = read_artifact(path)?;
+    let bytes = read_artifact(path, false)?;
     if bytes.is_empty() {
         return Err(LoadError::Empty { path: path.into() });
     }
@@ -313,7 +379,42 @@ pub(crate) const MAX_ARTIFACT: u64 = 256 << 20;
 /// blocking (a FIFO would wait for a writer forever) and checked through the open handle, so
 /// a device, a FIFO or a socket is refused before a byte is read, and a file that grows while
 /// it is read stops at the cap.
-pub(crate) fn read_artifact(path: &Path) -> Result<Vec<u8>, LoadError> {
+///
+/// `nofollow` refuses a symbolic link in the last component (for the state directory, where
+/// nothing should be a link).
+pub(crate) fn read_artifact(path: &Path, nofollow: bool) -> Result<Vec<u8>, LoadError> {
+    read_capped(path, nofollow, MAX_ARTIFACT)
+}
+
+/// Reads the detached signature of `path`, if there is one: its text and what it says.
+fn read_signature(
+    path: &Path,
+    nofollow: bool,
+) -> Result<Option<(String, SignatureFile)>, LoadError> {
+    let sig = swapkit_trust::signature_path(path);
+    let bytes = match read_capped(&sig, nofollow, swapkit_trust::MAX_TEXT as u64) {
+        Ok(bytes) => bytes,
+        Err(LoadError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let untrusted = |source| LoadError::Untrusted {
+        path: path.into(),
+        source,
+    };
+    let text = String::from_utf8(bytes).map_err(|_| {
+        untrusted(swapkit_trust::TrustError::Malformed {
+            what: "signature file",
+            reason: format!("{} is not UTF-8 text", sig.display()),
+        })
+    })?;
+    let parsed = SignatureFile::parse(&text).map_err(untrusted)?;
+    Ok(Some((text, parsed)))
+}
+
+/// Reads a regular file of at most `cap` bytes, opened without blocking.
+fn read_capped(path: &Path, nofollow: bool, cap: u64) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
     let read = |source| LoadError::Read {
         path: path.into(),
@@ -322,7 +423,10 @@ pub(crate) fn read_artifact(path: &Path) -> Result<Vec<u8>, LoadError> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | if nofollow { libc::O_NOFOLLOW } else { 0 },
+    );
     let file = options.open(path).map_err(read)?;
     let meta = file.metadata().map_err(read)?;
     if !meta.is_file() {
@@ -334,16 +438,14 @@ pub(crate) fn read_artifact(path: &Path) -> Result<Vec<u8>, LoadError> {
     let too_large = |size| LoadError::TooLarge {
         path: path.into(),
         size,
-        limit: MAX_ARTIFACT,
+        limit: cap,
     };
-    if meta.len() > MAX_ARTIFACT {
+    if meta.len() > cap {
         return Err(too_large(meta.len()));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_ARTIFACT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read)?;
-    if bytes.len() as u64 > MAX_ARTIFACT {
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(read)?;
+    if bytes.len() as u64 > cap {
         return Err(too_large(bytes.len() as u64));
     }
     Ok(bytes)

@@ -15,6 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::native::EXTENSION;
 use crate::backend::{hex, BackendKind, Code};
+use crate::load::Kept;
+
+/// 32 bytes from 64 lower-case hex digits.
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
 
 const KNOWN_GOOD: &str = "known-good.json";
 const ARTIFACTS: &str = "artifacts";
@@ -63,8 +76,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl StateDir {
+    /// Opens (making it if needed) a state directory that only this user may write: what it
+    /// keeps is run on resume.
     pub fn open(dir: &Path) -> std::io::Result<StateDir> {
-        std::fs::create_dir_all(dir.join(ARTIFACTS))?;
+        crate::private_dir::ensure(dir)?;
+        crate::private_dir::ensure(&dir.join(ARTIFACTS))?;
         Ok(StateDir {
             dir: dir.to_owned(),
         })
@@ -78,13 +94,30 @@ impl StateDir {
         format!("{ARTIFACTS}/{}.{}", hex(hash), extension(backend))
     }
 
-    /// Keeps a copy of an artifact just loaded, unless one is already there.
-    pub fn keep(&self, code: &Code, bytes: &[u8]) -> std::io::Result<()> {
+    /// Keeps a copy of an artifact just loaded, and its signature file if it has one,
+    /// unless they are already there.
+    pub fn keep(&self, code: &Code, bytes: &[u8], signature: Option<&str>) -> std::io::Result<()> {
         let path = self
             .dir
             .join(Self::relative(&code.content_hash, code.backend));
-        if path.exists() {
-            return Ok(());
+        if let Some(text) = signature {
+            let sig = swapkit_trust::signature_path(&path);
+            let same = std::fs::symlink_metadata(&sig).is_ok_and(|m| m.is_file())
+                && std::fs::read(&sig).is_ok_and(|kept| kept == text.as_bytes());
+            if !same {
+                write_atomic(&sig, text.as_bytes())?;
+            }
+        }
+        // A regular file with the same content is already kept; anything else under this
+        // name (a link, a planted or torn file) is replaced.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            let same = meta.is_file()
+                && meta.len() == bytes.len() as u64
+                && std::fs::read(&path).is_ok_and(|kept| kept == bytes);
+            if same {
+                return Ok(());
+            }
+            tracing::warn!(path = %path.display(), "replacing a kept artifact that is not what its name says");
         }
         write_atomic(&path, bytes)
     }
@@ -109,7 +142,9 @@ impl StateDir {
     }
 
     /// The persisted selection: `Ok(None)` if there is none, an error if it is unreadable.
-    pub fn load(&self) -> Result<Option<(KnownGood, Vec<PathBuf>)>, String> {
+    /// Each plugin's file must be the one its hash names (`artifacts/<sha256>.<ext>`), so a
+    /// selection cannot point one plugin at another's file.
+    pub fn load(&self) -> Result<Option<(KnownGood, Vec<Kept>)>, String> {
         let path = self.dir.join(KNOWN_GOOD);
         let text = match std::fs::read(&path) {
             Ok(text) => text,
@@ -125,22 +160,37 @@ impl StateDir {
                 known.v
             ));
         }
-        let paths = known
+        let kept = known
             .plugins
             .iter()
             .map(|p| {
-                let file = Path::new(&p.file);
-                if file.is_absolute() || file.components().any(|c| c.as_os_str() == "..") {
-                    return Err(format!(
-                        "{} names a file outside it: {}",
+                let sha256 = unhex(&p.sha256).ok_or_else(|| {
+                    format!(
+                        "{} records `{}` as the hash of {}, which is not a SHA-256",
                         path.display(),
-                        p.file
+                        p.sha256,
+                        p.name
+                    )
+                })?;
+                let named = [EXTENSION, "wasm"]
+                    .iter()
+                    .any(|ext| p.file == format!("{ARTIFACTS}/{}.{ext}", hex(&sha256)));
+                if !named {
+                    return Err(format!(
+                        "{} names file {} for {}, which is not the file of its hash {}",
+                        path.display(),
+                        p.file,
+                        p.name,
+                        p.sha256
                     ));
                 }
-                Ok(self.dir.join(file))
+                Ok(Kept {
+                    path: self.dir.join(&p.file),
+                    sha256,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((known, paths)))
+        Ok(Some((known, kept)))
     }
 
     /// Deletes kept artifacts that none of `keep` (content hashes) names.
@@ -183,9 +233,27 @@ mod tests {
         let state = StateDir::open(dir.path()).unwrap();
         assert!(state.load().unwrap().is_none());
         std::fs::write(dir.path().join(KNOWN_GOOD), b"{\"v\":1,\"gener").unwrap();
-        assert!(state.load().unwrap_err().contains("does not parse"));
-        let escape = r#"{"v":1,"generation":3,"plugins":[{"name":"a","version":"1","sha256":"00","file":"../../etc/passwd"}]}"#;
-        std::fs::write(dir.path().join(KNOWN_GOOD), escape).unwrap();
-        assert!(state.load().unwrap_err().contains("outside"));
+        let error = |state: &StateDir| state.load().err().expect("refused");
+        assert!(error(&state).contains("does not parse"));
+        let hash = "ab".repeat(32);
+        for (sha, file, expect) in [
+            ("00", "../../etc/passwd".to_owned(), "not a SHA-256"),
+            (
+                hash.as_str(),
+                "../../etc/passwd".to_owned(),
+                "not the file of its hash",
+            ),
+            (
+                hash.as_str(),
+                format!("artifacts/{}.wasm", "cd".repeat(32)),
+                "not the file of its hash",
+            ),
+        ] {
+            let text = format!(
+                r#"{{"v":1,"generation":3,"plugins":[{{"name":"a","version":"1","sha256":"{sha}","file":"{file}"}}]}}"#
+            );
+            std::fs::write(dir.path().join(KNOWN_GOOD), text).unwrap();
+            assert!(error(&state).contains(expect), "{}", error(&state));
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::backend::host::Services;
 use crate::backend::Code;
 use crate::error::{InterfaceMismatch, LoadError};
 use crate::history::{self, KeptSelection, RollbackTarget, Selection};
-use crate::load::{Loader, Source};
+use crate::load::{Kept, Loader, Source};
 use crate::lock::lock;
 use crate::persist::StateDir;
 use crate::publish::Published;
@@ -151,6 +151,16 @@ impl Reloader {
         let report = report?;
         state.source = Some(source);
         Ok(report)
+    }
+
+    /// Loads artifacts kept in the state directory, each checked against its recorded hash,
+    /// and publishes them.
+    pub fn load_kept(&self, kept: &[Kept]) -> Result<ReloadReport, LoadError> {
+        let mut state = self.lock();
+        let start = Instant::now();
+        let codes = self.settle(self.loader.load_kept(kept))?;
+        let report = self.install(&mut state, codes, &Trigger::Load, start);
+        self.settle(report)
     }
 
     /// Makes `source` the source of later reloads without loading it.

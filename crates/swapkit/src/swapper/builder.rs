@@ -21,7 +21,7 @@ use crate::publish::{OverdueHook, Published};
 #[cfg(feature = "ops")]
 use crate::reload::Observer;
 use crate::reload::{Reloader, Settings};
-use crate::{Sandbox, Vault};
+use crate::{Sandbox, TrustPolicy, Vault};
 
 /// Builds a [`Swapper`].
 ///
@@ -45,6 +45,7 @@ pub struct SwapperBuilder {
     wasm: WasmConfig,
     vault: Option<Vault>,
     sandbox: Sandbox,
+    trust: Option<TrustPolicy>,
     state_dir: Option<PathBuf>,
     #[cfg(feature = "ops")]
     ops: ops::Config,
@@ -63,6 +64,7 @@ impl Default for SwapperBuilder {
             wasm: WasmConfig::default(),
             vault: None,
             sandbox: Sandbox::default(),
+            trust: None,
             state_dir: None,
             #[cfg(feature = "ops")]
             ops: ops::Config::default(),
@@ -143,6 +145,18 @@ impl SwapperBuilder {
     /// set up before the swapper, or kept from another swapper.
     pub fn vault(mut self, vault: Vault) -> Self {
         self.vault = Some(vault);
+        self
+    }
+
+    /// Checks every artifact against `policy` before any of its code runs: a directory load,
+    /// a reload, the watcher, [`Swapper::patches_from`], the admin socket's `patch_apply`, and
+    /// [`Swapper::resume`] from the state directory. Each artifact's detached signature
+    /// (`<artifact>.sig`, made by `swapkit sign`) must be by a key the policy trusts and has
+    /// not revoked, verify, and cover exactly the artifact's bytes, plugin name, version,
+    /// backend and build; a refusal is [`LoadError::Untrusted`], saying why. Without a
+    /// policy (the default) every artifact is run.
+    pub fn trust(mut self, policy: TrustPolicy) -> Self {
+        self.trust = Some(policy);
         self
     }
 
@@ -261,7 +275,7 @@ impl SwapperBuilder {
         let wasm_stack = wasm.limits.max_stack;
         #[cfg(not(feature = "wasm"))]
         let wasm_stack = 0;
-        let loader = Loader::new(native, wasm, state_dir.clone());
+        let loader = Loader::new(native, wasm, state_dir.clone(), self.trust);
         #[cfg(feature = "ops")]
         let observer = ops::Shared::new(self.ops.probation.clone());
         let settings = Settings {

@@ -122,9 +122,9 @@ impl Swapper {
         let dir = dir.as_ref();
         self.core.announce_source(&Source::Dir(dir.to_owned()));
         let persisted = self.core.state_dir().map(|s| s.load());
-        if let Some(Ok(Some((known, paths)))) = persisted {
+        if let Some(Ok(Some((known, kept)))) = persisted {
             let generation = known.generation;
-            match self.load_files(&paths) {
+            match self.core.load_kept(&kept) {
                 Ok(report) => {
                     tracing::info!(
                         from_generation = generation,

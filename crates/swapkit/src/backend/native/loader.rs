@@ -1,14 +1,14 @@
 //! Loading native artifacts: hashing, the private copy, and `dlopen`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use object::{Object, ObjectSymbol};
-use sha2::{Digest, Sha256};
+
 use swapkit_abi::{PluginHeader, HEADER_SYMBOL_PREFIX};
 
+use super::copy::Scratch;
 use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
 
@@ -17,59 +17,50 @@ pub(crate) const EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 
 /// Loads native artifacts, keeping one mapping per distinct content.
 pub(crate) struct NativeLoader {
-    scratch: tempfile::TempDir,
+    scratch: Scratch,
     /// Content hash to checked code. Entries are never removed: the mappings they describe are
     /// never unmapped.
     loaded: Mutex<HashMap<[u8; 32], Arc<Code>>>,
-    copies: AtomicU64,
 }
 
 impl NativeLoader {
+    /// A loader whose private copies are sealed memory files, or files in a private
+    /// directory under `scratch_parent` where the kernel has none.
     pub fn new(scratch_parent: Option<&Path>) -> std::io::Result<NativeLoader> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("swapkit-");
-        let scratch = match scratch_parent {
-            Some(dir) => builder.tempdir_in(dir)?,
-            None => builder.tempdir()?,
-        };
         Ok(NativeLoader {
-            scratch,
+            scratch: Scratch::new(scratch_parent)?,
             loaded: Mutex::new(HashMap::new()),
-            copies: AtomicU64::new(0),
         })
     }
 
-    /// Hashes and, unless the same content is already loaded, loads the artifact read from
+    /// Unless the same content (`hash`) is already loaded, loads the artifact read from
     /// `path`.
-    pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    pub fn load(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+        hash: [u8; 32],
+    ) -> Result<Arc<Code>, LoadError> {
         if let Some(code) = crate::lock::lock(&self.loaded).get(&hash) {
             return Ok(code.clone());
         }
         let symbol = header_symbol(path, &bytes)?;
-        let copy = self.write_copy(path, &hash, &bytes)?;
-        let code = Arc::new(open(path, &copy, &symbol, hash)?);
-        let mut loaded = crate::lock::lock(&self.loaded);
-        Ok(loaded.entry(hash).or_insert(code).clone())
-    }
-
-    fn write_copy(&self, path: &Path, hash: &[u8; 32], bytes: &[u8]) -> Result<PathBuf, LoadError> {
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("plugin");
-        let n = self.copies.fetch_add(1, Ordering::Relaxed);
-        let hex = crate::backend::hex(&hash[..6]);
+        let stem = format!("{stem}-{}", crate::backend::hex(&hash[..6]));
         let copy = self
             .scratch
-            .path()
-            .join(format!("{stem}-{hex}-{n}.{EXTENSION}"));
-        std::fs::write(&copy, bytes).map_err(|source| LoadError::Scratch {
-            path: path.into(),
-            scratch: self.scratch.path().into(),
-            source,
-        })?;
-        Ok(copy)
+            .write(&stem, &bytes)
+            .map_err(|source| LoadError::Scratch {
+                path: path.into(),
+                scratch: self.scratch.describe(),
+                source,
+            })?;
+        let code = Arc::new(open(path, &copy, &symbol, hash)?);
+        let mut loaded = crate::lock::lock(&self.loaded);
+        Ok(loaded.entry(hash).or_insert(code).clone())
     }
 }
 

@@ -26,6 +26,7 @@
 //! this thread decodes a reply of a plugin, a nested call into the same plugin (from a
 //! `Deserialize` impl) is refused rather than allowed to overwrite the bytes being decoded.
 
+mod copy;
 mod loader;
 
 pub(crate) use loader::{header_in_file, NativeLoader, EXTENSION};

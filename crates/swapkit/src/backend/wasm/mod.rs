@@ -37,7 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use swapkit_abi::{wire, Fingerprint, Manifest, Status, ABI_VERSION};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
 
@@ -212,8 +211,12 @@ impl WasmLoader {
     }
 
     /// Reads, checks and compiles (or reuses) one `.wasm` artifact, and reads its manifest.
-    pub fn load(&self, path: &Path, bytes: Vec<u8>) -> Result<Arc<Code>, LoadError> {
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    pub fn load(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+        hash: [u8; 32],
+    ) -> Result<Arc<Code>, LoadError> {
         if let Some(code) = crate::lock::lock(&self.loaded)
             .get(&hash)
             .and_then(Weak::upgrade)

@@ -1,0 +1,198 @@
+//! The private copy a native library is mapped from, written so that nobody can swap it
+//! between the write and `dlopen`.
+//!
+//! Where the kernel has `memfd_create` (Linux), the bytes go to an anonymous memory file that
+//! is then sealed against any change and mapped through `/proc/self/fd/N`: there is no path
+//! another user could replace, and no file left behind. Elsewhere the copy is a new file
+//! (`O_EXCL | O_NOFOLLOW`, mode 0500 once written) in a scratch directory of mode 0700 named
+//! after this process; scratch directories of processes that died are removed at start.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where private copies are made.
+pub(crate) enum Scratch {
+    /// Sealed memory files.
+    #[cfg(target_os = "linux")]
+    Memfd,
+    /// Files in a private directory, removed with it.
+    Dir(tempfile::TempDir),
+}
+
+static COPIES: AtomicU64 = AtomicU64::new(0);
+
+impl Scratch {
+    /// Memory files if the kernel has them, else a private directory under `parent` (the
+    /// system's temporary directory if `None`).
+    pub fn new(parent: Option<&Path>) -> io::Result<Scratch> {
+        #[cfg(target_os = "linux")]
+        if memfd("swapkit-probe").is_ok() {
+            return Ok(Scratch::Memfd);
+        }
+        Scratch::dir(parent)
+    }
+
+    /// A private scratch directory under `parent`, after removing those of dead processes.
+    pub fn dir(parent: Option<&Path>) -> io::Result<Scratch> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
+        remove_stale(&parent);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("swapkit-{}-", std::process::id()))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(&parent)?;
+        crate::private_dir::check(dir.path())?;
+        Ok(Scratch::Dir(dir))
+    }
+
+    /// Writes a private copy of `bytes` and returns the path to map it from. `stem` names it
+    /// in listings (`/proc/self/maps`), nothing more.
+    pub fn write(&self, stem: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        let n = COPIES.fetch_add(1, Ordering::Relaxed);
+        match self {
+            #[cfg(target_os = "linux")]
+            Scratch::Memfd => {
+                let mut file = memfd(&format!("swapkit-{stem}-{n}"))?;
+                file.write_all(bytes)?;
+                seal(&file)?;
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+                // The descriptor stays open for the rest of the process, as the mapping does
+                // (see the module docs of `native`): the dynamic loader knows a library by its
+                // path, so `/proc/self/fd/N` must never name another library later.
+                Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+            }
+            Scratch::Dir(dir) => {
+                use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                let path = dir.path().join(format!("{stem}-{n}.{}", super::EXTENSION));
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o700)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                file.write_all(bytes)?;
+                file.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+                Ok(path)
+            }
+        }
+    }
+
+    /// Where copies go, for errors: the directory, or a description of memory files.
+    pub fn describe(&self) -> PathBuf {
+        match self {
+            #[cfg(target_os = "linux")]
+            Scratch::Memfd => PathBuf::from("memfd:"),
+            Scratch::Dir(dir) => dir.path().to_owned(),
+        }
+    }
+}
+
+/// A new anonymous memory file that can be sealed.
+#[cfg(target_os = "linux")]
+fn memfd(name: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name.replace('\0', "_")).expect("no NUL left");
+    // SAFETY: `name` is a valid C string; the flags are defined by the kernel ABI.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Seals a memory file against any later write, growth or shrinking, by anyone: another
+/// process of the same user could otherwise open `/proc/<pid>/fd/N` and rewrite it.
+#[cfg(target_os = "linux")]
+fn seal(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: the descriptor is open; F_ADD_SEALS takes an int argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes the scratch directories (`swapkit-<pid>-*`) of this user's processes that are no
+/// longer running: a host that crashed leaves its copies behind.
+fn remove_stale(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("swapkit-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let dead = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if meta.is_dir() && meta.uid() == me && dead {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), pid, "removed the scratch directory of a host that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a stale scratch directory")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_cannot_be_changed_once_written() {
+        let scratch = Scratch::new(None).unwrap();
+        let path = scratch.write("t", b"hello").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        // Opening it again for writing (as another process could, by its /proc path, or by
+        // its name in a scratch directory) fails.
+        let reopened = std::fs::OpenOptions::new().write(true).open(&path);
+        match reopened {
+            Err(_) => {}
+            Ok(mut f) => assert!(f.write_all(b"evil").is_err(), "the copy was rewritten"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn the_fallback_directory_is_private_and_stale_ones_are_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        // A dead host's directory: no process has pid 2^22 + 1 on a default pid_max.
+        let stale = parent.path().join("swapkit-4194305-abc");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("old.so"), b"x").unwrap();
+        // A running host's directory (this one) stays.
+        let live = parent
+            .path()
+            .join(format!("swapkit-{}-xyz", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        let scratch = Scratch::dir(Some(parent.path())).unwrap();
+        assert!(!stale.exists(), "the dead host's scratch is gone");
+        assert!(live.exists());
+        let dir = scratch.describe();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let path = scratch.write("lib", b"bytes").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o500);
+    }
+}
