@@ -41,6 +41,8 @@ pub(crate) struct WasmConfig {
     pub limits: WasmLimits,
     /// The compile cache directory, if any.
     pub cache: Option<PathBuf>,
+    /// The most bytes the compile cache may hold (`None`: 1 GiB).
+    pub cache_cap: Option<u64>,
 }
 
 /// Reads artifacts and loads each through the backend its content calls for.
@@ -193,8 +195,13 @@ impl Loader {
         if let Some(loader) = &*slot {
             return Ok(loader.clone());
         }
-        let WasmConfig { limits, cache } = self.wasm_config.clone();
-        let loader = Arc::new(WasmLoader::new(limits, cache)?);
+        let WasmConfig {
+            limits,
+            cache,
+            cache_cap,
+        } = self.wasm_config.clone();
+        let cap = cache_cap.unwrap_or(crate::backend::wasm::cache::DEFAULT_CAP);
+        let loader = Arc::new(WasmLoader::new(limits, cache, cap)?);
         *slot = Some(loader.clone());
         Ok(loader)
     }
@@ -292,6 +299,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
     })?;
     let config = WasmConfig {
         cache: default_wasm_cache(),
+        cache_cap: None,
         #[cfg(feature = "wasm")]
         limits: WasmLimits::default(),
     };

@@ -134,10 +134,21 @@ impl SwapperBuilder {
     }
 
     /// Where compiled wasm modules are cached across loads and restarts (default:
-    /// `$XDG_CACHE_HOME/swapkit/wasm`, or `~/.cache/swapkit/wasm`).
+    /// `$XDG_CACHE_HOME/swapkit/wasm`, or `~/.cache/swapkit/wasm`). The directory is made
+    /// with mode 0700, and its entries are authenticated with a secret kept beside it
+    /// (`<dir>.key`, mode 0600); if either is not private to this user, the cache is off and
+    /// every load compiles, with a warning.
     #[cfg(feature = "wasm")]
     pub fn wasm_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.wasm.cache = Some(dir.into());
+        self
+    }
+
+    /// The most bytes the wasm compile cache may hold (default 1 GiB): past it, the entries
+    /// used least recently are deleted.
+    #[cfg(feature = "wasm")]
+    pub fn wasm_cache_cap(mut self, bytes: u64) -> Self {
+        self.wasm.cache_cap = Some(bytes);
         self
     }
 

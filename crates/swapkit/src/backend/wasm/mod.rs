@@ -24,7 +24,8 @@
 //! the same as on the native backend.
 //!
 //! # Compile cache
-//! A module is compiled once per content. The compiled form is written to the cache directory,
+//! A module is compiled once per content. The compiled form is written to the cache directory
+//! (private to this user, each entry authenticated with a per-host key: see `cache.rs`),
 //! keyed by the content hash and the engine's compatibility hash (wasmtime version and
 //! configuration), with a SHA-256 of the compiled bytes in front. A restart or a re-load reads it
 //! instead of compiling. An entry whose checksum does not match, or that wasmtime rejects, is
@@ -44,7 +45,7 @@ use super::{BackendKind, Code, Entry};
 use crate::backend::host::GuestCtx;
 use crate::error::LoadError;
 
-mod cache;
+pub(crate) mod cache;
 mod pool;
 mod slot;
 
@@ -129,7 +130,7 @@ pub enum Exhausted {
 /// The wasm engine of one swapper: compiles, caches and instantiates modules.
 pub(crate) struct WasmLoader {
     shared: Arc<Shared>,
-    cache: Option<PathBuf>,
+    cache: Option<cache::Cache>,
     /// Compatibility key of compiled code: wasmtime version and engine configuration.
     compat: u64,
     /// Content hash to code, for reuse while something still holds it.
@@ -153,7 +154,13 @@ impl Drop for Shared {
 }
 
 impl WasmLoader {
-    pub fn new(limits: WasmLimits, cache: Option<PathBuf>) -> Result<WasmLoader, LoadError> {
+    /// An engine with `limits`, caching compiled modules in `cache` (at most `cache_cap`
+    /// bytes) if it is given and private to this user.
+    pub fn new(
+        limits: WasmLimits,
+        cache: Option<PathBuf>,
+        cache_cap: u64,
+    ) -> Result<WasmLoader, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         // Linear memory never moves (32-bit memories fit the default 4 GiB reservation), which
@@ -182,14 +189,10 @@ impl WasmLoader {
         })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        "swapkit-cache-v1".hash(&mut hasher);
+        "swapkit-cache-v2".hash(&mut hasher);
         let compat = hasher.finish();
         let deadline_ticks = (limits.call_timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1;
-        if let Some(dir) = &cache {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "wasm compile cache unavailable; compiling every load");
-            }
-        }
+        let cache = cache.and_then(|dir| cache::Cache::open(&dir, cache_cap));
         Ok(WasmLoader {
             shared: Arc::new(Shared {
                 engine,
