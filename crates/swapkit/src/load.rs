@@ -286,6 +286,24 @@ pub struct Artifact {
     pub manifest: swapkit_abi::Manifest,
 }
 
+impl Artifact {
+    /// What a signature of this artifact vouches for (see [`swapkit_trust`]): its hash,
+    /// plugin name, version, backend and build fingerprint.
+    pub fn statement(&self) -> swapkit_trust::Statement {
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        swapkit_trust::Statement {
+            plugin: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            backend: self.backend.to_string(),
+            fingerprint: self.manifest.fingerprint.clone(),
+            sha256,
+        }
+    }
+}
+
 /// Reads and checks an artifact the way a load does (header, ABI version, build
 /// fingerprint, manifest, wasm imports and exports), without running any of its hooks.
 ///

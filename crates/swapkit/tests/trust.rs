@@ -1,0 +1,319 @@
+//! Trusting what is loaded: signed releases checked before any code runs, kept artifacts
+//! checked on resume, an authenticated compile cache, and native copies no one can swap.
+//! Each test is an attack that once worked, and now fails with a clear error while the current
+//! generation keeps serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{tempdir, Backend, Fixture};
+use fixture_api::Greeter;
+use swapkit::trust::{signature_path, SecretKey, SignatureFile, Statement, TrustError};
+use swapkit::{LoadError, Swapper, SwapperBuilder, TrustPolicy};
+
+/// Copies `fixture`'s artifact for `backend` into `dir` as `name`.
+fn place(dir: &Path, fixture: Fixture, backend: Backend, name: &str) -> PathBuf {
+    let ext = match backend {
+        Backend::Wasm => "wasm",
+        _ => std::env::consts::DLL_EXTENSION,
+    };
+    let to = dir.join(format!("{name}.{ext}"));
+    std::fs::copy(fixture.artifact(backend), &to).unwrap();
+    to
+}
+
+/// What a signature of `artifact` would vouch for.
+fn statement(artifact: &Path) -> Statement {
+    swapkit::inspect(artifact).unwrap().statement()
+}
+
+/// Writes the signature of `statement` by `key` next to `artifact`.
+fn sign_as(artifact: &Path, statement: Statement, key: &SecretKey) {
+    let signed = SignatureFile::sign(statement, key).unwrap();
+    std::fs::write(signature_path(artifact), signed.to_text()).unwrap();
+}
+
+fn sign(artifact: &Path, key: &SecretKey) {
+    sign_as(artifact, statement(artifact), key);
+}
+
+fn builder(policy: TrustPolicy) -> SwapperBuilder {
+    Swapper::builder()
+        .wasm_cache_dir(common::wasm_cache())
+        .trust(policy)
+}
+
+fn greets(swapper: &Swapper) -> String {
+    swapper.client::<dyn Greeter>().unwrap().greet("t").unwrap()
+}
+
+/// Why `result` was refused by the policy.
+fn refused(result: Result<swapkit::ReloadReport, LoadError>) -> TrustError {
+    match result {
+        Err(LoadError::Untrusted { source, .. }) => source,
+        other => panic!("expected a refusal by the trust policy, got {other:?}"),
+    }
+}
+
+/// Any file in the plugin directory was run. Now only what a trusted key signed, for exactly
+/// these bytes, this plugin, version and backend, loads; each refusal says why.
+#[test]
+fn only_what_a_trusted_key_signed_loads() {
+    for backend in [Backend::Native, Backend::Wasm] {
+        let dir = tempdir();
+        let (key, other) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
+        let v1 = place(dir.path(), Fixture::GreeterV1, backend, "v1");
+        sign(&v1, &key);
+        let swapper = builder(TrustPolicy::new().key(key.public()))
+            .build()
+            .unwrap();
+        swapper.load_files([&v1]).unwrap();
+        assert_eq!(greets(&swapper), "hello, t (v1)");
+
+        let v2 = place(dir.path(), Fixture::GreeterV2, backend, "v2");
+        let load_v2 = || swapper.load_files([&v2]);
+        assert_eq!(refused(load_v2()), TrustError::Unsigned);
+        sign(&v2, &other);
+        assert!(matches!(refused(load_v2()), TrustError::UnknownKey { .. }));
+        // v1's signature beside v2: for other content.
+        std::fs::copy(signature_path(&v1), signature_path(&v2)).unwrap();
+        assert!(matches!(
+            refused(load_v2()),
+            TrustError::ContentMismatch { .. }
+        ));
+        // A signature for v2's bytes that calls it another version.
+        let mut claim = statement(&v2);
+        claim.version = "9.9.9".into();
+        sign_as(&v2, claim, &key);
+        assert!(matches!(
+            refused(load_v2()),
+            TrustError::Claim {
+                field: "version",
+                ..
+            }
+        ));
+        // Signed properly, then changed.
+        sign(&v2, &key);
+        let mut bytes = std::fs::read(&v2).unwrap();
+        bytes.extend_from_slice(b"appended");
+        std::fs::write(&v2, &bytes).unwrap();
+        assert!(matches!(
+            refused(load_v2()),
+            TrustError::ContentMismatch { .. }
+        ));
+        // A signature file altered by hand.
+        place(dir.path(), Fixture::GreeterV2, backend, "v2");
+        let text = std::fs::read_to_string(signature_path(&v2)).unwrap();
+        std::fs::write(signature_path(&v2), text.replace("2.0.0", "2.0.1")).unwrap();
+        assert!(matches!(
+            refused(load_v2()),
+            TrustError::BadSignature { .. }
+        ));
+        assert_eq!(
+            greets(&swapper),
+            "hello, t (v1)",
+            "{backend:?}: v1 kept serving"
+        );
+
+        sign(&v2, &key);
+        swapper.load_files([&v2]).unwrap();
+        assert_eq!(greets(&swapper), "hi, t (v2)");
+        // A revoked key is refused even though it is also trusted.
+        let revoking = builder(
+            TrustPolicy::new()
+                .key(key.public())
+                .revoke(key.public().id()),
+        )
+        .build()
+        .unwrap();
+        assert!(matches!(
+            refused(revoking.load_files([&v2])),
+            TrustError::RevokedKey { .. }
+        ));
+        // Allowing unsigned artifacts still checks the signatures that are there.
+        let lenient = builder(TrustPolicy::new().allow_unsigned())
+            .build()
+            .unwrap();
+        let unsigned = place(dir.path(), Fixture::GreeterV1, backend, "unsigned");
+        lenient.load_files([&unsigned]).unwrap();
+        assert!(matches!(
+            refused(lenient.load_files([&v2])),
+            TrustError::UnknownKey { .. }
+        ));
+    }
+}
+
+/// `patches_from` (and so the admin socket's `patch_apply`) goes through the policy too.
+#[test]
+fn patch_plugins_are_checked_like_any_artifact() {
+    let key = SecretKey::generate().unwrap();
+    let swapper = builder(TrustPolicy::new().key(key.public()))
+        .build()
+        .unwrap();
+    let dir = tempdir();
+    let patches = dir
+        .path()
+        .join(format!("patches.{}", std::env::consts::DLL_EXTENSION));
+    std::fs::copy(Fixture::Patches.path(), &patches).unwrap();
+    let err = swapper.patches_from(&patches).unwrap_err();
+    assert!(err.to_string().contains("is not trusted"), "{err}");
+    assert!(err.to_string().contains("unsigned"), "{err}");
+    sign(&patches, &key);
+    let _signed = swapper.patches_from(&patches).unwrap();
+}
+
+/// A kept artifact replaced in the state directory was loaded by `resume` and recorded as
+/// known-good. Now each kept artifact must hash to its record: a replaced one is refused and
+/// the host starts from its plugin directory instead. A link planted under a release's name
+/// before its first run is replaced when the release is kept.
+#[test]
+fn resume_loads_only_what_was_kept() {
+    let key = SecretKey::generate().unwrap();
+    let policy = || TrustPolicy::new().key(key.public());
+    let base = tempdir();
+    let (plugins, state) = (base.path().join("plugins"), base.path().join("state"));
+    std::fs::create_dir(&plugins).unwrap();
+    let v1 = place(&plugins, Fixture::GreeterV1, Backend::Native, "greeter");
+    sign(&v1, &key);
+    // Planted before the first run: the name v1 will be kept under, linking to v2.
+    let sha = swapkit::inspect_file(&v1).unwrap().sha256;
+    let kept = state
+        .join("artifacts")
+        .join(format!("{sha}.{}", std::env::consts::DLL_EXTENSION));
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(Fixture::GreeterV2.path(), &kept).unwrap();
+    {
+        let host = builder(policy()).state_dir(&state).build().unwrap();
+        host.resume(&plugins).unwrap();
+        assert_eq!(greets(&host), "hello, t (v1)");
+    }
+    assert!(
+        std::fs::symlink_metadata(&kept).unwrap().is_file(),
+        "the planted link was replaced by the real artifact"
+    );
+    assert!(signature_path(&kept).is_file(), "the signature is kept too");
+    // The plugin directory moves on to v2; a restart resumes v1, the known-good selection.
+    std::fs::remove_file(signature_path(&v1)).unwrap();
+    place(&plugins, Fixture::GreeterV2, Backend::Native, "greeter");
+    sign(&v1, &key);
+    {
+        let host = builder(policy()).state_dir(&state).build().unwrap();
+        host.resume(&plugins).unwrap();
+        assert_eq!(greets(&host), "hello, t (v1)");
+    }
+    // Someone replaces the kept v1 with other bytes (even signed ones): refused, and the
+    // host starts from the plugin directory, v2.
+    std::fs::remove_file(&kept).unwrap();
+    std::fs::copy(Fixture::GreeterV1.wasm_path(), &kept).unwrap();
+    let host = builder(policy()).state_dir(&state).build().unwrap();
+    host.resume(&plugins).unwrap();
+    assert_eq!(greets(&host), "hi, t (v2)");
+}
+
+/// A state directory another user may write is refused: what it keeps is run on resume.
+#[test]
+fn a_state_directory_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempdir();
+    let state = base.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Swapper::builder().state_dir(&state).build().unwrap_err();
+    assert!(err.to_string().contains("make it 0700"), "{err}");
+    let fresh = base.path().join("fresh");
+    Swapper::builder().state_dir(&fresh).build().unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// The compile-cache entry of each module, by module.
+fn cache_entry(cache: &Path, module: &Path) -> PathBuf {
+    let sha = swapkit::inspect_file(module).unwrap().sha256;
+    std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&sha[..32]))
+        })
+        .expect("a cache entry")
+}
+
+/// An attacker's compiled module copied under a benign module's key was loaded and answered in
+/// its place; a patched entry with its checksum recomputed ran. Entries are now authenticated
+/// with a per-host secret: both are recompiled, never run.
+#[test]
+fn a_planted_cache_entry_is_recompiled_not_run() {
+    let base = tempdir();
+    let cache = base.path().join("cache");
+    let (greeter, hostile) = (Fixture::GreeterV1.wasm_path(), Fixture::Hostile.wasm_path());
+    let fresh = || Swapper::builder().wasm_cache_dir(&cache).build().unwrap();
+    let first = fresh();
+    first.load_files([&greeter]).unwrap();
+    first.load_files([&hostile]).unwrap();
+    assert_eq!(first.wasm_compiles(), 2);
+    drop(first);
+    // The hostile module's compiled code, under the greeter's key.
+    std::fs::copy(cache_entry(&cache, &hostile), cache_entry(&cache, &greeter)).unwrap();
+    let second = fresh();
+    second.load_files([&greeter]).unwrap();
+    assert_eq!(
+        second.wasm_compiles(),
+        1,
+        "the planted entry was recompiled"
+    );
+    assert_eq!(greets(&second), "hello, t (v1)", "and the greeter answers");
+    // The rewritten entry is authentic again; the next host reads it from the cache.
+    let third = fresh();
+    third.load_files([&greeter]).unwrap();
+    assert_eq!(third.wasm_compiles(), 0);
+}
+
+/// A cache directory another user may write is not used: every load compiles.
+#[test]
+fn a_cache_directory_others_may_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempdir();
+    let cache = base.path().join("open");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for _ in 0..2 {
+        let swapper = Swapper::builder().wasm_cache_dir(&cache).build().unwrap();
+        swapper
+            .load_files([Fixture::GreeterV1.wasm_path()])
+            .unwrap();
+        assert_eq!(swapper.wasm_compiles(), 1);
+    }
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// The native copy was written under a predictable name and opened by path, so another user
+/// could swap it for a link between the write and `dlopen`. Now it is a sealed memory file
+/// with no path at all: the scratch directory stays empty, and the mapping is a memfd.
+#[test]
+fn a_native_copy_has_no_path_to_swap() {
+    let scratch = tempdir();
+    let swapper = Swapper::builder()
+        .scratch_dir(scratch.path())
+        .build()
+        .unwrap();
+    swapper.load_files([Fixture::GreeterV1.path()]).unwrap();
+    assert_eq!(greets(&swapper), "hello, t (v1)");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.lines()
+            .any(|l| l.contains("memfd:swapkit-") && l.contains("r-xp")),
+        "the plugin's code is mapped from a memfd"
+    );
+}
