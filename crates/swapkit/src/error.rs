@@ -96,6 +96,21 @@ pub enum LoadError {
         /// What the file hashes to now.
         found: String,
     },
+    /// Under a trust policy, a load or reload would move a plugin to a lower version than the
+    /// highest this host has published; only a rollback or an explicit downgrade may.
+    #[error(
+        "refusing to move plugin `{plugin}` down to {version}: this host has run {highest}, and a \
+         release never goes backwards by itself; use Swapper::rollback or rollback_to (or the \
+         admin rollback), or Swapper::downgrade if you mean it"
+    )]
+    Downgrade {
+        /// The plugin.
+        plugin: String,
+        /// The version that would be loaded.
+        version: String,
+        /// The highest version published so far.
+        highest: String,
+    },
     /// The artifact is for a backend this build of swapkit leaves out.
     #[error(
         "{path} is a {backend} plugin, but this host was built without swapkit's `{feature}` \
@@ -410,7 +425,8 @@ impl LoadError {
     pub fn plugin(&self) -> Option<&str> {
         use LoadError::*;
         match self {
-            Hook { plugin, .. }
+            Downgrade { plugin, .. }
+            | Hook { plugin, .. }
             | HookPanic { plugin, .. }
             | UnknownDependency { plugin, .. }
             | DependencyInterface { plugin, .. } => Some(plugin),
@@ -424,7 +440,9 @@ impl LoadError {
     pub fn version(&self) -> Option<&str> {
         use LoadError::*;
         match self {
-            Hook { version, .. } | HookPanic { version, .. } => Some(version),
+            Hook { version, .. } | HookPanic { version, .. } | Downgrade { version, .. } => {
+                Some(version)
+            }
             InterfaceHash(mismatch) => Some(&mismatch.version),
             _ => None,
         }

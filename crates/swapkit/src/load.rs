@@ -83,6 +83,11 @@ impl Loader {
         }
     }
 
+    /// Whether artifacts are checked against a trust policy.
+    pub fn trusts(&self) -> bool {
+        self.trust.is_some()
+    }
+
     /// Whether this loader loads artifacts at all (a static swapper's does not).
     pub fn is_static(&self) -> bool {
         self.native.is_none()

@@ -31,6 +31,9 @@ pub enum Trigger {
         /// The peer's pid, where the kernel reports it.
         pid: Option<i32>,
     },
+    /// [`Swapper::downgrade`](crate::Swapper::downgrade): a load the operator allowed to
+    /// go to a lower version.
+    Downgrade,
     /// A rollback asked for on the admin socket.
     AdminRollback {
         /// The peer's uid.
@@ -57,6 +60,7 @@ impl Trigger {
             Trigger::ApiReload => "reload",
             Trigger::ApiRollback => "rollback",
             Trigger::AutoRollback => "auto-rollback",
+            Trigger::Downgrade => "downgrade",
             Trigger::Watcher => "watch",
             Trigger::Signal { .. } => "signal",
             Trigger::AdminReload { .. } => "admin-reload",

@@ -317,3 +317,54 @@ fn a_native_copy_has_no_path_to_swap() {
         "the plugin's code is mapped from a memfd"
     );
 }
+
+/// An old release, even validly signed, was loaded again by dropping it in the plugin
+/// directory. Under a trust policy a plugin never goes to a lower version than the highest
+/// this host published, unless the operator asks: a rollback, or `Swapper::downgrade`. A
+/// restart with a state directory remembers the highest version.
+#[test]
+fn a_signed_old_release_does_not_come_back_by_itself() {
+    let key = SecretKey::generate().unwrap();
+    let base = tempdir();
+    let state = base.path().join("state");
+    let v1 = place(base.path(), Fixture::GreeterV1, Backend::Native, "v1");
+    let v2 = place(base.path(), Fixture::GreeterV2, Backend::Native, "v2");
+    sign(&v1, &key);
+    sign(&v2, &key);
+    let host = || {
+        builder(TrustPolicy::new().key(key.public()))
+            .state_dir(&state)
+            .build()
+            .unwrap()
+    };
+    let swapper = host();
+    swapper.load_files([&v1]).unwrap();
+    swapper.load_files([&v2]).unwrap();
+    match swapper.load_files([&v1]) {
+        Err(LoadError::Downgrade {
+            plugin,
+            version,
+            highest,
+        }) => assert_eq!(
+            (&*plugin, &*version, &*highest),
+            ("greeter", "1.0.0", "2.0.0")
+        ),
+        other => panic!("expected the downgrade to be refused, got {other:?}"),
+    }
+    assert_eq!(greets(&swapper), "hi, t (v2)");
+    // A rollback is the operator's choice.
+    swapper.rollback().unwrap();
+    assert_eq!(greets(&swapper), "hello, t (v1)");
+    swapper.load_files([&v2]).unwrap();
+    // So is an explicit downgrade.
+    swapper.downgrade([&v1]).unwrap();
+    assert_eq!(greets(&swapper), "hello, t (v1)");
+    drop(swapper);
+    // A restarted host remembers 2.0.0.
+    let restarted = host();
+    assert!(matches!(
+        restarted.load_files([&v1]),
+        Err(LoadError::Downgrade { .. })
+    ));
+    restarted.load_files([&v2]).unwrap();
+}

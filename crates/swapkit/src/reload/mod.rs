@@ -4,10 +4,12 @@
 
 mod build;
 mod events;
+mod versions;
 
 pub(crate) use events::{Observer, PublishedEvent, Verdict};
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use crate::publish::Published;
 use crate::status::Status;
 use crate::trigger::Trigger;
 use crate::{plan, Vault};
+use versions::Highest;
 
 /// What a successful load, reload or rollback did.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub(crate) struct ReloadState {
     /// The current selection.
     selection: Selection,
     next_id: u64,
+    /// A resume of kept artifacts is being installed.
+    resuming: bool,
 }
 
 /// Everything a reload needs besides its artifacts.
@@ -71,10 +76,16 @@ pub(crate) struct Reloader {
     history_len: usize,
     state_dir: Option<Arc<StateDir>>,
     observer: Option<Arc<dyn Observer>>,
+    /// The highest version of each plugin published, under a trust policy (rollback
+    /// protection); `None` without one.
+    highest: Option<Mutex<Highest>>,
 }
 
 impl Reloader {
     pub fn new(published: Published, loader: Loader, settings: Settings) -> Reloader {
+        let highest = loader
+            .trusts()
+            .then(|| Mutex::new(Highest::open(settings.state_dir.as_deref())));
         let interfaces = settings
             .interfaces
             .iter()
@@ -88,10 +99,12 @@ impl Reloader {
                 history: VecDeque::new(),
                 selection: Selection::default(),
                 next_id: 1,
+                resuming: false,
             }),
             interfaces: Mutex::new(interfaces),
             services: settings.services,
             history_len: settings.history_len,
+            highest,
             state_dir: settings.state_dir,
             observer: settings.observer,
         }
@@ -159,8 +172,25 @@ impl Reloader {
         let mut state = self.lock();
         let start = Instant::now();
         let codes = self.settle(self.loader.load_kept(kept))?;
+        // The known-good selection may be older than the newest release seen (after an
+        // auto-rollback): resuming it is not a downgrade.
+        state.resuming = true;
         let report = self.install(&mut state, codes, &Trigger::Load, start);
+        state.resuming = false;
         self.settle(report)
+    }
+
+    /// Loads `files` as [`load_from`](Self::load_from) does, letting plugins go to lower
+    /// versions than the highest published (rollback protection allows it only here and in
+    /// rollbacks).
+    pub fn downgrade(&self, files: Vec<PathBuf>) -> Result<ReloadReport, LoadError> {
+        let mut state = self.lock();
+        let source = Source::Files(files);
+        self.announce_source(&source);
+        let report = self.reload_from(&mut state, &source, &Trigger::Downgrade);
+        let report = self.settle(report)?;
+        state.source = Some(source);
+        Ok(report)
     }
 
     /// Makes `source` the source of later reloads without loading it.
@@ -233,6 +263,12 @@ impl Reloader {
     ) -> Result<ReloadReport, LoadError> {
         let codes = plan::order(codes)?;
         self.check_interfaces(&codes)?;
+        // A rollback, a resume (`Trigger::Load` of kept artifacts goes through `load_kept`,
+        // which allows it) and an explicit downgrade may go to lower versions.
+        let downgrade_allowed = trigger.is_rollback() || *trigger == Trigger::Downgrade;
+        if let (Some(highest), false) = (&self.highest, downgrade_allowed || state.resuming) {
+            lock(highest).check(&codes)?;
+        }
         let id = state.next_id;
         let current = self.published.current().load_full();
         let built = build::build(&codes, &current, id, &self.services);
@@ -271,6 +307,9 @@ impl Reloader {
                 took: report.took,
             })
         });
+        if let Some(highest) = &self.highest {
+            lock(highest).record(&state.selection.codes);
+        }
         if verdict == Verdict::KnownGood {
             self.persist_known_good(state);
         }

@@ -99,6 +99,18 @@ impl Swapper {
         self.core.load_from(Source::Files(files))
     }
 
+    /// Loads `files` as [`load_files`](Self::load_files) does, and lets plugins go to a lower
+    /// version than the highest this host has published. Under a trust policy, that is
+    /// refused otherwise ([`LoadError::Downgrade`]) except by a rollback: an old release,
+    /// even validly signed, must not come back by being dropped in the plugin directory.
+    pub fn downgrade<P: AsRef<Path>>(
+        &self,
+        files: impl IntoIterator<Item = P>,
+    ) -> Result<ReloadReport, LoadError> {
+        let files = files.into_iter().map(|p| p.as_ref().to_owned()).collect();
+        self.core.downgrade(files)
+    }
+
     /// Reads the source again and publishes a new generation. Plugins whose artifact content
     /// is unchanged keep their instance; the others are loaded, then initialised, in
     /// dependency order. On any error nothing changes and the current generation keeps serving.
