@@ -25,6 +25,9 @@ pub(crate) struct Args {
     /// Build without optimisations.
     #[arg(long)]
     debug: bool,
+    /// Sign each artifact with this secret key (from `swapkit keygen`), writing ARTIFACT.sig.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
 }
 
 /// The package a manifest declares, from `cargo metadata`.
@@ -84,6 +87,12 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         )
         .into());
     }
+    // A key that does not read fails the build before it starts, not after.
+    let key = args
+        .sign
+        .as_deref()
+        .map(crate::sign::secret_key)
+        .transpose()?;
     let package = package_of(&manifest)?;
     let out = args.out.clone().unwrap_or_else(|| {
         manifest
@@ -131,6 +140,12 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         // `libfoo.so` becomes `foo.so`: the name a plugin directory lists.
         let name = name.strip_prefix("lib").unwrap_or(name);
         let to = dir.join(name);
+        // Signed first, then published: a host with a trust policy that watches the directory
+        // finds the signature in place when the artifact appears.
+        if let Some(key) = &key {
+            let signed = crate::sign::sign_to(artifact, &swapkit::trust::signature_path(&to), key)?;
+            println!("  signed with key {}", signed.key);
+        }
         publish(artifact, &to)?;
         let info = swapkit::inspect(&to)?;
         let m = &info.manifest;

@@ -53,15 +53,33 @@ const SANDBOX: &str = "compiled and probed in the wasm sandbox: no code of it ra
 const IN_PROCESS: &str = "mapped in this process: its constructors ran here";
 
 /// What is printed of an inspected artifact.
-struct Report {
-    path: std::path::PathBuf,
-    backend: String,
-    sha256: String,
-    size: u64,
-    manifest: Manifest,
+pub(crate) struct Report {
+    pub path: std::path::PathBuf,
+    pub backend: String,
+    pub sha256: String,
+    pub size: u64,
+    pub manifest: Manifest,
 }
 
 impl Report {
+    /// What a signature of the artifact vouches for.
+    pub fn statement(&self) -> Result<swapkit::trust::Statement, Error> {
+        let mut sha256 = [0u8; 32];
+        if self.sha256.len() != 64 {
+            return Err(format!("no SHA-256 in the report of {}", self.path.display()).into());
+        }
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16)?;
+        }
+        Ok(swapkit::trust::Statement {
+            plugin: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            backend: self.backend.clone(),
+            fingerprint: self.manifest.fingerprint.clone(),
+            sha256,
+        })
+    }
+
     fn of(artifact: &swapkit::Artifact) -> Report {
         Report {
             path: artifact.path.clone(),
@@ -88,10 +106,37 @@ fn failed(
     Err(Failed { error, checked }.into())
 }
 
+/// Inspects a native library through [`child_report`] and prints what it says.
+fn in_child(path: &Path, json: bool) -> Result<(), Error> {
+    match child_report(path)? {
+        Ok((report, checked)) => print(&report, &checked, json),
+        Err((value, message)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            Err(message.into())
+        }
+    }
+}
+
+/// What `sign` and `verify` need of an artifact, read as `inspect` reads it (no code of it
+/// runs in this process): its report and how it was read.
+pub(crate) fn report(path: &Path) -> Result<(Report, String), Error> {
+    let check = swapkit::inspect_file(path)?;
+    if check.header.is_none() {
+        let artifact = swapkit::inspect(path)?;
+        return Ok((Report::of(&artifact), SANDBOX.to_owned()));
+    }
+    child_report(path)?.map_err(|(_, message)| message.into())
+}
+
+/// The child's answer: the report and how it was read, or its error as JSON and a message.
+type ChildAnswer = Result<(Report, String), (serde_json::Value, String)>;
+
 /// Reads a native library's manifest in a child process (this program, inspecting in
 /// process), so that its constructors run there: with no environment, no input, a CPU-time
-/// limit, and a deadline after which it is killed.
-fn in_child(path: &Path, json: bool) -> Result<(), Error> {
+/// limit, and a deadline after which it is killed. `Err` if the child failed to answer.
+fn child_report(path: &Path) -> Result<ChildAnswer, Error> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
@@ -176,11 +221,9 @@ fn in_child(path: &Path, json: bool) -> Result<(), Error> {
     })?;
     value["checked"] = checked.clone().into();
     if !status.success() {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        }
         let message = value["error"]["message"].as_str().unwrap_or("failed");
-        return Err(format!("{message} ({checked})").into());
+        let message = format!("{message} ({checked})");
+        return Ok(Err((value, message)));
     }
     let report = Report {
         path: path.to_owned(),
@@ -189,7 +232,7 @@ fn in_child(path: &Path, json: bool) -> Result<(), Error> {
         size: value["size"].as_u64().unwrap_or_default(),
         manifest: serde_json::from_value(value["manifest"].take())?,
     };
-    print(&report, &checked, json)
+    Ok(Ok((report, checked)))
 }
 
 /// The last lines the child wrote to stderr, if any, to add to an error.
@@ -255,7 +298,7 @@ fn print(report: &Report, checked: &str, json: bool) -> Result<(), Error> {
             "backend": report.backend,
             "sha256": report.sha256,
             "size": report.size,
-            "signature": "unsigned",
+            "signature": signature_json(&report.path),
             "manifest": m,
             "checked": checked,
         });
@@ -277,7 +320,7 @@ fn print(report: &Report, checked: &str, json: bool) -> Result<(), Error> {
         "  fingerprint  {} | {} | swapkit-abi {} (matches this build)",
         m.fingerprint[0], m.fingerprint[1], m.fingerprint[2]
     );
-    println!("  signature    none: the artifact is unsigned (swapkit checks content hashes, not signatures)");
+    println!("  signature    {}", signature_text(report));
     println!(
         "  interfaces   {}",
         if m.interfaces.is_empty() { "none" } else { "" }
@@ -357,5 +400,40 @@ impl std::fmt::Display for Failed {
 impl std::error::Error for Failed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.error.source()
+    }
+}
+
+/// The artifact's detached signature, if any. Whether its key is trusted is the host's
+/// policy (`swapkit verify --key` checks it).
+fn signature_of(path: &Path) -> Option<Result<swapkit::trust::SignatureFile, String>> {
+    let sig = swapkit::trust::signature_path(path);
+    let text = std::fs::read_to_string(&sig).ok()?;
+    Some(swapkit::trust::SignatureFile::parse(&text).map_err(|e| e.to_string()))
+}
+
+fn signature_text(report: &Report) -> String {
+    match signature_of(&report.path) {
+        None => "none: the artifact is unsigned (a host with a trust policy refuses it)".into(),
+        Some(Err(e)) => format!("unreadable: {e}"),
+        Some(Ok(sig)) => {
+            let matches = report.statement().is_ok_and(|s| s == sig.statement);
+            format!(
+                "by key {}, {} (`swapkit verify --key PUB` checks it)",
+                sig.key,
+                if matches {
+                    "for this content, plugin and version"
+                } else {
+                    "but for other content or another plugin or version"
+                }
+            )
+        }
+    }
+}
+
+fn signature_json(path: &Path) -> serde_json::Value {
+    match signature_of(path) {
+        None => "unsigned".into(),
+        Some(Err(e)) => serde_json::json!({ "error": e }),
+        Some(Ok(sig)) => serde_json::json!({ "key": sig.key.to_string() }),
     }
 }

@@ -4,7 +4,10 @@
 //!   they are.
 //! - `swapkit build [PATH]` builds a plugin, native, wasm or both, and writes the artifacts to
 //!   an output directory.
-//! - `swapkit inspect ARTIFACT` prints what a load would check, or what is wrong.
+//! - `swapkit inspect ARTIFACT` prints what a load would check, or what is wrong, running
+//!   none of a native library's code in its own process.
+//! - `swapkit keygen OUT`, `swapkit sign --key KEY ARTIFACT..` and `swapkit verify --key PUB
+//!   ARTIFACT..` make signed releases (`swapkit build --sign KEY` signs as it builds).
 //! - `swapkit status | reload | rollback | patch ...` steer a running host through its admin
 //!   socket (`--socket`, or `$SWAPKIT_SOCKET`).
 //!
@@ -16,6 +19,7 @@ mod build;
 mod inspect;
 mod remote;
 mod scaffold;
+mod sign;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -60,6 +64,31 @@ enum Command {
         /// here); what the child process does.
         #[arg(long, hide = true)]
         in_process: bool,
+    },
+    /// Make a signing key pair: OUT.key (secret, mode 0600) and OUT.pub.
+    Keygen {
+        /// The files' path without extension.
+        out: PathBuf,
+    },
+    /// Sign artifacts: writes ARTIFACT.sig next to each, over its hash, plugin name, version,
+    /// backend and build.
+    Sign {
+        /// The secret key file (from `swapkit keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The artifacts.
+        #[arg(required = true)]
+        artifacts: Vec<PathBuf>,
+    },
+    /// Check artifacts as a host trusting these public keys would; fails on the first one it
+    /// would refuse, saying why.
+    Verify {
+        /// A trusted public key file; repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The artifacts.
+        #[arg(required = true)]
+        artifacts: Vec<PathBuf>,
     },
     /// Show a running host's generations, plugins, call counts and history.
     Status {
@@ -118,6 +147,9 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
                 in_process,
             },
         ),
+        Command::Keygen { out } => sign::keygen(&out),
+        Command::Sign { key, artifacts } => sign::sign(&key, &artifacts),
+        Command::Verify { keys, artifacts } => sign::verify(&keys, &artifacts),
         Command::Status { remote, json } => remote::status(&remote, json),
         Command::Reload { remote } => remote::reload(&remote),
         Command::Rollback { remote, to } => remote::rollback(&remote, to),
@@ -139,3 +171,18 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
 
 /// Any error, reported with its causes.
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Writes `bytes` to `path` by way of a hidden file in the same directory and a rename, so
+/// that a watcher never sees half a file.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("cannot rename {} into place: {e}", tmp.display()))?;
+    Ok(())
+}

@@ -318,13 +318,20 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
     );
 
     let out = dir.path().join("dist");
+    let key = dir.path().join("release");
+    let text = ok(&["keygen", key.to_str().unwrap()]);
+    assert!(text.starts_with("key "), "{text}");
+    let secret = format!("{}.key", key.display());
     let text = ok(&[
         "build",
         root.to_str().unwrap(),
         "--debug",
         "--out",
         out.to_str().unwrap(),
+        "--sign",
+        &secret,
     ]);
+    assert!(text.contains("signed with key"), "{text}");
     let artifact = out
         .join("native")
         .join(format!("hi_there.{}", std::env::consts::DLL_EXTENSION));
@@ -339,7 +346,8 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
         "signature: ",
         "greet",
         "sha256",
-        "signature",
+        "signature    by key",
+        "for this content, plugin and version",
     ] {
         assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
     }
@@ -463,4 +471,58 @@ fn inspect_runs_no_code_of_a_native_library_in_its_own_process() {
     let text = ok(&["inspect", good.to_str().unwrap()]);
     assert!(text.contains("plugin       greeter 1.0.0"), "{text}");
     assert!(text.contains("manifest read by a child process"), "{text}");
+}
+
+/// A release signed with `swapkit sign` verifies with its public key, and `verify` refuses,
+/// saying why, an artifact signed by another key, changed after signing, or unsigned. Keys
+/// are never overwritten, and a secret key others may read is refused.
+#[test]
+fn keygen_sign_and_verify_a_release() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let built = build_plugins(&["fixture-greeter-v1"]).remove(0);
+    let artifact = dir
+        .path()
+        .join(format!("greeter.{}", std::env::consts::DLL_EXTENSION));
+    std::fs::copy(&built, &artifact).unwrap();
+    let path = artifact.to_str().unwrap();
+    let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+    ok(&["keygen", mine.to_str().unwrap()]);
+    ok(&["keygen", theirs.to_str().unwrap()]);
+    let (success, _, stderr) = swapkit(&["keygen", mine.to_str().unwrap()]);
+    assert!(!success && stderr.contains("never overwrites"), "{stderr}");
+    let mode = std::fs::metadata(dir.path().join("mine.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (my_key, my_pub) = (
+        format!("{}.key", mine.display()),
+        format!("{}.pub", mine.display()),
+    );
+    let their_pub = format!("{}.pub", theirs.display());
+
+    let (success, _, stderr) = swapkit(&["verify", "--key", &my_pub, path]);
+    assert!(!success && stderr.contains("unsigned"), "{stderr}");
+    let text = ok(&["sign", "--key", &my_key, path]);
+    assert!(text.contains("signed greeter 1.0.0 (native)"), "{text}");
+    let text = ok(&["verify", "--key", &my_pub, path]);
+    assert!(
+        text.contains("ok") && text.contains("signed by key"),
+        "{text}"
+    );
+    let (success, _, stderr) = swapkit(&["verify", "--key", &their_pub, path]);
+    assert!(!success && stderr.contains("does not trust"), "{stderr}");
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    bytes.extend_from_slice(b"x");
+    std::fs::write(&artifact, bytes).unwrap();
+    let (success, _, stderr) = swapkit(&["verify", "--key", &my_pub, path]);
+    assert!(
+        !success && stderr.contains("changed after it was signed"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(&my_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (success, _, stderr) = swapkit(&["sign", "--key", &my_key, path]);
+    assert!(!success && stderr.contains("chmod 600"), "{stderr}");
 }

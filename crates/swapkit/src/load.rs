@@ -242,6 +242,20 @@ pub(crate) fn is_artifact(path: &Path) -> bool {
     !hidden && (ext == Some(EXTENSION) || ext == Some("wasm"))
 }
 
+/// Whether a change to `path` matters to a reload of its directory: an artifact, or the
+/// detached signature of one (a release may write it after the artifact).
+pub(crate) fn is_watched(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e == swapkit_trust::EXTENSION)
+    {
+        return path
+            .file_stem()
+            .is_some_and(|stem| is_artifact(Path::new(stem)));
+    }
+    is_artifact(path)
+}
+
 /// The artifacts in `dir`, sorted by name. Hidden files and files with other extensions
 /// (such as a `.tmp` being written) are skipped.
 fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {

@@ -15,7 +15,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use super::{Armed, Shared};
-use crate::load::{is_artifact, Source};
+use crate::load::{is_watched, Source};
 
 /// A writer that has shown no sign of life for this long is taken to have died: the reload
 /// goes ahead, and a truncated artifact fails to load (the current generation keeps serving).
@@ -77,7 +77,7 @@ impl WatchState {
     }
 
     fn seen(&mut self, event: &Event) {
-        let artifacts = event.paths.iter().filter(|p| is_artifact(p));
+        let artifacts = event.paths.iter().filter(|p| is_watched(p));
         let now = Instant::now();
         let mut relevant = false;
         for path in artifacts {
