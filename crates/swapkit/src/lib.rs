@@ -145,3 +145,13 @@ pub use swapkit_trust as trust;
 pub use swapkit_trust::TrustPolicy;
 pub use swapper::{Swapper, SwapperBuilder};
 pub use trigger::Trigger;
+
+/// Entry points for the fuzz targets in `fuzz/` (cargo-fuzz): not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Finds and checks a plugin header in a native library's bytes, as `inspect_file` and
+    /// every native load do before anything is mapped.
+    pub fn native_header(bytes: &[u8]) -> bool {
+        crate::backend::native::header_in_file(std::path::Path::new("fuzz"), bytes).is_ok()
+    }
+}

@@ -42,6 +42,7 @@ pub(crate) struct WasmConfig {
     /// The compile cache directory, if any.
     pub cache: Option<PathBuf>,
     /// The most bytes the compile cache may hold (`None`: 1 GiB).
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
     pub cache_cap: Option<u64>,
 }
 
@@ -244,6 +245,7 @@ pub(crate) fn is_artifact(path: &Path) -> bool {
 
 /// Whether a change to `path` matters to a reload of its directory: an artifact, or the
 /// detached signature of one (a release may write it after the artifact).
+#[cfg(feature = "ops")]
 pub(crate) fn is_watched(path: &Path) -> bool {
     if path
         .extension()
