@@ -63,7 +63,68 @@ fn reloads(c: &mut Criterion) {
         })
     });
     group.finish();
+    trust_reloads(c, &v1, &v2, &base);
     wasm_reloads(c);
+}
+
+/// Warm reloads with signature checking off and on, in one run: the same signed copies of
+/// v1, v2 and the base plugin, one swapper without a trust policy and one with. Both flip
+/// through `downgrade`, which rollback protection lets go to v1 again, so the two differ only
+/// in the policy.
+fn trust_reloads(c: &mut Criterion, v1: &PathBuf, v2: &PathBuf, base: &PathBuf) {
+    use swapkit::trust::{signature_path, SecretKey, SignatureFile};
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let signed: Vec<PathBuf> = [v1, v2, base]
+        .iter()
+        .enumerate()
+        .map(|(i, from)| {
+            let to = dir.path().join(format!("{i}.so"));
+            std::fs::copy(from, &to).unwrap();
+            let statement = swapkit::inspect(&to).unwrap().statement();
+            let signature = SignatureFile::sign(statement, &key).unwrap();
+            std::fs::write(signature_path(&to), signature.to_text()).unwrap();
+            to
+        })
+        .collect();
+    let sets = [
+        vec![signed[0].clone(), signed[2].clone()],
+        vec![signed[1].clone(), signed[2].clone()],
+    ];
+    let mut group = c.benchmark_group("reload_trust");
+    group.sample_size(30);
+    for (name, builder) in [
+        ("unsigned_check_off", Swapper::builder()),
+        (
+            "signature_checked",
+            Swapper::builder().trust(swapkit::TrustPolicy::new().key(key.public())),
+        ),
+    ] {
+        let swapper = builder.build().unwrap();
+        swapper.load_files(&sets[0]).unwrap();
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        let mut flip = false;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flip = !flip;
+                    let (next, want) = if flip {
+                        (&sets[1], "2.0.0")
+                    } else {
+                        (&sets[0], "1.0.0")
+                    };
+                    let start = Instant::now();
+                    swapper.downgrade(next).unwrap();
+                    let served = greeter.version().unwrap();
+                    total += start.elapsed();
+                    assert_eq!(served, want);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
 }
 
 /// Flips between two selections, v1 then v2, timing each reload to the first call it serves.

@@ -3,16 +3,13 @@
 //! runs a plugin hook.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-#[cfg(feature = "wasm")]
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::native::{NativeLoader, EXTENSION};
 #[cfg(feature = "wasm")]
 use crate::backend::wasm::{WasmLimits, WasmLoader};
 use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
-#[cfg(feature = "wasm")]
 use crate::lock::lock;
 use crate::persist::StateDir;
 use swapkit_trust::{SignatureFile, TrustPolicy};
@@ -59,6 +56,10 @@ pub(crate) struct Loader {
     keep: Option<Arc<StateDir>>,
     /// What every artifact is checked against before any of its code runs, if anything.
     trust: Option<TrustPolicy>,
+    /// (artifact hash, signature file hash) pairs that passed the policy: the policy never
+    /// changes, so the same signature over the same bytes passes again, and a reload that
+    /// meets them (every unchanged plugin, every flip back) skips the verification.
+    verified: Mutex<std::collections::HashSet<([u8; 32], [u8; 32])>>,
 }
 
 /// A kept artifact to load: its path, and the SHA-256 the state directory recorded for it.
@@ -81,6 +82,7 @@ impl Loader {
             wasm_config,
             keep,
             trust,
+            verified: Mutex::new(Default::default()),
         }
     }
 
@@ -150,14 +152,23 @@ impl Loader {
         let signature = match &self.trust {
             Some(policy) => {
                 let signature = read_signature(path, expect.is_some())?;
-                let signer = policy
-                    .check_content(
-                        &hash,
-                        &backend.to_string(),
-                        signature.as_ref().map(|s| &s.1),
-                    )
-                    .map_err(untrusted)?;
-                tracing::debug!(signer = %signer, "trusted");
+                let seen = signature.as_ref().map(|(text, _)| {
+                    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(text).into();
+                    (hash, digest)
+                });
+                if !seen.is_some_and(|s| lock(&self.verified).contains(&s)) {
+                    let signer = policy
+                        .check_content(
+                            &hash,
+                            &backend.to_string(),
+                            signature.as_ref().map(|s| &s.1),
+                        )
+                        .map_err(untrusted)?;
+                    tracing::debug!(signer = %signer, "trusted");
+                    if let Some(seen) = seen {
+                        lock(&self.verified).insert(seen);
+                    }
+                }
                 signature
             }
             None => None,
