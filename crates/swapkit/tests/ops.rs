@@ -329,6 +329,42 @@ fn the_admin_socket_is_owner_only_and_refuses_other_uids() {
     assert!(reply.contains("\"ok\""), "{reply}");
 }
 
+/// Under a trust policy the watcher refuses an artifact that arrives before its signature, and
+/// reloads when the signature lands, whichever order a release writes them in.
+#[test]
+fn the_watcher_loads_a_release_once_its_signature_arrives() {
+    use swapkit::trust::{signature_path, SecretKey, SignatureFile};
+    let key = SecretKey::generate().unwrap();
+    let dir = tempdir();
+    let artifact = dir.path().join(artifact_name(Backend::Native));
+    let sign = |fixture: Fixture| {
+        let statement = swapkit::inspect(fixture.path()).unwrap().statement();
+        let text = SignatureFile::sign(statement, &key).unwrap().to_text();
+        let tmp = dir.path().join(".sig.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, signature_path(&artifact)).unwrap();
+    };
+    publish(Fixture::GreeterV1, Backend::Native, &artifact);
+    sign(Fixture::GreeterV1);
+    let swapper = builder()
+        .trust(swapkit::TrustPolicy::new().key(key.public()))
+        .watch(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    swapper.load_dir(dir.path()).unwrap();
+    assert!(greeting(&swapper).contains("(v1)"));
+    // v2 lands first, beside v1's signature: refused, v1 serves.
+    publish(Fixture::GreeterV2, Backend::Native, &artifact);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(greeting(&swapper).contains("(v1)"));
+    assert_eq!(swapper.generation(), 1);
+    // Its signature lands: the watcher reloads.
+    sign(Fixture::GreeterV2);
+    eventually("the watcher to load the signed v2", || {
+        greeting(&swapper).contains("(v2)")
+    });
+}
+
 /// One allowed peer could hold all 16 connections, idle, and lock everyone out until they
 /// timed out. Now one uid holds at most 8: the ninth is refused as busy, while another allowed
 /// uid is still served, and a place comes back when a connection closes.
