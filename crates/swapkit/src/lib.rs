@@ -63,6 +63,7 @@ mod backend;
 mod call;
 pub mod docs;
 mod error;
+mod files;
 mod generation;
 mod hazard;
 mod history;

@@ -11,7 +11,7 @@ use crate::backend::wasm::{WasmLimits, WasmLoader};
 use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
 use crate::lock::lock;
-use crate::persist::StateDir;
+use crate::persist::{Kept, StateDir};
 use swapkit_trust::{SignatureFile, TrustPolicy};
 
 /// Where a reload reads its artifacts from.
@@ -62,11 +62,6 @@ pub(crate) struct Loader {
     verified: Mutex<std::collections::HashSet<([u8; 32], [u8; 32])>>,
 }
 
-/// A kept artifact to load: its path, and the SHA-256 the state directory recorded for it.
-pub(crate) struct Kept {
-    pub path: PathBuf,
-    pub sha256: [u8; 32],
-}
 
 impl Loader {
     pub fn new(
@@ -130,7 +125,7 @@ impl Loader {
         path: &Path,
         expect: Option<&[u8; 32]>,
     ) -> Result<Arc<Code>, LoadError> {
-        let bytes = read_artifact(path, expect.is_some())?;
+        let bytes = crate::files::read_artifact(path, expect.is_some())?;
         if bytes.is_empty() {
             return Err(LoadError::Empty { path: path.into() });
         }
@@ -400,7 +395,7 @@ pub struct HeaderCheck {
 /// inside the sandbox, so here it is only hashed.
 pub fn inspect_file(path: impl AsRef<Path>) -> Result<FileCheck, LoadError> {
     let path = path.as_ref();
-    let bytes = read_artifact(path, false)?;
+    let bytes = crate::files::read_artifact(path, false)?;
     if bytes.is_empty() {
         return Err(LoadError::Empty { path: path.into() });
     }
@@ -430,27 +425,13 @@ pub fn inspect_file(path: impl AsRef<Path>) -> Result<FileCheck, LoadError> {
     })
 }
 
-/// The largest artifact swapkit reads: 256 MiB, far above any real plugin.
-pub(crate) const MAX_ARTIFACT: u64 = 256 << 20;
-
-/// Reads an artifact: a regular file of at most [`MAX_ARTIFACT`] bytes. It is opened without
-/// blocking (a FIFO would wait for a writer forever) and checked through the open handle, so
-/// a device, a FIFO or a socket is refused before a byte is read, and a file that grows while
-/// it is read stops at the cap.
-///
-/// `nofollow` refuses a symbolic link in the last component (for the state directory, where
-/// nothing should be a link).
-pub(crate) fn read_artifact(path: &Path, nofollow: bool) -> Result<Vec<u8>, LoadError> {
-    read_capped(path, nofollow, MAX_ARTIFACT)
-}
-
 /// Reads the detached signature of `path`, if there is one: its text and what it says.
 fn read_signature(
     path: &Path,
     nofollow: bool,
 ) -> Result<Option<(String, SignatureFile)>, LoadError> {
     let sig = swapkit_trust::signature_path(path);
-    let bytes = match read_capped(&sig, nofollow, swapkit_trust::MAX_TEXT as u64) {
+    let bytes = match crate::files::read_capped(&sig, nofollow, swapkit_trust::MAX_TEXT as u64) {
         Ok(bytes) => bytes,
         Err(LoadError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None)
@@ -469,67 +450,4 @@ fn read_signature(
     })?;
     let parsed = SignatureFile::parse(&text).map_err(untrusted)?;
     Ok(Some((text, parsed)))
-}
-
-/// Reads a regular file of at most `cap` bytes, opened without blocking.
-fn read_capped(path: &Path, nofollow: bool, cap: u64) -> Result<Vec<u8>, LoadError> {
-    use std::io::Read;
-    let read = |source| LoadError::Read {
-        path: path.into(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(
-        &mut options,
-        libc::O_NONBLOCK | if nofollow { libc::O_NOFOLLOW } else { 0 },
-    );
-    let file = options.open(path).map_err(read)?;
-    let meta = file.metadata().map_err(read)?;
-    if !meta.is_file() {
-        return Err(LoadError::NotAFile {
-            path: path.into(),
-            kind: file_kind(&meta.file_type()),
-        });
-    }
-    let too_large = |size| LoadError::TooLarge {
-        path: path.into(),
-        size,
-        limit: cap,
-    };
-    if meta.len() > cap {
-        return Err(too_large(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(cap + 1).read_to_end(&mut bytes).map_err(read)?;
-    if bytes.len() as u64 > cap {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
-}
-
-/// What a file that is not a regular file is, for an error.
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO";
-        }
-        if kind.is_char_device() {
-            return "a character device";
-        }
-        if kind.is_block_device() {
-            return "a block device";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-    }
-    if kind.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
 }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::native::EXTENSION;
 use crate::backend::{hex, BackendKind, Code};
-use crate::load::Kept;
 
 /// 32 bytes from 64 lower-case hex digits.
 fn unhex(text: &str) -> Option<[u8; 32]> {
@@ -47,6 +46,12 @@ pub(crate) struct KnownPlugin {
     pub sha256: String,
     /// Relative to the state directory.
     pub file: String,
+}
+
+/// A kept artifact to load: its path, and the SHA-256 the state directory recorded for it.
+pub(crate) struct Kept {
+    pub path: PathBuf,
+    pub sha256: [u8; 32],
 }
 
 pub(crate) struct StateDir {

@@ -69,7 +69,7 @@ impl Cache {
     /// The compiled bytes of an entry, `None` when there is none, or why it is unusable.
     fn read(&self, hash: &[u8; 32], compat: u64) -> Result<Option<Vec<u8>>, String> {
         let entry = self.entry(hash, compat);
-        let data = match crate::load::read_artifact(&entry, true) {
+        let data = match crate::files::read_artifact(&entry, true) {
             Ok(d) => d,
             Err(LoadError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
