@@ -19,8 +19,8 @@ for t in "${targets[@]}"; do
         echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/"
         exit 1
     fi
-    runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1 | grep -o '[0-9]*')
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
+    runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1 | grep -o '[0-9]*' || true)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
     summary+=("$t: ${runs:-?} inputs in ${seconds}s, coverage ${cov:-?} edges, no crash")
     rm -f "$log"
 done
