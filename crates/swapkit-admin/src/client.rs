@@ -69,8 +69,21 @@ impl Client {
     /// Sends one raw line (which should end in `\n`) and reads the reply: for tools and tests
     /// that speak the protocol by hand.
     pub fn send_raw(&mut self, line: &str) -> Result<Outcome, ClientError> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.flush()?;
+        let sent = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.flush());
+        match sent {
+            Ok(()) => {}
+            // The host may answer a connection it refuses (busy, forbidden) and close it
+            // before the request is written: its reply is still there to read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut reply = String::new();
         let read = (&mut self.reader)
             .take(MAX_LINE as u64)
@@ -90,5 +103,39 @@ impl Client {
             Reply::Ok(outcome) => Ok(outcome),
             Reply::Error(failure) => Err(ClientError::Refused(failure)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Failure, FailureKind};
+
+    /// A host that refuses a connection answers and closes it before reading: the request's
+    /// write then fails, and the client still reads why it was refused.
+    #[test]
+    fn a_refusal_sent_before_the_request_is_read() {
+        let dir = std::env::temp_dir().join(format!("swapkit-admin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let refusal = Reply::Error(Failure {
+                kind: FailureKind::Busy,
+                message: "busy".into(),
+            });
+            let mut line = serde_json::to_vec(&Envelope::new(&refusal)).unwrap();
+            line.push(b'\n');
+            stream.write_all(&line).unwrap();
+        });
+        let mut client = Client::connect(&path).unwrap();
+        server.join().unwrap();
+        match client.request(&Request::Status) {
+            Err(ClientError::Refused(f)) => assert_eq!(f.kind, FailureKind::Busy),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

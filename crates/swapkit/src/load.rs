@@ -62,7 +62,6 @@ pub(crate) struct Loader {
     verified: Mutex<std::collections::HashSet<([u8; 32], [u8; 32])>>,
 }
 
-
 impl Loader {
     pub fn new(
         native: Option<NativeLoader>,
