@@ -147,21 +147,21 @@ fn key(dir: &Path) -> std::io::Result<[u8; 32]> {
     let path = PathBuf::from(name);
     let mut fresh = [0u8; 32];
     getrandom::fill(&mut fresh).map_err(|e| std::io::Error::other(e.to_string()))?;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(mut file) => {
-            file.write_all(&fresh)?;
-            file.sync_all()?;
-            return Ok(fresh);
-        }
+    // Written whole to a private temporary file, then linked into place: a host starting at
+    // the same moment either makes the key or reads a complete one, never a partial one.
+    let dir_of_key = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".swapkit-key-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir_of_key)?;
+    tmp.write_all(&fresh)?;
+    tmp.as_file().sync_all()?;
+    match std::fs::hard_link(tmp.path(), &path) {
+        Ok(()) => return Ok(fresh),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    drop(tmp);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
