@@ -103,25 +103,8 @@ fn trust_reloads(c: &mut Criterion, v1: &PathBuf, v2: &PathBuf, base: &PathBuf) 
         let swapper = builder.build().unwrap();
         swapper.load_files(&sets[0]).unwrap();
         let greeter = swapper.client::<dyn Greeter>().unwrap();
-        let mut flip = false;
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    flip = !flip;
-                    let (next, want) = if flip {
-                        (&sets[1], "2.0.0")
-                    } else {
-                        (&sets[0], "1.0.0")
-                    };
-                    let start = Instant::now();
-                    swapper.downgrade(next).unwrap();
-                    let served = greeter.version().unwrap();
-                    total += start.elapsed();
-                    assert_eq!(served, want);
-                }
-                total
-            })
+        bench_flips(&mut group, name, &greeter, &sets, |set| {
+            swapper.downgrade(set).unwrap();
         });
     }
     group.finish();
@@ -134,8 +117,21 @@ fn bench_warm(
     greeter: &fixture_api::GreeterClient<swapkit::Binding>,
     sets: &[Vec<PathBuf>; 2],
 ) {
+    bench_flips(group, "warm", greeter, sets, |set| {
+        swapper.load_files(set).unwrap();
+    });
+}
+
+/// Times `load` of v2's set, then of v1's, alternately, each to the first call it serves.
+fn bench_flips(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    greeter: &fixture_api::GreeterClient<swapkit::Binding>,
+    sets: &[Vec<PathBuf>; 2],
+    mut load: impl FnMut(&[PathBuf]),
+) {
     let mut flip = false;
-    group.bench_function("warm", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -146,7 +142,7 @@ fn bench_warm(
                     (&sets[0], "1.0.0")
                 };
                 let start = Instant::now();
-                swapper.load_files(next).unwrap();
+                load(next);
                 let served = greeter.version().unwrap();
                 total += start.elapsed();
                 assert_eq!(served, want);

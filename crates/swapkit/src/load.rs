@@ -316,10 +316,7 @@ impl Artifact {
     /// What a signature of this artifact vouches for (see [`swapkit_trust`]): its hash,
     /// plugin name, version, backend and build fingerprint.
     pub fn statement(&self) -> swapkit_trust::Statement {
-        let mut sha256 = [0u8; 32];
-        for (i, byte) in sha256.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).expect("hex");
-        }
+        let sha256 = crate::backend::unhex(&self.sha256).expect("inspect writes the hash as hex");
         swapkit_trust::Statement {
             plugin: self.manifest.name.clone(),
             version: self.manifest.version.clone(),

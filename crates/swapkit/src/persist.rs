@@ -14,19 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::native::EXTENSION;
-use crate::backend::{hex, BackendKind, Code};
-
-/// 32 bytes from 64 lower-case hex digits.
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+use crate::backend::{hex, unhex, BackendKind, Code};
 
 const KNOWN_GOOD: &str = "known-good.json";
 const ARTIFACTS: &str = "artifacts";
