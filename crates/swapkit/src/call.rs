@@ -6,13 +6,15 @@
 //! buffer. The generation stays alive for the length of the call, so a swap during the call
 //! never frees the code it runs in.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::{wire, Interface, Status, Transport};
 
 use crate::backend::host_status;
+use crate::canary::Variant;
 use crate::error::{CallError, CallSite};
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
@@ -21,19 +23,45 @@ use crate::stats::Fault;
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
 const STACK_ARGS: usize = 256;
 
-/// Calls `method` of `target` in generation `gen`.
+/// Calls `method` of `target` in `generation`; `pin` is the version choice of the pin the
+/// call runs under, if any.
 #[inline]
 fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     generation: &Generation,
     target: &Target,
+    pin: Option<&OnceLock<Variant>>,
     method: u32,
     args: &A,
 ) -> Result<R, CallError> {
-    let (instance, interface) = generation.resolve(target)?;
+    let resolved = generation.resolve(target, pin)?;
+    let (instance, interface) = (resolved.instance, resolved.interface);
     // A plugin with dependencies calls them in this generation.
-    let _scope = instance
-        .scoped
-        .then(|| crate::backend::host::enter(&generation.plugins, generation.id));
+    let _scope = instance.scoped.then(|| {
+        crate::backend::host::enter_routed(
+            &generation.plugins,
+            generation.id,
+            generation.route(),
+            pin,
+        )
+    });
+    if resolved.timed {
+        let start = Instant::now();
+        let result = encode_and_call(instance, interface, target, method, args);
+        instance.stats.latency.record(start.elapsed());
+        return result;
+    }
+    encode_and_call(instance, interface, target, method, args)
+}
+
+/// Encodes the arguments, calls the instance, and decodes the reply.
+#[inline]
+fn encode_and_call<A: Serialize + ?Sized, R: DeserializeOwned>(
+    instance: &crate::backend::Instance,
+    interface: u32,
+    target: &Target,
+    method: u32,
+    args: &A,
+) -> Result<R, CallError> {
     let mut input = wire::StackBuf::<STACK_ARGS>::new();
     wire::encode_to_stack(args, &mut input).map_err(|e| encode_error(target, method, e))?;
     instance.stats.call();
@@ -180,7 +208,7 @@ impl Transport for Binding {
         args: &A,
     ) -> Result<R, CallError> {
         let guard = self.current.enter();
-        call_in(guard.get(), &self.target, method, args)
+        call_in(guard.get(), &self.target, None, method, args)
     }
 }
 
@@ -189,20 +217,47 @@ impl Transport for Binding {
 /// While a `Pin` lives, its generation stays alive, and every client made from it calls that
 /// generation, however many swaps happen meanwhile: a request that pins once never mixes two
 /// versions. A `Pin` is `Send`, so it can follow a request across threads and tasks.
+///
+/// While a canary runs, the pin also keeps one version of the plugin with the canary: the one
+/// its first call into that plugin chose (by the key current then), for every later call
+/// made through it, its clients, and the plugins they call.
 pub struct Pin {
     generation: Arc<Generation>,
     label: Option<u64>,
+    /// The version chosen, in a generation with a canary; shared with the pin's clients.
+    choice: Option<Arc<OnceLock<Variant>>>,
 }
 
 impl Pin {
     pub(crate) fn new(generation: Arc<Generation>, label: Option<String>) -> Pin {
+        let choice = generation.route().map(|_| Arc::new(OnceLock::new()));
+        Pin::with_choice(generation, label, choice)
+    }
+
+    /// A pin whose version choice is made already: `choice` (a candidate's smoke calls go to
+    /// the canary).
+    pub(crate) fn with_choice(
+        generation: Arc<Generation>,
+        label: Option<String>,
+        choice: Option<Arc<OnceLock<Variant>>>,
+    ) -> Pin {
         let label = generation.add_pin(label);
-        Pin { generation, label }
+        Pin {
+            generation,
+            label,
+            choice,
+        }
     }
 
     /// The pinned generation's number.
     pub fn generation(&self) -> u64 {
         self.generation.id
+    }
+
+    /// While a canary runs: the version this pin's calls into that plugin go to, once its
+    /// first call chose one. `None` before that, and in a generation without a canary.
+    pub fn variant(&self) -> Option<Variant> {
+        self.choice.as_ref().and_then(|c| c.get().copied())
     }
 
     /// The pinned generation's plugins, as `(name, version)`, dependencies first.
@@ -219,6 +274,7 @@ impl Pin {
         I::client(Pinned {
             generation: self.generation.clone(),
             target: target::<I>(None),
+            choice: self.choice.clone(),
         })
     }
 
@@ -227,6 +283,7 @@ impl Pin {
         I::client(Pinned {
             generation: self.generation.clone(),
             target: target::<I>(Some(plugin)),
+            choice: self.choice.clone(),
         })
     }
 }
@@ -250,6 +307,7 @@ impl std::fmt::Debug for Pin {
 pub struct Pinned {
     generation: Arc<Generation>,
     target: Target,
+    choice: Option<Arc<OnceLock<Variant>>>,
 }
 
 impl std::fmt::Debug for Pinned {
@@ -270,6 +328,12 @@ impl Transport for Pinned {
         method: u32,
         args: &A,
     ) -> Result<R, CallError> {
-        call_in(&self.generation, &self.target, method, args)
+        call_in(
+            &self.generation,
+            &self.target,
+            self.choice.as_deref(),
+            method,
+            args,
+        )
     }
 }

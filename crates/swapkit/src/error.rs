@@ -364,6 +364,42 @@ pub enum LoadError {
     /// Nothing has been loaded yet, so there is nothing to reload.
     #[error("nothing to reload: call load_dir or load_files first")]
     NoSource,
+    /// The host's [`before_publish`](crate::SwapperBuilder::before_publish) check refused the
+    /// new generation; nothing was published and the current generation keeps serving.
+    #[error(
+        "the before_publish check vetoed generation {generation} ({trigger}): {reason}; the          current generation keeps serving"
+    )]
+    Vetoed {
+        /// The generation that was refused.
+        generation: u64,
+        /// What asked for it, as a word (`reload`, `canary-start`, ...).
+        trigger: &'static str,
+        /// The check's error.
+        reason: String,
+    },
+    /// A canary operation was asked for with no canary running.
+    #[error("no canary is running; start one with Swapper::canary (or `swapkit canary start`)")]
+    NoCanary,
+    /// A canary was asked for while another runs: one at a time.
+    #[error(
+        "a canary of plugin `{plugin}` {version} is running already; promote or abort it          before starting another"
+    )]
+    CanaryRunning {
+        /// The plugin of the running canary.
+        plugin: String,
+        /// The canary's version.
+        version: String,
+    },
+    /// The artifact cannot be a canary of a plugin of the current generation.
+    #[error("cannot start a canary of plugin `{plugin}` {version}: {reason}")]
+    Canary {
+        /// The artifact's plugin.
+        plugin: String,
+        /// The artifact's version.
+        version: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The scratch directory for library copies could not be made.
     #[error(
         "cannot make a scratch directory for private copies of native libraries in {scratch}: \
@@ -426,6 +462,8 @@ impl LoadError {
         use LoadError::*;
         match self {
             Downgrade { plugin, .. }
+            | CanaryRunning { plugin, .. }
+            | Canary { plugin, .. }
             | Hook { plugin, .. }
             | HookPanic { plugin, .. }
             | UnknownDependency { plugin, .. }
@@ -440,9 +478,11 @@ impl LoadError {
     pub fn version(&self) -> Option<&str> {
         use LoadError::*;
         match self {
-            Hook { version, .. } | HookPanic { version, .. } | Downgrade { version, .. } => {
-                Some(version)
-            }
+            Hook { version, .. }
+            | HookPanic { version, .. }
+            | Downgrade { version, .. }
+            | CanaryRunning { version, .. }
+            | Canary { version, .. } => Some(version),
             InterfaceHash(mismatch) => Some(&mismatch.version),
             _ => None,
         }
@@ -767,4 +807,15 @@ pub enum VaultError {
         /// The encoder's message.
         reason: String,
     },
+}
+
+/// The message of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
 }

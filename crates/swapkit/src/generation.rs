@@ -7,6 +7,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::Instance;
+use crate::canary::route::Route;
+use crate::canary::Variant;
 use crate::error::CallError;
 use crate::lock::lock;
 use crate::status::{DrainedGeneration, PinInfo};
@@ -19,6 +21,19 @@ struct Export {
     interface: u32,
     /// Another plugin of the generation exports the same interface.
     shared: bool,
+    /// For an export of a plugin with a canary: the canary's interface number for the same
+    /// hash; [`NO_ALT`] otherwise.
+    alt: u32,
+}
+
+const NO_ALT: u32 = u32::MAX;
+
+/// What a call resolved to.
+pub(crate) struct Resolved<'g> {
+    pub instance: &'g Instance,
+    pub interface: u32,
+    /// The plugin has a canary, and this call is one of those timed for its comparison.
+    pub timed: bool,
 }
 
 /// What a client asks a generation for.
@@ -40,9 +55,11 @@ struct PinRecord {
 /// One published set of plugins. Immutable once built, except for pin bookkeeping.
 pub(crate) struct Generation {
     pub id: u64,
-    /// In dependency order: dependencies first.
+    /// In dependency order: dependencies first. A canary, if any, is last.
     pub plugins: Vec<Arc<Instance>>,
     exports: Vec<Export>,
+    /// How calls are split between a plugin and its canary, if one runs.
+    route: Option<Route>,
     pub created: Instant,
     superseded: OnceLock<Instant>,
     pins: AtomicUsize,
@@ -56,16 +73,35 @@ pub(crate) struct Generation {
 const ALIVE: u64 = 0x5741_504b_4954_4c56;
 
 impl Generation {
-    pub fn new(id: u64, plugins: Vec<Arc<Instance>>, ledger: Arc<Ledger>) -> Generation {
+    /// Generation `id` of `plugins`; with `route`, its canary is the last plugin, and its
+    /// exports are reached only through the route.
+    pub fn new(
+        id: u64,
+        plugins: Vec<Arc<Instance>>,
+        route: Option<Route>,
+        ledger: Arc<Ledger>,
+    ) -> Generation {
         let mut exports: Vec<Export> = vec![];
         for (p, inst) in plugins.iter().enumerate() {
+            if route.as_ref().is_some_and(|r| r.canary == p) {
+                continue;
+            }
             for (i, decl) in inst.code.manifest.interfaces.iter().enumerate() {
+                let alt = route
+                    .as_ref()
+                    .filter(|r| r.stable == p)
+                    .and_then(|r| {
+                        let canary = &plugins[r.canary].code.manifest.interfaces;
+                        canary.iter().position(|c| c.hash == decl.hash)
+                    })
+                    .map_or(NO_ALT, |i| i as u32);
                 exports.push(Export {
                     hash: decl.hash,
                     name: decl.name.as_str().into(),
                     plugin: p,
                     interface: i as u32,
                     shared: false,
+                    alt,
                 });
             }
         }
@@ -80,6 +116,7 @@ impl Generation {
             id,
             plugins,
             exports,
+            route,
             created: Instant::now(),
             superseded: OnceLock::new(),
             pins: AtomicUsize::new(0),
@@ -94,12 +131,24 @@ impl Generation {
         self.alive.load(Ordering::Relaxed) == ALIVE
     }
 
+    /// How calls are split between a plugin and its canary, if one runs.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_ref()
+    }
+
     /// Finds the instance and interface number that serve `target`. This is on the call path:
     /// a short scan of a few entries, comparing hashes only. The hash covers the interface's
     /// name as well as its signature, and a load refuses an interface whose name matches the
     /// host's but whose hash does not, so an equal hash is the same interface.
+    ///
+    /// A plugin with a canary is served by the version its route chooses; `pin` is the
+    /// choice of the pin the call runs under.
     #[inline]
-    pub fn resolve(&self, target: &Target) -> Result<(&Instance, u32), CallError> {
+    pub fn resolve(
+        &self,
+        target: &Target,
+        pin: Option<&OnceLock<Variant>>,
+    ) -> Result<Resolved<'_>, CallError> {
         for e in &self.exports {
             if e.hash != target.hash {
                 continue;
@@ -108,13 +157,39 @@ impl Generation {
             match &target.plugin {
                 Some(name) if **name != *inst.code.name => continue,
                 None if e.shared => return Err(self.ambiguous(target)),
-                _ => return Ok((inst, e.interface)),
+                _ if e.alt != NO_ALT => return Ok(self.routed(e, pin)),
+                _ => {
+                    return Ok(Resolved {
+                        instance: inst,
+                        interface: e.interface,
+                        timed: false,
+                    })
+                }
             }
         }
         Err(CallError::NotExported {
             interface: target.interface,
             generation: self.id,
         })
+    }
+
+    /// The half of [`resolve`](Self::resolve) for a plugin with a canary.
+    #[inline]
+    fn routed(&self, e: &Export, pin: Option<&OnceLock<Variant>>) -> Resolved<'_> {
+        let route = self
+            .route
+            .as_ref()
+            .expect("an export with an alternative has a route");
+        let variant = route.choose(pin);
+        let interface = match variant {
+            Variant::Stable => e.interface,
+            Variant::Canary => e.alt,
+        };
+        Resolved {
+            instance: &self.plugins[route.index(variant)],
+            interface,
+            timed: route.sampled(variant),
+        }
     }
 
     #[cold]
@@ -132,7 +207,8 @@ impl Generation {
         }
     }
 
-    /// The interface hash this generation exports under `name`, if any, with the plugin.
+    /// The interface hash this generation exports under `name`, if any, with the plugin (the
+    /// stable version of a plugin with a canary).
     pub fn exported(&self, name: &str) -> Option<(&Instance, usize)> {
         self.exports
             .iter()

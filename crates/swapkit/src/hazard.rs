@@ -55,7 +55,7 @@ mod tests {
     use std::sync::Weak;
 
     fn generation(id: u64, ledger: &Arc<Ledger>) -> Arc<Generation> {
-        Arc::new(Generation::new(id, vec![], ledger.clone()))
+        Arc::new(Generation::new(id, vec![], None, ledger.clone()))
     }
 
     #[test]

@@ -61,6 +61,8 @@
 
 mod backend;
 mod call;
+pub mod canary;
+mod candidate;
 pub mod docs;
 mod error;
 mod files;
@@ -76,6 +78,7 @@ pub mod patch;
 mod persist;
 mod plan;
 mod private_dir;
+mod probation;
 mod publish;
 mod reload;
 mod sandbox;
@@ -90,13 +93,13 @@ pub use backend::host::{GuestLog, LogSink};
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
 pub use call::{Binding, Pin, Pinned};
+pub use candidate::Candidate;
 pub use error::{
     BoxError, CallError, CallSite, DrainTimeout, InterfaceMismatch, LoadError, VaultError,
 };
 pub use history::{KeptSelection, RollbackTarget};
 pub use live::LiveFn;
-#[cfg(feature = "ops")]
-pub use ops::Probation;
+pub use probation::Probation;
 pub use status::{
     CallCounts, DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
 };

@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::Instance;
+use crate::canary::route::Route;
 use crate::error::{DrainTimeout, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
@@ -35,6 +36,7 @@ impl Published {
         let current = Arc::new(Current::new(Arc::new(Generation::new(
             0,
             vec![],
+            None,
             ledger.clone(),
         ))));
         let (watched, weak) = (ledger.clone(), Arc::downgrade(&current));
@@ -62,9 +64,15 @@ impl Published {
         self.current.enter().get().id
     }
 
-    /// A generation of `plugins`, numbered `id`, that reports to this ledger when it retires.
-    pub fn generation(&self, id: u64, plugins: Vec<Arc<Instance>>) -> Arc<Generation> {
-        Arc::new(Generation::new(id, plugins, self.ledger.clone()))
+    /// A generation of `plugins`, numbered `id`, that reports to this ledger when it retires;
+    /// with `route`, its last plugin is a canary.
+    pub fn generation(
+        &self,
+        id: u64,
+        plugins: Vec<Arc<Instance>>,
+        route: Option<Route>,
+    ) -> Arc<Generation> {
+        Arc::new(Generation::new(id, plugins, route, self.ledger.clone()))
     }
 
     /// Makes `next` current with one atomic swap, and returns the generation it superseded.

@@ -26,6 +26,8 @@ pub(crate) struct Stats {
     errors: AtomicU64,
     panics: AtomicU64,
     traps: AtomicU64,
+    /// Sampled call latencies, recorded only while a canary routes calls to this plugin.
+    pub latency: Latency,
 }
 
 /// A snapshot of [`Stats`].
@@ -54,6 +56,7 @@ impl Default for Stats {
             errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             traps: AtomicU64::new(0),
+            latency: Latency::default(),
         }
     }
 }
@@ -86,6 +89,103 @@ impl Stats {
     }
 }
 
+/// Latency buckets: one per nanosecond below 4 ns, then four per power of two up to 2^40 ns
+/// (18 minutes), so a bucket is at most 25% wide.
+const LATENCY_BUCKETS: usize = 4 * 40;
+
+/// A histogram of call latencies in nanoseconds: a fixed array of counters in an allocation
+/// of its own, so that its lines are never the lines the call path reads. Only sampled calls
+/// write to it (see `canary::route`), with a relaxed add.
+pub(crate) struct Latency {
+    buckets: Box<[AtomicU64; LATENCY_BUCKETS]>,
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency {
+            buckets: Box::new([const { AtomicU64::new(0) }; LATENCY_BUCKETS]),
+        }
+    }
+}
+
+/// The bucket of a latency of `ns` nanoseconds.
+fn bucket_of(ns: u64) -> usize {
+    if ns < 4 {
+        return ns as usize;
+    }
+    let octave = 63 - ns.leading_zeros() as usize; // 2 and up
+    let sub = ((ns >> (octave - 2)) & 3) as usize;
+    (4 * (octave - 1) + sub).min(LATENCY_BUCKETS - 1)
+}
+
+/// The middle of bucket `i`, in nanoseconds.
+fn bucket_middle(i: usize) -> u64 {
+    if i < 4 {
+        return i as u64;
+    }
+    let (octave, sub) = (i / 4 + 1, (i % 4) as u64);
+    let low = (4 + sub) << (octave - 2);
+    low + (1u64 << (octave - 2)) / 2
+}
+
+impl Latency {
+    /// Records one sampled call that took `took`.
+    pub fn record(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot(
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+}
+
+/// The counts of a [`Latency`] at one moment; subtract an earlier one for a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LatencySnapshot(Vec<u64>);
+
+impl LatencySnapshot {
+    /// The samples recorded between `earlier` and this one.
+    pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.0.get(i).copied().unwrap_or(0)))
+                .collect(),
+        )
+    }
+
+    /// How many samples it holds.
+    pub fn samples(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The latency below which a share `q` (0 to 1) of the samples fall, to the bucket's
+    /// middle; `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
+        let total = self.samples();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(std::time::Duration::from_nanos(bucket_middle(i)));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +206,47 @@ mod tests {
         let c = stats.counts();
         assert_eq!((c.calls, c.errors, c.panics, c.traps), (4000, 0, 1, 2));
         assert_eq!(c.failures(), 3);
+    }
+
+    #[test]
+    fn latency_buckets_are_ordered_and_at_most_a_quarter_wide() {
+        let mut last = 0;
+        for ns in (0..100_000u64).chain([1 << 30, u64::MAX]) {
+            let b = bucket_of(ns);
+            assert!(b >= last, "buckets never go down");
+            last = b;
+            if (16..1 << 39).contains(&ns) {
+                let middle = bucket_middle(b) as f64;
+                assert!(
+                    (middle - ns as f64).abs() <= 0.25 * ns as f64,
+                    "{ns} -> {middle}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_window() {
+        use std::time::Duration;
+        let latency = Latency::default();
+        let before = latency.snapshot();
+        for _ in 0..98 {
+            latency.record(Duration::from_micros(10));
+        }
+        latency.record(Duration::from_millis(5));
+        latency.record(Duration::from_millis(5));
+        let window = latency.snapshot().since(&before);
+        assert_eq!(window.samples(), 100);
+        let p50 = window.quantile(0.5).unwrap();
+        let p99 = window.quantile(0.99).unwrap();
+        assert!(
+            p50 > Duration::from_micros(8) && p50 < Duration::from_micros(12),
+            "{p50:?}"
+        );
+        assert!(
+            p99 > Duration::from_millis(4) && p99 < Duration::from_millis(6),
+            "{p99:?}"
+        );
+        assert_eq!(LatencySnapshot::default().quantile(0.5), None);
     }
 }

@@ -34,6 +34,10 @@ pub enum Trigger {
     /// [`Swapper::downgrade`](crate::Swapper::downgrade): a load the operator allowed to
     /// go to a lower version.
     Downgrade,
+    /// A canary's generation, before it is published (the `before_publish` check sees it).
+    CanaryStart,
+    /// A canary promoted to the only version of its plugin, by an operator or its gate.
+    CanaryPromote,
     /// A rollback asked for on the admin socket.
     AdminRollback {
         /// The peer's uid.
@@ -61,6 +65,8 @@ impl Trigger {
             Trigger::ApiRollback => "rollback",
             Trigger::AutoRollback => "auto-rollback",
             Trigger::Downgrade => "downgrade",
+            Trigger::CanaryStart => "canary-start",
+            Trigger::CanaryPromote => "canary-promote",
             Trigger::Watcher => "watch",
             Trigger::Signal { .. } => "signal",
             Trigger::AdminReload { .. } => "admin-reload",

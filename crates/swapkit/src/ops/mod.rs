@@ -19,51 +19,7 @@ use crate::lock::{lock, wait, wait_timeout};
 use crate::reload::{Observer, PublishedEvent, ReloadReport, Reloader, Verdict};
 use crate::stats::Counts;
 use crate::trigger::Trigger;
-
-/// When a swap is rolled back on its own: its probation policy.
-///
-/// For `window` after a reload publishes, the calls into the plugins it loaded are counted.
-/// If at least `min_calls` were made and more than `max_failure_rate` of them failed (an
-/// error status, a panic, a trap or a timeout), the swapper rolls back to the previous
-/// selection and logs why. A generation that passes probation becomes the known-good one.
-///
-/// ```
-/// use std::time::Duration;
-/// let policy = swapkit::Probation::new(Duration::from_secs(60))
-///     .max_failure_rate(0.02)
-///     .min_calls(100);
-/// let swapper = swapkit::Swapper::builder().auto_rollback(policy).build().unwrap();
-/// # drop(swapper);
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Probation {
-    window: Duration,
-    max_failure_rate: f64,
-    min_calls: u64,
-}
-
-impl Probation {
-    /// A probation of `window`, at most 5% failures, judged after 20 calls.
-    pub fn new(window: Duration) -> Probation {
-        Probation {
-            window,
-            max_failure_rate: 0.05,
-            min_calls: 20,
-        }
-    }
-
-    /// The share of failed calls, from 0 to 1, above which the swap is rolled back.
-    pub fn max_failure_rate(mut self, rate: f64) -> Probation {
-        self.max_failure_rate = rate.clamp(0.0, 1.0);
-        self
-    }
-
-    /// How many calls must be made before the rate is judged.
-    pub fn min_calls(mut self, calls: u64) -> Probation {
-        self.min_calls = calls.max(1);
-        self
-    }
-}
+use crate::Probation;
 
 /// What the builder asked for.
 #[derive(Default)]

@@ -33,9 +33,9 @@
 //! assert_eq!(price(100, 2), 200);
 //! ```
 
-mod context;
+pub(crate) mod context;
 pub(crate) mod plugin;
-mod rollout;
+pub(crate) mod rollout;
 mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -246,13 +246,7 @@ impl<F: ?Sized> Patch<F> {
     fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic {
         self.panics.fetch_add(1, Ordering::Relaxed);
         self.healthy.store(false, Ordering::Relaxed);
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "panic with a non-string payload".to_owned()
-        };
+        let message = crate::error::panic_message(&*payload);
         tracing::error!(target: "swapkit::patch", target_fn = target, patch = %self.id, %message, "patch panicked; flagged unhealthy");
         PatchPanic {
             target,

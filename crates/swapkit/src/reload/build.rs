@@ -90,3 +90,30 @@ pub(crate) fn build(
     }
     Ok(built)
 }
+
+/// Builds a canary of `code` for generation `id`, beside `current`, whose plugin at `stable`
+/// is the version it is compared with: `on_load`, the stable version's live data (`save`,
+/// then `migrate`), `on_init`. The stable version keeps its own state and keeps serving. On a
+/// failure the canary is freed.
+pub(crate) fn canary(
+    code: &Arc<Code>,
+    current: &Generation,
+    stable: usize,
+    id: u64,
+    services: &Services,
+) -> Result<Arc<Instance>, LoadError> {
+    let instance = {
+        let _scope = services::enter(&current.plugins, id);
+        Instance::load(code.clone(), services)?
+    };
+    let saved = {
+        let _scope = services::enter(&current.plugins, current.id);
+        current.plugins[stable].save()?
+    };
+    let _scope = services::enter(&current.plugins, id);
+    if let Some(data) = saved {
+        instance.migrate(&data)?;
+    }
+    instance.init()?;
+    Ok(Arc::new(instance))
+}

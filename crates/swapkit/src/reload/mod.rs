@@ -3,6 +3,7 @@
 //! for rollback. Reloads are serialised by one lock; calls never take it.
 
 mod build;
+mod canary;
 mod events;
 mod versions;
 
@@ -17,6 +18,7 @@ use swapkit_abi::Interface;
 
 use crate::backend::host::Services;
 use crate::backend::Code;
+use crate::candidate::BeforePublish;
 use crate::error::{InterfaceMismatch, LoadError};
 use crate::history::{self, KeptSelection, RollbackTarget, Selection};
 use crate::load::{Loader, Source};
@@ -26,7 +28,7 @@ use crate::persist::StateDir;
 use crate::publish::Published;
 use crate::status::Status;
 use crate::trigger::Trigger;
-use crate::{plan, Vault};
+use crate::{plan, Probation, Vault};
 use versions::Highest;
 
 /// What a successful load, reload or rollback did.
@@ -56,6 +58,12 @@ pub(crate) struct ReloadState {
     next_id: u64,
     /// A resume of kept artifacts is being installed.
     resuming: bool,
+    /// The canary that runs beside its stable version, if one does.
+    canary: Option<canary::Active>,
+    /// Canaries started so far: the number of the last.
+    canaries: u64,
+    /// How the last canary ended.
+    last_canary: Option<String>,
 }
 
 /// Everything a reload needs besides its artifacts.
@@ -65,6 +73,8 @@ pub(crate) struct Settings {
     pub state_dir: Option<Arc<StateDir>>,
     pub interfaces: Vec<(&'static str, u64, &'static str)>,
     pub observer: Option<Arc<dyn Observer>>,
+    pub before_publish: Option<BeforePublish>,
+    pub canary_gate: Option<Probation>,
 }
 
 /// Runs reloads and rollbacks against one [`Published`] cell.
@@ -80,6 +90,10 @@ pub(crate) struct Reloader {
     /// The highest version of each plugin published, under a trust policy (rollback
     /// protection); `None` without one.
     highest: Option<Mutex<Highest>>,
+    /// The host's check of each new generation before it is published.
+    before_publish: Option<BeforePublish>,
+    /// The gate of canaries started without one of their own.
+    pub canary_gate: Option<Probation>,
 }
 
 impl Reloader {
@@ -101,6 +115,9 @@ impl Reloader {
                 selection: Selection::default(),
                 next_id: 1,
                 resuming: false,
+                canary: None,
+                canaries: 0,
+                last_canary: None,
             }),
             interfaces: Mutex::new(interfaces),
             services: settings.services,
@@ -108,6 +125,8 @@ impl Reloader {
             highest,
             state_dir: settings.state_dir,
             observer: settings.observer,
+            before_publish: settings.before_publish,
+            canary_gate: settings.canary_gate,
         }
     }
 
@@ -279,8 +298,15 @@ impl Reloader {
         })?;
 
         state.next_id += 1;
-        let generation = self.published.generation(id, built.take_instances());
+        let composed = self.compose(state, built.take_instances());
+        let generation = self
+            .published
+            .generation(id, composed.plugins, composed.route);
+        self.vet(&generation, trigger, &built.loaded)?;
         let old = self.published.publish(generation);
+        if let Some(why) = composed.ended {
+            self.canary_ended(state, why);
+        }
         let report = ReloadReport {
             generation: id,
             loaded: std::mem::take(&mut built.loaded),

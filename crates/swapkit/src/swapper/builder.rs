@@ -12,15 +12,17 @@ use crate::backend::native::NativeLoader;
 use crate::backend::statics;
 #[cfg(feature = "wasm")]
 use crate::backend::wasm::WasmLimits;
-use crate::error::LoadError;
+use crate::candidate::{BeforePublish, Candidate};
+use crate::error::{BoxError, LoadError};
 use crate::load::{default_wasm_cache, Loader, WasmConfig};
 #[cfg(feature = "ops")]
-use crate::ops::{self, Probation};
+use crate::ops;
 use crate::persist::StateDir;
 use crate::publish::{OverdueHook, Published};
 #[cfg(feature = "ops")]
 use crate::reload::Observer;
 use crate::reload::{Reloader, Settings};
+use crate::Probation;
 use crate::{Sandbox, TrustPolicy, Vault};
 
 /// Builds a [`Swapper`].
@@ -47,6 +49,8 @@ pub struct SwapperBuilder {
     sandbox: Sandbox,
     trust: Option<TrustPolicy>,
     state_dir: Option<PathBuf>,
+    before_publish: Option<BeforePublish>,
+    canary_gate: Option<Probation>,
     #[cfg(feature = "ops")]
     ops: ops::Config,
 }
@@ -66,6 +70,8 @@ impl Default for SwapperBuilder {
             sandbox: Sandbox::default(),
             trust: None,
             state_dir: None,
+            before_publish: None,
+            canary_gate: None,
             #[cfg(feature = "ops")]
             ops: ops::Config::default(),
         }
@@ -235,6 +241,41 @@ impl SwapperBuilder {
         self
     }
 
+    /// Checks every new generation before it is published: `check` may call its plugins
+    /// through [`Candidate::client`](crate::Candidate::client) (smoke calls, invariants) while
+    /// no request can reach them. An error (or a panic) vetoes it: the load, reload or canary
+    /// fails with [`LoadError::Vetoed`], is reported as any failed reload is, and the current
+    /// generation never stops serving. Rollbacks are not checked: they return to code that
+    /// served before.
+    ///
+    /// ```
+    /// # mod api { #[swapkit::interface] pub trait Pricing { fn price(&self, sku: u64) -> u64; } }
+    /// let swapper = swapkit::Swapper::builder()
+    ///     .before_publish(|candidate| {
+    ///         let pricing = candidate.client::<dyn api::Pricing>();
+    ///         match pricing.price(0)? {
+    ///             0 => Ok(()),
+    ///             p => Err(format!("the free sample costs {p}").into()),
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), swapkit::LoadError>(())
+    /// ```
+    pub fn before_publish(
+        mut self,
+        check: impl Fn(&Candidate<'_>) -> Result<(), BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.before_publish = Some(Arc::new(check));
+        self
+    }
+
+    /// The gate of canaries started without one of their own (the admin socket's and the
+    /// CLI's `canary start --gate` among them). See [`Probation`].
+    pub fn canary_gate(mut self, gate: Probation) -> Self {
+        self.canary_gate = Some(gate);
+        self
+    }
+
     /// Puts every reload on probation: if, within the window, the plugins it loaded fail
     /// more than the policy allows, the swapper rolls back on its own and logs why. See
     /// [`Probation`].
@@ -303,6 +344,8 @@ impl SwapperBuilder {
             observer: Some(observer.clone() as Arc<dyn Observer>),
             #[cfg(not(feature = "ops"))]
             observer: None,
+            before_publish: self.before_publish,
+            canary_gate: self.canary_gate,
         };
         let core = Arc::new(Reloader::new(published, loader, settings));
         let swapper = Swapper {

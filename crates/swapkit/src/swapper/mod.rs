@@ -15,6 +15,7 @@ use serde::Serialize;
 use swapkit_abi::{Interface, LiveData};
 
 use crate::call::{target, Binding, Pin};
+use crate::canary::{CanaryBuilder, CanaryStatus};
 use crate::error::{CallError, DrainTimeout, LoadError};
 use crate::hazard::Current;
 use crate::history::{KeptSelection, RollbackTarget};
@@ -235,6 +236,48 @@ impl Swapper {
     ) -> Result<LiveData, CallError> {
         let guard = self.current().enter();
         live::new_live(guard.get(), type_name, args)
+    }
+
+    /// Sets up a canary: `artifact`, a new version of a plugin of the current generation,
+    /// loaded beside the stable version and serving a sticky share of request keys. See
+    /// [`canary`](mod@crate::canary); nothing happens until
+    /// [`CanaryBuilder::start`].
+    pub fn canary(&self, artifact: impl AsRef<Path>) -> CanaryBuilder<'_> {
+        CanaryBuilder::new(
+            &self.core,
+            artifact.as_ref().to_owned(),
+            self.core.canary_gate.clone(),
+        )
+    }
+
+    /// Sets the running canary's share of keys, in percent: one atomic step, and a key that
+    /// saw the canary keeps seeing it as the share grows. Returns the generation published.
+    pub fn set_canary_percent(&self, percent: f64) -> Result<u64, LoadError> {
+        self.core.set_canary(percent, None)
+    }
+
+    /// Makes the running canary the only version of its plugin, with its own state, as a
+    /// reload would publish it (the selection before it is kept for rollback).
+    pub fn promote_canary(&self) -> Result<ReloadReport, LoadError> {
+        self.core.promote_canary(None)
+    }
+
+    /// Drops the running canary: every call goes to the stable version again, whose state
+    /// the canary never touched. Calls in flight in the canary finish there. Returns the
+    /// generation published.
+    pub fn abort_canary(&self) -> Result<u64, LoadError> {
+        self.core.abort_canary(None, None)
+    }
+
+    /// The running canary: both versions side by side, with their calls, failures and
+    /// latency since it started, and its gate.
+    pub fn canary_status(&self) -> Option<CanaryStatus> {
+        self.core.canary_status()
+    }
+
+    /// How the last canary ended (promoted, aborted and why), if one did.
+    pub fn last_canary(&self) -> Option<String> {
+        self.core.last_canary()
     }
 
     /// Loads a native plugin artifact for the patches it exports; see [`PluginPatches`]. The

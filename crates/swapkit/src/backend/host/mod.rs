@@ -9,7 +9,7 @@ mod services;
 pub(crate) use log::MAX_LINE;
 pub(crate) use log::{host_log, LogBudget};
 pub use log::{GuestLog, LogSink};
-pub(crate) use services::{enter, find_live, host_service};
+pub(crate) use services::{enter, enter_routed, find_live, host_service};
 #[cfg(feature = "wasm")]
 pub(crate) use {log::emit, services::serve_contained};
 

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use swapkit_abi::service::{self, Cas, CasReply, DependencyCall, Invoke, Key, Put};
 use swapkit_abi::{wire, LiveKind, RawSlice, Status, LIVE_INTERFACE};
@@ -18,12 +18,18 @@ use swapkit_sync::HazardCell;
 
 use super::{GuestCtx, Services};
 use crate::backend::{host_status, Instance};
+use crate::canary::route::Route;
+use crate::canary::Variant;
 
 /// The plugins of the generation a call on this thread runs in.
 #[derive(Clone, Copy)]
 struct Scope {
     plugins: *const [Arc<Instance>],
     generation: u64,
+    /// The generation's split between a plugin and its canary, or null.
+    route: *const Route,
+    /// The version choice of the pin the call runs under, or null.
+    pin: *const OnceLock<Variant>,
 }
 
 thread_local! {
@@ -40,9 +46,23 @@ pub(crate) struct ScopeGuard<'a> {
 
 /// Enters the scope of generation `generation`, whose plugins are `plugins`.
 pub(crate) fn enter(plugins: &[Arc<Instance>], generation: u64) -> ScopeGuard<'_> {
+    enter_routed(plugins, generation, None, None)
+}
+
+/// [`enter`], for a generation whose calls into a plugin with a canary go through `route`,
+/// under the pin whose choice is `pin`: a dependency call picks its version as the host's
+/// calls do.
+pub(crate) fn enter_routed<'a>(
+    plugins: &'a [Arc<Instance>],
+    generation: u64,
+    route: Option<&'a Route>,
+    pin: Option<&'a OnceLock<Variant>>,
+) -> ScopeGuard<'a> {
     let previous = SCOPE.replace(Some(Scope {
         plugins: plugins as *const [Arc<Instance>],
         generation,
+        route: route.map_or(std::ptr::null(), |r| r as *const Route),
+        pin: pin.map_or(std::ptr::null(), |p| p as *const OnceLock<Variant>),
     }));
     ScopeGuard {
         previous,
@@ -60,6 +80,14 @@ impl Drop for ScopeGuard<'_> {
 fn with_scope<T>(
     f: impl FnOnce(&[Arc<Instance>], u64) -> Result<T, Refusal>,
 ) -> Result<T, Refusal> {
+    with_routed_scope(|plugins, generation, _| f(plugins, generation))
+}
+
+/// [`with_scope`], with the version choice of the scope: `pick(i)` is the index of the
+/// instance that serves calls to the plugin at index `i`.
+fn with_routed_scope<T>(
+    f: impl FnOnce(&[Arc<Instance>], u64, &dyn Fn(usize) -> usize) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
     let Some(scope) = SCOPE.get() else {
         return Err(Refusal::Failed(
             "no generation is calling this plugin on this thread; call dependencies and live \
@@ -67,9 +95,16 @@ fn with_scope<T>(
                 .into(),
         ));
     };
-    // SAFETY: a scope is only set by `enter`, whose guard borrows the slice and restores the
-    // previous scope when dropped, so the slice is alive while it is the current scope.
-    f(unsafe { &*scope.plugins }, scope.generation)
+    // SAFETY: a scope is only set by `enter_routed`, whose guard borrows the slice, the route
+    // and the pin's choice, and restores the previous scope when dropped, so all three are
+    // alive while it is the current scope.
+    let (plugins, route, pin) =
+        unsafe { (&*scope.plugins, scope.route.as_ref(), scope.pin.as_ref()) };
+    let pick = |i: usize| match route {
+        Some(route) if route.stable == i => route.index(route.choose(pin)),
+        _ => i,
+    };
+    f(plugins, scope.generation, &pick)
 }
 
 /// What a refused request says: a plain failure the guest sees as an error, or one past the
@@ -285,11 +320,12 @@ fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> 
         .into());
     }
     let _open = open(ctx, &ctx.services)?;
-    with_scope(|plugins, generation| {
-        let instance = plugins
+    with_routed_scope(|plugins, generation, pick| {
+        let found = plugins
             .iter()
-            .find(|p| *p.code.name == *call.plugin)
+            .position(|p| *p.code.name == *call.plugin)
             .ok_or_else(|| format!("generation {generation} has no plugin `{}`", call.plugin))?;
+        let instance = &plugins[pick(found)];
         let index = instance
             .code
             .manifest

@@ -1,0 +1,145 @@
+//! A canary's analysis gate: a thread that compares the canary with the stable version over
+//! windows (see [`Probation`]) and moves it through its steps, promotes it or aborts it.
+//!
+//! The gate holds the swapper only weakly, and acts only on the canary it was started for:
+//! an operator's promote or abort, or a newer canary, ends it.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::error::LoadError;
+use crate::lock::lock;
+use crate::probation::{Check, Window};
+use crate::reload::Reloader;
+use crate::Probation;
+
+/// Where a gate is, shared with status reports.
+#[derive(Debug, Clone)]
+pub(crate) struct GateState {
+    pub policy: Probation,
+    pub step: Option<usize>,
+    pub failed: u32,
+    pub window_end: Instant,
+    pub last: Option<String>,
+}
+
+impl GateState {
+    pub fn new(policy: Probation, percent: f64) -> GateState {
+        GateState {
+            step: policy.steps.iter().position(|&s| s == percent),
+            window_end: Instant::now() + policy.window,
+            policy,
+            failed: 0,
+            last: None,
+        }
+    }
+}
+
+/// Starts the gate of canary `number`.
+pub(crate) fn spawn(
+    core: Weak<Reloader>,
+    number: u64,
+    state: Arc<Mutex<GateState>>,
+) -> Result<(), LoadError> {
+    std::thread::Builder::new()
+        .name("swapkit-canary-gate".into())
+        .spawn(move || run(core, number, state))
+        .map(drop)
+        .map_err(|source| LoadError::Thread {
+            what: "canary gate",
+            source,
+        })
+}
+
+/// How often the gate looks: often enough to abort a failing canary within a tenth of a
+/// window, never more than every 2 ms.
+fn tick(window: Duration) -> Duration {
+    (window / 10).clamp(Duration::from_millis(2), Duration::from_millis(200))
+}
+
+fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
+    let policy = lock(&state).policy.clone();
+    let Some(mut base) = core.upgrade().and_then(|c| c.canary_totals(number)) else {
+        return;
+    };
+    loop {
+        std::thread::sleep(tick(policy.window));
+        let Some(core) = core.upgrade() else { return };
+        let Some(now) = core.canary_totals(number) else {
+            return; // promoted, aborted or replaced
+        };
+        let (stable, canary) = (now.0.since(&base.0), now.1.since(&base.1));
+        let check = policy.compare(&stable, &canary);
+        let mut st = lock(&state);
+        match check {
+            Check::Fail(reason) => {
+                st.failed += 1;
+                tracing::warn!(canary = number, failed = st.failed, of = policy.failed_checks, %reason, "canary check failed");
+                st.last = Some(format!("failed: {reason}"));
+                st.window_end = Instant::now() + policy.window;
+                base = now;
+                if st.failed >= policy.failed_checks {
+                    drop(st);
+                    let reason = format!(
+                        "{} failed checks of the gate, the last: {reason}",
+                        policy.failed_checks
+                    );
+                    if let Err(e) = core.abort_canary(Some(number), Some(&reason)) {
+                        tracing::error!(canary = number, error = %e, "the gate could not abort the canary");
+                    }
+                    return;
+                }
+            }
+            Check::Wait if Instant::now() >= st.window_end => {
+                st.last = Some(format!(
+                    "waiting: {} calls into the canary this window, {} needed",
+                    canary.calls, policy.min_calls
+                ));
+            }
+            Check::Pass if Instant::now() >= st.window_end => {
+                st.last = Some(format!(
+                    "passed: {} canary calls, {} failed; {} stable calls, {} failed",
+                    canary.calls, canary.failures, stable.calls, stable.failures
+                ));
+                let next = st.step.map_or(0, |s| s + 1);
+                st.window_end = Instant::now() + policy.window;
+                base = now;
+                if let Some(&percent) = policy.steps.get(next) {
+                    st.step = Some(next);
+                    drop(st);
+                    tracing::info!(
+                        canary = number,
+                        percent,
+                        "canary passed its window; next step"
+                    );
+                    if let Err(e) = core.set_canary(percent, Some(number)) {
+                        tracing::error!(canary = number, error = %e, "the gate could not move the canary on");
+                        return;
+                    }
+                } else if !policy.steps.is_empty() {
+                    drop(st);
+                    tracing::info!(canary = number, "canary passed its last step; promoting");
+                    match core.promote_canary(Some(number)) {
+                        Ok(_) => return,
+                        // A veto by `before_publish` keeps the canary; try again next window.
+                        Err(e) => {
+                            tracing::error!(canary = number, error = %e, "the gate could not promote the canary")
+                        }
+                    }
+                }
+            }
+            Check::Wait | Check::Pass => {}
+        }
+    }
+}
+
+impl Window {
+    /// The calls made between `earlier` and this one.
+    pub fn since(&self, earlier: &Window) -> Window {
+        Window {
+            calls: self.calls.saturating_sub(earlier.calls),
+            failures: self.failures.saturating_sub(earlier.failures),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+}
