@@ -62,6 +62,28 @@ pub enum Request {
     },
     /// The patchable functions of the host and the patches applied.
     PatchList,
+    /// Load an artifact as a canary: a second version of one plugin beside the stable one,
+    /// for a sticky share of request keys.
+    CanaryStart {
+        /// The artifact, as a path the host can read.
+        artifact: PathBuf,
+        /// The share of keys it serves, in percent; 0 if `None` (only rules reach it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        percent: Option<f64>,
+        /// Judge it with the host's canary gate (`SwapperBuilder::canary_gate`), which moves
+        /// it through its steps, promotes or aborts it. Without it, an operator does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gate: bool,
+    },
+    /// Set the running canary's share of keys.
+    CanarySet {
+        /// In percent.
+        percent: f64,
+    },
+    /// Make the running canary the only version of its plugin.
+    CanaryPromote,
+    /// Drop the running canary; the stable version serves every call again.
+    CanaryAbort,
 }
 
 impl Request {
@@ -74,6 +96,10 @@ impl Request {
             Request::PatchApply { .. } => "patch_apply",
             Request::PatchRestore { .. } => "patch_restore",
             Request::PatchList => "patch_list",
+            Request::CanaryStart { .. } => "canary_start",
+            Request::CanarySet { .. } => "canary_set",
+            Request::CanaryPromote => "canary_promote",
+            Request::CanaryAbort => "canary_abort",
         }
     }
 }
@@ -105,6 +131,75 @@ pub enum Outcome {
     },
     /// The answer to [`Request::PatchList`].
     Patches(PatchReport),
+    /// A canary started, or its share changed, or it was aborted: the generation that
+    /// serves now. (A promote is a [`Outcome::Swapped`].)
+    Canary(CanaryStep),
+}
+
+/// A step of a canary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// The generation published.
+    pub generation: u64,
+    /// What happened, in words: `started 2.0.0 beside 1.0.0 at 1.00%`, `set to 10.00%`,
+    /// `aborted`.
+    pub what: String,
+}
+
+/// A running canary: both versions side by side, since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    /// The plugin.
+    pub plugin: String,
+    /// The share of keys the canary serves, in percent.
+    pub percent: f64,
+    /// Seconds since it started.
+    pub running_for_s: f64,
+    /// The stable version.
+    pub stable: VersionReport,
+    /// The canary.
+    pub canary: VersionReport,
+    /// Its gate, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
+}
+
+/// One version's calls since a canary started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionReport {
+    /// Its version.
+    pub version: String,
+    /// Calls.
+    pub calls: u64,
+    /// Of which failed (errors, panics and traps).
+    pub failures: u64,
+    /// Calls timed for latency (a sample).
+    pub timed: u64,
+    /// Median latency of the timed calls, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency of the timed calls, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<f64>,
+}
+
+/// Where a canary's gate is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// The steps, in percent; promotion follows the last.
+    pub steps: Vec<f64>,
+    /// The step the canary is on, if it is on one (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// Failed checks so far.
+    pub failed_checks: u32,
+    /// Failed checks that abort it.
+    pub abort_after: u32,
+    /// Seconds left in the current window.
+    pub window_left_s: f64,
+    /// What the last check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
 }
 
 /// Why a request failed.
@@ -206,6 +301,12 @@ pub struct StatusReport {
     pub known_good: Option<u64>,
     /// What can start a reload: `"admin"`, `"watch:DIR"`, `"signal:HUP"`.
     pub triggers: Vec<String>,
+    /// The canary running beside its stable version, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
+    /// How the last canary ended: promoted, or aborted and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_canary: Option<String>,
 }
 
 /// One plugin of the current generation, and what its calls did.

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod build;
+mod canary;
 mod inspect;
 mod remote;
 mod scaffold;
@@ -116,6 +117,12 @@ enum Command {
         #[command(subcommand)]
         action: remote::PatchAction,
     },
+    /// Run a second version of a plugin beside the stable one in a running host: start,
+    /// set its share, promote or abort.
+    Canary {
+        #[command(subcommand)]
+        action: canary::CanaryAction,
+    },
 }
 
 /// Runs the CLI with `args` (the program name first), and returns its exit code.
@@ -154,6 +161,7 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
         Command::Reload { remote } => remote::reload(&remote),
         Command::Rollback { remote, to } => remote::rollback(&remote, to),
         Command::Patch { action } => remote::patch(action),
+        Command::Canary { action } => canary::run(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

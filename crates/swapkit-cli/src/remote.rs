@@ -12,7 +12,7 @@ use crate::Error;
 pub(crate) struct Remote {
     /// The host's admin socket (SwapperBuilder::admin_socket).
     #[arg(long, env = "SWAPKIT_SOCKET")]
-    socket: PathBuf,
+    pub socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -44,12 +44,12 @@ pub(crate) enum PatchAction {
     },
 }
 
-fn ask(remote: &Remote, request: Request) -> Result<Outcome, Error> {
+pub(crate) fn ask(remote: &Remote, request: Request) -> Result<Outcome, Error> {
     let mut client = Client::connect(&remote.socket)?;
     Ok(client.request(&request)?)
 }
 
-fn unexpected(outcome: Outcome) -> Error {
+pub(crate) fn unexpected(outcome: Outcome) -> Error {
     format!("the host answered with something else: {outcome:?}").into()
 }
 
@@ -114,6 +114,12 @@ fn print_status(s: &StatusReport) {
             p.generation, p.remaining_s, p.failures, p.calls
         );
     }
+    if let Some(c) = &s.canary {
+        crate::canary::print_report(c);
+    }
+    if let Some(last) = &s.last_canary {
+        println!("  last canary: {last}");
+    }
     if let Some(g) = s.known_good {
         println!("  known-good: generation {g}");
     }
@@ -129,7 +135,7 @@ fn print_status(s: &StatusReport) {
     }
 }
 
-fn print_swap(what: &str, swap: &Swap) {
+pub(crate) fn print_swap(what: &str, swap: &Swap) {
     let list = |v: &[swapkit_admin::PluginVersion]| {
         if v.is_empty() {
             "-".to_owned()

@@ -262,6 +262,72 @@ fn the_cli_steers_a_running_host() {
         .success());
     host.wait_for_after(from, "Hi there, ops");
 
+    // canary: v1 beside v2 for the host's key, then not, then aborted; then promoted.
+    let v1_s = v1.to_str().unwrap();
+    let from = host.seen();
+    let text = ok(&[
+        "canary",
+        "start",
+        "--socket",
+        socket_s,
+        v1_s,
+        "--percent",
+        "100",
+    ]);
+    assert!(
+        text.contains("started greeter 1.0.0 beside 2.0.0 at 100.00%"),
+        "{text}"
+    );
+    host.wait_for_after(from, "serving Hello, ops!");
+    let status = host.status(socket_s);
+    let canary = &status["canary"];
+    assert_eq!(
+        (&canary["stable"]["version"], &canary["canary"]["version"]),
+        (&"2.0.0".into(), &"1.0.0".into()),
+        "{status}"
+    );
+    let text = ok(&["status", "--socket", socket_s]);
+    assert!(text.contains("canary of `greeter` at 100.00%"), "{text}");
+    let (success, _, stderr) = swapkit(&["canary", "start", "--socket", socket_s, v1_s]);
+    assert!(
+        !success && stderr.contains("is running already"),
+        "{stderr}"
+    );
+    let from = host.seen();
+    ok(&["canary", "set", "--socket", socket_s, "0"]);
+    host.wait_for_after(from, "Hi there, ops");
+    let text = ok(&["canary", "abort", "--socket", socket_s]);
+    assert!(text.contains("canary aborted"), "{text}");
+    let status = host.status(socket_s);
+    assert!(status["canary"].is_null(), "{status}");
+    assert!(
+        status["last_canary"].as_str().unwrap().contains("aborted"),
+        "{status}"
+    );
+    let (success, _, stderr) = swapkit(&["canary", "promote", "--socket", socket_s]);
+    assert!(
+        !success && stderr.contains("no canary is running"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = swapkit(&["canary", "start", "--socket", socket_s, v1_s, "--gate"]);
+    assert!(!success && stderr.contains("no canary gate"), "{stderr}");
+    let from = host.seen();
+    ok(&[
+        "canary",
+        "start",
+        "--socket",
+        socket_s,
+        v1_s,
+        "--percent",
+        "100",
+    ]);
+    let text = ok(&["canary", "promote", "--socket", socket_s]);
+    assert!(text.contains("canary promoted"), "{text}");
+    host.wait_for_after(from, "serving Hello, ops!");
+    let status = host.status(socket_s);
+    assert_eq!(status["plugins"][0]["version"], "1.0.0", "{status}");
+    assert_eq!(status["plugins"].as_array().unwrap().len(), 1, "{status}");
+
     // A malformed request gets an error reply, on a connection that stays usable, and the
     // host keeps serving.
     let mut stream = UnixStream::connect(&socket).unwrap();

@@ -21,12 +21,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use swapkit_admin::{
-    DrainingReport, Envelope, Failure, FailureKind, KeptReport, Outcome, PatchApplied, PatchReport,
-    PluginReport, PluginVersion, ProbationReport, ReloadStats, Reply, Request, StatusReport, Swap,
-    TargetReport, MAX_LINE, VERSION,
+    CanaryReport, CanaryStep, DrainingReport, Envelope, Failure, FailureKind, GateReport,
+    KeptReport, Outcome, PatchApplied, PatchReport, PluginReport, PluginVersion, ProbationReport,
+    ReloadStats, Reply, Request, StatusReport, Swap, TargetReport, VersionReport, MAX_LINE,
+    VERSION,
 };
 
 use super::Shared;
+use crate::canary::CanaryBuilder;
 use crate::error::LoadError;
 use crate::history::RollbackTarget;
 use crate::lock::lock;
@@ -385,6 +387,36 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
             }
         }
         Request::PatchList => Ok(Outcome::Patches(patch_list(context))),
+        Request::CanaryStart {
+            artifact,
+            percent,
+            gate,
+        } => canary_start(&inner, &artifact, percent.unwrap_or(0.0), gate),
+        Request::CanarySet { percent } => inner
+            .set_canary(percent, None)
+            .map(|generation| {
+                Outcome::Canary(CanaryStep {
+                    generation,
+                    what: format!("set to {percent:.2}%"),
+                })
+            })
+            .map_err(|e| failure(kind_of(&e), e.to_string())),
+        Request::CanaryPromote => inner
+            .promote_canary(None)
+            .map(|r| Outcome::Swapped(swap(&r)))
+            .map_err(|e| failure(kind_of(&e), e.to_string())),
+        Request::CanaryAbort => inner
+            .abort_canary(
+                None,
+                Some(&format!("asked for on the admin socket (uid {uid})")),
+            )
+            .map(|generation| {
+                Outcome::Canary(CanaryStep {
+                    generation,
+                    what: "aborted".into(),
+                })
+            })
+            .map_err(|e| failure(kind_of(&e), e.to_string())),
     };
     drop(inner);
     match result {
@@ -398,10 +430,74 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
 
 fn kind_of(e: &LoadError) -> FailureKind {
     match e {
-        LoadError::NoMatch { .. } | LoadError::NoHistory => FailureKind::NotFound,
+        LoadError::NoMatch { .. } | LoadError::NoHistory | LoadError::NoCanary => {
+            FailureKind::NotFound
+        }
         LoadError::BadRollbackTarget { .. } => FailureKind::BadRequest,
         _ => FailureKind::Load,
     }
+}
+
+/// Starts a canary of `artifact`, judged by the host's canary gate if `gate` asks for it.
+fn canary_start(
+    inner: &Arc<Reloader>,
+    artifact: &Path,
+    percent: f64,
+    gate: bool,
+) -> Result<Outcome, Failure> {
+    let mut builder = CanaryBuilder::new(inner, artifact.to_owned(), None).percent(percent);
+    if gate {
+        let Some(policy) = inner.canary_gate.clone() else {
+            return Err(failure(
+                FailureKind::BadRequest,
+                "this host has no canary gate to judge it by (SwapperBuilder::canary_gate); \
+                 start it without --gate and step it by hand",
+            ));
+        };
+        builder = builder.gate(policy);
+    }
+    let report = builder
+        .start()
+        .map_err(|e| failure(kind_of(&e), e.to_string()))?;
+    Ok(Outcome::Canary(CanaryStep {
+        generation: report.generation,
+        what: format!(
+            "started {} {} beside {} at {:.2}%{}",
+            report.plugin,
+            report.canary,
+            report.stable,
+            report.percent,
+            if gate { ", gated" } else { "" }
+        ),
+    }))
+}
+
+/// The running canary, for the status report.
+fn canary_report(inner: &Reloader) -> Option<CanaryReport> {
+    let c = inner.canary_status()?;
+    let version = |v: &crate::canary::VersionStatus| VersionReport {
+        version: v.version.clone(),
+        calls: v.counts.calls,
+        failures: v.counts.failures(),
+        timed: v.timed,
+        p50_us: v.p50.map(|d| d.as_secs_f64() * 1e6),
+        p99_us: v.p99.map(|d| d.as_secs_f64() * 1e6),
+    };
+    Some(CanaryReport {
+        plugin: c.plugin.clone(),
+        percent: c.percent,
+        running_for_s: c.running_for.as_secs_f64(),
+        stable: version(&c.stable),
+        canary: version(&c.canary),
+        gate: c.gate.map(|g| GateReport {
+            steps: g.steps,
+            step: g.step,
+            failed_checks: g.failed_checks.0,
+            abort_after: g.failed_checks.1,
+            window_left_s: g.window_left.as_secs_f64(),
+            last_check: g.last_check,
+        }),
+    })
 }
 
 fn apply(
@@ -566,6 +662,8 @@ pub(crate) fn status(inner: &Reloader, shared: &Shared) -> StatusReport {
         probation,
         known_good: state.known_good,
         triggers: state.triggers.iter().map(ToString::to_string).collect(),
+        canary: canary_report(inner),
+        last_canary: inner.last_canary(),
     }
 }
 

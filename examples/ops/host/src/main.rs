@@ -14,6 +14,8 @@
 //! swapkit reload --socket PATH            # or: kill -HUP <pid>, or publish into DIR
 //! swapkit rollback --socket PATH --to greeter@1.0.0
 //! swapkit patch apply --socket PATH target/swapkit/native/ops_discount.so --percent 50
+//! swapkit canary start --socket PATH target/swapkit/native/hello_greeter_v1.so --percent 100
+//! swapkit canary set --socket PATH 0       # then: canary promote, or canary abort
 //! ```
 
 use std::path::PathBuf;
@@ -117,7 +119,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut last = String::new();
     loop {
-        let served = match greeter.greet("ops") {
+        // Every call runs under the request key `ops`: a canary at 100% serves it, at 0% the
+        // stable version does.
+        let served = match swapkit::patch::with_key("ops", || greeter.greet("ops")) {
             Ok(text) => text,
             Err(e) => format!("error: {e}"),
         };
