@@ -4,7 +4,7 @@
 //! thread-local, and [`WithKey`] carries it across `.await`s, so it follows a task from thread
 //! to thread on a work-stealing runtime such as tokio.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -77,6 +77,9 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 
 thread_local! {
     static CURRENT: RefCell<Option<Key>> = const { RefCell::new(None) };
+    /// The current key's hash, beside it: a plain value with no destructor, so the call
+    /// path reads it without the lazy-registration check a local with a destructor has.
+    static CURRENT_HASH: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 /// The key of the unit of work running on this thread, if one was set.
@@ -92,7 +95,9 @@ pub fn with_key<R>(key: impl Into<Key>, f: impl FnOnce() -> R) -> R {
 
 /// Sets the current key until the guard drops, which restores the previous one.
 pub fn set_key(key: impl Into<Key>) -> KeyGuard {
-    let previous = CURRENT.with(|c| c.replace(Some(key.into())));
+    let key = key.into();
+    CURRENT_HASH.set(Some(key.hash));
+    let previous = CURRENT.with(|c| c.replace(Some(key)));
     KeyGuard {
         previous,
         _not_send: std::marker::PhantomData,
@@ -109,18 +114,16 @@ pub struct KeyGuard {
 impl Drop for KeyGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
+        let _ = CURRENT_HASH.try_with(|h| h.set(previous.as_ref().map(Key::hash)));
         let _ = CURRENT.try_with(|c| *c.borrow_mut() = previous);
     }
 }
 
-/// The current key's hash, without cloning the key: the rollout hot path. While the thread
-/// is exiting and its locals are gone, there is no key.
+/// The current key's hash, without cloning the key: the hot path of rollouts and canaries.
+/// A plain cell, readable at any time, even while the thread exits.
 #[inline]
 pub(crate) fn current_hash() -> Option<u64> {
-    CURRENT
-        .try_with(|c| c.borrow().as_ref().map(Key::hash))
-        .ok()
-        .flatten()
+    CURRENT_HASH.get()
 }
 
 /// A future that runs with a key: each poll sets it on whichever thread polls.
