@@ -450,6 +450,50 @@ fn the_gate_steps_and_promotes_a_good_canary(backend: Backend) {
     );
 }
 
+/// An operator's abort ends a gated canary; the old gate never touches the next canary.
+fn a_gate_acts_only_on_its_own_canary(backend: Backend) {
+    let swapper = Arc::new(start(backend, &Logs::default(), &[Fixture::GreeterV1]).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (swapper, stop) = (swapper.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let greeter = swapper.client::<dyn Greeter>().unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let _ = with_key(format!("user-{}", n % 1000), || greeter.greet("x"));
+            }
+        })
+    };
+    // A gate that would promote within a few windows, and abort the faulty release at once.
+    let gate = Probation::new(Duration::from_millis(20))
+        .min_calls(1)
+        .failed_checks(1)
+        .latency_slack(Duration::from_secs(1))
+        .steps([50.0]);
+    swapper
+        .canary(Fixture::GreeterV2.artifact(backend))
+        .percent(50.0)
+        .gate(gate)
+        .start()
+        .unwrap();
+    swapper.abort_canary().unwrap();
+    swapper
+        .canary(Fixture::GreeterFaulty.artifact(backend))
+        .percent(50.0)
+        .start()
+        .unwrap();
+    // Ten of the first gate's windows: it neither promotes nor aborts the manual canary.
+    std::thread::sleep(Duration::from_millis(200));
+    let status = swapper
+        .canary_status()
+        .expect("the manual canary still runs");
+    assert_eq!(status.canary.version, "2.1.0");
+    assert!(status.gate.is_none());
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+}
+
 /// The host's check before publish can call the candidate; its error vetoes the reload, the
 /// canary's start included, and the current generation keeps serving.
 fn before_publish_vetoes_a_reload_and_a_canary(backend: Backend) {
@@ -589,6 +633,7 @@ on_swappable_backends!(
     reloads_carry_the_canary,
     the_gate_aborts_a_faulty_canary,
     the_gate_steps_and_promotes_a_good_canary,
+    a_gate_acts_only_on_its_own_canary,
     before_publish_vetoes_a_reload_and_a_canary,
     refused_canaries_change_nothing,
     a_canary_that_cannot_migrate_never_starts,

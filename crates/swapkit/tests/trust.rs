@@ -368,3 +368,41 @@ fn a_signed_old_release_does_not_come_back_by_itself() {
     ));
     restarted.load_files([&v2]).unwrap();
 }
+
+/// A canary is a load like any other: under a policy, an unsigned or older release cannot
+/// run beside the stable one, even for 1% of keys.
+#[test]
+fn canaries_are_checked_like_any_load() {
+    for backend in [Backend::Native, Backend::Wasm] {
+        let dir = tempdir();
+        let key = SecretKey::generate().unwrap();
+        let (v1, v2) = (
+            place(dir.path(), Fixture::GreeterV1, backend, "v1"),
+            place(dir.path(), Fixture::GreeterV2, backend, "v2"),
+        );
+        sign(&v1, &key);
+        let swapper = builder(TrustPolicy::new().key(key.public()))
+            .build()
+            .unwrap();
+        swapper.load_files([&v2]).unwrap_err();
+        sign(&v2, &key);
+        swapper.load_files([&v2]).unwrap();
+        // 1.0.0 is signed, but older than what this host has run.
+        let err = swapper.canary(&v1).percent(1.0).start().unwrap_err();
+        assert!(matches!(err, LoadError::Downgrade { .. }), "{err}");
+        let v2b = place(dir.path(), Fixture::GreeterFaulty, backend, "v2b");
+        let err = swapper.canary(&v2b).percent(1.0).start().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LoadError::Untrusted {
+                    source: TrustError::Unsigned,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(swapper.canary_status().is_none());
+        assert_eq!(greets(&swapper), "hi, t (v2)");
+    }
+}
