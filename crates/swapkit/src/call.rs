@@ -14,10 +14,10 @@ use serde::Serialize;
 use swapkit_abi::{wire, Interface, Status, Transport};
 
 use crate::backend::host_status;
-use crate::canary::Variant;
 use crate::error::{CallError, CallSite};
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
+use crate::route::Variant;
 use crate::stats::Fault;
 
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.

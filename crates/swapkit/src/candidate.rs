@@ -5,9 +5,9 @@ use std::sync::{Arc, OnceLock};
 use swapkit_abi::Interface;
 
 use crate::call::{Pin, Pinned};
-use crate::canary::Variant;
 use crate::error::BoxError;
 use crate::generation::Generation;
+use crate::route::Variant;
 use crate::trigger::Trigger;
 
 /// The host's check of a new generation before it is published

@@ -7,10 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::Instance;
-use crate::canary::route::Route;
-use crate::canary::Variant;
 use crate::error::CallError;
 use crate::lock::lock;
+use crate::route::{Route, Variant};
 use crate::status::{DrainedGeneration, PinInfo};
 
 /// One exported interface of one plugin of a generation.

@@ -69,6 +69,7 @@ mod files;
 mod generation;
 mod hazard;
 mod history;
+mod key;
 mod live;
 mod load;
 mod lock;
@@ -81,6 +82,7 @@ mod private_dir;
 mod probation;
 mod publish;
 mod reload;
+mod route;
 mod sandbox;
 mod stats;
 mod status;
@@ -147,7 +149,7 @@ pub use swapkit_macros::patch;
 /// artifact against ([`SwapperBuilder::trust`]).
 pub use swapkit_trust as trust;
 pub use swapkit_trust::TrustPolicy;
-pub use swapper::{Swapper, SwapperBuilder};
+pub use swapper::{CanaryBuilder, Swapper, SwapperBuilder};
 pub use trigger::Trigger;
 
 /// Entry points for the fuzz targets in `fuzz/` (cargo-fuzz): not part of the API.

@@ -23,7 +23,7 @@ use crate::stats::LatencySnapshot;
 /// let swapper = swapkit::Swapper::builder().auto_rollback(policy).build().unwrap();
 /// ```
 ///
-/// **A canary's gate** ([`CanaryBuilder::gate`](crate::canary::CanaryBuilder::gate)): the
+/// **A canary's gate** ([`CanaryBuilder::gate`](crate::CanaryBuilder::gate)): the
 /// canary is compared with the stable version over windows of `window`. A check fails when,
 /// with at least `min_calls` calls into the canary in the window, its failure rate is more
 /// than [`failure_margin`](Self::failure_margin) above the stable version's, or its p50 or
@@ -181,6 +181,15 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// The calls made between `earlier` and this one.
+    pub fn since(&self, earlier: &Window) -> Window {
+        Window {
+            calls: self.calls.saturating_sub(earlier.calls),
+            failures: self.failures.saturating_sub(earlier.failures),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+
     fn failure_rate(&self) -> f64 {
         if self.calls == 0 {
             0.0

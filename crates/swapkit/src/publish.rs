@@ -8,10 +8,10 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::Instance;
-use crate::canary::route::Route;
 use crate::error::{DrainTimeout, LoadError};
 use crate::generation::{Generation, Ledger};
 use crate::hazard::Current;
+use crate::route::Route;
 use crate::status::{DrainedGeneration, GenerationState, GenerationStatus, PluginStatus};
 
 /// Called with the status of a generation still held past the drain deadline.

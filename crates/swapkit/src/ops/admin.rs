@@ -28,7 +28,7 @@ use swapkit_admin::{
 };
 
 use super::Shared;
-use crate::canary::CanaryBuilder;
+use crate::canary::Plan;
 use crate::error::LoadError;
 use crate::history::RollbackTarget;
 use crate::lock::lock;
@@ -445,7 +445,8 @@ fn canary_start(
     percent: f64,
     gate: bool,
 ) -> Result<Outcome, Failure> {
-    let mut builder = CanaryBuilder::new(inner, artifact.to_owned(), None).percent(percent);
+    let mut plan = Plan::new(artifact.to_owned(), None);
+    plan.percent = percent;
     if gate {
         let Some(policy) = inner.canary_gate.clone() else {
             return Err(failure(
@@ -454,10 +455,10 @@ fn canary_start(
                  start it without --gate and step it by hand",
             ));
         };
-        builder = builder.gate(policy);
+        plan.gate = Some(policy);
     }
-    let report = builder
-        .start()
+    let report = inner
+        .start_canary(plan)
         .map_err(|e| failure(kind_of(&e), e.to_string()))?;
     Ok(Outcome::Canary(CanaryStep {
         generation: report.generation,

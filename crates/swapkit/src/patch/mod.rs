@@ -33,18 +33,17 @@
 //! assert_eq!(price(100, 2), 200);
 //! ```
 
-pub(crate) mod context;
 pub(crate) mod plugin;
-pub(crate) mod rollout;
+mod rollout;
 mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use context::{current_key, set_key, with_key, Key, KeyGuard, WithKey};
+pub use crate::key::{bucket, current_key, set_key, with_key, Key, KeyGuard, WithKey, BUCKETS};
 pub use plugin::PluginPatches;
-pub use rollout::{bucket, Rollout, BUCKETS};
+pub use rollout::Rollout;
 pub use swapkit_abi::PatchDecl;
 pub use target::{call_original, PanicPolicy, PatchPanic, PatchSource, Target, TargetInfo};
 
@@ -240,7 +239,7 @@ impl PatchGuard {
     /// rises.
     pub fn set_percent(&self, percent: f64) -> Result<(), PatchError> {
         self.target
-            .set_share(self.serial, rollout::buckets_for(percent))
+            .set_share(self.serial, crate::key::buckets_for(percent))
     }
 
     /// Leaves the patch applied after the guard is gone; restore it with [`restore`].

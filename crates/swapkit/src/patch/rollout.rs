@@ -8,10 +8,7 @@
 
 use std::sync::Arc;
 
-use super::context::{current_hash, current_key, mix, Key};
-
-/// Buckets a percentage is measured in: 1 bucket is 0.01 %.
-pub const BUCKETS: u32 = 10_000;
+use crate::key::{bucket, buckets_for, current_hash, current_key, Key, BUCKETS};
 
 /// Who a patch applies to.
 #[derive(Clone)]
@@ -115,20 +112,6 @@ impl std::fmt::Debug for Rollout {
         };
         f.write_str(&self.describe(share))
     }
-}
-
-/// The bucket, out of [`BUCKETS`], that `key_hash` falls in for the patch whose id hashes to
-/// `seed`.
-#[inline]
-pub fn bucket(seed: u64, key_hash: u64) -> u32 {
-    (mix(seed ^ key_hash.rotate_left(29)) % BUCKETS as u64) as u32
-}
-
-pub(crate) fn buckets_for(percent: f64) -> u32 {
-    if percent.is_nan() {
-        return 0;
-    }
-    (percent.clamp(0.0, 100.0) * 100.0).round() as u32
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use super::context::stable_hash;
 use super::plugin::RemoteFn;
-use super::rollout::{Kind, Rollout, BUCKETS};
+use super::rollout::{Kind, Rollout};
 use super::{PatchError, PatchGuard, PatchStatus, TargetStatus};
+use crate::key::{stable_hash, BUCKETS};
 use swapkit_sync::{Guard, HazardCell, StripedCounter};
 
 /// Where a patch came from.

@@ -6,17 +6,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::gate::{self, GateState};
 use super::{build, ReloadState, Reloader};
 use crate::backend::Instance;
-use crate::canary::gate::{self, GateState};
-use crate::canary::route::{Route, Split};
-use crate::canary::{CanaryBuilder, CanaryReport, CanaryStatus, GateStatus, VersionStatus};
+use crate::canary::{CanaryReport, CanaryStatus, GateStatus, Plan, VersionStatus};
 use crate::error::LoadError;
 use crate::generation::Generation;
+use crate::key::{buckets_for, BUCKETS};
 use crate::load::Source;
 use crate::lock::lock;
-use crate::patch::rollout::{buckets_for, BUCKETS};
 use crate::probation::Window;
+use crate::route::{Route, Split};
 use crate::stats::LatencySnapshot;
 use crate::status::CallCounts;
 use crate::trigger::Trigger;
@@ -93,19 +93,13 @@ impl Reloader {
         }
     }
 
-    /// Starts the canary `builder` describes.
-    pub(crate) fn start_canary(
-        self: &Arc<Self>,
-        builder: CanaryBuilder<'_>,
-    ) -> Result<CanaryReport, LoadError> {
-        let result = self.try_start_canary(builder);
+    /// Starts the canary `plan` describes.
+    pub(crate) fn start_canary(self: &Arc<Self>, plan: Plan) -> Result<CanaryReport, LoadError> {
+        let result = self.try_start_canary(plan);
         self.settle(result)
     }
 
-    fn try_start_canary(
-        self: &Arc<Self>,
-        builder: CanaryBuilder<'_>,
-    ) -> Result<CanaryReport, LoadError> {
+    fn try_start_canary(self: &Arc<Self>, plan: Plan) -> Result<CanaryReport, LoadError> {
         let start = Instant::now();
         let mut state = self.lock();
         if self.loader.is_static() {
@@ -117,10 +111,10 @@ impl Reloader {
                 version: active.instance.code.version.to_string(),
             });
         }
-        let _span = tracing::info_span!("canary", artifact = %builder.artifact.display()).entered();
+        let _span = tracing::info_span!("canary", artifact = %plan.artifact.display()).entered();
         let code = self
             .loader
-            .load_source(&Source::Files(vec![builder.artifact.clone()]))?
+            .load_source(&Source::Files(vec![plan.artifact.clone()]))?
             .pop()
             .ok_or(LoadError::NoSource)?;
         let refuse = |reason: String| LoadError::Canary {
@@ -177,10 +171,10 @@ impl Reloader {
         let number = state.canaries + 1;
         let split = Split {
             number,
-            share: buckets_for(builder.percent),
+            share: buckets_for(plan.percent),
             seed: Split::seed(&code.name, &code.version),
-            without_key: builder.without_key,
-            rules: builder.rules.into(),
+            without_key: plan.without_key,
+            rules: plan.rules.into(),
         };
         let mut plugins = current.plugins.clone();
         plugins.push(instance.clone());
@@ -196,9 +190,9 @@ impl Reloader {
             stable.stats.counts(),
             stable.stats.latency.snapshot(),
         );
-        let gate = builder
+        let gate = plan
             .gate
-            .map(|policy| Arc::new(Mutex::new(GateState::new(policy, builder.percent))));
+            .map(|policy| Arc::new(Mutex::new(GateState::new(policy, plan.percent))));
         state.canary = Some(Active {
             instance,
             split,
@@ -211,7 +205,7 @@ impl Reloader {
             plugin: code.name.to_string(),
             stable: stable.code.version.to_string(),
             canary: code.version.to_string(),
-            percent: share_percent(buckets_for(builder.percent)),
+            percent: share_percent(buckets_for(plan.percent)),
             took: start.elapsed(),
         };
         tracing::info!(generation = id, plugin = %report.plugin, stable = %report.stable, canary = %report.canary, percent = report.percent, took = ?report.took, "canary started");

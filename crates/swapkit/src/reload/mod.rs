@@ -5,6 +5,7 @@
 mod build;
 mod canary;
 mod events;
+mod gate;
 mod versions;
 
 pub(crate) use events::{Observer, PublishedEvent, Verdict};

@@ -3,8 +3,10 @@
 //! and pins; each method is a few lines over the layer that does the work.
 
 mod builder;
+mod canary;
 
 pub use builder::SwapperBuilder;
+pub use canary::CanaryBuilder;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use serde::Serialize;
 use swapkit_abi::{Interface, LiveData};
 
 use crate::call::{target, Binding, Pin};
-use crate::canary::{CanaryBuilder, CanaryStatus};
+use crate::canary::CanaryStatus;
 use crate::error::{CallError, DrainTimeout, LoadError};
 use crate::hazard::Current;
 use crate::history::{KeptSelection, RollbackTarget};

@@ -18,8 +18,7 @@ use swapkit_sync::HazardCell;
 
 use super::{GuestCtx, Services};
 use crate::backend::{host_status, Instance};
-use crate::canary::route::Route;
-use crate::canary::Variant;
+use crate::route::{Route, Variant};
 
 /// The plugins of the generation a call on this thread runs in.
 #[derive(Clone, Copy)]

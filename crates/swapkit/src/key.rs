@@ -1,4 +1,4 @@
-//! The request context: the key that rollout decisions are made on.
+//! The request key that rollouts and canaries decide on, and the sticky buckets keys fall in.
 //!
 //! The host sets a key for each unit of work (a user id, an account, a session). It lives in a
 //! thread-local, and [`WithKey`] carries it across `.await`s, so it follows a task from thread
@@ -64,6 +64,23 @@ impl From<u64> for Key {
 /// 64-bit FNV-1a followed by a finaliser, so that nearby keys spread over the whole range.
 pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     mix(swapkit_abi::hash::fnv1a64(bytes))
+}
+
+/// Buckets a percentage is measured in: 1 bucket is 0.01 %.
+pub const BUCKETS: u32 = 10_000;
+
+/// The bucket, out of [`BUCKETS`], that `key_hash` falls in for the patch whose id hashes to
+/// `seed`.
+#[inline]
+pub fn bucket(seed: u64, key_hash: u64) -> u32 {
+    (mix(seed ^ key_hash.rotate_left(29)) % BUCKETS as u64) as u32
+}
+
+pub(crate) fn buckets_for(percent: f64) -> u32 {
+    if percent.is_nan() {
+        return 0;
+    }
+    (percent.clamp(0.0, 100.0) * 100.0).round() as u32
 }
 
 /// The splitmix64 finaliser.

@@ -10,9 +10,25 @@
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
-use super::Variant;
-use crate::patch::context::{current_hash, current_key, stable_hash, Key};
-use crate::patch::rollout::{bucket, BUCKETS};
+use crate::key::{bucket, current_hash, current_key, stable_hash, Key, BUCKETS};
+
+/// One of the two versions of a plugin with a canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The version that served before the canary started.
+    Stable = 0,
+    /// The new version on trial.
+    Canary = 1,
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Variant::Stable => "stable",
+            Variant::Canary => "canary",
+        })
+    }
+}
 
 /// A key predicate that sends the keys it admits to a version.
 #[derive(Clone)]
@@ -149,7 +165,7 @@ mod tests {
     fn route(percent: f64, rules: Vec<Rule>) -> Route {
         let split = Split {
             number: 1,
-            share: crate::patch::rollout::buckets_for(percent),
+            share: crate::key::buckets_for(percent),
             seed: Split::seed("p", "2.0.0"),
             without_key: Variant::Stable,
             rules: rules.into(),

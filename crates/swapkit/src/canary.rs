@@ -14,7 +14,7 @@
 //! canary the only version, with its own state; aborting drops it and leaves the stable
 //! version's state as it was.
 //!
-//! A [`gate`](CanaryBuilder::gate) ([`Probation`]) compares the two versions over windows and
+//! A [`gate`](crate::CanaryBuilder::gate) ([`Probation`]) compares the two versions over windows and
 //! moves the canary through its steps, promotes it, or aborts it on its own.
 //!
 //! ```no_run
@@ -35,127 +35,34 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub(crate) mod gate;
-pub(crate) mod route;
-
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::LoadError;
-use crate::patch::Key;
-use crate::reload::Reloader;
+use crate::route::Rule;
+pub use crate::route::Variant;
 use crate::status::CallCounts;
 use crate::Probation;
-use route::Rule;
 
-/// One of the two versions of a plugin with a canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Variant {
-    /// The version that served before the canary started.
-    Stable = 0,
-    /// The new version on trial.
-    Canary = 1,
+/// What a [`CanaryBuilder`](crate::CanaryBuilder) asks for.
+pub(crate) struct Plan {
+    pub artifact: PathBuf,
+    pub percent: f64,
+    pub without_key: Variant,
+    pub rules: Vec<Rule>,
+    pub gate: Option<Probation>,
 }
 
-impl std::fmt::Display for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Variant::Stable => "stable",
-            Variant::Canary => "canary",
-        })
-    }
-}
-
-/// A canary being set up: made by [`Swapper::canary`](crate::Swapper::canary), started by
-/// [`start`](Self::start).
-#[must_use = "a canary starts only when `start` is called"]
-pub struct CanaryBuilder<'s> {
-    core: &'s Arc<Reloader>,
-    pub(crate) artifact: PathBuf,
-    pub(crate) percent: f64,
-    pub(crate) without_key: Variant,
-    pub(crate) rules: Vec<Rule>,
-    pub(crate) gate: Option<Probation>,
-}
-
-impl<'s> CanaryBuilder<'s> {
-    pub(crate) fn new(
-        core: &'s Arc<Reloader>,
-        artifact: PathBuf,
-        gate: Option<Probation>,
-    ) -> CanaryBuilder<'s> {
-        CanaryBuilder {
-            core,
+impl Plan {
+    /// A canary of `artifact` at 0%, calls without a key to the stable version, judged by
+    /// `gate` if there is one.
+    pub fn new(artifact: PathBuf, gate: Option<Probation>) -> Plan {
+        Plan {
             artifact,
             percent: 0.0,
             without_key: Variant::Stable,
             rules: vec![],
             gate,
         }
-    }
-
-    /// The sticky share of keys, in percent (0 to 100, to two decimals), that the canary
-    /// serves. 0 by default: only rules send calls to it.
-    pub fn percent(mut self, percent: f64) -> Self {
-        self.percent = percent;
-        self
-    }
-
-    /// Where calls made without a key go; the stable version by default.
-    pub fn without_key(mut self, variant: Variant) -> Self {
-        self.without_key = variant;
-        self
-    }
-
-    /// Sends the keys `predicate` admits to `variant`, before the percentage is consulted:
-    /// an A/B test by tenant, region or header rather than by share. Rules are tried in the
-    /// order they were added; the first that admits a key decides.
-    pub fn route(
-        mut self,
-        predicate: impl Fn(&Key) -> bool + Send + Sync + 'static,
-        variant: Variant,
-    ) -> Self {
-        self.rules.push(Rule {
-            predicate: Arc::new(predicate),
-            variant,
-        });
-        self
-    }
-
-    /// Judges the canary against the stable version and moves it on its own (see
-    /// [`Probation`]). Without a gate (and without
-    /// [`SwapperBuilder::canary_gate`](crate::SwapperBuilder::canary_gate)), an operator sets
-    /// the percentage, promotes and aborts.
-    pub fn gate(mut self, gate: Probation) -> Self {
-        self.gate = Some(gate);
-        self
-    }
-
-    /// Runs the canary without a gate, even if the swapper has a default one.
-    pub fn manual(mut self) -> Self {
-        self.gate = None;
-        self
-    }
-
-    /// Loads the artifact (checked as any load is, signatures included), hands it the stable
-    /// version's live data, runs the host's `before_publish` check on the new generation, and
-    /// publishes it. On any error nothing changes.
-    pub fn start(self) -> Result<CanaryReport, LoadError> {
-        let core = self.core;
-        core.start_canary(self)
-    }
-}
-
-impl std::fmt::Debug for CanaryBuilder<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CanaryBuilder")
-            .field("artifact", &self.artifact)
-            .field("percent", &self.percent)
-            .field("without_key", &self.without_key)
-            .field("rules", &self.rules.len())
-            .field("gate", &self.gate)
-            .finish()
     }
 }
 

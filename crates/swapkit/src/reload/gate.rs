@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::Reloader;
 use crate::error::LoadError;
 use crate::lock::lock;
-use crate::probation::{Check, Window};
-use crate::reload::Reloader;
+use crate::probation::Check;
 use crate::Probation;
 
 /// Where a gate is, shared with status reports.
@@ -129,17 +129,6 @@ fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
                 }
             }
             Check::Wait | Check::Pass => {}
-        }
-    }
-}
-
-impl Window {
-    /// The calls made between `earlier` and this one.
-    pub fn since(&self, earlier: &Window) -> Window {
-        Window {
-            calls: self.calls.saturating_sub(earlier.calls),
-            failures: self.failures.saturating_sub(earlier.failures),
-            latency: self.latency.since(&earlier.latency),
         }
     }
 }
