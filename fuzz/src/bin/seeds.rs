@@ -122,6 +122,16 @@ fn main() {
             },
         ),
         ("patch_list", Request::PatchList),
+        (
+            "canary_start",
+            Request::CanaryStart {
+                artifact: PathBuf::from("/srv/releases/pricing-2.so"),
+                percent: Some(1.0),
+                gate: true,
+            },
+        ),
+        ("canary_set", Request::CanarySet { percent: 10.0 }),
+        ("canary_abort", Request::CanaryAbort),
     ] {
         let mut line = serde_json::to_vec(&Envelope::new(&request)).unwrap();
         line.push(b'\n');

@@ -267,9 +267,8 @@ impl Reloader {
     pub(crate) fn promote_canary(&self, number: Option<u64>) -> Result<ReloadReport, LoadError> {
         let start = Instant::now();
         let mut state = self.lock();
-        if let Err(e) = Self::active(&mut state, number) {
-            return self.settle(Err(e));
-        }
+        // Nothing to promote is not a failed reload: no observer hears of it.
+        Self::active(&mut state, number)?;
         let active = state.canary.take().expect("checked above");
         let code = active.instance.code.clone();
         let codes = state

@@ -84,8 +84,11 @@ fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
                         "{} failed checks of the gate, the last: {reason}",
                         policy.failed_checks
                     );
-                    if let Err(e) = core.abort_canary(Some(number), Some(&reason)) {
-                        tracing::error!(canary = number, error = %e, "the gate could not abort the canary");
+                    match core.abort_canary(Some(number), Some(&reason)) {
+                        Ok(_) | Err(LoadError::NoCanary) => {}
+                        Err(e) => {
+                            tracing::error!(canary = number, error = %e, "the gate could not abort the canary")
+                        }
                     }
                     return;
                 }
@@ -112,15 +115,20 @@ fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
                         percent,
                         "canary passed its window; next step"
                     );
-                    if let Err(e) = core.set_canary(percent, Some(number)) {
-                        tracing::error!(canary = number, error = %e, "the gate could not move the canary on");
-                        return;
+                    match core.set_canary(percent, Some(number)) {
+                        Ok(_) => {}
+                        // An operator promoted or aborted it meanwhile: nothing left to judge.
+                        Err(LoadError::NoCanary) => return,
+                        Err(e) => {
+                            tracing::error!(canary = number, error = %e, "the gate could not move the canary on");
+                            return;
+                        }
                     }
                 } else if !policy.steps.is_empty() {
                     drop(st);
                     tracing::info!(canary = number, "canary passed its last step; promoting");
                     match core.promote_canary(Some(number)) {
-                        Ok(_) => return,
+                        Ok(_) | Err(LoadError::NoCanary) => return,
                         // A veto by `before_publish` keeps the canary; try again next window.
                         Err(e) => {
                             tracing::error!(canary = number, error = %e, "the gate could not promote the canary")
