@@ -20,6 +20,27 @@ fn versions_by_key(swapper: &Swapper, keys: u64) -> Vec<String> {
         .collect()
 }
 
+/// A thread calling `greet` under rotating keys until the returned flag is set; `check`
+/// sees each result.
+fn traffic(
+    swapper: &Arc<Swapper>,
+    check: impl Fn(Result<String, CallError>) + Send + 'static,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let (swapper, stop) = (swapper.clone(), Arc::new(AtomicBool::new(false)));
+    let stopped = stop.clone();
+    let worker = std::thread::spawn(move || {
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        let mut n = 0u64;
+        while !stopped.load(Ordering::Relaxed) {
+            n += 1;
+            check(with_key(format!("user-{}", n % 1000), || {
+                greeter.greet("x")
+            }));
+        }
+    });
+    (stop, worker)
+}
+
 /// Polls `done` until it holds, or fails the test after a minute.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -361,24 +382,13 @@ fn reloads_carry_the_canary(backend: Backend) {
 /// A faulty canary at 5% is caught by its gate and aborted; no call outside its share fails.
 fn the_gate_aborts_a_faulty_canary(backend: Backend) {
     let swapper = Arc::new(start(backend, &Logs::default(), &[Fixture::GreeterV1]).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
     let stable_failures = Arc::new(AtomicU64::new(0));
-    let worker = {
-        let (swapper, stop, stable_failures) =
-            (swapper.clone(), stop.clone(), stable_failures.clone());
-        std::thread::spawn(move || {
-            let greeter = swapper.client::<dyn Greeter>().unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                match with_key(format!("user-{}", n % 1000), || greeter.greet("x")) {
-                    Err(CallError::Panic { site, .. }) if &*site.version == "2.1.0" => {}
-                    Err(_) => drop(stable_failures.fetch_add(1, Ordering::Relaxed)),
-                    Ok(_) => {}
-                }
-            }
-        })
-    };
+    let counted = stable_failures.clone();
+    let (stop, worker) = traffic(&swapper, move |result| match result {
+        Err(CallError::Panic { site, .. }) if &*site.version == "2.1.0" => {}
+        Err(_) => drop(counted.fetch_add(1, Ordering::Relaxed)),
+        Ok(_) => {}
+    });
     let gate = Probation::new(Duration::from_millis(200))
         .min_calls(10)
         .failed_checks(2)
@@ -404,18 +414,7 @@ fn the_gate_aborts_a_faulty_canary(backend: Backend) {
 /// A good canary moves through its steps and is promoted by its gate.
 fn the_gate_steps_and_promotes_a_good_canary(backend: Backend) {
     let swapper = Arc::new(start(backend, &Logs::default(), &[Fixture::GreeterV1]).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (swapper, stop) = (swapper.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let greeter = swapper.client::<dyn Greeter>().unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                with_key(format!("user-{}", n % 1000), || greeter.greet("x")).unwrap();
-            }
-        })
-    };
+    let (stop, worker) = traffic(&swapper, |result| drop(result.unwrap()));
     let gate = Probation::new(Duration::from_millis(100))
         .min_calls(5)
         // Scheduling noise on a shared machine must not fail a good canary here.
@@ -453,18 +452,7 @@ fn the_gate_steps_and_promotes_a_good_canary(backend: Backend) {
 /// An operator's abort ends a gated canary; the old gate never touches the next canary.
 fn a_gate_acts_only_on_its_own_canary(backend: Backend) {
     let swapper = Arc::new(start(backend, &Logs::default(), &[Fixture::GreeterV1]).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (swapper, stop) = (swapper.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let greeter = swapper.client::<dyn Greeter>().unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let _ = with_key(format!("user-{}", n % 1000), || greeter.greet("x"));
-            }
-        })
-    };
+    let (stop, worker) = traffic(&swapper, drop);
     // A gate that would promote within a few windows, and abort the faulty release at once.
     let gate = Probation::new(Duration::from_millis(20))
         .min_calls(1)

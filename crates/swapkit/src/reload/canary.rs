@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::gate::{self, GateState};
 use super::{build, ReloadState, Reloader};
-use crate::backend::Instance;
+use crate::backend::{Code, Instance};
 use crate::canary::{CanaryReport, CanaryStatus, GateStatus, Plan, VersionStatus};
 use crate::error::LoadError;
 use crate::generation::Generation;
@@ -151,19 +151,7 @@ impl Reloader {
             lock(highest).check(std::slice::from_ref(&code))?;
         }
         // Its dependencies must be in the generation, with no cycle through it.
-        let promoted: Vec<_> = state
-            .selection
-            .codes
-            .iter()
-            .map(|c| {
-                if c.name == code.name {
-                    code.clone()
-                } else {
-                    c.clone()
-                }
-            })
-            .collect();
-        plan::order(promoted)?;
+        plan::order(promoted(&state.selection.codes, &code))?;
 
         let id = state.next_id;
         state.next_id += 1;
@@ -271,18 +259,7 @@ impl Reloader {
         Self::active(&mut state, number)?;
         let active = state.canary.take().expect("checked above");
         let code = active.instance.code.clone();
-        let codes = state
-            .selection
-            .codes
-            .iter()
-            .map(|c| {
-                if c.name == code.name {
-                    code.clone()
-                } else {
-                    c.clone()
-                }
-            })
-            .collect();
+        let codes = promoted(&state.selection.codes, &code);
         let report = self.install(&mut state, codes, &Trigger::CanaryPromote, start);
         match &report {
             Ok(r) => {
@@ -408,6 +385,15 @@ impl Reloader {
     pub(crate) fn last_canary(&self) -> Option<String> {
         self.lock().last_canary.clone()
     }
+}
+
+/// `selection` with `canary` in place of its plugin's stable version.
+fn promoted(selection: &[Arc<Code>], canary: &Arc<Code>) -> Vec<Arc<Code>> {
+    selection
+        .iter()
+        .map(|c| if c.name == canary.name { canary } else { c })
+        .cloned()
+        .collect()
 }
 
 fn share_percent(share: u32) -> f64 {
