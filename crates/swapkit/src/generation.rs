@@ -172,8 +172,9 @@ impl Generation {
         })
     }
 
-    /// The half of [`resolve`](Self::resolve) for a plugin with a canary.
-    #[inline]
+    /// The half of [`resolve`](Self::resolve) for a plugin with a canary: out of line, so
+    /// that the common path stays small.
+    #[inline(never)]
     fn routed(&self, e: &Export, pin: Option<&OnceLock<Variant>>) -> Resolved<'_> {
         let route = self
             .route
