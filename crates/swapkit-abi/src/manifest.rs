@@ -44,7 +44,7 @@ pub struct ExportDecl {
 }
 
 /// What an [`ExportDecl`] exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LiveKind {
     /// A live function: a host's `LiveFn` calls it by plugin and name.
     Function,

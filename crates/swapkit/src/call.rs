@@ -303,6 +303,24 @@ impl Pin {
     }
 }
 
+/// The plugins of one generation that export interface `I`, with a client of each, in
+/// dependency order: what [`Pin::each`] and [`Swapper::each`](crate::Swapper::each) return.
+pub type Each<I> = Vec<(String, <I as Interface>::Client<Pinned>)>;
+
+impl Pin {
+    /// A client of interface `I` for each plugin of the pinned generation that exports it,
+    /// with the plugin's name, in dependency order: a plugin comes after the plugins it
+    /// depends on. Reverse it for teardown order. (Hotswap's `InvokeEach` and
+    /// `InvokeEachBackward`.)
+    pub fn each<I: Interface + ?Sized>(&self) -> Each<I> {
+        self.generation
+            .exporters(I::HASH)
+            .into_iter()
+            .map(|name| (name.to_string(), self.client_of::<I>(&name)))
+            .collect()
+    }
+}
+
 impl Drop for Pin {
     fn drop(&mut self) {
         self.generation.remove_pin(self.label);

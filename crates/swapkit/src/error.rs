@@ -260,6 +260,22 @@ pub enum LoadError {
         /// The second artifact.
         second: String,
     },
+    /// Two plugins export a live function, or a live type's factory, of the same name: a
+    /// lookup by name would reach whichever came first.
+    #[error(
+        "plugins `{first}` and `{second}` both export {kind} `{name}`; a {kind} is found by \
+         name, so names must be unique across the plugins loaded together: rename one"
+    )]
+    DuplicateLive {
+        /// `live function` or `live type`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The first plugin that exports it.
+        first: String,
+        /// The second.
+        second: String,
+    },
     /// A plugin depends on one that is not being loaded.
     #[error(
         "plugin `{plugin}` depends on `{dependency}`, which is not among the plugins being loaded; \

@@ -216,6 +216,16 @@ impl Generation {
             .map(|e| (&*self.plugins[e.plugin], e.interface as usize))
     }
 
+    /// The names of the plugins that export the interface of `hash`, in dependency order
+    /// (a canary is reached through its stable version's name).
+    pub fn exporters(&self, hash: u64) -> Vec<Arc<str>> {
+        self.exports
+            .iter()
+            .filter(|e| e.hash == hash)
+            .map(|e| self.plugins[e.plugin].code.name.clone())
+            .collect()
+    }
+
     pub fn mark_superseded(&self) {
         let _ = self.superseded.set(Instant::now());
     }

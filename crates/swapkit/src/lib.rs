@@ -94,7 +94,7 @@ pub use backend::host::{GuestLog, LogSink};
 #[cfg(feature = "wasm")]
 pub use backend::wasm::{Exhausted, WasmLimits};
 pub use backend::BackendKind;
-pub use call::{Binding, Pin, Pinned};
+pub use call::{Binding, Each, Pin, Pinned};
 pub use candidate::Candidate;
 pub use error::{
     BoxError, CallError, CallSite, DrainTimeout, InterfaceMismatch, LoadError, VaultError,

@@ -40,7 +40,28 @@ fn check_uses(
     Ok(())
 }
 
-/// Refuses duplicate names, unknown dependencies and cycles, and returns `codes` ordered so
+/// Refuses two plugins exporting a live function, or a live type, of the same name.
+fn check_live_names(codes: &[Arc<Code>]) -> Result<(), LoadError> {
+    let mut seen: HashMap<(swapkit_abi::LiveKind, &str), &Code> = HashMap::new();
+    for code in codes {
+        for live in &code.manifest.live {
+            if let Some(first) = seen.insert((live.kind, &live.name), code) {
+                return Err(LoadError::DuplicateLive {
+                    kind: match live.kind {
+                        swapkit_abi::LiveKind::Function => "live function",
+                        swapkit_abi::LiveKind::Factory => "live type",
+                    },
+                    name: live.name.clone(),
+                    first: first.name.to_string(),
+                    second: code.name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses duplicate plugin and live names, unknown dependencies and cycles, and returns `codes` ordered so
 /// that every plugin comes after the plugins it depends on. Ties keep their given order.
 pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> {
     let mut by_name: HashMap<&str, usize> = HashMap::new();
@@ -54,6 +75,7 @@ pub(crate) fn order(codes: Vec<Arc<Code>>) -> Result<Vec<Arc<Code>>, LoadError> 
         }
         by_name.insert(&c.name, i);
     }
+    check_live_names(&codes)?;
     let mut deps: Vec<Vec<usize>> = vec![];
     for c in &codes {
         let mut list = vec![];

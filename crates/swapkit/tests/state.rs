@@ -277,3 +277,64 @@ fn undeclared_dependency_call_is_an_error(backend: Backend) {
     let answer = stray.name().unwrap();
     assert!(answer.contains("does not declare"), "{answer}");
 }
+
+/// Two plugins that export a live function of the same name are refused together (a lookup
+/// by name would reach whichever came first); the current generation keeps serving.
+#[test]
+fn duplicate_live_names_across_plugins_are_refused() {
+    let swapper = start(Backend::Native, &Logs::default(), &[Fixture::StateV1]).unwrap();
+    let generation = swapper.generation();
+    let err = swap(
+        &swapper,
+        Backend::Native,
+        &[Fixture::StateV1, Fixture::LiveClash],
+    )
+    .unwrap_err();
+    match &err {
+        LoadError::DuplicateLive {
+            kind: "live function",
+            name,
+            first,
+            second,
+        } => assert_eq!(
+            (name.as_str(), first.as_str(), second.as_str()),
+            ("job", "state", "clash")
+        ),
+        other => panic!("expected a duplicate live name, got {other}"),
+    }
+    assert!(err.to_string().contains("rename one"), "{err}");
+    assert_eq!(swapper.generation(), generation);
+    // Alone, it loads.
+    swap(&swapper, Backend::Native, &[Fixture::LiveClash]).unwrap();
+}
+
+/// Every plugin that exports an interface, in dependency order and in reverse, all in one
+/// generation.
+#[test]
+fn each_exporter_in_dependency_order() {
+    let mut backends = vec![Backend::Native];
+    if cfg!(feature = "wasm") {
+        backends.push(Backend::Wasm);
+    }
+    for backend in backends {
+        // Listed dependents first: the order comes from the dependencies, not the list.
+        let set = [Fixture::ChainTop, Fixture::ChainBase, Fixture::StateV1];
+        let swapper = start(backend, &Logs::default(), &set).unwrap();
+        let each = swapper.each::<dyn Probe>().unwrap();
+        let names: Vec<String> = each.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(each[0].1.name().unwrap(), "chain-base");
+        assert_eq!(names, ["chain-base", "chain-top"]);
+        let backward: Vec<String> = swapper
+            .each::<dyn Probe>()
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(backward, ["chain-top", "chain-base"]);
+        // The clients stay on their generation across a swap.
+        swap(&swapper, backend, &[Fixture::StateV1]).unwrap();
+        assert_eq!(each[1].1.name().unwrap(), "chain-top>chain-base");
+        assert!(swapper.each::<dyn Probe>().unwrap().is_empty());
+    }
+}

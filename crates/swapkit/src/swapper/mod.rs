@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::{Interface, LiveData};
 
-use crate::call::{target, Binding, Pin};
+use crate::call::{target, Binding, Each, Pin};
 use crate::canary::CanaryStatus;
 use crate::error::{CallError, DrainTimeout, LoadError};
 use crate::hazard::Current;
@@ -200,6 +200,26 @@ impl Swapper {
         self.core.declare::<I>()?;
         let current = self.core.published.current().clone();
         Ok(I::client(Binding::new(current, target::<I>(Some(plugin)))))
+    }
+
+    /// A client of interface `I` for each plugin of the current generation that exports it,
+    /// with the plugin's name, in dependency order (see [`Pin::each`]); all of them call that
+    /// one generation. Declares `I`, as [`client`](Self::client) does.
+    ///
+    /// ```no_run
+    /// # mod api { #[swapkit::interface] pub trait Hooks { fn on_tick(&self, now: u64); } }
+    /// # let swapper = swapkit::Swapper::new()?;
+    /// for (plugin, hooks) in swapper.each::<dyn api::Hooks>()? {
+    ///     hooks.on_tick(42)?; // dependencies first
+    /// }
+    /// for (plugin, hooks) in swapper.each::<dyn api::Hooks>()?.into_iter().rev() {
+    ///     hooks.on_tick(43)?; // dependents first
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn each<I: Interface + ?Sized>(&self) -> Result<Each<I>, LoadError> {
+        self.core.declare::<I>()?;
+        Ok(self.pin().each::<I>())
     }
 
     /// Pins the current generation for a unit of work. See [`Pin`].

@@ -43,9 +43,11 @@ pub enum Fixture {
     GreeterFaulty,
     /// Native only: leaves a thread logging through its `Host` after `on_free`.
     Lingering,
+    /// Exports a live function named `job`, as `state` does.
+    LiveClash,
 }
 
-const ALL: [Fixture; 24] = [
+const ALL: [Fixture; 25] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -70,6 +72,7 @@ const ALL: [Fixture; 24] = [
     Fixture::DepStray,
     Fixture::GreeterFaulty,
     Fixture::Lingering,
+    Fixture::LiveClash,
 ];
 
 impl Fixture {
@@ -100,6 +103,7 @@ impl Fixture {
             Fixture::DepStray => "fixture-dep-stray",
             Fixture::GreeterFaulty => "fixture-greeter-faulty",
             Fixture::Lingering => "fixture-lingering",
+            Fixture::LiveClash => "fixture-live-clash",
         }
     }
 

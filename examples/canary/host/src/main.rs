@@ -152,9 +152,10 @@ fn run(wasm: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let gate = Probation::new(Duration::from_millis(300))
         .min_calls(50)
         .failed_checks(2)
-        // Calls here take microseconds: judge latency only past 1 ms of difference, so that
-        // a shared CI machine's scheduling noise does not fail a good release.
-        .latency_slack(Duration::from_millis(1))
+        // Calls here take microseconds, and on a shared CI machine a thread preempted in the
+        // middle of a call makes it last milliseconds: judge latency only past 10 ms of
+        // difference, so that scheduling noise never fails a good release.
+        .latency_slack(Duration::from_millis(10))
         .steps([1.0, 10.0, 50.0]);
 
     println!("== canary 1.2.0 (faulty) at 1%, gated: 1% -> 10% -> 50% -> promote ==");
