@@ -63,6 +63,17 @@ pub enum LoadError {
         /// The extension looked for.
         ext: &'static str,
     },
+    /// A plugin on a load list ([`Swapper::load_dir_only`](crate::Swapper::load_dir_only)) is
+    /// not in the directory as itself.
+    #[error("plugin `{plugin}` is on the load list, but {dir} has {reason}")]
+    Unlisted {
+        /// The directory.
+        dir: PathBuf,
+        /// The listed plugin.
+        plugin: String,
+        /// What was found instead.
+        reason: String,
+    },
     /// The artifact is an empty file.
     #[error(
         "plugin artifact {path} is empty; it may have been caught mid-write: publish artifacts by \
@@ -451,6 +462,7 @@ impl LoadError {
             | NotAFile { path, .. }
             | TooLarge { path, .. }
             | ReadDir { path, .. }
+            | Unlisted { dir: path, .. }
             | NoArtifacts { path, .. }
             | Empty { path }
             | Untrusted { path, .. }

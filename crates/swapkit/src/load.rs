@@ -18,6 +18,12 @@ use swapkit_trust::{SignatureFile, TrustPolicy};
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
     Dir(PathBuf),
+    /// The artifacts of a directory for the plugins listed, and only those: plugin `x` is
+    /// `x.<ext>` or `libx.<ext>` (`.so`, `.dylib`, `.dll` or `.wasm`), named `x` in its manifest.
+    DirOnly {
+        dir: PathBuf,
+        only: Vec<String>,
+    },
     Files(Vec<PathBuf>),
 }
 
@@ -27,8 +33,41 @@ impl Source {
         match self {
             Source::Files(files) => Ok(files.clone()),
             Source::Dir(dir) => list_artifacts(dir),
+            Source::DirOnly { dir, only } => {
+                let all = list_artifacts(dir)?;
+                let listed: Vec<PathBuf> = all
+                    .into_iter()
+                    .filter(|p| only.iter().any(|n| *n == plugin_stem(p)))
+                    .collect();
+                if let Some(missing) = only
+                    .iter()
+                    .find(|n| !listed.iter().any(|p| plugin_stem(p) == **n))
+                {
+                    return Err(LoadError::Unlisted {
+                        dir: dir.clone(),
+                        plugin: missing.clone(),
+                        reason: "no artifact for it".into(),
+                    });
+                }
+                Ok(listed)
+            }
         }
     }
+
+    /// The directory a watcher follows, if the source is one.
+    #[cfg(feature = "ops")]
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Source::Dir(dir) | Source::DirOnly { dir, .. } => Some(dir),
+            Source::Files(_) => None,
+        }
+    }
+}
+
+/// The plugin an artifact's file name stands for: its stem, without a `lib` prefix.
+fn plugin_stem(path: &Path) -> &str {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    stem.strip_prefix("lib").unwrap_or(stem)
 }
 
 /// How the wasm engine is set up when the first wasm artifact arrives.
@@ -93,11 +132,29 @@ impl Loader {
     /// Loads every artifact of `source`.
     pub fn load_source(&self, source: &Source) -> Result<Vec<Arc<Code>>, LoadError> {
         let native = self.native.as_ref().ok_or(LoadError::StaticMode)?;
-        source
-            .paths()?
+        let paths = source.paths()?;
+        let codes = paths
             .iter()
             .map(|p| self.load_with(native, p, None))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Source::DirOnly { dir, .. } = source {
+            for (code, file) in codes.iter().zip(&paths) {
+                if *code.name != *plugin_stem(file) {
+                    return Err(LoadError::Unlisted {
+                        dir: dir.clone(),
+                        plugin: plugin_stem(file).to_owned(),
+                        reason: format!(
+                            "its artifact {} holds plugin `{}` {}; publish each listed plugin \
+                             under its own name",
+                            file.display(),
+                            code.name,
+                            code.version
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(codes)
     }
 
     /// Reads and checks one artifact.

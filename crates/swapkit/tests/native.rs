@@ -812,3 +812,47 @@ fn a_caught_plugin_panic_prints_nothing() {
         "the host's panic hook no longer runs:\n{stderr}"
     );
 }
+
+/// A load list: only the plugins named are loaded from the directory, by reloads too, and a
+/// listed plugin missing or under another name is a clear error that changes nothing.
+#[test]
+fn a_load_list_loads_only_the_plugins_named() {
+    let dir = tempdir();
+    let ext = std::env::consts::DLL_EXTENSION;
+    place(dir.path(), Fixture::GreeterV1, &format!("greeter.{ext}"));
+    place(dir.path(), Fixture::StateV1, &format!("libstate.{ext}"));
+    let swapper = Logs::default().builder().build().unwrap();
+    let report = swapper.load_dir_only(dir.path(), ["greeter"]).unwrap();
+    assert_eq!(report.loaded, [("greeter".to_owned(), "1.0.0".to_owned())]);
+    // A new plugin dropped in the directory stays out; a new version of a listed one comes in.
+    place(dir.path(), Fixture::ChainBase, &format!("chain-base.{ext}"));
+    place(dir.path(), Fixture::GreeterV2, &format!("greeter.{ext}"));
+    let report = swapper.reload().unwrap();
+    assert_eq!(report.loaded, [("greeter".to_owned(), "2.0.0".to_owned())]);
+    assert!(report.reused.is_empty(), "{report:?}");
+    let generation = swapper.generation();
+
+    let err = swapper
+        .load_dir_only(dir.path(), ["greeter", "pricing"])
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Unlisted { plugin, reason, .. } if plugin == "pricing" && reason.contains("no artifact")),
+        "{err}"
+    );
+    // `pricing.so` that holds the greeter is not the pricing plugin.
+    place(dir.path(), Fixture::GreeterV1, &format!("pricing.{ext}"));
+    let err = swapper.load_dir_only(dir.path(), ["pricing"]).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Unlisted { plugin, reason, .. } if plugin == "pricing" && reason.contains("holds plugin `greeter`")),
+        "{err}"
+    );
+    assert_eq!(swapper.generation(), generation, "nothing changed");
+    // The source of reloads is still the first list.
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    swapper.reload().unwrap();
+    assert_eq!(greeter.version().unwrap(), "2.0.0");
+    let both = swapper
+        .load_dir_only(dir.path(), ["state", "greeter"])
+        .unwrap();
+    assert_eq!(both.loaded.len() + both.reused.len(), 2, "{both:?}");
+}

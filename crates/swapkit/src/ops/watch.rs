@@ -44,8 +44,8 @@ pub(crate) enum Settled {
 impl WatchState {
     pub fn set_source(&mut self, source: &Source) {
         if self.debounce.is_some() {
-            if let Source::Dir(dir) = source {
-                self.dir = Some(dir.clone());
+            if let Some(dir) = source.dir() {
+                self.dir = Some(dir.to_owned());
             }
         }
     }

@@ -92,6 +92,23 @@ impl Swapper {
         self.core.load_from(Source::Dir(dir.as_ref().to_owned()))
     }
 
+    /// Loads the artifacts in `dir` of the plugins in `only`, and no others, as one new
+    /// generation, and makes that the source of later reloads and of the file watcher:
+    /// another artifact dropped in `dir` is never loaded. Plugin `x` is the artifact `x.so`
+    /// or `libx.so` (or `.dylib`, `.dll`, `.wasm`), and its manifest must name it `x`. A
+    /// listed plugin with no artifact, or with another name inside, is
+    /// [`LoadError::Unlisted`]. (Hotswap's `WithWhitelist`.)
+    pub fn load_dir_only<S: Into<String>>(
+        &self,
+        dir: impl AsRef<Path>,
+        only: impl IntoIterator<Item = S>,
+    ) -> Result<ReloadReport, LoadError> {
+        self.core.load_from(Source::DirOnly {
+            dir: dir.as_ref().to_owned(),
+            only: only.into_iter().map(Into::into).collect(),
+        })
+    }
+
     /// Loads exactly these artifacts as one new generation, and makes them the source of
     /// later [`reload`](Self::reload)s.
     pub fn load_files<P: AsRef<Path>>(
