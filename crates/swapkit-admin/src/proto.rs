@@ -414,6 +414,23 @@ pub struct TargetReport {
     /// Calls the patch has served.
     #[serde(default)]
     pub hits: u64,
+    /// Where the patch came from: `file:line` of an in-process closure, or the plugin, its
+    /// version and its artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Who it applies to: all keys, a share of keys, keys matching a predicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// Panics caught in the patch.
+    #[serde(default)]
+    pub panics: u64,
+    /// False once the patch has panicked.
+    #[serde(default = "healthy")]
+    pub healthy: bool,
+}
+
+fn healthy() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -223,10 +223,19 @@ pub(crate) fn patch(action: PatchAction) -> Result<(), Error> {
                 }
                 for t in &report.targets {
                     match &t.patch {
-                        Some(id) => println!(
-                            "{} {}  patched by `{id}` ({} hits)",
-                            t.target, t.signature, t.hits
-                        ),
+                        Some(id) => {
+                            println!(
+                                "{} {}  patched by `{id}`: {} hits, {} panics{}",
+                                t.target,
+                                t.signature,
+                                t.hits,
+                                t.panics,
+                                if t.healthy { "" } else { ", UNHEALTHY" }
+                            );
+                            let rollout = t.rollout.as_deref().unwrap_or("all keys");
+                            let source = t.source.as_deref().unwrap_or("?");
+                            println!("    for {rollout}; from {source}");
+                        }
                         None => println!("{} {}", t.target, t.signature),
                     }
                 }

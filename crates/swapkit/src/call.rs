@@ -153,14 +153,14 @@ pub(crate) fn failure(
     let site = site(instance, names);
     match raw {
         host_status::TRAP => {
-            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "wasm plugin trapped");
+            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, trap = %message, "wasm plugin trapped");
             return CallError::Trap { site, message };
         }
         host_status::TIMEOUT => return CallError::Timeout { site },
         host_status::MEMORY => return CallError::ResourceLimit { site, message },
         host_status::REENTRANT => return CallError::Reentrant { site },
         host_status::NESTING => {
-            tracing::warn!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "nested plugin calls went past the sandbox's bounds");
+            tracing::warn!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, reason = %message, "nested plugin calls went past the sandbox's bounds");
             return CallError::Nesting { site, message };
         }
         host_status::EXHAUSTED => return CallError::PoolExhausted { site, message },
@@ -168,7 +168,7 @@ pub(crate) fn failure(
     }
     match Status::from_raw(raw) {
         Some(Status::Panic) => {
-            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, %message, "plugin panicked");
+            tracing::error!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, panic = %message, "plugin panicked");
             CallError::Panic { site, message }
         }
         Some(status) => CallError::Guest {

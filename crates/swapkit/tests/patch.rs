@@ -609,3 +609,95 @@ fn patch_calls_held_and_dropped_out_of_order_keep_their_patch() {
     drop(b);
     assert!(dropped.load(Ordering::SeqCst), "freed once B left");
 }
+
+// ---- what patching logs ----
+
+#[swapkit::patchable]
+fn risky(x: u64) -> u64 {
+    x + 1
+}
+
+/// The `swapkit::patch` events a closure makes on this thread, as `message field=value ..`.
+fn patch_events(f: impl FnOnce()) -> Vec<String> {
+    use std::fmt::Write;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+    struct Fields(String);
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0.insert_str(0, &format!("{value:?}"));
+            } else {
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if event.metadata().target() == "swapkit::patch" {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+    }
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let subscriber = tracing_subscriber::registry().with(Capture(seen.clone()));
+    tracing::subscriber::with_default(subscriber, f);
+    let events = seen.lock().unwrap().clone();
+    events
+}
+
+/// Apply, panic, the health change (once) and restore each log an event that names the
+/// target, the patch, and where it came from.
+#[test]
+fn patching_logs_apply_panic_health_and_restore() {
+    let events = patch_events(|| {
+        let guard = swapkit::patch!(risky, |x| if x == 13 { panic!("unlucky") } else { x + 2 })
+            .id("risky-fix")
+            .rollout(Rollout::percent(50.0).without_key(true))
+            .apply()
+            .unwrap();
+        assert_eq!(risky(1), 3);
+        assert_eq!(
+            risky(13),
+            14,
+            "the original runs for a call whose patch panicked"
+        );
+        assert_eq!(risky(13), 14);
+        guard.restore().unwrap();
+    });
+    let line = |start: &str| {
+        events
+            .iter()
+            .filter(|e| e.starts_with(start))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let applied = line("patch applied");
+    assert_eq!(applied.len(), 1, "{events:#?}");
+    assert!(
+        applied[0].contains("patch=risky-fix") && applied[0].contains("target_fn=\"patch::risky\""),
+        "{applied:?}"
+    );
+    assert!(
+        applied[0].contains("in-process closure at crates/swapkit/tests/patch.rs:"),
+        "{applied:?}"
+    );
+    assert!(
+        applied[0].contains("rollout=50.00% of keys, and calls with no key"),
+        "{applied:?}"
+    );
+    let panicked = line("patch panicked");
+    assert_eq!(panicked.len(), 2, "{events:#?}");
+    assert!(
+        panicked[1].contains("panics=2") && panicked[1].contains("unlucky"),
+        "{panicked:?}"
+    );
+    assert_eq!(
+        line("patch health changed").len(),
+        1,
+        "only the first panic changes it"
+    );
+    assert_eq!(line("patch restored").len(), 1, "{events:#?}");
+}

@@ -261,7 +261,7 @@ impl Drop for Instance {
             Imp::Wasm(_) => Ok(()),
         };
         if let Err((status, message)) = freed {
-            tracing::error!(plugin = %self.code.name, version = %self.code.version, status, %message, "on_free failed");
+            tracing::error!(plugin = %self.code.name, version = %self.code.version, status, error = %message, "on_free failed");
         }
     }
 }

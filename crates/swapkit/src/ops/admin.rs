@@ -247,7 +247,7 @@ fn accept(listener: UnixListener, stop: Arc<AtomicBool>, context: Arc<Context>) 
         let admitted = match context.admit(peer.uid) {
             Ok(admitted) => admitted,
             Err(message) => {
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, %message, "admin connection refused");
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, reason = %message, "admin connection refused");
                 let _ = reply(&stream, &Reply::Error(failure(FailureKind::Busy, message)));
                 continue;
             }
@@ -422,7 +422,7 @@ fn handle(line: &[u8], peer: Peer, context: &Context) -> Reply {
     match result {
         Ok(outcome) => Reply::Ok(outcome),
         Err(f) => {
-            tracing::warn!(uid = peer.uid, kind = ?f.kind, message = %f.message, "admin request failed");
+            tracing::warn!(uid = peer.uid, kind = ?f.kind, reason = %f.message, "admin request failed");
             Reply::Error(f)
         }
     }
@@ -558,6 +558,10 @@ fn patch_list(context: &Context) -> PatchReport {
                 target: t.name.to_owned(),
                 signature: t.signature.to_owned(),
                 hits: t.patch.as_ref().map_or(0, |p| p.hits),
+                source: t.patch.as_ref().map(|p| p.source.to_string()),
+                rollout: t.patch.as_ref().map(|p| p.rollout.clone()),
+                panics: t.patch.as_ref().map_or(0, |p| p.panics),
+                healthy: t.patch.as_ref().is_none_or(|p| p.healthy),
                 patch: t.patch.map(|p| p.id),
             })
             .collect(),

@@ -213,6 +213,7 @@ impl<F: ?Sized + 'static> Target<F> {
         };
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let (source, rollout) = (options.source.to_string(), options.rollout.describe(share));
         let patch = Arc::new(Patch {
             serial,
             seed: stable_hash(id.as_bytes()),
@@ -229,7 +230,7 @@ impl<F: ?Sized + 'static> Target<F> {
             healthy: AtomicBool::new(true),
         });
         self.cell.swap(Some(patch));
-        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, "patch applied");
+        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, source = %source, rollout = %rollout, "patch applied");
         Ok(PatchGuard::new(self, serial))
     }
 }
@@ -244,10 +245,13 @@ impl<F: ?Sized> Patch<F> {
     /// Counts a panic, flags the patch unhealthy and logs it.
     #[cold]
     fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic {
-        self.panics.fetch_add(1, Ordering::Relaxed);
-        self.healthy.store(false, Ordering::Relaxed);
+        let panics = self.panics.fetch_add(1, Ordering::Relaxed) + 1;
+        let was_healthy = self.healthy.swap(false, Ordering::Relaxed);
         let message = crate::error::panic_message(&*payload);
-        tracing::error!(target: "swapkit::patch", target_fn = target, patch = %self.id, %message, "patch panicked; flagged unhealthy");
+        tracing::error!(target: "swapkit::patch", target_fn = target, patch = %self.id, source = %self.source, panics, panic = %message, "patch panicked");
+        if was_healthy {
+            tracing::warn!(target: "swapkit::patch", target_fn = target, patch = %self.id, healthy = false, "patch health changed: unhealthy after its first panic; restore it or let its rollout shrink");
+        }
         PatchPanic {
             target,
             patch: self.id.clone(),

@@ -267,7 +267,7 @@ impl Drop for WasmInstance {
         // Every caller holds the instance for the length of its call, so all slots are idle.
         for mut slot in self.cells.drain() {
             if let Err((status, message)) = hook(&self.module, &mut slot, Hook::Free) {
-                tracing::error!(plugin = %self.ctx.plugin, version = %self.ctx.version, status, %message, "on_free failed");
+                tracing::error!(plugin = %self.ctx.plugin, version = %self.ctx.version, status, error = %message, "on_free failed");
             }
         }
     }
