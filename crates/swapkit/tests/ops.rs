@@ -716,6 +716,7 @@ fn call_counts_reach_status_and_the_metrics_facade() {
     );
     let swapper = builder()
         .metrics_interval(Duration::from_millis(20))
+        .auto_rollback(Probation::new(Duration::from_secs(30)).min_calls(3))
         .build()
         .unwrap();
     swapper.load_dir(dir.path()).unwrap();
@@ -751,6 +752,62 @@ fn call_counts_reach_status_and_the_metrics_facade() {
         counter(&entries, "swapkit_calls_total", None) == Some(101)
             && counter(&entries, "swapkit_call_failures_total", Some("panic")) == Some(1)
     });
+
+    // Every other metric the README names, after a reload, a failed one, an auto-rollback and
+    // with a pin held.
+    let pin = swapper.pin();
+    publish(
+        Fixture::GreeterFaulty,
+        Backend::Native,
+        &dir.path().join(artifact_name(Backend::Native)),
+    );
+    swapper.reload().unwrap();
+    eventually("the auto-rollback", || {
+        let _ = greeter.greet("x");
+        swapper.status().current.plugins[0].version == "1.0.0"
+    });
+    std::fs::write(
+        dir.path().join(artifact_name(Backend::Native)),
+        b"not a plugin",
+    )
+    .unwrap();
+    swapper.reload().unwrap_err();
+    fn named<'e>(
+        entries: &'e Entries,
+        name: &str,
+        label: Option<(&str, &str)>,
+    ) -> Option<&'e metrics_util::debugging::DebugValue> {
+        entries.iter().find_map(|(key, _, _, value)| {
+            let labelled = label
+                .is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v));
+            (key.key().name() == name && labelled).then_some(value)
+        })
+    }
+    use metrics_util::debugging::DebugValue::{Counter, Gauge, Histogram};
+    // A snapshot drains what it reads: add the counters up over snapshots, keep the highest
+    // gauge, and remember a histogram seen in any of them.
+    let (mut published, mut failed, mut auto, mut alive, mut pins, mut timed) =
+        (0, 0, 0, 0.0f64, 0.0f64, false);
+    eventually("every metric", || {
+        let e = snapshotter.snapshot().into_vec();
+        let count = |name, label| match named(&e, name, label) {
+            Some(Counter(n)) => *n,
+            _ => 0,
+        };
+        let gauge = |name| match named(&e, name, None) {
+            Some(Gauge(g)) => g.into_inner(),
+            _ => 0.0,
+        };
+        published += count("swapkit_reloads_total", Some(("outcome", "published")));
+        failed += count("swapkit_reloads_total", Some(("outcome", "failed")));
+        auto += count("swapkit_auto_rollbacks_total", None);
+        alive = alive.max(gauge("swapkit_generations_alive"));
+        pins = pins.max(gauge("swapkit_pins_held"));
+        timed |= matches!(named(&e, "swapkit_reload_duration_seconds", Some(("trigger", "reload"))), Some(Histogram(h)) if !h.is_empty());
+        // The first load was read by the flush above: a reload and an auto-rollback since.
+        published >= 2 && failed >= 1 && auto == 1 && alive >= 2.0 && pins >= 1.0 && timed
+    });
+    drop(pin);
 }
 
 #[test]

@@ -338,3 +338,43 @@ fn each_exporter_in_dependency_order() {
         assert!(swapper.each::<dyn Probe>().unwrap().is_empty());
     }
 }
+
+/// The tracing spans a reload opens, by name, in the order they open: `reload`, `load` per
+/// artifact, `on_load`, `save`, `migrate`, `on_init`, and `retire` for the generation left.
+#[test]
+fn a_reload_traces_each_step_in_a_span() {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    struct Spans(Arc<Mutex<Vec<&'static str>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(attrs.metadata().name());
+        }
+    }
+    let swapper = start(Backend::Native, &Logs::default(), &[Fixture::StateV1]).unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    counter.remember("kept").unwrap();
+    let seen = Arc::new(Mutex::new(vec![]));
+    let subscriber = tracing_subscriber::registry().with(Spans(seen.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        swap(&swapper, Backend::Native, &[Fixture::StateV2]).unwrap();
+    });
+    let spans = seen.lock().unwrap().clone();
+    let at = |name: &str| {
+        spans
+            .iter()
+            .position(|s| *s == name)
+            .unwrap_or_else(|| panic!("no `{name}` span in {spans:?}"))
+    };
+    let order = [
+        "reload", "load", "on_load", "save", "migrate", "on_init", "retire",
+    ];
+    let positions: Vec<usize> = order.iter().map(|n| at(n)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{spans:?}");
+    assert_eq!(counter.notes().unwrap(), ["kept"]);
+}
