@@ -911,3 +911,52 @@ fn an_admin_rollback_with_auto_rollback_on_is_not_judged() {
         "an admin rollback was put on probation"
     );
 }
+
+/// Auto-rollback judges every kind of failure, not only panics: a release whose calls trap,
+/// or run past the call timeout, is rolled back as a panicking one is.
+#[cfg(feature = "wasm")]
+#[test]
+fn auto_rollback_follows_traps_and_timeouts() {
+    for (what, expected) in [("unreachable", "trap"), ("loop", "timeout")] {
+        let swapper = builder()
+            .wasm_limits(swapkit::WasmLimits {
+                call_timeout: Duration::from_millis(50),
+                ..Default::default()
+            })
+            .auto_rollback(Probation::new(Duration::from_secs(30)).min_calls(3))
+            .build()
+            .unwrap();
+        swapper
+            .load_files([Fixture::GreeterV1.wasm_path()])
+            .unwrap();
+        let faulty = swapper
+            .load_files([Fixture::Hostile.wasm_path()])
+            .unwrap()
+            .generation;
+        let greeter = swapper.client::<dyn Greeter>().unwrap();
+        let mut kinds = vec![];
+        eventually("the auto-rollback", || {
+            // Once rolled back, v1's `fail` panics: only the faulty release's failures count.
+            if let Err(e) = greeter.fail(what) {
+                if e.site().is_some_and(|s| &*s.plugin != "hostile") {
+                    return swapper.generation() > faulty;
+                }
+                kinds.push(match e {
+                    swapkit::CallError::Trap { .. } => "trap",
+                    swapkit::CallError::Timeout { .. } => "timeout",
+                    _ => "other",
+                });
+            }
+            swapper.generation() > faulty
+        });
+        assert!(
+            kinds.len() >= 3 && kinds.iter().all(|k| *k == expected),
+            "{what}: {kinds:?}"
+        );
+        assert_eq!(
+            greeter.version().unwrap(),
+            "1.0.0",
+            "{what}: back on the previous release"
+        );
+    }
+}
