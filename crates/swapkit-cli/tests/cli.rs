@@ -396,6 +396,7 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
         out.to_str().unwrap(),
         "--sign",
         &secret,
+        "--both",
     ]);
     assert!(text.contains("signed with key"), "{text}");
     let artifact = out
@@ -403,6 +404,34 @@ fn new_build_and_inspect_make_a_plugin_from_nothing() {
         .join(format!("hi_there.{}", std::env::consts::DLL_EXTENSION));
     assert!(artifact.is_file(), "{text}");
     assert!(text.contains("hi-there 0.1.0 (native)"), "{text}");
+    // --both: the wasm module beside it, each signed, published by rename: nothing else is
+    // left in the output directories (no half-written or temporary file).
+    assert!(text.contains("hi-there 0.1.0 (wasm)"), "{text}");
+    for (what, file) in [
+        (
+            "native",
+            format!("hi_there.{}", std::env::consts::DLL_EXTENSION),
+        ),
+        ("wasm", "hi_there.wasm".to_owned()),
+    ] {
+        let mut names: Vec<String> = std::fs::read_dir(out.join(what))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [file.clone(), format!("{file}.sig")], "{what}");
+    }
+    let wasm = out.join("wasm").join("hi_there.wasm");
+    let text = ok(&[
+        "verify",
+        "--key",
+        &format!("{}.pub", key.display()),
+        wasm.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("ok") && text.contains("signed by key"),
+        "{text}"
+    );
 
     let text = ok(&["inspect", artifact.to_str().unwrap()]);
     for wanted in [
