@@ -960,3 +960,46 @@ fn auto_rollback_follows_traps_and_timeouts() {
         );
     }
 }
+
+/// Every admin request is logged with the peer's uid and pid (from SO_PEERCRED), on the
+/// admin socket's own thread.
+#[test]
+fn admin_requests_are_logged_with_the_peers_uid_and_pid() {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    struct Fields(String);
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if event.metadata().target().starts_with("swapkit::ops::admin") {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+    }
+    let seen = Arc::new(Mutex::new(vec![]));
+    // The only global subscriber of this test binary.
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(Capture(seen.clone())),
+    )
+    .unwrap();
+    let (_dir, socket, _swapper) = admin_host(None);
+    let mut client = Client::connect(&socket).unwrap();
+    client.request(&Request::PatchList).unwrap();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let wanted = format!("uid={uid} pid=Some({})", std::process::id());
+    eventually("the admin request's log line", || {
+        seen.lock().unwrap().iter().any(|e| {
+            e.contains("message=admin request")
+                && e.contains(&wanted)
+                && e.contains("op=\"patch_list\"")
+        })
+    });
+}
