@@ -420,9 +420,10 @@ fn the_gate_steps_and_promotes_a_good_canary(backend: Backend) {
         // Scheduling noise on a shared machine must not fail a good canary here.
         .latency_slack(Duration::from_secs(1))
         .steps([10.0, 50.0]);
+    // Starting between steps: the next step is the first above, never one below.
     swapper
         .canary(Fixture::GreeterV2.artifact(backend))
-        .percent(1.0)
+        .percent(20.0)
         .gate(gate)
         .start()
         .unwrap();
@@ -443,6 +444,7 @@ fn the_gate_steps_and_promotes_a_good_canary(backend: Backend) {
         swapper.last_canary()
     );
     assert!(steps_seen.windows(2).all(|w| w[0] < w[1]), "{steps_seen:?}");
+    assert!(!steps_seen.contains(&10.0), "{steps_seen:?}");
     assert_eq!(
         swapper.client::<dyn Greeter>().unwrap().version().unwrap(),
         "2.0.0"

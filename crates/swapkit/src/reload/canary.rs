@@ -223,6 +223,12 @@ impl Reloader {
         let mut state = self.lock();
         let active = Self::active(&mut state, number)?;
         active.split.share = buckets_for(percent);
+        if let Some(gate) = &active.gate {
+            // The gate's next step is the first above this.
+            let mut gate = lock(gate);
+            gate.percent = percent;
+            gate.step = gate.policy.steps.iter().position(|&s| s == percent);
+        }
         let (plugin, share) = (active.instance.code.name.clone(), active.split.share);
         let id = self.republish(&mut state);
         tracing::info!(generation = id, %plugin, percent = share_percent(share), "canary share set");

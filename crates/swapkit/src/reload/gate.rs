@@ -18,6 +18,8 @@ use crate::Probation;
 pub(crate) struct GateState {
     pub policy: Probation,
     pub step: Option<usize>,
+    /// The share the gate last set (or the canary started at), in percent.
+    pub percent: f64,
     pub failed: u32,
     pub window_end: Instant,
     pub last: Option<String>,
@@ -27,6 +29,7 @@ impl GateState {
     pub fn new(policy: Probation, percent: f64) -> GateState {
         GateState {
             step: policy.steps.iter().position(|&s| s == percent),
+            percent,
             window_end: Instant::now() + policy.window,
             policy,
             failed: 0,
@@ -104,11 +107,15 @@ fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
                     "passed: {} canary calls, {} failed; {} stable calls, {} failed",
                     canary.calls, canary.failures, stable.calls, stable.failures
                 ));
-                let next = st.step.map_or(0, |s| s + 1);
+                // The next step is the first above where the canary is: steps only go up.
+                let current = st.percent;
+                let next = policy.steps.iter().position(|&p| p > current);
                 st.window_end = Instant::now() + policy.window;
                 base = now;
-                if let Some(&percent) = policy.steps.get(next) {
+                if let Some(next) = next {
+                    let percent = policy.steps[next];
                     st.step = Some(next);
+                    st.percent = percent;
                     drop(st);
                     tracing::info!(
                         canary = number,
