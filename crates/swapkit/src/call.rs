@@ -44,27 +44,21 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
             pin,
         )
     });
+    let call = || encode_and_call(instance, interface, target, method, args);
     if resolved.timed {
-        return timed(instance, interface, target, method, args);
+        return timed(&instance.stats.latency, call);
     }
-    encode_and_call(instance, interface, target, method, args)
+    call()
 }
 
-/// [`encode_and_call`], timed into the instance's latency histogram: one call in about 32
-/// into a plugin with a canary, for the two versions' comparison. Out of line, so that the
-/// common path stays small.
+/// `call`, timed into `latency`: one call in about 32 into a plugin with a canary, for the
+/// two versions' comparison. Out of line, so that the common path stays small.
 #[cold]
 #[inline(never)]
-fn timed<A: Serialize + ?Sized, R: DeserializeOwned>(
-    instance: &crate::backend::Instance,
-    interface: u32,
-    target: &Target,
-    method: u32,
-    args: &A,
-) -> Result<R, CallError> {
+fn timed<T>(latency: &crate::stats::Latency, call: impl FnOnce() -> T) -> T {
     let start = Instant::now();
-    let result = encode_and_call(instance, interface, target, method, args);
-    instance.stats.latency.record(start.elapsed());
+    let result = call();
+    latency.record(start.elapsed());
     result
 }
 

@@ -217,6 +217,12 @@ impl Reloader {
         }
     }
 
+    /// Takes the running canary out of the state, if it is `number` (any, for `None`).
+    fn take_active(state: &mut ReloadState, number: Option<u64>) -> Result<Active, LoadError> {
+        Self::active(state, number)?;
+        Ok(state.canary.take().expect("checked above"))
+    }
+
     /// Sets the canary's share of keys, in percent; `number`, for a gate, names the canary it
     /// means. Returns the generation published.
     pub(crate) fn set_canary(&self, percent: f64, number: Option<u64>) -> Result<u64, LoadError> {
@@ -224,10 +230,7 @@ impl Reloader {
         let active = Self::active(&mut state, number)?;
         active.split.share = buckets_for(percent);
         if let Some(gate) = &active.gate {
-            // The gate's next step is the first above this.
-            let mut gate = lock(gate);
-            gate.percent = percent;
-            gate.step = gate.policy.steps.iter().position(|&s| s == percent);
+            lock(gate).move_to(percent);
         }
         let (plugin, share) = (active.instance.code.name.clone(), active.split.share);
         let id = self.republish(&mut state);
@@ -243,8 +246,7 @@ impl Reloader {
         reason: Option<&str>,
     ) -> Result<u64, LoadError> {
         let mut state = self.lock();
-        Self::active(&mut state, number)?;
-        let active = state.canary.take().expect("checked above");
+        let active = Self::take_active(&mut state, number)?;
         let id = self.republish(&mut state);
         let reason = reason.unwrap_or("asked for");
         tracing::warn!(generation = id, plugin = %active.instance.code.name, version = %active.instance.code.version, %reason, "canary aborted");
@@ -262,8 +264,7 @@ impl Reloader {
         let start = Instant::now();
         let mut state = self.lock();
         // Nothing to promote is not a failed reload: no observer hears of it.
-        Self::active(&mut state, number)?;
-        let active = state.canary.take().expect("checked above");
+        let active = Self::take_active(&mut state, number)?;
         let code = active.instance.code.clone();
         let codes = promoted(&state.selection.codes, &code);
         let report = self.install(&mut state, codes, &Trigger::CanaryPromote, start);

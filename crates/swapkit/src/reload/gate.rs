@@ -27,14 +27,23 @@ pub(crate) struct GateState {
 
 impl GateState {
     pub fn new(policy: Probation, percent: f64) -> GateState {
-        GateState {
-            step: policy.steps.iter().position(|&s| s == percent),
+        let mut state = GateState {
+            step: None,
             percent,
             window_end: Instant::now() + policy.window,
             policy,
             failed: 0,
             last: None,
-        }
+        };
+        state.move_to(percent);
+        state
+    }
+
+    /// Records that the canary serves `percent` now (the gate's step, or an operator's):
+    /// the next step is the first above it.
+    pub fn move_to(&mut self, percent: f64) {
+        self.percent = percent;
+        self.step = self.policy.steps.iter().position(|&s| s == percent);
     }
 }
 
@@ -114,8 +123,7 @@ fn run(core: Weak<Reloader>, number: u64, state: Arc<Mutex<GateState>>) {
                 base = now;
                 if let Some(next) = next {
                     let percent = policy.steps[next];
-                    st.step = Some(next);
-                    st.percent = percent;
+                    st.move_to(percent);
                     drop(st);
                     tracing::info!(
                         canary = number,
