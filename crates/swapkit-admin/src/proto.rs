@@ -408,23 +408,29 @@ pub struct TargetReport {
     pub target: String,
     /// Its argument and return types.
     pub signature: String,
-    /// The id of the patch on it, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
-    /// Calls the patch has served.
+    /// Its stack of patches, in the order a call checks them: the first whose rollout admits
+    /// the call's key runs. Empty when unpatched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchLayer>,
+}
+
+/// One patch on a target's stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchLayer {
+    /// The patch's id.
+    pub id: String,
+    /// Where it came from: `file:line` of an in-process closure, or the plugin, its version
+    /// and its artifact.
+    pub source: String,
+    /// Who it applies to: all keys, a share of keys, keys matching a predicate.
+    pub rollout: String,
+    /// Calls it has served.
     #[serde(default)]
     pub hits: u64,
-    /// Where the patch came from: `file:line` of an in-process closure, or the plugin, its
-    /// version and its artifact.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Who it applies to: all keys, a share of keys, keys matching a predicate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<String>,
-    /// Panics caught in the patch.
+    /// Panics caught in it.
     #[serde(default)]
     pub panics: u64,
-    /// False once the patch has panicked.
+    /// False once it has panicked.
     #[serde(default = "healthy")]
     pub healthy: bool,
 }

@@ -222,21 +222,19 @@ pub(crate) fn patch(action: PatchAction) -> Result<(), Error> {
                     println!("the host has no patchable functions");
                 }
                 for t in &report.targets {
-                    match &t.patch {
-                        Some(id) => {
-                            println!(
-                                "{} {}  patched by `{id}`: {} hits, {} panics{}",
-                                t.target,
-                                t.signature,
-                                t.hits,
-                                t.panics,
-                                if t.healthy { "" } else { ", UNHEALTHY" }
-                            );
-                            let rollout = t.rollout.as_deref().unwrap_or("all keys");
-                            let source = t.source.as_deref().unwrap_or("?");
-                            println!("    for {rollout}; from {source}");
-                        }
-                        None => println!("{} {}", t.target, t.signature),
+                    println!("{} {}", t.target, t.signature);
+                    // The stack in the order a call checks it: the first that admits runs.
+                    for (i, p) in t.patches.iter().enumerate() {
+                        println!(
+                            "  {}. `{}` for {}: {} hits, {} panics{}",
+                            i + 1,
+                            p.id,
+                            p.rollout,
+                            p.hits,
+                            p.panics,
+                            if p.healthy { "" } else { ", UNHEALTHY" }
+                        );
+                        println!("     from {}", p.source);
                     }
                 }
                 for p in &report.applied {

@@ -238,10 +238,31 @@ fn the_cli_steers_a_running_host() {
         "{text}"
     );
     host.wait_for_after(from, "price 900");
+    // A second patch of the same target stacks above the first; at 0% it admits no key, so
+    // the first still serves, and `patch list` shows the stack in the order calls check it.
+    ok(&[
+        "patch",
+        "apply",
+        "--socket",
+        socket_s,
+        discount.to_str().unwrap(),
+        "--id",
+        "ten-off-trial",
+        "--percent",
+        "0",
+    ]);
     let text = ok(&["patch", "list", "--socket", socket_s]);
     assert!(
-        text.contains("ops_host::pricing::price") && text.contains("ten-off"),
+        text.contains("ops_host::pricing::price")
+            && text.contains("1. `ten-off-trial` for 0.00% of keys")
+            && text.contains("2. `ten-off` for all keys"),
         "{text}"
+    );
+    ok(&["patch", "restore", "--socket", socket_s, "ten-off-trial"]);
+    let text = ok(&["patch", "list", "--socket", socket_s]);
+    assert!(
+        text.contains("1. `ten-off` for all keys") && !text.contains("ten-off-trial"),
+        "restoring the top patch left the one below: {text}"
     );
     let from = host.seen();
     ok(&["patch", "restore", "--socket", socket_s, "ten-off"]);

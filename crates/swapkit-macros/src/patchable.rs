@@ -341,12 +341,12 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
         fn __swapkit_patched #generics (#(#params: #arg_tys),*)
             -> #private::Outcome<#ret, (#(#owned_tys,)*)>
         {
-            let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
+            let ::core::option::Option::Some(__swapkit_call) = #accessor.enter() else {
                 return #give_back;
             };
-            if !__swapkit_patch.applies() {
+            let ::core::option::Option::Some(__swapkit_patch) = __swapkit_call.choose() else {
                 return #give_back;
-            }
+            };
             match __swapkit_patch.try_call(|__swapkit_f| __swapkit_f(#(#invoke),*)) {
                 ::core::result::Result::Ok(__swapkit_r) => #private::Outcome::Done(__swapkit_r),
                 ::core::result::Result::Err(__swapkit_panic) => {
@@ -604,12 +604,12 @@ fn plan_async(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
             fn __swapkit_patched(#(#params: #tys),*)
                 -> #private::Outcome<#private::PatchFuture<#ret>, (#(#tys,)*)>
             {
-                let ::core::option::Option::Some(__swapkit_patch) = #accessor.enter() else {
+                let ::core::option::Option::Some(__swapkit_call) = #accessor.enter() else {
                     return #private::Outcome::Original((#(#params,)*));
                 };
-                if !__swapkit_patch.applies() {
+                let ::core::option::Option::Some(__swapkit_patch) = __swapkit_call.choose() else {
                     return #private::Outcome::Original((#(#params,)*));
-                }
+                };
                 #private::Outcome::Done(__swapkit_patch.call_async(|__swapkit_f| __swapkit_f(#(#params),*)))
             }
             match __swapkit_patched(#(#names),*) {

@@ -76,25 +76,35 @@ fn free_function_patch_and_restore() {
     assert_eq!(add_tax(100), 1);
     assert_eq!(
         patch::restore(swapkit::target!(add_tax)).unwrap(),
-        "patch::add_tax"
+        ["patch::add_tax"]
     );
     assert_eq!(add_tax(100), 110);
 }
 
 #[test]
-fn a_second_patch_on_one_target_is_refused_and_changes_nothing() {
+fn a_second_patch_with_the_same_id_is_refused_and_changes_nothing() {
     let first = swapkit::patch!(inlined_double, |x| x * 3)
         .id("triple")
         .apply()
         .unwrap();
     let err = swapkit::patch!(inlined_double, |x| x * 4)
+        .id("triple")
         .apply()
         .unwrap_err();
     assert!(
         matches!(&err, PatchError::AlreadyPatched { target: "patch::inlined_double", patch } if patch == "triple"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("restore that patch"), "{err}");
+    assert!(err.to_string().contains("another id"), "{err}");
+    assert_eq!(
+        patch::registry()
+            .into_iter()
+            .find(|t| t.name == "patch::inlined_double")
+            .unwrap()
+            .patches
+            .len(),
+        1
+    );
     // Inlining does not defeat the slot: the check is inside the inlined body.
     let mut sum = 0;
     for i in 0..1_000 {
@@ -213,7 +223,9 @@ fn the_registry_lists_targets_and_active_patches() {
         .into_iter()
         .find(|t| t.name == "patch::registered")
         .expect("active");
-    let p = status.patch.expect("patched");
+    let [p] = &status.patches[..] else {
+        panic!("one patch: {:?}", status.patches)
+    };
     assert_eq!(p.id, "plus-one");
     assert_eq!(p.rollout, "25.00% of keys");
     assert!(p.armed && p.healthy);
@@ -228,8 +240,8 @@ fn the_registry_lists_targets_and_active_patches() {
         .iter()
         .find(|t| t.name == "patch::registered")
         .unwrap()
-        .patch
-        .is_none());
+        .patches
+        .is_empty());
 }
 
 // ---- sets ----
@@ -409,8 +421,8 @@ fn a_panic_in_a_result_target_becomes_its_error() {
         .into_iter()
         .find(|t| t.name == "patch::quote")
         .unwrap()
-        .patch
-        .unwrap();
+        .patches
+        .remove(0);
     assert!(!status.healthy);
     assert_eq!(status.panics, 1);
     g.restore().unwrap();
@@ -605,7 +617,230 @@ fn patch_calls_held_and_dropped_out_of_order_keep_their_patch() {
         !dropped.load(Ordering::SeqCst),
         "the patch was freed under B"
     );
-    assert_eq!(b.try_call(|f| f(1)).unwrap(), 2, "B still runs its patch");
+    let chosen = b.choose().expect("B's patch admits every call");
+    assert_eq!(
+        chosen.try_call(|f| f(1)).unwrap(),
+        2,
+        "B still runs its patch"
+    );
     drop(b);
     assert!(dropped.load(Ordering::SeqCst), "freed once B left");
+}
+
+// ---- stacks: several patches on one target ----
+
+#[swapkit::patchable]
+fn stacked(x: u64) -> u64 {
+    x
+}
+
+fn beta(key: &Key) -> bool {
+    key.as_str().starts_with("beta-")
+}
+
+#[test]
+fn patches_stack_and_the_first_that_admits_the_key_runs() {
+    let target = swapkit::target!(stacked);
+    let base = swapkit::patch!(stacked, |x| x + 100)
+        .id("base")
+        .apply()
+        .unwrap();
+    let top = swapkit::patch!(stacked, |x| x + 200)
+        .id("beta")
+        .rollout(Rollout::matching(beta))
+        .apply()
+        .unwrap();
+    assert_eq!(patch::with_key("beta-1", || stacked(1)), 201);
+    assert_eq!(patch::with_key("user-1", || stacked(1)), 101);
+    assert_eq!(
+        stacked(1),
+        101,
+        "no key: the predicate declines, the base runs"
+    );
+
+    // The registry shows the stack in the order a call checks it, each with its own counts.
+    let status = patch::registry()
+        .into_iter()
+        .find(|t| t.name == "patch::stacked")
+        .unwrap();
+    let ids: Vec<&str> = status.patches.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["beta", "base"]);
+    assert_eq!(
+        status.patches.iter().map(|p| p.hits).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(status.patches[0].rollout, "keys matching a predicate");
+
+    // Restoring the bottom one leaves the top one alone.
+    base.restore().unwrap();
+    assert_eq!(patch::with_key("beta-1", || stacked(1)), 201);
+    assert_eq!(
+        patch::with_key("user-1", || stacked(1)),
+        1,
+        "original again"
+    );
+    assert!(target.is_patched());
+    top.restore().unwrap();
+    assert_eq!(patch::with_key("beta-1", || stacked(1)), 1);
+    assert!(!target.is_patched());
+}
+
+#[test]
+fn one_patch_of_a_stack_is_restored_by_id_or_all_at_once() {
+    swapkit::patch!(stacked_too, |x| x + 1)
+        .id("one")
+        .apply()
+        .unwrap()
+        .keep();
+    swapkit::patch!(stacked_too, |x| x + 2)
+        .id("two")
+        .rollout(Rollout::percent(50.0))
+        .apply()
+        .unwrap()
+        .keep();
+    swapkit::patch!(stacked_too, |x| x + 3)
+        .id("three")
+        .rollout(Rollout::matching(beta))
+        .apply()
+        .unwrap()
+        .keep();
+    let target = swapkit::target!(stacked_too);
+    let err = patch::restore_id(target, "four").unwrap_err();
+    assert!(matches!(err, PatchError::NotPatched { .. }), "{err:?}");
+
+    // Half the keys get "two" over "one"; taking "two" out sends all of them to "one".
+    let seen = |k: u64| patch::with_key(k, || stacked_too(0));
+    let before: HashSet<u64> = (0..200).map(seen).collect();
+    assert_eq!(before, HashSet::from([1, 2]));
+    patch::restore_id(target, "two").unwrap();
+    assert!((0..200).all(|k| seen(k) == 1));
+    assert_eq!(patch::with_key("beta-9", || stacked_too(0)), 3);
+
+    assert_eq!(patch::restore(target).unwrap(), ["three", "one"]);
+    assert_eq!(stacked_too(0), 0);
+    let err = patch::restore(target).unwrap_err();
+    assert!(matches!(err, PatchError::NotPatched { .. }), "{err:?}");
+}
+
+#[swapkit::patchable]
+fn stacked_too(x: u64) -> u64 {
+    x
+}
+
+#[swapkit::patchable]
+fn stacked_share(x: u64) -> u64 {
+    x
+}
+
+#[test]
+fn a_lower_patch_keeps_its_own_rollout_and_guard() {
+    let low = swapkit::patch!(stacked_share, |x| x + 1)
+        .id("low")
+        .rollout(Rollout::percent(0.0))
+        .apply()
+        .unwrap();
+    let high = swapkit::patch!(stacked_share, |x| x + 2)
+        .id("high")
+        .rollout(Rollout::matching(beta))
+        .apply()
+        .unwrap();
+    assert_eq!(patch::with_key("user-1", || stacked_share(0)), 0);
+    // The guard of the lower patch still changes its share under the one above.
+    low.set_percent(100.0).unwrap();
+    assert_eq!(patch::with_key("user-1", || stacked_share(0)), 1);
+    assert_eq!(patch::with_key("beta-1", || stacked_share(0)), 2);
+    let err = high.set_percent(10.0).unwrap_err();
+    assert!(
+        matches!(&err, PatchError::NotAShare { patch, .. } if patch == "high"),
+        "{err:?}"
+    );
+    drop(high);
+    assert_eq!(patch::with_key("beta-1", || stacked_share(0)), 1);
+    drop(low);
+    assert_eq!(patch::with_key("beta-1", || stacked_share(0)), 0);
+}
+
+#[swapkit::patchable]
+fn stacked_race(x: u64) -> u64 {
+    x
+}
+
+/// The unlucky interleaving: calls keep running while the middle of a stack comes and goes.
+/// Every call sees either the stack with it or the one without; the patch below never
+/// disappears, and a removed patch is freed only after the last call inside it.
+#[test]
+fn patches_come_and_go_in_the_middle_of_a_stack_under_concurrent_calls() {
+    let _base = swapkit::patch!(stacked_race, |x| x + 1)
+        .id("base")
+        .apply()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (stop, calls) = (stop.clone(), calls.clone());
+            std::thread::spawn(move || {
+                let mut k = w;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 2;
+                    let key = if k % 4 == 0 {
+                        format!("beta-{k}")
+                    } else {
+                        format!("user-{k}")
+                    };
+                    let got = patch::with_key(key.as_str(), || stacked_race(10));
+                    if key.starts_with("beta-") {
+                        assert!(got == 11 || got == 12, "beta key got {got}");
+                    } else {
+                        assert_eq!(got, 11, "a user key lost the base patch");
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let freed = Arc::new(AtomicU64::new(0));
+    for _ in 0..2_000 {
+        let flag = CountDrop(freed.clone());
+        let g = swapkit::patch!(stacked_race, move |x| {
+            let _keep = &flag;
+            x + 2
+        })
+        .id("beta")
+        .rollout(Rollout::matching(beta))
+        .apply()
+        .unwrap();
+        std::thread::yield_now();
+        g.restore().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(calls.load(Ordering::Relaxed) > 0);
+    // One more change with no call running releases every stack a call held at the last one.
+    swapkit::patch!(stacked_race, |x| x)
+        .id("flush")
+        .apply()
+        .unwrap()
+        .restore()
+        .unwrap();
+    assert_eq!(
+        freed.load(Ordering::SeqCst),
+        2_000,
+        "every removed patch is freed"
+    );
+    let status = patch::registry()
+        .into_iter()
+        .find(|t| t.name == "patch::stacked_race")
+        .unwrap();
+    assert_eq!(status.patches.len(), 1);
+}
+
+struct CountDrop(Arc<AtomicU64>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }

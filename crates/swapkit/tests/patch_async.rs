@@ -101,7 +101,7 @@ fn an_async_fn_is_patched_with_an_async_closure_and_restored() {
         .find(|t| t.name.ends_with("::fetch"))
         .unwrap();
     assert_eq!(status.signature, "async (u64,String)->String");
-    assert_eq!(status.patch.unwrap().hits, 1);
+    assert_eq!(status.patches[0].hits, 1);
     guard.restore().unwrap();
     assert_eq!(block_on(fetch(3, "c".into())), "c!#3");
 }
@@ -169,7 +169,7 @@ fn a_panic_in_an_async_patch_becomes_the_targets_error() {
     let unhealthy = patch::active()
         .into_iter()
         .find(|t| t.name.ends_with("::lookup"))
-        .and_then(|t| t.patch)
+        .and_then(|t| t.patches.into_iter().next())
         .unwrap();
     assert!(!unhealthy.healthy);
     assert_eq!(unhealthy.panics, 1);

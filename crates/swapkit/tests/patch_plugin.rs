@@ -131,7 +131,7 @@ fn native_plugin_patches_apply_and_restore() {
     let status = active
         .iter()
         .find(|t| t.name == "patch_plugin::price")
-        .and_then(|t| t.patch.clone())
+        .and_then(|t| t.patches.first().cloned())
         .expect("price is patched");
     assert_eq!(status.id, "pricing-fix");
     assert_eq!(status.hits, 1);
@@ -183,7 +183,7 @@ fn a_panic_in_a_plugin_patch_becomes_the_error_or_falls_back() {
 
     let unhealthy: Vec<&str> = patch::active()
         .iter()
-        .filter(|t| t.patch.as_ref().is_some_and(|p| !p.healthy))
+        .filter(|t| t.patches.iter().any(|p| !p.healthy))
         .map(|t| t.name)
         .collect();
     assert_eq!(unhealthy, ["patch_plugin::parse", "patch_plugin::tally"]);
@@ -366,16 +366,17 @@ fn a_target_not_open_to_plugins_applies_nothing() {
 }
 
 #[test]
-fn a_target_already_patched_fails_the_whole_plugin() {
+fn a_target_holding_a_patch_of_the_same_id_fails_the_whole_plugin() {
     let _serial = serial();
     let guard = swapkit::patch!(label, |_name| "in-process".to_owned())
+        .id("pricing-fix")
         .apply()
         .expect("in-process patch");
     let logs = Logs::default();
     let err = native(&logs, Fixture::Patches)
         .expect("load")
         .apply()
-        .expect_err("label is taken");
+        .expect_err("label has a patch with the plugin's id");
     assert!(
         matches!(&err, PatchError::SetFailed { source } if matches!(**source, PatchError::AlreadyPatched { target: "patch_plugin::label", .. })),
         "{err:?}"
@@ -386,6 +387,25 @@ fn a_target_already_patched_fails_the_whole_plugin() {
         "the plugin's other patches were not applied"
     );
     assert_eq!(label("z"), "in-process");
+
+    // Under another id, the plugin's patches stack above the in-process one.
+    let set = native(&logs, Fixture::Patches)
+        .expect("load")
+        .id("pricing-fix-2")
+        .apply()
+        .expect("stacks");
+    let ids: Vec<String> = patch::registry()
+        .into_iter()
+        .find(|t| t.name == "patch_plugin::label")
+        .unwrap()
+        .patches
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, ["pricing-fix-2", "pricing-fix"]);
+    assert_ne!(label("z"), "in-process", "the plugin's patch runs first");
+    drop(set);
+    assert_eq!(label("z"), "in-process", "and the one below stays");
     drop(guard);
     assert_untouched();
 }
@@ -452,7 +472,7 @@ fn wasm_plugin_patches_apply_and_contain_panics() {
     assert_eq!(parse("5"), Ok(50), "the next call gets a fresh instance");
     let source = patch::active()
         .into_iter()
-        .find_map(|t| t.patch)
+        .find_map(|t| t.patches.into_iter().next())
         .map(|p| p.source.to_string())
         .unwrap();
     assert!(source.contains(".wasm"), "{source}");

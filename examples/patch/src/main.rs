@@ -1,6 +1,7 @@
 //! Patch a live pricing service: while worker threads serve quotes for 1,000 users, a new
-//! pricing rule is applied to 10% of users, raised to 50%, and restored. No restart, no failed
-//! request, and a user who got the new price at 10% keeps it at 50%.
+//! pricing rule is applied to 10% of users, raised to 50%, a third price for beta testers is
+//! stacked above it, and both are restored one at a time. No restart, no failed request, and a
+//! user who got the new price at 10% keeps it at 50%.
 //!
 //! Run it with `cargo run --release -p patch-example`.
 
@@ -32,11 +33,17 @@ fn new_quote(units: u64) -> u64 {
     }
 }
 
+/// The beta testers' price: 20% off. Stacked above the 10% rule for users 0 to 49.
+fn beta_quote(units: u64) -> u64 {
+    units * 100 * 80 / 100
+}
+
 /// What the workers saw in one phase: requests, failures, and the users that got new prices.
 #[derive(Default)]
 struct Phase {
     requests: AtomicU64,
     new_price: AtomicU64,
+    beta_price: AtomicU64,
     users_with_new_price: Mutex<HashSet<u64>>,
 }
 
@@ -52,8 +59,11 @@ fn serve(phase: &Phase, stop: &AtomicBool, worker: u64) {
         if price == 450 {
             phase.new_price.fetch_add(1, Ordering::Relaxed);
             phase.users_with_new_price.lock().unwrap().insert(user);
+        } else if price == 400 {
+            assert!(user < 50, "user {user} got the beta price");
+            phase.beta_price.fetch_add(1, Ordering::Relaxed);
         } else {
-            assert_eq!(price, 500, "a quote was neither the old nor the new price");
+            assert_eq!(price, 500, "a quote was neither the old nor a new price");
         }
     }
 }
@@ -72,10 +82,13 @@ fn run_phase(label: &str) -> HashSet<u64> {
     let users = phase.users_with_new_price.into_inner().unwrap();
     let requests = phase.requests.load(Ordering::Relaxed);
     let new = phase.new_price.load(Ordering::Relaxed);
+    let beta = phase.beta_price.load(Ordering::Relaxed);
     println!(
-        "{label:<28} {requests:>10} requests, {:>5.1}% at the new price, {:>4} of {USERS} users",
+        "{label:<28} {requests:>10} requests, {:>5.1}% at the new price, {:>4} of {USERS} users, \
+         {:>4.1}% at the beta price",
         100.0 * new as f64 / requests.max(1) as f64,
-        users.len()
+        users.len(),
+        100.0 * beta as f64 / requests.max(1) as f64,
     );
     users
 }
@@ -104,17 +117,34 @@ fn main() {
         at10.len()
     );
 
+    // A second version beside the first: patches on one target stack, and a call runs the
+    // first (newest) whose rollout admits its key.
+    let beta = swapkit::patch!(quote, beta_quote)
+        .id("beta-testers")
+        .rollout(Rollout::matching(|user| {
+            user.as_str().parse::<u64>().is_ok_and(|u| u < 50)
+        }))
+        .apply()
+        .expect("a second patch with its own id stacks");
+    let stacked = run_phase("beta testers stacked above");
+
     println!("\nregistry while patched:");
     for t in patch::registry() {
-        match &t.patch {
-            Some(p) => println!(
-                "  {} {}: patch `{}` ({}), rollout {}, {} hits, healthy: {}",
-                t.name, t.signature, p.id, p.source, p.rollout, p.hits, p.healthy
-            ),
-            None => println!("  {} {}: not patched", t.name, t.signature),
+        println!("  {} {}", t.name, t.signature);
+        for p in &t.patches {
+            println!(
+                "    `{}` ({}), rollout {}, {} hits, healthy: {}",
+                p.id, p.source, p.rollout, p.hits, p.healthy
+            );
         }
     }
 
+    beta.restore().expect("still applied");
+    let after_beta = run_phase("beta restored, 50% stays");
+    assert!(
+        stacked.iter().all(|u| *u >= 50) && after_beta.len() >= stacked.len(),
+        "restoring the beta patch changed the other one"
+    );
     guard.restore().expect("still applied");
     println!();
     run_phase("restored");

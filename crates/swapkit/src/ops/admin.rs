@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use swapkit_admin::{
     CanaryReport, CanaryStep, DrainingReport, Envelope, Failure, FailureKind, GateReport,
-    KeptReport, Outcome, PatchApplied, PatchReport, PluginReport, PluginVersion, ProbationReport,
-    ReloadStats, Reply, Request, StatusReport, Swap, TargetReport, VersionReport, MAX_LINE,
-    VERSION,
+    KeptReport, Outcome, PatchApplied, PatchLayer, PatchReport, PluginReport, PluginVersion,
+    ProbationReport, ReloadStats, Reply, Request, StatusReport, Swap, TargetReport, VersionReport,
+    MAX_LINE, VERSION,
 };
 
 use super::Shared;
@@ -557,12 +557,18 @@ fn patch_list(context: &Context) -> PatchReport {
             .map(|t| TargetReport {
                 target: t.name.to_owned(),
                 signature: t.signature.to_owned(),
-                hits: t.patch.as_ref().map_or(0, |p| p.hits),
-                source: t.patch.as_ref().map(|p| p.source.to_string()),
-                rollout: t.patch.as_ref().map(|p| p.rollout.clone()),
-                panics: t.patch.as_ref().map_or(0, |p| p.panics),
-                healthy: t.patch.as_ref().is_none_or(|p| p.healthy),
-                patch: t.patch.map(|p| p.id),
+                patches: t
+                    .patches
+                    .into_iter()
+                    .map(|p| PatchLayer {
+                        id: p.id,
+                        source: p.source.to_string(),
+                        rollout: p.rollout,
+                        hits: p.hits,
+                        panics: p.panics,
+                        healthy: p.healthy,
+                    })
+                    .collect(),
             })
             .collect(),
         applied: lock(&context.patches)

@@ -47,20 +47,22 @@ pub use rollout::Rollout;
 pub use swapkit_abi::PatchDecl;
 pub use target::{call_original, PanicPolicy, PatchPanic, PatchSource, Target, TargetInfo};
 
-use target::{AnyTarget, PatchOptions};
+use target::{AnyTarget, PatchOptions, Pick};
 
 /// Why a patch could not be applied, changed or restored. On an error, nothing changed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PatchError {
-    /// The target already has a patch; restore it first.
+    /// The target already has a patch with this id. Patches stack, but each needs its own id:
+    /// the id names it in the registry, seeds its rollout and picks it for a restore.
     #[error(
-        "`{target}` is already patched by `{patch}`; restore that patch before applying another"
+        "`{target}` already has a patch with id `{patch}`; give the new one another id with \
+         `.id(..)` to stack it above, or restore that patch first"
     )]
     AlreadyPatched {
         /// The target.
         target: &'static str,
-        /// The patch in place.
+        /// The id both patches have.
         patch: String,
     },
     /// The target has no patch (or not this one).
@@ -228,11 +230,12 @@ impl PatchGuard {
         self.target.info().name
     }
 
-    /// Restores the target now. Calls already inside the patch finish in it; its code and
-    /// captures are freed once the last of them returns.
+    /// Takes this patch off its target now; other patches stacked on the target stay.
+    /// Calls already inside the patch finish in it; its code and captures are freed once the
+    /// last of them returns.
     pub fn restore(mut self) -> Result<(), PatchError> {
         self.restore_on_drop = false;
-        self.target.restore(Some(self.serial)).map(|_| ())
+        self.target.restore(Pick::Serial(self.serial)).map(|_| ())
     }
 
     /// Changes the share of keys the patch applies to, live. Keys already in stay in when it
@@ -251,7 +254,7 @@ impl PatchGuard {
 impl Drop for PatchGuard {
     fn drop(&mut self) {
         if self.restore_on_drop {
-            let _ = self.target.restore(Some(self.serial));
+            let _ = self.target.restore(Pick::Serial(self.serial));
         }
     }
 }
@@ -264,14 +267,24 @@ impl std::fmt::Debug for PatchGuard {
     }
 }
 
-/// Restores whatever patch `target` has. Returns the patch's id.
+/// Restores every patch `target` has, so its original runs again. Returns their ids, the
+/// one checked first first.
 pub fn restore<F: ?Sized + Send + Sync + 'static>(
     target: &'static Target<F>,
-) -> Result<String, PatchError> {
-    AnyTarget::restore(target, None)
+) -> Result<Vec<String>, PatchError> {
+    AnyTarget::restore(target, Pick::All)
 }
 
-/// Whether `target` has a patch applied.
+/// Takes the patch with this id off `target`, leaving any others stacked on it. For a patch
+/// whose guard was [kept](PatchGuard::keep).
+pub fn restore_id<F: ?Sized + Send + Sync + 'static>(
+    target: &'static Target<F>,
+    id: &str,
+) -> Result<(), PatchError> {
+    AnyTarget::restore(target, Pick::Id(id)).map(|_| ())
+}
+
+/// Whether `target` has any patch applied.
 pub fn is_patched<F: ?Sized + 'static>(target: &'static Target<F>) -> bool {
     target.is_patched()
 }
@@ -399,8 +412,9 @@ pub struct TargetStatus {
     pub name: &'static str,
     /// Argument and return types.
     pub signature: &'static str,
-    /// The patch applied, if any.
-    pub patch: Option<PatchStatus>,
+    /// Its stack of patches, in the order a call checks them (newest first): the first whose
+    /// rollout admits the call's key runs. Empty when unpatched.
+    pub patches: Vec<PatchStatus>,
 }
 
 /// One applied patch.
@@ -424,8 +438,8 @@ pub struct PatchStatus {
     pub healthy: bool,
 }
 
-/// Every `#[patchable]` function linked into this binary, with its patch if it has one,
-/// sorted by name.
+/// Every `#[patchable]` function linked into this binary, with its stack of patches, sorted
+/// by name.
 pub fn registry() -> Vec<TargetStatus> {
     let mut all: Vec<TargetStatus> = __private::TARGETS.iter().map(|t| t.status()).collect();
     all.sort_by_key(|t| t.name);
@@ -436,7 +450,7 @@ pub fn registry() -> Vec<TargetStatus> {
 pub fn active() -> Vec<TargetStatus> {
     registry()
         .into_iter()
-        .filter(|t| t.patch.is_some())
+        .filter(|t| !t.patches.is_empty())
         .collect()
 }
 
@@ -453,7 +467,7 @@ pub mod __private {
         Original(A),
     }
     pub use super::plugin::RemoteFn;
-    pub use super::target::{resume_panic, BoxFuture, PatchCall, PatchFuture};
+    pub use super::target::{resume_panic, BoxFuture, Chosen, PatchCall, PatchFuture};
     pub use super::{PatchBuilder, PatchSource, Target, TargetInfo};
     pub use linkme;
     pub use swapkit_abi::hash::fnv1a64;

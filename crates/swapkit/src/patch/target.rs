@@ -1,5 +1,11 @@
-//! Patch targets: the static slot behind each `#[patchable]` function, the patches put in it,
-//! and the per-call handle the generated code uses.
+//! Patch targets: the static slot behind each `#[patchable]` function, the stack of patches
+//! put in it, and the per-call handle the generated code uses.
+//!
+//! A target holds an ordered stack of patches, newest first. A call runs the first patch whose
+//! rollout admits its key, or the original when none does. The stack is immutable once
+//! published: applying or restoring one patch publishes a new stack that shares the other
+//! patches (and their counters) with the old one, and a call in flight keeps the stack it
+//! entered alive until it returns.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -102,6 +108,22 @@ pub struct TargetInfo {
     pub signature_hash: u64,
 }
 
+/// The patches of one target, newest first. Never empty: a target with no patch holds none.
+pub(crate) struct Stack<F: ?Sized> {
+    layers: Vec<Arc<Patch<F>>>,
+}
+
+/// Which patches of a target a restore takes off.
+#[doc(hidden)]
+pub enum Pick<'a> {
+    /// The one a guard holds.
+    Serial(u64),
+    /// The one with this id.
+    Id(&'a str),
+    /// All of them.
+    All,
+}
+
 /// One applied patch.
 pub(crate) struct Patch<F: ?Sized> {
     pub id: String,
@@ -133,7 +155,7 @@ thread_local! {
 /// function; `swapkit::target!(path)` names it.
 pub struct Target<F: ?Sized + 'static> {
     info: TargetInfo,
-    cell: HazardCell<Patch<F>>,
+    cell: HazardCell<Stack<F>>,
     /// Serialises apply and restore on this target.
     changing: Mutex<()>,
     /// For `#[patchable(plugin)]`: wraps a plugin's export as a replacement.
@@ -166,8 +188,8 @@ impl<F: ?Sized + 'static> Target<F> {
         &self.info
     }
 
-    /// Whether a patch is applied (whatever its rollout). One atomic load: this is the whole
-    /// cost of an unpatched call.
+    /// Whether any patch is applied (whatever its rollout). One atomic load: this is the
+    /// whole cost of an unpatched call.
     #[inline(always)]
     pub fn is_patched(&self) -> bool {
         !self.cell.is_empty()
@@ -200,13 +222,15 @@ impl<F: ?Sized + 'static> Target<F> {
         F: Send + Sync,
     {
         let _changing = crate::lock::lock(&self.changing);
-        if let Some(existing) = self.cell.load_full() {
+        let id = options.id.unwrap_or_else(|| self.info.name.to_owned());
+        let below = self.cell.load_full();
+        let below = below.as_deref().map_or(&[][..], |s| &s.layers[..]);
+        if below.iter().any(|p| p.id == id) {
             return Err(PatchError::AlreadyPatched {
                 target: self.info.name,
-                patch: existing.id.clone(),
+                patch: id,
             });
         }
-        let id = options.id.unwrap_or_else(|| self.info.name.to_owned());
         let share = match options.rollout.kind {
             Kind::Share(n) => n,
             Kind::Matching(_) => BUCKETS,
@@ -229,9 +253,23 @@ impl<F: ?Sized + 'static> Target<F> {
             panics: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         });
-        self.cell.swap(Some(patch));
-        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, source = %source, rollout = %rollout, "patch applied");
+        let layers: Vec<_> = std::iter::once(patch)
+            .chain(below.iter().cloned())
+            .collect();
+        let depth = layers.len();
+        self.cell.swap(Some(Arc::new(Stack { layers })));
+        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, source = %source, rollout = %rollout, depth, "patch applied");
         Ok(PatchGuard::new(self, serial))
+    }
+
+    /// The patch with this serial number, if it is on the stack.
+    fn layer(&self, serial: u64) -> Result<Arc<Patch<F>>, PatchError> {
+        self.cell
+            .load_full()
+            .and_then(|s| s.layers.iter().find(|p| p.serial == serial).cloned())
+            .ok_or(PatchError::NotPatched {
+                target: self.info.name,
+            })
     }
 }
 
@@ -317,8 +355,9 @@ pub fn resume_panic(panic: PatchPanic) -> ! {
 pub trait AnyTarget: Send + Sync {
     fn info(&self) -> &TargetInfo;
     fn status(&self) -> TargetStatus;
-    /// Restores the patch if it is the one with this serial number (or any, for `None`).
-    fn restore(&self, serial: Option<u64>) -> Result<String, PatchError>;
+    /// Takes the picked patches off the stack, leaving the others as they are. Returns their
+    /// ids; an error when none matched.
+    fn restore(&self, pick: Pick<'_>) -> Result<Vec<String>, PatchError>;
     /// Changes the live share of the patch with this serial number.
     fn set_share(&self, serial: u64, share: u32) -> Result<(), PatchError>;
     /// Whether plugins may patch it (`#[patchable(plugin)]`).
@@ -337,50 +376,57 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
     }
 
     fn status(&self) -> TargetStatus {
-        let patch = self.cell.load_full().map(|p| PatchStatus {
-            id: p.id.clone(),
-            source: p.source.clone(),
-            applied_at: p.applied_at,
-            rollout: p.rollout.describe(p.share.load(Ordering::Relaxed)),
-            armed: p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire)),
-            hits: p.hits.sum(),
-            panics: p.panics.load(Ordering::Relaxed),
-            healthy: p.healthy.load(Ordering::Relaxed),
-        });
+        let stack = self.cell.load_full();
+        let patches = stack
+            .as_deref()
+            .map_or(&[][..], |s| &s.layers[..])
+            .iter()
+            .map(|p| PatchStatus {
+                id: p.id.clone(),
+                source: p.source.clone(),
+                applied_at: p.applied_at,
+                rollout: p.rollout.describe(p.share.load(Ordering::Relaxed)),
+                armed: p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire)),
+                hits: p.hits.sum(),
+                panics: p.panics.load(Ordering::Relaxed),
+                healthy: p.healthy.load(Ordering::Relaxed),
+            })
+            .collect();
         TargetStatus {
             name: self.info.name,
             signature: self.info.signature,
-            patch,
+            patches,
         }
     }
 
-    fn restore(&self, serial: Option<u64>) -> Result<String, PatchError> {
+    fn restore(&self, pick: Pick<'_>) -> Result<Vec<String>, PatchError> {
         let _changing = crate::lock::lock(&self.changing);
-        let current = self.cell.load_full().ok_or(PatchError::NotPatched {
-            target: self.info.name,
-        })?;
-        if serial.is_some_and(|s| s != current.serial) {
+        let stack = self.cell.load_full();
+        let layers = stack.as_deref().map_or(&[][..], |s| &s.layers[..]);
+        let (gone, kept): (Vec<_>, Vec<_>) = layers.iter().cloned().partition(|p| match pick {
+            Pick::Serial(serial) => p.serial == serial,
+            Pick::Id(id) => p.id == id,
+            Pick::All => true,
+        });
+        if gone.is_empty() {
             return Err(PatchError::NotPatched {
                 target: self.info.name,
             });
         }
-        let id = current.id.clone();
-        drop(current);
-        // The entry is freed once no call is inside it.
-        self.cell.swap(None);
-        tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, "patch restored");
-        Ok(id)
+        drop(stack);
+        let depth = kept.len();
+        // Each patch is freed once no call is inside it (a call holds the stack it entered).
+        self.cell
+            .swap((!kept.is_empty()).then(|| Arc::new(Stack { layers: kept })));
+        let ids: Vec<String> = gone.iter().map(|p| p.id.clone()).collect();
+        for id in &ids {
+            tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, depth, "patch restored");
+        }
+        Ok(ids)
     }
 
     fn set_share(&self, serial: u64, share: u32) -> Result<(), PatchError> {
-        let current = self.cell.load_full().ok_or(PatchError::NotPatched {
-            target: self.info.name,
-        })?;
-        if serial != current.serial {
-            return Err(PatchError::NotPatched {
-                target: self.info.name,
-            });
-        }
+        let current = self.layer(serial)?;
         if let Kind::Matching(_) = current.rollout.kind {
             return Err(PatchError::NotAShare {
                 target: self.info.name,
@@ -417,36 +463,46 @@ pub struct PatchOptions {
     pub(crate) armed: Option<Arc<AtomicBool>>,
 }
 
-/// A call's hold on the patch of a target: it cannot be freed until this drops.
+/// A call's hold on the patch stack of a target: no patch of it can be freed until this drops.
 #[doc(hidden)]
 pub struct PatchCall<F: ?Sized + 'static> {
     target: &'static Target<F>,
-    guard: Guard<'static, Patch<F>>,
+    guard: Guard<'static, Stack<F>>,
 }
 
 impl<F: ?Sized + 'static> PatchCall<F> {
-    /// Whether this call gets the patch: the set is armed, the original is not being called
-    /// on purpose, and the rollout admits the current key.
+    /// The patch this call gets: the first of the stack that is armed and whose rollout
+    /// admits the current key, unless the original is being called on purpose.
     #[inline]
-    pub fn applies(&self) -> bool {
-        let p = self.guard.get();
-        if let Some(armed) = &p.armed {
-            if !armed.load(Ordering::Acquire) {
-                return false;
-            }
-        }
+    pub fn choose(&self) -> Option<Chosen<'_, F>> {
         let me = self.target as *const Target<F> as *const ();
         if BYPASS.try_with(|b| b.get() == me).unwrap_or(false) {
-            return false;
+            return None;
         }
-        p.rollout
-            .admits_current(p.seed, p.share.load(Ordering::Relaxed))
+        let patch = self.guard.get().layers.iter().find(|p| {
+            p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire))
+                && p.rollout
+                    .admits_current(p.seed, p.share.load(Ordering::Relaxed))
+        })?;
+        Some(Chosen {
+            target: self.target,
+            patch,
+        })
     }
+}
 
+/// The patch one call runs, for the generated code.
+#[doc(hidden)]
+pub struct Chosen<'a, F: ?Sized + 'static> {
+    target: &'static Target<F>,
+    patch: &'a Arc<Patch<F>>,
+}
+
+impl<F: ?Sized + 'static> Chosen<'_, F> {
     /// Calls the replacement. A panic is caught, counted, and returned.
     #[inline]
     pub fn try_call<R>(&self, invoke: impl FnOnce(&F) -> R) -> Result<R, PatchPanic> {
-        let p = self.guard.get();
+        let p = self.patch;
         p.hits.add_one();
         match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
             Ok(r) => Ok(r),
@@ -456,7 +512,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
 
     #[cold]
     fn caught(&self, payload: Box<dyn Any + Send>) -> PatchPanic {
-        Patch::caught(self.guard.get(), self.target.info.name, payload)
+        Patch::caught(self.patch, self.target.info.name, payload)
     }
 
     /// Calls an async replacement. The returned future holds the patch (not the call's
@@ -466,7 +522,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
     where
         F: Send + Sync,
     {
-        let p = self.guard.get();
+        let p = self.patch;
         p.hits.add_one();
         let (future, early) = match catch_unwind(AssertUnwindSafe(|| invoke(&p.replacement))) {
             Ok(f) => (Some(f), None),
@@ -475,7 +531,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
         PatchFuture {
             future,
             early,
-            patch: self.guard.to_arc(),
+            patch: p.clone(),
             target: self.target.info.name,
         }
     }
@@ -484,7 +540,7 @@ impl<F: ?Sized + 'static> PatchCall<F> {
     /// [`PanicPolicy::Fallback`], or resumes the panic under [`PanicPolicy::Propagate`].
     #[cold]
     pub fn fall_back(&self, panic: PatchPanic) {
-        if self.guard.get().on_panic == PanicPolicy::Propagate {
+        if self.patch.on_panic == PanicPolicy::Propagate {
             resume_unwind(panic.payload)
         }
     }
