@@ -397,6 +397,9 @@ pub struct PatchApplied {
 pub struct PatchReport {
     /// Every patchable function linked into the host.
     pub targets: Vec<TargetReport>,
+    /// Items of `#[patchable]` modules left without a patch slot, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedReport>,
     /// Patch sets applied through the admin endpoint.
     pub applied: Vec<PatchApplied>,
 }
@@ -412,6 +415,15 @@ pub struct TargetReport {
     /// the call's key runs. Empty when unpatched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<PatchLayer>,
+}
+
+/// An item a `#[patchable]` module left as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedReport {
+    /// Its path.
+    pub name: String,
+    /// Why it has no patch slot.
+    pub reason: String,
 }
 
 /// One patch on a target's stack.

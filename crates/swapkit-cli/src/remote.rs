@@ -237,6 +237,9 @@ pub(crate) fn patch(action: PatchAction) -> Result<(), Error> {
                         println!("     from {}", p.source);
                     }
                 }
+                for s in &report.skipped {
+                    println!("{}  not patchable: {}", s.name, s.reason);
+                }
                 for p in &report.applied {
                     print_applied(p);
                 }

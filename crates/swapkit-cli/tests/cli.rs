@@ -258,6 +258,10 @@ fn the_cli_steers_a_running_host() {
             && text.contains("2. `ten-off` for all keys"),
         "{text}"
     );
+    assert!(
+        text.contains("ops_host::pricing::capped  not patchable: a generic function"),
+        "the module form's note: {text}"
+    );
     ok(&["patch", "restore", "--socket", socket_s, "ten-off-trial"]);
     let text = ok(&["patch", "list", "--socket", socket_s]);
     assert!(

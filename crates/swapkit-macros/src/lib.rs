@@ -11,6 +11,7 @@ use quote::{format_ident, quote};
 
 mod export;
 mod interface;
+mod module;
 mod patch_export;
 mod patchable;
 

@@ -13,49 +13,120 @@ use syn::{
 };
 
 /// The function being made patchable, whatever kind it is.
-struct Fun<'a> {
-    sig: &'a Signature,
+pub(crate) struct Fun<'a> {
+    pub sig: &'a Signature,
     /// The concrete `Self` type and the trait, for methods.
-    owner: Option<(&'a Type, Option<&'a syn::Path>)>,
+    pub owner: Option<(&'a Type, Option<&'a syn::Path>)>,
     /// `#[patchable(plugin)]`: plugins may patch it, so its arguments and result cross a
     /// plugin boundary.
-    remote: bool,
+    pub remote: bool,
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let remote = parse_attr(attr)?;
+    let attr = parse_attr(attr)?;
     let krate = crate::host_path()?;
-    match syn::parse2::<Item>(item)? {
-        Item::Fn(f) => free_fn(&krate, f, remote),
-        Item::Impl(i) => impl_block(&krate, i, remote),
+    let item = syn::parse2::<Item>(item)?;
+    if attr.skip {
+        // Only meaningful inside a patchable module or impl block, which strip it; alone, the
+        // item stays as it is.
+        return Ok(item.into_token_stream());
+    }
+    match item {
+        Item::Fn(f) => free_fn(&krate, f, attr.remote),
+        Item::Impl(i) => impl_block(&krate, i, attr.remote, None),
+        Item::Mod(m) if attr.remote => Err(syn::Error::new(
+            m.ident.span(),
+            "#[patchable(plugin)] goes on the functions plugins may patch, not on a module: each \
+             needs arguments and a result that serde can encode",
+        )),
+        Item::Mod(m) => crate::module::expand(&krate, m),
         other => Err(syn::Error::new(
             other.span(),
-            "#[patchable] goes on a function or on an impl block (to make its methods patchable)",
+            "#[patchable] goes on a function, an impl block (to make its methods patchable) or an \
+             inline module (to make every function and method in it patchable)",
         )),
     }
 }
 
-/// `#[patchable]` or `#[patchable(plugin)]`: whether plugins may patch the function too.
-fn parse_attr(attr: TokenStream) -> syn::Result<bool> {
+/// The arguments of `#[patchable(..)]`.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Attr {
+    /// `plugin`: plugins may patch the function too.
+    pub remote: bool,
+    /// `skip`: leave this item out of a patchable module or impl block.
+    pub skip: bool,
+}
+
+/// `#[patchable]`, `#[patchable(plugin)]` or `#[patchable(skip)]`.
+pub(crate) fn parse_attr(attr: TokenStream) -> syn::Result<Attr> {
+    let mut out = Attr::default();
     if attr.is_empty() {
-        return Ok(false);
+        return Ok(out);
     }
-    let mut remote = false;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("plugin") {
-            remote = true;
+            out.remote = true;
+            Ok(())
+        } else if meta.path.is_ident("skip") {
+            out.skip = true;
             Ok(())
         } else {
             Err(meta.error(
-                "unknown argument; the only one is `plugin`, which lets plugins patch the function",
+                "unknown argument; `plugin` lets plugins patch the function, `skip` leaves an \
+                 item of a patchable module or impl block as it is",
             ))
         }
     });
     syn::parse::Parser::parse2(parser, attr)?;
-    Ok(remote)
+    if out.remote && out.skip {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "`skip` and `plugin` contradict each other",
+        ));
+    }
+    Ok(out)
 }
 
-fn free_fn(krate: &TokenStream, mut f: ItemFn, remote: bool) -> syn::Result<TokenStream> {
+/// Takes a `#[patchable(..)]` attribute off an item nested in a patchable module or impl block,
+/// and returns its arguments: the outer macro handles the item, so it must not expand again.
+pub(crate) fn take_own_attr(attrs: &mut Vec<syn::Attribute>) -> syn::Result<Option<Attr>> {
+    let Some(at) = attrs.iter().position(|a| {
+        a.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "patchable")
+    }) else {
+        return Ok(None);
+    };
+    let attr = attrs.remove(at);
+    let args = match &attr.meta {
+        syn::Meta::Path(_) => TokenStream::new(),
+        syn::Meta::List(l) => l.tokens.clone(),
+        syn::Meta::NameValue(nv) => {
+            return Err(syn::Error::new(
+                nv.span(),
+                "write #[patchable], #[patchable(plugin)] or #[patchable(skip)]",
+            ))
+        }
+    };
+    parse_attr(args).map(Some)
+}
+
+/// The `#[cfg(..)]` attributes of an item, for the items generated beside it: they must come
+/// and go with it.
+pub(crate) fn cfgs(attrs: &[syn::Attribute]) -> Vec<syn::Attribute> {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .cloned()
+        .collect()
+}
+
+pub(crate) fn free_fn(
+    krate: &TokenStream,
+    mut f: ItemFn,
+    remote: bool,
+) -> syn::Result<TokenStream> {
     if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
         return Err(syn::Error::new(
             r.span(),
@@ -73,11 +144,25 @@ fn free_fn(krate: &TokenStream, mut f: ItemFn, remote: bool) -> syn::Result<Toke
     let body = &f.block;
     let new_body: syn::Block = parse_quote!({ #prologue #body });
     *f.block = new_body;
-    let accessors = accessors(krate, &plan, &f.vis);
+    let accessors = accessors(krate, &plan, &f.vis, &cfgs(&f.attrs));
     Ok(quote! { #f #accessors })
 }
 
-fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Result<TokenStream> {
+/// A method left as it is by a patchable module: its name (an expression) and why.
+pub(crate) struct Skipped {
+    pub name: TokenStream,
+    pub reason: String,
+}
+
+/// `#[patchable]` on an impl block: every method. Inside a patchable module (`skipped` is
+/// `Some`), a method that cannot be patched is left as it is and noted, unless it carries its
+/// own `#[patchable]`; alone, it is an error.
+pub(crate) fn impl_block(
+    krate: &TokenStream,
+    mut block: ItemImpl,
+    remote: bool,
+    mut skipped: Option<&mut Vec<Skipped>>,
+) -> syn::Result<TokenStream> {
     if !block.generics.params.is_empty() {
         return Err(syn::Error::new(
             block.generics.span(),
@@ -89,18 +174,34 @@ fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Re
     let mut accessor_items = vec![];
     for item in &mut block.items {
         let ImplItem::Fn(method) = item else { continue };
+        let own = take_own_attr(&mut method.attrs)?;
+        if own.is_some_and(|a| a.skip) {
+            continue;
+        }
         let ImplItemFn {
             sig,
             block: body,
             vis,
+            attrs,
             ..
         } = method;
         let fun = Fun {
             sig,
             owner: Some((&self_ty, trait_path.as_ref())),
-            remote,
+            remote: remote || own.is_some_and(|a| a.remote),
         };
-        let plan = plan(krate, &fun)?;
+        let plan = match (plan(krate, &fun), skipped.as_deref_mut()) {
+            (Ok(plan), _) => plan,
+            (Err(e), Some(notes)) if own.is_none() => {
+                let (_, _, name, _) = naming(&fun);
+                notes.push(Skipped {
+                    name,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            (Err(e), _) => return Err(e),
+        };
         drop_mut(sig, &plan.rebound);
         let prologue = &plan.prologue;
         let new_body: syn::Block = parse_quote!({ #prologue #body });
@@ -110,10 +211,12 @@ fn impl_block(krate: &TokenStream, mut block: ItemImpl, remote: bool) -> syn::Re
         } else {
             vis.clone()
         };
-        accessor_items.push(accessors(krate, &plan, &vis));
+        accessor_items.push(accessors(krate, &plan, &vis, &cfgs(attrs)));
     }
+    let block_cfgs = cfgs(&block.attrs);
     Ok(quote! {
         #block
+        #(#block_cfgs)*
         #[allow(private_interfaces, private_bounds)]
         impl #self_ty {
             #(#accessor_items)*
@@ -403,7 +506,7 @@ fn plan(krate: &TokenStream, fun: &Fun<'_>) -> syn::Result<Plan> {
 
 /// The hidden accessor names of a function, its registry name, and the call that returns its
 /// target from inside or outside the impl.
-fn naming(fun: &Fun<'_>) -> (syn::Ident, syn::Ident, TokenStream, TokenStream) {
+pub(crate) fn naming(fun: &Fun<'_>) -> (syn::Ident, syn::Ident, TokenStream, TokenStream) {
     let sig = fun.sig;
     let method = &sig.ident;
     let (target_fn, patch_fn, name) = match fun.owner {
@@ -679,7 +782,14 @@ impl VisitMut for ElideLifetimes {
     }
 }
 
-fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream {
+/// The hidden functions that return a function's target and make its patches. They carry the
+/// function's `#[cfg]`s, so that they exist exactly when it does.
+fn accessors(
+    krate: &TokenStream,
+    plan: &Plan,
+    vis: &Visibility,
+    cfgs: &[syn::Attribute],
+) -> TokenStream {
     let Plan {
         dyn_fn,
         target_fn,
@@ -709,6 +819,7 @@ fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream 
         None => (quote!(), quote!(#private::Target::new(#info))),
     };
     quote! {
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_snake_case)]
         #[inline(always)]
@@ -721,6 +832,7 @@ fn accessors(krate: &TokenStream, plan: &Plan, vis: &Visibility) -> TokenStream 
             &TARGET
         }
 
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_snake_case)]
         #vis fn #patch_fn #generics (replacement: __C, source: #private::PatchSource) -> #private::PatchBuilder<#dyn_fn>

@@ -1,5 +1,6 @@
-//! The cost of `#[patchable]`: an unpatched call against the same plain function, a call
-//! patched with a closure, one patched from a native plugin, a call under a percentage
+//! The cost of `#[patchable]`: an unpatched call against the same plain function (marked
+//! alone, and through `#[patchable]` on its module), a call patched with a closure, one at the
+//! bottom of a stack of three, one patched from a native plugin, a call under a percentage
 //! rollout, and one rollout decision.
 
 use std::hint::black_box;
@@ -21,6 +22,15 @@ fn patchable(x: u64) -> u64 {
     x.wrapping_mul(3).wrapping_add(1)
 }
 
+/// The same function, made patchable by the module form.
+#[swapkit::patchable]
+mod whole {
+    #[inline(never)]
+    pub fn patchable(x: u64) -> u64 {
+        x.wrapping_mul(3).wrapping_add(1)
+    }
+}
+
 fn patching(c: &mut Criterion) {
     let mut group = c.benchmark_group("patch");
     group.bench_function("plain_fn", |b| b.iter(|| plain(black_box(7))));
@@ -33,6 +43,33 @@ fn patching(c: &mut Criterion) {
         .unwrap();
     group.bench_function("patched_closure", |b| b.iter(|| patchable(black_box(7))));
     g.restore().unwrap();
+
+    group.bench_function("module_unpatched", |b| {
+        b.iter(|| whole::patchable(black_box(7)))
+    });
+
+    // Two patches above that admit no key of this thread: the call checks them, then runs
+    // the bottom one.
+    let bottom = swapkit::patch!(patchable, |x| x.wrapping_mul(5))
+        .id("bottom")
+        .apply()
+        .unwrap();
+    let above: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|id| {
+            swapkit::patch!(patchable, |x| x)
+                .id(id)
+                .rollout(Rollout::percent(0.0))
+                .apply()
+                .unwrap()
+        })
+        .collect();
+    let key = patch::set_key("user-1234");
+    assert_eq!(patchable(7), 35);
+    group.bench_function("patched_bottom_of_three", |b| {
+        b.iter(|| patchable(black_box(7)))
+    });
+    drop((above, bottom, key));
 
     let artifact = support::release_artifacts(&["fixture-patches-bench"]).remove(0);
     let swapper = swapkit::Swapper::new().unwrap();

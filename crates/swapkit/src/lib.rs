@@ -112,8 +112,9 @@ pub use swapkit_abi::{LiveData, LiveType};
 pub use swapkit_admin as admin;
 pub use vault::Vault;
 
-/// Routes a function, or every method of an impl block, through a patch slot, so that it can
-/// be patched at runtime. See [`patch`](mod@patch) for the whole story.
+/// Routes a function, every method of an impl block, or every function and method of an inline
+/// module through a patch slot, so that it can be patched at runtime. See [`patch`](mod@patch)
+/// for the whole story.
 ///
 /// - On a free function: `#[swapkit::patchable] fn price(..) -> ..`; name it as
 ///   `swapkit::target!(path::price)`.
@@ -131,6 +132,34 @@ pub use vault::Vault;
 ///
 /// Generic functions and impl blocks, `const` functions, async methods taking `self`, and
 /// `impl Trait` in a signature are compile errors: a patch slot has one concrete signature.
+///
+/// On an inline module (`#[swapkit::patchable] mod pricing { .. }`), every eligible function
+/// and method inside, in nested inline modules too, becomes patchable with no change to it.
+/// One that is not eligible is left as it is, with a one-line note in
+/// [`patch::skipped()`](patch::skipped) (unless it carries its own `#[patchable]`, which makes
+/// it the compile error above); `#[patchable(skip)]` leaves an item out; tests are left out.
+/// Default methods of a trait defined in the module become patchable in each of the module's
+/// impls of it that does not override them (the impl gets a copy of the default's body).
+///
+/// ```
+/// #[swapkit::patchable]
+/// mod pricing {
+///     pub fn quote(units: u64) -> u64 {
+///         units * 100
+///     }
+///     pub fn largest<T: Ord>(items: Vec<T>) -> Option<T> {
+///         items.into_iter().max() // generic: skipped, with a note
+///     }
+///     #[swapkit::patchable(skip)]
+///     pub fn hot_loop(x: u64) -> u64 {
+///         x + 1 // left out on purpose
+///     }
+/// }
+///
+/// let _g = swapkit::patch!(pricing::quote, |units| units * 90).apply().unwrap();
+/// assert_eq!(pricing::quote(2), 180);
+/// assert!(swapkit::patch::skipped().iter().any(|s| s.name.ends_with("pricing::largest")));
+/// ```
 pub use swapkit_macros::patchable;
 
 /// The `&'static` [`patch::Target`] of a `#[patchable]` function: `target!(path::to::f)`,

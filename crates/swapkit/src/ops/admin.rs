@@ -23,8 +23,8 @@ use std::time::Duration;
 use swapkit_admin::{
     CanaryReport, CanaryStep, DrainingReport, Envelope, Failure, FailureKind, GateReport,
     KeptReport, Outcome, PatchApplied, PatchLayer, PatchReport, PluginReport, PluginVersion,
-    ProbationReport, ReloadStats, Reply, Request, StatusReport, Swap, TargetReport, VersionReport,
-    MAX_LINE, VERSION,
+    ProbationReport, ReloadStats, Reply, Request, SkippedReport, StatusReport, Swap, TargetReport,
+    VersionReport, MAX_LINE, VERSION,
 };
 
 use super::Shared;
@@ -569,6 +569,13 @@ fn patch_list(context: &Context) -> PatchReport {
                         healthy: p.healthy,
                     })
                     .collect(),
+            })
+            .collect(),
+        skipped: crate::patch::skipped()
+            .into_iter()
+            .map(|s| SkippedReport {
+                name: s.name.to_owned(),
+                reason: s.reason.to_owned(),
             })
             .collect(),
         applied: lock(&context.patches)

@@ -446,6 +446,25 @@ pub fn registry() -> Vec<TargetStatus> {
     all
 }
 
+/// A function or method that `#[patchable]` on a module left as it is, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// `module::path::function`, `module::path::Type::method` or
+    /// `module::path::<Type as Trait>::method`.
+    pub name: &'static str,
+    /// Why it has no patch slot, in one line.
+    pub reason: &'static str,
+}
+
+/// The items of `#[patchable]` modules that could not be made patchable, sorted by name: the
+/// other half of [`registry`]. Mark one `#[patchable]` itself to turn its note into a compile
+/// error, or `#[patchable(skip)]` to leave it out without a note.
+pub fn skipped() -> Vec<Skipped> {
+    let mut all: Vec<Skipped> = __private::SKIPPED.to_vec();
+    all.sort_by_key(|s| s.name);
+    all
+}
+
 /// Only the patched ones of [`registry`].
 pub fn active() -> Vec<TargetStatus> {
     registry()
@@ -475,4 +494,10 @@ pub mod __private {
     /// Every patch target in the binary, gathered at link time.
     #[linkme::distributed_slice]
     pub static TARGETS: [&'static dyn AnyTarget];
+
+    pub use super::Skipped;
+
+    /// Every item a `#[patchable]` module left as it is, gathered at link time.
+    #[linkme::distributed_slice]
+    pub static SKIPPED: [Skipped];
 }

@@ -188,6 +188,11 @@ impl<F: ?Sized + 'static> Target<F> {
         &self.info
     }
 
+    /// Whether plugins may patch it: it is marked `#[patchable(plugin)]`.
+    pub fn accepts_plugins(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Whether any patch is applied (whatever its rollout). One atomic load: this is the
     /// whole cost of an unpatched call.
     #[inline(always)]

@@ -21,12 +21,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The host's pricing, patchable by plugins at runtime.
+/// The host's pricing. Every function in it is patchable in process; `price` is patchable by
+/// plugins too. `swapkit patch list` shows which items the module form left out, and why.
+#[swapkit::patchable]
 pub mod pricing {
     /// The price of `qty` items at `cents` each.
     #[swapkit::patchable(plugin)]
     pub fn price(cents: u64, qty: u32) -> u64 {
-        cents * qty as u64
+        cents * capped(qty)
+    }
+
+    /// At most 1,000 items per order. Generic, so it has no patch slot: the module notes it.
+    pub fn capped<T: Into<u64>>(qty: T) -> u64 {
+        qty.into().min(1_000)
     }
 }
 

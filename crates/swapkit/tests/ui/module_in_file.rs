@@ -1,0 +1,4 @@
+#[swapkit::patchable]
+mod pricing;
+
+fn main() {}
