@@ -23,7 +23,7 @@ pub use header::{
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
 pub use live::{LiveData, LiveError, LiveType};
-pub use manifest::{Dependency, ExportDecl, InterfaceDecl, LiveKind, Manifest, PatchDecl};
+pub use manifest::{Dependency, ExportDecl, InterfaceDecl, LiveKind, Manifest, Options, PatchDecl};
 pub use status::Status;
 
 /// Turns a trait into a swapkit interface: a typed host client, the guest dispatch and the

@@ -28,6 +28,50 @@ pub struct Manifest {
     /// Live functions and live-type factories, in the order the `method` argument of `call`
     /// numbers them when `interface` is [`LIVE_INTERFACE`](crate::LIVE_INTERFACE).
     pub live: Vec<ExportDecl>,
+    /// What the plugin asks of its host. Not part of the fixed fields: [`Manifest::encode`]
+    /// appends it only when it differs from the default.
+    #[serde(skip)]
+    pub options: Options,
+}
+
+/// What a plugin asks of its host beyond its exports, set in `export_plugin!`.
+///
+/// Encoded after the manifest's fixed fields only when it is not the default, so a host that
+/// predates it still reads every plugin that does not use it, and a host that knows it reads
+/// a plugin that predates it as the default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// False for a plugin that must never be replaced while its host runs (`reloadable:
+    /// false`): a reload, rollback or canary that would replace or remove it is refused.
+    pub reloadable: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { reloadable: true }
+    }
+}
+
+impl Manifest {
+    /// Appends the manifest to `out` in its wire form: the fixed fields, then the options when
+    /// they are not the default.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), crate::wire::Error> {
+        crate::wire::encode_into(self, out)?;
+        if self.options != Options::default() {
+            crate::wire::encode_into(&self.options, out)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a manifest written by [`encode`](Self::encode), by any version of it: the options
+    /// are the default when absent. Bytes after the options are an error.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, crate::wire::Error> {
+        let (mut manifest, rest): (Manifest, _) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            manifest.options = crate::wire::from_bytes(rest)?;
+        }
+        Ok(manifest)
+    }
 }
 
 /// One function a plugin exports by name: a live function, or the factory of a live type.
@@ -124,9 +168,49 @@ mod tests {
                 signature: "(u64)->u64".into(),
                 hash: 8,
             }],
+            options: Options::default(),
         };
         let bytes = crate::wire::to_vec(&m).unwrap();
         let back: Manifest = crate::wire::from_bytes(&bytes).unwrap();
         assert_eq!(back, m);
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "p".into(),
+            version: "1.0.0".into(),
+            abi_version: crate::ABI_VERSION,
+            crate_name: "p".into(),
+            fingerprint: ["rustc".into(), "target".into(), "abi".into()],
+            interfaces: vec![],
+            dependencies: vec![],
+            patches: vec![],
+            live: vec![],
+            options: Options::default(),
+        }
+    }
+
+    #[test]
+    fn default_options_leave_the_fixed_fields_alone() {
+        // What a host that predates options reads: exactly the fixed fields.
+        let m = manifest();
+        let mut bytes = vec![];
+        m.encode(&mut bytes).unwrap();
+        assert_eq!(bytes, crate::wire::to_vec(&m).unwrap());
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn options_follow_the_fixed_fields_and_round_trip() {
+        let mut m = manifest();
+        m.options.reloadable = false;
+        let mut bytes = vec![];
+        m.encode(&mut bytes).unwrap();
+        let back = Manifest::decode(&bytes).unwrap();
+        assert!(!back.options.reloadable);
+        assert_eq!(back, m);
+        // Anything after the options is refused, not ignored.
+        bytes.push(7);
+        assert!(Manifest::decode(&bytes).is_err());
     }
 }

@@ -16,6 +16,7 @@
 //! | [`HOST_FN`] | [`Invoke`] (a host function's name) | the function's encoded result |
 //! | [`DEPENDENCY`] | [`DependencyCall`] | the method's encoded result |
 //! | [`LIVE_NEW`] | [`Invoke`] (a live type's name) | [`LiveData`](crate::LiveData) |
+//! | [`LOAD_DATA`] | `()` | `Option<Vec<u8>>`: the host's value for the plugin, postcard-encoded |
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -39,6 +40,9 @@ pub const HOST_FN: u32 = 6;
 pub const DEPENDENCY: u32 = 7;
 /// Creates a value of a live type by name, in the caller's generation.
 pub const LIVE_NEW: u32 = 8;
+/// The value the host gave for the calling plugin's `on_load` (Hotswap's OnLoad data), if any.
+/// A host that predates it answers "unknown host service".
+pub const LOAD_DATA: u32 = 9;
 
 /// A request naming one key (or, for [`VAULT_LIST`], a prefix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

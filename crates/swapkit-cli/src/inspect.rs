@@ -230,7 +230,12 @@ fn child_report(path: &Path) -> Result<ChildAnswer, Error> {
         backend: value["backend"].as_str().unwrap_or("native").to_owned(),
         sha256: value["sha256"].as_str().unwrap_or_default().to_owned(),
         size: value["size"].as_u64().unwrap_or_default(),
-        manifest: serde_json::from_value(value["manifest"].take())?,
+        manifest: swapkit::abi::Manifest {
+            // Not among the manifest's serialized fields (it follows them on the wire only
+            // when set), so the report carries it beside them.
+            options: serde_json::from_value(value["options"].take()).unwrap_or_default(),
+            ..serde_json::from_value(value["manifest"].take())?
+        },
     };
     Ok(Ok((report, checked)))
 }
@@ -300,6 +305,7 @@ fn print(report: &Report, checked: &str, json: bool) -> Result<(), Error> {
             "size": report.size,
             "signature": signature_json(&report.path),
             "manifest": m,
+            "options": m.options,
             "checked": checked,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -321,6 +327,9 @@ fn print(report: &Report, checked: &str, json: bool) -> Result<(), Error> {
         m.fingerprint[0], m.fingerprint[1], m.fingerprint[2]
     );
     println!("  signature    {}", signature_text(report));
+    if !m.options.reloadable {
+        println!("  reloadable   no: a host never replaces or removes it while it runs");
+    }
     println!(
         "  interfaces   {}",
         if m.interfaces.is_empty() { "none" } else { "" }

@@ -33,6 +33,8 @@ pub trait Exports: Plugin {
     const PATCHES: &'static [PatchExport];
     /// The live functions and factories, in the order `call` numbers them.
     const LIVE: &'static [LiveExport];
+    /// False when `export_plugin!` says `reloadable: false`.
+    const RELOADABLE: bool = true;
     /// The exported interfaces, in dispatch order.
     fn interfaces() -> Vec<InterfaceDecl>;
     /// Routes a call to the implementation of interface number `interface`.
@@ -287,8 +289,13 @@ pub(crate) unsafe extern "C" fn manifest<P: Exports>(out: *mut RawSlice) -> u32 
                         hash: l.hash,
                     })
                     .collect(),
+                options: swapkit_abi::Options {
+                    reloadable: P::RELOADABLE,
+                },
             };
-            wire::encode_into(&manifest, buf).map_err(|e| (Status::EncodeFailed, e.to_string()))
+            manifest
+                .encode(buf)
+                .map_err(|e| (Status::EncodeFailed, e.to_string()))
         })
     }
 }

@@ -102,6 +102,34 @@ impl Host {
         self.log(Level::Debug, message)
     }
 
+    /// The value the host gave this plugin for `on_load` (`SwapperBuilder::load_data` or
+    /// `load_data_for`), decoded as `T`: `Ok(None)` when it gave none. An error when it does
+    /// not decode as `T`, or when the host predates load data.
+    ///
+    /// ```no_run
+    /// # use swapkit_guest::{Host, Error};
+    /// #[derive(serde::Deserialize)]
+    /// struct Settings { region: String, shards: u32 }
+    ///
+    /// # fn on_load(host: &Host) -> Result<(), Error> {
+    /// let settings: Settings = host.load_data()?.ok_or_else(|| Error::msg("no settings"))?;
+    /// # let _ = (settings.region, settings.shards);
+    /// # Ok(()) }
+    /// ```
+    pub fn load_data<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        let bytes: Option<Vec<u8>> = self.service(service::LOAD_DATA, &())?;
+        bytes
+            .map(|b| {
+                wire::from_bytes(&b).map_err(|e| {
+                    Error::msg(format!(
+                        "the host's load data does not decode as {}: {e}",
+                        core::any::type_name::<T>()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
     /// The host's Vault: state that outlives every swap.
     pub fn vault(&self) -> Vault {
         Vault { host: *self }

@@ -70,8 +70,15 @@ pub use swapkit_abi::{LiveData, LiveType};
 ///                                       // with the interfaces of theirs this one calls
 ///     live: [jobs::run],                // optional; functions marked #[swapkit_guest::live]
 ///     patches: [fixes::price],          // optional; functions marked #[swapkit_guest::patch]
+///     reloadable: false,                // optional; default true
 /// }
 /// ```
+///
+/// `reloadable: false` (Hotswap's `Reloadable`) is for a plugin that must keep its one
+/// instance for the life of the host process: a connection pool, a licence check. A reload,
+/// rollback or canary that would replace or remove it is refused with
+/// `LoadError::NotReloadable`; a reload of the other plugins keeps it as it is. A plugin reads
+/// the host's value for its `on_load` with [`Host::load_data`].
 ///
 /// It defines `pub static SWAPKIT_PLUGIN`, the plugin header, exported under a symbol named
 /// after the crate, so several plugins can be linked into one static host.

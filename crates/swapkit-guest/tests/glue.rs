@@ -90,7 +90,7 @@ fn entry_points_follow_the_abi() {
     // SAFETY: `manifest` takes a writable out slot.
     assert_eq!(unsafe { (entry.manifest)(&mut out) }, Status::Ok as u32);
     // SAFETY: the out buffer is valid until the next call on this thread.
-    let manifest: Manifest = wire::from_bytes(unsafe { out.as_slice() }).unwrap();
+    let manifest: Manifest = Manifest::decode(unsafe { out.as_slice() }).unwrap();
     assert_eq!(
         (manifest.name.as_str(), manifest.version.as_str()),
         ("counter", "3.1.4")

@@ -14,6 +14,7 @@ struct Spec {
     dependencies: Vec<Dep>,
     patches: Vec<Path>,
     live: Vec<Path>,
+    reloadable: Option<syn::LitBool>,
 }
 
 /// `"plugin"` or `"plugin" => [path::Trait, ..]`.
@@ -47,6 +48,7 @@ impl Parse for Spec {
         let mut dependencies = vec![];
         let mut patches = vec![];
         let mut live = vec![];
+        let mut reloadable = None;
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             input.parse::<Token![:]>()?;
@@ -54,6 +56,7 @@ impl Parse for Spec {
                 "plugin" => plugin = Some(input.parse()?),
                 "name" => name = Some(input.parse()?),
                 "version" => version = Some(input.parse()?),
+                "reloadable" => reloadable = Some(input.parse()?),
                 "interfaces" => {
                     let content;
                     bracketed!(content in input);
@@ -82,7 +85,7 @@ impl Parse for Spec {
                     return Err(syn::Error::new(
                         key.span(),
                         format!(
-                            "unknown key `{other}`; expected plugin, name, version, interfaces, dependencies, patches or live"
+                            "unknown key `{other}`; expected plugin, name, version, interfaces, dependencies, patches, live or reloadable"
                         ),
                     ))
                 }
@@ -109,6 +112,7 @@ impl Parse for Spec {
             dependencies,
             patches,
             live,
+            reloadable,
         })
     }
 }
@@ -131,6 +135,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         Some(v) => quote!(#v),
         None => quote!(env!("CARGO_PKG_VERSION")),
     };
+    let reloadable = spec.reloadable.as_ref().is_none_or(|b| b.value);
     let deps = spec.dependencies.iter().map(|d| {
         let plugin = &d.plugin;
         let ifaces = d.interfaces.iter().map(|p| {
@@ -164,6 +169,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             const DEPENDENCIES: &'static [(&'static str, &'static [(&'static str, u64)])] = &[#(#deps),*];
             const PATCHES: &'static [::swapkit_guest::__rt::PatchExport] = &[#(#patches),*];
             const LIVE: &'static [::swapkit_guest::__rt::LiveExport] = &[#(#live),*];
+            const RELOADABLE: bool = #reloadable;
 
             fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
                 ::swapkit_guest::__rt::vec![#(#decls),*]

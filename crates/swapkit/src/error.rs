@@ -394,7 +394,8 @@ pub enum LoadError {
     /// The host's [`before_publish`](crate::SwapperBuilder::before_publish) check refused the
     /// new generation; nothing was published and the current generation keeps serving.
     #[error(
-        "the before_publish check vetoed generation {generation} ({trigger}): {reason}; the          current generation keeps serving"
+        "the before_publish check vetoed generation {generation} ({trigger}): {reason}; the \
+         current generation keeps serving"
     )]
     Vetoed {
         /// The generation that was refused.
@@ -404,12 +405,40 @@ pub enum LoadError {
         /// The check's error.
         reason: String,
     },
+    /// A reload, rollback or canary would replace or remove a plugin that declares itself not
+    /// reloadable (`reloadable: false` in its `export_plugin!`).
+    #[error(
+        "plugin `{plugin}` {version} declares itself not reloadable (`reloadable: false` in its \
+         export_plugin!), so it stays loaded for the life of the process; this {change}. \
+         Leave its artifact as it is (or restart the process to change it); the current \
+         generation keeps serving"
+    )]
+    NotReloadable {
+        /// The plugin.
+        plugin: String,
+        /// The version running.
+        version: String,
+        /// What the refused step would have done to it, in words.
+        change: String,
+    },
+    /// A value given to `SwapperBuilder::load_data` could not be encoded.
+    #[error(
+        "the load data for {plugin} does not encode in the wire encoding (postcard): {reason}; \
+         give a plain serde type (no `#[serde(flatten)]`, no untagged enums)"
+    )]
+    LoadData {
+        /// Which plugin the value was for (`every plugin` for `load_data`).
+        plugin: String,
+        /// The encoder's error.
+        reason: String,
+    },
     /// A canary operation was asked for with no canary running.
     #[error("no canary is running; start one with Swapper::canary (or `swapkit canary start`)")]
     NoCanary,
     /// A canary was asked for while another runs: one at a time.
     #[error(
-        "a canary of plugin `{plugin}` {version} is running already; promote or abort it          before starting another"
+        "a canary of plugin `{plugin}` {version} is running already; promote or abort it \
+         before starting another"
     )]
     CanaryRunning {
         /// The plugin of the running canary.
@@ -492,6 +521,7 @@ impl LoadError {
             Downgrade { plugin, .. }
             | CanaryRunning { plugin, .. }
             | Canary { plugin, .. }
+            | NotReloadable { plugin, .. }
             | Hook { plugin, .. }
             | HookPanic { plugin, .. }
             | UnknownDependency { plugin, .. }
@@ -510,6 +540,7 @@ impl LoadError {
             | HookPanic { version, .. }
             | Downgrade { version, .. }
             | CanaryRunning { version, .. }
+            | NotReloadable { version, .. }
             | Canary { version, .. } => Some(version),
             InterfaceHash(mismatch) => Some(&mismatch.version),
             _ => None,

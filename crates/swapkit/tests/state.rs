@@ -5,8 +5,8 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{start, start_with, Backend, Fixture, Logs};
-use fixture_api::{Counter, Probe};
+use common::{start, start_configured, start_with, Backend, Fixture, Logs};
+use fixture_api::{Counter, Greeter, Probe};
 use swapkit::{CallError, Grant, LiveFn, LoadError, Sandbox, Swapper};
 
 on_swappable_backends!(
@@ -19,9 +19,21 @@ on_swappable_backends!(
     live_type_is_made_by_the_current_version,
     host_functions_are_called_by_name,
     dependency_calls_stay_in_the_callers_generation,
-    wrong_dependency_interface_is_refused,
-    undeclared_dependency_call_is_an_error,
+    a_plugin_that_is_not_reloadable_is_never_replaced,
 );
+
+/// What makes sense without a swap runs on the static backend too.
+mod every_backend {
+    use super::*;
+
+    on_both_backends!(
+        vault_entries_are_listed_and_deleted_by_a_plugin,
+        wrong_dependency_interface_is_refused,
+        undeclared_dependency_call_is_an_error,
+        load_data_reaches_on_load,
+        load_data_that_does_not_decode_fails_the_load,
+    );
+}
 
 fn swap(swapper: &Swapper, backend: Backend, set: &[Fixture]) -> Result<u64, LoadError> {
     let report = swapper.load_files(set.iter().map(|f| f.artifact(backend)))?;
@@ -337,4 +349,183 @@ fn each_exporter_in_dependency_order() {
         assert_eq!(each[1].1.name().unwrap(), "chain-top>chain-base");
         assert!(swapper.each::<dyn Probe>().unwrap().is_empty());
     }
+}
+
+fn vault_entries_are_listed_and_deleted_by_a_plugin(backend: Backend) {
+    let logs = Logs::default();
+    let shared = Sandbox::new().grant("state", Grant::VaultRead("shared/".into()));
+    let swapper = start_with(backend, &logs, &[Fixture::StateV1], shared).unwrap();
+    let vault = swapper.vault();
+    for key in [
+        "state/a",
+        "state/b",
+        "state/c/1",
+        "shared/x",
+        "other/secret",
+    ] {
+        vault.put(key, &1u64).unwrap();
+    }
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    assert_eq!(
+        counter.keys("state/").unwrap().unwrap(),
+        ["state/a", "state/b", "state/c/1"]
+    );
+    // A listing shows only what the plugin may read: its own keys and the granted prefix.
+    assert_eq!(
+        counter.keys("").unwrap().unwrap(),
+        ["shared/x", "state/a", "state/b", "state/c/1"]
+    );
+    assert_eq!(counter.forget("state/b").unwrap(), Ok(true));
+    assert_eq!(
+        counter.forget("state/b").unwrap(),
+        Ok(false),
+        "gone already"
+    );
+    assert_eq!(
+        vault.get::<u64>("state/b").unwrap(),
+        None,
+        "the host sees it gone"
+    );
+    // Deleting outside its namespace is refused, and the entry stays.
+    let refused = counter.forget("other/secret").unwrap().unwrap_err();
+    assert!(refused.contains("other/secret"), "{refused}");
+    let refused = counter.forget("shared/x").unwrap().unwrap_err();
+    assert!(refused.contains("shared/x"), "read-only grant: {refused}");
+    assert_eq!(vault.get::<u64>("other/secret").unwrap(), Some(1));
+    assert_eq!(vault.get::<u64>("shared/x").unwrap(), Some(1));
+}
+
+/// The test host's settings for `fixed`, as the host encodes them.
+#[derive(serde::Serialize)]
+struct Settings {
+    greeting: &'static str,
+    region: &'static str,
+}
+
+const EU: Settings = Settings {
+    greeting: "Bonjour",
+    region: "eu-west",
+};
+
+fn load_data_reaches_on_load(backend: Backend) {
+    let logs = Logs::default();
+    let swapper =
+        start_configured(backend, &logs, &[Fixture::FixedV1], |b| b.load_data(&EU)).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(
+        greeter.greet("Ada").unwrap(),
+        "Bonjour, Ada (eu-west, v1.0.0)"
+    );
+
+    // One plugin's own value takes precedence; without any, the plugin sees none.
+    let swapper = start_configured(backend, &logs, &[Fixture::FixedV1], |b| {
+        b.load_data(&EU).load_data_for(
+            "fixed",
+            &Settings {
+                greeting: "Hej",
+                region: "eu-north",
+            },
+        )
+    })
+    .unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(greeter.greet("Ada").unwrap(), "Hej, Ada (eu-north, v1.0.0)");
+    let swapper = start(backend, &logs, &[Fixture::FixedV1]).unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    assert_eq!(
+        greeter.greet("Ada").unwrap(),
+        "Hello, Ada (nowhere, v1.0.0)"
+    );
+}
+
+fn load_data_that_does_not_decode_fails_the_load(backend: Backend) {
+    let logs = Logs::default();
+    let err =
+        start_configured(backend, &logs, &[Fixture::FixedV1], |b| b.load_data(&7u8)).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Hook { plugin, hook: "on_load", .. } if plugin == "fixed"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does not decode"), "{err}");
+}
+
+fn a_plugin_that_is_not_reloadable_is_never_replaced(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start_configured(backend, &logs, &[Fixture::FixedV1, Fixture::StateV1], |b| {
+        b.load_data(&EU)
+    })
+    .unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let counter = swapper.client::<dyn Counter>().unwrap();
+    counter.bump("state/n").unwrap();
+    let first = swapper.generation();
+
+    // Another version of it: refused, and nothing changes.
+    let err = swap(&swapper, backend, &[Fixture::FixedV2, Fixture::StateV1]).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NotReloadable { plugin, version, change }
+            if plugin == "fixed" && version == "1.0.0" && change.contains("2.0.0")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("reloadable: false"), "{err}");
+    assert_eq!(err.plugin(), Some("fixed"));
+    assert_eq!(swapper.generation(), first);
+    assert_eq!(
+        greeter.greet("Ada").unwrap(),
+        "Bonjour, Ada (eu-west, v1.0.0)"
+    );
+
+    // Leaving it out is refused too.
+    let err = swap(&swapper, backend, &[Fixture::StateV1]).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NotReloadable { change, .. } if change.contains("remove")),
+        "{err:?}"
+    );
+
+    // The other plugins still swap: its unchanged artifact keeps its instance.
+    let report = swapper
+        .load_files([Fixture::FixedV1, Fixture::StateV2].map(|f| f.artifact(backend)))
+        .unwrap();
+    assert_eq!(report.loaded, [("state".to_owned(), "2.0.0".to_owned())]);
+    assert_eq!(report.reused, [("fixed".to_owned(), "1.0.0".to_owned())]);
+    assert_eq!(counter.read("state/n").unwrap(), Some(1));
+    swapper.rollback().unwrap();
+    assert_eq!(counter.describe().unwrap().0, "1.0.0");
+
+    // Nor can a canary run beside it.
+    let err = swapper
+        .canary(Fixture::FixedV2.artifact(backend))
+        .percent(10.0)
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NotReloadable { change, .. } if change.contains("canary")),
+        "{err:?}"
+    );
+    assert_eq!(
+        greeter.greet("Ada").unwrap(),
+        "Bonjour, Ada (eu-west, v1.0.0)"
+    );
+    assert_eq!(swapper.vault().get::<u64>("state/n").unwrap(), Some(1));
+}
+
+#[test]
+fn load_data_that_does_not_encode_fails_the_build() {
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("this type refuses"))
+        }
+    }
+    let err = match Swapper::builder()
+        .load_data_for("fixed", &Unencodable)
+        .build()
+    {
+        Ok(_) => panic!("built"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, LoadError::LoadData { plugin, .. } if plugin == "fixed"),
+        "{err:?}"
+    );
 }

@@ -5,8 +5,7 @@
 use std::ptr::addr_of;
 
 use swapkit_abi::{
-    wire, Fingerprint, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND,
-    MAGIC,
+    Fingerprint, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
 };
 
 use super::{BackendKind, Code, Entry};
@@ -55,7 +54,7 @@ impl Code {
                 source: reason.into(),
             });
         }
-        let manifest: Manifest = wire::from_bytes(bytes).map_err(|e| LoadError::Manifest {
+        let manifest = Manifest::decode(bytes).map_err(|e| LoadError::Manifest {
             origin: origin.clone(),
             source: e.into(),
         })?;

@@ -39,6 +39,33 @@ impl Built {
     }
 }
 
+/// Refuses a selection that would replace or remove a plugin of `current` that declares
+/// itself not reloadable. Its own unchanged artifact keeps its instance, so a reload of the
+/// other plugins goes ahead.
+pub(crate) fn keeps_fixed(current: &Generation, codes: &[Arc<Code>]) -> Result<(), LoadError> {
+    for running in &current.plugins {
+        let code = &running.code;
+        if code.manifest.options.reloadable {
+            continue;
+        }
+        let change = match codes.iter().find(|c| c.name == code.name) {
+            Some(next) if next.content_hash == code.content_hash => continue,
+            Some(next) if next.version == code.version => format!(
+                "reload would replace it with another build of {} ({})",
+                next.version, next.origin
+            ),
+            Some(next) => format!("reload would replace it with {}", next.version),
+            None => "reload would remove it".to_owned(),
+        };
+        return Err(LoadError::NotReloadable {
+            plugin: code.name.to_string(),
+            version: code.version.to_string(),
+            change,
+        });
+    }
+    Ok(())
+}
+
 /// Builds generation `id` from `codes` (in dependency order), next to `current`.
 pub(crate) fn build(
     codes: &[Arc<Code>],

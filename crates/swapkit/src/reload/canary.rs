@@ -134,6 +134,13 @@ impl Reloader {
             )));
         };
         let stable = current.plugins[stable_index].clone();
+        if !stable.code.manifest.options.reloadable {
+            return Err(LoadError::NotReloadable {
+                plugin: stable.code.name.to_string(),
+                version: stable.code.version.to_string(),
+                change: format!("canary would run {} beside it", code.version),
+            });
+        }
         if stable.code.content_hash == code.content_hash {
             return Err(refuse("it is the stable version's own artifact".into()));
         }

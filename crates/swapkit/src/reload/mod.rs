@@ -292,6 +292,7 @@ impl Reloader {
         }
         let id = state.next_id;
         let current = self.published.current().load_full();
+        build::keeps_fixed(&current, &codes)?;
         let built = build::build(&codes, &current, id, &self.services);
         drop(current);
         let mut built = built.inspect_err(|e| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use swapkit_abi::{Interface, PluginHeader};
 
 use super::Swapper;
-use crate::backend::host::{LogSink, Services};
+use crate::backend::host::{LoadData, LogSink, Services};
 use crate::backend::native::NativeLoader;
 use crate::backend::statics;
 #[cfg(feature = "wasm")]
@@ -51,6 +51,9 @@ pub struct SwapperBuilder {
     state_dir: Option<PathBuf>,
     before_publish: Option<BeforePublish>,
     canary_gate: Option<Probation>,
+    load_data: LoadData,
+    /// The first value that did not encode, reported by `build`.
+    load_data_error: Option<LoadError>,
     #[cfg(feature = "ops")]
     ops: ops::Config,
 }
@@ -72,6 +75,8 @@ impl Default for SwapperBuilder {
             state_dir: None,
             before_publish: None,
             canary_gate: None,
+            load_data: LoadData::default(),
+            load_data_error: None,
             #[cfg(feature = "ops")]
             ops: ops::Config::default(),
         }
@@ -269,6 +274,57 @@ impl SwapperBuilder {
         self
     }
 
+    /// A value every plugin can read in its hooks with `host.load_data::<T>()`, typically in
+    /// `on_load` (Hotswap's OnLoad data): configuration, a handle's name, the host's build.
+    /// It crosses in the wire encoding, so the plugin's `T` must decode what `value` encodes.
+    /// A value set for one plugin with [`load_data_for`](Self::load_data_for) takes
+    /// precedence.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Settings { region: String, shards: u32 }
+    ///
+    /// let swapper = swapkit::Swapper::builder()
+    ///     .load_data(&Settings { region: "eu-west".into(), shards: 4 })
+    ///     .build()?;
+    /// # Ok::<(), swapkit::LoadError>(())
+    /// ```
+    pub fn load_data<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
+        self.load_data.all = self.encode_load_data("every plugin", value);
+        self
+    }
+
+    /// A value only plugin `plugin` reads with `host.load_data::<T>()`, instead of the one
+    /// set by [`load_data`](Self::load_data).
+    pub fn load_data_for<T: serde::Serialize + ?Sized>(
+        mut self,
+        plugin: impl Into<String>,
+        value: &T,
+    ) -> Self {
+        let plugin = plugin.into();
+        if let Some(bytes) = self.encode_load_data(&plugin, value) {
+            self.load_data.by_plugin.insert(plugin, bytes);
+        }
+        self
+    }
+
+    fn encode_load_data<T: serde::Serialize + ?Sized>(
+        &mut self,
+        whom: &str,
+        value: &T,
+    ) -> Option<Vec<u8>> {
+        match swapkit_abi::wire::to_vec(value) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.load_data_error.get_or_insert(LoadError::LoadData {
+                    plugin: whom.to_owned(),
+                    reason: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
     /// The gate of canaries started without one of their own (the admin socket's and the
     /// CLI's `canary start --gate` among them). See [`Probation`].
     pub fn canary_gate(mut self, gate: Probation) -> Self {
@@ -298,7 +354,10 @@ impl SwapperBuilder {
     ///
     /// The parts start from the bottom up: the published cell and its drain watchdog, the
     /// loader, the reloader, then operations, which observe the reloader.
-    pub fn build(self) -> Result<Swapper, LoadError> {
+    pub fn build(mut self) -> Result<Swapper, LoadError> {
+        if let Some(e) = self.load_data_error.take() {
+            return Err(e);
+        }
         let published = Published::start(self.drain_deadline, self.on_overdue)?;
         let native = if self.statics.is_empty() {
             let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| {
@@ -330,13 +389,15 @@ impl SwapperBuilder {
         let loader = Loader::new(native, wasm, state_dir.clone(), self.trust);
         #[cfg(feature = "ops")]
         let observer = ops::Shared::new(self.ops.probation.clone());
+        let mut services = Services::new(
+            self.sink,
+            self.vault.unwrap_or_default(),
+            self.sandbox,
+            wasm_stack,
+        );
+        services.load_data = Arc::new(self.load_data);
         let settings = Settings {
-            services: Services::new(
-                self.sink,
-                self.vault.unwrap_or_default(),
-                self.sandbox,
-                wasm_stack,
-            ),
+            services,
             history_len: self.history_len,
             state_dir,
             interfaces: self.interfaces,

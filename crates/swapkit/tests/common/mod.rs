@@ -45,9 +45,13 @@ pub enum Fixture {
     Lingering,
     /// Exports a live function named `job`, as `state` does.
     LiveClash,
+    /// `fixed` 1.0.0: not reloadable, greets with the host's load data.
+    FixedV1,
+    /// `fixed` 2.0.0.
+    FixedV2,
 }
 
-const ALL: [Fixture; 25] = [
+const ALL: [Fixture; 27] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -73,6 +77,8 @@ const ALL: [Fixture; 25] = [
     Fixture::GreeterFaulty,
     Fixture::Lingering,
     Fixture::LiveClash,
+    Fixture::FixedV1,
+    Fixture::FixedV2,
 ];
 
 impl Fixture {
@@ -104,6 +110,8 @@ impl Fixture {
             Fixture::GreeterFaulty => "fixture-greeter-faulty",
             Fixture::Lingering => "fixture-lingering",
             Fixture::LiveClash => "fixture-live-clash",
+            Fixture::FixedV1 => "fixture-fixed-v1",
+            Fixture::FixedV2 => "fixture-fixed-v2",
         }
     }
 
@@ -145,6 +153,10 @@ impl Fixture {
             Fixture::Patches => &fixture_patches::SWAPKIT_PLUGIN,
             Fixture::PatchesBad => &fixture_patches_bad::SWAPKIT_PLUGIN,
             Fixture::PatchesClosed => &fixture_patches_closed::SWAPKIT_PLUGIN,
+            Fixture::StateV1 => &fixture_state_v1::SWAPKIT_PLUGIN,
+            Fixture::DepWrong => &fixture_dep_wrong::SWAPKIT_PLUGIN,
+            Fixture::DepStray => &fixture_dep_stray::SWAPKIT_PLUGIN,
+            Fixture::FixedV1 => &fixture_fixed_v1::SWAPKIT_PLUGIN,
             _ => panic!("{self:?} is not linked statically"),
         }
     }
@@ -164,7 +176,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 22] = [
+const WASM: [Fixture; 24] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -187,6 +199,8 @@ const WASM: [Fixture; 22] = [
     Fixture::DepWrong,
     Fixture::DepStray,
     Fixture::GreeterFaulty,
+    Fixture::FixedV1,
+    Fixture::FixedV2,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
@@ -278,7 +292,17 @@ pub fn start_with(
     set: &[Fixture],
     sandbox: swapkit::Sandbox,
 ) -> Result<Swapper, LoadError> {
-    let builder = logs.builder().sandbox(sandbox);
+    start_configured(backend, logs, set, |b| b.sandbox(sandbox))
+}
+
+/// [`start`], with the builder set up by `configure` first.
+pub fn start_configured(
+    backend: Backend,
+    logs: &Logs,
+    set: &[Fixture],
+    configure: impl FnOnce(swapkit::SwapperBuilder) -> swapkit::SwapperBuilder,
+) -> Result<Swapper, LoadError> {
+    let builder = configure(logs.builder());
     #[cfg(feature = "wasm")]
     let builder = builder.wasm_cache_dir(wasm_cache());
     let builder = builder

@@ -59,6 +59,7 @@ impl Wat {
                 dependencies: vec![],
                 patches: vec![],
                 live: vec![],
+                options: Default::default(),
             },
             imports: ALL_IMPORTS.into(),
             edits: vec![],

@@ -28,6 +28,26 @@ pub(crate) struct Services {
     pub sandbox: Arc<Sandbox>,
     /// The native stack a nested call into a plugin must find left (see `services::open`).
     pub nested_stack: usize,
+    /// The values the host hands to plugins' `on_load` (`Host::load_data`).
+    pub load_data: Arc<LoadData>,
+}
+
+/// The values a host hands to its plugins for `on_load`, encoded: one for every plugin, and
+/// one per plugin name that takes precedence over it.
+#[derive(Default)]
+pub(crate) struct LoadData {
+    pub all: Option<Vec<u8>>,
+    pub by_plugin: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl LoadData {
+    /// What `plugin` gets.
+    pub fn get(&self, plugin: &str) -> Option<&[u8]> {
+        self.by_plugin
+            .get(plugin)
+            .or(self.all.as_ref())
+            .map(Vec::as_slice)
+    }
 }
 
 impl Services {
@@ -44,6 +64,7 @@ impl Services {
             vault,
             sandbox: Arc::new(sandbox),
             nested_stack: wasm_stack + services::HOST_STACK,
+            load_data: Arc::default(),
         }
     }
 

@@ -280,6 +280,7 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
             let _open = open(ctx, &ctx.services)?;
             Ok(f(&call.args).map_err(|e| format!("host function `{}`: {e}", call.name))?)
         }
+        service::LOAD_DATA => reply(&ctx.services.load_data.get(&ctx.plugin)),
         service::DEPENDENCY => dependency(ctx, req(input)?),
         service::LIVE_NEW => live_new(ctx, req(input)?),
         other => {

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use swapkit_abi::{wire, Fingerprint, Manifest, Status, ABI_VERSION};
+use swapkit_abi::{Fingerprint, Manifest, Status, ABI_VERSION};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
 
 use super::{BackendKind, Code, Entry};
@@ -360,7 +360,7 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
                     String::from_utf8_lossy(reply.bytes)
                 ));
             }
-            wire::from_bytes::<Manifest>(reply.bytes).map_err(|e| e.to_string())
+            Manifest::decode(reply.bytes).map_err(|e| e.to_string())
         },
     );
     let manifest = match result {
