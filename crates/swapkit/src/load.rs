@@ -391,7 +391,7 @@ impl Artifact {
 /// any load would. The error for a broken file says what is wrong with it.
 pub fn inspect(path: impl AsRef<Path>) -> Result<Artifact, LoadError> {
     let path = path.as_ref();
-    let native = NativeLoader::new(None).map_err(|source| LoadError::ScratchDir {
+    let native = NativeLoader::new(None, false).map_err(|source| LoadError::ScratchDir {
         scratch: std::env::temp_dir(),
         source,
     })?;

@@ -318,6 +318,90 @@ fn a_native_copy_has_no_path_to_swap() {
     );
 }
 
+/// The names the dynamic loader knows this process's libraries by.
+fn loaded_names() -> Vec<String> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        out: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info and our `out`.
+        unsafe {
+            let names = &mut *(out as *mut Vec<String>);
+            let name = (*info).dlpi_name;
+            if !name.is_null() {
+                names.push(
+                    std::ffi::CStr::from_ptr(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        0
+    }
+    let mut names: Vec<String> = vec![];
+    // SAFETY: the callback only reads what it is given and writes to `names`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut names as *mut Vec<String> as *mut _) };
+    names
+}
+
+/// A debugger opens a library by the name the dynamic loader recorded, in its own process:
+/// with `/proc/self/fd/N`, gdb read one of its own descriptors and hung. The name is now
+/// `/proc/<pid>/fd/N`, which reaches the same sealed memory file from any process.
+#[test]
+fn a_native_copy_is_known_by_a_path_a_debugger_can_open() {
+    let swapper = Swapper::new().unwrap();
+    swapper.load_files([Fixture::GreeterV2.path()]).unwrap();
+    let ours = format!("/proc/{}/fd/", std::process::id());
+    let names = loaded_names();
+    assert!(
+        names.iter().any(|n| n.starts_with(&ours)),
+        "no library known by {ours}N: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("/proc/self/")),
+        "{names:?}"
+    );
+}
+
+/// For tools that cannot read a memory file (profilers name a library by its mapping),
+/// `debuggable_copies` maps plugins from files in a private directory.
+#[test]
+fn debuggable_copies_are_files_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempdir();
+    let swapper = Swapper::builder()
+        .scratch_dir(scratch.path())
+        .debuggable_copies()
+        .build()
+        .unwrap();
+    swapper.load_files([Fixture::ChainBase.path()]).unwrap();
+    let dirs: Vec<PathBuf> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [dir] = &dirs[..] else {
+        panic!("one private directory: {dirs:?}")
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700);
+    let copies: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [copy] = &copies[..] else {
+        panic!("one copy: {copies:?}")
+    };
+    assert_eq!(mode(copy), 0o500);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let copy = copy.to_str().unwrap();
+    assert!(
+        maps.lines()
+            .any(|l| l.ends_with(copy) && l.contains("r-xp")),
+        "the plugin's code is mapped from {copy}"
+    );
+}
+
 /// An old release, even validly signed, was loaded again by dropping it in the plugin
 /// directory. Under a trust policy a plugin never goes to a lower version than the highest
 /// this host published, unless the operator asks: a rollback, or `Swapper::downgrade`. A

@@ -44,6 +44,7 @@ pub struct SwapperBuilder {
     drain_deadline: Duration,
     history_len: usize,
     scratch: Option<PathBuf>,
+    debuggable_copies: bool,
     wasm: WasmConfig,
     vault: Option<Vault>,
     sandbox: Sandbox,
@@ -68,6 +69,7 @@ impl Default for SwapperBuilder {
             drain_deadline: Duration::from_secs(30),
             history_len: 8,
             scratch: None,
+            debuggable_copies: false,
             wasm: WasmConfig::default(),
             vault: None,
             sandbox: Sandbox::default(),
@@ -130,10 +132,23 @@ impl SwapperBuilder {
         self
     }
 
-    /// Where to put the private copies native libraries are loaded from (default: the
-    /// system's temporary directory).
+    /// Where to put the private copies native libraries are loaded from, where they are files:
+    /// on a kernel without `memfd_create`, or with [`debuggable_copies`](Self::debuggable_copies)
+    /// (default: the system's temporary directory).
     pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.scratch = Some(dir.into());
+        self
+    }
+
+    /// Maps native plugins from files in a private directory (mode 0700, under
+    /// [`scratch_dir`](Self::scratch_dir)) instead of sealed memory files, for tools that name
+    /// a library by its mapping and cannot read a memory file (profilers such as `perf`).
+    /// Debuggers need no such thing: they open a copy by the `/proc/<pid>/fd/N` path the
+    /// dynamic loader knows it by. For debugging and profiling only: a sealed memory file has
+    /// no path another process of the same user could swap between the copy and `dlopen`, a
+    /// file in a private directory only the directory's permissions. See `examples/slink`.
+    pub fn debuggable_copies(mut self) -> Self {
+        self.debuggable_copies = true;
         self
     }
 
@@ -360,12 +375,11 @@ impl SwapperBuilder {
         }
         let published = Published::start(self.drain_deadline, self.on_overdue)?;
         let native = if self.statics.is_empty() {
-            let loader = NativeLoader::new(self.scratch.as_deref()).map_err(|source| {
-                LoadError::ScratchDir {
+            let loader = NativeLoader::new(self.scratch.as_deref(), self.debuggable_copies)
+                .map_err(|source| LoadError::ScratchDir {
                     scratch: self.scratch.clone().unwrap_or_else(std::env::temp_dir),
                     source,
-                }
-            })?;
+                })?;
             Some(loader)
         } else {
             None

@@ -55,11 +55,12 @@ impl Scratch {
                 let mut file = memfd(&format!("swapkit-{stem}-{n}"))?;
                 file.write_all(bytes)?;
                 seal(&file)?;
-                let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+                let path = path_of(&file);
                 // The descriptor stays open for the rest of the process, as the mapping does
                 // (see the module docs of `native`): the dynamic loader knows a library by its
-                // path, so `/proc/self/fd/N` must never name another library later.
-                Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+                // path, so the path must never name another library later.
+                let _fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+                Ok(path)
             }
             Scratch::Dir(dir) => {
                 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -84,6 +85,31 @@ impl Scratch {
             Scratch::Memfd => PathBuf::from("memfd:"),
             Scratch::Dir(dir) => dir.path().to_owned(),
         }
+    }
+}
+
+/// The path to map a memory file from: `/proc/<pid>/fd/N` when that names this very file, else
+/// `/proc/self/fd/N`.
+///
+/// The dynamic loader records the path it was given, and a debugger reads a library's symbols
+/// by opening that path in its own process, where `/proc/self` is the debugger: gdb then
+/// blocks reading one of its own descriptors. `/proc/<pid>` means this process from anywhere.
+/// It is used only after checking that it reaches the same file (device and inode) as the
+/// descriptor, since `/proc` may belong to another pid namespace.
+#[cfg(target_os = "linux")]
+fn path_of(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = file.as_raw_fd();
+    let by_pid = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
+    let same = match (file.metadata(), std::fs::metadata(&by_pid)) {
+        (Ok(ours), Ok(theirs)) => ours.dev() == theirs.dev() && ours.ino() == theirs.ino(),
+        _ => false,
+    };
+    if same {
+        by_pid
+    } else {
+        PathBuf::from(format!("/proc/self/fd/{fd}"))
     }
 }
 

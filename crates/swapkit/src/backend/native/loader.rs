@@ -25,10 +25,15 @@ pub(crate) struct NativeLoader {
 
 impl NativeLoader {
     /// A loader whose private copies are sealed memory files, or files in a private
-    /// directory under `scratch_parent` where the kernel has none.
-    pub fn new(scratch_parent: Option<&Path>) -> std::io::Result<NativeLoader> {
+    /// directory under `scratch_parent` where the kernel has none or `files` asks for them.
+    pub fn new(scratch_parent: Option<&Path>, files: bool) -> std::io::Result<NativeLoader> {
+        let scratch = if files {
+            Scratch::dir(scratch_parent)?
+        } else {
+            Scratch::new(scratch_parent)?
+        };
         Ok(NativeLoader {
-            scratch: Scratch::new(scratch_parent)?,
+            scratch,
             loaded: Mutex::new(HashMap::new()),
         })
     }
