@@ -72,13 +72,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let client = swapper.client::<dyn Front>()?;
+    let mut answers = vec![];
     for item in ["tea", "cake", "tea"] {
-        println!("{}", client.quote(item)?);
+        let answer = client.quote(item)?;
+        println!("{answer}");
+        answers.push(answer);
     }
-    println!(
-        "the Vault counts tea: {}",
-        swapper.vault().get::<u64>("store/count/tea")?.unwrap_or(0)
-    );
+    let count = swapper.vault().get::<u64>("store/count/tea")?.unwrap_or(0);
+    println!("the Vault counts tea: {count}");
+    // The same plugins behave the same, linked or loaded: CI runs both modes.
+    let expected = [
+        "tea: 1.05 (logic v1)",
+        "cake: 1.05 (logic v1)",
+        "tea: 1.10 (logic v1)",
+    ];
+    if answers != expected || count != 2 {
+        return Err(
+            format!("expected {expected:?} and a count of 2, got {answers:?} and {count}").into(),
+        );
+    }
     // Where the plugins' code lives: the host binary, or a mapping of each library's own.
     let libraries = mappings();
     if libraries.is_empty() {
