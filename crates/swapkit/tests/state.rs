@@ -32,6 +32,7 @@ mod every_backend {
         undeclared_dependency_call_is_an_error,
         load_data_reaches_on_load,
         load_data_that_does_not_decode_fails_the_load,
+        live_functions_and_types_are_reached_by_name,
     );
 }
 
@@ -528,4 +529,20 @@ fn load_data_that_does_not_encode_fails_the_build() {
         matches!(&err, LoadError::LoadData { plugin, .. } if plugin == "fixed"),
         "{err:?}"
     );
+}
+
+fn live_functions_and_types_are_reached_by_name(backend: Backend) {
+    let logs = Logs::default();
+    let swapper = start(backend, &logs, &[Fixture::StateV1]).unwrap();
+    let job: LiveFn<(u64,), String> = LiveFn::new("state", "job");
+    let stored = serde_json::to_string(&job).unwrap();
+    let job: LiveFn<(u64,), String> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(job.call(&swapper, &(7,)).unwrap(), "v1 ran job 7");
+    let missing: LiveFn<(), u32> = LiveFn::new("state", "no-such-job");
+    assert!(matches!(
+        missing.call(&swapper, &()),
+        Err(CallError::LiveNotFound { .. })
+    ));
+    let made = swapper.new_live("Ticket", &(9u64,)).unwrap();
+    assert_eq!((made.type_name.as_str(), made.schema), ("Ticket", 1));
 }
