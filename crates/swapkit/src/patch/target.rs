@@ -109,8 +109,36 @@ pub struct TargetInfo {
 }
 
 /// The patches of one target, newest first. Never empty: a target with no patch holds none.
+/// The top one is held apart from the rest so that a call reaches it with one load fewer: a
+/// target usually has one patch.
 pub(crate) struct Stack<F: ?Sized> {
-    layers: Vec<Arc<Patch<F>>>,
+    top: Arc<Patch<F>>,
+    below: Vec<Arc<Patch<F>>>,
+}
+
+impl<F: ?Sized> Stack<F> {
+    /// A stack of `layers`, the first checked first; `None` when there are none.
+    fn of(mut layers: Vec<Arc<Patch<F>>>) -> Option<Stack<F>> {
+        if layers.is_empty() {
+            return None;
+        }
+        let top = layers.remove(0);
+        Some(Stack { top, below: layers })
+    }
+
+    /// The patches in the order a call checks them.
+    fn iter(&self) -> impl Iterator<Item = &Arc<Patch<F>>> {
+        std::iter::once(&self.top).chain(&self.below)
+    }
+
+    fn len(&self) -> usize {
+        1 + self.below.len()
+    }
+}
+
+/// The patches of a target's stack, if it has one, in the order a call checks them.
+fn layers<F: ?Sized>(stack: Option<&Stack<F>>) -> impl Iterator<Item = &Arc<Patch<F>>> {
+    stack.into_iter().flat_map(Stack::iter)
 }
 
 /// Which patches of a target a restore takes off.
@@ -229,8 +257,7 @@ impl<F: ?Sized + 'static> Target<F> {
         let _changing = crate::lock::lock(&self.changing);
         let id = options.id.unwrap_or_else(|| self.info.name.to_owned());
         let below = self.cell.load_full();
-        let below = below.as_deref().map_or(&[][..], |s| &s.layers[..]);
-        if below.iter().any(|p| p.id == id) {
+        if layers(below.as_deref()).any(|p| p.id == id) {
             return Err(PatchError::AlreadyPatched {
                 target: self.info.name,
                 patch: id,
@@ -258,11 +285,12 @@ impl<F: ?Sized + 'static> Target<F> {
             panics: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         });
-        let layers: Vec<_> = std::iter::once(patch)
-            .chain(below.iter().cloned())
-            .collect();
-        let depth = layers.len();
-        self.cell.swap(Some(Arc::new(Stack { layers })));
+        let stack = Stack {
+            top: patch,
+            below: layers(below.as_deref()).cloned().collect(),
+        };
+        let depth = stack.len();
+        self.cell.swap(Some(Arc::new(stack)));
         tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, source = %source, rollout = %rollout, depth, "patch applied");
         Ok(PatchGuard::new(self, serial))
     }
@@ -271,7 +299,7 @@ impl<F: ?Sized + 'static> Target<F> {
     fn layer(&self, serial: u64) -> Result<Arc<Patch<F>>, PatchError> {
         self.cell
             .load_full()
-            .and_then(|s| s.layers.iter().find(|p| p.serial == serial).cloned())
+            .and_then(|s| s.iter().find(|p| p.serial == serial).cloned())
             .ok_or(PatchError::NotPatched {
                 target: self.info.name,
             })
@@ -285,6 +313,16 @@ impl<F: ?Sized + Send + Sync> Caught for Patch<F> {
 }
 
 impl<F: ?Sized> Patch<F> {
+    /// Whether a call on this thread gets this patch: it is armed, and its rollout admits the
+    /// current key.
+    #[inline]
+    fn admits(&self) -> bool {
+        self.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire))
+            && self
+                .rollout
+                .admits_current(self.seed, self.share.load(Ordering::Relaxed))
+    }
+
     /// Counts a panic, flags the patch unhealthy and logs it.
     #[cold]
     fn caught(&self, target: &'static str, payload: Box<dyn Any + Send>) -> PatchPanic {
@@ -382,10 +420,7 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
 
     fn status(&self) -> TargetStatus {
         let stack = self.cell.load_full();
-        let patches = stack
-            .as_deref()
-            .map_or(&[][..], |s| &s.layers[..])
-            .iter()
+        let patches = layers(stack.as_deref())
             .map(|p| PatchStatus {
                 id: p.id.clone(),
                 source: p.source.clone(),
@@ -407,12 +442,12 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
     fn restore(&self, pick: Pick<'_>) -> Result<Vec<String>, PatchError> {
         let _changing = crate::lock::lock(&self.changing);
         let stack = self.cell.load_full();
-        let layers = stack.as_deref().map_or(&[][..], |s| &s.layers[..]);
-        let (gone, kept): (Vec<_>, Vec<_>) = layers.iter().cloned().partition(|p| match pick {
-            Pick::Serial(serial) => p.serial == serial,
-            Pick::Id(id) => p.id == id,
-            Pick::All => true,
-        });
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            layers(stack.as_deref()).cloned().partition(|p| match pick {
+                Pick::Serial(serial) => p.serial == serial,
+                Pick::Id(id) => p.id == id,
+                Pick::All => true,
+            });
         if gone.is_empty() {
             return Err(PatchError::NotPatched {
                 target: self.info.name,
@@ -421,8 +456,7 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
         drop(stack);
         let depth = kept.len();
         // Each patch is freed once no call is inside it (a call holds the stack it entered).
-        self.cell
-            .swap((!kept.is_empty()).then(|| Arc::new(Stack { layers: kept })));
+        self.cell.swap(Stack::of(kept).map(Arc::new));
         let ids: Vec<String> = gone.iter().map(|p| p.id.clone()).collect();
         for id in &ids {
             tracing::info!(target: "swapkit::patch", target_fn = self.info.name, patch = %id, depth, "patch restored");
@@ -484,11 +518,13 @@ impl<F: ?Sized + 'static> PatchCall<F> {
         if BYPASS.try_with(|b| b.get() == me).unwrap_or(false) {
             return None;
         }
-        let patch = self.guard.get().layers.iter().find(|p| {
-            p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire))
-                && p.rollout
-                    .admits_current(p.seed, p.share.load(Ordering::Relaxed))
-        })?;
+        let stack = self.guard.get();
+        // The top first, on its own: the usual stack has one patch.
+        let patch = if stack.top.admits() {
+            &stack.top
+        } else {
+            stack.below.iter().find(|p| p.admits())?
+        };
         Some(Chosen {
             target: self.target,
             patch,
