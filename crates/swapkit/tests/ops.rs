@@ -960,3 +960,42 @@ fn auto_rollback_follows_traps_and_timeouts() {
         );
     }
 }
+
+/// A release whose calls come back with an error status (here `BadInput`, as a plugin built
+/// against a drifted encoding answers) is rolled back like one that panics or traps.
+#[cfg(feature = "wasm")]
+#[test]
+fn auto_rollback_follows_error_statuses() {
+    let dir = tempdir();
+    // `greeter` 0.0.1: every call answers status 3 (BadInput) with a message.
+    let bad = common::wat::Wat::plugin("greeter")
+        .data(3200, b"arguments did not decode")
+        .body(
+            "swapkit_call",
+            "(i32.store (i32.const 16) (i32.const 3200)) \
+             (i32.store (i32.const 20) (i32.const 24)) (i32.const 3)",
+        )
+        .write_to(dir.path());
+    let swapper = builder()
+        .auto_rollback(Probation::new(Duration::from_secs(30)).min_calls(3))
+        .build()
+        .unwrap();
+    swapper
+        .load_files([Fixture::GreeterV1.wasm_path()])
+        .unwrap();
+    let faulty = swapper.load_files([bad]).unwrap().generation;
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let mut errors = vec![];
+    eventually("the auto-rollback", || {
+        if let Err(e) = greeter.version() {
+            errors.push(e.to_string());
+        }
+        swapper.generation() > faulty
+    });
+    assert!(errors.len() >= 3, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("did not decode")),
+        "{errors:?}"
+    );
+    assert_eq!(greeter.version().unwrap(), "1.0.0", "back on the previous release");
+}
