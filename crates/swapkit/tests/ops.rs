@@ -997,5 +997,9 @@ fn auto_rollback_follows_error_statuses() {
         errors.iter().all(|e| e.contains("did not decode")),
         "{errors:?}"
     );
-    assert_eq!(greeter.version().unwrap(), "1.0.0", "back on the previous release");
+    assert_eq!(
+        greeter.version().unwrap(),
+        "1.0.0",
+        "back on the previous release"
+    );
 }

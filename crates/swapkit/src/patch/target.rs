@@ -317,7 +317,9 @@ impl<F: ?Sized> Patch<F> {
     /// current key.
     #[inline]
     fn admits(&self) -> bool {
-        self.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire))
+        self.armed
+            .as_ref()
+            .is_none_or(|a| a.load(Ordering::Acquire))
             && self
                 .rollout
                 .admits_current(self.seed, self.share.load(Ordering::Relaxed))
