@@ -15,7 +15,12 @@
 //! cargo run --release -p http-host                      # 5 s baseline, 5 s with 100 swaps
 //! cargo run --release -p http-host -- --wasm            # the same with the shop on wasm
 //! cargo run --release -p http-host -- --seconds 2 --swaps 10 --connections 8
+//! cargo run --release -p http-host -- --serve 8080 --swap-after-s 5 --swap-every-ms 50
 //! ```
+//!
+//! `--serve PORT` serves on 127.0.0.1:PORT for an external load generator
+//! (`scripts/http-wrk.sh` drives it with `wrk`) and, from `--swap-after-s` on, swaps the shop
+//! every `--swap-every-ms` for `--swaps` swaps, then rolls back once; it runs until killed.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -38,6 +43,10 @@ struct Args {
     swaps: u32,
     connections: usize,
     wasm: bool,
+    /// Serve on this port for an external load generator, instead of loading it here.
+    serve: Option<u16>,
+    swap_after: Duration,
+    swap_every: Duration,
 }
 
 fn args() -> Result<Args, String> {
@@ -46,6 +55,9 @@ fn args() -> Result<Args, String> {
         swaps: 100,
         connections: 32,
         wasm: false,
+        serve: None,
+        swap_after: Duration::from_secs(5),
+        swap_every: Duration::from_millis(50),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,9 +71,17 @@ fn args() -> Result<Args, String> {
             "--swaps" => out.swaps = value("--swaps")? as u32,
             "--connections" => out.connections = value("--connections")?.max(1) as usize,
             "--wasm" => out.wasm = true,
-            other => return Err(format!(
-                "unknown argument `{other}`; use --seconds N, --swaps N, --connections N, --wasm"
-            )),
+            "--serve" => out.serve = Some(value("--serve")? as u16),
+            "--swap-after-s" => out.swap_after = Duration::from_secs(value("--swap-after-s")?),
+            "--swap-every-ms" => {
+                out.swap_every = Duration::from_millis(value("--swap-every-ms")?.max(1))
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; use --seconds N, --swaps N, --connections N, \
+                     --wasm, or --serve PORT [--swap-after-s N] [--swap-every-ms N]"
+                ))
+            }
         }
     }
     Ok(out)
@@ -97,7 +117,39 @@ fn run() -> Result<bool, BoxError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve_under_load(swapper, releases, args))
+    match args.serve {
+        Some(port) => runtime.block_on(serve_for_others(swapper, releases, args, port)),
+        None => runtime.block_on(serve_under_load(swapper, releases, args)),
+    }
+}
+
+/// Serves on `port` until killed, swapping on a schedule: for an external load generator.
+async fn serve_for_others(
+    swapper: Arc<Swapper>,
+    releases: [std::path::PathBuf; 2],
+    args: Args,
+    port: u16,
+) -> Result<bool, BoxError> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let app = Router::new().fallback(handle).with_state(swapper.clone());
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(args.swap_after);
+        for i in 0..args.swaps {
+            if let Err(e) = swapper.load_files([&releases[(i as usize + 1) % 2]]) {
+                eprintln!("swap {i} failed: {e}");
+            }
+            println!("swap {} at {:.3} s", i + 1, start.elapsed().as_secs_f64());
+            std::thread::sleep(args.swap_every);
+        }
+        match swapper.rollback() {
+            Ok(_) => println!("rollback at {:.3} s", start.elapsed().as_secs_f64()),
+            Err(e) => eprintln!("rollback failed: {e}"),
+        }
+    });
+    println!("ready on http://127.0.0.1:{port}");
+    axum::serve(listener, app).await?;
+    Ok(true)
 }
 
 /// Answers every request through the shop plugin.
