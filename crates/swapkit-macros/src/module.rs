@@ -12,7 +12,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::{ImplItem, ImplItemFn, Item, ItemMod, TraitItem, TraitItemFn};
 
-use crate::patchable::{free_fn, impl_block, naming, take_own_attr, Fun, Skipped};
+use crate::patchable::{free_fn, impl_block, naming, own_attr, take_own_attr, Fun, Skipped};
 
 pub fn expand(krate: &TokenStream, mut module: ItemMod) -> syn::Result<TokenStream> {
     let Some((brace, items)) = module.content.take() else {
@@ -146,22 +146,12 @@ fn trait_defaults(items: &[Item]) -> Vec<(syn::Ident, Vec<TraitItemFn>)> {
                         TraitItem::Fn(f) if f.default.is_some() => Some(f.clone()),
                         _ => None,
                     })
-                    .filter(|f| !f.attrs.iter().any(is_skip))
+                    .filter(|f| !own_attr(&f.attrs).is_ok_and(|a| a.is_some_and(|a| a.skip)))
                     .collect(),
             )),
             _ => None,
         })
         .collect()
-}
-
-fn is_skip(attr: &syn::Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "patchable")
-        && attr
-            .parse_args::<syn::Ident>()
-            .is_ok_and(|arg| arg == "skip")
 }
 
 /// Copies into an impl of a trait defined in this module the default methods it does not

@@ -87,19 +87,22 @@ pub(crate) fn parse_attr(attr: TokenStream) -> syn::Result<Attr> {
     Ok(out)
 }
 
-/// Takes a `#[patchable(..)]` attribute off an item nested in a patchable module or impl block,
-/// and returns its arguments: the outer macro handles the item, so it must not expand again.
-pub(crate) fn take_own_attr(attrs: &mut Vec<syn::Attribute>) -> syn::Result<Option<Attr>> {
-    let Some(at) = attrs.iter().position(|a| {
+/// Where an item's own `#[patchable(..)]` attribute is among `attrs`, if it has one.
+fn own_attr_at(attrs: &[syn::Attribute]) -> Option<usize> {
+    attrs.iter().position(|a| {
         a.path()
             .segments
             .last()
             .is_some_and(|s| s.ident == "patchable")
-    }) else {
+    })
+}
+
+/// The arguments of an item's own `#[patchable(..)]` attribute, if it has one, left in place.
+pub(crate) fn own_attr(attrs: &[syn::Attribute]) -> syn::Result<Option<Attr>> {
+    let Some(at) = own_attr_at(attrs) else {
         return Ok(None);
     };
-    let attr = attrs.remove(at);
-    let args = match &attr.meta {
+    let args = match &attrs[at].meta {
         syn::Meta::Path(_) => TokenStream::new(),
         syn::Meta::List(l) => l.tokens.clone(),
         syn::Meta::NameValue(nv) => {
@@ -110,6 +113,16 @@ pub(crate) fn take_own_attr(attrs: &mut Vec<syn::Attribute>) -> syn::Result<Opti
         }
     };
     parse_attr(args).map(Some)
+}
+
+/// Takes a `#[patchable(..)]` attribute off an item nested in a patchable module or impl block,
+/// and returns its arguments: the outer macro handles the item, so it must not expand again.
+pub(crate) fn take_own_attr(attrs: &mut Vec<syn::Attribute>) -> syn::Result<Option<Attr>> {
+    let own = own_attr(attrs)?;
+    if let Some(at) = own_attr_at(attrs) {
+        attrs.remove(at);
+    }
+    Ok(own)
 }
 
 /// The `#[cfg(..)]` attributes of an item, for the items generated beside it: they must come

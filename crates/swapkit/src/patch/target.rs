@@ -317,12 +317,18 @@ impl<F: ?Sized> Patch<F> {
     /// current key.
     #[inline]
     fn admits(&self) -> bool {
-        self.armed
-            .as_ref()
-            .is_none_or(|a| a.load(Ordering::Acquire))
+        self.is_armed()
             && self
                 .rollout
                 .admits_current(self.seed, self.share.load(Ordering::Relaxed))
+    }
+
+    /// Whether it is live: a patch of a set is not, until the whole set is.
+    #[inline]
+    fn is_armed(&self) -> bool {
+        self.armed
+            .as_ref()
+            .is_none_or(|a| a.load(Ordering::Acquire))
     }
 
     /// Counts a panic, flags the patch unhealthy and logs it.
@@ -428,7 +434,7 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
                 source: p.source.clone(),
                 applied_at: p.applied_at,
                 rollout: p.rollout.describe(p.share.load(Ordering::Relaxed)),
-                armed: p.armed.as_ref().is_none_or(|a| a.load(Ordering::Acquire)),
+                armed: p.is_armed(),
                 hits: p.hits.sum(),
                 panics: p.panics.load(Ordering::Relaxed),
                 healthy: p.healthy.load(Ordering::Relaxed),
@@ -479,7 +485,7 @@ impl<F: ?Sized + Send + Sync + 'static> AnyTarget for Target<F> {
     }
 
     fn accepts_plugins(&self) -> bool {
-        self.remote.is_some()
+        Target::accepts_plugins(self)
     }
 
     fn apply_remote(
