@@ -1,0 +1,176 @@
+//! A client asking once a millisecond, on one keep-alive connection: it times the gaps
+//! with no response, which wrk's totals cannot show.
+//!
+//! It reconnects after any failure and checks every response: a 2xx status and a body from
+//! the version its `x-shop-version` header names.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One request of the probe.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    /// When it was sent, from the scenario's start.
+    pub sent: Duration,
+    /// When its answer (or its failure) came.
+    pub done: Duration,
+    pub ok: bool,
+}
+
+/// A probe running on a thread of its own until [`Prober::stop`].
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Probe>>,
+}
+
+impl Prober {
+    /// Starts probing `addr`; times count from `start`.
+    pub fn start(addr: SocketAddr, start: Instant) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || probe(addr, start, &stop))
+        };
+        Prober { stop, thread }
+    }
+
+    /// Stops it and returns every probe, in order.
+    pub fn stop(self) -> Vec<Probe> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool) -> Vec<Probe> {
+    let mut probes = Vec::with_capacity(64 * 1024);
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let period = Duration::from_millis(1);
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        // After a long wait, go on from now rather than catch up with a burst.
+        next = (next + period).max(Instant::now());
+        let sent = start.elapsed();
+        let ok = ask(&mut conn, addr);
+        if !ok {
+            conn = None;
+        }
+        probes.push(Probe {
+            sent,
+            done: start.elapsed(),
+            ok,
+        });
+    }
+    probes
+}
+
+/// One request on the probe's connection, made first if there is none.
+fn ask(conn: &mut Option<BufReader<TcpStream>>, addr: SocketAddr) -> bool {
+    if conn.is_none() {
+        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+            return false;
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        *conn = Some(BufReader::new(stream));
+    }
+    let Some(reader) = conn.as_mut() else {
+        return false;
+    };
+    let request = b"GET /price/7?qty=1 HTTP/1.1\r\nhost: probe\r\nx-user: probe\r\n\r\n";
+    if reader.get_mut().write_all(request).is_err() {
+        return false;
+    }
+    response_ok(reader).unwrap_or(false)
+}
+
+/// Reads one response: true if it is 2xx and its body is from the version of its header.
+fn response_ok(reader: &mut impl BufRead) -> Option<bool> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let (mut length, mut version) = (0usize, String::new());
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().ok()?,
+            "x-shop-version" => version = value.trim().to_owned(),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let body = String::from_utf8_lossy(&body);
+    Some((200..300).contains(&status) && body.contains(&format!("\"version\":\"{version}\"")))
+}
+
+/// The longest time in `[from, to)` with no successful response: between two successes, or
+/// from `from` to the first, or from the last to `to`.
+pub fn longest_gap(probes: &[Probe], from: Duration, to: Duration) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for p in probes
+        .iter()
+        .filter(|p| p.ok && p.done >= from && p.done < to)
+    {
+        longest = longest.max(p.done - last);
+        last = p.done;
+    }
+    longest.max(to.saturating_sub(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64, ok: bool) -> Probe {
+        Probe {
+            sent: Duration::from_millis(ms),
+            done: Duration::from_millis(ms),
+            ok,
+        }
+    }
+
+    #[test]
+    fn a_gap_runs_from_one_success_to_the_next() {
+        let probes = [
+            at(1, true),
+            at(2, true),
+            at(3, false),
+            at(40, false),
+            at(52, true),
+        ];
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(longest_gap(&probes, ms(0), ms(53)), ms(50));
+        // Failures are not responses; a window with none at all is one gap.
+        assert_eq!(longest_gap(&probes, ms(3), ms(45)), ms(42));
+        assert_eq!(longest_gap(&probes, ms(0), ms(100)), ms(50));
+        assert_eq!(longest_gap(&probes, ms(50), ms(200)), ms(148));
+    }
+
+    #[test]
+    fn reads_responses() {
+        let good = "HTTP/1.1 200 OK\r\nx-shop-version: 2.0.0\r\ncontent-length: 19\r\n\r\n{\"version\":\"2.0.0\"}";
+        assert_eq!(response_ok(&mut good.as_bytes()), Some(true));
+        let mixed = good.replace("x-shop-version: 2.0.0", "x-shop-version: 1.0.0");
+        assert_eq!(response_ok(&mut mixed.as_bytes()), Some(false));
+        let status = good.replace("200 OK", "500 Internal Server Error");
+        assert_eq!(response_ok(&mut status.as_bytes()), Some(false));
+        assert_eq!(response_ok(&mut &good.as_bytes()[..40]), None);
+    }
+}
