@@ -186,7 +186,7 @@ fn probe_panel(
         .draw_series(
             failed
                 .iter()
-                .map(|&at| Circle::new((at, top * 0.6), 2, RESTART.filled())),
+                .map(|&at| Circle::new((at, 150.0), 2, RESTART.filled())),
         )?
         .label("failed probe")
         .legend(|(x, y)| Circle::new((x + 8, y), 3, RESTART.filled()));

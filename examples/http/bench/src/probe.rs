@@ -1,8 +1,9 @@
 //! A client asking once a millisecond, on one keep-alive connection: it times the gaps
 //! with no response, which wrk's totals cannot show.
 //!
-//! It reconnects after any failure and checks every response: a 2xx status and a body from
-//! the version its `x-shop-version` header names.
+//! It reconnects after any failure and checks every response: a 2xx status, and a body from
+//! the version its `x-shop-version` header names. Every other request is a visit, which the
+//! shop counts in its Vault: the count it answers shows whether the service kept its state.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +20,8 @@ pub struct Probe {
     /// When its answer (or its failure) came.
     pub done: Duration,
     pub ok: bool,
+    /// For a visit, the count the shop answered.
+    pub visits: Option<u64>,
 }
 
 /// A probe running on a thread of its own until [`Prober::stop`].
@@ -58,41 +61,56 @@ fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool) -> Vec<Probe> {
         // After a long wait, go on from now rather than catch up with a burst.
         next = (next + period).max(Instant::now());
         let sent = start.elapsed();
-        let ok = ask(&mut conn, addr);
-        if !ok {
+        let visit = probes.len() % 2 == 1;
+        let answer = ask(&mut conn, addr, visit);
+        if answer.is_none() {
             conn = None;
         }
         probes.push(Probe {
             sent,
             done: start.elapsed(),
-            ok,
+            ok: answer.is_some(),
+            visits: answer.flatten(),
         });
     }
     probes
 }
 
-/// One request on the probe's connection, made first if there is none.
-fn ask(conn: &mut Option<BufReader<TcpStream>>, addr: SocketAddr) -> bool {
+/// One request on the probe's connection, made first if there is none: `None` if it failed,
+/// else the visit count for a visit.
+fn ask(
+    conn: &mut Option<BufReader<TcpStream>>,
+    addr: SocketAddr,
+    visit: bool,
+) -> Option<Option<u64>> {
     if conn.is_none() {
-        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
-            return false;
-        };
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         *conn = Some(BufReader::new(stream));
     }
-    let Some(reader) = conn.as_mut() else {
-        return false;
-    };
-    let request = b"GET /price/7?qty=1 HTTP/1.1\r\nhost: probe\r\nx-user: probe\r\n\r\n";
-    if reader.get_mut().write_all(request).is_err() {
-        return false;
+    let reader = conn.as_mut()?;
+    let path = if visit { "/visits" } else { "/price/7?qty=1" };
+    let request = format!("GET {path} HTTP/1.1\r\nhost: probe\r\nx-user: probe\r\n\r\n");
+    reader.get_mut().write_all(request.as_bytes()).ok()?;
+    let (ok, body) = response(reader)?;
+    match visit {
+        _ if !ok => None,
+        // {"user":"probe","visits":N}
+        true => Some(Some(
+            body.split("\"visits\":")
+                .nth(1)?
+                .trim_end_matches('}')
+                .parse()
+                .ok()?,
+        )),
+        false => Some(None),
     }
-    response_ok(reader).unwrap_or(false)
 }
 
-/// Reads one response: true if it is 2xx and its body is from the version of its header.
-fn response_ok(reader: &mut impl BufRead) -> Option<bool> {
+/// Reads one response: whether it is 2xx with a body from the version of its header (or of
+/// none, for a page without a version), and the body.
+fn response(reader: &mut impl BufRead) -> Option<(bool, String)> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -115,8 +133,20 @@ fn response_ok(reader: &mut impl BufRead) -> Option<bool> {
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    let body = String::from_utf8_lossy(&body);
-    Some((200..300).contains(&status) && body.contains(&format!("\"version\":\"{version}\"")))
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let same =
+        body.contains(&format!("\"version\":\"{version}\"")) || !body.contains("\"version\"");
+    Some(((200..300).contains(&status) && same, body))
+}
+
+/// The visit count the shop answered last, and how many visits the probe made: equal if the
+/// service kept its state through every update.
+pub fn visits(probes: &[Probe]) -> (u64, u64) {
+    let counted = probes.iter().rev().find_map(|p| p.visits).unwrap_or(0);
+    (
+        counted,
+        probes.iter().filter(|p| p.visits.is_some()).count() as u64,
+    )
 }
 
 /// The longest time in `[from, to)` with no successful response: between two successes, or
@@ -143,6 +173,7 @@ mod tests {
             sent: Duration::from_millis(ms),
             done: Duration::from_millis(ms),
             ok,
+            visits: None,
         }
     }
 
@@ -166,11 +197,14 @@ mod tests {
     #[test]
     fn reads_responses() {
         let good = "HTTP/1.1 200 OK\r\nx-shop-version: 2.0.0\r\ncontent-length: 19\r\n\r\n{\"version\":\"2.0.0\"}";
-        assert_eq!(response_ok(&mut good.as_bytes()), Some(true));
+        let ok = |text: &str| response(&mut text.as_bytes()).map(|(ok, _)| ok);
+        assert_eq!(ok(good), Some(true));
         let mixed = good.replace("x-shop-version: 2.0.0", "x-shop-version: 1.0.0");
-        assert_eq!(response_ok(&mut mixed.as_bytes()), Some(false));
+        assert_eq!(ok(&mixed), Some(false));
         let status = good.replace("200 OK", "500 Internal Server Error");
-        assert_eq!(response_ok(&mut status.as_bytes()), Some(false));
-        assert_eq!(response_ok(&mut &good.as_bytes()[..40]), None);
+        assert_eq!(ok(&status), Some(false));
+        assert_eq!(ok(&good[..40]), None);
+        let visits = "HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\n{\"visits\":12}";
+        assert_eq!(ok(visits), Some(true));
     }
 }

@@ -123,7 +123,8 @@ async fn response<R: tokio::io::AsyncBufRead + Unpin>(
     Ok((status, version, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Prints the run per second and per phase; true if no request failed.
+/// Prints the run per second and per phase (`phase` is as long as each: the baseline's even
+/// seconds, the swapping odd ones); true if no request failed.
 pub(crate) fn report(
     samples: &[Sample],
     swaps: &[Duration],
@@ -155,8 +156,10 @@ pub(crate) fn report(
             line.max
         );
     }
-    let baseline: Vec<&Sample> = samples.iter().filter(|x| x.at < phase).collect();
-    let swapping: Vec<&Sample> = samples.iter().filter(|x| x.at >= phase).collect();
+    // Even seconds are the baseline, odd ones swap.
+    let odd = |x: &&Sample| x.at.as_secs() % 2 == 1;
+    let baseline: Vec<&Sample> = samples.iter().filter(|x| !odd(x)).collect();
+    let swapping: Vec<&Sample> = samples.iter().filter(odd).collect();
     let (b, w) = (Line::of(&baseline), Line::of(&swapping));
     let secs = phase.as_secs_f64();
     println!(

@@ -6,9 +6,10 @@
 //! `x-shop-version` header always come from one version.
 //!
 //! **The demo** (no `--serve`) brings its own load: `--connections` keep-alive connections
-//! busy for `--seconds` with no swap (the baseline), then as long again while new builds of
-//! the shop (1.0.0 and 2.0.0 in turn) are dropped into the plugin directory `--swaps` times
-//! (the file watcher swaps each in) and one rollback follows. It prints requests, failures
+//! busy for twice `--seconds`, in which seconds with no swap (the baseline) and seconds with
+//! swaps take turns: new builds of the shop (1.0.0 and 2.0.0 in turn) are dropped into the
+//! plugin directory `--swaps` times in all (the file watcher swaps each in), and one
+//! rollback follows. It prints requests, failures
 //! and latency per second and exits non-zero if any request failed (a non-2xx status, a
 //! socket error, or a response mixing two versions).
 //!
@@ -135,10 +136,13 @@ fn build_shops(wasm: bool) -> Result<[PathBuf; 2], BoxError> {
         "building the shop plugins ({})...",
         if wasm { "wasm" } else { "native" }
     );
-    let mut build =
-        swapkit_build::PluginBuild::new(workspace).packages(["http-shop-v1", "http-shop-v2"]);
+    // Built as this host is (a release host gets release plugins); wasm is optimised always,
+    // as its debug code runs many times slower.
+    let mut build = swapkit_build::PluginBuild::new(workspace)
+        .packages(["http-shop-v1", "http-shop-v2"])
+        .release(wasm || !cfg!(debug_assertions));
     if wasm {
-        build = build.wasm().release(true);
+        build = build.wasm();
     }
     let built: Vec<_> = build.run()?.into_iter().map(|a| a.path).collect();
     Ok([built[0].clone(), built[1].clone()])
@@ -198,43 +202,53 @@ async fn serve_under_load(args: Args) -> Result<bool, BoxError> {
     let app = serve::app(swapper.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
-        "serving on http://{addr}; {} connections, {} s baseline, then {} s while {} new builds \
-         land in the watched plugin directory, and a rollback",
-        args.connections, args.seconds, args.seconds, args.swaps
+        "serving on http://{addr}; {} connections for {} s: even seconds are the baseline, in \
+         odd ones {} new builds in all land in the watched plugin directory, then a rollback",
+        args.connections,
+        2 * args.seconds,
+        args.swaps
     );
 
     let phase = Duration::from_secs(args.seconds);
     let start = Instant::now();
-    // The deploys run on a thread of their own, as an operator's would; each waits for the
-    // watcher to publish its generation before the next.
+    // Baseline and swapping seconds take turns (even seconds without swaps, odd ones with),
+    // so that both see the same drift of a shared machine. The deploys run on a thread of
+    // their own, as an operator's would; each waits for the watcher to publish its
+    // generation before the next.
     let swapping = {
         let swapper = swapper.clone();
-        let swaps = args.swaps;
+        let (swaps, seconds) = (args.swaps, args.seconds as u32);
         let dir = dir.path().to_owned();
         std::thread::spawn(move || -> Result<Vec<Duration>, BoxError> {
-            std::thread::sleep(phase);
-            let interval = phase / (swaps + 2);
             let mut at = vec![];
-            for i in 0..swaps {
-                std::thread::sleep(interval);
-                let before = swapper.generation();
-                publish(&releases[(i as usize + 1) % 2], &dir)?;
-                let waited = Instant::now();
-                while swapper.generation() == before {
-                    if waited.elapsed() > Duration::from_secs(10) {
-                        return Err(format!(
-                            "the watcher did not swap in build {} within 10 s (generation {} \
-                             still serves); its reload error, if any, is logged above",
-                            i + 1,
-                            before
-                        )
-                        .into());
+            for k in 0..seconds {
+                let second = start + Duration::from_secs(2 * k as u64 + 1);
+                let here = swaps / seconds + u32::from(k < swaps % seconds);
+                for j in 0..here {
+                    let due =
+                        second + Duration::from_secs_f64((j as f64 + 0.5) / (here + 1) as f64);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let before = swapper.generation();
+                    publish(&releases[(at.len() + 1) % 2], &dir)?;
+                    let waited = Instant::now();
+                    while swapper.generation() == before {
+                        if waited.elapsed() > Duration::from_secs(10) {
+                            return Err(format!(
+                                "the watcher did not swap in build {} within 10 s (generation \
+                                 {} still serves); its reload error, if any, is logged above",
+                                at.len() + 1,
+                                before
+                            )
+                            .into());
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
                     }
-                    std::thread::sleep(Duration::from_micros(200));
+                    at.push(start.elapsed());
                 }
-                at.push(start.elapsed());
             }
-            std::thread::sleep(interval);
+            // The rollback, late in the last swapping second.
+            let due = start + Duration::from_secs_f64(2.0 * seconds as f64 - 0.1);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
             swapper.rollback()?;
             at.push(start.elapsed());
             Ok(at)
