@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite, on a fresh machine: the README's test command, and what .ci/run calls.
 #
-#   1. the wasm32 target the fixture plugins are built for, if missing;
+#   1. the wasm32 target the fixture plugins are built for, and Debian's etcd-server and
+#      protobuf-compiler (the fleet's tests and its etcd client), if missing;
 #   2. cargo test over the workspace: unit, integration (real fixture plugins on the native,
 #      wasm and static backends), compile-fail and doc tests;
 #   3. swapkit's own tests again, built with neither of its optional features (`wasm`, `ops`):
@@ -13,6 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown
+# The fleet's tests run a real etcd (Debian's etcd-server, 3.4), and etcd-client's build
+# compiles etcd's protocol with protoc.
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if [ ${#missing[@]} -gt 0 ]; then apt-get install -y "${missing[@]}"; fi
 cargo test --workspace
 cargo test -p swapkit --no-default-features
 scripts/layers.py

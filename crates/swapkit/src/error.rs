@@ -377,7 +377,8 @@ pub enum LoadError {
         /// What was wrong.
         reason: String,
     },
-    /// A background facility (admin socket, file watcher, signal handler) could not start.
+    /// A background facility (admin socket, file watcher, signal handler, or an
+    /// [`Extension`](crate::Extension) such as a fleet agent) could not start.
     #[error("cannot start the {what} ({at}): {source}")]
     Ops {
         /// The facility.

@@ -178,7 +178,7 @@ pub use swapkit_macros::patch;
 /// artifact against ([`SwapperBuilder::trust`]).
 pub use swapkit_trust as trust;
 pub use swapkit_trust::TrustPolicy;
-pub use swapper::{CanaryBuilder, Swapper, SwapperBuilder};
+pub use swapper::{CanaryBuilder, Extension, Swapper, SwapperBuilder};
 pub use trigger::Trigger;
 
 /// Entry points for the fuzz targets in `fuzz/` (cargo-fuzz): not part of the API.

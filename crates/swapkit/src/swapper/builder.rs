@@ -55,6 +55,7 @@ pub struct SwapperBuilder {
     load_data: LoadData,
     /// The first value that did not encode, reported by `build`.
     load_data_error: Option<LoadError>,
+    extensions: Vec<Box<dyn Extension>>,
     #[cfg(feature = "ops")]
     ops: ops::Config,
 }
@@ -79,6 +80,7 @@ impl Default for SwapperBuilder {
             canary_gate: None,
             load_data: LoadData::default(),
             load_data_error: None,
+            extensions: vec![],
             #[cfg(feature = "ops")]
             ops: ops::Config::default(),
         }
@@ -365,6 +367,15 @@ impl SwapperBuilder {
         self
     }
 
+    /// Runs `extension` beside the swapper for as long as it lives: it starts when
+    /// [`build`](Self::build) has made the swapper (and loaded its static plugins), and is
+    /// stopped first when the swapper is dropped. Crates that steer a swapper from outside add
+    /// their own builder method over this one, as `swapkit-fleet`'s `.fleet(..)` does.
+    pub fn extend(mut self, extension: impl Extension) -> Self {
+        self.extensions.push(Box::new(extension));
+        self
+    }
+
     /// Builds the swapper, loading the static plugins if any were registered.
     ///
     /// The parts start from the bottom up: the published cell and its drain watchdog, the
@@ -423,10 +434,11 @@ impl SwapperBuilder {
             canary_gate: self.canary_gate,
         };
         let core = Arc::new(Reloader::new(published, loader, settings));
-        let swapper = Swapper {
+        let mut swapper = Swapper {
             #[cfg(feature = "ops")]
             ops: ops::Ops::start(&core, observer, self.ops)?,
             core,
+            extensions: Default::default(),
         };
         if !self.statics.is_empty() {
             let codes = self
@@ -436,6 +448,24 @@ impl SwapperBuilder {
                 .collect::<Result<Vec<_>, _>>()?;
             swapper.core.install_codes(codes)?;
         }
+        for extension in self.extensions {
+            let running = extension.start(swapper.handle())?;
+            swapper
+                .extensions
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(running);
+        }
         Ok(swapper)
     }
+}
+
+/// Something that runs beside a [`Swapper`] and steers it: a fleet agent, an exporter. Added
+/// with [`SwapperBuilder::extend`].
+pub trait Extension: Send + 'static {
+    /// Starts it with a handle on the swapper (the same generations, Vault and history; not
+    /// the owner of its operations threads). What it returns is kept by the swapper and
+    /// dropped, first of all, when the swapper is: its `Drop` should stop what `start`
+    /// started and return once nothing uses the handle any more. An error fails `build`.
+    fn start(self: Box<Self>, swapper: Swapper) -> Result<Box<dyn Send>, LoadError>;
 }

@@ -5,7 +5,7 @@
 mod builder;
 mod canary;
 
-pub use builder::SwapperBuilder;
+pub use builder::{Extension, SwapperBuilder};
 pub use canary::CanaryBuilder;
 
 use std::path::Path;
@@ -52,11 +52,19 @@ pub struct Swapper {
     /// The background threads: triggers, the admin socket, probation, metrics.
     #[cfg(feature = "ops")]
     ops: Option<ops::Ops>,
+    /// What [`Extension`]s started; stopped before anything else. (In a mutex only so that
+    /// the swapper stays `Sync`: it is touched at build and drop.)
+    extensions: std::sync::Mutex<Vec<Box<dyn Send>>>,
 }
 
-#[cfg(feature = "ops")]
 impl Drop for Swapper {
     fn drop(&mut self) {
+        // Extensions hold handles on the core: they stop (and drop them) first.
+        self.extensions
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        #[cfg(feature = "ops")]
         if let Some(ops) = self.ops.take() {
             ops.stop();
         }
@@ -72,6 +80,17 @@ impl Swapper {
     /// Starts a [`SwapperBuilder`].
     pub fn builder() -> SwapperBuilder {
         SwapperBuilder::default()
+    }
+
+    /// A second face of this swapper for an [`Extension`]: the same core, no operations
+    /// threads or extensions of its own to stop when it is dropped.
+    fn handle(&self) -> Swapper {
+        Swapper {
+            core: self.core.clone(),
+            #[cfg(feature = "ops")]
+            ops: None,
+            extensions: Default::default(),
+        }
     }
 
     /// The current-generation cell, for call paths outside this module.

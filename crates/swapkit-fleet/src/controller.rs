@@ -1,0 +1,529 @@
+//! The controller: publishes releases, starts a rollout, and moves it through its steps,
+//! advancing only when every host of a step runs the release and the gate passes on their
+//! reports; a failed gate, a host that cannot run the release, or the progress deadline
+//! aborts it, and every host returns to the stable release.
+//!
+//! It holds no state that matters: everything is in etcd, and every change it makes is a
+//! transaction on the rollout's revision, so two controllers can drive one rollout and only
+//! one of them moves each step.
+
+use std::time::{Duration, Instant};
+
+use crate::model::{now_ms, Hosts, Phase, Plan, Release, Report, Rollout, Step};
+use crate::store::Store;
+use crate::FleetError;
+
+/// What [`Controller::drive`] tells as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// The step in force, the hosts in it and how many of them run the release.
+    Step {
+        step: usize,
+        of: usize,
+        ready: usize,
+        hosts: usize,
+    },
+    /// Every host of the step runs the release; it is held for the analysis window.
+    Holding { step: usize, for_ms: u64 },
+    /// The rollout moved to this step.
+    Advanced { step: usize },
+    /// etcd cannot be reached: nothing moves until it is back.
+    Waiting { reason: String },
+    /// It ended.
+    Finished {
+        phase: Phase,
+        reason: Option<String>,
+    },
+}
+
+/// A controller of one service's rollouts.
+pub struct Controller {
+    endpoints: Vec<String>,
+    service: String,
+    store: Option<Store>,
+    runtime: tokio::runtime::Runtime,
+    /// How often `drive` looks at the reports.
+    pub poll: Duration,
+}
+
+impl Controller {
+    /// A controller for `service` on the etcd cluster at `endpoints`; connects on first use.
+    pub fn new(endpoints: &[String], service: &str) -> Result<Controller, FleetError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FleetError::Io {
+                path: "(runtime)".into(),
+                source: e,
+            })?;
+        Ok(Controller {
+            endpoints: endpoints.to_vec(),
+            service: service.to_owned(),
+            store: None,
+            runtime,
+            poll: Duration::from_millis(10),
+        })
+    }
+
+    /// Runs `f` on the store, connecting first if needed; an etcd error drops the connection
+    /// so that the next call makes a new one.
+    fn with<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Store) -> Result<T, FleetError>,
+    ) -> Result<T, FleetError> {
+        let Controller {
+            endpoints,
+            service,
+            store,
+            runtime,
+            ..
+        } = self;
+        runtime.block_on(async {
+            if store.is_none() {
+                *store = Some(Store::connect(endpoints, service).await?);
+            }
+            let result = f(store.as_mut().expect("connected above")).await;
+            if matches!(result, Err(FleetError::Etcd { .. })) {
+                *store = None;
+            }
+            result
+        })
+    }
+
+    /// Publishes a release (once per id).
+    pub fn publish(&mut self, release: &Release) -> Result<(), FleetError> {
+        self.with(async |s| s.publish(release).await)
+    }
+
+    /// Every published release.
+    pub fn releases(&mut self) -> Result<Vec<Release>, FleetError> {
+        self.with(async |s| s.releases().await)
+    }
+
+    /// The rollout, if any, and every live host's report, sorted by host.
+    pub fn status(&mut self) -> Result<(Option<Rollout>, Vec<Report>), FleetError> {
+        self.with(async |s| {
+            let rollout = s.rollout().await?.map(|(r, _)| r);
+            let mut reports = s.reports().await?;
+            reports.sort_by(|a, b| a.host.cmp(&b.host));
+            Ok((rollout, reports))
+        })
+    }
+
+    /// Starts rolling `release` out with `plan`. The stable release hosts return to on an
+    /// abort is `stable`, or the release the last rollout left every host on. Refused while
+    /// another rollout is running or paused.
+    pub fn start(
+        &mut self,
+        release: &str,
+        plan: Plan,
+        stable: Option<String>,
+    ) -> Result<Rollout, FleetError> {
+        if plan.steps.is_empty() {
+            return Err(FleetError::BadRelease(
+                "a rollout needs at least one step".into(),
+            ));
+        }
+        self.with(async |s| {
+            if s.release(release).await?.is_none() {
+                return Err(FleetError::BadRelease(format!(
+                    "release `{release}` is not published; publish it first"
+                )));
+            }
+            let current = s.rollout().await?;
+            if let Some((r, _)) = current.as_ref().filter(|(r, _)| r.is_active()) {
+                return Err(FleetError::Conflict(format!(
+                    "rollout {} of release `{}` is {:?} at step {}; abort it or let it finish",
+                    r.id,
+                    r.release,
+                    r.phase,
+                    r.step + 1
+                )));
+            }
+            let stable = stable.or_else(|| {
+                current.as_ref().and_then(|(r, _)| match r.phase {
+                    Phase::Done => Some(r.release.clone()),
+                    _ => r.stable.clone(),
+                })
+            });
+            let live = live_hosts(&s.reports().await?);
+            let rollout = Rollout {
+                id: current.as_ref().map_or(1, |(r, _)| r.id + 1),
+                release: release.to_owned(),
+                stable,
+                targets: targets(&plan.steps[0], None, &live),
+                plan,
+                step: 0,
+                phase: Phase::Running,
+                reason: None,
+                step_started_ms: now_ms(),
+            };
+            let revision = current.map_or(0, |(_, rev)| rev);
+            if !s.swap_rollout(revision, &rollout).await? {
+                return Err(FleetError::Conflict(
+                    "another controller changed the rollout at the same moment; look at \
+                     `swapkit fleet status` and try again"
+                        .into(),
+                ));
+            }
+            Ok(rollout)
+        })
+    }
+
+    /// Moves the running rollout through its steps until it is done, aborted or paused, and
+    /// returns it as it ended. While etcd cannot be reached it waits (nothing moves: hosts
+    /// keep what they run) and goes on when it is back, giving the step its deadline anew.
+    pub fn drive(&mut self, mut progress: impl FnMut(&Progress)) -> Result<Rollout, FleetError> {
+        let mut held_since: Option<(u64, usize, Instant)> = None;
+        let mut outage: Option<Instant> = None;
+        let mut last: Option<Progress> = None;
+        let mut tell = |p: Progress| {
+            if last.as_ref() != Some(&p) {
+                progress(&p);
+                last = Some(p);
+            }
+        };
+        loop {
+            let poll = self.poll;
+            let step = self.with(async |s| step_once(s, &mut held_since).await);
+            match step {
+                Ok(Some(Next::Finished(r))) => {
+                    tell(Progress::Finished {
+                        phase: r.phase,
+                        reason: r.reason.clone(),
+                    });
+                    return Ok(r);
+                }
+                Ok(Some(Next::Progress(p))) => {
+                    if let Some(since) = outage.take() {
+                        // Back after an outage: the deadline restarts.
+                        let _ = self.with(async |s| restart_deadline(s).await);
+                        tracing::info!(after = ?since.elapsed(), "etcd is back; the rollout goes on");
+                    }
+                    tell(p);
+                }
+                Ok(None) => {}
+                Err(FleetError::Etcd { doing, source }) => {
+                    outage.get_or_insert_with(Instant::now);
+                    held_since = None;
+                    tell(Progress::Waiting {
+                        reason: format!("cannot {doing}: {source}"),
+                    });
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// Holds the running rollout at its step.
+    pub fn pause(&mut self) -> Result<Rollout, FleetError> {
+        self.change(|r| match r.phase {
+            Phase::Running => {
+                r.phase = Phase::Paused;
+                Ok(())
+            }
+            other => Err(format!("it is {other:?}, not running")),
+        })
+    }
+
+    /// Lets a paused rollout go on (then [`drive`](Self::drive) it); its step's deadline
+    /// starts anew.
+    pub fn resume(&mut self) -> Result<Rollout, FleetError> {
+        self.change(|r| match r.phase {
+            Phase::Paused => {
+                r.phase = Phase::Running;
+                r.step_started_ms = now_ms();
+                Ok(())
+            }
+            other => Err(format!("it is {other:?}, not paused")),
+        })
+    }
+
+    /// Stops the rollout: every host returns to the stable release.
+    pub fn abort(&mut self, reason: &str) -> Result<Rollout, FleetError> {
+        self.change(|r| {
+            if !r.is_active() {
+                return Err(format!("it is {:?} already", r.phase));
+            }
+            r.phase = Phase::Aborted;
+            r.reason = Some(reason.to_owned());
+            Ok(())
+        })
+    }
+
+    /// Undoes the last rollout, done or not: every host returns to the stable release.
+    pub fn rollback(&mut self) -> Result<Rollout, FleetError> {
+        self.change(|r| {
+            if r.stable.is_none() {
+                return Err(
+                    "it was the first release: there is no stable one to go back to".into(),
+                );
+            }
+            if matches!(r.phase, Phase::Aborted | Phase::RolledBack) {
+                return Err(format!("it is {:?} already", r.phase));
+            }
+            r.phase = Phase::RolledBack;
+            r.reason = Some("rolled back by an operator".into());
+            Ok(())
+        })
+    }
+
+    /// Applies `f` to the rollout in one transaction, again if another writer got first.
+    fn change(
+        &mut self,
+        mut f: impl FnMut(&mut Rollout) -> Result<(), String>,
+    ) -> Result<Rollout, FleetError> {
+        self.with(async |s| loop {
+            let (mut r, rev) = s
+                .rollout()
+                .await?
+                .ok_or_else(|| FleetError::Conflict("there is no rollout".into()))?;
+            f(&mut r).map_err(|why| {
+                FleetError::Conflict(format!("rollout {} of `{}`: {why}", r.id, r.release))
+            })?;
+            if s.swap_rollout(rev, &r).await? {
+                return Ok(r);
+            }
+        })
+    }
+}
+
+enum Next {
+    Progress(Progress),
+    Finished(Rollout),
+}
+
+/// One look at the rollout and the reports: abort, advance, or wait.
+async fn step_once(
+    s: &mut Store,
+    held_since: &mut Option<(u64, usize, Instant)>,
+) -> Result<Option<Next>, FleetError> {
+    let Some((r, rev)) = s.rollout().await? else {
+        return Err(FleetError::Conflict("there is no rollout".into()));
+    };
+    if r.phase != Phase::Running {
+        return Ok(Some(Next::Finished(r)));
+    }
+    let release = s
+        .release(&r.release)
+        .await?
+        .ok_or_else(|| FleetError::BadRelease(format!("release `{}` vanished", r.release)))?;
+    let stable = match &r.stable {
+        Some(id) => s.release(id).await?,
+        None => None,
+    };
+    let reports = s.reports().await?;
+    let in_step = |host: &str| {
+        r.targets
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|h| h == host))
+    };
+    let expected: Vec<&str> = match &r.targets {
+        Some(t) => t.iter().map(String::as_str).collect(),
+        None => reports.iter().map(|p| p.host.as_str()).collect(),
+    };
+    let ready = |host: &str| {
+        reports.iter().any(|p| {
+            p.host == host && p.rollout == Some(r.id) && p.step == Some(r.step) && p.converged
+        })
+    };
+
+    let abort = |why: String| {
+        let mut r = r.clone();
+        r.phase = Phase::Aborted;
+        r.reason = Some(why);
+        r
+    };
+    // A host of the step that cannot run the release.
+    if let Some(bad) = reports
+        .iter()
+        .find(|p| in_step(&p.host) && p.rollout == Some(r.id) && p.error.is_some())
+    {
+        let why = format!(
+            "host `{}` cannot run release `{}`: {}",
+            bad.host,
+            r.release,
+            bad.error.as_deref().unwrap_or_default()
+        );
+        return finish(s, rev, abort(why)).await;
+    }
+    // The gate, judged on every look, so that a bad release goes as soon as it shows.
+    if let Some(why) = gate(&r, &release, stable.as_ref(), &reports, &in_step) {
+        return finish(s, rev, abort(why)).await;
+    }
+    let step = &r.plan.steps[r.step];
+    let done = expected.iter().filter(|h| ready(h)).count();
+    if done < expected.len() || expected.is_empty() {
+        *held_since = None;
+        if now_ms().saturating_sub(r.step_started_ms) > r.plan.deadline_ms {
+            let why = format!(
+                "progress deadline: {done} of {} hosts of step {} ran release `{}` within {} ms",
+                expected.len(),
+                r.step + 1,
+                r.release,
+                r.plan.deadline_ms
+            );
+            return finish(s, rev, abort(why)).await;
+        }
+        return Ok(Some(Next::Progress(Progress::Step {
+            step: r.step,
+            of: r.plan.steps.len(),
+            ready: done,
+            hosts: expected.len(),
+        })));
+    }
+    let since = match held_since {
+        Some((id, step, at)) if *id == r.id && *step == r.step => *at,
+        _ => {
+            let now = Instant::now();
+            *held_since = Some((r.id, r.step, now));
+            now
+        }
+    };
+    if since.elapsed() < Duration::from_millis(step.hold_ms) {
+        return Ok(Some(Next::Progress(Progress::Holding {
+            step: r.step,
+            for_ms: step.hold_ms,
+        })));
+    }
+    // Advance.
+    let mut next = r.clone();
+    if r.step + 1 == r.plan.steps.len() {
+        next.phase = Phase::Done;
+        next.targets = None;
+        return finish(s, rev, next).await;
+    }
+    next.step += 1;
+    next.targets = targets(
+        &r.plan.steps[next.step],
+        r.targets.as_ref(),
+        &live_hosts(&reports),
+    );
+    next.step_started_ms = now_ms();
+    *held_since = None;
+    if s.swap_rollout(rev, &next).await? {
+        Ok(Some(Next::Progress(Progress::Advanced { step: next.step })))
+    } else {
+        // Another controller moved it: look again.
+        Ok(None)
+    }
+}
+
+/// Writes the rollout's end; if another controller changed it first, looks again.
+async fn finish(s: &mut Store, rev: i64, r: Rollout) -> Result<Option<Next>, FleetError> {
+    if s.swap_rollout(rev, &r).await? {
+        Ok(Some(Next::Finished(r)))
+    } else {
+        Ok(None)
+    }
+}
+
+async fn restart_deadline(s: &mut Store) -> Result<(), FleetError> {
+    if let Some((mut r, rev)) = s.rollout().await? {
+        if r.phase == Phase::Running {
+            r.step_started_ms = now_ms();
+            s.swap_rollout(rev, &r).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the release fails its gate on these reports, if it does: its failure rate in the
+/// hosts of the step against the stable release's everywhere it runs.
+fn gate(
+    r: &Rollout,
+    release: &Release,
+    stable: Option<&Release>,
+    reports: &[Report],
+    in_step: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let (mut calls, mut failures) = (0u64, 0u64);
+    let (mut stable_calls, mut stable_failures) = (0u64, 0u64);
+    for p in reports {
+        if in_step(&p.host) && p.rollout == Some(r.id) {
+            let (c, f) = p.counts_of(release);
+            calls += c;
+            failures += f;
+            if let Some(canary) = &p.canary {
+                stable_calls += canary.stable_calls;
+                stable_failures += canary.stable_failures;
+            }
+        } else if let Some(stable) = stable {
+            let (c, f) = p.counts_of(stable);
+            stable_calls += c;
+            stable_failures += f;
+        }
+    }
+    if failures == 0 {
+        return None;
+    }
+    let rate = failures as f64 / calls.max(1) as f64;
+    let stable_rate = stable_failures as f64 / stable_calls.max(1) as f64;
+    let judged = calls >= r.plan.min_calls || stable_failures == 0;
+    (judged && rate > stable_rate + r.plan.failure_margin).then(|| {
+        format!(
+            "gate: release `{}` failed {failures} of {calls} calls ({:.1}%) in step {}, the \
+             stable release {stable_failures} of {stable_calls} ({:.1}%)",
+            r.release,
+            100.0 * rate,
+            r.step + 1,
+            100.0 * stable_rate
+        )
+    })
+}
+
+/// The hosts that report, sorted.
+fn live_hosts(reports: &[Report]) -> Vec<String> {
+    let mut hosts: Vec<String> = reports.iter().map(|r| r.host.clone()).collect();
+    hosts.sort();
+    hosts
+}
+
+/// The hosts of a step: those of the last step, then more in order up to its share.
+fn targets(step: &Step, previous: Option<&Vec<String>>, live: &[String]) -> Option<Vec<String>> {
+    let want = match step.hosts {
+        Hosts::All => return None,
+        Hosts::Count(n) => n,
+        Hosts::Percent(p) => ((p / 100.0) * live.len() as f64).ceil() as usize,
+    };
+    let mut chosen: Vec<String> = previous.cloned().unwrap_or_default();
+    for host in live {
+        if chosen.len() >= want {
+            break;
+        }
+        if !chosen.contains(host) {
+            chosen.push(host.clone());
+        }
+    }
+    Some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("h{i}")).collect()
+    }
+
+    #[test]
+    fn steps_take_hosts_in_order_and_keep_them() {
+        let step = |hosts| Step {
+            hosts,
+            traffic: 100.0,
+            hold_ms: 0,
+        };
+        let live = hosts(5);
+        let one = targets(&step(Hosts::Count(1)), None, &live).unwrap();
+        assert_eq!(one, ["h1"]);
+        let half = targets(&step(Hosts::Percent(50.0)), Some(&one), &live).unwrap();
+        assert_eq!(half, ["h1", "h2", "h3"]);
+        // A host of an earlier step stays even if it no longer reports.
+        let gone = targets(&step(Hosts::Count(2)), Some(&vec!["h9".into()]), &live).unwrap();
+        assert_eq!(gone, ["h9", "h1"]);
+        assert_eq!(targets(&step(Hosts::All), Some(&half), &live), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! Fleet rollout for swapkit hosts, coordinated through etcd.
+//!
+//! A service that runs as many processes on many hosts is updated by one rollout, not one
+//! `swapkit reload` per host. Each host runs an **agent** ([`FleetExt::fleet`]); a
+//! **controller** ([`Controller`], behind `swapkit fleet ...`) publishes releases and moves
+//! a rollout through its steps: a canary host, then shares of the hosts and of their traffic,
+//! each held for an analysis window and gated on what the hosts report. Because each host
+//! swaps in about a millisecond, a gated rollout across a fleet takes seconds, and a
+//! fleet-wide rollback well under one.
+//!
+//! Everything lives in etcd under `/swapkit/<service>/`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `release/<id>` | a [`Release`]: per plugin its version, SHA-256, signature and URL |
+//! | `rollout` | the [`Rollout`]: release, stable release, [`Plan`], step, hosts, phase |
+//! | `hosts/<host>` | each host's [`Report`], under a lease: gone when the host is |
+//!
+//! ```no_run
+//! use swapkit_fleet::{FleetConfig, FleetExt};
+//! let swapper = swapkit::Swapper::builder()
+//!     .state_dir("/var/lib/pricing/swapkit")
+//!     .fleet(FleetConfig::new(["127.0.0.1:2379"], "pricing", "host-1").label("zone", "a"))
+//!     .build()?;
+//! swapper.resume("/opt/pricing/plugins")?; // its known-good, then what the fleet asks
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod agent;
+mod controller;
+mod fetch;
+mod model;
+mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use controller::{Controller, Progress};
+pub use fetch::{serve, sha256_file, Server};
+pub use model::{
+    Artifact, CanaryCounts, Desire, Hosts, Phase, Plan, Release, Report, Rollout, Serving, Step,
+};
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// etcd could not be reached or refused a request.
+    #[error("etcd: cannot {doing}: {source}; is etcd running at the endpoints given?")]
+    Etcd {
+        doing: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A value in etcd is not what this version of swapkit-fleet writes.
+    #[error("the value at {key} in etcd does not read as swapkit-fleet's: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// Another writer got there first, or the request does not fit the rollout's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A release that cannot be run as published.
+    #[error("{0}")]
+    BadRelease(String),
+    /// An artifact could not be fetched.
+    #[error("cannot fetch {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    /// A fetched artifact is not the one published.
+    #[error("{url} is not the artifact published: its SHA-256 is {found}, the release says {expected}; nothing was loaded")]
+    HashMismatch {
+        url: String,
+        expected: String,
+        found: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host refused to load the release.
+    #[error(transparent)]
+    Load(#[from] swapkit::LoadError),
+}
+
+/// How a host joins its service's fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) service: String,
+    pub(crate) host: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) report_every: Duration,
+    pub(crate) lease_ttl_s: i64,
+}
+
+impl FleetConfig {
+    /// Joins `service` as `host` (unique in the service), through the etcd cluster at
+    /// `endpoints` (`127.0.0.1:2379` or `http://...`).
+    pub fn new<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        service: &str,
+        host: &str,
+    ) -> FleetConfig {
+        FleetConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            service: service.to_owned(),
+            host: host.to_owned(),
+            labels: BTreeMap::new(),
+            cache_dir: None,
+            report_every: Duration::from_millis(200),
+            lease_ttl_s: 2,
+        }
+    }
+
+    /// A label reported with the host (`zone`, `rack`, ...).
+    pub fn label(mut self, key: &str, value: &str) -> FleetConfig {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Where fetched artifacts are kept, one directory per content; a directory under the
+    /// system's temporary directory by default.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> FleetConfig {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How often the host reports (and renews its lease); 200 ms by default.
+    pub fn report_every(mut self, every: Duration) -> FleetConfig {
+        self.report_every = every;
+        self
+    }
+
+    /// How long a host that stops reporting stays listed: its lease's time to live, in
+    /// seconds (2 by default).
+    pub fn lease_ttl(mut self, seconds: i64) -> FleetConfig {
+        self.lease_ttl_s = seconds.max(1);
+        self
+    }
+}
+
+/// Adds [`fleet`](FleetExt::fleet) to [`swapkit::SwapperBuilder`].
+pub trait FleetExt {
+    /// Runs a fleet agent in this host: it follows the service's rollout in etcd, fetches,
+    /// checks (hash, then the host's trust policy) and loads the release the host should
+    /// run, and reports what it serves. Load the host's own selection as usual (`resume`
+    /// from its state directory is best); the agent starts from there.
+    fn fleet(self, config: FleetConfig) -> Self;
+}
+
+impl FleetExt for swapkit::SwapperBuilder {
+    fn fleet(self, config: FleetConfig) -> Self {
+        self.extend(agent::Agent { config })
+    }
+}

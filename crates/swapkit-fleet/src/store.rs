@@ -1,0 +1,232 @@
+//! The fleet's keys in etcd, read and written as JSON. Every change to the rollout is a
+//! transaction on its revision, so two controllers can never both move it.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Release, Report, Rollout};
+use crate::FleetError;
+
+/// A connection to etcd, scoped to one service's keys.
+pub struct Store {
+    client: Client,
+    prefix: String,
+}
+
+impl Store {
+    /// Connects to `endpoints` (`127.0.0.1:2379` or `http://...`), for `service`.
+    pub async fn connect(endpoints: &[String], service: &str) -> Result<Store, FleetError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| FleetError::Etcd {
+                doing: format!("connect to {}", endpoints.join(",")),
+                source: e,
+            })?;
+        Ok(Store {
+            client,
+            prefix: format!("/swapkit/{service}/"),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// The rollout and its revision, if there is one.
+    pub async fn rollout(&mut self) -> Result<Option<(Rollout, i64)>, FleetError> {
+        let key = self.key("rollout");
+        Ok(self
+            .get_all::<Rollout>(&key, false)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// A published release.
+    pub async fn release(&mut self, id: &str) -> Result<Option<Release>, FleetError> {
+        let key = self.key(&format!("release/{id}"));
+        Ok(self
+            .get_all::<Release>(&key, false)
+            .await?
+            .into_iter()
+            .next()
+            .map(|(r, _)| r))
+    }
+
+    /// Every published release.
+    pub async fn releases(&mut self) -> Result<Vec<Release>, FleetError> {
+        let key = self.key("release/");
+        Ok(self
+            .get_all(&key, true)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Every live host's report.
+    pub async fn reports(&mut self) -> Result<Vec<Report>, FleetError> {
+        let key = self.key("hosts/");
+        Ok(self
+            .get_all(&key, true)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Publishes `release` under its id, once: the same id again is refused unless it is the
+    /// same release.
+    pub async fn publish(&mut self, release: &Release) -> Result<(), FleetError> {
+        let key = self.key(&format!("release/{}", release.id));
+        let value = json(release)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        if self.txn(txn, "publish a release").await? {
+            return Ok(());
+        }
+        match self.release(&release.id).await? {
+            Some(existing) if existing == *release => Ok(()),
+            _ => Err(FleetError::Conflict(format!(
+                "release `{}` is already published with other artifacts; publish this one \
+                 under another id",
+                release.id
+            ))),
+        }
+    }
+
+    /// Replaces the rollout if its revision is still `revision` (0: if there is none).
+    /// False if another writer got there first.
+    pub async fn swap_rollout(
+        &mut self,
+        revision: i64,
+        rollout: &Rollout,
+    ) -> Result<bool, FleetError> {
+        let key = self.key("rollout");
+        let compare = if revision == 0 {
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
+        };
+        let txn =
+            Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key.as_str(), json(rollout)?, None)]);
+        self.txn(txn, "write the rollout").await
+    }
+
+    /// Writes this host's report, tied to `lease`.
+    pub async fn report(&mut self, report: &Report, lease: i64) -> Result<(), FleetError> {
+        let key = self.key(&format!("hosts/{}", report.host));
+        self.client
+            .put(
+                key,
+                json(report)?,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| etcd("write the host's report", e))?;
+        Ok(())
+    }
+
+    /// A lease that expires `ttl` seconds after the last keep-alive.
+    pub async fn lease(&mut self, ttl: i64) -> Result<i64, FleetError> {
+        Ok(self
+            .client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| etcd("grant a lease", e))?
+            .id())
+    }
+
+    /// Ends `lease` now, and with it the keys written under it.
+    pub async fn revoke(&mut self, lease: i64) -> Result<(), FleetError> {
+        self.client
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| etcd("revoke the lease", e))?;
+        Ok(())
+    }
+
+    /// The stream that renews `lease`: send on the keeper, read the renewal from the stream.
+    pub async fn keeper(
+        &mut self,
+        lease: i64,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), FleetError> {
+        self.client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| etcd("keep the lease alive", e))
+    }
+
+    /// Watches the service's rollout and releases from `revision` on.
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, FleetError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        self.client
+            .watch(self.prefix.clone(), Some(options))
+            .await
+            .map_err(|e| etcd("watch the service", e))
+    }
+
+    async fn txn(&mut self, txn: Txn, doing: &str) -> Result<bool, FleetError> {
+        Ok(self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| etcd(doing, e))?
+            .succeeded())
+    }
+
+    /// The values under `key` (or every key under it as a prefix), decoded, with their
+    /// revisions.
+    async fn get_all<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        prefix: bool,
+    ) -> Result<Vec<(T, i64)>, FleetError> {
+        let options = prefix.then(|| GetOptions::new().with_prefix());
+        let response = self
+            .client
+            .get(key, options)
+            .await
+            .map_err(|e| etcd(&format!("read {key}"), e))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let value =
+                    serde_json::from_slice(kv.value()).map_err(|e| FleetError::Corrupt {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        reason: e.to_string(),
+                    })?;
+                Ok((value, kv.mod_revision()))
+            })
+            .collect()
+    }
+}
+
+fn json(value: &impl Serialize) -> Result<Vec<u8>, FleetError> {
+    serde_json::to_vec(value).map_err(|e| FleetError::Corrupt {
+        key: "(being written)".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn etcd(doing: &str, source: etcd_client::Error) -> FleetError {
+    FleetError::Etcd {
+        doing: doing.to_owned(),
+        source,
+    }
+}
