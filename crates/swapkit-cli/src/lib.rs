@@ -10,6 +10,8 @@
 //!   ARTIFACT..` make signed releases (`swapkit build --sign KEY` signs as it builds).
 //! - `swapkit status | reload | rollback | patch ...` steer a running host through its admin
 //!   socket (`--socket`, or `$SWAPKIT_SOCKET`).
+//! - `swapkit fleet publish | rollout | status | pause | resume | abort | rollback | hosts |
+//!   serve` roll releases out across a service's hosts through etcd (`--etcd`, `--service`).
 //!
 //! It also runs as `cargo swapkit ...`.
 
@@ -17,6 +19,7 @@
 
 mod build;
 mod canary;
+mod fleet;
 mod inspect;
 mod remote;
 mod scaffold;
@@ -123,6 +126,12 @@ enum Command {
         #[command(subcommand)]
         action: canary::CanaryAction,
     },
+    /// Roll releases out across a service's hosts through etcd: publish, rollout, status,
+    /// pause, resume, abort, rollback, hosts, serve.
+    Fleet {
+        #[command(subcommand)]
+        action: fleet::FleetAction,
+    },
 }
 
 /// Runs the CLI with `args` (the program name first), and returns its exit code.
@@ -162,6 +171,7 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
         Command::Rollback { remote, to } => remote::rollback(&remote, to),
         Command::Patch { action } => remote::patch(action),
         Command::Canary { action } => canary::run(action),
+        Command::Fleet { action } => fleet::run(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

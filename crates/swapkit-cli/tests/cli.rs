@@ -8,16 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
+use common::{build_plugins, cargo, ok, swapkit, workspace};
 
 /// The ops host binary, as `cargo test --workspace` builds it (`examples/ops/host` has an
 /// integration test, so its binary is built there): asking the same command for it again
@@ -42,37 +35,6 @@ fn build_host() -> PathBuf {
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .next_back()
         .expect("ops-host executable")
-}
-
-/// Builds plugin packages (native, dev profile) and returns their artifacts in order.
-fn build_plugins(packages: &[&str]) -> Vec<PathBuf> {
-    swapkit_build::PluginBuild::new(workspace().join("Cargo.toml"))
-        .packages(packages.iter().copied())
-        .run()
-        .expect("building plugins")
-        .into_iter()
-        .map(|a| a.path)
-        .collect()
-}
-
-/// Runs the `swapkit` binary; returns (success, stdout, stderr).
-fn swapkit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_swapkit"))
-        .args(args)
-        .output()
-        .expect("running swapkit");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `swapkit` and insists that it succeeded.
-fn ok(args: &[&str]) -> String {
-    let (success, stdout, stderr) = swapkit(args);
-    assert!(success, "swapkit {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
 }
 
 /// A host process, with the lines it printed so far.

@@ -31,6 +31,8 @@ mod controller;
 mod fetch;
 mod model;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,101 +5,21 @@
 //! The scenarios run one at a time (each starts its own etcd and hosts).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use swapkit_fleet::testing::Etcd;
 use swapkit_fleet::{Artifact, Controller, Phase, Plan, Progress, Release, Report};
 
 /// One scenario at a time: each runs an etcd and five busy hosts on two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn terminate(child: &mut Child, signal: i32) {
     // SAFETY: kill(2) on a child this test spawned and has not reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     let _ = child.wait();
-}
-
-/// A real etcd server.
-struct Etcd {
-    child: Option<Child>,
-    data: tempfile::TempDir,
-    client: u16,
-    peer: u16,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let mut etcd = Etcd {
-            child: None,
-            data: tempfile::tempdir().unwrap(),
-            client: free_port(),
-            peer: free_port(),
-        };
-        etcd.run();
-        etcd
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
-    }
-
-    /// Starts (again) on the same ports and data, and waits until it answers.
-    fn run(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client);
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!(
-                "--data-dir={}",
-                self.data.path().join("etcd").display()
-            ))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .arg("--logger=zap")
-            .arg("--log-level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start etcd ({e}): install Debian's etcd-server \
-                     (`apt-get install -y etcd-server`; scripts/test.sh does it)"
-                )
-            });
-        self.child = Some(child);
-        let mut c = Controller::new(&[self.endpoint()], "probe").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.status().is_err() {
-            assert!(Instant::now() < deadline, "etcd did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, libc::SIGTERM);
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// The pricer's three builds, once per test binary.
@@ -150,10 +70,11 @@ impl Drop for Host {
 
 /// An etcd, the artifact server, and hosts that start on release v1.
 struct Fleet {
-    etcd: Etcd,
-    _www: swapkit_fleet::Server,
-    dir: tempfile::TempDir,
+    // Dropped in this order: the hosts, then what they used.
     hosts: Vec<Host>,
+    _www: swapkit_fleet::Server,
+    etcd: Etcd,
+    dir: tempfile::TempDir,
     service: String,
     /// The published releases' SHA-256, by id.
     v1: String,
@@ -167,7 +88,7 @@ impl Fleet {
         let www = dir.path().join("www");
         std::fs::create_dir_all(&www).unwrap();
         let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
-        let etcd = Etcd::start();
+        let etcd = Etcd::start(dir.path());
         let service = "pricing".to_owned();
         let mut c = Controller::new(&[etcd.endpoint()], &service).unwrap();
         let mut publish = |id: &str, version: &str, built: &Path| {
