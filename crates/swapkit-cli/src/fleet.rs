@@ -282,6 +282,14 @@ fn drive(c: &mut Controller) -> Result<(), Error> {
                     step + 1
                 )
             }
+            Progress::Gathering {
+                step,
+                calls,
+                needed,
+            } => println!(
+                "[{at:6.2} s] step {}: {calls} of the {needed} calls the gate needs",
+                step + 1
+            ),
             Progress::Advanced { step } => println!("[{at:6.2} s] on to step {}", step + 1),
             Progress::Waiting { reason } => {
                 println!("[{at:6.2} s] waiting: {reason}; hosts keep what they run")

@@ -140,3 +140,100 @@ fn publish_roll_out_and_roll_back_from_the_command_line() {
         run(&["fleet", "hosts"]).contains("no live hosts")
     });
 }
+
+#[test]
+fn a_host_with_a_trust_policy_runs_only_signed_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let built = build_plugins(&["hello-greeter-v1", "hello-greeter-v2"]);
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let key = dir.path().join("release");
+    ok(&["keygen", key.to_str().unwrap()]);
+    let (v1, v2, unsigned) = (
+        www.join("greeter-1.so"),
+        www.join("greeter-2.so"),
+        www.join("greeter-2-unsigned.so"),
+    );
+    std::fs::copy(&built[0], &v1).unwrap();
+    std::fs::copy(&built[1], &v2).unwrap();
+    std::fs::copy(&built[1], &unsigned).unwrap();
+    let key_file = format!("{}.key", key.display());
+    ok(&[
+        "sign",
+        "--key",
+        &key_file,
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+    ]);
+    let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
+    let base = format!("http://{}", server.addr());
+    let endpoint = etcd.endpoint();
+    let fleet = |args: &[&str]| {
+        let mut all = vec!["fleet"];
+        all.extend_from_slice(args);
+        all.extend(["--etcd", &endpoint, "--service", "signed"]);
+        swapkit(&all)
+    };
+    for (id, file) in [("v1", &v1), ("v2", &v2), ("v2-unsigned", &unsigned)] {
+        let (success, out, err) = fleet(&[
+            "publish",
+            "--release",
+            id,
+            "--base-url",
+            &base,
+            file.to_str().unwrap(),
+        ]);
+        assert!(success, "{out}{err}");
+    }
+
+    let public = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    let policy =
+        swapkit::TrustPolicy::new().key(swapkit::trust::PublicKey::parse(&public).unwrap());
+    let swapper = Swapper::builder()
+        .trust(policy)
+        .fleet(
+            FleetConfig::new([endpoint.as_str()], "signed", "here")
+                .cache_dir(dir.path().join("cache")),
+        )
+        .build()
+        .unwrap();
+    swapper.load_files([&v1]).unwrap();
+    wait_until("the host to report", || {
+        fleet(&["hosts"]).1.contains("here")
+    });
+
+    // The unsigned build is refused by the host; the rollout is aborted and nothing changed.
+    let (success, out, err) = fleet(&[
+        "rollout",
+        "--release",
+        "v2-unsigned",
+        "--stable",
+        "v1",
+        "--steps",
+        "all",
+        "--hold",
+        "0ms",
+    ]);
+    assert!(!success, "{out}");
+    assert!(
+        err.contains("cannot run release `v2-unsigned`") && err.contains("unsigned"),
+        "{err}"
+    );
+    assert_eq!(serving(&swapper), "1.0.0");
+
+    // The signed one runs; its signature came with the release.
+    let (success, out, err) = fleet(&[
+        "rollout",
+        "--release",
+        "v2",
+        "--stable",
+        "v1",
+        "--steps",
+        "all",
+        "--hold",
+        "0ms",
+    ]);
+    assert!(success, "{out}{err}");
+    assert_eq!(serving(&swapper), "2.0.0");
+}

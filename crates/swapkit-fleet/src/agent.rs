@@ -292,6 +292,10 @@ fn serving_hashes(swapper: &Swapper) -> Vec<String> {
         .collect()
 }
 
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
 fn report(config: &FleetConfig, swapper: &Swapper, state: &State) -> Report {
     let status = swapper.status();
     let failures = |c: swapkit::CallCounts| c.errors + c.panics + c.traps;
@@ -318,6 +322,10 @@ fn report(config: &FleetConfig, swapper: &Swapper, state: &State) -> Report {
             })
             .collect(),
         canary: swapper.canary_status().map(|c| CanaryCounts {
+            p50_us: c.canary.p50.map(micros),
+            p99_us: c.canary.p99.map(micros),
+            stable_p50_us: c.stable.p50.map(micros),
+            stable_p99_us: c.stable.p99.map(micros),
             plugin: c.plugin,
             version: c.canary.version,
             percent: c.percent,

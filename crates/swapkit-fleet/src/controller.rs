@@ -25,6 +25,12 @@ pub enum Progress {
     },
     /// Every host of the step runs the release; it is held for the analysis window.
     Holding { step: usize, for_ms: u64 },
+    /// The window is over, but the release has not served enough calls to be judged.
+    Gathering {
+        step: usize,
+        calls: u64,
+        needed: u64,
+    },
     /// The rollout moved to this step.
     Advanced { step: usize },
     /// etcd cannot be reached: nothing moves until it is back.
@@ -389,6 +395,32 @@ async fn step_once(
             for_ms: step.hold_ms,
         })));
     }
+    // A watched step passes only on enough evidence: the release must have served
+    // `min_calls` in its hosts. (A step with no window passes once its hosts run it.)
+    if step.hold_ms > 0 {
+        let calls: u64 = reports
+            .iter()
+            .filter(|p| in_step(&p.host) && p.rollout == Some(r.id))
+            .map(|p| p.counts_of(&release).0)
+            .sum();
+        if calls < r.plan.min_calls {
+            if now_ms().saturating_sub(r.step_started_ms) > r.plan.deadline_ms {
+                let why = format!(
+                    "progress deadline: release `{}` served {calls} calls in step {}, fewer                      than the {} the gate needs to judge it, within {} ms",
+                    r.release,
+                    r.step + 1,
+                    r.plan.min_calls,
+                    r.plan.deadline_ms
+                );
+                return finish(s, rev, abort(why)).await;
+            }
+            return Ok(Some(Next::Progress(Progress::Gathering {
+                step: r.step,
+                calls,
+                needed: r.plan.min_calls,
+            })));
+        }
+    }
     // Advance.
     let mut next = r.clone();
     if r.step + 1 == r.plan.steps.len() {
@@ -507,6 +539,112 @@ mod tests {
 
     fn hosts(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("h{i}")).collect()
+    }
+
+    fn release(id: &str, sha: &str, version: &str) -> Release {
+        Release {
+            id: id.into(),
+            artifacts: vec![crate::Artifact {
+                plugin: "p".into(),
+                version: version.into(),
+                sha256: sha.into(),
+                file: "p.so".into(),
+                url: "/p.so".into(),
+                signature: None,
+            }],
+        }
+    }
+
+    fn report(host: &str, rollout: Option<u64>, sha: &str, calls: u64, failures: u64) -> Report {
+        Report {
+            host: host.into(),
+            labels: Default::default(),
+            rollout,
+            step: Some(0),
+            release: None,
+            traffic: 100.0,
+            converged: true,
+            error: None,
+            generation: 1,
+            plugins: vec![crate::Serving {
+                plugin: "p".into(),
+                version: "?".into(),
+                sha256: sha.into(),
+                calls,
+                failures,
+            }],
+            canary: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_gate_weighs_the_release_against_the_stable_one() {
+        let (new, old) = (release("v2", "n", "2"), release("v1", "o", "1"));
+        let r = Rollout {
+            id: 7,
+            release: "v2".into(),
+            stable: Some("v1".into()),
+            plan: Plan {
+                steps: Plan::parse_steps("1,all", 0).unwrap(),
+                deadline_ms: 1000,
+                failure_margin: 0.01,
+                min_calls: 100,
+            },
+            step: 0,
+            targets: Some(vec!["a".into()]),
+            phase: Phase::Running,
+            reason: None,
+            step_started_ms: 0,
+        };
+        let in_step = |h: &str| h == "a";
+        let judge = |canary: Report, stable: Report| {
+            gate(&r, &new, Some(&old), &[canary, stable], &in_step)
+        };
+        // No failure: nothing to say.
+        assert_eq!(
+            judge(
+                report("a", Some(7), "n", 500, 0),
+                report("b", None, "o", 500, 9)
+            ),
+            None
+        );
+        // One failure where the stable release has none: caught at once.
+        let why = judge(
+            report("a", Some(7), "n", 3, 1),
+            report("b", None, "o", 500, 0),
+        )
+        .unwrap();
+        assert!(why.contains("failed 1 of 3 calls"), "{why}");
+        // Where the stable release fails too, few calls are not judged...
+        assert_eq!(
+            judge(
+                report("a", Some(7), "n", 10, 1),
+                report("b", None, "o", 1000, 10)
+            ),
+            None
+        );
+        // ...enough are, within the margin (2% against 1% + 1 point passes, 3% does not).
+        assert_eq!(
+            judge(
+                report("a", Some(7), "n", 200, 4),
+                report("b", None, "o", 1000, 10)
+            ),
+            None
+        );
+        assert!(judge(
+            report("a", Some(7), "n", 200, 6),
+            report("b", None, "o", 1000, 10)
+        )
+        .is_some());
+        // A host's report of an earlier rollout is not this release's evidence.
+        assert_eq!(
+            judge(
+                report("a", Some(6), "n", 5, 5),
+                report("b", None, "o", 500, 0)
+            ),
+            None
+        );
     }
 
     #[test]

@@ -245,6 +245,16 @@ pub struct CanaryCounts {
     pub stable_version: String,
     pub stable_calls: u64,
     pub stable_failures: u64,
+    /// Latency of the canary's and the stable version's timed calls, in microseconds, once
+    /// enough were timed.
+    #[serde(default)]
+    pub p50_us: Option<u64>,
+    #[serde(default)]
+    pub p99_us: Option<u64>,
+    #[serde(default)]
+    pub stable_p50_us: Option<u64>,
+    #[serde(default)]
+    pub stable_p99_us: Option<u64>,
 }
 
 impl Report {

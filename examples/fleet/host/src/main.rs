@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It starts from its known-good selection in `--state` (or from `--plugins`), prints
-//! `ready`, and then calls `price` every 200 µs from a thread of its own. Every 100 ms it
+//! `ready`, and then calls `price` every 200 µs from a thread of its own, each call keyed by
+//! one of 1,000 customers. Every 100 ms it
 //! writes its tally, `calls failed`, to `<state>/tally`; a failed call is also printed to
 //! stderr. `tests/rollout.rs` runs five of them against a real etcd.
 
@@ -105,7 +106,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         sku += 1;
         calls += 1;
-        if let Err(e) = pricer.price(sku) {
+        // Each call is keyed by its customer, as a service's requests are: a canary serves a
+        // sticky share of the keys.
+        if let Err(e) = swapkit::patch::with_key(sku % 1000, || pricer.price(sku)) {
             failed += 1;
             if failed <= 3 || failed.is_power_of_two() {
                 eprintln!("{}: call {calls} failed ({failed} so far): {e}", args.host);
