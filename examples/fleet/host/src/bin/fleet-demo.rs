@@ -209,6 +209,8 @@ fn run() -> Result<bool, Error> {
         ms(rollbacks[rollbacks.len() / 2]),
         ms(*rollbacks.last().expect("a round"))
     );
+    // Each host writes its tally every 100 ms: let the last calls in.
+    std::thread::sleep(Duration::from_millis(300));
     println!("\nhost      calls   failed");
     for h in &hosts {
         let (calls, failed) = h.tally();
