@@ -228,32 +228,17 @@ fn release_of(id: &str, base_url: Option<&str>, artifacts: &[PathBuf]) -> Result
     let mut out = vec![];
     for path in artifacts {
         let (report, _) = crate::inspect::report(path)?;
-        let file = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("{} has no file name", path.display()))?
-            .to_owned();
-        let url = match base_url {
-            Some(base) => format!("{}/{file}", base.trim_end_matches('/')),
-            None => std::fs::canonicalize(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .display()
-                .to_string(),
-        };
-        let sig = PathBuf::from(format!("{}.sig", path.display()));
-        let signature = match std::fs::read_to_string(&sig) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", sig.display()).into()),
-        };
-        out.push(Artifact {
-            plugin: report.manifest.name.clone(),
-            version: report.manifest.version.clone(),
-            sha256: report.sha256.clone(),
-            file,
-            url,
-            signature,
-        });
+        let artifact = Artifact::from_file(
+            path,
+            &report.manifest.name,
+            &report.manifest.version,
+            base_url,
+        )?;
+        // What was inspected is what is published.
+        if artifact.sha256 != report.sha256 {
+            return Err(format!("{} changed while it was read", path.display()).into());
+        }
+        out.push(artifact);
     }
     Ok(Release {
         id: id.to_owned(),

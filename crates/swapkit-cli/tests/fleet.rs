@@ -28,89 +28,94 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A real etcd, the greeter's two builds served over HTTP from `www`, and `swapkit fleet`
+/// pointed at them for one service.
+struct Setup {
+    dir: tempfile::TempDir,
+    etcd: Etcd,
+    built: Vec<std::path::PathBuf>,
+    www: std::path::PathBuf,
+    base: String,
+    service: &'static str,
+    _server: swapkit_fleet::Server,
+}
+
+impl Setup {
+    fn new(service: &'static str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(dir.path());
+        let built = build_plugins(&["hello-greeter-v1", "hello-greeter-v2"]);
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
+        Setup {
+            base: format!("http://{}", server.addr()),
+            dir,
+            etcd,
+            built,
+            www,
+            service,
+            _server: server,
+        }
+    }
+
+    /// Copies build `i` into `www` as `name`.
+    fn serve(&self, i: usize, name: &str) -> std::path::PathBuf {
+        let path = self.www.join(name);
+        std::fs::copy(&self.built[i], &path).unwrap();
+        path
+    }
+
+    /// `swapkit fleet ARGS --etcd .. --service ..`: (success, stdout, stderr).
+    fn fleet(&self, args: &[&str]) -> (bool, String, String) {
+        let endpoint = self.etcd.endpoint();
+        let mut all = vec!["fleet"];
+        all.extend_from_slice(args);
+        all.extend(["--etcd", &endpoint, "--service", self.service]);
+        swapkit(&all)
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let (success, out, err) = self.fleet(args);
+        assert!(success, "fleet {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let (success, out, err) = self.fleet(args);
+        assert!(!success, "fleet {args:?} should fail:\n{out}");
+        err
+    }
+
+    /// A host in this process, running the agent.
+    fn host(&self, builder: swapkit::SwapperBuilder) -> Swapper {
+        let endpoint = self.etcd.endpoint();
+        let config = FleetConfig::new([endpoint.as_str()], self.service, "here")
+            .cache_dir(self.dir.path().join("cache"));
+        builder.fleet(config).build().unwrap()
+    }
+}
+
 #[test]
 fn publish_roll_out_and_roll_back_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path());
-    let built = build_plugins(&["hello-greeter-v1", "hello-greeter-v2"]);
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let (v1, v2) = (www.join("greeter-1.so"), www.join("greeter-2.so"));
-    std::fs::copy(&built[0], &v1).unwrap();
-    std::fs::copy(&built[1], &v2).unwrap();
-    let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
-    let base = format!("http://{}", server.addr());
-    let endpoint = etcd.endpoint();
-    let at = |args: &[&str]| -> Vec<String> {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend([
-            "--etcd".into(),
-            endpoint.clone(),
-            "--service".into(),
-            "hello".into(),
-        ]);
-        all
-    };
-    let run = |args: &[&str]| {
-        let args = at(args);
-        ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let fail = |args: &[&str]| {
-        let args = at(args);
-        let (success, stdout, stderr) =
-            swapkit(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(!success, "{args:?} should fail:\n{stdout}");
-        stderr
-    };
-
-    let out = run(&[
-        "fleet",
-        "publish",
-        "--release",
-        "v1",
-        "--base-url",
-        &base,
-        v1.to_str().unwrap(),
-    ]);
+    let t = Setup::new("hello");
+    let (v1, v2) = (t.serve(0, "greeter-1.so"), t.serve(1, "greeter-2.so"));
+    let (v1, v2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+    let out = t.run(&["publish", "--release", "v1", "--base-url", &t.base, v1]);
     assert!(out.contains("greeter 1.0.0"), "{out}");
-    run(&[
-        "fleet",
-        "publish",
-        "--release",
-        "v2",
-        "--base-url",
-        &base,
-        v2.to_str().unwrap(),
-    ]);
+    t.run(&["publish", "--release", "v2", "--base-url", &t.base, v2]);
     // An id is published once: other artifacts under it are refused.
-    let err = fail(&[
-        "fleet",
-        "publish",
-        "--release",
-        "v2",
-        "--base-url",
-        &base,
-        v1.to_str().unwrap(),
-    ]);
+    let err = t.fail(&["publish", "--release", "v2", "--base-url", &t.base, v1]);
     assert!(err.contains("already published"), "{err}");
 
-    let swapper = Swapper::builder()
-        .fleet(
-            FleetConfig::new([endpoint.as_str()], "hello", "here")
-                .cache_dir(dir.path().join("cache")),
-        )
-        .build()
-        .unwrap();
-    swapper.load_files([&built[0]]).unwrap();
-    wait_until("the host to report", || {
-        run(&["fleet", "hosts"]).contains("here")
-    });
+    let swapper = t.host(Swapper::builder());
+    swapper.load_files([&t.built[0]]).unwrap();
+    wait_until("the host to report", || t.run(&["hosts"]).contains("here"));
 
-    let err = fail(&["fleet", "rollout", "--release", "nope"]);
+    let err = t.fail(&["rollout", "--release", "nope"]);
     assert!(err.contains("not published"), "{err}");
 
-    let out = run(&[
-        "fleet",
+    let rollout = [
         "rollout",
         "--release",
         "v2",
@@ -120,44 +125,38 @@ fn publish_roll_out_and_roll_back_from_the_command_line() {
         "1@50,all",
         "--hold",
         "0ms",
-    ]);
+    ];
+    let out = t.run(&rollout);
     assert!(out.contains("done: every host runs the release"), "{out}");
     assert_eq!(serving(&swapper), "2.0.0");
-    let status = run(&["fleet", "status"]);
+    let status = t.run(&["status"]);
     assert!(
         status.contains("rollout 1: release `v2` (stable `v1`)"),
         "{status}"
     );
     assert!(status.contains("greeter 2.0.0"), "{status}");
 
-    // A second rollout while none runs is fine; abort and rollback need one.
-    let err = fail(&["fleet", "abort"]);
+    // Abort needs a rollout in progress; rollback undoes a finished one.
+    let err = t.fail(&["abort"]);
     assert!(err.contains("Done already"), "{err}");
-    run(&["fleet", "rollback"]);
+    t.run(&["rollback"]);
     wait_until("the host back on 1.0.0", || serving(&swapper) == "1.0.0");
     drop(swapper);
     wait_until("the host's report to go", || {
-        run(&["fleet", "hosts"]).contains("no live hosts")
+        t.run(&["hosts"]).contains("no live hosts")
     });
 }
 
 #[test]
 fn a_host_with_a_trust_policy_runs_only_signed_releases() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path());
-    let built = build_plugins(&["hello-greeter-v1", "hello-greeter-v2"]);
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let key = dir.path().join("release");
+    let t = Setup::new("signed");
+    let key = t.dir.path().join("release");
     ok(&["keygen", key.to_str().unwrap()]);
     let (v1, v2, unsigned) = (
-        www.join("greeter-1.so"),
-        www.join("greeter-2.so"),
-        www.join("greeter-2-unsigned.so"),
+        t.serve(0, "greeter-1.so"),
+        t.serve(1, "greeter-2.so"),
+        t.serve(1, "greeter-2-unsigned.so"),
     );
-    std::fs::copy(&built[0], &v1).unwrap();
-    std::fs::copy(&built[1], &v2).unwrap();
-    std::fs::copy(&built[1], &unsigned).unwrap();
     let key_file = format!("{}.key", key.display());
     ok(&[
         "sign",
@@ -166,56 +165,39 @@ fn a_host_with_a_trust_policy_runs_only_signed_releases() {
         v1.to_str().unwrap(),
         v2.to_str().unwrap(),
     ]);
-    let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
-    let base = format!("http://{}", server.addr());
-    let endpoint = etcd.endpoint();
-    let fleet = |args: &[&str]| {
-        let mut all = vec!["fleet"];
-        all.extend_from_slice(args);
-        all.extend(["--etcd", &endpoint, "--service", "signed"]);
-        swapkit(&all)
-    };
     for (id, file) in [("v1", &v1), ("v2", &v2), ("v2-unsigned", &unsigned)] {
-        let (success, out, err) = fleet(&[
+        t.run(&[
             "publish",
             "--release",
             id,
             "--base-url",
-            &base,
+            &t.base,
             file.to_str().unwrap(),
         ]);
-        assert!(success, "{out}{err}");
     }
 
     let public = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
     let policy =
         swapkit::TrustPolicy::new().key(swapkit::trust::PublicKey::parse(&public).unwrap());
-    let swapper = Swapper::builder()
-        .trust(policy)
-        .fleet(
-            FleetConfig::new([endpoint.as_str()], "signed", "here")
-                .cache_dir(dir.path().join("cache")),
-        )
-        .build()
-        .unwrap();
+    let swapper = t.host(Swapper::builder().trust(policy));
     swapper.load_files([&v1]).unwrap();
-    wait_until("the host to report", || {
-        fleet(&["hosts"]).1.contains("here")
-    });
+    wait_until("the host to report", || t.run(&["hosts"]).contains("here"));
 
     // The unsigned build is refused by the host; the rollout is aborted and nothing changed.
-    let (success, out, err) = fleet(&[
-        "rollout",
-        "--release",
-        "v2-unsigned",
-        "--stable",
-        "v1",
-        "--steps",
-        "all",
-        "--hold",
-        "0ms",
-    ]);
-    assert!(!success, "{out}");
+    let rollout = |id| {
+        [
+            "rollout",
+            "--release",
+            id,
+            "--stable",
+            "v1",
+            "--steps",
+            "all",
+            "--hold",
+            "0ms",
+        ]
+    };
+    let err = t.fail(&rollout("v2-unsigned"));
     assert!(
         err.contains("cannot run release `v2-unsigned`") && err.contains("unsigned"),
         "{err}"
@@ -223,17 +205,6 @@ fn a_host_with_a_trust_policy_runs_only_signed_releases() {
     assert_eq!(serving(&swapper), "1.0.0");
 
     // The signed one runs; its signature came with the release.
-    let (success, out, err) = fleet(&[
-        "rollout",
-        "--release",
-        "v2",
-        "--stable",
-        "v1",
-        "--steps",
-        "all",
-        "--hold",
-        "0ms",
-    ]);
-    assert!(success, "{out}{err}");
+    t.run(&rollout("v2"));
     assert_eq!(serving(&swapper), "2.0.0");
 }

@@ -85,6 +85,45 @@ fn download(url: &str) -> Result<Vec<u8>, FleetError> {
     }
 }
 
+impl Artifact {
+    /// The artifact at `path`, as plugin `plugin` at `version`: hosts fetch it from
+    /// `base_url` with its file name appended, or without one from its absolute path. Its
+    /// SHA-256 is computed here, and its signature (`<path>.sig`) read if there is one.
+    pub fn from_file(
+        path: &Path,
+        plugin: &str,
+        version: &str,
+        base_url: Option<&str>,
+    ) -> Result<Artifact, FleetError> {
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FleetError::BadRelease(format!("{} has no file name", path.display())))?
+            .to_owned();
+        let url = match base_url {
+            Some(base) => format!("{}/{file}", base.trim_end_matches('/')),
+            None => std::fs::canonicalize(path)
+                .map_err(|e| io(path, e))?
+                .display()
+                .to_string(),
+        };
+        let sig = PathBuf::from(format!("{}.sig", path.display()));
+        let signature = match std::fs::read_to_string(&sig) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&sig, e)),
+        };
+        Ok(Artifact {
+            plugin: plugin.to_owned(),
+            version: version.to_owned(),
+            sha256: sha256_file(path)?,
+            file,
+            url,
+            signature,
+        })
+    }
+}
+
 /// SHA-256 of a file, in hex.
 pub fn sha256_file(path: &Path) -> Result<String, FleetError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;

@@ -92,19 +92,14 @@ impl Fleet {
         let service = "pricing".to_owned();
         let mut c = Controller::new(&[etcd.endpoint()], &service).unwrap();
         let mut publish = |id: &str, version: &str, built: &Path| {
-            let file = format!("pricer-{id}.so");
-            std::fs::copy(built, www.join(&file)).unwrap();
-            let sha256 = swapkit_fleet::sha256_file(built).unwrap();
+            let file = www.join(format!("pricer-{id}.so"));
+            std::fs::copy(built, &file).unwrap();
+            let base = format!("http://{}", server.addr());
+            let artifact = Artifact::from_file(&file, "pricer", version, Some(&base)).unwrap();
+            let sha256 = artifact.sha256.clone();
             c.publish(&Release {
                 id: id.into(),
-                artifacts: vec![Artifact {
-                    plugin: "pricer".into(),
-                    version: version.into(),
-                    sha256: sha256.clone(),
-                    file: file.clone(),
-                    url: format!("http://{}/{file}", server.addr()),
-                    signature: None,
-                }],
+                artifacts: vec![artifact],
             })
             .unwrap();
             sha256

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::server::Way;
@@ -63,12 +64,7 @@ pub fn draw(
                 .x_desc("s")
                 .y_label_formatter(&|v| format!("{:.0}k", v / 1e3))
                 .draw()?;
-            for u in &s.updates {
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(u.at, 0.0), (u.at, top_rate)],
-                    mark.mix(0.35),
-                )))?;
-            }
+            mark_updates(&mut chart, &s.updates, 0.0, top_rate, mark)?;
             chart.draw_series(LineSeries::new(
                 s.rows.iter().map(|r| (mid(r), r.wrk.rate())),
                 BLACK.stroke_width(2),
@@ -89,12 +85,7 @@ pub fn draw(
                 .x_desc("s")
                 .y_label_formatter(&|v| format!("{v:.0}"))
                 .draw()?;
-            for u in &s.updates {
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(u.at, 10.0), (u.at, top_latency)],
-                    mark.mix(0.35),
-                )))?;
-            }
+            mark_updates(&mut chart, &s.updates, 10.0, top_latency, mark)?;
             chart
                 .draw_series(LineSeries::new(
                     s.rows.iter().map(|r| (mid(r), r.wrk.p50.max(10.0))),
@@ -109,12 +100,7 @@ pub fn draw(
                 ))?
                 .label("p99")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], P99.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
+            legend(&mut chart)?;
 
             let area = &panels[(3 * r + 2) * Way::ALL.len() + c];
             probe_panel(area, s, rate, xmax, mark)?;
@@ -168,12 +154,7 @@ fn probe_panel(
         .x_desc("s")
         .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
-    for u in &s.updates {
-        chart.draw_series(std::iter::once(PathElement::new(
-            vec![(u.at, 0.1), (u.at, top)],
-            mark.mix(0.35),
-        )))?;
-    }
+    mark_updates(&mut chart, &s.updates, 0.1, top, mark)?;
     chart.draw_series(LineSeries::new(
         longest
             .iter()
@@ -191,12 +172,38 @@ fn probe_panel(
         .label("failed probe")
         .legend(|(x, y)| Circle::new((x + 8, y), 3, RESTART.filled()));
     if !failed.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart)?;
     }
     Ok(())
+}
+
+type Chart<'a, Y> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>;
+type DrawResult =
+    Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+
+/// A vertical line at each update, from `low` to `high`.
+fn mark_updates<Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'_, Y>,
+    updates: &[crate::Update],
+    low: f64,
+    high: f64,
+    color: RGBColor,
+) -> DrawResult {
+    for u in updates {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(u.at, low), (u.at, high)],
+            color.mix(0.35),
+        )))?;
+    }
+    Ok(())
+}
+
+/// The chart's legend, top left.
+fn legend<Y: Ranged<ValueType = f64>>(chart: &mut Chart<'_, Y>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
 }

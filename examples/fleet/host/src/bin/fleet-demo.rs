@@ -114,19 +114,14 @@ fn run() -> Result<bool, Error> {
         ("v2", "2.0.0", &built[1]),
         ("bad", "2.1.0", &built[2]),
     ] {
-        let file = format!("pricer-{id}.so");
-        std::fs::copy(path, www.join(&file))?;
-        let sha256 = swapkit_fleet::sha256_file(path)?;
+        let file = www.join(format!("pricer-{id}.so"));
+        std::fs::copy(path, &file)?;
+        let base = format!("http://{}", server.addr());
+        let artifact = Artifact::from_file(&file, "pricer", version, Some(&base))?;
+        let sha256 = artifact.sha256.clone();
         c.publish(&Release {
             id: id.into(),
-            artifacts: vec![Artifact {
-                plugin: "pricer".into(),
-                version: version.into(),
-                sha256: sha256.clone(),
-                file: file.clone(),
-                url: format!("http://{}/{file}", server.addr()),
-                signature: None,
-            }],
+            artifacts: vec![artifact],
         })?;
         hashes.push(sha256);
     }
