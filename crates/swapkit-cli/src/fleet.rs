@@ -361,11 +361,13 @@ fn hosts(c: &mut Controller) -> Result<(), Error> {
             .plugins
             .iter()
             .map(|p| format!("{} {}", p.plugin, p.version))
-            .chain(
-                h.canary
-                    .iter()
-                    .map(|c| format!("+canary {} {}%", c.version, c.percent)),
-            )
+            .chain(h.canary.iter().map(|c| {
+                let p99 = c
+                    .p99_us
+                    .map(|p| format!(", p99 {p} µs"))
+                    .unwrap_or_default();
+                format!("+canary {} {}%{p99}", c.version, c.percent)
+            }))
             .collect();
         let calls: u64 = h.plugins.iter().map(|p| p.calls).sum::<u64>()
             + h.canary.as_ref().map_or(0, |c| c.calls);

@@ -406,7 +406,7 @@ async fn step_once(
         if calls < r.plan.min_calls {
             if now_ms().saturating_sub(r.step_started_ms) > r.plan.deadline_ms {
                 let why = format!(
-                    "progress deadline: release `{}` served {calls} calls in step {}, fewer                      than the {} the gate needs to judge it, within {} ms",
+                    "progress deadline: release `{}` served {calls} calls in step {}, fewer than the {} calls the gate needs to judge it, within {} ms",
                     r.release,
                     r.step + 1,
                     r.plan.min_calls,

@@ -404,3 +404,43 @@ fn etcd_stopped_mid_rollout_pauses_it_and_hosts_keep_serving() {
     let failed: u64 = fleet.hosts.iter().map(|h| h.tally().1).sum();
     assert_eq!(failed, 0);
 }
+
+#[test]
+fn a_step_whose_hosts_do_not_converge_or_give_no_evidence_hits_its_deadline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(2);
+    let mut c = fleet.controller();
+    // h2 is frozen: its report stays until its lease runs out, and it never converges.
+    let pid = fleet.host("h2").child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: kill(2) on a child of this test, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut stuck = plan("all", 0);
+    stuck.deadline_ms = 500;
+    c.start("v2", stuck, Some("v1".into())).unwrap();
+    let aborted = c.drive(|_| {}).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(aborted.phase, Phase::Aborted);
+    let reason = aborted.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("progress deadline: 1 of 2 hosts"),
+        "{reason}"
+    );
+    wait_until(Duration::from_secs(10), "both back on v1", || {
+        fleet.serving(&fleet.v1) == 2
+    });
+
+    // A watched canary step that no call reaches cannot be judged: it is not waved through.
+    let mut starved = plan("1@10,all", 100);
+    starved.min_calls = 1_000_000;
+    starved.deadline_ms = 1_000;
+    c.start("v2", starved, Some("v1".into())).unwrap();
+    let aborted = c.drive(|_| {}).unwrap();
+    assert_eq!(aborted.phase, Phase::Aborted);
+    assert_eq!(aborted.step, 0);
+    let reason = aborted.reason.unwrap_or_default();
+    assert!(
+        reason.contains("fewer than the 1000000 calls the gate needs"),
+        "{reason}"
+    );
+}

@@ -219,6 +219,15 @@ fn run() -> Result<bool, String> {
                     rate.name()
                 );
             }
+            let (counted, made) = probe::visits(&swap.probes);
+            if counted != made {
+                ok = false;
+                println!(
+                    "FAILED: the shop counted {counted} of the probe's {made} visits: state was \
+                     lost while swapping ({})",
+                    rate.name()
+                );
+            }
         }
     }
     println!("load average: {load_before} before, {load_after} after");
