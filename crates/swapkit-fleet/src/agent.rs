@@ -155,7 +155,7 @@ async fn session(
             }
             event = watch.message() => {
                 event
-                    .map_err(|e| FleetError::Etcd { doing: "watch the service".into(), source: e })?
+                    .map_err(|e| FleetError::Etcd { doing: "watch the rollout".into(), source: e })?
                     .ok_or_else(|| FleetError::Conflict("etcd closed the watch".into()))?;
             }
             _ = tick.tick() => {

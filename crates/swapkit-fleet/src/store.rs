@@ -169,15 +169,15 @@ impl Store {
             .map_err(|e| etcd("keep the lease alive", e))
     }
 
-    /// Watches the service's rollout and releases from `revision` on.
+    /// Watches the service's rollout from `revision` on (0: from now). Only the rollout:
+    /// releases never change once published, and a watch on the hosts' reports would wake
+    /// every host at every other host's report, each answering with a report of its own.
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, FleetError> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision);
+        let options = WatchOptions::new().with_start_revision(revision);
         self.client
-            .watch(self.prefix.clone(), Some(options))
+            .watch(self.key("rollout"), Some(options))
             .await
-            .map_err(|e| etcd("watch the service", e))
+            .map_err(|e| etcd("watch the rollout", e))
     }
 
     async fn txn(&mut self, txn: Txn, doing: &str) -> Result<bool, FleetError> {
