@@ -444,3 +444,29 @@ fn a_step_whose_hosts_do_not_converge_or_give_no_evidence_hits_its_deadline() {
         "{reason}"
     );
 }
+
+#[test]
+fn idle_hosts_report_at_their_pace_and_do_not_wake_each_other() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = Fleet::start(3);
+    let mut c = fleet.controller();
+    // Each host reports every 100 ms. Sampled every 10 ms for a second, a host shows about ten
+    // distinct reports; hosts that woke at each other's reports rewrote theirs without pause.
+    let mut seen: std::collections::HashMap<String, std::collections::HashSet<u64>> =
+        Default::default();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        for r in c.status().unwrap().1 {
+            seen.entry(r.host).or_default().insert(r.at_ms);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen.len(), 3);
+    for (host, reports) in seen {
+        assert!(
+            reports.len() < 40,
+            "{host} wrote {} reports in a second",
+            reports.len()
+        );
+    }
+}
