@@ -188,6 +188,12 @@ impl Fleet {
     }
 }
 
+/// Each host writes its tally every 100 ms: waits until every host has written one since
+/// the moment of the call.
+fn settle_tallies() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -235,6 +241,7 @@ fn a_staged_rollout_reaches_every_host_and_a_late_one() {
     wait_until(Duration::from_secs(10), "the late host to run v2", || {
         fleet.serving(&fleet.v2) == 6
     });
+    settle_tallies();
     let failed: u64 = fleet.hosts.iter().map(|h| h.tally().1).sum();
     assert_eq!(failed, 0, "no call failed on any host");
 }
@@ -259,15 +266,21 @@ fn a_faulty_release_is_caught_at_the_canary_and_rolled_back_everywhere() {
         "figure: from the failed gate to all five hosts back on v1: {:?}",
         caught.elapsed()
     );
-    // Only the canary host's calls failed.
+    // Only the canary host's calls failed (once each host has written its tally since).
+    settle_tallies();
     for h in ["h2", "h3", "h4", "h5"] {
         let (calls, failed) = fleet.host(h).tally();
         assert!(calls > 0);
         assert_eq!(failed, 0, "{h} is outside the canary's share");
     }
-    assert!(
-        fleet.host("h1").tally().1 > 0,
-        "the canary host saw the faulty release"
+    let canary = fleet.host("h1").state.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the canary host's tally of its failed calls",
+        || {
+            let tally = std::fs::read_to_string(canary.join("tally")).unwrap_or_default();
+            tally.split_whitespace().nth(1).is_some_and(|f| f != "0")
+        },
     );
 }
 
@@ -401,6 +414,7 @@ fn etcd_stopped_mid_rollout_pauses_it_and_hosts_keep_serving() {
     wait_until(Duration::from_secs(10), "all five on v2", || {
         fleet.serving(&fleet.v2) == 5
     });
+    settle_tallies();
     let failed: u64 = fleet.hosts.iter().map(|h| h.tally().1).sum();
     assert_eq!(failed, 0);
 }
