@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::fetch::fetch_release;
 use crate::model::{now_ms, CanaryCounts, Desire, Release, Report, Rollout, Serving};
-use crate::store::Store;
+use crate::store::{etcd, Store};
 use crate::{FleetConfig, FleetError};
 
 /// The agent as an [`Extension`] of a swapper.
@@ -155,15 +155,15 @@ async fn session(
             }
             event = watch.message() => {
                 event
-                    .map_err(|e| FleetError::Etcd { doing: "watch the rollout".into(), source: e })?
+                    .map_err(|e| etcd("watch the rollout", e))?
                     .ok_or_else(|| FleetError::Conflict("etcd closed the watch".into()))?;
             }
             _ = tick.tick() => {
-                keeper.keep_alive().await.map_err(|e| FleetError::Etcd { doing: "renew the lease".into(), source: e })?;
+                keeper.keep_alive().await.map_err(|e| etcd("renew the lease", e))?;
                 match renewals.message().await {
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(_) => return Err(FleetError::Conflict("the host's lease expired".into())),
-                    Err(e) => return Err(FleetError::Etcd { doing: "renew the lease".into(), source: e }),
+                    Err(e) => return Err(etcd("renew the lease", e)),
                 }
             }
         }

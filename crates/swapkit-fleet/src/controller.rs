@@ -7,6 +7,7 @@
 //! transaction on the rollout's revision, so two controllers can drive one rollout and only
 //! one of them moves each step.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::model::{now_ms, Hosts, Phase, Plan, Release, Report, Rollout, Step};
@@ -181,6 +182,7 @@ impl Controller {
     /// keep what they run) and goes on when it is back, giving the step its deadline anew.
     pub fn drive(&mut self, mut progress: impl FnMut(&Progress)) -> Result<Rollout, FleetError> {
         let mut held_since: Option<(u64, usize, Instant)> = None;
+        let mut releases = HashMap::new();
         let mut outage: Option<Instant> = None;
         let mut last: Option<Progress> = None;
         let mut tell = |p: Progress| {
@@ -191,7 +193,7 @@ impl Controller {
         };
         loop {
             let poll = self.poll;
-            let step = self.with(async |s| step_once(s, &mut held_since).await);
+            let step = self.with(async |s| step_once(s, &mut held_since, &mut releases).await);
             match step {
                 Ok(Some(Next::Finished(r))) => {
                     tell(Progress::Finished {
@@ -306,6 +308,7 @@ enum Next {
 async fn step_once(
     s: &mut Store,
     held_since: &mut Option<(u64, usize, Instant)>,
+    releases: &mut HashMap<String, Release>,
 ) -> Result<Option<Next>, FleetError> {
     let Some((r, rev)) = s.rollout().await? else {
         return Err(FleetError::Conflict("there is no rollout".into()));
@@ -313,12 +316,11 @@ async fn step_once(
     if r.phase != Phase::Running {
         return Ok(Some(Next::Finished(r)));
     }
-    let release = s
-        .release(&r.release)
+    let release = published(s, releases, &r.release)
         .await?
         .ok_or_else(|| FleetError::BadRelease(format!("release `{}` vanished", r.release)))?;
     let stable = match &r.stable {
-        Some(id) => s.release(id).await?,
+        Some(id) => published(s, releases, id).await?,
         None => None,
     };
     let reports = s.reports().await?;
@@ -442,6 +444,22 @@ async fn step_once(
         // Another controller moved it: look again.
         Ok(None)
     }
+}
+
+/// A published release, read from etcd once: a release never changes after `publish`.
+async fn published(
+    s: &mut Store,
+    cache: &mut HashMap<String, Release>,
+    id: &str,
+) -> Result<Option<Release>, FleetError> {
+    if let Some(release) = cache.get(id) {
+        return Ok(Some(release.clone()));
+    }
+    let release = s.release(id).await?;
+    if let Some(release) = &release {
+        cache.insert(id.to_owned(), release.clone());
+    }
+    Ok(release)
 }
 
 /// Writes the rollout's end; if another controller changed it first, looks again.

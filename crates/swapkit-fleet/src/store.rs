@@ -27,10 +27,7 @@ impl Store {
             .with_timeout(Duration::from_secs(2));
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| FleetError::Etcd {
-                doing: format!("connect to {}", endpoints.join(",")),
-                source: e,
-            })?;
+            .map_err(|e| etcd(&format!("connect to {}", endpoints.join(",")), e))?;
         Ok(Store {
             client,
             prefix: format!("/swapkit/{service}/"),
@@ -64,23 +61,22 @@ impl Store {
 
     /// Every published release.
     pub async fn releases(&mut self) -> Result<Vec<Release>, FleetError> {
-        let key = self.key("release/");
-        Ok(self
-            .get_all(&key, true)
-            .await?
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect())
+        self.values("release/").await
     }
 
     /// Every live host's report.
     pub async fn reports(&mut self) -> Result<Vec<Report>, FleetError> {
-        let key = self.key("hosts/");
+        self.values("hosts/").await
+    }
+
+    /// The values of every key under `rest`, decoded.
+    async fn values<T: DeserializeOwned>(&mut self, rest: &str) -> Result<Vec<T>, FleetError> {
+        let key = self.key(rest);
         Ok(self
             .get_all(&key, true)
             .await?
             .into_iter()
-            .map(|(r, _)| r)
+            .map(|(v, _)| v)
             .collect())
     }
 
@@ -224,7 +220,8 @@ fn json(value: &impl Serialize) -> Result<Vec<u8>, FleetError> {
     })
 }
 
-fn etcd(doing: &str, source: etcd_client::Error) -> FleetError {
+/// An etcd error while `doing` something.
+pub(crate) fn etcd(doing: &str, source: etcd_client::Error) -> FleetError {
     FleetError::Etcd {
         doing: doing.to_owned(),
         source,
