@@ -43,6 +43,11 @@ pub const METHOD_MIGRATE: u32 = 1;
 /// Header flag: the plugin was built with `panic = "unwind"`, so its glue can catch panics.
 pub const FLAG_PANIC_UNWIND: u32 = 1;
 
+/// Header flag: an extension ([`HeaderExt`](crate::lane::HeaderExt)) follows the v1 entry
+/// points: the header is an [`ExtendedHeader`](crate::lane::ExtendedHeader). A plugin without it
+/// has no direct lanes, and every call takes the encoded path.
+pub const FLAG_EXTENDED: u32 = 2;
+
 /// A borrowed run of bytes that crosses the boundary.
 ///
 /// When the guest fills one in as a result, the bytes belong to the guest and stay valid until

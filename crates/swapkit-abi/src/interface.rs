@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::lane::{LaneArgs, LaneResult};
 use crate::wire;
 
 /// Describes one interface. Implemented by `#[interface]` for `dyn Trait`.
@@ -46,6 +47,19 @@ pub trait Transport {
         method: u32,
         args: &A,
     ) -> Result<R, Self::Error>;
+
+    /// Calls method number `method` through its direct lane, with the arguments as they are.
+    /// `#[interface]` calls this, rather than [`Transport::call`], for a method whose types are
+    /// all plain data. The default encodes them and calls `call`: a transport that knows no
+    /// lanes still works.
+    #[inline]
+    fn call_lane<A, R>(&self, method: u32, args: A) -> Result<R, Self::Error>
+    where
+        A: LaneArgs + Serialize,
+        R: LaneResult + DeserializeOwned,
+    {
+        self.call(method, &args)
+    }
 }
 
 /// Why a dispatch failed before or after the implementation ran.

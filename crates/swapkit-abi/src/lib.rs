@@ -12,16 +12,18 @@ mod manifest;
 mod status;
 
 pub mod hash;
+pub mod lane;
 pub mod service;
 pub mod wire;
 
 pub use fingerprint::Fingerprint;
 pub use header::{
     level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader,
-    RawSlice, ServiceFn, ABI_VERSION, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX, LIFECYCLE_INTERFACE,
-    LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
+    RawSlice, ServiceFn, ABI_VERSION, FLAG_EXTENDED, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX,
+    LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
+pub use lane::{ExtendedHeader, Plain, StaticHeader};
 pub use live::{LiveData, LiveError, LiveType};
 pub use manifest::{Dependency, ExportDecl, InterfaceDecl, LiveKind, Manifest, Options, PatchDecl};
 pub use status::Status;
@@ -29,6 +31,11 @@ pub use status::Status;
 /// Turns a trait into a swapkit interface: a typed host client, the guest dispatch and the
 /// interface hash. See the crate docs of `swapkit` for a full example.
 pub use swapkit_macros::interface;
+
+/// Marks a `#[repr(C)]` struct as plain data that a direct lane passes as it is: every field
+/// plain (numbers, `bool`, `char`, arrays and other plain structs), and no padding. List it in
+/// `#[interface(plain = [Type])]` for the methods that pass it to get a lane.
+pub use swapkit_macros::Plain;
 
 #[doc(hidden)]
 pub mod __private {

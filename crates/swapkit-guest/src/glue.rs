@@ -10,11 +10,14 @@ use core::ffi::c_void;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use core::mem::MaybeUninit;
+
+use swapkit_abi::lane::{Glue, LaneEntry, LaneResult, LaneRet, WASM_ARGS};
 use swapkit_abi::{
-    wire, DispatchError, EntryPoints, ExportDecl, Fingerprint, HostApi, Interface, InterfaceDecl,
-    LiveData, LiveKind, Manifest, PatchDecl, PluginHeader, RawSlice, Status, ABI_VERSION,
-    FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE,
-    PATCH_INTERFACE,
+    wire, DispatchError, EntryPoints, ExportDecl, ExtendedHeader, Fingerprint, HostApi, Interface,
+    InterfaceDecl, LiveData, LiveKind, Manifest, PatchDecl, PluginHeader, RawSlice, Status,
+    ABI_VERSION, FLAG_EXTENDED, FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC,
+    METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
 };
 
 use crate::{Host, Plugin};
@@ -37,6 +40,20 @@ pub trait Exports: Plugin {
     const RELOADABLE: bool = true;
     /// The exported interfaces, in dispatch order.
     fn interfaces() -> Vec<InterfaceDecl>;
+    /// The native lanes of every exported interface, under their method hashes.
+    const LANES: &'static [LaneEntry];
+    /// Runs method `method` of interface number `interface` through its wasm lane; `None` if
+    /// it has none.
+    ///
+    /// # Safety
+    /// `args` came from the host's staging for this method, which is still in place.
+    unsafe fn lane_wasm(
+        &self,
+        interface: u32,
+        method: u32,
+        args: &[u64; WASM_ARGS],
+        buf: &mut Vec<u8>,
+    ) -> Option<u64>;
     /// Routes a call to the implementation of interface number `interface`.
     fn dispatch(
         &self,
@@ -85,31 +102,37 @@ pub fn decl<I: Interface + ?Sized>() -> InterfaceDecl {
     }
 }
 
-/// The header of plugin type `P`.
-pub const fn header<P: Exports>() -> PluginHeader {
-    PluginHeader {
-        magic: MAGIC,
-        abi_version: ABI_VERSION,
-        flags: if cfg!(panic = "unwind") {
-            FLAG_PANIC_UNWIND
-        } else {
-            0
+/// The header of plugin type `P`, with its lanes in the extension.
+pub const fn header<P: Exports>() -> ExtendedHeader {
+    ExtendedHeader {
+        header: PluginHeader {
+            magic: MAGIC,
+            abi_version: ABI_VERSION,
+            flags: FLAG_EXTENDED
+                | if cfg!(panic = "unwind") {
+                    FLAG_PANIC_UNWIND
+                } else {
+                    0
+                },
+            fingerprint: Fingerprint::CURRENT,
+            entry: EntryPoints {
+                manifest: manifest::<P>,
+                load: load::<P>,
+                init: init::<P>,
+                free: free::<P>,
+                call: call::<P>,
+            },
         },
-        fingerprint: Fingerprint::CURRENT,
-        entry: EntryPoints {
-            manifest: manifest::<P>,
-            load: load::<P>,
-            init: init::<P>,
-            free: free::<P>,
-            call: call::<P>,
-        },
+        ext: swapkit_abi::lane::extension(P::LANES),
     }
 }
 
-/// An instance as the host holds it: the plugin and its host table.
+/// An instance as the host holds it: the plugin and its host table. The plugin comes first,
+/// so the handle points at it: a lane reaches the plugin object with no offset to add.
+#[repr(C)]
 struct Instance<P> {
-    host: Host,
     plugin: P,
+    host: Host,
 }
 
 /// Results above this size are not kept between calls, so one large answer does not pin its
@@ -135,6 +158,85 @@ thread_local! {
             depth: Cell::new(0),
         }
     };
+    /// The message of a lane that failed: kept apart from the result buffer, so a lane that
+    /// returns a value never writes the buffer an outer frame may still be reading.
+    static MESSAGE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `work` with the thread's result buffer, emptied, and puts it back after: the bytes it
+/// wrote stay valid until the next call on this thread. A nested call gets a buffer of its
+/// own; after the thread-locals are gone, the buffer is leaked so its bytes stay valid.
+pub(crate) fn with_result_buffer<T>(work: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let mut buf = OUT.try_with(|t| t.out.take()).unwrap_or_default();
+    if buf.capacity() > KEEP_CAPACITY {
+        buf = Vec::new();
+    }
+    buf.clear();
+    let result = work(&mut buf);
+    let mut keep = Some(buf);
+    let _ = OUT.try_with(|t| t.out.set(keep.take().unwrap_or_default()));
+    if let Some(orphan) = keep {
+        orphan.leak();
+    }
+    result
+}
+
+/// The guest glue around a native lane.
+#[derive(Debug)]
+pub struct LaneGlue;
+
+// SAFETY: `native` catches every panic of the body and reports it with a message.
+unsafe impl Glue for LaneGlue {
+    #[inline]
+    fn native<R: LaneResult>(out: *mut RawSlice, body: impl FnOnce() -> R) -> LaneRet<R::Raw> {
+        // One thread-local lookup: a plugin is a shared library, where each costs a call.
+        #[cfg(not(target_family = "wasm"))]
+        let depth = OUT.try_with(|t| &t.depth as *const Cell<u32>).ok();
+        #[cfg(not(target_family = "wasm"))]
+        if let Some(depth) = depth {
+            // SAFETY: this thread's own thread-local, alive while the thread runs this call.
+            unsafe { (*depth).set((*depth).get() + 1) };
+        }
+        let result = catch_unwind(AssertUnwindSafe(body));
+        #[cfg(not(target_family = "wasm"))]
+        if let Some(depth) = depth {
+            // SAFETY: as above.
+            unsafe { (*depth).set((*depth).get().saturating_sub(1)) };
+        }
+        match result {
+            Ok(value) if R::BYTES => LaneRet {
+                status: Status::Ok as u32,
+                value: MaybeUninit::new(with_result_buffer(|buf| value.into_raw(buf))),
+            },
+            Ok(value) => LaneRet {
+                status: Status::Ok as u32,
+                value: MaybeUninit::new(value.into_raw(&mut Vec::new())),
+            },
+            Err(payload) => lane_panic(out, &*payload),
+        }
+    }
+}
+
+/// The reply of a lane that panicked: the message through `out`, from the message buffer.
+#[cold]
+#[inline(never)]
+fn lane_panic<R: Copy>(out: *mut RawSlice, payload: &(dyn std::any::Any + Send)) -> LaneRet<R> {
+    let message = panic_message(payload);
+    let mut buf = MESSAGE.try_with(Cell::take).unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(message.as_bytes());
+    let slice = RawSlice::from_slice(&buf);
+    let mut keep = Some(buf);
+    let _ = MESSAGE.try_with(|m| m.set(keep.take().unwrap_or_default()));
+    if let Some(orphan) = keep {
+        orphan.leak();
+    }
+    // SAFETY: the host passes a writable `out`.
+    unsafe { out.write(slice) };
+    LaneRet {
+        status: Status::Panic as u32,
+        value: MaybeUninit::uninit(),
+    }
 }
 
 /// Installs, once per copy of the guest, a panic hook that says nothing about a panic an
@@ -319,7 +421,7 @@ pub(crate) unsafe extern "C" fn load<P: Exports>(
         let host = Host::from_raw(api);
         respond(out, |_| match P::on_load(&host) {
             Ok(plugin) => {
-                let boxed = Box::new(Instance { host, plugin });
+                let boxed = Box::new(Instance { plugin, host });
                 instance.write(Box::into_raw(boxed).cast());
                 Ok(())
             }

@@ -13,6 +13,7 @@
 use core::ffi::c_void;
 use std::cell::{Cell, RefCell, UnsafeCell};
 
+use swapkit_abi::lane::WASM_ARGS;
 use swapkit_abi::{HostApi, RawSlice, Status, ABI_VERSION};
 
 use crate::glue::{self, Exports};
@@ -85,7 +86,11 @@ static OUT: Slot = Slot(UnsafeCell::new([0, 0]));
 
 thread_local! {
     static INSTANCE: Cell<*mut c_void> = const { Cell::new(core::ptr::null_mut()) };
-    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Words, not bytes, so the buffer is 8-aligned: a lane's staged slices and structs are
+    /// read in place.
+    static INPUT: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// `swapkit_lanes`' table: the number of lanes, then their method hashes.
+    static LANES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -126,7 +131,7 @@ pub fn out_slot() -> u32 {
 pub fn input(len: u32) -> u32 {
     INPUT.with(|b| {
         let mut b = b.borrow_mut();
-        b.resize(len as usize, 0);
+        b.resize((len as usize).div_ceil(8), 0);
         b.as_ptr() as usize as u32
     })
 }
@@ -189,13 +194,46 @@ pub fn call<P: Exports>(interface: u32, method: u32, len: u32) -> u32 {
     }
     INPUT.with(|b| {
         let b = b.borrow();
-        let len = (len as usize).min(b.len());
+        let len = (len as usize).min(b.len() * 8);
         let mut out = RawSlice::EMPTY;
         // SAFETY: `handle` is live; the input stays borrowed, unchanged, for the call.
         let status =
-            unsafe { glue::call::<P>(handle, interface, method, b.as_ptr(), len, &mut out) };
+            unsafe { glue::call::<P>(handle, interface, method, b.as_ptr().cast(), len, &mut out) };
         publish(out, status)
     })
+}
+
+/// `swapkit_lanes`: the address of `[count, hash, ..]` (`u64`s), the method hashes this
+/// plugin serves through `swapkit_lane`.
+pub fn lanes<P: Exports>() -> u32 {
+    LANES.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_empty() {
+            t.push(P::LANES.len() as u64);
+            t.extend(P::LANES.iter().map(|l| l.hash));
+        }
+        t.as_ptr() as usize as u32
+    })
+}
+
+/// `swapkit_lane(interface, method, args..)`: a direct-lane call. Its arguments are wasm
+/// values, or addresses of what the host staged in the input buffer; its result is a value, or
+/// the address and length of bytes in the result buffer. A call with no lane, or before
+/// `on_load`, traps: only a host that read `swapkit_lanes` makes one.
+pub fn lane<P: Exports>(interface: u32, method: u32, args: [u64; WASM_ARGS]) -> u64 {
+    let handle = INSTANCE.get();
+    if handle.is_null() {
+        core::arch::wasm32::unreachable();
+    }
+    // SAFETY: `handle` came from `load::<P>` and points at the plugin object (the instance
+    // keeps it first); the host staged the arguments for this method.
+    let word = glue::with_result_buffer(|buf| unsafe {
+        (*(handle as *const P)).lane_wasm(interface, method, &args, buf)
+    });
+    match word {
+        Some(word) => word,
+        None => core::arch::wasm32::unreachable(),
+    }
 }
 
 fn refuse(message: &'static str) -> u32 {

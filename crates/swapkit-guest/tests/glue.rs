@@ -57,7 +57,7 @@ fn call(instance: *mut c_void, interface: u32, method: u32, input: &[u8]) -> (u3
     let mut out = RawSlice::EMPTY;
     // SAFETY: `instance` came from this plugin's `load`; input and out are valid buffers.
     let status = unsafe {
-        (SWAPKIT_PLUGIN.entry.call)(
+        (SWAPKIT_PLUGIN.header.entry.call)(
             instance,
             interface,
             method,
@@ -85,7 +85,7 @@ unsafe extern "C" fn service(
 
 #[test]
 fn entry_points_follow_the_abi() {
-    let entry = &SWAPKIT_PLUGIN.entry;
+    let entry = &SWAPKIT_PLUGIN.header.entry;
     let mut out = RawSlice::EMPTY;
     // SAFETY: `manifest` takes a writable out slot.
     assert_eq!(unsafe { (entry.manifest)(&mut out) }, Status::Ok as u32);
@@ -183,14 +183,14 @@ fn entry_points_follow_the_abi() {
 
 #[test]
 fn header_prefix_describes_this_build() {
-    assert_eq!(SWAPKIT_PLUGIN.magic, swapkit_abi::MAGIC);
-    assert_eq!(SWAPKIT_PLUGIN.abi_version, swapkit_abi::ABI_VERSION);
+    assert_eq!(SWAPKIT_PLUGIN.header.magic, swapkit_abi::MAGIC);
+    assert_eq!(SWAPKIT_PLUGIN.header.abi_version, swapkit_abi::ABI_VERSION);
     assert_eq!(
-        SWAPKIT_PLUGIN.flags & swapkit_abi::FLAG_PANIC_UNWIND,
+        SWAPKIT_PLUGIN.header.flags & swapkit_abi::FLAG_PANIC_UNWIND,
         swapkit_abi::FLAG_PANIC_UNWIND
     );
     assert_eq!(
-        SWAPKIT_PLUGIN.fingerprint,
+        SWAPKIT_PLUGIN.header.fingerprint,
         swapkit_abi::Fingerprint::CURRENT
     );
 }

@@ -160,6 +160,14 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         let i = i as u32;
         quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)
     });
+    let lanes_of = |p: &Path| quote!(<dyn #p as ::swapkit_guest::abi::lane::Lanes<#plugin, ::swapkit_guest::__rt::LaneGlue>>);
+    let lane_parts: Vec<TokenStream> = spec.interfaces.iter().map(lanes_of).collect();
+    let lane_arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
+        let i = i as u32;
+        let lanes = lanes_of(p);
+        // SAFETY: forwarded from the caller.
+        quote!(#i => unsafe { #lanes::wasm(self, method, args, buf) },)
+    });
 
     Ok(quote! {
         impl ::swapkit_guest::__rt::Exports for #plugin {
@@ -170,6 +178,10 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             const PATCHES: &'static [::swapkit_guest::__rt::PatchExport] = &[#(#patches),*];
             const LIVE: &'static [::swapkit_guest::__rt::LiveExport] = &[#(#live),*];
             const RELOADABLE: bool = #reloadable;
+            const LANES: &'static [::swapkit_guest::abi::lane::LaneEntry] =
+                &::swapkit_guest::abi::lane::lane_table::<{ 0 #(+ #lane_parts::NATIVE.len())* }>(
+                    &[#(#lane_parts::NATIVE),*],
+                );
 
             fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
                 ::swapkit_guest::__rt::vec![#(#decls),*]
@@ -185,6 +197,19 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 match interface {
                     #(#arms)*
                     other => ::core::result::Result::Err(::swapkit_guest::abi::DispatchError::UnknownInterface(other)),
+                }
+            }
+
+            unsafe fn lane_wasm(
+                &self,
+                interface: u32,
+                method: u32,
+                args: &[u64; ::swapkit_guest::abi::lane::WASM_ARGS],
+                buf: &mut ::swapkit_guest::__rt::Vec<u8>,
+            ) -> ::core::option::Option<u64> {
+                match interface {
+                    #(#lane_arms)*
+                    _ => ::core::option::Option::None,
                 }
             }
         }
@@ -224,11 +249,28 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             extern "C" fn swapkit_call(interface: u32, method: u32, len: u32) -> u32 {
                 ::swapkit_guest::__rt::wasm::call::<#plugin>(interface, method, len)
             }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_lanes() -> u32 {
+                ::swapkit_guest::__rt::wasm::lanes::<#plugin>()
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn swapkit_lane(
+                interface: u32,
+                method: u32,
+                a0: u64,
+                a1: u64,
+                a2: u64,
+                a3: u64,
+                a4: u64,
+                a5: u64,
+            ) -> u64 {
+                ::swapkit_guest::__rt::wasm::lane::<#plugin>(interface, method, [a0, a1, a2, a3, a4, a5])
+            }
         };
 
-        /// The ABI v1 header of this plugin. A native host finds it by its exported symbol; a
+        /// The ABI v1 header of this plugin, with its lanes. A native host finds it by its exported symbol; a
         /// static host registers it directly.
         #[unsafe(export_name = #symbol)]
-        pub static SWAPKIT_PLUGIN: ::swapkit_guest::abi::PluginHeader = ::swapkit_guest::__rt::header::<#plugin>();
+        pub static SWAPKIT_PLUGIN: ::swapkit_guest::abi::ExtendedHeader = ::swapkit_guest::__rt::header::<#plugin>();
     })
 }

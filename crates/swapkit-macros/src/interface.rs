@@ -16,7 +16,10 @@ struct Method {
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let name_override = parse_attr(attr)?;
+    let Attr {
+        name: name_override,
+        plain,
+    } = parse_attr(attr)?;
     let trait_: ItemTrait = syn::parse2(item)?;
     if !trait_.generics.params.is_empty() || trait_.generics.where_clause.is_some() {
         return Err(syn::Error::new(
@@ -44,21 +47,80 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         .collect::<Vec<_>>()
         .join(";");
     let method_names: Vec<String> = methods.iter().map(|m| m.sig.ident.to_string()).collect();
+    let plain_names: Vec<String> = plain.iter().map(canonical).collect();
+    let lanes: Vec<bool> = methods.iter().map(|m| has_lane(m, &plain_names)).collect();
+    // The layouts of the plain structs cross the lanes as bytes, so they are part of the
+    // interface: a field added, removed, renamed or retyped changes the hash. An interface
+    // that names none keeps the hash of its signature alone.
+    let hash = if plain.is_empty() {
+        quote!(#abi::hash::interface_hash(#name, #signature))
+    } else {
+        quote!(#abi::lane::mix(
+            #abi::hash::interface_hash(#name, #signature),
+            &[#(<#plain as #abi::lane::Plain>::LAYOUT),*],
+        ))
+    };
 
     let client_methods = methods.iter().enumerate().map(|(i, m)| {
         let index = i as u32;
         let fn_name = &m.sig.ident;
         let ret = &m.ret;
         let params = m.args.iter().map(|(a, t)| quote!(#a: #t));
-        let names = m.args.iter().map(|(a, _)| a);
+        let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
         let attrs = &m.attrs;
+        let call = if lanes[i] {
+            quote!(self.transport.call_lane::<_, #ret>(#index, (#(#names,)*)))
+        } else {
+            quote!(self.transport.call::<_, #ret>(#index, &(#(#names,)*)))
+        };
         quote! {
             #(#attrs)*
             pub fn #fn_name(&self, #(#params),*) -> ::core::result::Result<#ret, T::Error> {
-                self.transport.call::<_, #ret>(#index, &(#(#names,)*))
+                #call
             }
         }
     });
+
+    let lane_fns = methods
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| lanes[*i])
+        .map(|(i, m)| native_lane(&abi, ident, i, m));
+    let lane_entries = methods
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| lanes[*i])
+        .map(|(i, _)| {
+            let index = i as u32;
+            let f = lane_fn_ident(i);
+            quote!(#abi::lane::LaneEntry {
+                hash: #abi::lane::method_hash(<dyn #ident as #abi::Interface>::HASH, #index),
+                entry: #f::<__I, __G> as *const (),
+            })
+        });
+    let wasm_arms = methods
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| lanes[*i])
+        .map(|(i, m)| {
+            let index = i as u32;
+            let fn_name = &m.sig.ident;
+            let ret = &m.ret;
+            let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
+            let unpack = m.args.iter().enumerate().map(|(k, (a, t))| {
+                quote! {
+                    // SAFETY: the host staged this method's arguments (the caller's contract).
+                    let #a = unsafe { <#t as #abi::lane::LaneArg>::from_wasm(args[#k]) };
+                }
+            });
+            quote! {
+                #index => {
+                    #(#unpack)*
+                    let result: #ret = <__I as #ident>::#fn_name(imp, #(#names),*);
+                    ::core::option::Option::Some(<#ret as #abi::lane::LaneResult>::into_wasm(result, buf))
+                }
+            }
+        });
 
     let dispatch_arms = methods.iter().enumerate().map(|(i, m)| {
         let index = i as u32;
@@ -87,7 +149,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         impl #abi::Interface for dyn #ident {
             const NAME: &'static str = #name;
             const SIGNATURE: &'static str = #signature;
-            const HASH: u64 = #abi::hash::interface_hash(#name, #signature);
+            const HASH: u64 = #hash;
             const METHODS: &'static [&'static str] = &[#(#method_names),*];
             type Client<T: #abi::Transport> = #client<T>;
             fn client<T: #abi::Transport>(transport: T) -> #client<T> {
@@ -110,6 +172,29 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
 
+        const _: () = {
+            #(#lane_fns)*
+
+            // SAFETY: each entry is the lane of the method its hash names, made above from
+            // that method's own argument and result types.
+            unsafe impl<__I: #ident, __G: #abi::lane::Glue> #abi::lane::Lanes<__I, __G> for dyn #ident {
+                const NATIVE: &'static [#abi::lane::LaneEntry] = &[#(#lane_entries),*];
+
+                #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
+                unsafe fn wasm(
+                    imp: &__I,
+                    method: u32,
+                    args: &[u64; #abi::lane::WASM_ARGS],
+                    buf: &mut #abi::__private::Vec<u8>,
+                ) -> ::core::option::Option<u64> {
+                    match method {
+                        #(#wasm_arms)*
+                        _ => ::core::option::Option::None,
+                    }
+                }
+            }
+        };
+
         #[doc = #doc]
         #[derive(Clone, Debug)]
         #vis struct #client<T> {
@@ -127,22 +212,123 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     })
 }
 
-fn parse_attr(attr: TokenStream) -> syn::Result<Option<String>> {
+/// The arguments of `#[interface(..)]`.
+struct Attr {
+    name: Option<String>,
+    /// `plain = [Type, ..]`: the `#[derive(Plain)]` structs whose methods get a lane.
+    plain: Vec<syn::Path>,
+}
+
+fn parse_attr(attr: TokenStream) -> syn::Result<Attr> {
+    let mut out = Attr {
+        name: None,
+        plain: vec![],
+    };
     if attr.is_empty() {
-        return Ok(None);
+        return Ok(out);
     }
-    let mut name = None;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             let lit: LitStr = meta.value()?.parse()?;
-            name = Some(lit.value());
+            out.name = Some(lit.value());
+            Ok(())
+        } else if meta.path.is_ident("plain") {
+            let list: syn::ExprArray = meta.value()?.parse()?;
+            for e in list.elems {
+                match e {
+                    syn::Expr::Path(p) if p.qself.is_none() => out.plain.push(p.path),
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "`plain` lists struct types: `plain = [Point, Quote]`",
+                        ))
+                    }
+                }
+            }
             Ok(())
         } else {
-            Err(meta.error("unknown argument; the only one is `name = \"...\"`"))
+            Err(meta.error("unknown argument; expected `name = \"...\"` or `plain = [Type, ..]`"))
         }
     });
     syn::parse::Parser::parse2(parser, attr)?;
-    Ok(name)
+    Ok(out)
+}
+
+/// The numbers and `bool` and `char`: what a lane passes as one value. Pointer-sized integers
+/// are left out, since a wasm guest's differ from the host's.
+const SCALARS: [&str; 12] = [
+    "u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "f32", "f64", "bool", "char",
+];
+
+/// Whether every argument and the result of `m` are plain data, so that it gets a lane.
+fn has_lane(m: &Method, plain: &[String]) -> bool {
+    let scalar = |t: &Type| SCALARS.contains(&canonical(t).as_str());
+    let element = |t: &Type| scalar(t) || plain.contains(&canonical(t));
+    let arg = |t: &Type| match t {
+        Type::Reference(r) => match &*r.elem {
+            Type::Slice(s) => element(&s.elem),
+            inner => canonical(inner) == "str" || plain.contains(&canonical(inner)),
+        },
+        t => element(t),
+    };
+    let ret = |t: &Type| {
+        let text = canonical(t);
+        if element(t) || text == "()" || text == "String" {
+            return true;
+        }
+        match t {
+            Type::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
+                let seg = &p.path.segments[0];
+                match &seg.arguments {
+                    syn::PathArguments::AngleBracketed(a)
+                        if seg.ident == "Vec" && a.args.len() == 1 =>
+                    {
+                        matches!(&a.args[0], syn::GenericArgument::Type(e) if element(e))
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    };
+    m.args.len() <= 6 && m.args.iter().all(|(_, t)| arg(t)) && ret(&m.ret)
+}
+
+fn lane_fn_ident(i: usize) -> syn::Ident {
+    format_ident!("__swapkit_lane_{}", i)
+}
+
+/// The native lane of method `i`: an `extern "C"` function taking the instance, each argument
+/// in its raw form, and the message slot, and returning the status with the result.
+fn native_lane(abi: &TokenStream, ident: &syn::Ident, i: usize, m: &Method) -> TokenStream {
+    let f = lane_fn_ident(i);
+    let fn_name = &m.sig.ident;
+    let ret = &m.ret;
+    let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
+    let params = m
+        .args
+        .iter()
+        .map(|(a, t)| quote!(#a: <#t as #abi::lane::LaneArg>::Raw));
+    let unpack = m.args.iter().map(|(a, t)| {
+        quote! {
+            // SAFETY: the host passed this argument's raw form, for the call.
+            let #a = unsafe { <#t as #abi::lane::LaneArg>::from_raw(#a) };
+        }
+    });
+    quote! {
+        #[allow(improper_ctypes_definitions, clippy::unit_arg, clippy::let_unit_value)]
+        unsafe extern "C" fn #f<__I: #ident, __G: #abi::lane::Glue>(
+            instance: *mut ::core::ffi::c_void,
+            #(#params,)*
+            out: *mut #abi::RawSlice,
+        ) -> #abi::lane::LaneRet<<#ret as #abi::lane::LaneResult>::Raw> {
+            // SAFETY: the host passes the instance `load` made, whose plugin object it points
+            // at, live for the call.
+            let imp = unsafe { &*(instance as *const __I) };
+            #(#unpack)*
+            __G::native::<#ret>(out, move || <__I as #ident>::#fn_name(imp, #(#names),*))
+        }
+    }
 }
 
 fn method(item: &TraitItem) -> syn::Result<Method> {

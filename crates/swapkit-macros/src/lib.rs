@@ -14,11 +14,20 @@ mod interface;
 mod module;
 mod patch_export;
 mod patchable;
+mod plain;
 
 /// Turns a trait into a swapkit interface. See `swapkit_abi::interface`.
 #[proc_macro_attribute]
 pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
     interface::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Marks a `#[repr(C)]` struct as plain data for the direct lane. See `swapkit_abi::Plain`.
+#[proc_macro_derive(Plain)]
+pub fn derive_plain(input: TokenStream) -> TokenStream {
+    plain::derive(input.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

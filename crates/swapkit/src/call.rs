@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use swapkit_abi::lane::{LaneArgs, LaneResult};
 use swapkit_abi::{wire, Interface, Status, Transport};
 
-use crate::backend::host_status;
+use crate::backend::{host_status, Instance, LaneFailure};
 use crate::error::{CallError, CallSite};
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
@@ -23,15 +24,14 @@ use crate::stats::Fault;
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
 const STACK_ARGS: usize = 256;
 
-/// Calls `method` of `target` in `generation`; `pin` is the version choice of the pin the
-/// call runs under, if any.
+/// Makes `call` into the instance of `generation` that serves `target`, with the number of
+/// the interface in it; `pin` is the version choice of the pin the call runs under, if any.
 #[inline]
-fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
+fn call_in<R>(
     generation: &Generation,
     target: &Target,
     pin: Option<&OnceLock<Variant>>,
-    method: u32,
-    args: &A,
+    call: impl FnOnce(&Instance, u32) -> Result<R, CallError>,
 ) -> Result<R, CallError> {
     let resolved = generation.resolve(target, pin)?;
     let (instance, interface) = (resolved.instance, resolved.interface);
@@ -44,11 +44,51 @@ fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
             pin,
         )
     });
-    let call = || encode_and_call(instance, interface, target, method, args);
     if resolved.timed {
-        return timed(&instance.stats.latency, call);
+        return timed(&instance.stats.latency, || call(instance, interface));
     }
-    call()
+    call(instance, interface)
+}
+
+/// A call of `method` with `args` as they are: through the plugin's direct lane if it lists
+/// one for the method, else through the encoded path.
+#[inline]
+fn lane_or_encode<A, R>(
+    instance: &Instance,
+    interface: u32,
+    target: &Target,
+    method: u32,
+    args: A,
+) -> Result<R, CallError>
+where
+    A: LaneArgs + Serialize,
+    R: LaneResult + DeserializeOwned,
+{
+    let lane = instance.code.lanes.get(interface, method);
+    if lane.is_null() {
+        return encode_and_call(instance, interface, target, method, &args);
+    }
+    instance.stats.call();
+    instance
+        .lane(lane, interface, method, args)
+        .map_err(|f| lane_failure(instance, target, method, f))
+}
+
+/// The error of a failed lane call.
+#[cold]
+#[inline(never)]
+fn lane_failure(instance: &Instance, target: &Target, method: u32, lane: LaneFailure) -> CallError {
+    let names = (target.interface, method_name(target, method));
+    match lane {
+        LaneFailure::Status(status, message) => failure(instance, names, status, message),
+        LaneFailure::Result(e) => {
+            instance.stats.fault(Fault::Error);
+            CallError::Decode {
+                site: site(instance, names),
+                reason: e.to_string(),
+            }
+        }
+    }
 }
 
 /// `call`, timed into `latency`: one call in about 32 into a plugin with a canary, for the
@@ -65,7 +105,7 @@ fn timed<T>(latency: &crate::stats::Latency, call: impl FnOnce() -> T) -> T {
 /// Encodes the arguments, calls the instance, and decodes the reply.
 #[inline]
 fn encode_and_call<A: Serialize + ?Sized, R: DeserializeOwned>(
-    instance: &crate::backend::Instance,
+    instance: &Instance,
     interface: u32,
     target: &Target,
     method: u32,
@@ -98,7 +138,7 @@ fn encode_error(target: &Target, method: u32, e: wire::Error) -> CallError {
 
 #[cold]
 pub(crate) fn decode_error(
-    instance: &crate::backend::Instance,
+    instance: &Instance,
     interface: &'static str,
     method: &'static str,
     e: wire::Error,
@@ -119,7 +159,7 @@ fn method_name(target: &Target, method: u32) -> &'static str {
 }
 
 /// The call site of a call into `instance`; `names` are the interface and method names.
-fn site(instance: &crate::backend::Instance, names: (&'static str, &'static str)) -> CallSite {
+fn site(instance: &Instance, names: (&'static str, &'static str)) -> CallSite {
     CallSite {
         plugin: instance.code.name.clone(),
         version: instance.code.version.clone(),
@@ -132,7 +172,7 @@ fn site(instance: &crate::backend::Instance, names: (&'static str, &'static str)
 /// interface and method names the error reports.
 #[cold]
 pub(crate) fn failure(
-    instance: &crate::backend::Instance,
+    instance: &Instance,
     names: (&'static str, &'static str),
     raw: u32,
     message: String,
@@ -217,7 +257,21 @@ impl Transport for Binding {
         args: &A,
     ) -> Result<R, CallError> {
         let guard = self.current.enter();
-        call_in(guard.get(), &self.target, None, method, args)
+        call_in(guard.get(), &self.target, None, |instance, interface| {
+            encode_and_call(instance, interface, &self.target, method, args)
+        })
+    }
+
+    #[inline]
+    fn call_lane<A, R>(&self, method: u32, args: A) -> Result<R, CallError>
+    where
+        A: LaneArgs + Serialize,
+        R: LaneResult + DeserializeOwned,
+    {
+        let guard = self.current.enter();
+        call_in(guard.get(), &self.target, None, |instance, interface| {
+            lane_or_encode(instance, interface, &self.target, method, args)
+        })
     }
 }
 
@@ -359,8 +413,21 @@ impl Transport for Pinned {
             &self.generation,
             &self.target,
             self.choice.as_deref(),
-            method,
-            args,
+            |instance, interface| encode_and_call(instance, interface, &self.target, method, args),
+        )
+    }
+
+    #[inline]
+    fn call_lane<A, R>(&self, method: u32, args: A) -> Result<R, CallError>
+    where
+        A: LaneArgs + Serialize,
+        R: LaneResult + DeserializeOwned,
+    {
+        call_in(
+            &self.generation,
+            &self.target,
+            self.choice.as_deref(),
+            |instance, interface| lane_or_encode(instance, interface, &self.target, method, args),
         )
     }
 }

@@ -106,7 +106,7 @@ pub use status::{
     CallCounts, DrainedGeneration, GenerationState, GenerationStatus, PinInfo, PluginStatus, Status,
 };
 pub use swapkit_abi as abi;
-pub use swapkit_abi::{interface, Interface, PluginHeader};
+pub use swapkit_abi::{interface, ExtendedHeader, Interface, Plain, PluginHeader, StaticHeader};
 pub use swapkit_abi::{LiveData, LiveType};
 #[cfg(feature = "ops")]
 pub use swapkit_admin as admin;

@@ -252,6 +252,7 @@ fn generation_status(
                     .iter()
                     .map(|i| i.name.clone())
                     .collect(),
+                lanes: p.code.lanes.count(),
                 counts: p.stats.counts(),
             })
             .collect(),

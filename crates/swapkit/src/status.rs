@@ -69,6 +69,10 @@ pub struct PluginStatus {
     pub origin: String,
     /// The interfaces it exports.
     pub interfaces: Vec<String>,
+    /// How many of their methods it serves through a direct lane (arguments passed as they
+    /// are, no encoding). 0 for a plugin built before lanes: its calls all take the encoded
+    /// path.
+    pub lanes: usize,
     /// What calls into this instance did since it was loaded.
     pub counts: CallCounts,
 }

@@ -2,24 +2,33 @@
 //! fingerprint and panic strategy are read as plain data, and only then is the manifest
 //! entry point called. Native and static plugins both come through here.
 
+use std::mem::{offset_of, size_of};
 use std::ptr::addr_of;
 
+use swapkit_abi::lane::{HeaderExt, LaneEntry};
 use swapkit_abi::{
-    Fingerprint, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION, FLAG_PANIC_UNWIND, MAGIC,
+    ExtendedHeader, Fingerprint, Manifest, PluginHeader, RawSlice, Status, ABI_VERSION,
+    FLAG_EXTENDED, FLAG_PANIC_UNWIND, MAGIC,
 };
 
-use super::{BackendKind, Code, Entry};
+use super::{BackendKind, Code, Entry, LaneTable};
 use crate::error::LoadError;
 
+/// More lanes than this in one header is a corrupt table, not a plugin.
+const MAX_LANES: usize = 1 << 16;
+
 impl Code {
-    /// Checks `header` and reads the manifest.
+    /// Checks `header` and reads the manifest and the lane table.
     ///
     /// # Safety
     /// `header` must point to readable memory at least as large as the frozen header prefix,
     /// which stays mapped for the rest of the process; if the prefix matches this ABI, the
-    /// whole header must be a valid [`PluginHeader`] whose entry points follow ABI v1.
+    /// whole header must be a valid [`PluginHeader`] whose entry points follow ABI v1, and, if
+    /// it sets [`FLAG_EXTENDED`] and `room` (the bytes readable at `header`, where known)
+    /// allows, an [`ExtendedHeader`] whose lanes follow the lane rules of its ABI crate.
     pub unsafe fn from_header(
         header: *const PluginHeader,
+        room: Option<usize>,
         backend: BackendKind,
         content_hash: [u8; 32],
         origin: String,
@@ -68,9 +77,18 @@ impl Code {
                 source: reason.into(),
             });
         }
+        // SAFETY: forwarded from the caller; the prefix checks passed.
+        let lanes = unsafe { lanes(header, flags, room, &origin)? };
+        let lanes = LaneTable::build(&manifest, |hash| {
+            lanes
+                .iter()
+                .find(|l| l.hash == hash && !l.entry.is_null())
+                .map(|l| l.entry)
+        });
         let name = manifest.name.as_str().into();
         let version = manifest.version.as_str().into();
         Ok(Code {
+            lanes,
             entry: Entry::Native(header),
             manifest,
             backend,
@@ -80,6 +98,64 @@ impl Code {
             version,
         })
     }
+}
+
+/// The native lanes a checked header lists: none without [`FLAG_EXTENDED`], or with an
+/// extension too short to hold them (an older minor version).
+///
+/// # Safety
+/// As for [`Code::from_header`], after its prefix checks passed.
+unsafe fn lanes(
+    header: *const PluginHeader,
+    flags: u32,
+    room: Option<usize>,
+    origin: &str,
+) -> Result<&'static [LaneEntry], LoadError> {
+    if flags & FLAG_EXTENDED == 0 {
+        return Ok(&[]);
+    }
+    let bad = |reason: String| LoadError::Manifest {
+        origin: origin.to_owned(),
+        source: format!("{reason}; rebuild the plugin with export_plugin!").into(),
+    };
+    let at = offset_of!(ExtendedHeader, ext);
+    let fits = |bytes: usize| room.is_none_or(|room| room >= at + bytes);
+    if !fits(size_of::<usize>()) {
+        return Err(bad(format!(
+            "its header sets the extension flag but holds only {} bytes",
+            room.unwrap_or_default()
+        )));
+    }
+    let ext = header.cast::<ExtendedHeader>();
+    // SAFETY: the extension's size field is readable (checked against `room` where known,
+    // else by the caller's contract); plain integers are read through raw pointers.
+    let size = unsafe { addr_of!((*ext).ext.size).read_unaligned() };
+    if !fits(size) {
+        return Err(bad(format!(
+            "its header extension claims {size} bytes, past the end of its symbol"
+        )));
+    }
+    if size < size_of::<HeaderExt>() {
+        return Ok(&[]);
+    }
+    // SAFETY: the whole extension this host knows is within its claimed size.
+    let (ptr, count) = unsafe {
+        (
+            addr_of!((*ext).ext.lanes).read_unaligned(),
+            addr_of!((*ext).ext.lane_count).read_unaligned(),
+        )
+    };
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if count > MAX_LANES || ptr.is_null() || !ptr.is_aligned() {
+        return Err(bad(format!(
+            "its lane table is corrupt ({count} entries at {ptr:p})"
+        )));
+    }
+    // SAFETY: a header built by swapkit-guest points at a static table of `count` entries,
+    // mapped for the rest of the process.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
 }
 
 /// The checks of a header's frozen prefix, done before anything else in it is trusted: the

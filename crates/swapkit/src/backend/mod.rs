@@ -14,6 +14,7 @@ pub(crate) mod wasm;
 
 use std::sync::Arc;
 
+use swapkit_abi::lane::{method_hash, LaneArgs, LaneError, LaneResult};
 use swapkit_abi::{
     wire, LiveData, Manifest, PluginHeader, Status, LIFECYCLE_INTERFACE, METHOD_MIGRATE,
     METHOD_SAVE,
@@ -85,6 +86,62 @@ pub(crate) struct Code {
     pub origin: String,
     pub name: Arc<str>,
     pub version: Arc<str>,
+    /// The direct lanes the plugin lists, by exported interface and method.
+    pub lanes: LaneTable,
+}
+
+/// The direct lanes of one plugin: for each exported interface (in manifest order), for each
+/// method, the lane's entry (native), a marker (wasm: the one `swapkit_lane` export serves
+/// them all), or null where the method takes the encoded path.
+#[derive(Debug, Default)]
+pub(crate) struct LaneTable(Box<[Box<[*const ()]>]>);
+
+// SAFETY: addresses of functions in code mapped for the rest of the process, or markers.
+unsafe impl Send for LaneTable {}
+// SAFETY: as above; the table never changes once built.
+unsafe impl Sync for LaneTable {}
+
+impl LaneTable {
+    /// The table of a plugin whose manifest is `manifest`, where `lane(hash)` finds the lane a
+    /// plugin lists under a method hash.
+    pub fn build(manifest: &Manifest, lane: impl Fn(u64) -> Option<*const ()>) -> LaneTable {
+        LaneTable(
+            manifest
+                .interfaces
+                .iter()
+                .map(|i| {
+                    (0..i.methods.len() as u32)
+                        .map(|m| lane(method_hash(i.hash, m)).unwrap_or(std::ptr::null()))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// The lane of `method` of exported interface `interface`, or null.
+    #[inline]
+    pub fn get(&self, interface: u32, method: u32) -> *const () {
+        match self.0.get(interface as usize) {
+            Some(methods) => methods
+                .get(method as usize)
+                .copied()
+                .unwrap_or(std::ptr::null()),
+            None => std::ptr::null(),
+        }
+    }
+
+    /// How many methods have a lane.
+    pub fn count(&self) -> usize {
+        self.0.iter().flatten().filter(|l| !l.is_null()).count()
+    }
+}
+
+/// Why a direct-lane call failed.
+pub(crate) enum LaneFailure {
+    /// The guest or the host reported a status, with its message.
+    Status(u32, String),
+    /// The result the guest returned is not a value of its type.
+    Result(LaneError),
 }
 
 /// Lower-case hex of `bytes`: content hashes in status reports, file names and logs.
@@ -226,6 +283,29 @@ impl Instance {
                 .into_result()
                 .map_err(|(status, message)| hook_error(&self.code, "migrate", status, message))
         })
+    }
+
+    /// Calls method `method` of exported interface `interface` through its direct lane,
+    /// `lane` (from [`LaneTable::get`], not null).
+    #[inline]
+    pub fn lane<A: LaneArgs, R: LaneResult>(
+        &self,
+        lane: *const (),
+        interface: u32,
+        method: u32,
+        args: A,
+    ) -> Result<R, LaneFailure> {
+        match &self.imp {
+            Imp::Native(instance) => {
+                let _ = (interface, method);
+                // SAFETY: `lane` is the native lane the plugin lists under this method's
+                // hash, which covers the interface's hash (its types and plain layouts) and
+                // the lane rules, so it has exactly the signature `A` and `R` give.
+                unsafe { instance.lane(lane, args) }
+            }
+            #[cfg(feature = "wasm")]
+            Imp::Wasm(instance) => instance.lane(interface, method, args),
+        }
     }
 
     /// Calls method `method` of exported interface `interface` with encoded arguments, and

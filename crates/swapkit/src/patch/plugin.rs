@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use swapkit_abi::{wire, PatchDecl, PluginHeader, Status, PATCH_INTERFACE};
+use swapkit_abi::{wire, PatchDecl, StaticHeader, Status, PATCH_INTERFACE};
 
 use super::target::{AnyTarget, PatchOptions};
 use super::{PanicPolicy, PatchError, PatchSet, PatchSetGuard, PatchSource, Pending, Rollout};
@@ -61,8 +61,8 @@ impl std::fmt::Debug for PluginPatches {
 
 impl PluginPatches {
     /// The patches of a plugin crate linked into the host: pass its `SWAPKIT_PLUGIN` static.
-    pub fn from_static(header: &'static PluginHeader) -> Result<PluginPatches, PatchError> {
-        let code = statics::code(header).map_err(PatchError::load)?;
+    pub fn from_static<H: StaticHeader>(header: &'static H) -> Result<PluginPatches, PatchError> {
+        let code = statics::code(statics::StaticPlugin::of(header)).map_err(PatchError::load)?;
         PluginPatches::new(code, &Services::detached())
     }
 

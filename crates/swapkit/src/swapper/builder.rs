@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use swapkit_abi::{Interface, PluginHeader};
+use swapkit_abi::{Interface, StaticHeader};
 
 use super::Swapper;
 use crate::backend::host::{LoadData, LogSink, Services};
@@ -37,7 +37,7 @@ use crate::{Sandbox, TrustPolicy, Vault};
 /// assert_eq!(swapper.generation(), 0);
 /// ```
 pub struct SwapperBuilder {
-    statics: Vec<&'static PluginHeader>,
+    statics: Vec<statics::StaticPlugin>,
     interfaces: Vec<(&'static str, u64, &'static str)>,
     sink: Option<LogSink>,
     on_overdue: Option<OverdueHook>,
@@ -100,8 +100,8 @@ impl SwapperBuilder {
     /// plugins loads them in [`build`](Self::build) and refuses to reload or roll back.
     ///
     /// Pass the plugin crate's `SWAPKIT_PLUGIN` static: `.static_plugin(&my_plugin::SWAPKIT_PLUGIN)`.
-    pub fn static_plugin(mut self, header: &'static PluginHeader) -> Self {
-        self.statics.push(header);
+    pub fn static_plugin<H: StaticHeader>(mut self, header: &'static H) -> Self {
+        self.statics.push(statics::StaticPlugin::of(header));
         self
     }
 

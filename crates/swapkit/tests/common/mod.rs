@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use swapkit::{LoadError, PluginHeader, Swapper, SwapperBuilder};
+use swapkit::{ExtendedHeader, LoadError, PluginHeader, Swapper, SwapperBuilder};
 
 #[cfg(feature = "wasm")]
 pub mod wat;
@@ -139,7 +139,7 @@ impl Fixture {
     }
 
     /// The plugin header, for the static backend.
-    pub fn header(self) -> &'static PluginHeader {
+    pub fn header(self) -> &'static ExtendedHeader {
         match self {
             Fixture::GreeterV1 => &fixture_greeter_v1::SWAPKIT_PLUGIN,
             Fixture::GreeterV2 => &fixture_greeter_v2::SWAPKIT_PLUGIN,

@@ -49,7 +49,7 @@ impl NativeLoader {
         if let Some(code) = crate::lock::lock(&self.loaded).get(&hash) {
             return Ok(code.clone());
         }
-        let symbol = header_symbol(path, &bytes)?;
+        let (symbol, room) = header_symbol(path, &bytes)?;
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -63,14 +63,15 @@ impl NativeLoader {
                 scratch: self.scratch.describe(),
                 source,
             })?;
-        let code = Arc::new(open(path, &copy, &symbol, hash)?);
+        let code = Arc::new(open(path, &copy, (&symbol, room), hash)?);
         let mut loaded = crate::lock::lock(&self.loaded);
         Ok(loaded.entry(hash).or_insert(code).clone())
     }
 }
 
-/// Finds the one exported symbol that holds a plugin header, without running any code.
-fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
+/// Finds the one exported symbol that holds a plugin header, without running any code: its
+/// name, and its size where the symbol table gives one.
+fn header_symbol(path: &Path, bytes: &[u8]) -> Result<(String, Option<usize>), LoadError> {
     let not_a_library = |source: crate::error::BoxError| LoadError::NotALibrary {
         path: path.into(),
         source,
@@ -83,6 +84,7 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
     }
     let prefix = HEADER_SYMBOL_PREFIX.trim_start_matches('_');
     let mut names = vec![];
+    let mut sizes = HashMap::new();
     for sym in file.dynamic_symbols().filter(|s| s.is_definition()) {
         let Ok(name) = sym.name() else { continue };
         let name = name.trim_start_matches('_');
@@ -97,6 +99,9 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
                 sym.size()
             );
             return Err(not_a_library(reason.into()));
+        }
+        if sym.size() != 0 {
+            sizes.insert(name.to_owned(), sym.size() as usize);
         }
         names.push(name.to_owned());
     }
@@ -116,7 +121,11 @@ fn header_symbol(path: &Path, bytes: &[u8]) -> Result<String, LoadError> {
             path: path.into(),
             prefix: HEADER_SYMBOL_PREFIX,
         }),
-        1 => Ok(names.pop().expect("one name")),
+        1 => {
+            let name = names.pop().expect("one name");
+            let size = sizes.get(&name).copied();
+            Ok((name, size))
+        }
         _ => Err(LoadError::ManyEntrySymbols {
             path: path.into(),
             symbols: names.join(", "),
@@ -138,7 +147,7 @@ pub(crate) struct FileHeader {
 pub(crate) fn header_in_file(path: &Path, bytes: &[u8]) -> Result<FileHeader, LoadError> {
     use object::ObjectSection;
     use std::mem::{offset_of, size_of};
-    let symbol = header_symbol(path, bytes)?;
+    let (symbol, _) = header_symbol(path, bytes)?;
     let unreadable = |why: &str| LoadError::NotALibrary {
         path: path.into(),
         source: format!("its header symbol `{symbol}` {why}").into(),
@@ -195,7 +204,12 @@ pub(crate) fn header_in_file(path: &Path, bytes: &[u8]) -> Result<FileHeader, Lo
 }
 
 /// Opens the private copy and checks its header.
-fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Code, LoadError> {
+fn open(
+    original: &Path,
+    copy: &Path,
+    (symbol, room): (&str, Option<usize>),
+    hash: [u8; 32],
+) -> Result<Code, LoadError> {
     let not_a_library = |source: crate::error::BoxError| LoadError::NotALibrary {
         path: original.into(),
         source,
@@ -225,6 +239,7 @@ fn open(original: &Path, copy: &Path, symbol: &str, hash: [u8; 32]) -> Result<Co
     unsafe {
         Code::from_header(
             header,
+            room,
             BackendKind::Native,
             hash,
             original.display().to_string(),

@@ -34,11 +34,12 @@ pub(crate) use loader::{header_in_file, NativeLoader, EXTENSION};
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use swapkit_abi::{HostApi, PluginHeader, RawSlice};
+use swapkit_abi::lane::{LaneArgs, LaneResult};
+use swapkit_abi::{HostApi, PluginHeader, RawSlice, Status};
 use swapkit_sync::HazardCell;
 
 use super::host::{host_log, host_service, GuestCtx};
-use super::{host_status, Reply};
+use super::{host_status, LaneFailure, Reply};
 
 thread_local! {
     /// The native plugin whose result this thread is decoding, if any: its per-thread result
@@ -163,6 +164,38 @@ impl NativeInstance {
         })
     }
 
+    /// Calls the native lane `entry` with `args`.
+    ///
+    /// # Safety
+    /// `entry` is a lane of this plugin whose signature `A` and `R` give.
+    #[inline]
+    pub unsafe fn lane<A: LaneArgs, R: LaneResult>(
+        &self,
+        entry: *const (),
+        args: A,
+    ) -> Result<R, LaneFailure> {
+        let me: *const PluginHeader = self.header;
+        // A result in bytes is written into the buffer an outer frame of this thread may be
+        // decoding; a value never touches it.
+        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
+            return Err(LaneFailure::Status(
+                host_status::REENTRANT,
+                "reentrant".to_owned(),
+            ));
+        }
+        let mut out = RawSlice::EMPTY;
+        // SAFETY: by this function's contract; `handle` is a live instance (its Instance is
+        // alive, so `free` has not run), and `out` is writable.
+        let ret = unsafe { args.call_native::<R>(entry, self.handle, &mut out) };
+        if ret.status == Status::Ok as u32 {
+            // SAFETY: `Ok` means the guest wrote the value; a bytes result lies in its buffer,
+            // unwritten since it returned.
+            unsafe { R::from_raw(ret.value.assume_init()) }.map_err(LaneFailure::Result)
+        } else {
+            Err(lane_failed(ret.status, out))
+        }
+    }
+
     /// Runs `on_free`.
     ///
     /// # Safety
@@ -183,6 +216,15 @@ impl NativeInstance {
         };
         reply.into_result()
     }
+}
+
+/// The failure of a lane that replied `status`, with its message in `out`.
+#[cold]
+#[inline(never)]
+fn lane_failed(status: u32, out: RawSlice) -> LaneFailure {
+    // SAFETY: the guest's message buffer is valid until its next lane fails on this thread.
+    let message = String::from_utf8_lossy(unsafe { out.as_slice() }).into_owned();
+    LaneFailure::Status(status, message)
 }
 
 /// The reply of a call refused because this thread is decoding a result of the same plugin.

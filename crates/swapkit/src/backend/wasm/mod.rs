@@ -41,7 +41,7 @@ use std::time::Duration;
 use swapkit_abi::{Fingerprint, Manifest, Status, ABI_VERSION};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
 
-use super::{BackendKind, Code, Entry};
+use super::{BackendKind, Code, Entry, LaneTable};
 use crate::backend::host::GuestCtx;
 use crate::error::LoadError;
 
@@ -241,8 +241,19 @@ impl WasmLoader {
             pre,
         });
         let origin = path.display().to_string();
-        let manifest = probe(&wasm, &origin)?;
+        let (manifest, lanes) = probe(&wasm, &origin)?;
+        // Lanes pass their bytes as they are, and wasm is little-endian.
+        let lanes = if cfg!(target_endian = "little") {
+            LaneTable::build(&manifest, |hash| {
+                lanes
+                    .contains(&hash)
+                    .then_some(std::ptr::NonNull::<u8>::dangling().as_ptr() as *const ())
+            })
+        } else {
+            LaneTable::default()
+        };
         let code = Arc::new(Code {
+            lanes,
             entry: Entry::Wasm(wasm),
             name: manifest.name.as_str().into(),
             version: manifest.version.as_str().into(),
@@ -282,8 +293,30 @@ const EXPORTS: [(&str, usize, usize); 8] = [
     ("swapkit_call", 3, 1),
 ];
 
+/// The lane exports: both or neither, with exactly these types.
+const LANE_EXPORTS: [(&str, &[wasmtime::ValType], &[wasmtime::ValType]); 2] = [
+    ("swapkit_lanes", &[], &[wasmtime::ValType::I32]),
+    (
+        "swapkit_lane",
+        &[
+            wasmtime::ValType::I32,
+            wasmtime::ValType::I32,
+            wasmtime::ValType::I64,
+            wasmtime::ValType::I64,
+            wasmtime::ValType::I64,
+            wasmtime::ValType::I64,
+            wasmtime::ValType::I64,
+            wasmtime::ValType::I64,
+        ],
+        &[wasmtime::ValType::I64],
+    ),
+];
+
+/// More lanes than this is a corrupt table, not a plugin.
+const MAX_LANES: u64 = 1 << 16;
+
 /// Checks that the module speaks ABI v1: the entry points, a memory, and no import beyond the
-/// host functions.
+/// host functions; and the lane exports, if it has them.
 fn check_shape(path: &Path, module: &Module) -> Result<(), LoadError> {
     let bad = |reason: String| LoadError::WasmShape {
         path: path.into(),
@@ -325,11 +358,32 @@ fn check_shape(path: &Path, module: &Module) -> Result<(), LoadError> {
             }
         }
     }
+    let found = LANE_EXPORTS
+        .iter()
+        .filter(|(name, ..)| exports.contains_key(name))
+        .count();
+    if found == 1 {
+        return Err(bad(
+            "it exports one of `swapkit_lanes` and `swapkit_lane` without the other".into(),
+        ));
+    }
+    for (name, params, results) in LANE_EXPORTS.iter().take(found) {
+        let Some(wasmtime::ExternType::Func(f)) = exports.get(name) else {
+            return Err(bad(format!("export `{name}` is not a function")));
+        };
+        let same = |a: &mut dyn ExactSizeIterator<Item = wasmtime::ValType>,
+                    b: &[wasmtime::ValType]| {
+            a.len() == b.len() && a.zip(b).all(|(x, y)| wasmtime::ValType::eq(&x, y))
+        };
+        if !same(&mut f.params(), params) || !same(&mut f.results(), results) {
+            return Err(bad(format!("export `{name}` has the wrong signature: {f}")));
+        }
+    }
     Ok(())
 }
 
-/// Reads the manifest from a fresh instance, before any hook runs.
-fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
+/// Reads the manifest and the lane table from a fresh instance, before any hook runs.
+fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<(Manifest, Vec<u64>), LoadError> {
     let failed = |reason: String| LoadError::Manifest {
         origin: origin.to_owned(),
         source: reason.into(),
@@ -388,7 +442,8 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<Manifest, LoadError> {
             origin: origin.to_owned(),
         });
     }
-    Ok(manifest)
+    let lanes = slot.lane_hashes(deadline, MAX_LANES).map_err(failed)?;
+    Ok((manifest, lanes))
 }
 
 /// A compiled, checked plugin module.
@@ -460,6 +515,9 @@ impl WasmModule {
         let free = f0(&mut store, "swapkit_free")?;
         let input = instance.get_typed_func::<u32, u32>(&mut store, "swapkit_input")?;
         let call = instance.get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")?;
+        // Optional (a plugin built before lanes has neither); `check_shape` checked the types.
+        let lanes = f0(&mut store, "swapkit_lanes").ok();
+        let lane = instance.get_typed_func(&mut store, "swapkit_lane").ok();
         let out_slot = out.call(&mut store, ())?;
         Ok(Box::new(Slot {
             view: slot::View::of(&memory, &store),
@@ -473,6 +531,8 @@ impl WasmModule {
                 free,
                 input,
                 call,
+                lanes,
+                lane,
                 out_slot,
             },
             in_ptr: 0,

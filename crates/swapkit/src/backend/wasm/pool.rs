@@ -17,7 +17,8 @@ use swapkit_sync::HomeCells;
 use super::slot::{hook, Fault, Hook, PoolMemory, Slot};
 use super::{Exhausted, WasmModule};
 use crate::backend::host::GuestCtx;
-use crate::backend::{host_status, Reply};
+use crate::backend::{host_status, LaneFailure, Reply};
+use swapkit_abi::lane::{LaneArgs, LaneResult};
 
 /// A plugin instance on the wasm backend.
 pub(crate) struct WasmInstance {
@@ -114,6 +115,33 @@ impl WasmInstance {
                 // Never reuse an instance that trapped: its memory may be half-written.
                 self.discard(slot);
                 fault.reply(then)
+            }
+        }
+    }
+
+    /// Calls `method` of `interface` through the plugin's lane; a fault fails the call and
+    /// throws the instance away, a result its type cannot hold only fails the call.
+    #[inline]
+    pub fn lane<A: LaneArgs, R: LaneResult>(
+        &self,
+        interface: u32,
+        method: u32,
+        args: A,
+    ) -> Result<R, LaneFailure> {
+        let mut slot = match self.checkout() {
+            Ok(slot) => slot,
+            Err(fault) => return Err(LaneFailure::Status(fault.status, fault.message)),
+        };
+        let deadline = self.module.shared.deadline_ticks;
+        match slot.lane(deadline, interface, method, args) {
+            Ok(result) => {
+                self.checkin(slot);
+                result.map_err(LaneFailure::Result)
+            }
+            Err(fault) => {
+                // Never reuse an instance that trapped: its memory may be half-written.
+                self.discard(slot);
+                Err(LaneFailure::Status(fault.status, fault.message))
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use swapkit_abi::lane::{LaneArgs, LaneError, LaneResult, WasmMemory, WasmStage};
 use swapkit_abi::Status;
 use wasmtime::{Caller, Extern, Memory, ResourceLimiter, Store, Trap, TypedFunc};
 
@@ -291,7 +292,57 @@ pub(super) struct Funcs {
     pub(super) free: TypedFunc<(), u32>,
     pub(super) input: TypedFunc<u32, u32>,
     pub(super) call: TypedFunc<(u32, u32, u32), u32>,
+    /// `swapkit_lanes`, if the plugin has lanes.
+    pub(super) lanes: Option<TypedFunc<(), u32>>,
+    /// `swapkit_lane`, if the plugin has lanes.
+    pub(super) lane: Option<TypedFunc<LaneParams, u64>>,
     pub(super) out_slot: u32,
+}
+
+/// `swapkit_lane`'s parameters: interface, method, and the argument words.
+pub(super) type LaneParams = (u32, u32, u64, u64, u64, u64, u64, u64);
+
+/// Stages a lane's borrowed arguments in the guest's input buffer, one after another, each at
+/// its alignment.
+struct Stager<'a> {
+    slot: &'a mut Slot,
+    /// Bytes of the buffer used.
+    used: u32,
+}
+
+impl WasmStage for Stager<'_> {
+    #[inline]
+    fn stage(&mut self, bytes: &[u8], align: usize) -> Option<u32> {
+        let start = self.slot.in_ptr.checked_add(self.used)?;
+        let at = start.checked_next_multiple_of(align as u32)?;
+        let len = u32::try_from(bytes.len()).ok()?;
+        let end = at.checked_add(len)?;
+        if end > self.slot.in_ptr.checked_add(self.slot.in_cap)?
+            || !self.slot.covers(at as usize, bytes.len())
+        {
+            return None;
+        }
+        if !bytes.is_empty() {
+            // SAFETY: in bounds (`covers`); the memory does not move (see `View`), no wasm runs
+            // in this store now, and `bytes` is host memory, so the two do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.slot.view.base.add(at as usize),
+                    bytes.len(),
+                )
+            };
+        }
+        self.used = end - self.slot.in_ptr;
+        Some(at)
+    }
+}
+
+impl WasmMemory for Slot {
+    #[inline]
+    fn read(&mut self, ptr: u32, len: u32) -> Option<&[u8]> {
+        self.bytes(ptr as usize, len as usize)
+    }
 }
 
 /// Why a wasm entry point failed: its instance must be thrown away.
@@ -338,6 +389,63 @@ impl Slot {
             |f, store| f.call.call(store, (interface, method, len)),
             then,
         )
+    }
+
+    /// Calls `method` of `interface` through the plugin's `swapkit_lane`: stages the
+    /// arguments, calls, and reads the result, refusing one its type cannot hold.
+    #[inline]
+    pub(super) fn lane<A: LaneArgs, R: LaneResult>(
+        &mut self,
+        deadline: u64,
+        interface: u32,
+        method: u32,
+        args: A,
+    ) -> Result<Result<R, LaneError>, Fault> {
+        let Some(lane) = self.f.lane.clone() else {
+            return Err(self.broken("the plugin has no lane export"));
+        };
+        let need = args.wasm_bytes();
+        if need > 0 {
+            self.reserve_input(deadline, need)?;
+        }
+        let mut stager = Stager {
+            slot: self,
+            used: 0,
+        };
+        let Some(w) = args.to_wasm(&mut stager) else {
+            return Err(self.broken("the lane's arguments do not fit the input buffer"));
+        };
+        self.store.set_epoch_deadline(deadline);
+        self.store.data_mut().limiter.hit = None;
+        let params = (interface, method, w[0], w[1], w[2], w[3], w[4], w[5]);
+        match lane.call(&mut self.store, params) {
+            Ok(word) => Ok(R::from_wasm(word, self)),
+            Err(e) => Err(self.fault(e)),
+        }
+    }
+
+    /// The method hashes the plugin's `swapkit_lanes` lists (none without the export), at most
+    /// `max` of them.
+    pub(super) fn lane_hashes(&mut self, deadline: u64, max: u64) -> Result<Vec<u64>, String> {
+        let Some(lanes) = self.f.lanes.clone() else {
+            return Ok(vec![]);
+        };
+        self.store.set_epoch_deadline(deadline);
+        let at = lanes
+            .call(&mut self.store, ())
+            .map_err(|e| format!("swapkit_lanes trapped: {e}"))? as usize;
+        let word = |slot: &mut Slot, i: usize| {
+            let bytes = slot.bytes(at.checked_add(i.checked_mul(8)?)?, 8)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        };
+        let outside = || "the lane table lies outside linear memory".to_owned();
+        let count = word(self, 0).ok_or_else(outside)?;
+        if count > max {
+            return Err(format!("the lane table claims {count} lanes"));
+        }
+        (1..=count as usize)
+            .map(|i| word(self, i).ok_or_else(outside))
+            .collect()
     }
 
     pub(super) fn abi_version(&mut self) -> wasmtime::Result<u32> {
@@ -428,10 +536,12 @@ impl Slot {
         }
     }
 
-    /// Copies the arguments into the guest's input buffer.
+    /// Makes sure the guest's input buffer holds at least `len` bytes.
     #[inline]
-    fn write_input(&mut self, deadline: u64, input: &[u8]) -> Result<(), Fault> {
-        let len = input.len() as u32;
+    fn reserve_input(&mut self, deadline: u64, len: usize) -> Result<(), Fault> {
+        let Ok(len) = u32::try_from(len) else {
+            return Err(self.broken("the arguments are larger than a wasm memory"));
+        };
         if len > self.in_cap || self.in_cap == 0 {
             self.store.set_epoch_deadline(deadline);
             self.store.data_mut().limiter.hit = None;
@@ -444,6 +554,13 @@ impl Slot {
                 Err(e) => return Err(self.fault(e)),
             }
         }
+        Ok(())
+    }
+
+    /// Copies the arguments into the guest's input buffer.
+    #[inline]
+    fn write_input(&mut self, deadline: u64, input: &[u8]) -> Result<(), Fault> {
+        self.reserve_input(deadline, input.len())?;
         let at = self.in_ptr as usize;
         if !self.covers(at, input.len()) {
             return Err(self.broken("the input buffer lies outside linear memory"));
