@@ -161,6 +161,9 @@ thread_local! {
     /// The message of a lane that failed: kept apart from the result buffer, so a lane that
     /// returns a value never writes the buffer an outer frame may still be reading.
     static MESSAGE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// How many lanes are running on this thread, for the panic hook. A thread-local of its
+    /// own, with nothing to drop, so reaching it is one lookup with no state to check.
+    static LANE_DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Runs `work` with the thread's result buffer, emptied, and puts it back after: the bytes it
@@ -191,18 +194,19 @@ unsafe impl Glue for LaneGlue {
     fn native<R: LaneResult>(out: *mut RawSlice, body: impl FnOnce() -> R) -> LaneRet<R::Raw> {
         // One thread-local lookup: a plugin is a shared library, where each costs a call.
         #[cfg(not(target_family = "wasm"))]
-        let depth = OUT.try_with(|t| &t.depth as *const Cell<u32>).ok();
+        let depth: *const Cell<u32> = LANE_DEPTH.with(|d| d as *const Cell<u32>);
+        // SAFETY: this thread's own thread-local (with nothing to drop, so never destroyed
+        // while the thread runs this call).
         #[cfg(not(target_family = "wasm"))]
-        if let Some(depth) = depth {
-            // SAFETY: this thread's own thread-local, alive while the thread runs this call.
-            unsafe { (*depth).set((*depth).get() + 1) };
-        }
+        unsafe {
+            (*depth).set((*depth).get() + 1)
+        };
         let result = catch_unwind(AssertUnwindSafe(body));
+        // SAFETY: as above.
         #[cfg(not(target_family = "wasm"))]
-        if let Some(depth) = depth {
-            // SAFETY: as above.
-            unsafe { (*depth).set((*depth).get().saturating_sub(1)) };
-        }
+        unsafe {
+            (*depth).set((*depth).get() - 1)
+        };
         match result {
             Ok(value) if R::BYTES => LaneRet {
                 status: Status::Ok as u32,
@@ -252,7 +256,8 @@ fn install_quiet_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let caught = OUT.try_with(|t| t.depth.get() > 0).unwrap_or(false);
+            let caught = OUT.try_with(|t| t.depth.get() > 0).unwrap_or(false)
+                || LANE_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
             if !caught {
                 previous(info);
             }

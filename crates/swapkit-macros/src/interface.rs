@@ -98,12 +98,14 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 entry: #f::<__I, __G> as *const (),
             })
         });
-    let wasm_arms = methods
+    // Each method's wasm lane is a function of its own, so that a call pays for its own
+    // method's frame, not for the largest of the interface.
+    let wasm_fns = methods
         .iter()
         .enumerate()
         .filter(|(i, _)| lanes[*i])
         .map(|(i, m)| {
-            let index = i as u32;
+            let f = format_ident!("__swapkit_wasm_lane_{}", i);
             let fn_name = &m.sig.ident;
             let ret = &m.ret;
             let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
@@ -114,11 +116,29 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 }
             });
             quote! {
-                #index => {
+                #[inline(never)]
+                #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
+                unsafe fn #f<__I: #ident>(
+                    imp: &__I,
+                    args: &[u64; #abi::lane::WASM_ARGS],
+                    buf: &mut #abi::__private::Vec<u8>,
+                ) -> u64 {
                     #(#unpack)*
                     let result: #ret = <__I as #ident>::#fn_name(imp, #(#names),*);
-                    ::core::option::Option::Some(<#ret as #abi::lane::LaneResult>::into_wasm(result, buf))
+                    <#ret as #abi::lane::LaneResult>::into_wasm(result, buf)
                 }
+            }
+        });
+    let wasm_arms = methods
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| lanes[*i])
+        .map(|(i, _)| {
+            let index = i as u32;
+            let f = format_ident!("__swapkit_wasm_lane_{}", i);
+            quote! {
+                // SAFETY: forwarded from the caller.
+                #index => ::core::option::Option::Some(unsafe { #f::<__I>(imp, args, buf) }),
             }
         });
 
@@ -174,6 +194,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
         const _: () = {
             #(#lane_fns)*
+            #(#wasm_fns)*
 
             // SAFETY: each entry is the lane of the method its hash names, made above from
             // that method's own argument and result types.

@@ -1,15 +1,19 @@
-//! The cost of a call: a typed call into a native plugin against a direct call and a
-//! `dyn Trait` call of the same logic, in the same run; the static backend and a pinned
-//! client; the same plugin built for wasm, against a raw wasmtime typed-func call into its
-//! module; and throughput with 2 threads against 1.
+//! The cost of a call: a call into a native plugin through its direct lane and through the
+//! encoded path, against a direct call and a `dyn Trait` call of the same logic, in the same
+//! run; the static backend and a pinned client; the same plugin built for wasm, both paths,
+//! against a raw wasmtime typed-func call into its module; and throughput with 2 threads
+//! against 1.
 //!
-//! The method takes a `u64` and a short string and returns a `u64` (`score` in fixture-api).
+//! Two methods: `score(u64, &str) -> u64` and `greet(&str) -> String` (fixture-api's
+//! `Greeter`). Both are plain, so the typed client takes the direct lane; the encoded path is
+//! the same call made through `Transport::call`, which encodes the arguments with postcard.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fixture_api::Greeter;
+use swapkit::abi::Transport;
 use swapkit::Swapper;
 
 #[path = "support.rs"]
@@ -17,6 +21,7 @@ mod support;
 
 trait Score {
     fn score(&self, id: u64, tag: &str) -> u64;
+    fn greet(&self, name: &str) -> String;
 }
 
 struct Local;
@@ -26,12 +31,26 @@ impl Score for Local {
     fn score(&self, id: u64, tag: &str) -> u64 {
         id + tag.len() as u64
     }
+
+    #[inline(never)]
+    fn greet(&self, name: &str) -> String {
+        format!("hello, {name} (v1)")
+    }
 }
 
 #[inline(never)]
 fn direct(id: u64, tag: &str) -> u64 {
     id + tag.len() as u64
 }
+
+#[inline(never)]
+fn direct_greet(name: &str) -> String {
+    format!("hello, {name} (v1)")
+}
+
+/// `Greeter`'s method numbers.
+const GREET: u32 = 0;
+const SCORE: u32 = 2;
 
 fn calls(c: &mut Criterion) {
     let artifacts = support::release_artifacts(&["fixture-greeter-v1"]);
@@ -67,6 +86,37 @@ fn calls(c: &mut Criterion) {
     let mut raw = RawWasm::new(&module, false);
     let mut raw_swapkit = RawWasm::new(&module, true);
 
+    // The encoded path, on the same plugins: `Transport::call` encodes its arguments.
+    let encoded = |client: &fixture_api::GreeterClient<swapkit::Binding>| {
+        client
+            .transport()
+            .call::<_, u64>(SCORE, &(black_box(7u64), black_box("abc")))
+            .unwrap()
+    };
+    let encoded_greet = |client: &fixture_api::GreeterClient<swapkit::Binding>| {
+        client
+            .transport()
+            .call::<_, String>(GREET, &(black_box("bench"),))
+            .unwrap()
+    };
+    assert_eq!(encoded(&native_client), 10);
+    assert_eq!(encoded(&wasm_client), 10);
+    assert_eq!(
+        native_client.greet("bench").unwrap(),
+        encoded_greet(&native_client)
+    );
+    assert_eq!(direct_greet("bench"), encoded_greet(&wasm_client));
+    assert_eq!(
+        status_lanes(&native),
+        4,
+        "the fixture serves Greeter through lanes"
+    );
+    assert_eq!(
+        status_lanes(&wasm),
+        4,
+        "the wasm fixture serves Greeter through lanes"
+    );
+
     let mut group = c.benchmark_group("call");
     group.bench_function("direct", |b| {
         b.iter(|| direct(black_box(7), black_box("abc")))
@@ -74,29 +124,51 @@ fn calls(c: &mut Criterion) {
     group.bench_function("dyn_trait", |b| {
         b.iter(|| black_box(&local).score(black_box(7), black_box("abc")))
     });
-    group.bench_function("native_typed", |b| {
+    group.bench_function("native_lane", |b| {
         b.iter(|| native_client.score(black_box(7), black_box("abc")).unwrap())
     });
-    group.bench_function("static_typed", |b| {
+    group.bench_function("native_encoded", |b| b.iter(|| encoded(&native_client)));
+    group.bench_function("static_lane", |b| {
         b.iter(|| static_client.score(black_box(7), black_box("abc")).unwrap())
     });
-    group.bench_function("native_pinned", |b| {
+    group.bench_function("native_pinned_lane", |b| {
         b.iter(|| pinned_client.score(black_box(7), black_box("abc")).unwrap())
     });
-    group.bench_function("wasm_typed", |b| {
+    group.bench_function("wasm_lane", |b| {
         b.iter(|| wasm_client.score(black_box(7), black_box("abc")).unwrap())
     });
+    group.bench_function("wasm_encoded", |b| b.iter(|| encoded(&wasm_client)));
     group.bench_function("wasm_vault_read", |b| {
         b.iter(|| counter.read(black_box("state/visits")).unwrap())
     });
     group.bench_function("wasm_raw_typed_func", |b| b.iter(|| raw.call()));
     group.bench_function("wasm_raw_abi_call", |b| b.iter(|| raw.call_abi()));
+    assert_eq!(raw_swapkit.call_lane(), 10);
+    group.bench_function("wasm_raw_lane_swapkit_engine", |b| {
+        b.iter(|| raw_swapkit.call_lane())
+    });
     group.bench_function("wasm_raw_abi_swapkit_engine", |b| {
         b.iter(|| raw_swapkit.call_abi())
     });
-    group.bench_function("native_greet_string", |b| {
+    group.finish();
+
+    // A call returning a `String`: the lane copies the plugin's bytes once; the encoded path
+    // also decodes them.
+    let mut group = c.benchmark_group("call_string");
+    group.bench_function("direct", |b| b.iter(|| direct_greet(black_box("bench"))));
+    group.bench_function("dyn_trait", |b| {
+        b.iter(|| black_box(&local).greet(black_box("bench")))
+    });
+    group.bench_function("native_lane", |b| {
         b.iter(|| native_client.greet(black_box("bench")).unwrap())
     });
+    group.bench_function("native_encoded", |b| {
+        b.iter(|| encoded_greet(&native_client))
+    });
+    group.bench_function("wasm_lane", |b| {
+        b.iter(|| wasm_client.greet(black_box("bench")).unwrap())
+    });
+    group.bench_function("wasm_encoded", |b| b.iter(|| encoded_greet(&wasm_client)));
     group.finish();
 
     // Throughput: each iteration is one call on each of `threads` threads. Time is taken inside
@@ -106,10 +178,25 @@ fn calls(c: &mut Criterion) {
     let mut group = c.benchmark_group("throughput");
     for threads in [1u64, 2] {
         group.throughput(Throughput::Elements(threads));
-        group.bench_function(format!("native_typed_threads_{threads}"), |b| {
+        group.bench_function(format!("native_lane_threads_{threads}"), |b| {
             b.iter_custom(|iters| {
                 in_workers(threads, iters, |i| {
                     black_box(native_client.score(i, "abc").unwrap());
+                })
+            })
+        });
+        group.bench_function(format!("native_encoded_threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                in_workers(threads, iters, |i| {
+                    let r: u64 = native_client.transport().call(SCORE, &(i, "abc")).unwrap();
+                    black_box(r);
+                })
+            })
+        });
+        group.bench_function(format!("wasm_lane_threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                in_workers(threads, iters, |i| {
+                    black_box(wasm_client.score(i, "abc").unwrap());
                 })
             })
         });
@@ -123,6 +210,17 @@ fn calls(c: &mut Criterion) {
     }
     group.finish();
     drop(pin);
+}
+
+/// How many methods the current generation's plugins serve through a direct lane.
+fn status_lanes(swapper: &Swapper) -> usize {
+    swapper
+        .status()
+        .current
+        .plugins
+        .iter()
+        .map(|p| p.lanes)
+        .sum()
 }
 
 /// Runs `work(i)` for `i` in `0..iters` on each of `threads` threads, and returns the time
@@ -158,7 +256,7 @@ fn in_workers(threads: u64, iters: u64, work: impl Fn(u64) + Sync) -> std::time:
     last - first
 }
 
-/// A bare wasmtime typed-func call into the same module: the floor under `wasm_typed`.
+/// A bare wasmtime typed-func call into the same module: the floor under `wasm_lane`.
 struct RawWasm {
     store: wasmtime::Store<()>,
     func: wasmtime::TypedFunc<(), u32>,
@@ -166,7 +264,13 @@ struct RawWasm {
     /// share of a typed call, with no host-side work around it.
     call: wasmtime::TypedFunc<(u32, u32, u32), u32>,
     len: u32,
+    /// `swapkit_lane`, with `"abc"` staged in the guest's input buffer: the guest's share of
+    /// a direct-lane call.
+    lane: LaneFunc,
+    tag: u64,
 }
+
+type LaneFunc = wasmtime::TypedFunc<(u32, u32, u64, u64, u64, u64, u64, u64), u64>;
 
 impl RawWasm {
     /// `swapkit_engine`: the engine settings swapkit uses (epoch interruption, memory that
@@ -176,6 +280,7 @@ impl RawWasm {
         config
             .epoch_interruption(swapkit_engine)
             .memory_may_move(!swapkit_engine);
+
         let engine = wasmtime::Engine::new(&config).unwrap();
         let module = wasmtime::Module::from_file(&engine, module).unwrap();
         let mut linker = wasmtime::Linker::new(&engine);
@@ -204,19 +309,32 @@ impl RawWasm {
         let input = instance
             .get_typed_func::<u32, u32>(&mut store, "swapkit_input")
             .unwrap();
-        let ptr = input.call(&mut store, args.len() as u32).unwrap();
+        // Room for the encoded arguments, and for the lane's staged string after them.
+        let ptr = input.call(&mut store, 128).unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
         memory.write(&mut store, ptr as usize, &args).unwrap();
         let call = instance
             .get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")
             .unwrap();
         let len = args.len() as u32;
+        let tag = (ptr as u64 + 64) | (3 << 32);
+        memory.write(&mut store, ptr as usize + 64, b"abc").unwrap();
+        let lane = instance.get_typed_func(&mut store, "swapkit_lane").unwrap();
         RawWasm {
+            lane,
+            tag,
             store,
             func,
             call,
             len,
         }
+    }
+
+    #[inline]
+    fn call_lane(&mut self) -> u64 {
+        // Interface 0 (Greeter), method 2 (score): 7 and "abc".
+        let args = (0, SCORE, 7, self.tag, 0, 0, 0, 0);
+        self.lane.call(&mut self.store, args).unwrap()
     }
 
     #[inline]

@@ -24,19 +24,62 @@ use crate::stats::Fault;
 /// Arguments up to this size are encoded on the stack; larger ones spill to the heap.
 const STACK_ARGS: usize = 256;
 
-/// Makes `call` into the instance of `generation` that serves `target`, with the number of
-/// the interface in it; `pin` is the version choice of the pin the call runs under, if any.
-#[inline]
-fn call_in<R>(
+/// Calls `method` of `target` in `generation` through the encoded path; `pin` is the version
+/// choice of the pin the call runs under, if any.
+#[inline(always)]
+fn call_in<A: Serialize + ?Sized, R: DeserializeOwned>(
     generation: &Generation,
     target: &Target,
     pin: Option<&OnceLock<Variant>>,
-    call: impl FnOnce(&Instance, u32) -> Result<R, CallError>,
+    method: u32,
+    args: &A,
 ) -> Result<R, CallError> {
     let resolved = generation.resolve(target, pin)?;
     let (instance, interface) = (resolved.instance, resolved.interface);
-    // A plugin with dependencies calls them in this generation.
-    let _scope = instance.scoped.then(|| {
+    if instance.scoped || resolved.timed {
+        return held(generation, &resolved, pin, || {
+            encode_and_call(instance, interface, target, method, args)
+        });
+    }
+    encode_and_call(instance, interface, target, method, args)
+}
+
+/// Calls `method` of `target` in `generation` with `args` as they are: through the direct
+/// lane where the plugin has one. Written without a closure on the common path, so that the
+/// caller's arguments stay in registers on their way to the plugin.
+#[inline(always)]
+fn lane_in<A, R>(
+    generation: &Generation,
+    target: &Target,
+    pin: Option<&OnceLock<Variant>>,
+    method: u32,
+    args: A,
+) -> Result<R, CallError>
+where
+    A: LaneArgs + Serialize,
+    R: LaneResult + DeserializeOwned,
+{
+    let resolved = generation.resolve(target, pin)?;
+    let (instance, interface) = (resolved.instance, resolved.interface);
+    if instance.scoped || resolved.timed {
+        return held(generation, &resolved, pin, || {
+            lane_or_encode(instance, interface, resolved.lanes, target, method, args)
+        });
+    }
+    lane_or_encode(instance, interface, resolved.lanes, target, method, args)
+}
+
+/// `call`, for a plugin with dependencies (it calls them in this generation) or a call a
+/// canary samples (timed, for the two versions' comparison). Out of line, so that the common
+/// path stays small.
+#[inline(never)]
+fn held<R>(
+    generation: &Generation,
+    resolved: &crate::generation::Resolved<'_>,
+    pin: Option<&OnceLock<Variant>>,
+    call: impl FnOnce() -> Result<R, CallError>,
+) -> Result<R, CallError> {
+    let _scope = resolved.instance.scoped.then(|| {
         crate::backend::host::enter_routed(
             &generation.plugins,
             generation.id,
@@ -44,18 +87,23 @@ fn call_in<R>(
             pin,
         )
     });
-    if resolved.timed {
-        return timed(&instance.stats.latency, || call(instance, interface));
+    if !resolved.timed {
+        return call();
     }
-    call(instance, interface)
+    let start = Instant::now();
+    let result = call();
+    resolved.instance.stats.latency.record(start.elapsed());
+    result
 }
 
 /// A call of `method` with `args` as they are: through the plugin's direct lane if it lists
-/// one for the method, else through the encoded path.
-#[inline]
+/// one for the method, else through the encoded path. Inlined into the typed client's method,
+/// so the arguments go from the caller's registers to the plugin's.
+#[inline(always)]
 fn lane_or_encode<A, R>(
     instance: &Instance,
     interface: u32,
+    lanes: &[*const ()],
     target: &Target,
     method: u32,
     args: A,
@@ -64,14 +112,30 @@ where
     A: LaneArgs + Serialize,
     R: LaneResult + DeserializeOwned,
 {
-    let lane = instance.code.lanes.get(interface, method);
+    let lane = lanes
+        .get(method as usize)
+        .copied()
+        .unwrap_or(std::ptr::null());
     if lane.is_null() {
-        return encode_and_call(instance, interface, target, method, &args);
+        return encoded(instance, interface, target, method, args);
     }
     instance.stats.call();
     instance
         .lane(lane, interface, method, args)
         .map_err(|f| lane_failure(instance, target, method, f))
+}
+
+/// The encoded path of a lane call into a plugin without that lane: out of line, so that the
+/// lane path stays small where it is inlined.
+#[inline(never)]
+fn encoded<A: Serialize, R: DeserializeOwned>(
+    instance: &Instance,
+    interface: u32,
+    target: &Target,
+    method: u32,
+    args: A,
+) -> Result<R, CallError> {
+    encode_and_call(instance, interface, target, method, &args)
 }
 
 /// The error of a failed lane call.
@@ -89,17 +153,6 @@ fn lane_failure(instance: &Instance, target: &Target, method: u32, lane: LaneFai
             }
         }
     }
-}
-
-/// `call`, timed into `latency`: one call in about 32 into a plugin with a canary, for the
-/// two versions' comparison. Out of line, so that the common path stays small.
-#[cold]
-#[inline(never)]
-fn timed<T>(latency: &crate::stats::Latency, call: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let result = call();
-    latency.record(start.elapsed());
-    result
 }
 
 /// Encodes the arguments, calls the instance, and decodes the reply.
@@ -257,21 +310,17 @@ impl Transport for Binding {
         args: &A,
     ) -> Result<R, CallError> {
         let guard = self.current.enter();
-        call_in(guard.get(), &self.target, None, |instance, interface| {
-            encode_and_call(instance, interface, &self.target, method, args)
-        })
+        call_in(guard.get(), &self.target, None, method, args)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call_lane<A, R>(&self, method: u32, args: A) -> Result<R, CallError>
     where
         A: LaneArgs + Serialize,
         R: LaneResult + DeserializeOwned,
     {
         let guard = self.current.enter();
-        call_in(guard.get(), &self.target, None, |instance, interface| {
-            lane_or_encode(instance, interface, &self.target, method, args)
-        })
+        lane_in(guard.get(), &self.target, None, method, args)
     }
 }
 
@@ -413,21 +462,23 @@ impl Transport for Pinned {
             &self.generation,
             &self.target,
             self.choice.as_deref(),
-            |instance, interface| encode_and_call(instance, interface, &self.target, method, args),
+            method,
+            args,
         )
     }
 
-    #[inline]
+    #[inline(always)]
     fn call_lane<A, R>(&self, method: u32, args: A) -> Result<R, CallError>
     where
         A: LaneArgs + Serialize,
         R: LaneResult + DeserializeOwned,
     {
-        call_in(
+        lane_in(
             &self.generation,
             &self.target,
             self.choice.as_deref(),
-            |instance, interface| lane_or_encode(instance, interface, &self.target, method, args),
+            method,
+            args,
         )
     }
 }

@@ -562,7 +562,8 @@ impl LoadError {
 #[error(
     "plugin `{plugin}` {version} exports interface `{interface}` with hash {found:#018x}, but the \
      host expects {expected:#018x}; rebuild the plugin against the host's interface crate\n  \
-     plugin: {found_signature}\n  host:   {expected_signature}"
+     plugin: {found_signature}\n  host:   {expected_signature}{hint}",
+    hint = same_text_hint(.found_signature, .expected_signature)
 )]
 pub struct InterfaceMismatch {
     /// The plugin.
@@ -579,6 +580,17 @@ pub struct InterfaceMismatch {
     pub found_signature: String,
     /// The host's signature text.
     pub expected_signature: String,
+}
+
+/// What to say when two interfaces hash differently but read the same: their texts cover
+/// names and types, the hash also covers the layouts of the plain structs they list.
+fn same_text_hint(found: &str, expected: &str) -> &'static str {
+    if found == expected {
+        "\n  the signatures read the same, so a plain struct the interface lists (`plain = [..]`) \
+         has another layout (fields added, removed, renamed, retyped or reordered) in one of them"
+    } else {
+        ""
+    }
 }
 
 /// Why a call through a typed client failed. The host keeps serving; the next call may work.

@@ -23,7 +23,16 @@ struct Export {
     /// For an export of a plugin with a canary: the canary's interface number for the same
     /// hash; [`NO_ALT`] otherwise.
     alt: u32,
+    /// The interface's direct lanes in the plugin, by method: kept here, next to what
+    /// `resolve` reads, so that a call finds its lane with one more load.
+    lanes: *const [*const ()],
 }
+
+// SAFETY: `lanes` points into the lane table of a plugin the generation holds (immutable once
+// built, and alive as long as the generation).
+unsafe impl Send for Export {}
+// SAFETY: as above.
+unsafe impl Sync for Export {}
 
 const NO_ALT: u32 = u32::MAX;
 
@@ -33,6 +42,8 @@ pub(crate) struct Resolved<'g> {
     pub interface: u32,
     /// The plugin has a canary, and this call is one of those timed for its comparison.
     pub timed: bool,
+    /// The interface's direct lanes in the instance, by method.
+    pub lanes: &'g [*const ()],
 }
 
 /// What a client asks a generation for.
@@ -101,6 +112,7 @@ impl Generation {
                     interface: i as u32,
                     shared: false,
                     alt,
+                    lanes: inst.code.lanes.of(i as u32),
                 });
             }
         }
@@ -162,7 +174,9 @@ impl Generation {
                         instance: inst,
                         interface: e.interface,
                         timed: false,
-                    })
+                        // SAFETY: the lanes of a plugin this generation holds (see `Export`).
+                        lanes: unsafe { &*e.lanes },
+                    });
                 }
             }
         }
@@ -185,10 +199,12 @@ impl Generation {
             Variant::Stable => e.interface,
             Variant::Canary => e.alt,
         };
+        let instance = &self.plugins[route.index(variant)];
         Resolved {
-            instance: &self.plugins[route.index(variant)],
+            instance,
             interface,
             timed: route.sampled(variant),
+            lanes: instance.code.lanes.of(interface),
         }
     }
 

@@ -118,16 +118,9 @@ impl LaneTable {
         )
     }
 
-    /// The lane of `method` of exported interface `interface`, or null.
-    #[inline]
-    pub fn get(&self, interface: u32, method: u32) -> *const () {
-        match self.0.get(interface as usize) {
-            Some(methods) => methods
-                .get(method as usize)
-                .copied()
-                .unwrap_or(std::ptr::null()),
-            None => std::ptr::null(),
-        }
+    /// The lanes of exported interface `interface`, by method (empty if it has none).
+    pub fn of(&self, interface: u32) -> &[*const ()] {
+        self.0.get(interface as usize).map_or(&[], |m| m)
     }
 
     /// How many methods have a lane.
@@ -286,8 +279,8 @@ impl Instance {
     }
 
     /// Calls method `method` of exported interface `interface` through its direct lane,
-    /// `lane` (from [`LaneTable::get`], not null).
-    #[inline]
+    /// `lane` (from [`LaneTable::of`], not null).
+    #[inline(always)]
     pub fn lane<A: LaneArgs, R: LaneResult>(
         &self,
         lane: *const (),

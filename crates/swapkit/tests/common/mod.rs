@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use swapkit::{ExtendedHeader, LoadError, PluginHeader, Swapper, SwapperBuilder};
+use swapkit::{ExtendedHeader, LoadError, Swapper, SwapperBuilder};
 
 #[cfg(feature = "wasm")]
 pub mod wat;
@@ -49,9 +49,11 @@ pub enum Fixture {
     FixedV1,
     /// `fixed` 2.0.0.
     FixedV2,
+    /// Exports `Lanes` and `Greeter`, with direct lanes.
+    Lanes,
 }
 
-const ALL: [Fixture; 27] = [
+const ALL: [Fixture; 28] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -79,6 +81,7 @@ const ALL: [Fixture; 27] = [
     Fixture::LiveClash,
     Fixture::FixedV1,
     Fixture::FixedV2,
+    Fixture::Lanes,
 ];
 
 impl Fixture {
@@ -112,6 +115,7 @@ impl Fixture {
             Fixture::LiveClash => "fixture-live-clash",
             Fixture::FixedV1 => "fixture-fixed-v1",
             Fixture::FixedV2 => "fixture-fixed-v2",
+            Fixture::Lanes => "fixture-lanes",
         }
     }
 
@@ -157,6 +161,7 @@ impl Fixture {
             Fixture::DepWrong => &fixture_dep_wrong::SWAPKIT_PLUGIN,
             Fixture::DepStray => &fixture_dep_stray::SWAPKIT_PLUGIN,
             Fixture::FixedV1 => &fixture_fixed_v1::SWAPKIT_PLUGIN,
+            Fixture::Lanes => &fixture_lanes::SWAPKIT_PLUGIN,
             _ => panic!("{self:?} is not linked statically"),
         }
     }
@@ -176,7 +181,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 24] = [
+const WASM: [Fixture; 25] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -201,6 +206,7 @@ const WASM: [Fixture; 24] = [
     Fixture::GreeterFaulty,
     Fixture::FixedV1,
     Fixture::FixedV2,
+    Fixture::Lanes,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
@@ -308,7 +314,8 @@ pub fn start_configured(
     let builder = builder
         .interface::<dyn fixture_api::Greeter>()
         .interface::<dyn fixture_api::Probe>()
-        .interface::<dyn fixture_api::Counter>();
+        .interface::<dyn fixture_api::Counter>()
+        .interface::<dyn fixture_api::Lanes>();
     match backend {
         Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;

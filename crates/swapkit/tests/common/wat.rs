@@ -69,6 +69,12 @@ impl Wat {
         }
     }
 
+    /// Exports `decl` instead of `Greeter`.
+    pub fn exports(mut self, decl: InterfaceDecl) -> Wat {
+        self.manifest.interfaces = vec![decl];
+        self
+    }
+
     /// Lets a replaced `swapkit_call` body answer the lifecycle calls (`save`, `migrate`) too.
     pub fn raw_lifecycle(mut self) -> Wat {
         self.guard_lifecycle = false;

@@ -168,7 +168,7 @@ impl NativeInstance {
     ///
     /// # Safety
     /// `entry` is a lane of this plugin whose signature `A` and `R` give.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn lane<A: LaneArgs, R: LaneResult>(
         &self,
         entry: *const (),

@@ -401,9 +401,9 @@ impl Slot {
         method: u32,
         args: A,
     ) -> Result<Result<R, LaneError>, Fault> {
-        let Some(lane) = self.f.lane.clone() else {
+        if self.f.lane.is_none() {
             return Err(self.broken("the plugin has no lane export"));
-        };
+        }
         let need = args.wasm_bytes();
         if need > 0 {
             self.reserve_input(deadline, need)?;
@@ -418,7 +418,13 @@ impl Slot {
         self.store.set_epoch_deadline(deadline);
         self.store.data_mut().limiter.hit = None;
         let params = (interface, method, w[0], w[1], w[2], w[3], w[4], w[5]);
-        match lane.call(&mut self.store, params) {
+        // Borrowed, not cloned: a `TypedFunc` clone counts a reference to its type, a shared
+        // counter every thread would write.
+        let called = match &self.f.lane {
+            Some(lane) => lane.call(&mut self.store, params),
+            None => unreachable!("checked above"),
+        };
+        match called {
             Ok(word) => Ok(R::from_wasm(word, self)),
             Err(e) => Err(self.fault(e)),
         }
