@@ -302,7 +302,7 @@ pub fn bytes_of<T: Plain>(value: &T) -> &[u8] {
 pub fn bytes_of_slice<T: Plain>(values: &[T]) -> &[u8] {
     // SAFETY: as for `bytes_of`, element after element.
     unsafe {
-        core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of::<T>() * values.len())
+        core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), core::mem::size_of_val(values))
     }
 }
 
@@ -323,7 +323,7 @@ pub fn read_plain<T: Plain>(bytes: &[u8]) -> Result<T, LaneError> {
 /// one is valid.
 pub fn read_plain_vec<T: Plain>(bytes: &[u8]) -> Result<Vec<T>, LaneError> {
     let size = size_of::<T>();
-    if size == 0 || bytes.len() % size != 0 {
+    if size == 0 || !bytes.len().is_multiple_of(size) {
         return Err(LaneError::Length);
     }
     if !T::ANY_BITS && !bytes.chunks_exact(size).all(T::valid) {

@@ -1,4 +1,5 @@
-//! Misuse of `#[patchable]` and `patch!` is a compile error.
+//! Misuse of `#[patchable]`, `patch!`, `#[derive(Plain)]` and `#[interface(plain = [..])]` is a
+//! compile error.
 //!
 //! trybuild compiles the cases against swapkit with the features this test was built with,
 //! in a target directory of its own; so the cases run in the suite's build without the `wasm`
@@ -7,7 +8,7 @@
 #![cfg(not(feature = "wasm"))]
 
 #[test]
-fn patchable_misuse_is_rejected_at_compile_time() {
+fn misuse_is_rejected_at_compile_time() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
 }
