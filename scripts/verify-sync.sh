@@ -2,7 +2,8 @@
 # Verifies swapkit's lock-free core (crates/swapkit-sync) the way arc-swap and crossbeam do:
 #
 #   miri    the crate's unit, hazard and stress tests under Miri, Stacked and Tree Borrows,
-#           several seeds each (fences are plain fence(SeqCst) under cfg(miri));
+#           several seeds each (fences are plain fence(SeqCst) under cfg(miri)); and the
+#           direct lane's unsafe helpers in swapkit-abi, under both models;
 #   loom    the loom models in tests/loom.rs, over the real code (--cfg loom);
 #   tsan    the hazard and stress tests under ThreadSanitizer (nightly, -Zbuild-std), with
 #           --cfg swapkit_symmetric_fences, since TSan does not see membarrier;
@@ -37,6 +38,11 @@ run_miri() {
                 cargo +nightly miri test -q -p swapkit-sync --target-dir target/miri \
                 --lib --test hazard --test stress
         done
+        # The direct lane's unsafe helpers in the ABI crate: reading plain values from a
+        # guest's bytes, and calling a native lane through its erased entry.
+        echo "== miri ${model:-stacked-borrows}: swapkit-abi's lane"
+        MIRIFLAGS="$model" cargo +nightly miri test -q -p swapkit-abi --target-dir target/miri \
+            --lib lane
     done
 }
 

@@ -876,3 +876,139 @@ pub const fn extension(lanes: &'static [LaneEntry]) -> HeaderExt {
         lane_count: lanes.len(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Status;
+    use alloc::vec;
+
+    #[test]
+    fn method_hash_is_fnv_of_the_version_the_interface_and_the_method() {
+        let mut text = LANE_VERSION.as_bytes().to_vec();
+        text.extend_from_slice(&0x1234_u64.to_le_bytes());
+        text.extend_from_slice(&7_u64.to_le_bytes());
+        assert_eq!(method_hash(0x1234, 7), fnv1a64(&text));
+        assert_ne!(method_hash(0x1234, 7), method_hash(0x1234, 8));
+        assert_ne!(method_hash(0x1234, 7), method_hash(0x1235, 7));
+    }
+
+    #[test]
+    fn plain_values_are_checked_before_they_are_read() {
+        assert_eq!(read_plain::<bool>(&[1]), Ok(true));
+        assert!(matches!(
+            read_plain::<bool>(&[2]),
+            Err(LaneError::OutOfRange(_))
+        ));
+        assert_eq!(read_plain::<char>(&0x41_u32.to_ne_bytes()), Ok('A'));
+        assert!(matches!(
+            read_plain::<char>(&0xD800_u32.to_ne_bytes()),
+            Err(LaneError::OutOfRange(_))
+        ));
+        assert_eq!(read_plain::<u32>(&[1, 0, 0]), Err(LaneError::Length));
+        assert!(matches!(
+            read_plain::<[bool; 2]>(&[1, 3]),
+            Err(LaneError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn plain_vectors_are_read_from_unaligned_bytes() {
+        let mut bytes = vec![0xEE];
+        for v in [1u32, 2, 0xFFFF_FFFF] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(
+            read_plain_vec::<u32>(&bytes[1..]),
+            Ok(vec![1, 2, 0xFFFF_FFFF])
+        );
+        assert_eq!(read_plain_vec::<u32>(&bytes[1..12]), Err(LaneError::Length));
+        assert_eq!(read_plain_vec::<u32>(&[]), Ok(vec![]));
+        assert!(matches!(
+            read_plain_vec::<bool>(&[0, 1, 5]),
+            Err(LaneError::OutOfRange(_))
+        ));
+    }
+
+    struct Memory(Vec<u8>);
+
+    impl WasmMemory for Memory {
+        fn read(&mut self, ptr: u32, len: u32) -> Option<&[u8]> {
+            let start = ptr as usize;
+            self.0.get(start..start.checked_add(len as usize)?)
+        }
+    }
+
+    #[test]
+    fn wasm_words_that_no_value_of_the_type_makes_are_refused() {
+        let mut m = Memory(b"ok\xff".to_vec());
+        assert_eq!(<u8 as LaneResult>::from_wasm(255, &mut m), Ok(255));
+        assert!(<u8 as LaneResult>::from_wasm(256, &mut m).is_err());
+        assert_eq!(<i32 as LaneResult>::from_wasm(-5i64 as u64, &mut m), Ok(-5));
+        assert!(<i32 as LaneResult>::from_wasm(1 << 40, &mut m).is_err());
+        assert!(<f32 as LaneResult>::from_wasm(1 << 33, &mut m).is_err());
+        assert!(<bool as LaneResult>::from_wasm(2, &mut m).is_err());
+        assert!(<char as LaneResult>::from_wasm(0xDFFF, &mut m).is_err());
+        assert_eq!(
+            <alloc::string::String as LaneResult>::from_wasm(pack(0, 2), &mut m).as_deref(),
+            Ok("ok")
+        );
+        assert_eq!(
+            <alloc::string::String as LaneResult>::from_wasm(pack(1, 2), &mut m),
+            Err(LaneError::Utf8)
+        );
+        assert_eq!(
+            <alloc::string::String as LaneResult>::from_wasm(pack(2, 5), &mut m),
+            Err(LaneError::Outside)
+        );
+        assert_eq!(
+            <Vec<u8> as LaneResult>::from_wasm(pack(0, 3), &mut m),
+            Ok(b"ok\xff".to_vec())
+        );
+    }
+
+    #[test]
+    fn tables_concatenate_their_parts() {
+        let f = |h| LaneEntry {
+            hash: h,
+            entry: core::ptr::null(),
+        };
+        let (a, b) = ([f(1), f(2)], [f(3)]);
+        let table: [LaneEntry; 3] = lane_table(&[&a, &[], &b]);
+        assert_eq!(table.map(|e| e.hash), [1, 2, 3]);
+        assert_eq!(lane_hashes::<4>(&table), [3, 1, 2, 3]);
+    }
+
+    /// A lane as the macro makes it, called through `LaneArgs::call_native` as the host does.
+    unsafe extern "C" fn score(
+        instance: *mut c_void,
+        id: u64,
+        tag: RawSlice,
+        _out: *mut RawSlice,
+    ) -> LaneRet<u64> {
+        // SAFETY: the test passes a `u64` and a live string.
+        let (base, tag) = unsafe { (*(instance as *const u64), <&str as LaneArg>::from_raw(tag)) };
+        LaneRet {
+            status: Status::Ok as u32,
+            value: MaybeUninit::new(base + id + tag.len() as u64),
+        }
+    }
+
+    #[test]
+    fn a_native_lane_is_called_with_the_arguments_as_they_are() {
+        let base = 100u64;
+        let mut out = RawSlice::EMPTY;
+        let text = alloc::string::String::from("abc");
+        // SAFETY: `score` has the signature `(u64, &str) -> u64` gives.
+        let ret = unsafe {
+            (7u64, text.as_str()).call_native::<u64>(
+                score as *const (),
+                &base as *const u64 as *mut c_void,
+                &mut out,
+            )
+        };
+        assert_eq!(ret.status, Status::Ok as u32);
+        // SAFETY: `Ok` means the value is written.
+        assert_eq!(unsafe { ret.value.assume_init() }, 110);
+    }
+}

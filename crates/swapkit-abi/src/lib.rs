@@ -30,6 +30,11 @@ pub use status::Status;
 
 /// Turns a trait into a swapkit interface: a typed host client, the guest dispatch and the
 /// interface hash. See the crate docs of `swapkit` for a full example.
+///
+/// A method whose arguments and result are all plain data gets a direct lane (ABI.md §10):
+/// its arguments cross as they are, with no encoding. `#[interface(plain = [Point, Quote])]`
+/// lists the `#[derive(Plain)]` structs that may take part; their layouts join the hash.
+/// `#[interface(name = "...")]` exports the trait under another name.
 pub use swapkit_macros::interface;
 
 /// Marks a `#[repr(C)]` struct as plain data that a direct lane passes as it is: every field
