@@ -846,6 +846,10 @@ pub unsafe trait Glue {
     /// Runs `body`, catching a panic (status `Panic`, the message through `out`), and returns
     /// its result's raw form, written into the thread's result buffer if it is bytes.
     fn native<R: LaneResult>(out: *mut RawSlice, body: impl FnOnce() -> R) -> LaneRet<R::Raw>;
+
+    /// A wasm lane's result as its word: a value as it is, bytes written into the thread's
+    /// result buffer (which a value never touches).
+    fn wasm_result<R: LaneResult>(result: R) -> u64;
 }
 
 /// The lanes of an interface for an implementation `I`, with the guest glue `G`: implemented
@@ -857,14 +861,13 @@ pub unsafe trait Glue {
 pub unsafe trait Lanes<I, G: Glue> {
     /// The native lanes, one per method that has one.
     const NATIVE: &'static [LaneEntry];
-    /// Runs method `method` through its wasm lane, writing any bytes result into `buf`;
-    /// `None` if it has no lane.
+    /// Runs method `method` through its wasm lane (its result through
+    /// [`Glue::wasm_result`]); `None` if it has no lane.
     ///
     /// # Safety
     /// `args` came from the host's [`LaneArgs::to_wasm`] for this method, and what they
     /// staged is still in place.
-    unsafe fn wasm(imp: &I, method: u32, args: &[u64; WASM_ARGS], buf: &mut Vec<u8>)
-        -> Option<u64>;
+    unsafe fn wasm(imp: &I, method: u32, args: &[u64; WASM_ARGS]) -> Option<u64>;
 }
 
 /// The exports a plugin type makes through ABI v1 with the lane extension: what

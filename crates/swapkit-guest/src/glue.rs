@@ -47,13 +47,8 @@ pub trait Exports: Plugin {
     ///
     /// # Safety
     /// `args` came from the host's staging for this method, which is still in place.
-    unsafe fn lane_wasm(
-        &self,
-        interface: u32,
-        method: u32,
-        args: &[u64; WASM_ARGS],
-        buf: &mut Vec<u8>,
-    ) -> Option<u64>;
+    unsafe fn lane_wasm(&self, interface: u32, method: u32, args: &[u64; WASM_ARGS])
+        -> Option<u64>;
     /// Routes a call to the implementation of interface number `interface`.
     fn dispatch(
         &self,
@@ -217,6 +212,15 @@ unsafe impl Glue for LaneGlue {
                 value: MaybeUninit::new(value.into_raw(&mut Vec::new())),
             },
             Err(payload) => lane_panic(out, &*payload),
+        }
+    }
+
+    #[inline]
+    fn wasm_result<R: LaneResult>(result: R) -> u64 {
+        if R::BYTES {
+            with_result_buffer(|buf| result.into_wasm(buf))
+        } else {
+            result.into_wasm(&mut Vec::new())
         }
     }
 }

@@ -227,9 +227,7 @@ pub fn lane<P: Exports>(interface: u32, method: u32, args: [u64; WASM_ARGS]) -> 
     }
     // SAFETY: `handle` came from `load::<P>` and points at the plugin object (the instance
     // keeps it first); the host staged the arguments for this method.
-    let word = glue::with_result_buffer(|buf| unsafe {
-        (*(handle as *const P)).lane_wasm(interface, method, &args, buf)
-    });
+    let word = unsafe { (*(handle as *const P)).lane_wasm(interface, method, &args) };
     match word {
         Some(word) => word,
         None => core::arch::wasm32::unreachable(),

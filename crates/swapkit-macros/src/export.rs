@@ -166,7 +166,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         let i = i as u32;
         let lanes = lanes_of(p);
         // SAFETY: forwarded from the caller.
-        quote!(#i => unsafe { #lanes::wasm(self, method, args, buf) },)
+        quote!(#i => unsafe { #lanes::wasm(self, method, args) },)
     });
 
     Ok(quote! {
@@ -205,7 +205,6 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 interface: u32,
                 method: u32,
                 args: &[u64; ::swapkit_guest::abi::lane::WASM_ARGS],
-                buf: &mut ::swapkit_guest::__rt::Vec<u8>,
             ) -> ::core::option::Option<u64> {
                 match interface {
                     #(#lane_arms)*

@@ -118,14 +118,13 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             quote! {
                 #[inline(never)]
                 #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
-                unsafe fn #f<__I: #ident>(
+                unsafe fn #f<__I: #ident, __G: #abi::lane::Glue>(
                     imp: &__I,
                     args: &[u64; #abi::lane::WASM_ARGS],
-                    buf: &mut #abi::__private::Vec<u8>,
                 ) -> u64 {
                     #(#unpack)*
                     let result: #ret = <__I as #ident>::#fn_name(imp, #(#names),*);
-                    <#ret as #abi::lane::LaneResult>::into_wasm(result, buf)
+                    __G::wasm_result(result)
                 }
             }
         });
@@ -138,7 +137,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             let f = format_ident!("__swapkit_wasm_lane_{}", i);
             quote! {
                 // SAFETY: forwarded from the caller.
-                #index => ::core::option::Option::Some(unsafe { #f::<__I>(imp, args, buf) }),
+                #index => ::core::option::Option::Some(unsafe { #f::<__I, __G>(imp, args) }),
             }
         });
 
@@ -206,7 +205,6 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     imp: &__I,
                     method: u32,
                     args: &[u64; #abi::lane::WASM_ARGS],
-                    buf: &mut #abi::__private::Vec<u8>,
                 ) -> ::core::option::Option<u64> {
                     match method {
                         #(#wasm_arms)*
