@@ -6,7 +6,12 @@
 
 /// FNV-1a, 64 bits.
 pub const fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_continue(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a over `bytes`, continued from `hash` (the hash of what came before them).
+pub const fn fnv1a64_continue(hash: u64, bytes: &[u8]) -> u64 {
+    let mut hash = hash;
     let mut i = 0;
     while i < bytes.len() {
         hash ^= bytes[i] as u64;
@@ -19,20 +24,10 @@ pub const fn fnv1a64(bytes: &[u8]) -> u64 {
 /// The hash of an interface: FNV-1a of `name`, a `{`, `signature` and a `}`. Two traits with
 /// the same methods but different names hash differently.
 pub const fn interface_hash(name: &str, signature: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let parts: [&[u8]; 4] = [name.as_bytes(), b"{", signature.as_bytes(), b"}"];
-    let mut p = 0;
-    while p < parts.len() {
-        let bytes = parts[p];
-        let mut i = 0;
-        while i < bytes.len() {
-            hash ^= bytes[i] as u64;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            i += 1;
-        }
-        p += 1;
-    }
-    hash
+    let mut hash = fnv1a64(name.as_bytes());
+    hash = fnv1a64_continue(hash, b"{");
+    hash = fnv1a64_continue(hash, signature.as_bytes());
+    fnv1a64_continue(hash, b"}")
 }
 
 #[cfg(test)]

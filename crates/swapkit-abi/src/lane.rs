@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::mem::{size_of, MaybeUninit};
 
-use crate::hash::fnv1a64;
+use crate::hash::{fnv1a64, fnv1a64_continue};
 use crate::header::{PluginHeader, RawSlice};
 
 /// The version of the lane's layout rules, hashed into every [`method_hash`]: a host and a
@@ -30,35 +30,20 @@ pub const WASM_ARGS: usize = 6;
 /// The hash a lane is listed under: method number `method` of the interface whose hash is
 /// `interface`, under the lane rules of [`LANE_VERSION`].
 pub const fn method_hash(interface: u64, method: u32) -> u64 {
-    let mut hash = fnv1a64(LANE_VERSION.as_bytes());
-    let words = [interface, method as u64];
-    let mut w = 0;
-    while w < words.len() {
-        let bytes = words[w].to_le_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            hash ^= bytes[i] as u64;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            i += 1;
-        }
-        w += 1;
-    }
-    hash
+    mix(
+        fnv1a64(LANE_VERSION.as_bytes()),
+        &[interface, method as u64],
+    )
 }
 
-/// Mixes `parts` into `hash`, in order: an interface's hash with the layouts of the plain
-/// structs its lanes pass, or a struct's name with its fields' layouts.
+/// Mixes `parts` into `hash`, in order, each as its 8 little-endian bytes: an interface's hash
+/// with the layouts of the plain structs its lanes pass, or a struct's name with its fields'
+/// layouts.
 pub const fn mix(hash: u64, parts: &[u64]) -> u64 {
     let mut hash = hash;
     let mut p = 0;
     while p < parts.len() {
-        let bytes = parts[p].to_le_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            hash ^= bytes[i] as u64;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            i += 1;
-        }
+        hash = fnv1a64_continue(hash, &parts[p].to_le_bytes());
         p += 1;
     }
     hash

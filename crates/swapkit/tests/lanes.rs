@@ -149,53 +149,11 @@ fn threads_get_their_own_answers(backend: Backend) {
     });
 }
 
-mod native {
-    use super::*;
-
-    #[test]
-    fn every_kind_crosses_the_lane() {
-        super::every_kind_crosses_the_lane(Backend::Native)
-    }
-    #[test]
-    fn a_panic_in_a_lane_is_a_call_error() {
-        super::a_panic_in_a_lane_is_a_call_error(Backend::Native)
-    }
-    #[test]
-    fn threads_get_their_own_answers() {
-        super::threads_get_their_own_answers(Backend::Native)
-    }
-}
-
-mod statics {
-    use super::*;
-
-    #[test]
-    fn every_kind_crosses_the_lane() {
-        super::every_kind_crosses_the_lane(Backend::Static)
-    }
-    #[test]
-    fn a_panic_in_a_lane_is_a_call_error() {
-        super::a_panic_in_a_lane_is_a_call_error(Backend::Static)
-    }
-}
-
-#[cfg(feature = "wasm")]
-mod wasm {
-    use super::*;
-
-    #[test]
-    fn every_kind_crosses_the_lane() {
-        super::every_kind_crosses_the_lane(Backend::Wasm)
-    }
-    #[test]
-    fn a_panic_in_a_lane_is_a_call_error() {
-        super::a_panic_in_a_lane_is_a_call_error(Backend::Wasm)
-    }
-    #[test]
-    fn threads_get_their_own_answers() {
-        super::threads_get_their_own_answers(Backend::Wasm)
-    }
-}
+on_both_backends!(
+    every_kind_crosses_the_lane,
+    a_panic_in_a_lane_is_a_call_error,
+    threads_get_their_own_answers,
+);
 
 /// The fixture's v1 header without the extension flag: what a plugin built before lanes
 /// looks like to a host.
@@ -319,16 +277,11 @@ impl<'de> serde::Deserialize<'de> for Nested {
 fn a_plain_layout_that_drifted_is_refused_at_load() {
     use swapkit::abi::{hash::interface_hash, InterfaceDecl};
     let drifted = InterfaceDecl {
-        name: <dyn Lanes as Interface>::NAME.into(),
         hash: interface_hash(
             <dyn Lanes as Interface>::NAME,
             <dyn Lanes as Interface>::SIGNATURE,
         ),
-        signature: <dyn Lanes as Interface>::SIGNATURE.into(),
-        methods: <dyn Lanes as Interface>::METHODS
-            .iter()
-            .map(|m| (*m).into())
-            .collect(),
+        ..common::wat::decl::<dyn Lanes>()
     };
     assert_ne!(drifted.hash, <dyn Lanes as Interface>::HASH);
     let dir = tempfile::tempdir().unwrap();
@@ -350,19 +303,6 @@ mod hostile {
     use super::*;
     use common::wat::Wat;
     use swapkit::abi::lane::method_hash;
-    use swapkit::abi::InterfaceDecl;
-
-    fn lanes_decl() -> InterfaceDecl {
-        InterfaceDecl {
-            name: <dyn Lanes as Interface>::NAME.into(),
-            hash: <dyn Lanes as Interface>::HASH,
-            signature: <dyn Lanes as Interface>::SIGNATURE.into(),
-            methods: <dyn Lanes as Interface>::METHODS
-                .iter()
-                .map(|m| (*m).into())
-                .collect(),
-        }
-    }
 
     fn method(name: &str) -> u32 {
         <dyn Lanes as Interface>::METHODS
@@ -394,7 +334,7 @@ mod hostile {
         );
         let bad_tag = [1u32.to_le_bytes(), 0x11_0000u32.to_le_bytes(), [1, 0, 0, 0]].concat();
         Wat::plugin("liar")
-            .exports(lanes_decl())
+            .exports(common::wat::decl::<dyn Lanes>())
             .data(8192, &table(5, &["flip", "next", "shout", "tag", "add"]))
             .data(3000, &[0xff, 0xfe])
             .data(3200, &bad_tag)
