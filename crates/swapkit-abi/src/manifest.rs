@@ -123,6 +123,18 @@ pub struct InterfaceDecl {
     pub methods: Vec<String>,
 }
 
+impl InterfaceDecl {
+    /// The entry of interface `I`, as a plugin that exports it declares it.
+    pub fn of<I: crate::Interface + ?Sized>() -> InterfaceDecl {
+        InterfaceDecl {
+            name: I::NAME.into(),
+            hash: I::HASH,
+            signature: I::SIGNATURE.into(),
+            methods: I::METHODS.iter().map(|m| (*m).into()).collect(),
+        }
+    }
+}
+
 /// A dependency on another plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dependency {

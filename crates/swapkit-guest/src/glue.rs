@@ -14,7 +14,7 @@ use core::mem::MaybeUninit;
 
 use swapkit_abi::lane::{Glue, LaneEntry, LaneResult, LaneRet, WASM_ARGS};
 use swapkit_abi::{
-    wire, DispatchError, EntryPoints, ExportDecl, ExtendedHeader, Fingerprint, HostApi, Interface,
+    wire, DispatchError, EntryPoints, ExportDecl, ExtendedHeader, Fingerprint, HostApi,
     InterfaceDecl, LiveData, LiveKind, Manifest, PatchDecl, PluginHeader, RawSlice, Status,
     ABI_VERSION, FLAG_EXTENDED, FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC,
     METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
@@ -85,16 +85,6 @@ pub struct LiveExport {
     pub hash: u64,
     /// Decodes the arguments, runs the function and encodes its result.
     pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), DispatchError>,
-}
-
-/// The manifest entry of an interface.
-pub fn decl<I: Interface + ?Sized>() -> InterfaceDecl {
-    InterfaceDecl {
-        name: I::NAME.into(),
-        hash: I::HASH,
-        signature: I::SIGNATURE.into(),
-        methods: I::METHODS.iter().map(|m| (*m).into()).collect(),
-    }
 }
 
 /// The header of plugin type `P`, with its lanes in the extension.

@@ -215,7 +215,7 @@ impl<E: core::fmt::Display> From<E> for Error {
 
 #[doc(hidden)]
 pub mod __rt {
-    pub use crate::glue::{decl, header, Exports, LaneGlue, LiveExport, PatchExport};
+    pub use crate::glue::{header, Exports, LaneGlue, LiveExport, PatchExport};
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasm;
     pub use std::vec;

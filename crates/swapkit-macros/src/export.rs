@@ -146,7 +146,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let decls = spec
         .interfaces
         .iter()
-        .map(|p| quote!(::swapkit_guest::__rt::decl::<dyn #p>()));
+        .map(|p| quote!(::swapkit_guest::abi::InterfaceDecl::of::<dyn #p>()));
     let exported = |p: &Path| {
         let mut p = p.clone();
         if let Some(last) = p.segments.last_mut() {

@@ -16,26 +16,23 @@ use swapkit::{CallError, Swapper};
 /// plain.
 const LANES: usize = 12 + 4;
 
-fn lanes_of(swapper: &Swapper, plugin: &str) -> usize {
+/// The current generation's status of `plugin`.
+fn status_of(swapper: &Swapper, plugin: &str) -> swapkit::PluginStatus {
     swapper
         .status()
         .current
         .plugins
-        .iter()
+        .into_iter()
         .find(|p| p.name == plugin)
         .expect("the plugin is loaded")
-        .lanes
+}
+
+fn lanes_of(swapper: &Swapper, plugin: &str) -> usize {
+    status_of(swapper, plugin).lanes
 }
 
 fn counts(swapper: &Swapper, plugin: &str) -> swapkit::CallCounts {
-    swapper
-        .status()
-        .current
-        .plugins
-        .iter()
-        .find(|p| p.name == plugin)
-        .expect("the plugin is loaded")
-        .counts
+    status_of(swapper, plugin).counts
 }
 
 /// Every kind the lane carries, checked against what the plugin computes.
@@ -281,7 +278,7 @@ fn a_plain_layout_that_drifted_is_refused_at_load() {
             <dyn Lanes as Interface>::NAME,
             <dyn Lanes as Interface>::SIGNATURE,
         ),
-        ..common::wat::decl::<dyn Lanes>()
+        ..swapkit::abi::InterfaceDecl::of::<dyn Lanes>()
     };
     assert_ne!(drifted.hash, <dyn Lanes as Interface>::HASH);
     let dir = tempfile::tempdir().unwrap();
@@ -334,7 +331,7 @@ mod hostile {
         );
         let bad_tag = [1u32.to_le_bytes(), 0x11_0000u32.to_le_bytes(), [1, 0, 0, 0]].concat();
         Wat::plugin("liar")
-            .exports(common::wat::decl::<dyn Lanes>())
+            .exports(swapkit::abi::InterfaceDecl::of::<dyn Lanes>())
             .data(8192, &table(5, &["flip", "next", "shout", "tag", "add"]))
             .data(3000, &[0xff, 0xfe])
             .data(3200, &bad_tag)

@@ -21,16 +21,6 @@ const ALL_IMPORTS: &str = r#"(import "swapkit" "log" (func $log (param i32 i32 i
  (import "swapkit" "service" (func $service (param i32 i32 i32) (result i64)))
  (import "swapkit" "reply" (func $reply (param i32)))"#;
 
-/// The manifest entry of interface `I`, as a plugin built against it declares it.
-pub fn decl<I: Interface + ?Sized>() -> InterfaceDecl {
-    InterfaceDecl {
-        name: I::NAME.into(),
-        hash: I::HASH,
-        signature: I::SIGNATURE.into(),
-        methods: I::METHODS.iter().map(|m| (*m).into()).collect(),
-    }
-}
-
 /// A hand-made plugin module, built up and then written out.
 #[derive(Debug, Clone)]
 pub struct Wat {
@@ -57,7 +47,7 @@ impl Wat {
                 abi_version: swapkit::abi::ABI_VERSION,
                 crate_name: name.replace('-', "_"),
                 fingerprint: [fp.rustc().into(), "wasm32".into(), fp.abi_crate().into()],
-                interfaces: vec![decl::<dyn Greeter>()],
+                interfaces: vec![InterfaceDecl::of::<dyn Greeter>()],
                 dependencies: vec![],
                 patches: vec![],
                 live: vec![],
