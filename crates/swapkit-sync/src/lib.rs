@@ -8,7 +8,8 @@
 //!   writer or by the last call to leave it, never while a call holds it and never later than
 //!   that last call. swapkit's current generation and each patch slot is one.
 //! - [`StripedCounter`] counts with a plain store on a per-thread stripe.
-//! - [`HomeCells`] is a bounded pool of boxed values, each with a home cell.
+//! - [`Places`] is a bounded pool of values in which a thread may keep a place for itself:
+//!   its next use enters it with a store to a flag only it writes and a compiler fence.
 //!
 //! The protocol, its ordering argument, and what happens when the kernel refuses the
 //! writer's barrier, are in the docs of `cell.rs`, `record.rs` and `fence.rs`. How it is
@@ -33,13 +34,13 @@
 
 mod cell;
 pub mod fence;
-mod homes;
+mod places;
 mod record;
 mod stripe;
 mod sync;
 
 pub use cell::{Guard, HazardCell};
-pub use homes::HomeCells;
+pub use places::{Held, Places};
 pub use stripe::{StripedCounter, OWNED};
 
 /// Hazard slots per thread before guards borrow spare records.

@@ -1,4 +1,4 @@
-//! Loom models of the hazard handshake, run over the real code (`RUSTFLAGS="--cfg loom"`, see
+//! Loom models of the hazard handshake and of the kept places' handshake, run over the real code (`RUSTFLAGS="--cfg loom"`, see
 //! `scripts/verify-sync.sh`). Loom explores every interleaving, and every outcome the memory
 //! model allows, of the threads below, up to its preemption bound.
 
@@ -6,10 +6,11 @@
 
 use std::sync::atomic::Ordering::SeqCst;
 
+use loom::cell::UnsafeCell;
 use loom::sync::atomic::AtomicUsize;
 use loom::sync::Arc as LoomArc;
 use std::sync::Arc;
-use swapkit_sync::HazardCell;
+use swapkit_sync::{HazardCell, Places};
 
 /// A value that counts its drops in a loom atomic.
 struct Tracked {
@@ -138,5 +139,83 @@ fn two_callers_one_nested_out_of_order_and_a_swap() {
         nested.join().unwrap();
         assert_eq!((old.load(SeqCst), new.load(SeqCst)), (1, 0));
         assert_eq!(cell.retiring(), 0);
+    });
+}
+
+/// A pooled value whose count loom checks for unsynchronised access: two users at once, or a
+/// user that does not see the last one's write, fail the model.
+struct Counted(UnsafeCell<usize>);
+
+impl Counted {
+    fn bump(&self) {
+        self.0.with_mut(|n| unsafe { *n += 1 });
+    }
+
+    fn read(&self) -> usize {
+        self.0.with(|n| unsafe { *n })
+    }
+}
+
+/// An owner uses the place it keeps (twice: leaving, then entering again) while another
+/// thread revokes it and then takes it: the two never use the value at once, each sees the
+/// other's writes, and the value ends idle with every use counted.
+#[test]
+fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
+    loom::model(|| {
+        let pool = LoomArc::new(Places::new(1));
+        drop(pool.fill(0, Counted(UnsafeCell::new(0))));
+        let held = pool.hold(0).expect("idle");
+        held.bump();
+        held.keep();
+        let uses = LoomArc::new(AtomicUsize::new(1));
+        let other = {
+            let (pool, uses) = (pool.clone(), uses.clone());
+            loom::thread::spawn(move || {
+                pool.revoke();
+                if let Some(held) = pool.hold(0) {
+                    assert!(!held.is_kept());
+                    held.bump();
+                    uses.fetch_add(1, SeqCst);
+                }
+            })
+        };
+        for _ in 0..2 {
+            if let Some(held) = pool.hold(0) {
+                held.bump();
+                uses.fetch_add(1, SeqCst);
+            }
+        }
+        other.join().unwrap();
+        let held = pool.hold(0).expect("back in the pool");
+        assert_eq!(held.read(), uses.load(SeqCst));
+    });
+}
+
+/// Two threads race to take one idle value and keep it: one wins, and the loser never sees
+/// it until it is revoked; then the value is handed over with its writes.
+#[test]
+fn two_threads_race_to_keep_one_place() {
+    loom::model(|| {
+        let pool = LoomArc::new(Places::new(1));
+        drop(pool.fill(0, Counted(UnsafeCell::new(0))));
+        let uses = LoomArc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, uses) = (pool.clone(), uses.clone());
+                loom::thread::spawn(move || {
+                    if let Some(held) = pool.hold(0) {
+                        held.bump();
+                        uses.fetch_add(1, SeqCst);
+                        held.keep();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        pool.revoke();
+        let held = pool.hold(0).expect("revoked, so idle");
+        assert_eq!(held.read(), uses.load(SeqCst));
     });
 }

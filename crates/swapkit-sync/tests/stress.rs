@@ -1,6 +1,7 @@
 //! Stress and randomised tests: more threads than cores, swaps racing calls. Each asserts that
 //! no value is freed while a guard holds it and that every superseded value is freed exactly
-//! once. `SWAPKIT_STRESS=<n>` multiplies their length (the long form, `scripts/stress-sync.sh`).
+//! once; the last one, that no pooled value ever has two users while threads keep, revoke and
+//! take places. `SWAPKIT_STRESS=<n>` multiplies their length (the long form, `scripts/stress-sync.sh`).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{scaled, Book, Rng, Tracked};
-use swapkit_sync::{Guard, HazardCell};
+use swapkit_sync::{Guard, HazardCell, Places};
 
 /// One reader enters and leaves in a tight loop while one writer swaps, and one more thread
 /// spins, so that on two cores the reader is often preempted mid-call. After
@@ -221,4 +222,124 @@ fn random_sequences_of_calls_pins_swaps_and_restores() {
             "value {id} dropped {drops} times, not {want} (seed {seed})"
         );
     }
+}
+
+/// A pooled value that notices two users at once: its holder stores into it and reads back,
+/// with another thread's use in between visible as a changed owner or a lost count.
+#[derive(Default)]
+struct Pooled {
+    user: AtomicU64,
+    uses: AtomicU64,
+}
+
+/// Threads hold values from a pool smaller than their number, keep their places, nest a
+/// second hold inside the first, pause between holds, and discard and refill values, while
+/// another thread revokes kept places in a loop: no value is ever used by two threads at once,
+/// no use is lost, and every place ends filled. A place is kept at most once per pool, so the
+/// test runs many short-lived pools. The wasm backend's instance pool stands on this.
+#[test]
+fn kept_places_never_have_two_users_under_revocation() {
+    let seed: u64 = std::env::var("SWAPKIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    for round in 0..scaled(100) as u64 {
+        one_pool_under_revocation(seed * 1_000_000 + round, 200);
+    }
+}
+
+fn one_pool_under_revocation(seed: u64, rounds: u64) {
+    let size = 3;
+    let mut pool = Places::new(size);
+    for i in 0..size {
+        drop(pool.fill(i, Pooled::default()));
+    }
+    let vacant = std::sync::Mutex::new(Vec::new());
+    let (uses, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+    let use_once = |held: &Pooled, me: u64| {
+        assert_eq!(
+            held.user.swap(me, Ordering::Relaxed),
+            0,
+            "two users at once"
+        );
+        let n = held.uses.load(Ordering::Relaxed);
+        std::hint::spin_loop();
+        held.uses.store(n + 1, Ordering::Relaxed);
+        assert_eq!(
+            held.user.swap(0, Ordering::Relaxed),
+            me,
+            "two users at once"
+        );
+        uses.fetch_add(1, Ordering::Relaxed);
+    };
+    std::thread::scope(|s| {
+        let (pool, vacant, stop, uses, use_once) = (&pool, &vacant, &stop, &uses, &use_once);
+        s.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                pool.revoke();
+                std::hint::spin_loop();
+            }
+        });
+        /// Stops the revoker however the workers end, so a failed assertion fails the test
+        /// instead of leaving the scope waiting.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(stop);
+        let workers: Vec<_> = (1..=4u64)
+            .map(|me| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed * 8 + me);
+                    for r in 0..rounds {
+                        if rng.below(4) == 0 {
+                            std::thread::yield_now();
+                        }
+                        let Some(held) = pool.hold(r as usize) else {
+                            // Refill a place another thread emptied.
+                            if let Some(i) = vacant.lock().unwrap().pop() {
+                                drop(pool.fill(i, Pooled::default()));
+                            }
+                            continue;
+                        };
+                        use_once(&held, me);
+                        if rng.below(8) == 0 {
+                            if let Some(inner) = pool.hold(me as usize) {
+                                assert_ne!(inner.index(), held.index());
+                                use_once(&inner, me + 100);
+                                inner.keep();
+                            }
+                        }
+                        match rng.below(50) {
+                            0 => {
+                                let i = held.index();
+                                let gone = held.discard();
+                                uses.fetch_sub(
+                                    gone.uses.load(Ordering::Relaxed),
+                                    Ordering::Relaxed,
+                                );
+                                vacant.lock().unwrap().push(i);
+                            }
+                            1..=9 => drop(held),
+                            _ => held.keep(),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let failed = workers.into_iter().filter_map(|w| w.join().err()).next();
+        drop(_stop);
+        if let Some(panic) = failed {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    for i in vacant.into_inner().unwrap() {
+        drop(pool.fill(i, Pooled::default()));
+    }
+    let all = pool.drain();
+    assert_eq!(all.len(), size, "every place ends filled");
+    let counted: u64 = all.iter().map(|v| v.uses.load(Ordering::Relaxed)).sum();
+    assert_eq!(counted, uses.load(Ordering::Relaxed), "no use was lost");
 }

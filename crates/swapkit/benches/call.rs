@@ -73,6 +73,8 @@ fn calls(c: &mut Criterion) {
         .unwrap();
     wasm.load_files([&module]).unwrap();
     let wasm_client = wasm.client::<dyn Greeter>().unwrap();
+    let wasm_pin = wasm.pin();
+    let wasm_pinned = wasm_pin.client::<dyn Greeter>();
     assert_eq!(wasm_client.score(1, "abc").unwrap(), 4);
     // A call whose plugin asks the host for a Vault entry: where the sandbox's checks run.
     let state = support::release_wasm(&["fixture-state-v1"]).remove(0);
@@ -138,6 +140,9 @@ fn calls(c: &mut Criterion) {
         b.iter(|| wasm_client.score(black_box(7), black_box("abc")).unwrap())
     });
     group.bench_function("wasm_encoded", |b| b.iter(|| encoded(&wasm_client)));
+    group.bench_function("wasm_pinned_lane", |b| {
+        b.iter(|| wasm_pinned.score(black_box(7), black_box("abc")).unwrap())
+    });
     group.bench_function("wasm_vault_read", |b| {
         b.iter(|| counter.read(black_box("state/visits")).unwrap())
     });

@@ -26,6 +26,8 @@ struct Export {
     /// The interface's direct lanes in the plugin, by method: kept here, next to what
     /// `resolve` reads, so that a call finds its lane with one more load.
     lanes: *const [*const ()],
+    /// The plugin's instance (`plugins[plugin]`), so that `resolve` reaches it with one load.
+    instance: *const Instance,
 }
 
 // SAFETY: `lanes` points into the lane table of a plugin the generation holds (immutable once
@@ -113,6 +115,7 @@ impl Generation {
                     shared: false,
                     alt,
                     lanes: inst.code.lanes.of(i as u32),
+                    instance: Arc::as_ptr(inst),
                 });
             }
         }
@@ -154,8 +157,36 @@ impl Generation {
     ///
     /// A plugin with a canary is served by the version its route chooses; `pin` is the
     /// choice of the pin the call runs under.
-    #[inline]
+    #[inline(always)]
     pub fn resolve(
+        &self,
+        target: &Target,
+        pin: Option<&OnceLock<Variant>>,
+    ) -> Result<Resolved<'_>, CallError> {
+        // The common case inline: a client of any plugin, whose interface one plugin exports
+        // with no canary. Inlined, the result stays in registers; returned through memory, its
+        // lane slice was read back in halves of one 16-byte store, which stalls.
+        if target.plugin.is_none() {
+            if let Some(e) = self.exports.iter().find(|e| e.hash == target.hash) {
+                if !e.shared && e.alt == NO_ALT {
+                    return Ok(Resolved {
+                        // SAFETY: an instance and lanes this generation holds (see `Export`).
+                        instance: unsafe { &*e.instance },
+                        interface: e.interface,
+                        timed: false,
+                        // SAFETY: as above.
+                        lanes: unsafe { &*e.lanes },
+                    });
+                }
+            }
+        }
+        self.resolve_named(target, pin)
+    }
+
+    /// [`resolve`](Self::resolve) for a client of a named plugin, an interface several
+    /// plugins export, a plugin with a canary, and a miss.
+    #[inline(never)]
+    fn resolve_named(
         &self,
         target: &Target,
         pin: Option<&OnceLock<Variant>>,
@@ -164,7 +195,8 @@ impl Generation {
             if e.hash != target.hash {
                 continue;
             }
-            let inst = &self.plugins[e.plugin];
+            // SAFETY: an instance this generation holds (see `Export`).
+            let inst = unsafe { &*e.instance };
             match &target.plugin {
                 Some(name) if **name != *inst.code.name => continue,
                 None if e.shared => return Err(self.ambiguous(target)),

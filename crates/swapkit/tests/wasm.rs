@@ -341,6 +341,48 @@ fn an_exhausted_pool_fails_or_waits_as_configured() {
     }
 }
 
+/// A thread keeps its wasm instance between calls, so its next call finds it with no atomic
+/// read-modify-write; the instance still belongs to the pool. With one instance and the `Fail`
+/// policy, another thread's call takes it back from a thread that is alive but not calling,
+/// or that exited, instead of failing as exhausted; the first thread then shares it.
+#[test]
+fn a_kept_instance_serves_other_threads_when_its_thread_is_idle_or_gone() {
+    let swapper = swapper_with(WasmLimits {
+        pool_size: 1,
+        when_exhausted: Exhausted::Fail,
+        ..Default::default()
+    });
+    swapper
+        .load_files([Fixture::GreeterV1.wasm_path()])
+        .unwrap();
+    let greeter = swapper.client::<dyn Greeter>().unwrap();
+    let (kept, taken) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let keeper = {
+        let (greeter, kept, taken) = (greeter.clone(), kept.clone(), taken.clone());
+        std::thread::spawn(move || {
+            for i in 0..10u64 {
+                assert_eq!(greeter.score(i, "a").unwrap(), i + 1);
+            }
+            kept.wait();
+            taken.wait();
+            // Its instance was taken back: it finds it again through the pool.
+            (0..10u64).all(|i| greeter.score(i, "a").unwrap() == i + 1)
+        })
+    };
+    kept.wait();
+    for i in 0..100u64 {
+        assert_eq!(greeter.score(i, "ab").unwrap(), i + 2, "call {i}");
+    }
+    taken.wait();
+    assert!(keeper.join().unwrap());
+    // A thread that keeps the instance and exits: the next caller gets it back.
+    let greeter2 = greeter.clone();
+    std::thread::spawn(move || greeter2.score(5, "abc").unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(greeter.score(5, "abc").unwrap(), 8);
+}
+
 #[test]
 fn the_compile_cache_survives_a_restart_and_a_corrupt_entry_recompiles() {
     let cache = tempdir();

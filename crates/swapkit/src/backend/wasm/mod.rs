@@ -390,7 +390,7 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<(Manifest, Vec<u64>), L
     };
     let ctx = Arc::new(GuestCtx::probe());
     let mut slot = wasm
-        .slot(ctx, wasm.pool_memory(), true, 0)
+        .slot(ctx, wasm.pool_memory(), true)
         .map_err(|e| failed(format!("instantiating failed: {e}")))?;
     let version = slot
         .abi_version()
@@ -475,8 +475,7 @@ impl WasmModule {
         ctx: Arc<GuestCtx>,
         pool: Arc<PoolMemory>,
         quiet: bool,
-        home: usize,
-    ) -> Result<Box<Slot>, wasmtime::Error> {
+    ) -> Result<Slot, wasmtime::Error> {
         let limits = &self.shared.limits;
         let data = SlotData {
             limiter: Limiter {
@@ -519,7 +518,7 @@ impl WasmModule {
         let lanes = f0(&mut store, "swapkit_lanes").ok();
         let lane = instance.get_typed_func(&mut store, "swapkit_lane").ok();
         let out_slot = out.call(&mut store, ())?;
-        Ok(Box::new(Slot {
+        Ok(Slot {
             view: slot::View::of(&memory, &store),
             store,
             f: Funcs {
@@ -537,7 +536,6 @@ impl WasmModule {
             },
             in_ptr: 0,
             in_cap: 0,
-            home,
-        }))
+        })
     }
 }

@@ -1,18 +1,23 @@
 //! A plugin instance on the wasm backend: a bounded pool of wasm instances ("slots").
 //!
-//! The pool is a [`HomeCells`] (in `swapkit-sync`, where Miri and loom check it), one cell
-//! per possible slot. A slot has a home cell and always goes back to it, so returning it is a
-//! plain store. A call claims a slot by swapping a cell empty, starting at a cell chosen by its
-//! thread, so threads mostly touch different cache lines: one atomic read-modify-write per
-//! call, and no shared queue head. Only growing the pool, waiting for a slot, and throwing one
-//! away take a lock.
+//! The pool is a [`Places`] (in `swapkit-sync`, where Miri and loom check it), one place per
+//! possible slot. After a call, the calling thread **keeps** its slot's place: its next call
+//! enters that slot with a store to a flag only it writes and a compiler fence, no atomic
+//! read-modify-write and no shared write, as if the slot lived in a thread-local, yet the
+//! instance still belongs to the pool, which drops it (running `on_free`) with the plugin. A
+//! thread without a place of its own claims an idle slot with one compare-and-swap, starting at
+//! a place chosen by its stack address, so threads mostly touch different cache lines. When
+//! no slot is idle, the pool revokes the kept places nobody is using (one `membarrier`) before
+//! it grows, waits or fails, so a kept slot never starves another thread nor makes the pool
+//! grow past what its callers use at once; a revoked place stays shared for the pool's life.
+//! Only growing the pool, revoking, waiting for a slot, and throwing one away take a lock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use swapkit_abi::Status;
-use swapkit_sync::HomeCells;
+use swapkit_sync::{Held, Places};
 
 use super::slot::{hook, Fault, Hook, PoolMemory, Slot};
 use super::{Exhausted, WasmModule};
@@ -23,11 +28,14 @@ use swapkit_abi::lane::{LaneArgs, LaneResult};
 /// A plugin instance on the wasm backend.
 pub(crate) struct WasmInstance {
     module: Arc<WasmModule>,
+    /// The module engine's call budget in epoch ticks, kept here so that a call reads it
+    /// without going through the module.
+    deadline: u64,
     ctx: Arc<GuestCtx>,
     /// The linear memory of all its slots, against `WasmLimits::max_pool_memory`.
     memory: Arc<PoolMemory>,
-    cells: HomeCells<Slot>,
-    /// Cells with no slot of their own: where a new slot makes its home.
+    cells: Places<Slot>,
+    /// Places with no slot: where a new slot goes.
     vacant: Mutex<Vec<usize>>,
     /// Slots that exist, idle or busy.
     live: AtomicUsize,
@@ -39,14 +47,20 @@ pub(crate) struct WasmInstance {
     primary: AtomicBool,
 }
 
-thread_local! {
-    /// Where this thread starts looking for an idle slot, as a fraction of the pool (a 32-bit
-    /// fixed-point number), so that picking a cell is a multiply, not a division. Threads get
-    /// well-spread fractions (Fibonacci hashing of a counter).
-    static START: u32 = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        (NEXT.fetch_add(1, Ordering::Relaxed) as u32).wrapping_mul(0x9E37_79B9)
-    };
+/// Where the calling thread starts looking for an idle slot among `n` places.
+///
+/// Threads should start at different places, so that they touch different cache lines; a
+/// thread-local counter would cost a thread-local lookup on every call. The stack pointer tells
+/// threads apart for free: each thread's stack is a mapping of its own, megabytes from any
+/// other's, while one thread's calls stay within a few pages of each other. Fibonacci hashing
+/// of its megabyte spreads the threads over the pool as a 32-bit fraction, so that picking a
+/// place is a multiply, not a division.
+#[inline(always)]
+fn spread(n: usize) -> usize {
+    let marker = 0u8;
+    let megabyte = (std::ptr::addr_of!(marker) as usize >> 20) as u32;
+    let fraction = megabyte.wrapping_mul(0x9E37_79B9);
+    ((fraction as u64 * n as u64) >> 32) as usize
 }
 
 impl WasmInstance {
@@ -58,12 +72,13 @@ impl WasmInstance {
         let size = module.shared.limits.pool_size.max(1);
         let memory = module.pool_memory();
         let mut first = module
-            .slot(ctx.clone(), memory.clone(), false, 0)
+            .slot(ctx.clone(), memory.clone(), false)
             .map_err(|e| (host_status::TRAP, format!("instantiating failed: {e:#}")))?;
         hook(&module, &mut first, Hook::Load)?;
-        let cells = HomeCells::new(size);
-        cells.put(0, first);
+        let cells = Places::new(size);
+        drop(cells.fill(0, first));
         Ok(WasmInstance {
+            deadline: module.shared.deadline_ticks,
             module,
             ctx,
             memory,
@@ -84,7 +99,7 @@ impl WasmInstance {
             .ok_or((host_status::TRAP, "no instance to initialise".to_owned()))?;
         let result = hook(&self.module, &mut slot, Hook::Init);
         if result.is_ok() {
-            self.checkin(slot);
+            drop(slot); // idle, for any thread
         } else {
             self.discard(slot);
         }
@@ -101,11 +116,15 @@ impl WasmInstance {
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> T,
     ) -> T {
-        let mut slot = match self.checkout() {
-            Ok(slot) => slot,
-            Err(fault) => return fault.reply(then),
+        // Not through a `Result`: a `Held` copied out of one stalls on store forwarding.
+        let mut slot = match self.take_idle() {
+            Some(slot) => slot,
+            None => match self.checkout_slow() {
+                Ok(slot) => slot,
+                Err(fault) => return fault.reply(then),
+            },
         };
-        let deadline = self.module.shared.deadline_ticks;
+        let deadline = self.deadline;
         match slot.call(deadline, interface, method, input, then) {
             Ok(t) => {
                 self.checkin(slot);
@@ -128,11 +147,14 @@ impl WasmInstance {
         method: u32,
         args: A,
     ) -> Result<R, LaneFailure> {
-        let mut slot = match self.checkout() {
-            Ok(slot) => slot,
-            Err(fault) => return Err(LaneFailure::Status(fault.status, fault.message)),
+        let mut slot = match self.take_idle() {
+            Some(slot) => slot,
+            None => match self.checkout_slow() {
+                Ok(slot) => slot,
+                Err(fault) => return Err(LaneFailure::Status(fault.status, fault.message)),
+            },
         };
-        let deadline = self.module.shared.deadline_ticks;
+        let deadline = self.deadline;
         match slot.lane(deadline, interface, method, args) {
             Ok(result) => {
                 self.checkin(slot);
@@ -146,30 +168,28 @@ impl WasmInstance {
         }
     }
 
-    /// Claims an idle slot, if there is one.
-    #[inline]
-    fn take_idle(&self) -> Option<Box<Slot>> {
-        let start = START.try_with(|s| *s).unwrap_or(0);
-        let first = ((start as u64 * self.cells.len() as u64) >> 32) as usize;
-        self.cells.take(first).map(|(_, slot)| slot)
+    /// This thread's kept slot, or an idle one, if there is one.
+    #[inline(always)]
+    fn take_idle(&self) -> Option<Held<'_, Slot>> {
+        self.cells.hold(spread(self.cells.len()))
     }
 
-    /// An idle slot, a new one, or a wait, by the pool's policy.
-    fn checkout(&self) -> Result<Box<Slot>, Fault> {
-        if let Some(slot) = self.take_idle() {
-            return Ok(slot);
-        }
-        self.checkout_slow()
-    }
-
+    /// When no slot is kept or idle: a slot that turned idle, a new one, or a wait, by the
+    /// pool's policy.
     #[cold]
-    fn checkout_slow(&self) -> Result<Box<Slot>, Fault> {
+    fn checkout_slow(&self) -> Result<Held<'_, Slot>, Fault> {
         let limits = &self.module.shared.limits;
         let size = self.cells.len();
         let mut deadline: Option<Instant> = None;
         loop {
             if let Some(slot) = self.take_idle() {
                 return Ok(slot);
+            }
+            // Slots kept by threads that are not calling now (or that exited) come back
+            // before the pool grows: a revocation is cheaper than a new instance, and a slot
+            // kept by a thread that exited would otherwise hold its memory for nothing.
+            if self.cells.revoke() > 0 {
+                continue;
             }
             let live = self.live.load(Ordering::Acquire);
             if live < size {
@@ -218,14 +238,14 @@ impl WasmInstance {
 
     /// A new slot for the pool, loaded and initialised. The caller has counted it in `live`.
     #[cold]
-    fn replica(&self) -> Result<Box<Slot>, Fault> {
+    fn replica(&self) -> Result<Held<'_, Slot>, Fault> {
         let home = crate::lock::lock(&self.vacant)
             .pop()
             .expect("fewer live slots than cells leaves a vacant cell");
         let quiet = self.primary.swap(true, Ordering::AcqRel);
         let made = self
             .module
-            .slot(self.ctx.clone(), self.memory.clone(), quiet, home)
+            .slot(self.ctx.clone(), self.memory.clone(), quiet)
             .map_err(|e| Fault {
                 status: host_status::TRAP,
                 message: format!("instantiating a pool instance failed: {e:#}"),
@@ -242,7 +262,7 @@ impl WasmInstance {
         };
         for which in [Hook::Load, Hook::Init] {
             if let Err((status, message)) = hook(&self.module, &mut slot, which) {
-                self.discard(slot);
+                self.forsake(slot, home);
                 return Err(Fault {
                     status: if status == Status::Ok as u32 {
                         host_status::TRAP
@@ -253,14 +273,19 @@ impl WasmInstance {
                 });
             }
         }
-        Ok(slot)
+        Ok(self.cells.fill(home, slot))
     }
 
-    /// Puts a slot back in its home cell, which it left empty.
-    #[inline]
-    fn checkin(&self, slot: Box<Slot>) {
-        self.cells.put(slot.home, slot);
-        self.wake_waiter();
+    /// Gives a slot back after a call: this thread keeps it for its next call, unless callers
+    /// are waiting for a slot, when it goes to them.
+    #[inline(always)]
+    fn checkin(&self, slot: Held<'_, Slot>) {
+        if self.waiters.load(Ordering::Acquire) == 0 {
+            slot.keep();
+        } else {
+            drop(slot);
+            self.wake_waiter();
+        }
     }
 
     /// Wakes one caller waiting for a slot, if any waits.
@@ -272,17 +297,22 @@ impl WasmInstance {
         }
     }
 
-    /// Drops a slot that must not be used again, and frees its cell.
-    fn discard(&self, slot: Box<Slot>) {
+    /// Drops a pooled slot that must not be used again, and frees its place.
+    fn discard(&self, slot: Held<'_, Slot>) {
+        let home = slot.index();
+        self.forsake(slot.discard(), home);
+    }
+
+    /// Drops a slot that must not be used again, made for place `home`, and frees the place.
+    fn forsake(&self, slot: Slot, home: usize) {
         if !slot.quiet() {
             self.primary.store(false, Ordering::Release);
         }
-        let home = slot.home;
         drop(slot);
         self.vacate(home);
     }
 
-    /// Counts a slot gone, gives its cell back, and wakes a waiter, who may now make one.
+    /// Counts a slot gone, gives its place back, and wakes a waiter, who may now make one.
     fn vacate(&self, home: usize) {
         crate::lock::lock(&self.vacant).push(home);
         self.live.fetch_sub(1, Ordering::AcqRel);

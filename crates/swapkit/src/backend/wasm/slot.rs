@@ -278,8 +278,6 @@ pub(super) struct Slot {
     pub(super) f: Funcs,
     pub(super) in_ptr: u32,
     pub(super) in_cap: u32,
-    /// Its cell in the pool.
-    pub(super) home: usize,
 }
 
 /// The entry points and memory of one wasm instance.
@@ -322,19 +320,50 @@ impl WasmStage for Stager<'_> {
         {
             return None;
         }
-        if !bytes.is_empty() {
-            // SAFETY: in bounds (`covers`); the memory does not move (see `View`), no wasm runs
-            // in this store now, and `bytes` is host memory, so the two do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    self.slot.view.base.add(at as usize),
-                    bytes.len(),
-                )
-            };
-        }
+        // SAFETY: in bounds (`covers`); the memory does not move (see `View`), no wasm runs
+        // in this store now, and `bytes` is host memory, so the two do not overlap.
+        unsafe { copy_small(bytes, self.slot.view.base.add(at as usize)) };
         self.used = end - self.slot.in_ptr;
         Some(at)
+    }
+}
+
+/// Copies `bytes` to `to`, without a call into `memcpy` for the short strings and small
+/// structs lanes mostly pass: up to 16 bytes move as two overlapping loads and stores.
+///
+/// # Safety
+///
+/// `to` must be valid for `bytes.len()` writes and not overlap `bytes`.
+#[inline(always)]
+unsafe fn copy_small(bytes: &[u8], to: *mut u8) {
+    let (from, n) = (bytes.as_ptr(), bytes.len());
+    // SAFETY: in each arm every read lies in `bytes` and every write in `to[..n]` (the
+    // caller's contract): the first copy starts at 0 and the last ends at `n`, and between
+    // them they cover all `n` bytes.
+    unsafe {
+        match n {
+            0 => {}
+            1..=3 => {
+                *to = *from;
+                *to.add(n / 2) = *from.add(n / 2);
+                *to.add(n - 1) = *from.add(n - 1);
+            }
+            4..=7 => {
+                to.cast::<u32>()
+                    .write_unaligned(from.cast::<u32>().read_unaligned());
+                let (a, b) = (from.add(n - 4), to.add(n - 4));
+                b.cast::<u32>()
+                    .write_unaligned(a.cast::<u32>().read_unaligned());
+            }
+            8..=16 => {
+                to.cast::<u64>()
+                    .write_unaligned(from.cast::<u64>().read_unaligned());
+                let (a, b) = (from.add(n - 8), to.add(n - 8));
+                b.cast::<u64>()
+                    .write_unaligned(a.cast::<u64>().read_unaligned());
+            }
+            _ => std::ptr::copy_nonoverlapping(from, to, n),
+        }
     }
 }
 
@@ -405,7 +434,7 @@ impl Slot {
             return Err(self.broken("the plugin has no lane export"));
         }
         let need = args.wasm_bytes();
-        if need > 0 {
+        if need > self.in_cap as usize {
             self.reserve_input(deadline, need)?;
         }
         let mut stager = Stager {
