@@ -56,6 +56,24 @@ fn an_infinite_loop_times_out_and_the_next_call_works() {
     names_the_call(&err);
     println!("interrupted after {took:?} (limit {limit:?})");
     assert_eq!(greeter.greet("again").unwrap(), "hostile again");
+    // A slot sets its deadline again only when the epoch moved since it last did: after many
+    // quick calls on one slot, a runaway still gets its whole budget (less the tick of
+    // slack), and no more.
+    for i in 0..1_000 {
+        assert_eq!(
+            greeter.greet(&i.to_string()).unwrap(),
+            format!("hostile {i}")
+        );
+    }
+    let start = Instant::now();
+    let err = greeter.fail("loop").expect_err("a runaway loop");
+    let took = start.elapsed();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    assert!(
+        took >= limit - Duration::from_millis(5),
+        "cut short: {took:?}"
+    );
+    assert_eq!(greeter.greet("again").unwrap(), "hostile again");
 }
 
 #[test]

@@ -278,7 +278,12 @@ pub(super) struct Slot {
     pub(super) f: Funcs,
     pub(super) in_ptr: u32,
     pub(super) in_cap: u32,
+    /// [`TICKS`](super::TICKS) when the store's deadline was last set, or [`NOT_ARMED`].
+    pub(super) armed: u64,
 }
+
+/// A slot whose deadline was not set by [`Slot::arm`] yet.
+pub(super) const NOT_ARMED: u64 = u64::MAX;
 
 /// The entry points and memory of one wasm instance.
 pub(super) struct Funcs {
@@ -394,6 +399,17 @@ impl Fault {
 }
 
 impl Slot {
+    /// Gives the next entry point `deadline` epoch ticks, unless no tick passed since the
+    /// deadline was last set (see [`TICKS`](super::TICKS)).
+    #[inline(always)]
+    fn arm(&mut self, deadline: u64) {
+        let now = super::TICKS.load(Ordering::Relaxed);
+        if now != self.armed {
+            self.store.set_epoch_deadline(deadline);
+            self.armed = now;
+        }
+    }
+
     /// Whether its hook log lines stay out of the sink (a replica).
     pub(super) fn quiet(&self) -> bool {
         self.store.data().quiet
@@ -444,7 +460,7 @@ impl Slot {
         let Some(w) = args.to_wasm(&mut stager) else {
             return Err(self.broken("the lane's arguments do not fit the input buffer"));
         };
-        self.store.set_epoch_deadline(deadline);
+        self.arm(deadline);
         self.store.data_mut().limiter.hit = None;
         let params = (interface, method, w[0], w[1], w[2], w[3], w[4], w[5]);
         // Borrowed, not cloned: a `TypedFunc` clone counts a reference to its type, a shared
@@ -465,7 +481,7 @@ impl Slot {
         let Some(lanes) = self.f.lanes.clone() else {
             return Ok(vec![]);
         };
-        self.store.set_epoch_deadline(deadline);
+        self.arm(deadline);
         let at = lanes
             .call(&mut self.store, ())
             .map_err(|e| format!("swapkit_lanes trapped: {e}"))? as usize;
@@ -496,7 +512,7 @@ impl Slot {
         entry: impl FnOnce(&Funcs, &mut Store<SlotData>) -> wasmtime::Result<u32>,
         then: F,
     ) -> Result<T, (Fault, F)> {
-        self.store.set_epoch_deadline(deadline);
+        self.arm(deadline);
         self.store.data_mut().limiter.hit = None;
         match entry(&self.f, &mut self.store) {
             Ok(status) => {
@@ -578,7 +594,7 @@ impl Slot {
             return Err(self.broken("the arguments are larger than a wasm memory"));
         };
         if len > self.in_cap || self.in_cap == 0 {
-            self.store.set_epoch_deadline(deadline);
+            self.arm(deadline);
             self.store.data_mut().limiter.hit = None;
             let want = len.max(256);
             match self.f.input.call(&mut self.store, want) {
