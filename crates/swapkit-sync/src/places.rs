@@ -85,11 +85,11 @@ struct Place<T> {
 ///
 /// let pool = Places::new(2);
 /// drop(pool.fill(1, String::from("instance")));
-/// let held = pool.hold(0).expect("one is idle");
+/// let held = pool.hold(|| 0).expect("one is idle");
 /// assert_eq!((held.index(), held.as_str()), (1, "instance"));
 /// held.keep(); // this thread keeps place 1...
 /// assert!(!pool.any_idle()); // ...so nobody else sees it idle,
-/// let again = pool.hold(0).expect("but this thread enters it");
+/// let again = pool.hold(|| 0).expect("but this thread enters it");
 /// assert!(again.is_kept());
 /// drop(again);
 /// assert_eq!(pool.revoke(), 1); // until a pool that runs short takes it back.
@@ -194,15 +194,16 @@ impl<T> Places<T> {
 
     /// Holds a value: the place this thread keeps in this pool, if it is not in use already
     /// (a nested use on the same thread) and was not revoked; else an idle value, looking at
-    /// every place once from `start` (taken modulo the length).
+    /// every place once from `start()` (taken modulo the length), which only a thread without
+    /// a place of its own calls.
     #[inline(always)]
-    pub fn hold(&self, start: usize) -> Option<Held<'_, T>> {
+    pub fn hold(&self, start: impl FnOnce() -> usize) -> Option<Held<'_, T>> {
         if let Some(index) = kept_in(self.id) {
             if let Some(held) = self.enter(index) {
                 return Some(held);
             }
         }
-        self.take(start)
+        self.take(start())
     }
 
     /// The owner's side of the handshake (module docs).
@@ -527,39 +528,39 @@ mod tests {
     fn a_thread_keeps_its_place_and_enters_it_again() {
         let pool = Places::new(3);
         drop(pool.fill(2, 7));
-        let held = pool.hold(0).unwrap();
+        let held = pool.hold(|| 0).unwrap();
         assert_eq!((held.index(), *held, held.is_kept()), (2, 7, false));
         held.keep();
         assert!(!pool.any_idle(), "a kept place is nobody else's");
-        let mut again = pool.hold(1).unwrap();
+        let mut again = pool.hold(|| 1).unwrap();
         assert!(again.is_kept());
         *again += 1;
         // A nested hold on the same thread does not enter the place in use.
-        assert!(pool.hold(0).is_none());
+        assert!(pool.hold(|| 0).is_none());
         drop(again);
-        assert_eq!(*pool.hold(0).unwrap(), 8);
+        assert_eq!(*pool.hold(|| 0).unwrap(), 8);
     }
 
     #[test]
     fn other_threads_do_not_see_a_kept_place_until_it_is_revoked() {
         let pool = Places::new(2);
         drop(pool.fill(0, 1));
-        pool.hold(0).unwrap().keep();
+        pool.hold(|| 0).unwrap().keep();
         std::thread::scope(|s| {
-            s.spawn(|| assert!(pool.hold(0).is_none()));
+            s.spawn(|| assert!(pool.hold(|| 0).is_none()));
         });
         assert_eq!(pool.revoke(), 1);
         assert_eq!(pool.revoke(), 0, "nothing is kept any more");
         std::thread::scope(|s| {
             s.spawn(|| {
-                let held = pool.hold(0).expect("revoked, so idle");
+                let held = pool.hold(|| 0).expect("revoked, so idle");
                 // A place kept once stays shared.
                 held.keep();
                 assert!(pool.any_idle());
             });
         });
         // Its old owner backs off, and the value is still there for everyone.
-        let held = pool.hold(0).unwrap();
+        let held = pool.hold(|| 0).unwrap();
         assert!(!held.is_kept());
         assert_eq!(*held, 1);
     }
@@ -568,8 +569,8 @@ mod tests {
     fn a_place_revoked_while_its_owner_uses_it_comes_back_when_it_leaves() {
         let pool = Places::new(1);
         drop(pool.fill(0, 5));
-        pool.hold(0).unwrap().keep();
-        let held = pool.hold(0).unwrap();
+        pool.hold(|| 0).unwrap().keep();
+        let held = pool.hold(|| 0).unwrap();
         assert!(held.is_kept());
         assert_eq!(
             pool.revoke(),
@@ -585,12 +586,12 @@ mod tests {
     fn an_owner_that_discards_its_place_may_keep_the_next_value_there() {
         let pool = Places::new(1);
         drop(pool.fill(0, String::from("first")));
-        pool.hold(0).unwrap().keep();
-        let held = pool.hold(0).unwrap();
+        pool.hold(|| 0).unwrap().keep();
+        let held = pool.hold(|| 0).unwrap();
         assert_eq!(held.discard(), "first");
-        assert!(pool.hold(0).is_none(), "empty");
+        assert!(pool.hold(|| 0).is_none(), "empty");
         pool.fill(0, String::from("second")).keep();
-        let held = pool.hold(0).unwrap();
+        let held = pool.hold(|| 0).unwrap();
         assert!(held.is_kept());
         assert_eq!(*held, "second");
     }
@@ -602,11 +603,11 @@ mod tests {
         for i in 0..3 {
             drop(pool.fill(i, alive.clone()));
         }
-        pool.hold(0).unwrap().keep();
+        pool.hold(|| 0).unwrap().keep();
         std::thread::scope(|s| {
-            s.spawn(|| pool.hold(0).unwrap().keep());
+            s.spawn(|| pool.hold(|| 0).unwrap().keep());
         });
-        let held = pool.hold(0).unwrap();
+        let held = pool.hold(|| 0).unwrap();
         assert_eq!(pool.revoke(), 1, "the other thread's place");
         drop(held);
         assert_eq!(Arc::strong_count(&alive), 4);
@@ -636,7 +637,7 @@ mod tests {
                 let (pool, taken) = (&pool, &taken);
                 s.spawn(move || {
                     for r in 0..rounds {
-                        if let Some(held) = pool.hold(t + r) {
+                        if let Some(held) = pool.hold(|| t + r) {
                             held.use_once();
                             taken.fetch_add(1, Ordering::Relaxed);
                             held.keep();

@@ -164,7 +164,7 @@ fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
     loom::model(|| {
         let pool = LoomArc::new(Places::new(1));
         drop(pool.fill(0, Counted(UnsafeCell::new(0))));
-        let held = pool.hold(0).expect("idle");
+        let held = pool.hold(|| 0).expect("idle");
         held.bump();
         held.keep();
         let uses = LoomArc::new(AtomicUsize::new(1));
@@ -172,7 +172,7 @@ fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
             let (pool, uses) = (pool.clone(), uses.clone());
             loom::thread::spawn(move || {
                 pool.revoke();
-                if let Some(held) = pool.hold(0) {
+                if let Some(held) = pool.hold(|| 0) {
                     assert!(!held.is_kept());
                     held.bump();
                     uses.fetch_add(1, SeqCst);
@@ -180,13 +180,13 @@ fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
             })
         };
         for _ in 0..2 {
-            if let Some(held) = pool.hold(0) {
+            if let Some(held) = pool.hold(|| 0) {
                 held.bump();
                 uses.fetch_add(1, SeqCst);
             }
         }
         other.join().unwrap();
-        let held = pool.hold(0).expect("back in the pool");
+        let held = pool.hold(|| 0).expect("back in the pool");
         assert_eq!(held.read(), uses.load(SeqCst));
     });
 }
@@ -203,7 +203,7 @@ fn two_threads_race_to_keep_one_place() {
             .map(|_| {
                 let (pool, uses) = (pool.clone(), uses.clone());
                 loom::thread::spawn(move || {
-                    if let Some(held) = pool.hold(0) {
+                    if let Some(held) = pool.hold(|| 0) {
                         held.bump();
                         uses.fetch_add(1, SeqCst);
                         held.keep();
@@ -215,7 +215,7 @@ fn two_threads_race_to_keep_one_place() {
             t.join().unwrap();
         }
         pool.revoke();
-        let held = pool.hold(0).expect("revoked, so idle");
+        let held = pool.hold(|| 0).expect("revoked, so idle");
         assert_eq!(held.read(), uses.load(SeqCst));
     });
 }

@@ -297,7 +297,7 @@ fn one_pool_under_revocation(seed: u64, rounds: u64) {
                         if rng.below(4) == 0 {
                             std::thread::yield_now();
                         }
-                        let Some(held) = pool.hold(r as usize) else {
+                        let Some(held) = pool.hold(|| r as usize) else {
                             // Refill a place another thread emptied.
                             if let Some(i) = vacant.lock().unwrap().pop() {
                                 drop(pool.fill(i, Pooled::default()));
@@ -306,7 +306,7 @@ fn one_pool_under_revocation(seed: u64, rounds: u64) {
                         };
                         use_once(&held, me);
                         if rng.below(8) == 0 {
-                            if let Some(inner) = pool.hold(me as usize) {
+                            if let Some(inner) = pool.hold(|| me as usize) {
                                 assert_ne!(inner.index(), held.index());
                                 use_once(&inner, me + 100);
                                 inner.keep();

@@ -9,6 +9,7 @@
 //! the same call made through `Transport::call`, which encodes the arguments with postcard.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -179,40 +180,40 @@ fn calls(c: &mut Criterion) {
     // Throughput: each iteration is one call on each of `threads` threads. Time is taken inside
     // the workers, from the first start to the last end: timing from the main thread after a
     // barrier lets workers start early, and reads more than 2x on 2 cores even for a direct
-    // call. The direct call is the control: it must read at most 2x.
+    // call. The direct call is the control: it must read at most 2x. The workers live for the
+    // whole group, as a server's threads do, so a thread keeps its wasm instance between
+    // samples as it would between requests.
+    let native_lane = |i: u64| {
+        black_box(native_client.score(i, "abc").unwrap());
+    };
+    let native_encoded = |i: u64| {
+        let r: u64 = native_client.transport().call(SCORE, &(i, "abc")).unwrap();
+        black_box(r);
+    };
+    let wasm_lane = |i: u64| {
+        black_box(wasm_client.score(i, "abc").unwrap());
+    };
+    let direct_call = |i: u64| {
+        black_box(direct(black_box(i), black_box("abc")));
+    };
+    let cases: [(&str, &(dyn Fn(u64) + Sync)); 4] = [
+        ("native_lane", &native_lane),
+        ("native_encoded", &native_encoded),
+        ("wasm_lane", &wasm_lane),
+        ("direct", &direct_call),
+    ];
     let mut group = c.benchmark_group("throughput");
-    for threads in [1u64, 2] {
-        group.throughput(Throughput::Elements(threads));
-        group.bench_function(format!("native_lane_threads_{threads}"), |b| {
-            b.iter_custom(|iters| {
-                in_workers(threads, iters, |i| {
-                    black_box(native_client.score(i, "abc").unwrap());
-                })
-            })
-        });
-        group.bench_function(format!("native_encoded_threads_{threads}"), |b| {
-            b.iter_custom(|iters| {
-                in_workers(threads, iters, |i| {
-                    let r: u64 = native_client.transport().call(SCORE, &(i, "abc")).unwrap();
-                    black_box(r);
-                })
-            })
-        });
-        group.bench_function(format!("wasm_lane_threads_{threads}"), |b| {
-            b.iter_custom(|iters| {
-                in_workers(threads, iters, |i| {
-                    black_box(wasm_client.score(i, "abc").unwrap());
-                })
-            })
-        });
-        group.bench_function(format!("direct_threads_{threads}"), |b| {
-            b.iter_custom(|iters| {
-                in_workers(threads, iters, |i| {
-                    black_box(direct(black_box(i), black_box("abc")));
-                })
-            })
-        });
-    }
+    std::thread::scope(|s| {
+        let workers = Workers::start(s, 2);
+        for threads in [1usize, 2] {
+            group.throughput(Throughput::Elements(threads as u64));
+            for (name, work) in cases {
+                group.bench_function(format!("{name}_threads_{threads}"), |b| {
+                    b.iter_custom(|iters| workers.run(threads, iters, work))
+                });
+            }
+        }
+    });
     group.finish();
     drop(pin);
 }
@@ -228,37 +229,63 @@ fn status_lanes(swapper: &Swapper) -> usize {
         .sum()
 }
 
-/// Runs `work(i)` for `i` in `0..iters` on each of `threads` threads, and returns the time
-/// from the first worker's start to the last worker's end, each taken inside the worker.
-fn in_workers(threads: u64, iters: u64, work: impl Fn(u64) + Sync) -> std::time::Duration {
-    let barrier = std::sync::Barrier::new(threads as usize);
-    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
+/// Long-lived worker threads that run each throughput sample.
+struct Workers<'a> {
+    jobs: Vec<std::sync::mpsc::Sender<Job<'a>>>,
+    spans: std::sync::mpsc::Receiver<(Instant, Instant)>,
+}
+
+/// Iterations, the work, and the barrier the sample's workers start from.
+type Job<'a> = (u64, &'a (dyn Fn(u64) + Sync), Arc<std::sync::Barrier>);
+
+impl<'a> Workers<'a> {
+    /// `n` workers, which live until the `Workers` drops.
+    fn start<'s>(s: &'s std::thread::Scope<'s, '_>, n: usize) -> Workers<'a>
+    where
+        'a: 's,
+    {
+        let (done, spans) = std::sync::mpsc::channel();
+        let jobs = (0..n)
             .map(|_| {
-                let (work, barrier) = (&work, &barrier);
+                let (tx, rx) = std::sync::mpsc::channel::<Job<'a>>();
+                let done = done.clone();
                 s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        work(i);
+                    for (iters, work, start) in rx {
+                        start.wait();
+                        let first = Instant::now();
+                        for i in 0..iters {
+                            work(i);
+                        }
+                        done.send((first, Instant::now())).unwrap();
                     }
-                    (start, Instant::now())
-                })
+                });
+                tx
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    let first = spans
-        .iter()
-        .map(|s| s.0)
-        .min()
-        .expect("at least one worker");
-    let last = spans
-        .iter()
-        .map(|s| s.1)
-        .max()
-        .expect("at least one worker");
-    last - first
+        Workers { jobs, spans }
+    }
+
+    /// Runs `work(i)` for `i` in `0..iters` on each of `threads` workers, and returns the time
+    /// from the first worker's start to the last worker's end, each taken inside the worker.
+    fn run(&self, threads: usize, iters: u64, work: &'a (dyn Fn(u64) + Sync)) -> Duration {
+        let start = Arc::new(std::sync::Barrier::new(threads));
+        for job in &self.jobs[..threads] {
+            job.send((iters, work, start.clone())).unwrap();
+        }
+        let spans: Vec<(Instant, Instant)> =
+            (0..threads).map(|_| self.spans.recv().unwrap()).collect();
+        let first = spans
+            .iter()
+            .map(|s| s.0)
+            .min()
+            .expect("at least one worker");
+        let last = spans
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .expect("at least one worker");
+        last - first
+    }
 }
 
 /// A bare wasmtime typed-func call into the same module: the floor under `wasm_lane`.

@@ -6,7 +6,7 @@
 //! read-modify-write and no shared write, as if the slot lived in a thread-local, yet the
 //! instance still belongs to the pool, which drops it (running `on_free`) with the plugin. A
 //! thread without a place of its own claims an idle slot with one compare-and-swap, starting at
-//! a place chosen by its stack address, so threads mostly touch different cache lines. When
+//! a place chosen by its thread, so threads mostly touch different cache lines. When
 //! no slot is idle, the pool revokes the kept places nobody is using (one `membarrier`) before
 //! it grows, waits or fails, so a kept slot never starves another thread nor makes the pool
 //! grow past what its callers use at once; a revoked place stays shared for the pool's life.
@@ -47,20 +47,15 @@ pub(crate) struct WasmInstance {
     primary: AtomicBool,
 }
 
-/// Where the calling thread starts looking for an idle slot among `n` places.
-///
-/// Threads should start at different places, so that they touch different cache lines; a
-/// thread-local counter would cost a thread-local lookup on every call. The stack pointer tells
-/// threads apart for free: each thread's stack is a mapping of its own, megabytes from any
-/// other's, while one thread's calls stay within a few pages of each other. Fibonacci hashing
-/// of its megabyte spreads the threads over the pool as a 32-bit fraction, so that picking a
-/// place is a multiply, not a division.
-#[inline(always)]
-fn spread(n: usize) -> usize {
-    let marker = 0u8;
-    let megabyte = (std::ptr::addr_of!(marker) as usize >> 20) as u32;
-    let fraction = megabyte.wrapping_mul(0x9E37_79B9);
-    ((fraction as u64 * n as u64) >> 32) as usize
+thread_local! {
+    /// Where this thread starts looking for an idle slot when it keeps none, as a fraction of
+    /// the pool (a 32-bit fixed-point number), so that picking a place is a multiply, not a
+    /// division. Consecutive threads get well-spread fractions (Fibonacci hashing of a
+    /// counter), so two threads seldom start at the same place and contend for its line.
+    static START: u32 = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        (NEXT.fetch_add(1, Ordering::Relaxed) as u32).wrapping_mul(0x9E37_79B9)
+    };
 }
 
 impl WasmInstance {
@@ -171,7 +166,10 @@ impl WasmInstance {
     /// This thread's kept slot, or an idle one, if there is one.
     #[inline(always)]
     fn take_idle(&self) -> Option<Held<'_, Slot>> {
-        self.cells.hold(spread(self.cells.len()))
+        self.cells.hold(|| {
+            let start = START.try_with(|s| *s).unwrap_or(0);
+            ((start as u64 * self.cells.len() as u64) >> 32) as usize
+        })
     }
 
     /// When no slot is kept or idle: a slot that turned idle, a new one, or a wait, by the
