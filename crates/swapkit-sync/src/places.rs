@@ -44,8 +44,9 @@
 //! owner's next `busy = true` would overwrite the new owner's flag. So a place that has been
 //! kept is never kept again while its pool lives (it stays shared), unless its owner itself
 //! emptied it, which also drops the owner's entry. Revocation only happens when the pool runs
-//! short, so a pool loses its kept places only under pressure, at most one heavy fence per
-//! place over its life; a new pool (each reload makes one) starts with every place keepable.
+//! short, so a pool loses its kept places only under pressure, and a place costs at most one
+//! heavy fence each time it is kept; a new pool (each reload makes one) starts with every
+//! place keepable. Revocations take a lock, one at a time (see [`Places::revoke`]).
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;

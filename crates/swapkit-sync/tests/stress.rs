@@ -243,7 +243,7 @@ fn kept_places_never_have_two_users_under_revocation() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    for round in 0..scaled(100) as u64 {
+    for round in 0..scaled(25) as u64 {
         one_pool_under_revocation(seed * 1_000_000 + round, 200);
     }
 }
