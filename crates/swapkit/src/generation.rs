@@ -16,7 +16,6 @@ use crate::status::{DrainedGeneration, PinInfo};
 struct Export {
     hash: u64,
     name: Box<str>,
-    plugin: usize,
     interface: u32,
     /// Another plugin of the generation exports the same interface.
     shared: bool,
@@ -26,17 +25,38 @@ struct Export {
     /// The interface's direct lanes in the plugin, by method: kept here, next to what
     /// `resolve` reads, so that a call finds its lane with one more load.
     lanes: *const [*const ()],
-    /// The plugin's instance (`plugins[plugin]`), so that `resolve` reaches it with one load.
+    /// The plugin's instance, one of the generation's `plugins`, so that `resolve` reaches it
+    /// with one load.
     instance: *const Instance,
 }
 
-// SAFETY: `lanes` points into the lane table of a plugin the generation holds (immutable once
-// built, and alive as long as the generation).
+// SAFETY: `instance` points to an instance the generation holds, and `lanes` into the lane
+// table of its code (immutable once built); both live as long as the generation.
 unsafe impl Send for Export {}
 // SAFETY: as above.
 unsafe impl Sync for Export {}
 
 const NO_ALT: u32 = u32::MAX;
+
+impl Export {
+    /// The plugin's instance.
+    fn instance(&self) -> &Instance {
+        // SAFETY: an instance the generation that holds this export holds (see `Export`).
+        unsafe { &*self.instance }
+    }
+
+    /// What a call resolves to through this export of a plugin without a canary.
+    #[inline(always)]
+    fn resolved(&self) -> Resolved<'_> {
+        Resolved {
+            instance: self.instance(),
+            interface: self.interface,
+            timed: false,
+            // SAFETY: the lanes of the instance's code (see `Export`).
+            lanes: unsafe { &*self.lanes },
+        }
+    }
+}
 
 /// What a call resolved to.
 pub(crate) struct Resolved<'g> {
@@ -110,7 +130,6 @@ impl Generation {
                 exports.push(Export {
                     hash: decl.hash,
                     name: decl.name.as_str().into(),
-                    plugin: p,
                     interface: i as u32,
                     shared: false,
                     alt,
@@ -169,14 +188,7 @@ impl Generation {
         if target.plugin.is_none() {
             if let Some(e) = self.exports.iter().find(|e| e.hash == target.hash) {
                 if !e.shared && e.alt == NO_ALT {
-                    return Ok(Resolved {
-                        // SAFETY: an instance and lanes this generation holds (see `Export`).
-                        instance: unsafe { &*e.instance },
-                        interface: e.interface,
-                        timed: false,
-                        // SAFETY: as above.
-                        lanes: unsafe { &*e.lanes },
-                    });
+                    return Ok(e.resolved());
                 }
             }
         }
@@ -195,21 +207,11 @@ impl Generation {
             if e.hash != target.hash {
                 continue;
             }
-            // SAFETY: an instance this generation holds (see `Export`).
-            let inst = unsafe { &*e.instance };
             match &target.plugin {
-                Some(name) if **name != *inst.code.name => continue,
+                Some(name) if **name != *e.instance().code.name => continue,
                 None if e.shared => return Err(self.ambiguous(target)),
                 _ if e.alt != NO_ALT => return Ok(self.routed(e, pin)),
-                _ => {
-                    return Ok(Resolved {
-                        instance: inst,
-                        interface: e.interface,
-                        timed: false,
-                        // SAFETY: the lanes of a plugin this generation holds (see `Export`).
-                        lanes: unsafe { &*e.lanes },
-                    });
-                }
+                _ => return Ok(e.resolved()),
             }
         }
         Err(CallError::NotExported {
@@ -246,7 +248,7 @@ impl Generation {
             .exports
             .iter()
             .filter(|e| &*e.name == target.interface)
-            .map(|e| &*self.plugins[e.plugin].code.name)
+            .map(|e| &*e.instance().code.name)
             .collect();
         CallError::Ambiguous {
             interface: target.interface,
@@ -261,7 +263,7 @@ impl Generation {
         self.exports
             .iter()
             .find(|e| &*e.name == name)
-            .map(|e| (&*self.plugins[e.plugin], e.interface as usize))
+            .map(|e| (e.instance(), e.interface as usize))
     }
 
     /// The names of the plugins that export the interface of `hash`, in dependency order
@@ -270,7 +272,7 @@ impl Generation {
         self.exports
             .iter()
             .filter(|e| e.hash == hash)
-            .map(|e| self.plugins[e.plugin].code.name.clone())
+            .map(|e| e.instance().code.name.clone())
             .collect()
     }
 
