@@ -271,7 +271,11 @@ unsafe impl<T: Plain, const N: usize> Plain for [T; N] {
     const ANY_BITS: bool = T::ANY_BITS;
     #[inline]
     fn valid(bytes: &[u8]) -> bool {
-        T::ANY_BITS || bytes.chunks_exact(size_of::<T>()).all(T::valid)
+        match size_of::<T>() {
+            // An array of zero-sized elements (`[[bool; 0]; 2]`) has no bytes to check.
+            0 => bytes.is_empty(),
+            size => T::ANY_BITS || bytes.chunks_exact(size).all(T::valid),
+        }
     }
 }
 

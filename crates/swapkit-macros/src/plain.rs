@@ -49,12 +49,17 @@ pub fn derive(input: TokenStream) -> syn::Result<TokenStream> {
         "`{name}` has padding bytes, which a lane would copy uninitialised: reorder its fields \
          from the largest to the smallest, or add explicit padding fields"
     );
+    let empty = format!(
+        "`{name}` has no bytes: a zero-sized struct carries nothing across a lane, and the \
+         host could not count its elements in a result; give it a field or pass `()`"
+    );
     Ok(quote! {
         const _: () = {
             assert!(
                 ::core::mem::size_of::<#name>() == 0 #(+ ::core::mem::size_of::<#tys>())*,
                 #padding
             );
+            assert!(::core::mem::size_of::<#name>() != 0, #empty);
         };
 
         // SAFETY: `#[repr(C)]` (checked by the derive), no padding (asserted above), and every

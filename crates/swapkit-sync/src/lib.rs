@@ -9,7 +9,8 @@
 //!   that last call. swapkit's current generation and each patch slot is one.
 //! - [`StripedCounter`] counts with a plain store on a per-thread stripe.
 //! - [`Places`] is a bounded pool of values in which a thread may keep a place for itself:
-//!   its next use enters it with a store to a flag only it writes and a compiler fence.
+//!   its next use enters it with a store to a flag only it writes (in its keeper, `keeper.rs`)
+//!   and a compiler fence.
 //!
 //! The protocol, its ordering argument, and what happens when the kernel refuses the
 //! writer's barrier, are in the docs of `cell.rs`, `record.rs` and `fence.rs`. How it is
@@ -34,13 +35,14 @@
 
 mod cell;
 pub mod fence;
+mod keeper;
 mod places;
 mod record;
 mod stripe;
 mod sync;
 
 pub use cell::{Guard, HazardCell};
-pub use places::{Held, Places};
+pub use places::{Held, Miss, Places, MAX_COOL};
 pub use stripe::{StripedCounter, OWNED};
 
 /// Hazard slots per thread before guards borrow spare records.

@@ -14,67 +14,109 @@
 //! ```text
 //!   EMPTY --fill--> TAKEN --drop--> IDLE --take--> TAKEN
 //!                     |                              |
-//!                     +--keep--> OWNED <--enter/leave (its owner only)
+//!                     +--keep--> OWNED(e) <--enter/leave (through entry e only)
 //!                                  |
 //!                               revoke
 //!                                  v
-//!                               REVOKED --(owner or revoker)--> IDLE
+//!                               REVOKED(e) --(e's thread or the revoker)--> IDLE
 //! ```
 //!
-//! A value in `TAKEN` or `OWNED`-and-busy is used by one thread; `discard` empties its place.
+//! A value in `TAKEN` or `OWNED`-and-entered is used by one thread; `discard` empties its
+//! place. `OWNED` and `REVOKED` carry the number of the owner's entry in its thread's keeper
+//! (`keeper.rs`), in the same word as the state.
 //!
 //! # The owner's handshake
 //!
-//! The owner of a place writes its `busy` flag, and nobody else does. Entering, it stores
-//! `busy = true`, runs the light fence, and loads the state; if the state is still `OWNED`,
-//! the value is its own. A revoker swaps the state `OWNED -> REVOKED`, runs the heavy fence,
-//! and loads `busy`. One of the two fences is a full barrier on both threads (see `fence.rs`),
-//! so by the store-buffer argument either the owner sees `REVOKED` and backs off, or the
-//! revoker sees `busy` and leaves the value to the owner. Leaving, the owner stores
-//! `busy = false` (release), fences, and loads the state again; if it reads `REVOKED`, it
-//! hands the value back (`REVOKED -> IDLE`). The same argument shows that the owner's leaving
-//! and the revoker's check cannot both miss each other, so a revoked value always comes back
-//! (both may try: the hand-back is a compare-and-swap, and only one succeeds).
+//! The owner's flag is `busy` in its own entry, which nobody else writes. Entering, it stores
+//! the place's address there, runs the light fence, and loads the state; if the state is
+//! `OWNED` by its entry, the value is its own. A revoker swaps the state `OWNED(e) ->
+//! REVOKED(e)`, runs the heavy fence, and loads `e.busy`. One of the two fences is a full
+//! barrier on both threads (see `fence.rs`), so by the store-buffer argument either the owner
+//! sees `REVOKED(e)` and backs off, or the revoker sees the place's address in `e.busy` and
+//! leaves the value to the owner. Leaving, the owner stores 0 (release), fences, and loads the
+//! state again; if it reads `REVOKED(e)`, it hands the value back (`REVOKED(e) -> IDLE`). The
+//! same argument shows that the owner's leaving and the revoker's check cannot both miss each
+//! other, so a revoked value always comes back (both may try: the hand-back is a
+//! compare-and-swap, and only one succeeds).
 //!
-//! # Why a place is kept at most once
+//! # Why a place can be kept again, by anyone
 //!
-//! `busy` must have one writer. A thread remembers the places it keeps in a thread-local
-//! (pool id and index) and may still hold that entry after its place was revoked, until its
-//! next use of the pool notices. If the place could then be kept by another thread, the old
-//! owner's next `busy = true` would overwrite the new owner's flag. So a place that has been
-//! kept is never kept again while its pool lives (it stays shared), unless its owner itself
-//! emptied it, which also drops the owner's entry. Revocation only happens when the pool runs
-//! short, so a pool loses its kept places only under pressure, and a place costs at most one
-//! heavy fence each time it is kept; a new pool (each reload makes one) starts with every
-//! place keepable. Revocations take a lock, one at a time (see [`Places::revoke`]).
+//! A thread may still remember a place it lost (revoked, given back, and kept by another thread
+//! since) until its next use of the pool notices. That stale owner writes only its own entry's
+//! flag, and finds the state naming another entry, so it backs off without touching the place;
+//! it hands back only a state that names its own entry, `REVOKED(e)`, which only a revocation
+//! of its own ownership makes. `busy` holds a place's address rather than a yes/no, so that an
+//! entry its thread reused for another pool (or a keeper a later thread took over) never reads
+//! as inside a place it no longer keeps. Revocations take a lock, one at a time, so one
+//! revocation never hands back a place that another revoked again meanwhile.
+//!
+//! A revocation costs one heavy fence (a `membarrier`). It happens only when a pool runs
+//! short. A place revoked for the first time may be kept again at once; each later revocation
+//! doubles the shared uses it waits first, up to [`MAX_COOL`]: a pool with more callers than
+//! values settles into sharing, and one extra caller (a reload's hook, an admin thread) costs
+//! its workers a revocation, not their kept places.
+//!
+//! # Nested use
+//!
+//! A thread that holds a value of a pool and asks the same pool again (a plugin calling back
+//! into itself through its host) gets [`Miss::Nested`], whether it holds a kept place or a
+//! taken one: the pool never hands one thread two of its values at once.
 
 use std::cell::{Cell, UnsafeCell};
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 
 use crate::fence;
-use crate::sync::{lock, AtomicBool, AtomicU32, AtomicU64, Mutex};
+use crate::keeper::{self, Entry};
+use crate::sync::{lock, AtomicU32, AtomicU64, AtomicUsize, Mutex};
 
-const EMPTY: u32 = 0;
-const IDLE: u32 = 1;
-const TAKEN: u32 = 2;
-const OWNED: u32 = 3;
-const REVOKED: u32 = 4;
+const EMPTY: u64 = 0;
+const IDLE: u64 = 1;
+const TAKEN: u64 = 2;
+const OWNED: u64 = 3;
+const REVOKED: u64 = 4;
+/// The low bits of a state word hold the state; `OWNED` and `REVOKED` carry their owner's
+/// entry number above them.
+const TAG: u64 = 7;
+const TAG_BITS: u32 = 3;
 
-/// How many pools a thread keeps a place in at once. A thread that uses more pools forgets
-/// one (its place stays kept until a revocation gives it back).
-const KEEP: usize = 4;
+#[inline(always)]
+const fn owned(owner: u64) -> u64 {
+    (owner << TAG_BITS) | OWNED
+}
 
-/// One place, on cache lines of its own; its flags first, on the line where the value begins,
+#[inline(always)]
+const fn revoked(owner: u64) -> u64 {
+    (owner << TAG_BITS) | REVOKED
+}
+
+/// A revoked place may be kept again after at most this many shared uses (the first time at
+/// once, then after 1, 3, 7, ... uses, each revocation doubling the wait).
+pub const MAX_COOL: u32 = 1 << 12;
+
+/// Why [`Places::hold`] found no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// This thread holds a value of this pool already, further up its stack.
+    Nested,
+    /// Every value is in use or kept by another thread (or the pool has none).
+    Busy,
+}
+
+/// One place, on cache lines of its own; its state first, on the line where the value begins,
 /// so that entering a place and using its value touch one line fewer.
 #[repr(C, align(128))]
 struct Place<T> {
-    state: AtomicU32,
-    /// Written only by the place's owner: whether it is using the value now.
-    busy: AtomicBool,
-    /// Whether the place was kept since its owner last emptied it: it may not be kept again.
-    kept: AtomicBool,
+    state: AtomicU64,
+    /// The thread holding it while `TAKEN` (an address unique to the thread), else 0: how a
+    /// nested hold of a thread without a kept place is noticed.
+    holder: AtomicUsize,
+    /// Shared uses left before it may be kept again (a heuristic: no safety rests on it).
+    cool: AtomicU32,
+    /// How often it was revoked, which sets the next wait.
+    strikes: AtomicU32,
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
@@ -97,11 +139,12 @@ struct Place<T> {
 /// assert!(pool.any_idle());
 /// ```
 pub struct Places<T> {
-    /// Unique over the process's life, so a thread-local entry never names a later pool.
+    /// Unique over the process's life, so a thread's entry never names a later pool; renewed
+    /// by [`Places::drain`].
     id: u64,
     places: Box<[Place<T>]>,
     /// Held while revoking: two revocations of one place must not interleave, or the first
-    /// could read the flag of the place's next owner (see `revoke`).
+    /// could hand back a place the second revoked again (see `revoke`).
     revoking: Mutex<()>,
 }
 
@@ -121,48 +164,26 @@ loom::lazy_static! {
 
 #[cfg(not(loom))]
 std::thread_local! {
-    /// The places this thread keeps, as `(pool id, index)`; id 0 marks a free entry. No
-    /// destructor, so reading it costs no "is it alive" check; a dead thread's places are
-    /// orphans that the next revocation gives back.
-    static KEPT: [Cell<(u64, usize)>; KEEP] = const { [const { Cell::new((0, 0)) }; KEEP] };
+    /// Values this thread holds as `TAKEN`; when there are none, a hold cannot be nested in a
+    /// taken one, and no place needs looking at. No destructor.
+    static TAKEN_HERE: Cell<usize> = const { Cell::new(0) };
+    /// A byte whose address names this thread while it lives.
+    static ME: u8 = const { 0 };
 }
 
 #[cfg(loom)]
 loom::thread_local! {
-    static KEPT: [Cell<(u64, usize)>; KEEP] = [const { Cell::new((0, 0)) }; KEEP];
+    static TAKEN_HERE: Cell<usize> = Cell::new(0);
+    static ME: u8 = 0;
 }
 
-/// The index this thread keeps in pool `id`, if any.
-#[inline(always)]
-fn kept_in(id: u64) -> Option<usize> {
-    KEPT.try_with(|kept| kept.iter().find(|e| e.get().0 == id).map(|e| e.get().1))
-        .ok()
-        .flatten()
+/// This thread's name for `holder` (never 0), or 0 once its thread-locals are gone.
+fn me() -> usize {
+    ME.try_with(|b| b as *const u8 as usize).unwrap_or(0)
 }
 
-/// Forgets this thread's place in pool `id`.
-fn forget(id: u64) {
-    let _ = KEPT.try_with(|kept| {
-        for e in kept.iter().filter(|e| e.get().0 == id) {
-            e.set((0, 0));
-        }
-    });
-}
-
-/// Remembers that this thread keeps place `index` of pool `id`, in a free entry or in place of
-/// the oldest; false if its thread-locals are gone.
-fn remember(id: u64, index: usize) -> bool {
-    KEPT.try_with(|kept| {
-        let free = kept.iter().position(|e| e.get().0 == 0);
-        if free.is_none() {
-            // The oldest goes: its place stays kept, an orphan the next revocation frees.
-            for i in 1..KEEP {
-                kept[i - 1].set(kept[i].get());
-            }
-        }
-        kept[free.unwrap_or(KEEP - 1)].set((id, index));
-    })
-    .is_ok()
+fn count_taken(delta: isize) {
+    let _ = TAKEN_HERE.try_with(|n| n.set(n.get().wrapping_add_signed(delta)));
 }
 
 impl<T> Places<T> {
@@ -173,9 +194,10 @@ impl<T> Places<T> {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             places: (0..n)
                 .map(|_| Place {
-                    state: AtomicU32::new(EMPTY),
-                    busy: AtomicBool::new(false),
-                    kept: AtomicBool::new(false),
+                    state: AtomicU64::new(EMPTY),
+                    holder: AtomicUsize::new(0),
+                    cool: AtomicU32::new(0),
+                    strikes: AtomicU32::new(0),
                     value: UnsafeCell::new(MaybeUninit::uninit()),
                 })
                 .collect(),
@@ -193,15 +215,19 @@ impl<T> Places<T> {
         self.places.is_empty()
     }
 
-    /// Holds a value: the place this thread keeps in this pool, if it is not in use already
-    /// (a nested use on the same thread) and was not revoked; else an idle value, looking at
-    /// every place once from `start()` (taken modulo the length), which only a thread without
-    /// a place of its own calls.
+    /// Holds a value: the place this thread keeps in this pool, if it was not revoked; else an
+    /// idle value, looking at every place once from `start()` (taken modulo the length), which
+    /// only a thread without a place of its own calls. A thread that holds a value of this
+    /// pool already gets [`Miss::Nested`].
     #[inline(always)]
-    pub fn hold(&self, start: impl FnOnce() -> usize) -> Option<Held<'_, T>> {
-        if let Some(index) = kept_in(self.id) {
-            if let Some(held) = self.enter(index) {
-                return Some(held);
+    pub fn hold(&self, start: impl FnOnce() -> usize) -> Result<Held<'_, T>, Miss> {
+        if let Some((entry, index)) = keeper::find(self.id) {
+            if entry.busy.load(Ordering::Relaxed) != 0 {
+                // Inside its kept place already, further up its stack.
+                return Err(Miss::Nested);
+            }
+            if let Some(held) = self.enter(entry, index) {
+                return Ok(held);
             }
         }
         self.take(start())
@@ -209,81 +235,101 @@ impl<T> Places<T> {
 
     /// The owner's side of the handshake (module docs).
     #[inline(always)]
-    fn enter(&self, index: usize) -> Option<Held<'_, T>> {
-        let place = &self.places[index];
-        if place.busy.load(Ordering::Relaxed) {
-            // This thread is using it already, further up its stack.
-            return None;
-        }
-        place.busy.store(true, Ordering::Relaxed);
+    fn enter(&self, entry: &'static Entry, index: usize) -> Option<Held<'_, T>> {
+        let place = self.places.get(index)?;
+        entry
+            .busy
+            .store(place as *const Place<T> as usize, Ordering::Relaxed);
         fence::light();
-        if place.state.load(Ordering::Relaxed) == OWNED {
+        if place.state.load(Ordering::Relaxed) == owned(entry.owner) {
             return Some(Held {
                 pool: self,
                 place,
                 index,
-                kept: true,
+                kept: Some(entry),
+                _not_send: PhantomData,
             });
         }
-        self.back_off(place);
+        self.back_off(entry, place);
         None
     }
 
-    /// The owner found its place revoked: it stops using it, and hands the value back in
-    /// case the revoker saw its flag up.
+    /// The owner found its place revoked, or kept by another since: it stops using it, and
+    /// hands the value back if the revocation was of its own ownership and the revoker saw
+    /// its flag up.
     #[cold]
-    fn back_off(&self, place: &Place<T>) {
-        forget(self.id);
-        Self::leave(place);
+    fn back_off(&self, entry: &'static Entry, place: &Place<T>) {
+        keeper::forget(entry);
+        Self::leave(entry, place);
     }
 
     /// Clears the owner's flag and hands the value back if its place was revoked meanwhile.
     #[inline(always)]
-    fn leave(place: &Place<T>) {
-        // Release: the owner's writes to the value happen before a revoker that reads false.
-        place.busy.store(false, Ordering::Release);
+    fn leave(entry: &Entry, place: &Place<T>) {
+        // Release: the owner's writes to the value happen before a revoker that reads 0.
+        entry.busy.store(0, Ordering::Release);
         fence::light();
-        if place.state.load(Ordering::Acquire) == REVOKED {
-            Self::give_back(place);
+        if place.state.load(Ordering::Acquire) == revoked(entry.owner) {
+            Self::give_back(place, entry.owner);
         }
     }
 
-    /// `REVOKED -> IDLE`, by whichever of the owner and the revoker gets there first.
+    /// `REVOKED(owner) -> IDLE`, by whichever of the owner and the revoker gets there first.
     #[cold]
-    fn give_back(place: &Place<T>) {
-        let _ = place
-            .state
-            .compare_exchange(REVOKED, IDLE, Ordering::AcqRel, Ordering::Relaxed);
+    fn give_back(place: &Place<T>, owner: u64) {
+        let _ =
+            place
+                .state
+                .compare_exchange(revoked(owner), IDLE, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Claims an idle value, looking at every place once from `start`. Out of line: a thread
     /// that keeps a place seldom comes here.
     #[inline(never)]
-    fn take(&self, start: usize) -> Option<Held<'_, T>> {
+    fn take(&self, start: usize) -> Result<Held<'_, T>, Miss> {
         let n = self.places.len();
+        let me = me();
+        if TAKEN_HERE.try_with(Cell::get).unwrap_or(0) > 0
+            && self
+                .places
+                .iter()
+                .any(|p| p.holder.load(Ordering::Relaxed) == me && me != 0)
+        {
+            return Err(Miss::Nested);
+        }
         if n == 0 {
-            return None;
+            return Err(Miss::Busy);
         }
         let mut i = start % n;
         for _ in 0..n {
-            let state = &self.places[i].state;
+            let place = &self.places[i];
             // A plain load first, so a busy place costs no read-modify-write.
-            if state.load(Ordering::Relaxed) == IDLE
+            if place.state.load(Ordering::Relaxed) == IDLE
                 // Acquire: the last user's writes to the value are visible.
-                && state
+                && place
+                    .state
                     .compare_exchange(IDLE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return Some(Held {
-                    pool: self,
-                    place: &self.places[i],
-                    index: i,
-                    kept: false,
-                });
+                return Ok(self.taken(i));
             }
             i = if i + 1 == n { 0 } else { i + 1 };
         }
-        None
+        Err(Miss::Busy)
+    }
+
+    /// A `Held` for place `index`, which this thread just made `TAKEN`.
+    fn taken(&self, index: usize) -> Held<'_, T> {
+        let place = &self.places[index];
+        place.holder.store(me(), Ordering::Relaxed);
+        count_taken(1);
+        Held {
+            pool: self,
+            place,
+            index,
+            kept: None,
+            _not_send: PhantomData,
+        }
     }
 
     /// Puts `value` in the empty place `index` and holds it. The caller knows the place is
@@ -303,12 +349,7 @@ impl<T> Places<T> {
         );
         // SAFETY: the compare-and-swap made this thread the place's only user.
         unsafe { (*place.value.get()).write(value) };
-        Held {
-            pool: self,
-            place,
-            index,
-            kept: false,
-        }
+        self.taken(index)
     }
 
     /// Gives every kept place that its owner is not using back to all threads, and returns
@@ -318,37 +359,53 @@ impl<T> Places<T> {
         if !self
             .places
             .iter()
-            .any(|p| p.state.load(Ordering::Relaxed) == OWNED)
+            .any(|p| p.state.load(Ordering::Relaxed) & TAG == OWNED)
         {
             return 0;
         }
-        // One revocation at a time. Within one, a place it marked REVOKED is either handed
-        // back once (by it or the owner), or emptied by its owner and refilled: then it is not
-        // REVOKED when this revocation reads it, unless another revocation marked it again,
+        // One revocation at a time. Within one, a place it marked REVOKED(e) is either handed
+        // back once (by it or e's thread), or emptied by its owner and refilled: then it is not
+        // REVOKED(e) when this revocation reads it, unless another revocation marked it again,
         // which the lock rules out until this one is done.
         let _one = lock(&self.revoking);
-        let revoked: Vec<usize> = (0..self.places.len())
-            .filter(|&i| {
-                let state = &self.places[i].state;
-                state.load(Ordering::Relaxed) == OWNED
-                    && state
-                        .compare_exchange(OWNED, REVOKED, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
+        let marked: Vec<(usize, u64)> = (0..self.places.len())
+            .filter_map(|i| {
+                let place = &self.places[i];
+                let state = place.state.load(Ordering::Relaxed);
+                if state & TAG != OWNED {
+                    return None;
+                }
+                let owner = state >> TAG_BITS;
+                place
+                    .state
+                    .compare_exchange(state, revoked(owner), Ordering::AcqRel, Ordering::Relaxed)
+                    .ok()?;
+                // Each revocation of a place doubles the shared uses it waits before it may be
+                // kept again: a pool with more callers than values settles into sharing.
+                // The first revocation costs nothing more: it may be kept again at once.
+                let strikes = (place.strikes.load(Ordering::Relaxed) + 1).min(MAX_COOL.ilog2() + 1);
+                place.strikes.store(strikes, Ordering::Relaxed);
+                place
+                    .cool
+                    .store((1 << (strikes - 1)) - 1, Ordering::Relaxed);
+                Some((i, owner))
             })
             .collect();
-        if revoked.is_empty() {
+        if marked.is_empty() {
             return 0;
         }
         fence::heavy();
-        revoked
+        let keepers = keeper::keepers();
+        marked
             .into_iter()
-            .filter(|&i| {
+            .filter(|&(i, owner)| {
                 let place = &self.places[i];
                 // Acquire pairs with the owner's release in `leave`.
-                !place.busy.load(Ordering::Acquire)
+                keepers.entry(owner).busy.load(Ordering::Acquire)
+                    != place as *const Place<T> as usize
                     && place
                         .state
-                        .compare_exchange(REVOKED, IDLE, Ordering::AcqRel, Ordering::Relaxed)
+                        .compare_exchange(revoked(owner), IDLE, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
             })
             .count()
@@ -362,15 +419,20 @@ impl<T> Places<T> {
     }
 
     /// Takes every value out, kept or idle, in place order, leaving every place empty.
+    ///
+    /// The pool takes a new id: a thread that kept a place before still remembers the old one,
+    /// and must never enter a place refilled since (its owner may be another thread now).
     pub fn drain(&mut self) -> Vec<T> {
+        self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         self.places
             .iter_mut()
             .filter_map(|p| {
                 // No `Held` borrows the pool, so no value is in use. (Atomic operations, not
                 // `get_mut`, which loom's atomics lack.)
                 let state = p.state.swap(EMPTY, Ordering::Acquire);
-                p.busy.store(false, Ordering::Relaxed);
-                p.kept.store(false, Ordering::Relaxed);
+                p.holder.store(0, Ordering::Relaxed);
+                p.cool.store(0, Ordering::Relaxed);
+                p.strikes.store(0, Ordering::Relaxed);
                 // SAFETY: every state but EMPTY holds a value, which is now nobody's.
                 (state != EMPTY).then(|| unsafe { p.value.get_mut().assume_init_read() })
             })
@@ -393,13 +455,15 @@ impl<T> std::fmt::Debug for Places<T> {
 }
 
 /// A value held from a [`Places`] pool: this thread's alone until the `Held` drops, when it
-/// goes back to its place (to everyone, or to this thread if it keeps the place).
+/// goes back to its place (to everyone, or to this thread if it keeps the place). It stays on
+/// the thread that took it: the flags it clears when it drops are that thread's.
 pub struct Held<'a, T> {
     pool: &'a Places<T>,
     place: &'a Place<T>,
     index: usize,
-    /// Entered as its owner, through the handshake.
-    kept: bool,
+    /// The owner's entry, when entered as the owner of a place it kept.
+    kept: Option<&'static Entry>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T> Held<'_, T> {
@@ -410,51 +474,59 @@ impl<T> Held<'_, T> {
 
     /// Whether this thread holds the value as the owner of a place it kept.
     pub fn is_kept(&self) -> bool {
-        self.kept
+        self.kept.is_some()
     }
 
-    /// Gives the value back, and keeps its place for this thread if it may: a place kept
-    /// before (and revoked since) stays shared, and so does any place after this thread's
-    /// thread-locals are gone. The thread's next [`Places::hold`] enters it with no atomic
-    /// read-modify-write, and nobody else takes it until [`Places::revoke`].
+    /// Gives the value back, and keeps its place for this thread if it may: not while the
+    /// place is cooling after a revocation, nor when the thread keeps a place of this pool
+    /// already, nor after its thread-locals are gone. The thread's next [`Places::hold`] enters
+    /// it with no atomic read-modify-write, and nobody else takes it until
+    /// [`Places::revoke`].
     #[inline]
     pub fn keep(self) {
-        if self.kept {
+        if self.kept.is_some() {
             return; // dropping leaves it kept
         }
         let place = self.place;
-        if place.kept.load(Ordering::Relaxed)
-            || kept_in(self.pool.id).is_some()
-            || !remember(self.pool.id, self.index)
-        {
+        let cool = place.cool.load(Ordering::Relaxed);
+        if cool > 0 {
+            place.cool.store(cool - 1, Ordering::Relaxed);
             return; // dropping gives it to everyone
         }
-        place.kept.store(true, Ordering::Relaxed);
-        place.busy.store(false, Ordering::Relaxed);
+        let Some(entry) = keeper::claim(self.pool.id, self.index) else {
+            return;
+        };
         std::mem::forget(self);
-        // Release: what this thread wrote to the value, and the flags above, happen before a
-        // revoker's swap.
-        place.state.store(OWNED, Ordering::Release);
+        place.holder.store(0, Ordering::Relaxed);
+        count_taken(-1);
+        // Release: what this thread wrote to the value happens before a revoker's swap.
+        place.state.store(owned(entry.owner), Ordering::Release);
     }
 
     /// Takes the value out of the pool and leaves its place empty, for a value that must not
     /// be used again. The caller gives the place back to whatever fills places.
     pub fn discard(self) -> T {
-        let (pool, place, kept) = (self.pool, self.place, self.kept);
+        let (place, kept) = (self.place, self.kept);
         std::mem::forget(self);
         // SAFETY: this thread holds the value, and the place is emptied below before anyone
         // else can look at it.
         let value = unsafe { (*place.value.get()).assume_init_read() };
-        if kept {
-            // Its owner empties it and forgets it, so it may be kept again.
-            forget(pool.id);
-            place.kept.store(false, Ordering::Relaxed);
-            // A swap, not a store: a revoker may have marked it REVOKED meanwhile, and must
-            // find it EMPTY, not hand it back.
-            place.state.swap(EMPTY, Ordering::AcqRel);
-            place.busy.store(false, Ordering::Release);
-        } else {
-            place.state.store(EMPTY, Ordering::Release);
+        place.cool.store(0, Ordering::Relaxed);
+        place.strikes.store(0, Ordering::Relaxed);
+        match kept {
+            Some(entry) => {
+                // Its owner empties it and forgets it.
+                keeper::forget(entry);
+                // A swap, not a store: a revoker may have marked it REVOKED meanwhile, and
+                // must find it EMPTY, not hand it back.
+                place.state.swap(EMPTY, Ordering::AcqRel);
+                entry.busy.store(0, Ordering::Release);
+            }
+            None => {
+                place.holder.store(0, Ordering::Relaxed);
+                count_taken(-1);
+                place.state.store(EMPTY, Ordering::Release);
+            }
         }
         value
     }
@@ -480,11 +552,14 @@ impl<T> DerefMut for Held<'_, T> {
 impl<T> Drop for Held<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.kept {
-            Places::leave(self.place);
-        } else {
-            // Release: this thread's writes to the value happen before the next taker's.
-            self.place.state.store(IDLE, Ordering::Release);
+        match self.kept {
+            Some(entry) => Places::<T>::leave(entry, self.place),
+            None => {
+                self.place.holder.store(0, Ordering::Relaxed);
+                count_taken(-1);
+                // Release: this thread's writes to the value happen before the next taker's.
+                self.place.state.store(IDLE, Ordering::Release);
+            }
         }
     }
 }
@@ -493,7 +568,7 @@ impl<T> std::fmt::Debug for Held<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Held")
             .field("index", &self.index)
-            .field("kept", &self.kept)
+            .field("kept", &self.kept.is_some())
             .finish()
     }
 }
@@ -501,7 +576,7 @@ impl<T> std::fmt::Debug for Held<'_, T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::Arc;
 
     /// A value that notices two users at once: only its holder touches it, so a plain load
@@ -536,8 +611,8 @@ mod tests {
         let mut again = pool.hold(|| 1).unwrap();
         assert!(again.is_kept());
         *again += 1;
-        // A nested hold on the same thread does not enter the place in use.
-        assert!(pool.hold(|| 0).is_none());
+        // A nested hold on the same thread is refused, though two places are idle.
+        assert_eq!(pool.hold(|| 0).err(), Some(Miss::Nested));
         drop(again);
         assert_eq!(*pool.hold(|| 0).unwrap(), 8);
     }
@@ -548,22 +623,98 @@ mod tests {
         drop(pool.fill(0, 1));
         pool.hold(|| 0).unwrap().keep();
         std::thread::scope(|s| {
-            s.spawn(|| assert!(pool.hold(|| 0).is_none()));
+            s.spawn(|| assert_eq!(pool.hold(|| 0).err(), Some(Miss::Busy)));
         });
         assert_eq!(pool.revoke(), 1);
         assert_eq!(pool.revoke(), 0, "nothing is kept any more");
         std::thread::scope(|s| {
             s.spawn(|| {
-                let held = pool.hold(|| 0).expect("revoked, so idle");
-                // A place kept once stays shared.
+                let mut held = pool.hold(|| 0).expect("revoked, so idle");
+                *held += 1;
+                // A place revoked once may be kept again, by anyone.
                 held.keep();
-                assert!(pool.any_idle());
+                assert!(!pool.any_idle());
+                assert!(pool.hold(|| 0).unwrap().is_kept());
             });
         });
-        // Its old owner backs off, and the value is still there for everyone.
+        // Its old owner backs off without touching it: the other thread (gone now) keeps it.
+        assert_eq!(pool.hold(|| 0).err(), Some(Miss::Busy));
+        assert_eq!(pool.revoke(), 1, "an exited thread's place comes back");
         let held = pool.hold(|| 0).unwrap();
         assert!(!held.is_kept());
-        assert_eq!(*held, 1);
+        assert_eq!(*held, 2);
+    }
+
+    /// A place kept again after a revocation waits longer each time, so a pool with more
+    /// callers than values settles into sharing instead of revoking on every call.
+    #[test]
+    fn each_revocation_of_a_place_doubles_the_wait_before_it_is_kept_again() {
+        let pool = Places::new(1);
+        drop(pool.fill(0, ()));
+        let mut waits = vec![];
+        for _ in 0..5 {
+            pool.hold(|| 0).unwrap().keep();
+            assert!(pool.hold(|| 0).unwrap().is_kept());
+            assert_eq!(pool.revoke(), 1);
+            let mut shared = 0;
+            loop {
+                let held = pool.hold(|| 0).unwrap();
+                if held.is_kept() {
+                    break;
+                }
+                held.keep();
+                shared += 1;
+            }
+            waits.push(shared - 1);
+        }
+        assert_eq!(waits, [0, 1, 3, 7, 15]);
+    }
+
+    /// A thread that took a value (not kept) and asks the pool again, with other values idle,
+    /// is refused too: the pool never hands one thread two of its values at once.
+    #[test]
+    fn a_nested_hold_is_refused_whether_the_outer_one_is_kept_or_taken() {
+        let pool = Places::new(3);
+        for i in 0..3 {
+            drop(pool.fill(i, i));
+        }
+        let outer = pool.hold(|| 0).unwrap();
+        assert!(!outer.is_kept());
+        assert_eq!(pool.hold(|| 1).err(), Some(Miss::Nested));
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(pool.hold(|| 1).is_ok(), "another thread is not nested"));
+        });
+        drop(outer);
+        let again = pool.hold(|| 0).unwrap();
+        assert_eq!(pool.hold(|| 1).err(), Some(Miss::Nested));
+        again.keep();
+        let kept = pool.hold(|| 0).unwrap();
+        assert!(kept.is_kept());
+        assert_eq!(pool.hold(|| 1).err(), Some(Miss::Nested));
+        drop(kept);
+        // A discarded value is no longer held either.
+        let taken = pool.hold(|| 0).unwrap();
+        let index = taken.index();
+        assert_eq!(taken.discard(), index);
+        drop(pool.fill(index, 9));
+        assert!(pool.hold(|| 0).is_ok());
+    }
+
+    /// A thread calling more pools in turn than the four it used to remember keeps a place in
+    /// each: none is orphaned, and every use after the first enters a kept place.
+    #[test]
+    fn a_thread_keeps_a_place_in_each_of_eight_pools_it_uses_in_turn() {
+        let pools: Vec<Places<u32>> = (0..8).map(|_| Places::new(2)).collect();
+        for pool in &pools {
+            drop(pool.fill(0, 0));
+        }
+        for round in 0..10 {
+            for pool in &pools {
+                let held = pool.hold(|| 0).unwrap();
+                assert_eq!(held.is_kept(), round > 0, "round {round}");
+                held.keep();
+            }
+        }
     }
 
     #[test]
@@ -590,7 +741,7 @@ mod tests {
         pool.hold(|| 0).unwrap().keep();
         let held = pool.hold(|| 0).unwrap();
         assert_eq!(held.discard(), "first");
-        assert!(pool.hold(|| 0).is_none(), "empty");
+        assert_eq!(pool.hold(|| 0).err(), Some(Miss::Busy), "empty");
         pool.fill(0, String::from("second")).keep();
         let held = pool.hold(|| 0).unwrap();
         assert!(held.is_kept());
@@ -616,6 +767,45 @@ mod tests {
         assert_eq!(Arc::strong_count(&alive), 1);
     }
 
+    /// `drain` cleared the places but left each thread's remembered place valid, so after a
+    /// refill a new owner kept place 0 while the old one still entered it: two threads held
+    /// one value. A drained pool forgets every thread's place.
+    #[test]
+    fn a_thread_that_kept_a_place_before_a_drain_never_enters_it_after() {
+        use std::sync::mpsc::channel;
+        use std::sync::Mutex;
+        let pool = Mutex::new(Places::new(1));
+        drop(pool.lock().unwrap().fill(0, 1));
+        let (to_old, old_goes) = channel::<()>();
+        let (old_said, from_old) = channel::<Option<i32>>();
+        let pool = &pool;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                pool.lock().unwrap().hold(|| 0).unwrap().keep();
+                old_said.send(None).unwrap();
+                old_goes.recv().unwrap();
+                // Drained, refilled, and kept by another thread since.
+                let pool = pool.lock().unwrap();
+                old_said
+                    .send(pool.hold(|| 0).ok().map(|held| *held))
+                    .unwrap();
+            });
+            from_old.recv().unwrap();
+            {
+                let mut pool = pool.lock().unwrap();
+                assert_eq!(pool.drain(), vec![1]);
+                pool.fill(0, 2).keep();
+            }
+            to_old.send(()).unwrap();
+            assert_eq!(
+                from_old.recv().unwrap(),
+                None,
+                "the old owner entered the new owner's place"
+            );
+        });
+        assert!(pool.lock().unwrap().hold(|| 0).unwrap().is_kept());
+    }
+
     #[test]
     #[should_panic(expected = "not empty")]
     fn filling_a_full_place_panics() {
@@ -638,7 +828,7 @@ mod tests {
                 let (pool, taken) = (&pool, &taken);
                 s.spawn(move || {
                     for r in 0..rounds {
-                        if let Some(held) = pool.hold(|| t + r) {
+                        if let Ok(held) = pool.hold(|| t + r) {
                             held.use_once();
                             taken.fetch_add(1, Ordering::Relaxed);
                             held.keep();

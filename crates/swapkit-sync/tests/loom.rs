@@ -172,7 +172,7 @@ fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
             let (pool, uses) = (pool.clone(), uses.clone());
             loom::thread::spawn(move || {
                 pool.revoke();
-                if let Some(held) = pool.hold(|| 0) {
+                if let Ok(held) = pool.hold(|| 0) {
                     assert!(!held.is_kept());
                     held.bump();
                     uses.fetch_add(1, SeqCst);
@@ -180,7 +180,7 @@ fn an_owner_uses_its_kept_place_while_another_thread_revokes_and_takes_it() {
             })
         };
         for _ in 0..2 {
-            if let Some(held) = pool.hold(|| 0) {
+            if let Ok(held) = pool.hold(|| 0) {
                 held.bump();
                 uses.fetch_add(1, SeqCst);
             }
@@ -203,7 +203,7 @@ fn two_threads_race_to_keep_one_place() {
             .map(|_| {
                 let (pool, uses) = (pool.clone(), uses.clone());
                 loom::thread::spawn(move || {
-                    if let Some(held) = pool.hold(|| 0) {
+                    if let Ok(held) = pool.hold(|| 0) {
                         held.bump();
                         uses.fetch_add(1, SeqCst);
                         held.keep();
@@ -216,6 +216,53 @@ fn two_threads_race_to_keep_one_place() {
         }
         pool.revoke();
         let held = pool.hold(|| 0).expect("revoked, so idle");
+        assert_eq!(held.read(), uses.load(SeqCst));
+    });
+}
+
+/// A stale owner meets a new one: the main thread keeps the place; another thread revokes it,
+/// takes it and keeps it for itself, and uses it again as its owner; meanwhile the main thread,
+/// which still remembers the place, tries to use it. The stale owner never gets the value
+/// while the new owner has it (loom's cell catches two users), writes only its own flag, and
+/// never hands back the new owner's place; every use is counted.
+#[test]
+fn a_stale_owner_never_enters_a_place_kept_again_by_another_thread() {
+    loom::model(|| {
+        let pool = LoomArc::new(Places::new(1));
+        drop(pool.fill(0, Counted(UnsafeCell::new(0))));
+        pool.hold(|| 0).expect("idle").keep();
+        let uses = LoomArc::new(AtomicUsize::new(0));
+        let other = {
+            let (pool, uses) = (pool.clone(), uses.clone());
+            loom::thread::spawn(move || {
+                pool.revoke();
+                if let Ok(held) = pool.hold(|| 0) {
+                    held.bump();
+                    uses.fetch_add(1, SeqCst);
+                    held.keep();
+                    if let Ok(held) = pool.hold(|| 0) {
+                        held.bump();
+                        uses.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        };
+        // A third thread revokes too: the stale owner, backing off, may find the new owner's
+        // place REVOKED, and must leave it to the new owner.
+        let revoker = {
+            let pool = pool.clone();
+            loom::thread::spawn(move || {
+                pool.revoke();
+            })
+        };
+        if let Ok(held) = pool.hold(|| 0) {
+            held.bump();
+            uses.fetch_add(1, SeqCst);
+        }
+        other.join().unwrap();
+        revoker.join().unwrap();
+        pool.revoke();
+        let held = pool.hold(|| 0).expect("back in the pool");
         assert_eq!(held.read(), uses.load(SeqCst));
     });
 }

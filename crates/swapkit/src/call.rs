@@ -245,7 +245,7 @@ pub(crate) fn failure(
         }
         host_status::TIMEOUT => return CallError::Timeout { site },
         host_status::MEMORY => return CallError::ResourceLimit { site, message },
-        host_status::REENTRANT => return CallError::Reentrant { site },
+        host_status::REENTRANT => return CallError::Reentrant { site, message },
         host_status::NESTING => {
             tracing::warn!(plugin = %site.plugin, version = %site.version, interface = site.interface, method = site.method, reason = %message, "nested plugin calls went past the sandbox's bounds");
             return CallError::Nesting { site, message };

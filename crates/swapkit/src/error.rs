@@ -688,19 +688,18 @@ pub enum CallError {
         /// The detail.
         message: String,
     },
-    /// A call into a native plugin was made while this thread was still decoding an earlier
-    /// result of that plugin: from a `Deserialize` impl that calls plugins. The plugin writes
-    /// every result into one per-thread buffer, so the nested call would overwrite the bytes
-    /// being decoded; it is refused instead.
-    #[error(
-        "{} of plugin `{}` {} was called while this thread was still decoding an earlier result \
-         of the same plugin (a Deserialize impl that calls plugins?); decode into plain data \
-         first, then make the call",
-        .site.method(), .site.plugin, .site.version
-    )]
+    /// A call re-entered a plugin this thread is already inside, and was refused: made while
+    /// the thread was still decoding an earlier result of the same native plugin (from a
+    /// `Deserialize` impl that calls plugins: the plugin writes every result into one
+    /// per-thread buffer, which the call would overwrite), or into a wasm plugin from a host
+    /// function that plugin called (on its own stack the plugin would wait for itself, or nest
+    /// a second instance). `message` says which.
+    #[error("{} of plugin `{}` {}: {message}", .site.method(), .site.plugin, .site.version)]
     Reentrant {
         /// The call.
         site: CallSite,
+        /// What the call re-entered, and what to do instead.
+        message: String,
     },
     /// Below this call, a plugin → host → plugin call went past the sandbox's bounds: nested
     /// deeper than [`Sandbox::max_nesting`](crate::Sandbox::max_nesting), with too little
@@ -798,7 +797,7 @@ impl CallError {
             | CallError::Timeout { site }
             | CallError::ResourceLimit { site, .. }
             | CallError::PoolExhausted { site, .. }
-            | CallError::Reentrant { site }
+            | CallError::Reentrant { site, .. }
             | CallError::Nesting { site, .. }
             | CallError::Decode { site, .. } => Some(site),
             _ => None,

@@ -722,7 +722,7 @@ fn a_call_made_while_decoding_a_result_of_the_same_plugin_is_refused() {
     let nested = NESTED.with(|n| n.borrow_mut().1.take()).unwrap();
     let err = nested.unwrap_err();
     assert!(
-        matches!(&err, CallError::Reentrant { site } if site.method == "greet"),
+        matches!(&err, CallError::Reentrant { site, .. } if site.method == "greet"),
         "{err:?}"
     );
     assert_eq!(err.plugin(), Some("greeter"));

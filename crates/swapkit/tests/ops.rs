@@ -435,6 +435,45 @@ fn a_silent_admin_connection_is_closed() {
     ));
 }
 
+/// The idle timeout was per read, so a peer that sent one byte before each timeout held its
+/// connection forever (eight such held the operator's uid out). Now a request must be whole
+/// within the timeout, however it trickles in.
+#[test]
+fn a_drip_fed_admin_request_is_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let socket = dir.path().join("admin.sock");
+    let _swapper = builder()
+        .admin_socket(&socket)
+        .admin_idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut drip = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let request = b"{\"v\":1,\"op\":\"status\",\"padding\":\"................................\"}";
+    // A byte every 50 ms, well within the timeout each, would take 3.5 s for the whole line.
+    let mut sent = 0;
+    for byte in request {
+        if drip.write_all(&[*byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drip.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = drip.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "no reply to a request that never ended: {rest:?}"
+    );
+    assert!(
+        sent < request.len(),
+        "the host kept reading a request for {} ms",
+        sent * 50
+    );
+}
+
 /// A peer that sends requests and never reads the replies fills the socket; the host's write
 /// gives up after its write timeout (10 s) and closes the connection, instead of holding a
 /// connection thread forever. Other clients are served meanwhile.

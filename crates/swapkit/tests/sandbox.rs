@@ -845,3 +845,184 @@ fn native_and_wasm_plugins_meet_the_same_rules() {
         assert_eq!(swapper.vault().get::<u64>("shared/hits").unwrap(), Some(1));
     }
 }
+
+// --- What one call leaves for the next --------------------------------------------------------
+
+/// A `tracing` subscriber that panics on every line a plugin logs.
+struct PanicsOnGuestLines;
+
+impl tracing::Subscriber for PanicsOnGuestLines {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if event.metadata().target() == "swapkit::guest" {
+            panic!("the subscriber panics on a guest line");
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A plugin whose `swapkit_call` raises a flag in its memory, logs a line, lowers the flag and
+/// answers "clean"; a call that finds the flag raised answers "reused": it runs in an
+/// instance whose last call stopped halfway.
+fn flagged_logger(name: &str) -> Wat {
+    let (clean, reused) = (encode(&"clean".to_owned()), encode(&"reused".to_owned()));
+    let answer = |at: u32, len: usize| {
+        format!("(i32.store (i32.const 16) (i32.const {at})) (i32.store (i32.const 20) (i32.const {len}))")
+    };
+    Wat::plugin(name)
+        .data(3000, b"a line")
+        .data(3400, &reused)
+        .data(3500, &clean)
+        .body(
+            "swapkit_call",
+            format!(
+                "(if (i32.load8_u (i32.const 3300)) (then {} (return (i32.const 0)))) \
+                 (i32.store8 (i32.const 3300) (i32.const 1)) \
+                 (call $log (i32.const 3) (i32.const 3000) (i32.const 6)) \
+                 (i32.store8 (i32.const 3300) (i32.const 0)) \
+                 {} (i32.const 0)",
+                answer(3400, reused.len()),
+                answer(3500, clean.len())
+            ),
+        )
+}
+
+/// The wasm `log` host function emitted its event outside any `catch_unwind`, so a panicking
+/// subscriber unwound through wasmtime, the guest stopped between raising and lowering its
+/// flag, and the pool handed that instance to the next call. Now the panic is contained where
+/// it happens, as the native `log` contains it, and the call completes.
+#[test]
+fn a_panicking_subscriber_never_leaves_a_half_run_instance_for_the_next_call() {
+    let dir = tempdir();
+    let path = flagged_logger("flagged").write_to(dir.path());
+    let swapper = swapper(
+        Sandbox::new(),
+        WasmLimits {
+            pool_size: 1,
+            ..WasmLimits::default()
+        },
+    );
+    swapper.load_files([&path]).unwrap();
+    let plugin = swapper.client_of::<dyn Greeter>("flagged").unwrap();
+    let first = tracing::subscriber::with_default(PanicsOnGuestLines, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.version()))
+    });
+    let first = first.expect("the subscriber's panic does not reach the caller");
+    assert_eq!(first.unwrap(), "clean");
+    assert_eq!(
+        plugin.version().unwrap(),
+        "clean",
+        "the next call runs in a whole instance"
+    );
+}
+
+/// The host staged each call's arguments in the instance's input buffer and never cleared
+/// them, so a later caller's call into the same instance could read an earlier caller's
+/// bytes (another tenant's API key) past the end of its own. Now the host zeroes what it
+/// staged once the call is done. The plugin answers `greet` with the first 32 bytes of its
+/// input buffer, whatever it was given.
+#[test]
+fn one_callers_arguments_are_not_left_in_the_instance_for_the_next() {
+    let dir = tempdir();
+    let path = Wat::plugin("peeker")
+        .body(
+            "swapkit_call",
+            "(i32.store8 (i32.const 3000) (i32.const 32)) \
+             (memory.copy (i32.const 3001) (i32.const 4096) (i32.const 32)) \
+             (i32.store (i32.const 16) (i32.const 3000)) \
+             (i32.store (i32.const 20) (i32.const 33)) (i32.const 0)",
+        )
+        .write_to(dir.path());
+    let swapper = swapper(
+        Sandbox::new(),
+        WasmLimits {
+            pool_size: 1,
+            ..WasmLimits::default()
+        },
+    );
+    swapper.load_files([&path]).unwrap();
+    let plugin = swapper.client_of::<dyn Greeter>("peeker").unwrap();
+    let secret = "sk-live-0123456789abcdef";
+    // One tenant's call, from one thread...
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let seen = plugin.greet(secret).unwrap();
+            assert!(
+                seen.contains(secret),
+                "the plugin sees its own caller's bytes"
+            );
+        });
+    });
+    // ...and the next caller, on another thread, in the same (only) instance.
+    let seen = plugin.greet("me").unwrap();
+    assert!(
+        !seen.contains("0123456789"),
+        "another caller's bytes: {seen:?}"
+    );
+    assert!(seen.bytes().skip(4).all(|b| b == 0), "{seen:?}");
+}
+
+/// A host function that calls back into the plugin that called it re-entered the plugin's
+/// pool on the same thread with no check (dependency and live-type calls had one): with one
+/// instance it waited a second for itself and failed as `PoolExhausted`, with two it nested a
+/// second instance on top of the first. Now the call is refused as re-entrant at once, with a
+/// message that says what happened, and the plugin keeps serving.
+#[test]
+fn a_host_function_calling_back_into_its_own_plugin_is_refused_as_reentrant() {
+    for pool_size in [1, 2] {
+        let dir = tempdir();
+        let request = encode(&Invoke {
+            name: "again".into(),
+            args: vec![],
+        });
+        let path = Wat::plugin("looper")
+            .relays("swapkit_call", service::HOST_FN, &request)
+            .write_to(dir.path());
+        let swapper = Arc::new(swapper(
+            Sandbox::new().grant("looper", Grant::HostFn("again".into())),
+            WasmLimits {
+                pool_size,
+                ..WasmLimits::default()
+            },
+        ));
+        let inner = Arc::new(std::sync::Mutex::new(
+            Vec::<Result<String, CallError>>::new(),
+        ));
+        let (weak, seen) = (Arc::downgrade(&swapper), inner.clone());
+        swapper.vault().provide("again", move |(): ()| {
+            let swapper = weak.upgrade().expect("the swapper is alive while it calls");
+            let looper = swapper.client_of::<dyn Greeter>("looper").unwrap();
+            seen.lock().unwrap().push(looper.version());
+            7u64
+        });
+        swapper.load_files([&path]).unwrap();
+        let looper = swapper.client_of::<dyn Greeter>("looper").unwrap();
+        assert_eq!(looper.score(0, "").unwrap(), 7, "pool of {pool_size}");
+        let inner = std::mem::take(&mut *inner.lock().unwrap());
+        assert_eq!(
+            inner.len(),
+            1,
+            "pool of {pool_size}: one call back, no nesting"
+        );
+        match &inner[0] {
+            Err(CallError::Reentrant { message, .. }) => assert!(
+                message.contains("already running on this thread")
+                    && message.contains("host function"),
+                "{message}"
+            ),
+            other => panic!("pool of {pool_size}: expected a re-entry refusal, got {other:?}"),
+        }
+        // From another thread the plugin is not re-entered: the host function's call goes
+        // through (and its own call back is refused in turn).
+        let outer = std::thread::scope(|s| s.spawn(|| looper.score(0, "")).join().unwrap());
+        assert_eq!(outer.unwrap(), 7);
+    }
+}

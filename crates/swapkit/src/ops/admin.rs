@@ -6,9 +6,10 @@
 //! request is read; each request is logged with the peer's uid and pid.
 //!
 //! One allowed peer cannot lock the others out: each uid may hold [`PER_UID`] connections,
-//! all together [`MAX_CONNECTIONS`]; a connection silent for the idle timeout is closed, and
-//! a reply the peer does not read within [`WRITE`] closes it too. Artifacts named in requests
-//! are read as any artifact is: regular files only, under a size cap (see `load.rs`).
+//! all together [`MAX_CONNECTIONS`]; a request not whole within the idle timeout (silence and a
+//! byte now and then alike) closes its connection, and a reply the peer does not read within
+//! [`WRITE`] closes it too. Artifacts named in requests are read as any artifact is: regular
+//! files only, under a size cap (see `load.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use swapkit_admin::{
     CanaryReport, CanaryStep, DrainingReport, Envelope, Failure, FailureKind, GateReport,
@@ -295,10 +296,33 @@ fn allowed(stream: &UnixStream, context: &Context) -> Option<Peer> {
     Some(peer)
 }
 
+/// Reads from a connection until a deadline: each read may wait only for the time left, so a
+/// peer that sends a byte now and then cannot stretch one request past the deadline.
+struct Until<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
 fn serve(stream: &UnixStream, peer: Peer, context: &Context) {
-    let _ = stream.set_read_timeout(Some(context.idle));
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Until {
+        stream,
+        deadline: Instant::now(),
+    });
     loop {
+        // The whole request, from the end of the last reply to its newline, within the idle
+        // timeout: silence and drip-feeding alike.
+        reader.get_mut().deadline = Instant::now() + context.idle;
         let mut line = Vec::new();
         match (&mut reader)
             .take(MAX_LINE as u64 + 1)

@@ -180,7 +180,7 @@ impl NativeInstance {
         if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
             return Err(LaneFailure::Status(
                 host_status::REENTRANT,
-                "reentrant".to_owned(),
+                DECODING.to_owned(),
             ));
         }
         let mut out = RawSlice::EMPTY;
@@ -227,12 +227,17 @@ fn lane_failed(status: u32, out: RawSlice) -> LaneFailure {
     LaneFailure::Status(status, message)
 }
 
+/// Why a call is refused while this thread decodes a result of the same native plugin.
+const DECODING: &str = "called while this thread was still decoding an earlier result of the \
+     same plugin (a Deserialize impl that calls plugins?), whose result buffer the call would \
+     overwrite; decode into plain data first, then make the call";
+
 /// The reply of a call refused because this thread is decoding a result of the same plugin.
 #[cold]
 #[inline(never)]
 fn reentrant<T>(then: impl FnOnce(Reply<'_>) -> T) -> T {
     then(Reply {
         status: host_status::REENTRANT,
-        bytes: b"reentrant",
+        bytes: DECODING.as_bytes(),
     })
 }

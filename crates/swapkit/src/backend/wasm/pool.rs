@@ -9,15 +9,18 @@
 //! a place chosen by its thread, so threads mostly touch different cache lines. When
 //! no slot is idle, the pool revokes the kept places nobody is using (one `membarrier`) before
 //! it grows, waits or fails, so a kept slot never starves another thread nor makes the pool
-//! grow past what its callers use at once; a revoked place stays shared for the pool's life.
-//! Only growing the pool, revoking, waiting for a slot, and throwing one away take a lock.
+//! grow past what its callers use at once; a revoked place waits a while before it is kept
+//! again (see `Places`). A call made while the same thread runs the plugin already (a host
+//! function calling its plugin back) is refused as re-entrant. Only growing the pool,
+//! revoking, waiting for a slot, and throwing one away take a lock.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use swapkit_abi::Status;
-use swapkit_sync::{Held, Places};
+use swapkit_sync::{Held, Miss, Places};
 
 use super::slot::{hook, Fault, Hook, PoolMemory, Slot};
 use super::{Exhausted, WasmModule};
@@ -89,10 +92,12 @@ impl WasmInstance {
 
     /// Runs `on_init` in the first slot.
     pub fn init(&self) -> Result<(), (u32, String)> {
-        let mut slot = self
+        let slot = self
             .take_idle()
-            .ok_or((host_status::TRAP, "no instance to initialise".to_owned()))?;
-        let result = hook(&self.module, &mut slot, Hook::Init);
+            .map_err(|_| (host_status::TRAP, "no instance to initialise".to_owned()))?;
+        let mut running = Running::new(self, slot);
+        let result = hook(&self.module, &mut running, Hook::Init);
+        let slot = running.returned();
         if result.is_ok() {
             drop(slot); // idle, for any thread
         } else {
@@ -111,16 +116,18 @@ impl WasmInstance {
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> T,
     ) -> T {
-        // Not through a `Result`: a `Held` copied out of one stalls on store forwarding.
-        let mut slot = match self.take_idle() {
-            Some(slot) => slot,
-            None => match self.checkout_slow() {
+        let slot = match self.take_idle() {
+            Ok(slot) => slot,
+            Err(miss) => match self.checkout_slow(miss) {
                 Ok(slot) => slot,
                 Err(fault) => return fault.reply(then),
             },
         };
         let deadline = self.deadline;
-        match slot.call(deadline, interface, method, input, then) {
+        let mut running = Running::new(self, slot);
+        let called = running.call(deadline, interface, method, input, then);
+        let slot = running.returned();
+        match called {
             Ok(t) => {
                 self.checkin(slot);
                 t
@@ -142,15 +149,18 @@ impl WasmInstance {
         method: u32,
         args: A,
     ) -> Result<R, LaneFailure> {
-        let mut slot = match self.take_idle() {
-            Some(slot) => slot,
-            None => match self.checkout_slow() {
+        let slot = match self.take_idle() {
+            Ok(slot) => slot,
+            Err(miss) => match self.checkout_slow(miss) {
                 Ok(slot) => slot,
                 Err(fault) => return Err(LaneFailure::Status(fault.status, fault.message)),
             },
         };
         let deadline = self.deadline;
-        match slot.lane(deadline, interface, method, args) {
+        let mut running = Running::new(self, slot);
+        let called = running.lane(deadline, interface, method, args);
+        let slot = running.returned();
+        match called {
             Ok(result) => {
                 self.checkin(slot);
                 result.map_err(LaneFailure::Result)
@@ -165,7 +175,7 @@ impl WasmInstance {
 
     /// This thread's kept slot, or an idle one, if there is one.
     #[inline(always)]
-    fn take_idle(&self) -> Option<Held<'_, Slot>> {
+    fn take_idle(&self) -> Result<Held<'_, Slot>, Miss> {
         self.cells.hold(|| {
             let start = START.try_with(|s| *s).unwrap_or(0);
             ((start as u64 * self.cells.len() as u64) >> 32) as usize
@@ -175,13 +185,18 @@ impl WasmInstance {
     /// When no slot is kept or idle: a slot that turned idle, a new one, or a wait, by the
     /// pool's policy.
     #[cold]
-    fn checkout_slow(&self) -> Result<Held<'_, Slot>, Fault> {
+    fn checkout_slow(&self, first: Miss) -> Result<Held<'_, Slot>, Fault> {
+        if first == Miss::Nested {
+            return Err(self.reentered());
+        }
         let limits = &self.module.shared.limits;
         let size = self.cells.len();
         let mut deadline: Option<Instant> = None;
         loop {
-            if let Some(slot) = self.take_idle() {
-                return Ok(slot);
+            match self.take_idle() {
+                Ok(slot) => return Ok(slot),
+                Err(Miss::Nested) => return Err(self.reentered()),
+                Err(Miss::Busy) => {}
             }
             // Slots kept by threads that are not calling now (or that exited) come back
             // before the pool grows: a revocation is cheaper than a new instance, and a slot
@@ -219,6 +234,23 @@ impl WasmInstance {
                     .wait_timeout(guard, (until - now).min(Duration::from_millis(10)));
             }
             self.waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The fault of a call made while this thread is running the plugin already, further up
+    /// its stack: a host function it called (or a subscriber of its log) calling it again.
+    /// Refused, as a dependency cycle is: on top of its own stack the plugin would wait for
+    /// itself (a pool of one) or nest another instance (a larger one).
+    #[cold]
+    fn reentered(&self) -> Fault {
+        Fault {
+            status: host_status::REENTRANT,
+            message: format!(
+                "`{}` {} is already running on this thread, further up the stack (a host \
+                 function it called calls it again); a plugin may not re-enter itself through \
+                 the host: answer from the host function, or call the plugin from another thread",
+                self.ctx.plugin, self.ctx.version
+            ),
         }
     }
 
@@ -315,6 +347,58 @@ impl WasmInstance {
         crate::lock::lock(&self.vacant).push(home);
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.wake_waiter();
+    }
+}
+
+/// A slot while wasm runs in it. If the call does not come back normally (a panic of the host
+/// unwound through the guest, from a host function, the limiter or a subscriber), the guest
+/// stopped halfway and its memory may be half-written: the slot is thrown away, never handed
+/// to the next caller.
+struct Running<'a> {
+    pool: &'a WasmInstance,
+    slot: ManuallyDrop<Held<'a, Slot>>,
+}
+
+impl<'a> Running<'a> {
+    #[inline(always)]
+    fn new(pool: &'a WasmInstance, slot: Held<'a, Slot>) -> Running<'a> {
+        Running {
+            pool,
+            slot: ManuallyDrop::new(slot),
+        }
+    }
+
+    /// The call came back: the slot, for the pool to keep or give back.
+    #[inline(always)]
+    fn returned(self) -> Held<'a, Slot> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the slot is taken out exactly once.
+        unsafe { ManuallyDrop::take(&mut this.slot) }
+    }
+}
+
+impl std::ops::Deref for Running<'_> {
+    type Target = Slot;
+    #[inline(always)]
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl std::ops::DerefMut for Running<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Slot {
+        &mut self.slot
+    }
+}
+
+impl Drop for Running<'_> {
+    /// Only reached by unwinding: `returned` forgets the guard on every other path.
+    #[cold]
+    fn drop(&mut self) {
+        // SAFETY: dropped once, and the slot is not used again.
+        let slot = unsafe { ManuallyDrop::take(&mut self.slot) };
+        self.pool.discard(slot);
     }
 }
 

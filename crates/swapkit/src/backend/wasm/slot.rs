@@ -1,6 +1,7 @@
 //! One wasm instance and its store: the host functions it imports, its resource limiter,
 //! and the calls into its entry points.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -39,6 +40,15 @@ impl PoolMemory {
             cap,
         })
     }
+
+    /// Counts `more` bytes if the sum stays within the cap; else the sum seen, uncounted.
+    pub(super) fn reserve(&self, more: usize) -> Result<(), usize> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(more).filter(|&sum| sum <= self.cap)
+            })
+            .map(drop)
+    }
 }
 
 /// The per-store resource caps, and this store's share of its pool's memory; remembers which
@@ -74,13 +84,13 @@ impl ResourceLimiter for Limiter {
             return Ok(false);
         }
         let more = desired.saturating_sub(current);
-        let before = self.pool.used.fetch_add(more, Ordering::AcqRel);
-        if before + more > self.pool.cap {
-            self.pool.used.fetch_sub(more, Ordering::AcqRel);
+        // Checked before it is counted: a growth that is refused never shows in the sum, so
+        // it cannot make another instance's growth that fits look past the cap.
+        if let Err(before) = self.pool.reserve(more) {
             self.hit = Some(format!(
                 "the plugin's wasm instances would hold {} bytes of linear memory together, \
                  past the limit of {} bytes per plugin (WasmLimits::max_pool_memory)",
-                before + more,
+                before.saturating_add(more),
                 self.pool.cap
             ));
             return Ok(false);
@@ -231,11 +241,15 @@ pub(super) fn host_log(mut caller: Caller<'_, SlotData>, level: u32, ptr: u32, l
     };
     let cut = (len - shown) as usize;
     let data = caller.data();
-    if data.quiet {
-        tracing::debug!(target: "swapkit::guest", plugin = %data.ctx.plugin, version = %data.ctx.version, replica = true, cut, "{message}");
-    } else {
-        emit(&data.ctx, level, &message, cut);
-    }
+    // A panicking subscriber must not unwind into the guest: it would abort the call halfway
+    // through, in an instance the pool could then hand to the next caller.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if data.quiet {
+            tracing::debug!(target: "swapkit::guest", plugin = %data.ctx.plugin, version = %data.ctx.version, replica = true, cut, "{message}");
+        } else {
+            emit(&data.ctx, level, &message, cut);
+        }
+    }));
 }
 
 /// `swapkit.panic(ptr, len)`: the guest's panic hook reports the message before it traps.
@@ -437,11 +451,28 @@ impl Slot {
             return Err((fault, then));
         }
         let len = input.len() as u32;
-        self.run(
+        let result = self.run(
             deadline,
             |f, store| f.call.call(store, (interface, method, len)),
             then,
-        )
+        );
+        // After `then`, which may read a reply the guest left in its input buffer.
+        self.clear_input(input.len());
+        result
+    }
+
+    /// Zeroes the first `len` bytes of the guest's input buffer, where the host staged a
+    /// call's arguments, so that the next caller to use this instance cannot read them there.
+    /// What the guest copied elsewhere is the plugin's own business: the plugin, not the
+    /// caller, is the unit of isolation (see the sandbox docs).
+    #[inline]
+    fn clear_input(&mut self, len: usize) {
+        let at = self.in_ptr as usize;
+        if len != 0 && self.covers(at, len) {
+            // SAFETY: in bounds (`covers`), the memory does not move (see `View`), and no
+            // wasm runs in this store now.
+            unsafe { std::ptr::write_bytes(self.view.base.add(at), 0, len) };
+        }
     }
 
     /// Calls `method` of `interface` through the plugin's `swapkit_lane`: stages the
@@ -468,6 +499,7 @@ impl Slot {
         let Some(w) = args.to_wasm(&mut stager) else {
             return Err(self.broken("the lane's arguments do not fit the input buffer"));
         };
+        let staged = stager.used;
         self.arm(deadline);
         self.store.data_mut().limiter.hit = None;
         let params = (interface, method, w[0], w[1], w[2], w[3], w[4], w[5]);
@@ -478,7 +510,12 @@ impl Slot {
             None => unreachable!("checked above"),
         };
         match called {
-            Ok(word) => Ok(R::from_wasm(word, self)),
+            Ok(word) => {
+                let result = R::from_wasm(word, self);
+                // After the result is read: it may lie in the input buffer.
+                self.clear_input(staged as usize);
+                Ok(result)
+            }
             Err(e) => Err(self.fault(e)),
         }
     }
@@ -701,6 +738,67 @@ pub(super) fn hook(module: &WasmModule, slot: &mut Slot, which: Hook) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use super::{Limiter, PoolMemory};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use wasmtime::ResourceLimiter;
+
+    fn limiter(pool: &std::sync::Arc<PoolMemory>) -> Limiter {
+        Limiter {
+            memory: usize::MAX,
+            table_elements: 0,
+            instances: 1,
+            tables: 1,
+            memories: 1,
+            pool: pool.clone(),
+            held: 0,
+            pending: 0,
+            hit: None,
+        }
+    }
+
+    /// One instance asking again and again for more than the pool has left never makes a small
+    /// growth of another instance look past the cap (it was counted first and taken back
+    /// after, so the other saw the inflated sum for a moment and was refused).
+    #[test]
+    fn a_refused_growth_never_refuses_another_that_fits() {
+        let cap = 1 << 30;
+        let pool = PoolMemory::new(cap);
+        let rounds = 200_000;
+        let stop = AtomicBool::new(false);
+        let refused = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut greedy = limiter(&pool);
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(!greedy.memory_growing(0, cap + 1, None).unwrap());
+                }
+            });
+            s.spawn(|| {
+                let mut small = limiter(&pool);
+                for _ in 0..rounds {
+                    if small.memory_growing(0, cap / 10, None).unwrap() {
+                        small
+                            .memory_grow_failed(wasmtime::Error::msg("undo"))
+                            .unwrap();
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(
+            refused.load(Ordering::Relaxed),
+            0,
+            "of {rounds} growths that fit"
+        );
+        assert_eq!(
+            pool.used.load(Ordering::Relaxed),
+            0,
+            "everything given back"
+        );
+    }
+
     /// Every length, short or long, copies exactly its bytes: none missed, none past the end.
     #[test]
     fn small_copies_write_exactly_their_bytes() {
