@@ -638,3 +638,32 @@ fn static_plugins_have_no_canary() {
         .unwrap_err();
     assert!(matches!(err, LoadError::StaticMode), "{err}");
 }
+
+/// A canary whose manifest says `reloadable: false` held every reload back while it ran:
+/// each reload carries the canary, and would have "replaced" a plugin that may never be
+/// replaced. It is now refused when it starts, and reloads go on.
+#[test]
+fn a_canary_that_may_never_be_replaced_is_refused_at_the_start() {
+    use common::wat::Wat;
+    let dir = common::tempdir();
+    // Both are `fx.wasm` as written: the canary is moved aside first.
+    // A body of their own, so that they answer the lifecycle calls (no state to hand over).
+    let plugin = || Wat::plugin("fx").body("swapkit_call", "(nop) (i32.const 0)");
+    let fixed = plugin().version("0.0.2").fixed().write_to(dir.path());
+    let fixed_path = dir.path().join("fx-fixed.wasm");
+    std::fs::rename(&fixed, &fixed_path).unwrap();
+    let stable = plugin().write_to(dir.path());
+    let swapper = Swapper::builder()
+        .wasm_cache_dir(common::wasm_cache())
+        .build()
+        .unwrap();
+    swapper.load_files([&stable]).unwrap();
+    let refused = swapper.canary(&fixed_path).start().unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, LoadError::Canary { .. }) && message.contains("not reloadable"),
+        "{message}"
+    );
+    assert!(swapper.canary_status().is_none(), "no canary runs");
+    swapper.reload().expect("reloads go on");
+}

@@ -1026,3 +1026,140 @@ fn a_host_function_calling_back_into_its_own_plugin_is_refused_as_reentrant() {
         assert_eq!(outer.unwrap(), 7);
     }
 }
+
+// --- Whose namespace a plugin gets ------------------------------------------------------------
+
+/// A wasm patch artifact ran its hooks under whatever name its manifest claimed: named
+/// `victim`, its `on_init` drained `victim/balance`. A patch set now gets a namespace of its
+/// own, `patch:<name>/`, which no plugin can claim, and never the plugin's it names.
+#[test]
+fn a_patch_artifact_never_gets_the_namespace_of_the_plugin_it_names() {
+    let dir = tempdir();
+    let swapper = bystander(Sandbox::new(), WasmLimits::default());
+    let vault = swapper.vault();
+    vault.put("victim/balance", &100u64).unwrap();
+    let put = |key: &str| {
+        encode(&Put {
+            key: key.into(),
+            value: LiveData::of(&0u64).unwrap(),
+        })
+    };
+    let thief = Wat::plugin("victim")
+        .patches("sandbox::nothing")
+        .relays("swapkit_init", service::VAULT_PUT, &put("victim/balance"))
+        .write_to(dir.path());
+    let refused = swapper
+        .patches_from(&thief)
+        .expect_err("its on_init fails: the write is refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("may not write Vault key `victim/balance`")
+            && message.contains("`patch:victim/`"),
+        "{message}"
+    );
+    assert_eq!(vault.get::<u64>("victim/balance").unwrap(), Some(100));
+    // Its own namespace is its to use.
+    let own = Wat::plugin("victim")
+        .patches("sandbox::nothing")
+        .relays(
+            "swapkit_init",
+            service::VAULT_PUT,
+            &put("patch:victim/note"),
+        )
+        .write_to(dir.path());
+    assert!(swapper.patches_from(&own).is_ok());
+    assert_eq!(vault.get::<u64>("patch:victim/note").unwrap(), Some(0));
+    greeter_answers(&swapper);
+}
+
+/// A plugin's name is its namespace: one named `victim/sub` wrote under `victim/`, and one
+/// named `patch:x` would take a patch set's. Such names are refused at load, with the rule.
+#[test]
+fn a_plugin_name_that_reaches_into_another_namespace_is_refused() {
+    let dir = tempdir();
+    let swapper = bystander(Sandbox::new(), WasmLimits::default());
+    for name in [
+        "victim/sub",
+        "patch:victim",
+        "",
+        ".hidden",
+        "new\nline",
+        &"x".repeat(65),
+    ] {
+        let path = Wat::plugin("placeholder").named(name).write_to(dir.path());
+        let error = with_greeter(&swapper, &[path]).expect_err(name);
+        let message = error.to_string();
+        assert!(
+            message.contains("is not allowed") && message.contains("ASCII letters"),
+            "{name:?}: {message}"
+        );
+    }
+    greeter_answers(&swapper);
+}
+
+// --- What loading a module may cost -----------------------------------------------------------
+
+/// A manifest could declare any number of methods, and each was compared with each of up to
+/// 65,536 listed lanes before any other check, under the reload lock: a 1 MB guest stalled
+/// reloads for 9 s. A manifest past its bounds is now refused as soon as it is read, naming
+/// the bound, and the lane table is looked up by hash.
+#[test]
+fn a_manifest_past_its_bounds_is_refused_before_any_other_check() {
+    let dir = tempdir();
+    let swapper = bystander(Sandbox::new(), WasmLimits::default());
+    let path = Wat::plugin("bloated").methods(5000).write_to(dir.path());
+    let message = with_greeter(&swapper, &[path]).unwrap_err().to_string();
+    assert!(
+        message.contains("declares 5004 methods, more than the 4096"),
+        "{message}"
+    );
+    greeter_answers(&swapper);
+}
+
+/// The compiler's time and memory grow with a module, and faster than linearly with one
+/// function (a 29 MiB guest took the host to a 930 MiB peak). A module over
+/// `WasmLimits::max_module_bytes`, or with a function over `max_function_bytes`, is refused
+/// before it is compiled, with the bound named.
+#[test]
+fn a_module_or_a_function_past_its_size_bound_is_refused_before_it_is_compiled() {
+    let dir = tempdir();
+    let big_function = format!(
+        "(func $big (result i32) (i32.const 0) {} )",
+        "(i32.add (i32.const 1)) ".repeat(40_000)
+    );
+    let path = Wat::plugin("bulky")
+        .extra(&big_function)
+        .write_to(dir.path());
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    let cases = [
+        (
+            WasmLimits {
+                max_function_bytes: 64 << 10,
+                ..WasmLimits::default()
+            },
+            "WasmLimits::max_function_bytes",
+        ),
+        (
+            WasmLimits {
+                max_module_bytes: size - 1,
+                ..WasmLimits::default()
+            },
+            "WasmLimits::max_module_bytes",
+        ),
+    ];
+    for (limits, bound) in cases {
+        // A fresh cache: a module compiled before would be read from it, not compiled.
+        let cache = tempdir();
+        let swapper = Swapper::builder()
+            .wasm_cache_dir(cache.path())
+            .wasm_limits(limits)
+            .build()
+            .unwrap();
+        let message = swapper.load_files([&path]).unwrap_err().to_string();
+        assert!(message.contains(bound), "{message}");
+        assert_eq!(swapper.generation(), 0, "nothing was published");
+    }
+    // Within the default bounds it loads.
+    let swapper = bystander(Sandbox::new(), WasmLimits::default());
+    with_greeter(&swapper, &[path]).unwrap();
+}

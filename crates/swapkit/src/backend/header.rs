@@ -53,6 +53,17 @@ impl Code {
         let status = unsafe { (header.entry.manifest)(&mut out) };
         // SAFETY: the guest's out buffer is valid until its next call on this thread.
         let bytes = unsafe { out.as_slice() };
+        if bytes.len() > super::MAX_MANIFEST {
+            return Err(LoadError::Manifest {
+                origin,
+                source: format!(
+                    "the manifest has {} bytes, more than the {} a manifest may have",
+                    bytes.len(),
+                    super::MAX_MANIFEST
+                )
+                .into(),
+            });
+        }
         if status != Status::Ok as u32 {
             let reason = format!(
                 "manifest entry returned status {status}: {}",
@@ -67,11 +78,7 @@ impl Code {
             origin: origin.clone(),
             source: e.into(),
         })?;
-        if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
-            let reason = format!(
-                "name `{}`, ABI version {}",
-                manifest.name, manifest.abi_version
-            );
+        if let Some(reason) = super::manifest_problem(&manifest) {
             return Err(LoadError::Manifest {
                 origin,
                 source: reason.into(),
@@ -79,12 +86,13 @@ impl Code {
         }
         // SAFETY: forwarded from the caller; the prefix checks passed.
         let lanes = unsafe { lanes(header, flags, room, &origin)? };
-        let lanes = LaneTable::build(&manifest, |hash| {
-            lanes
-                .iter()
-                .find(|l| l.hash == hash && !l.entry.is_null())
-                .map(|l| l.entry)
-        });
+        let lanes: std::collections::HashMap<u64, *const ()> = lanes
+            .iter()
+            .filter(|l| !l.entry.is_null())
+            .map(|l| (l.hash, l.entry))
+            .rev() // the first entry of a hash wins, as a search from the front found it
+            .collect();
+        let lanes = LaneTable::build(&manifest, |hash| lanes.get(&hash).copied());
         let name = manifest.name.as_str().into();
         let version = manifest.version.as_str().into();
         Ok(Code {

@@ -103,7 +103,8 @@ unsafe impl Sync for LaneTable {}
 
 impl LaneTable {
     /// The table of a plugin whose manifest is `manifest`, where `lane(hash)` finds the lane a
-    /// plugin lists under a method hash.
+    /// plugin lists under a method hash (a map lookup: the table is built in time linear in
+    /// the methods and lanes).
     pub fn build(manifest: &Manifest, lane: impl Fn(u64) -> Option<*const ()>) -> LaneTable {
         LaneTable(
             manifest
@@ -136,6 +137,58 @@ pub(crate) enum LaneFailure {
     /// The result the guest returned is not a value of its type.
     Result(LaneError),
 }
+
+/// The longest plugin name a manifest may carry.
+pub(crate) const MAX_NAME: usize = 64;
+
+/// What is wrong with a manifest's name and ABI version, if anything. A plugin's name is its
+/// Vault namespace (`<name>/`) and the key of its grants, so it may hold only ASCII letters,
+/// digits, `-`, `_` and `.`: a name with a `/` would reach into another plugin's namespace,
+/// and one with a `:` into the namespaces the host gives patch sets (`patch:<name>/`).
+pub(crate) fn manifest_problem(manifest: &Manifest) -> Option<String> {
+    let name = &manifest.name;
+    if manifest.abi_version != swapkit_abi::ABI_VERSION {
+        return Some(format!(
+            "plugin `{name}` speaks ABI version {}, this host {}; rebuild it against this \
+             host's swapkit-guest",
+            manifest.abi_version,
+            swapkit_abi::ABI_VERSION
+        ));
+    }
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_NAME || name.starts_with('.') || !name.chars().all(fine)
+    {
+        return Some(format!(
+            "plugin name `{}` is not allowed: a name is 1 to {MAX_NAME} ASCII letters, digits, \
+             `-`, `_` and `.`, not starting with `.` (it names the plugin's Vault namespace, \
+             which must not reach into another's)",
+            name.escape_debug()
+        ));
+    }
+    let methods: usize = manifest.interfaces.iter().map(|i| i.methods.len()).sum();
+    let counts = [
+        ("interfaces", manifest.interfaces.len(), MAX_INTERFACES),
+        ("methods", methods, MAX_METHODS),
+        ("dependencies", manifest.dependencies.len(), MAX_INTERFACES),
+        ("patches", manifest.patches.len(), MAX_METHODS),
+        ("live exports", manifest.live.len(), MAX_METHODS),
+    ];
+    if let Some((what, n, max)) = counts.into_iter().find(|(_, n, max)| n > max) {
+        return Some(format!(
+            "plugin `{name}` declares {n} {what}, more than the {max} a manifest may declare; \
+             split it into several plugins"
+        ));
+    }
+    None
+}
+
+/// The most bytes a manifest may have: a real one has a few KiB.
+pub(crate) const MAX_MANIFEST: usize = 1 << 20;
+/// The most interfaces (and dependencies) a manifest may declare.
+pub(crate) const MAX_INTERFACES: usize = 256;
+/// The most methods (over all interfaces), patches or live exports a manifest may declare;
+/// and so the most lanes a plugin may list.
+pub(crate) const MAX_METHODS: usize = 4096;
 
 /// Lower-case hex of `bytes`: content hashes in status reports, file names and logs.
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -211,6 +264,21 @@ impl Instance {
     /// Runs `on_load`, making a new instance of `code`.
     pub fn load(code: Arc<Code>, services: &Services) -> Result<Instance, LoadError> {
         let ctx = GuestCtx::new(&code, services);
+        Instance::load_with(code, ctx)
+    }
+
+    /// [`Instance::load`], for a plugin the host loads as `identity` rather than by the name
+    /// its manifest claims (a patch set): its namespace and grants are `identity`'s.
+    pub fn load_as(
+        code: Arc<Code>,
+        services: &Services,
+        identity: &str,
+    ) -> Result<Instance, LoadError> {
+        let ctx = GuestCtx::new_as(&code, services, identity.into());
+        Instance::load_with(code, ctx)
+    }
+
+    fn load_with(code: Arc<Code>, ctx: GuestCtx) -> Result<Instance, LoadError> {
         let id = ctx.id;
         let _span =
             tracing::debug_span!("on_load", plugin = %code.name, version = %code.version).entered();

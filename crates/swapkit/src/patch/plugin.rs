@@ -74,7 +74,10 @@ impl PluginPatches {
                 origin: code.origin.clone(),
             });
         }
-        let instance = Instance::load(code, services).map_err(PatchError::load)?;
+        // A patch set is not the plugin its manifest names: it gets a Vault namespace and
+        // grants of its own (`patch:<name>`, a name no plugin can take), never the plugin's.
+        let identity = format!("patch:{}", code.name);
+        let instance = Instance::load_as(code, services, &identity).map_err(PatchError::load)?;
         instance.init().map_err(PatchError::load)?;
         Ok(PluginPatches {
             instance: Arc::new(instance),

@@ -141,6 +141,16 @@ impl Reloader {
                 change: format!("canary would run {} beside it", code.version),
             });
         }
+        if !code.manifest.options.reloadable {
+            // A canary ends by being removed or promoted, and every reload while it runs
+            // carries it: one that may never be replaced would hold every reload back.
+            return Err(refuse(
+                "it declares itself not reloadable (`reloadable: false`), and a canary is \
+                 replaced or removed when it ends, while every reload meanwhile carries it: \
+                 it would hold every reload back; load it as a release instead"
+                    .into(),
+            ));
+        }
         if stable.code.content_hash == code.content_hash {
             return Err(refuse("it is the stable version's own artifact".into()));
         }

@@ -222,12 +222,19 @@ impl Reloader {
     /// Reads the source again and publishes a new generation; `trigger` is what asked, for
     /// logs.
     pub fn reload(&self, trigger: &Trigger) -> Result<ReloadReport, LoadError> {
-        let mut state = self.lock();
         if self.loader.is_static() {
             return Err(LoadError::StaticMode);
         }
-        let source = state.source.clone().ok_or(LoadError::NoSource)?;
-        let report = self.reload_from(&mut state, &source, trigger);
+        let source = self.lock().source.clone().ok_or(LoadError::NoSource)?;
+        let start = Instant::now();
+        let _span = tracing::info_span!("reload", trigger = %trigger, source = ?source).entered();
+        // Reading, checking and compiling the artifacts, the long part of a reload (and the
+        // part a hostile artifact can make long), runs before the reload lock is taken: a
+        // status request, a rollback or a canary step is never held up behind a compile.
+        // Publishing is under the lock, and checks the set against the current state there.
+        let codes = self.loader.load_source(&source);
+        let mut state = self.lock();
+        let report = codes.and_then(|codes| self.install(&mut state, codes, trigger, start));
         self.settle(report)
     }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use fixture_api::Greeter;
-use swapkit::abi::{wire, Dependency, ExportDecl, Fingerprint, Interface, InterfaceDecl, LiveKind};
+use swapkit::abi::{Dependency, ExportDecl, Fingerprint, Interface, InterfaceDecl, LiveKind};
 use swapkit::abi::{Manifest, LIFECYCLE_INTERFACE, LIVE_INTERFACE};
 
 /// Where a module keeps the service request it makes.
@@ -59,6 +59,47 @@ impl Wat {
             extra: String::new(),
             guard_lifecycle: true,
         }
+    }
+
+    /// Declares a patch of `target` (the patch export itself is not made: enough for what a
+    /// patch artifact does when it is loaded, before anything is applied).
+    #[allow(dead_code)]
+    pub fn patches(mut self, target: &str) -> Wat {
+        self.manifest.patches.push(swapkit::abi::PatchDecl {
+            target: target.into(),
+            signature: "(u64)->u64".into(),
+            hash: swapkit::abi::hash::fnv1a64(b"(u64)->u64"),
+        });
+        self
+    }
+
+    /// Declares `n` more methods in its interface (a manifest bigger than any real one).
+    #[allow(dead_code)]
+    pub fn methods(mut self, n: usize) -> Wat {
+        let methods = &mut self.manifest.interfaces[0].methods;
+        methods.extend((0..n).map(|i| format!("m{i}")));
+        self
+    }
+
+    /// Sets the plugin's version.
+    #[allow(dead_code)]
+    pub fn version(mut self, version: &str) -> Wat {
+        self.manifest.version = version.into();
+        self
+    }
+
+    /// Declares the plugin not reloadable (`reloadable: false`).
+    #[allow(dead_code)]
+    pub fn fixed(mut self) -> Wat {
+        self.manifest.options.reloadable = false;
+        self
+    }
+
+    /// Renames the plugin, whatever the name.
+    #[allow(dead_code)]
+    pub fn named(mut self, name: &str) -> Wat {
+        self.manifest.name = name.into();
+        self
     }
 
     /// Exports `decl` instead of `Greeter`.
@@ -136,13 +177,16 @@ impl Wat {
 
     /// The module's text.
     pub fn text(&self) -> String {
-        let manifest = wire::to_vec(&self.manifest).unwrap();
-        assert!(
-            manifest.len() < 3072,
-            "the manifest fits below the input buffer"
-        );
+        let mut manifest = vec![];
+        self.manifest.encode(&mut manifest).unwrap();
+        // At 1024, below the input buffer; a big one from 64 KiB on, in memory grown for it.
+        let (manifest_at, pages) = if manifest.len() < 3072 {
+            (1024, 1)
+        } else {
+            (64 << 10, 2 + manifest.len().div_ceil(64 << 10))
+        };
         let manifest_body = format!(
-            "(i32.store (i32.const 16) (i32.const 1024)) \
+            "(i32.store (i32.const 16) (i32.const {manifest_at})) \
              (i32.store (i32.const 20) (i32.const {})) (i32.const 0)",
             manifest.len()
         );
@@ -192,12 +236,12 @@ impl Wat {
             })
             .collect();
         funcs.push('\n');
-        let data: String = std::iter::once((1024, manifest))
+        let data: String = std::iter::once((manifest_at, manifest))
             .chain(self.data.iter().cloned())
             .map(|(at, bytes)| format!("(data (i32.const {at}) \"{}\")\n", escape(&bytes)))
             .collect();
         format!(
-            "(module {}\n (memory (export \"memory\") 1)\n {data} {funcs} {})",
+            "(module {}\n (memory (export \"memory\") {pages})\n {data} {funcs} {})",
             self.imports, self.extra
         )
     }
@@ -209,7 +253,19 @@ impl Wat {
 
     /// Writes the module to `<dir>/<plugin name>.wasm`.
     pub fn write_to(&self, dir: &Path) -> PathBuf {
-        let path = dir.join(format!("{}.wasm", self.manifest.name));
+        let file: String = self
+            .manifest
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{file}.wasm"));
         std::fs::write(&path, self.bytes()).unwrap();
         path
     }

@@ -94,14 +94,24 @@ impl GuestCtx {
     /// The context of an instance of `code`. Starts counting the Vault namespaces it writes
     /// through, for its quota.
     pub fn new(code: &crate::backend::Code, services: &Services) -> GuestCtx {
+        GuestCtx::new_as(code, services, code.name.clone())
+    }
+
+    /// The context of an instance of `code` that the host loaded as `identity`: its Vault
+    /// namespace and grants are `identity`'s, whatever name the plugin's manifest claims.
+    pub fn new_as(
+        code: &crate::backend::Code,
+        services: &Services,
+        identity: Arc<str>,
+    ) -> GuestCtx {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let policy = services.sandbox.policy(&code.name);
+        let policy = services.sandbox.policy(&identity);
         for ns in policy.namespaces() {
             services.vault.track(ns);
         }
         GuestCtx {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            plugin: code.name.clone(),
+            plugin: identity,
             version: code.version.clone(),
             services: services.clone(),
             policy,

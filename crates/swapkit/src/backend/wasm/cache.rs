@@ -216,6 +216,7 @@ impl WasmLoader {
                 source: "the file does not start with the wasm magic number `\\0asm`".into(),
             });
         }
+        bounded(path, bytes, &self.shared.limits)?;
         let _span = tracing::debug_span!("compile", path = %path.display()).entered();
         let module = Module::from_binary(&self.shared.engine, bytes).map_err(|e| {
             LoadError::WasmCompile {
@@ -235,6 +236,40 @@ impl WasmLoader {
         }
         Ok(module)
     }
+}
+
+/// Refuses a module that is bigger than the limits allow, or holds a function that is, before
+/// the compiler spends time and memory on it: one pass over the section headers and the
+/// function bodies' lengths, which it does not read.
+fn bounded(path: &Path, bytes: &[u8], limits: &super::WasmLimits) -> Result<(), LoadError> {
+    let refuse = |reason: String| LoadError::WasmCompile {
+        path: path.into(),
+        source: reason.into(),
+    };
+    if bytes.len() > limits.max_module_bytes {
+        return Err(refuse(format!(
+            "the module has {} bytes, more than the {} a module may have to be compiled \
+             (WasmLimits::max_module_bytes)",
+            bytes.len(),
+            limits.max_module_bytes
+        )));
+    }
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        // A malformed module is the compiler's to report, with its own words.
+        let Ok(payload) = payload else { return Ok(()) };
+        if let wasmparser::Payload::CodeSectionEntry(body) = payload {
+            let len = body.range().len();
+            if len > limits.max_function_bytes {
+                return Err(refuse(format!(
+                    "a function of the module has {len} bytes of code, more than the {} one \
+                     function may have (WasmLimits::max_function_bytes); the compiler's cost \
+                     grows faster than a function's size",
+                    limits.max_function_bytes
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

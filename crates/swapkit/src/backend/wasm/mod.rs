@@ -105,6 +105,14 @@ pub struct WasmLimits {
     pub when_exhausted: Exhausted,
     /// Wasm stack a call may use before it traps with a stack overflow (default 512 KiB).
     pub max_stack: usize,
+    /// Bytes a module may have to be compiled (default 32 MiB). Compiling takes time and
+    /// memory in proportion (about 30 bytes of the host's memory a byte of module), under no
+    /// deadline, so a bigger module is refused before the compiler sees it.
+    pub max_module_bytes: usize,
+    /// Bytes one function's body may have (default 1 MiB): the compiler's cost grows faster
+    /// than the size of one function, so a module that is one huge function is refused before
+    /// it is compiled. Real plugins' largest functions are tens of KiB.
+    pub max_function_bytes: usize,
 }
 
 impl Default for WasmLimits {
@@ -121,6 +129,8 @@ impl Default for WasmLimits {
             pool_size: (2 * cpus).max(2),
             when_exhausted: Exhausted::Wait(Duration::from_secs(1)),
             max_stack: 512 << 10,
+            max_module_bytes: 32 << 20,
+            max_function_bytes: 1 << 20,
         }
     }
 }
@@ -254,6 +264,7 @@ impl WasmLoader {
         let (manifest, lanes) = probe(&wasm, &origin)?;
         // Lanes pass their bytes as they are, and wasm is little-endian.
         let lanes = if cfg!(target_endian = "little") {
+            let lanes: std::collections::HashSet<u64> = lanes.into_iter().collect();
             LaneTable::build(&manifest, |hash| {
                 lanes
                     .contains(&hash)
@@ -322,9 +333,6 @@ const LANE_EXPORTS: [(&str, &[wasmtime::ValType], &[wasmtime::ValType]); 2] = [
         &[wasmtime::ValType::I64],
     ),
 ];
-
-/// More lanes than this is a corrupt table, not a plugin.
-const MAX_LANES: u64 = 1 << 16;
 
 /// Checks that the module speaks ABI v1: the entry points, a memory, and no import beyond the
 /// host functions; and the lane exports, if it has them.
@@ -425,6 +433,13 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<(Manifest, Vec<u64>), L
                     String::from_utf8_lossy(reply.bytes)
                 ));
             }
+            if reply.bytes.len() > crate::backend::MAX_MANIFEST {
+                return Err(format!(
+                    "the manifest has {} bytes, more than the {} a manifest may have",
+                    reply.bytes.len(),
+                    crate::backend::MAX_MANIFEST
+                ));
+            }
             Manifest::decode(reply.bytes).map_err(|e| e.to_string())
         },
     );
@@ -438,11 +453,8 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<(Manifest, Vec<u64>), L
             )))
         }
     };
-    if manifest.name.is_empty() || manifest.abi_version != ABI_VERSION {
-        return Err(failed(format!(
-            "name `{}`, ABI version {}",
-            manifest.name, manifest.abi_version
-        )));
+    if let Some(reason) = crate::backend::manifest_problem(&manifest) {
+        return Err(failed(reason));
     }
     let expected = Fingerprint::CURRENT;
     if manifest.fingerprint[2] != expected.abi_crate() {
@@ -453,7 +465,9 @@ fn probe(wasm: &Arc<WasmModule>, origin: &str) -> Result<(Manifest, Vec<u64>), L
             origin: origin.to_owned(),
         });
     }
-    let lanes = slot.lane_hashes(deadline, MAX_LANES).map_err(failed)?;
+    // A lane serves one method, so a table longer than the manifest's methods is a lie.
+    let methods: usize = manifest.interfaces.iter().map(|i| i.methods.len()).sum();
+    let lanes = slot.lane_hashes(deadline, methods as u64).map_err(failed)?;
     Ok((manifest, lanes))
 }
 

@@ -537,7 +537,10 @@ impl Slot {
         let outside = || "the lane table lies outside linear memory".to_owned();
         let count = word(self, 0).ok_or_else(outside)?;
         if count > max {
-            return Err(format!("the lane table claims {count} lanes"));
+            return Err(format!(
+                "the lane table claims {count} lanes, more than the {max} methods the manifest \
+                 declares"
+            ));
         }
         (1..=count as usize)
             .map(|i| word(self, i).ok_or_else(outside))
