@@ -381,9 +381,75 @@ impl RawWasm {
     }
 }
 
+/// Whether a thread keeps its wasm instance through what real services do: a reload made
+/// (and a call made) by another thread, and calls into many plugins in turn. Each figure is
+/// the wasm lane of one call, against a fresh pool's in the same run.
+fn keeping(c: &mut Criterion) {
+    let module = support::release_wasm(&["fixture-greeter-v1"]).remove(0);
+    let cache = std::env::temp_dir().join("swapkit-bench-cache");
+    let swapper = || {
+        let s = Swapper::builder().wasm_cache_dir(&cache).build().unwrap();
+        s.load_files([&module]).unwrap();
+        s
+    };
+    let fresh = swapper();
+    let fresh_client = fresh.client::<dyn Greeter>().unwrap();
+
+    // Another thread reloads to new content (the new pool's first instance runs the reload's
+    // hooks there), calls once, and exits; then this thread calls.
+    let reloaded = swapper();
+    let dir = tempfile::tempdir().unwrap();
+    let next = dir.path().join("greeter.wasm");
+    std::fs::write(
+        &next,
+        support::unique_wasm(&std::fs::read(&module).unwrap(), 1),
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            reloaded.load_files([&next]).unwrap();
+            let client = reloaded.client::<dyn Greeter>().unwrap();
+            assert_eq!(client.score(1, "abc").unwrap(), 4);
+        });
+    });
+    let reloaded_client = reloaded.client::<dyn Greeter>().unwrap();
+
+    // Eight plugins (a swapper each, so eight pools), called in turn by one thread.
+    let eight: Vec<Swapper> = (0..8).map(|_| swapper()).collect();
+    let eight_clients: Vec<_> = eight
+        .iter()
+        .map(|s| s.client::<dyn Greeter>().unwrap())
+        .collect();
+
+    let mut group = c.benchmark_group("keeping");
+    group.bench_function("wasm_lane_fresh", |b| {
+        b.iter(|| fresh_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.bench_function("wasm_lane_after_reload_and_another_caller", |b| {
+        b.iter(|| {
+            reloaded_client
+                .score(black_box(7), black_box("abc"))
+                .unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(8));
+    group.bench_function("wasm_lane_eight_plugins_in_turn", |b| {
+        b.iter(|| {
+            for client in &eight_clients {
+                black_box(client.score(black_box(7), black_box("abc")).unwrap());
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("wasm_lane_fresh_again", |b| {
+        b.iter(|| fresh_client.score(black_box(7), black_box("abc")).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    targets = calls
+    targets = calls, keeping
 }
 criterion_main!(benches);

@@ -201,8 +201,15 @@ impl Policy {
         std::iter::once(self.own.as_str()).chain(self.writes.iter().map(String::as_str))
     }
 
+    /// Whom the host grants this policy to: the plugin's name, or the identity the host loaded
+    /// it as (`patch:<name>` for a patch set).
+    pub fn identity(&self) -> &str {
+        self.own.strip_suffix('/').unwrap_or(&self.own)
+    }
+
     /// What a refused read or write says.
     pub fn refusal(&self, plugin: &str, what: &str, key: &str) -> String {
+        let identity = self.identity();
         let granted: Vec<&str> = if what == "write" {
             self.writes.iter().map(String::as_str).collect()
         } else {
@@ -210,7 +217,7 @@ impl Policy {
         };
         format!(
             "plugin `{plugin}` may not {what} Vault key `{key}`: it may {what} only its own \
-             namespace `{}`{}; grant more with Sandbox::grant(\"{plugin}\", Grant::Vault{}(..))",
+             namespace `{}`{}; grant more with Sandbox::grant(\"{identity}\", Grant::Vault{}(..))",
             self.own,
             if granted.is_empty() {
                 String::new()

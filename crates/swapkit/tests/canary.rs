@@ -643,6 +643,7 @@ fn static_plugins_have_no_canary() {
 /// each reload carries the canary, and would have "replaced" a plugin that may never be
 /// replaced. It is now refused when it starts, and reloads go on.
 #[test]
+#[cfg(feature = "wasm")]
 fn a_canary_that_may_never_be_replaced_is_refused_at_the_start() {
     use common::wat::Wat;
     let dir = common::tempdir();

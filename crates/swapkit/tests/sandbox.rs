@@ -1054,7 +1054,8 @@ fn a_patch_artifact_never_gets_the_namespace_of_the_plugin_it_names() {
     let message = refused.to_string();
     assert!(
         message.contains("may not write Vault key `victim/balance`")
-            && message.contains("`patch:victim/`"),
+            && message.contains("`patch:victim/`")
+            && message.contains("Sandbox::grant(\"patch:victim\""),
         "{message}"
     );
     assert_eq!(vault.get::<u64>("victim/balance").unwrap(), Some(100));

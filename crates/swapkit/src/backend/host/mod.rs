@@ -98,7 +98,8 @@ impl GuestCtx {
     }
 
     /// The context of an instance of `code` that the host loaded as `identity`: its Vault
-    /// namespace and grants are `identity`'s, whatever name the plugin's manifest claims.
+    /// namespace and grants are `identity`'s, whatever name the plugin's manifest claims (its
+    /// log lines still carry that name, which is what an operator looks for).
     pub fn new_as(
         code: &crate::backend::Code,
         services: &Services,
@@ -111,7 +112,7 @@ impl GuestCtx {
         }
         GuestCtx {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            plugin: identity,
+            plugin: code.name.clone(),
             version: code.version.clone(),
             services: services.clone(),
             policy,

@@ -268,7 +268,10 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
                 return Err(Refusal::Failed(format!(
                     "plugin `{}` may not call host function `{}`; grant it with \
                      Sandbox::grant(\"{}\", Grant::HostFn(\"{}\".into()))",
-                    ctx.plugin, call.name, ctx.plugin, call.name
+                    ctx.plugin,
+                    call.name,
+                    policy.identity(),
+                    call.name
                 )));
             }
             let f = vault.function(&call.name).ok_or_else(|| {
