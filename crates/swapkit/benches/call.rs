@@ -440,6 +440,15 @@ fn keeping(c: &mut Criterion) {
             }
         })
     });
+    // The control: eight calls in a row into one plugin, the same work without switching
+    // between instances (whose code, stores and memories then compete for the caches).
+    group.bench_function("wasm_lane_one_plugin_eight_times", |b| {
+        b.iter(|| {
+            for _ in 0..8 {
+                black_box(fresh_client.score(black_box(7), black_box("abc")).unwrap());
+            }
+        })
+    });
     group.throughput(Throughput::Elements(1));
     group.bench_function("wasm_lane_fresh_again", |b| {
         b.iter(|| fresh_client.score(black_box(7), black_box("abc")).unwrap())

@@ -848,6 +848,20 @@ fn native_and_wasm_plugins_meet_the_same_rules() {
 
 // --- What one call leaves for the next --------------------------------------------------------
 
+/// A swapper serving the plugin at `path` from a pool of one instance, so that every call
+/// runs in the instance the last call left.
+fn with_one_instance(path: &std::path::Path) -> Swapper {
+    let swapper = swapper(
+        Sandbox::new(),
+        WasmLimits {
+            pool_size: 1,
+            ..WasmLimits::default()
+        },
+    );
+    swapper.load_files([path]).unwrap();
+    swapper
+}
+
 /// A `tracing` subscriber that panics on every line a plugin logs.
 struct PanicsOnGuestLines;
 
@@ -903,14 +917,7 @@ fn flagged_logger(name: &str) -> Wat {
 fn a_panicking_subscriber_never_leaves_a_half_run_instance_for_the_next_call() {
     let dir = tempdir();
     let path = flagged_logger("flagged").write_to(dir.path());
-    let swapper = swapper(
-        Sandbox::new(),
-        WasmLimits {
-            pool_size: 1,
-            ..WasmLimits::default()
-        },
-    );
-    swapper.load_files([&path]).unwrap();
+    let swapper = with_one_instance(&path);
     let plugin = swapper.client_of::<dyn Greeter>("flagged").unwrap();
     let first = tracing::subscriber::with_default(PanicsOnGuestLines, || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.version()))
@@ -941,14 +948,7 @@ fn one_callers_arguments_are_not_left_in_the_instance_for_the_next() {
              (i32.store (i32.const 20) (i32.const 33)) (i32.const 0)",
         )
         .write_to(dir.path());
-    let swapper = swapper(
-        Sandbox::new(),
-        WasmLimits {
-            pool_size: 1,
-            ..WasmLimits::default()
-        },
-    );
-    swapper.load_files([&path]).unwrap();
+    let swapper = with_one_instance(&path);
     let plugin = swapper.client_of::<dyn Greeter>("peeker").unwrap();
     let secret = "sk-live-0123456789abcdef";
     // One tenant's call, from one thread...
