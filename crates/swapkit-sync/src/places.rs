@@ -288,14 +288,17 @@ impl<T> Places<T> {
     #[inline(never)]
     fn take(&self, start: usize) -> Result<Held<'_, T>, Miss> {
         let n = self.places.len();
-        let me = me();
-        if TAKEN_HERE.try_with(Cell::get).unwrap_or(0) > 0
-            && self
-                .places
-                .iter()
-                .any(|p| p.holder.load(Ordering::Relaxed) == me && me != 0)
-        {
-            return Err(Miss::Nested);
+        // Only a thread that holds taken values at all looks for one of this pool.
+        if TAKEN_HERE.try_with(Cell::get).unwrap_or(0) > 0 {
+            let me = me();
+            if me != 0
+                && self
+                    .places
+                    .iter()
+                    .any(|p| p.holder.load(Ordering::Relaxed) == me)
+            {
+                return Err(Miss::Nested);
+            }
         }
         if n == 0 {
             return Err(Miss::Busy);

@@ -411,17 +411,24 @@ fn one_uid_cannot_lock_the_others_out_of_the_admin_socket() {
     assert!(greeting(&swapper).contains("(v1)"));
 }
 
+/// A host with an admin socket whose idle timeout is `idle`: its directory, the socket, the
+/// swapper.
+fn admin_with_idle(idle: Duration) -> (tempfile::TempDir, PathBuf, Swapper) {
+    let dir = tempdir();
+    let socket = dir.path().join("admin.sock");
+    let swapper = builder()
+        .admin_socket(&socket)
+        .admin_idle_timeout(idle)
+        .build()
+        .unwrap();
+    (dir, socket, swapper)
+}
+
 /// A connection that says nothing is closed after the idle timeout, freeing its place.
 #[test]
 fn a_silent_admin_connection_is_closed() {
     use std::io::Read;
-    let dir = tempdir();
-    let socket = dir.path().join("admin.sock");
-    let _swapper = builder()
-        .admin_socket(&socket)
-        .admin_idle_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let (_dir, socket, _swapper) = admin_with_idle(Duration::from_millis(200));
     let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     // Half a request, then nothing.
     std::io::Write::write_all(&mut silent, b"{\"v\":1,").unwrap();
@@ -441,13 +448,7 @@ fn a_silent_admin_connection_is_closed() {
 #[test]
 fn a_drip_fed_admin_request_is_cut_off() {
     use std::io::{Read, Write};
-    let dir = tempdir();
-    let socket = dir.path().join("admin.sock");
-    let _swapper = builder()
-        .admin_socket(&socket)
-        .admin_idle_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let (_dir, socket, _swapper) = admin_with_idle(Duration::from_millis(300));
     let mut drip = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let request = b"{\"v\":1,\"op\":\"status\",\"padding\":\"................................\"}";
     // A byte every 50 ms, well within the timeout each, would take 3.5 s for the whole line.
