@@ -555,6 +555,50 @@ fn inspect_runs_no_code_of_a_native_library_in_its_own_process() {
     assert!(text.contains("manifest read by a child process"), "{text}");
 }
 
+/// `inspect` compiles a wasm module in its own process, under the host's bounds: a module
+/// with a function bigger than `WasmLimits::max_function_bytes` is refused before cranelift
+/// sees it, with the bound named.
+#[test]
+fn inspect_refuses_a_wasm_module_past_the_compile_bounds() {
+    // One function of `()` to `()`: no locals, 300 KiB of `nop`, `end`.
+    let body_len = 300 << 10;
+    let mut body = leb(0);
+    body.extend(std::iter::repeat_n(0x01, body_len));
+    body.push(0x0b);
+    let mut code = leb(1);
+    code.extend(leb(body.len()));
+    code.extend(body);
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    for (id, section) in [(1u8, vec![1, 0x60, 0, 0]), (3, vec![1, 0]), (10, code)] {
+        wasm.push(id);
+        wasm.extend(leb(section.len()));
+        wasm.extend(section);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    let (success, stdout, stderr) = swapkit(&["inspect", path.to_str().unwrap()]);
+    assert!(!success, "{stdout}");
+    assert!(
+        stderr.contains("WasmLimits::max_function_bytes") && stderr.contains("not compiled"),
+        "{stderr}"
+    );
+}
+
+/// `n` in unsigned LEB128.
+fn leb(mut n: usize) -> Vec<u8> {
+    let mut out = vec![];
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// A release signed with `swapkit sign` verifies with its public key, and `verify` refuses,
 /// saying why, an artifact signed by another key, changed after signing, or unsigned. Keys
 /// are never overwritten, and a secret key others may read is refused.

@@ -300,6 +300,7 @@ struct RawWasm {
     /// a direct-lane call.
     lane: LaneFunc,
     tag: u64,
+    memory: wasmtime::Memory,
 }
 
 type LaneFunc = wasmtime::TypedFunc<(u32, u32, u64, u64, u64, u64, u64, u64), u64>;
@@ -308,6 +309,10 @@ impl RawWasm {
     /// `swapkit_engine`: the engine settings swapkit uses (epoch interruption, memory that
     /// never moves) instead of wasmtime's defaults.
     fn new(module: &std::path::Path, swapkit_engine: bool) -> RawWasm {
+        Self::new_at(module, swapkit_engine, 0)
+    }
+
+    fn new_at(module: &std::path::Path, swapkit_engine: bool, stagger: u64) -> RawWasm {
         let mut config = wasmtime::Config::new();
         config
             .epoch_interruption(swapkit_engine)
@@ -342,17 +347,20 @@ impl RawWasm {
             .get_typed_func::<u32, u32>(&mut store, "swapkit_input")
             .unwrap();
         // Room for the encoded arguments, and for the lane's staged string after them.
-        let ptr = input.call(&mut store, 128).unwrap();
+        let ptr = input.call(&mut store, 128 + 4096).unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
         memory.write(&mut store, ptr as usize, &args).unwrap();
         let call = instance
             .get_typed_func::<(u32, u32, u32), u32>(&mut store, "swapkit_call")
             .unwrap();
         let len = args.len() as u32;
-        let tag = (ptr as u64 + 64) | (3 << 32);
-        memory.write(&mut store, ptr as usize + 64, b"abc").unwrap();
+        let tag = (ptr as u64 + 64 + stagger) | (3 << 32);
+        memory
+            .write(&mut store, (ptr as u64 + 64 + stagger) as usize, b"abc")
+            .unwrap();
         let lane = instance.get_typed_func(&mut store, "swapkit_lane").unwrap();
         RawWasm {
+            memory,
             lane,
             tag,
             store,
@@ -367,6 +375,15 @@ impl RawWasm {
         // Interface 0 (Greeter), method 2 (score): 7 and "abc".
         let args = (0, SCORE, 7, self.tag, 0, 0, 0, 0);
         self.lane.call(&mut self.store, args).unwrap()
+    }
+
+    /// [`call_lane`](Self::call_lane), staging `"abc"` in the guest's memory first, as the
+    /// host's lane does on every call.
+    #[inline]
+    fn call_lane_staged(&mut self) -> u64 {
+        let at = (self.tag & 0xffff_ffff) as usize;
+        self.memory.data_mut(&mut self.store)[at..at + 3].copy_from_slice(b"abc");
+        self.call_lane()
     }
 
     #[inline]
@@ -421,6 +438,32 @@ fn keeping(c: &mut Criterion) {
         .map(|s| s.client::<dyn Greeter>().unwrap())
         .collect();
 
+    // Eight plugins in one swapper (one engine, one epoch ticker): the fixture renamed
+    // `greete0` .. `greete7`, each called through its own client.
+    let one_swapper = Swapper::builder().wasm_cache_dir(&cache).build().unwrap();
+    let renamed: Vec<_> = (0..8)
+        .map(|n| {
+            let path = dir.path().join(format!("greete{n}.wasm"));
+            std::fs::write(&path, renamed_greeter(&std::fs::read(&module).unwrap(), n)).unwrap();
+            path
+        })
+        .collect();
+    one_swapper.load_files(&renamed).unwrap();
+    let one_swapper_clients: Vec<_> = (0..8)
+        .map(|n| {
+            one_swapper
+                .client_of::<dyn Greeter>(&format!("greete{n}"))
+                .unwrap()
+        })
+        .collect();
+
+    // The floor under both: eight bare wasmtime instances (an engine and a store each, like
+    // eight swappers) called in turn, and one of them eight times.
+    let mut raw_eight: Vec<RawWasm> = (0..8).map(|_| RawWasm::new(&module, true)).collect();
+    let mut raw_staggered: Vec<RawWasm> = (0..8)
+        .map(|k| RawWasm::new_at(&module, true, k * 320))
+        .collect();
+
     let mut group = c.benchmark_group("keeping");
     group.bench_function("wasm_lane_fresh", |b| {
         b.iter(|| fresh_client.score(black_box(7), black_box("abc")).unwrap())
@@ -449,11 +492,67 @@ fn keeping(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("wasm_lane_eight_plugins_in_turn_one_swapper", |b| {
+        b.iter(|| {
+            for client in &one_swapper_clients {
+                black_box(client.score(black_box(7), black_box("abc")).unwrap());
+            }
+        })
+    });
+    group.bench_function("raw_lane_eight_instances_in_turn", |b| {
+        b.iter(|| {
+            for raw in raw_eight.iter_mut() {
+                black_box(raw.call_lane());
+            }
+        })
+    });
+    group.bench_function("raw_lane_staged_eight_instances_in_turn", |b| {
+        b.iter(|| {
+            for raw in raw_eight.iter_mut() {
+                black_box(raw.call_lane_staged());
+            }
+        })
+    });
+    group.bench_function("raw_lane_staged_staggered_eight_instances_in_turn", |b| {
+        b.iter(|| {
+            for raw in raw_staggered.iter_mut() {
+                black_box(raw.call_lane_staged());
+            }
+        })
+    });
+    group.bench_function("raw_lane_staged_one_instance_eight_times", |b| {
+        let raw = &mut raw_eight[0];
+        b.iter(|| {
+            for _ in 0..8 {
+                black_box(raw.call_lane_staged());
+            }
+        })
+    });
+    group.bench_function("raw_lane_one_instance_eight_times", |b| {
+        let raw = &mut raw_eight[0];
+        b.iter(|| {
+            for _ in 0..8 {
+                black_box(raw.call_lane());
+            }
+        })
+    });
     group.throughput(Throughput::Elements(1));
     group.bench_function("wasm_lane_fresh_again", |b| {
         b.iter(|| fresh_client.score(black_box(7), black_box("abc")).unwrap())
     });
     group.finish();
+}
+
+/// `module` (the greeter fixture) with its plugin name `greeter` changed to `greete{n}`, the
+/// same length, so the manifest stays well formed: a distinct plugin of the same code.
+fn renamed_greeter(module: &[u8], n: u8) -> Vec<u8> {
+    let mut bytes = module.to_vec();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"greeter1.0.0")
+        .expect("the fixture's name and version, side by side in its data");
+    bytes[at + 6] = b'0' + n;
+    bytes
 }
 
 criterion_group! {

@@ -175,6 +175,16 @@ pub enum LoadError {
         #[source]
         source: BoxError,
     },
+    /// A wasm module would cost more to compile than [`WasmLimits`](crate::WasmLimits)
+    /// allows: too big a module or function, or a compile that overran `max_compile_time`.
+    /// The message names the bound; the current generation keeps serving.
+    #[error("{path} was not compiled: {reason}")]
+    WasmTooCostly {
+        /// The artifact.
+        path: PathBuf,
+        /// The bound it crossed, and by how much.
+        reason: String,
+    },
     /// A wasm module does not speak the ABI: a missing export, or a forbidden import.
     #[error("{path} is not a swapkit wasm plugin: {reason}")]
     WasmShape {
@@ -500,6 +510,7 @@ impl LoadError {
             | BackendDisabled { path, .. }
             | NotALibrary { path, .. }
             | WasmCompile { path, .. }
+            | WasmTooCostly { path, .. }
             | WasmShape { path, .. }
             | NoEntrySymbol { path, .. }
             | ManyEntrySymbols { path, .. }

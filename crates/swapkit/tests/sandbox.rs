@@ -1117,6 +1117,133 @@ fn a_manifest_past_its_bounds_is_refused_before_any_other_check() {
     greeter_answers(&swapper);
 }
 
+/// A module written to make the compiler work hard (within the size bounds: 200 KiB of
+/// values all alive at once, about half a second of cranelift) is refused once it overruns
+/// `WasmLimits::max_compile_time`, and the greeter keeps serving. The compile cannot be
+/// stopped: it runs on and the next compile waits for it, so a second hostile module right
+/// after is refused too, and a plain plugin loads once the overrun compile has ended.
+#[test]
+fn a_compile_past_max_compile_time_is_refused_and_the_next_waits_for_it() {
+    // The greeter is compiled into the shared cache first, so the limited swapper reads it.
+    drop(bystander(Sandbox::new(), WasmLimits::default()));
+    let swapper = bystander(
+        Sandbox::new(),
+        WasmLimits {
+            max_compile_time: Duration::from_millis(100),
+            ..WasmLimits::default()
+        },
+    );
+    let dir = tempdir();
+    let hostile = |n: u64| hard_to_compile(dir.path(), n, 200 << 10);
+    let err = swapper.load_files([hostile(1)]).unwrap_err();
+    assert!(matches!(err, LoadError::WasmTooCostly { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("WasmLimits::max_compile_time"),
+        "{err}"
+    );
+    assert_eq!(swapper.generation(), 1, "nothing was published");
+    greeter_answers(&swapper);
+
+    // Right after: the first compile still runs (or this one overruns as well).
+    let err = swapper.load_files([hostile(2)]).unwrap_err();
+    assert!(matches!(err, LoadError::WasmTooCostly { .. }), "{err:?}");
+    assert!(err.to_string().contains("max_compile_time"), "{err}");
+    greeter_answers(&swapper);
+
+    // A plain plugin, never compiled before, loads once the overrun compiles have ended.
+    let plain = Wat::plugin("plain").write_to(dir.path());
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match with_greeter(&swapper, std::slice::from_ref(&plain)) {
+            Ok(()) => break,
+            Err(LoadError::WasmTooCostly { reason, .. }) if Instant::now() < until => {
+                assert!(reason.contains("max_compile_time"), "{reason}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the plain plugin did not load: {e}"),
+        }
+    }
+    greeter_answers(&swapper);
+}
+
+/// A module of one function of about `bytes` bytes of code that keeps every value it makes
+/// alive at once (`examples/compile_cost.rs`' `live`), which makes cranelift's register
+/// allocator work hardest: about half a second for 200 KiB. `n` makes its content unique,
+/// so no compile cache holds it.
+fn hard_to_compile(dir: &std::path::Path, n: u64, bytes: usize) -> std::path::PathBuf {
+    let values = bytes / 3;
+    let body = format!(
+        "(func (result i64) {} {} )",
+        format!("(i64.const {}) ", n % 64).repeat(values),
+        "i64.add ".repeat(values - 1)
+    );
+    let unique = std::process::id() as u64 * 1_000_003 + n;
+    let module = format!("(module (global i64 (i64.const {unique})) {body})");
+    let path = dir.join(format!("hostile{n}.wasm"));
+    std::fs::write(&path, wat::parse_str(module).unwrap()).unwrap();
+    path
+}
+
+/// Tells a channel when a `compile` span opens: a load has started compiling.
+struct OnCompile(std::sync::mpsc::Sender<()>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OnCompile {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "compile" {
+            let _ = self.0.send(());
+        }
+    }
+}
+
+/// Compiling is the long part of a load, and the part a hostile module makes long. A load
+/// (`load_files`) compiles before it takes the reload lock, so `history`, which takes the
+/// lock, answers while the load compiles; it waited for the whole compile before.
+#[test]
+fn a_load_compiling_a_hostile_module_does_not_hold_up_the_reload_lock() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let swapper = bystander(
+        Sandbox::new(),
+        WasmLimits {
+            max_function_bytes: 1 << 20,
+            max_compile_time: Duration::from_secs(120),
+            ..WasmLimits::default()
+        },
+    );
+    let dir = tempdir();
+    // About 2.5 s of compiling at 1 MiB.
+    let hostile = hard_to_compile(dir.path(), 3, (1 << 20) - 4096);
+    let kept = swapper.history().len();
+    let (compiling, started) = std::sync::mpsc::channel();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let loading = s.spawn(|| {
+            let subscriber = tracing_subscriber::registry().with(OnCompile(compiling));
+            let result = tracing::subscriber::with_default(subscriber, || {
+                with_greeter(&swapper, std::slice::from_ref(&hostile))
+            });
+            done.store(true, Ordering::SeqCst);
+            result
+        });
+        started
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the load starts compiling");
+        let history = swapper.history();
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "history waited for the compile to end"
+        );
+        assert_eq!(history.len(), kept, "nothing was published");
+        let err = loading.join().unwrap().unwrap_err();
+        assert!(matches!(err, LoadError::WasmShape { .. }), "{err:?}");
+    });
+    greeter_answers(&swapper);
+}
+
 /// The compiler's time and memory grow with a module, and faster than linearly with one
 /// function (a 29 MiB guest took the host to a 930 MiB peak). A module over
 /// `WasmLimits::max_module_bytes`, or with a function over `max_function_bytes`, is refused

@@ -171,8 +171,20 @@ impl Reloader {
 
     /// Loads `source` and makes it the source of later reloads. On failure the source of
     /// later reloads stays what it was.
+    ///
+    /// Like [`reload`](Self::reload), it reads, checks and compiles the artifacts before it
+    /// takes the reload lock. Under the lock it reads the source again, after watching it (so
+    /// nothing published after the read is missed): the codes of the first read, still held,
+    /// make the second find each unchanged artifact by its content hash, so the lock is held
+    /// for a read and a hash, not a compile.
     pub fn load_from(&self, source: Source) -> Result<ReloadReport, LoadError> {
+        let warm = self.loader.load_source(&source);
         let mut state = self.lock();
+        // Held to the end: see above.
+        let _warm = match warm {
+            Ok(codes) => codes,
+            Err(e) => return self.settle(Err(e)),
+        };
         // Watch before reading, so that nothing published after the read is missed.
         self.announce_source(&source);
         let report = self.reload_from(&mut state, &source, &Trigger::Load);
@@ -190,9 +202,9 @@ impl Reloader {
     /// Loads artifacts kept in the state directory, each checked against its recorded hash,
     /// and publishes them.
     pub fn load_kept(&self, kept: &[Kept]) -> Result<ReloadReport, LoadError> {
-        let mut state = self.lock();
         let start = Instant::now();
         let codes = self.settle(self.loader.load_kept(kept))?;
+        let mut state = self.lock();
         // The known-good selection may be older than the newest release seen (after an
         // auto-rollback): resuming it is not a downgrade.
         state.resuming = true;
@@ -205,8 +217,14 @@ impl Reloader {
     /// versions than the highest published (rollback protection allows it only here and in
     /// rollbacks).
     pub fn downgrade(&self, files: Vec<PathBuf>) -> Result<ReloadReport, LoadError> {
-        let mut state = self.lock();
         let source = Source::Files(files);
+        let warm = self.loader.load_source(&source);
+        let mut state = self.lock();
+        // Held to the end: see `load_from`.
+        let _warm = match warm {
+            Ok(codes) => codes,
+            Err(e) => return self.settle(Err(e)),
+        };
         self.announce_source(&source);
         let report = self.reload_from(&mut state, &source, &Trigger::Downgrade);
         let report = self.settle(report)?;

@@ -218,12 +218,14 @@ impl WasmLoader {
         }
         bounded(path, bytes, &self.shared.limits)?;
         let _span = tracing::debug_span!("compile", path = %path.display()).entered();
-        let module = Module::from_binary(&self.shared.engine, bytes).map_err(|e| {
-            LoadError::WasmCompile {
-                path: path.into(),
-                source: format!("{e:#}").into(),
-            }
-        })?;
+        let module = self
+            .compiler
+            .compile(
+                &self.shared.engine,
+                bytes,
+                self.shared.limits.max_compile_time,
+            )
+            .map_err(|failed| failed.into_error(path))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         if let Some(cache) = &self.cache {
             let written = module
@@ -242,9 +244,9 @@ impl WasmLoader {
 /// the compiler spends time and memory on it: one pass over the section headers and the
 /// function bodies' lengths, which it does not read.
 fn bounded(path: &Path, bytes: &[u8], limits: &super::WasmLimits) -> Result<(), LoadError> {
-    let refuse = |reason: String| LoadError::WasmCompile {
+    let refuse = |reason: String| LoadError::WasmTooCostly {
         path: path.into(),
-        source: reason.into(),
+        reason,
     };
     if bytes.len() > limits.max_module_bytes {
         return Err(refuse(format!(

@@ -46,6 +46,7 @@ use crate::backend::host::GuestCtx;
 use crate::error::LoadError;
 
 pub(crate) mod cache;
+mod compile;
 mod pool;
 mod slot;
 
@@ -105,14 +106,21 @@ pub struct WasmLimits {
     pub when_exhausted: Exhausted,
     /// Wasm stack a call may use before it traps with a stack overflow (default 512 KiB).
     pub max_stack: usize,
-    /// Bytes a module may have to be compiled (default 32 MiB). Compiling takes time and
-    /// memory in proportion (about 30 bytes of the host's memory a byte of module), under no
-    /// deadline, so a bigger module is refused before the compiler sees it.
+    /// Bytes a module may have to be compiled (default 32 MiB): a bigger module is refused
+    /// before the compiler sees it.
     pub max_module_bytes: usize,
-    /// Bytes one function's body may have (default 1 MiB): the compiler's cost grows faster
-    /// than the size of one function, so a module that is one huge function is refused before
-    /// it is compiled. Real plugins' largest functions are tens of KiB.
+    /// Bytes one function's body may have (default 256 KiB), refused before the compiler sees
+    /// it. The compiler works on one function at a time, and a function written to make it
+    /// work hard takes about 330 MiB of the host's memory and 2.5 s a MiB of its code
+    /// (`examples/compile_cost.rs`): this bound is the bound on a compile's memory (about
+    /// 110 MiB at the default). Real plugins' largest functions are a few KiB to tens of KiB.
     pub max_function_bytes: usize,
+    /// The longest a load waits for a module to compile (default 10 s) before it is refused;
+    /// the plugin it would replace keeps serving. The compiler cannot be stopped, so the
+    /// compile runs on to its end on its own thread and is dropped, and the next compile
+    /// waits for it first (see `LoadError::WasmTooCostly`). Modules found in the
+    /// compile cache are not compiled and take no time from it.
+    pub max_compile_time: Duration,
 }
 
 impl Default for WasmLimits {
@@ -130,7 +138,8 @@ impl Default for WasmLimits {
             when_exhausted: Exhausted::Wait(Duration::from_secs(1)),
             max_stack: 512 << 10,
             max_module_bytes: 32 << 20,
-            max_function_bytes: 1 << 20,
+            max_function_bytes: 256 << 10,
+            max_compile_time: Duration::from_secs(10),
         }
     }
 }
@@ -154,6 +163,8 @@ pub(crate) struct WasmLoader {
     /// Content hash to code, for reuse while something still holds it.
     loaded: Mutex<HashMap<[u8; 32], Weak<Code>>>,
     compiles: AtomicUsize,
+    /// Runs compiles under `max_compile_time`.
+    compiler: compile::Compiler,
 }
 
 /// What every module and instance of one engine shares.
@@ -225,6 +236,7 @@ impl WasmLoader {
             compat,
             loaded: Mutex::new(HashMap::new()),
             compiles: AtomicUsize::new(0),
+            compiler: compile::Compiler::default(),
         })
     }
 
