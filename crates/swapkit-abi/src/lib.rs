@@ -4,6 +4,7 @@
 
 extern crate alloc;
 
+pub mod claims;
 mod fingerprint;
 mod header;
 mod interface;

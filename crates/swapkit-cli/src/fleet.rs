@@ -223,19 +223,16 @@ pub(crate) fn run(action: FleetAction) -> Result<(), Error> {
     }
 }
 
-/// A release of `artifacts`, read as `inspect` reads them (no code of them runs here).
+/// A release of `artifacts`, named and versioned by what their bytes claim (no code of them
+/// runs, here or anywhere).
 fn release_of(id: &str, base_url: Option<&str>, artifacts: &[PathBuf]) -> Result<Release, Error> {
     let mut out = vec![];
     for path in artifacts {
-        let (report, _) = crate::inspect::report(path)?;
-        let artifact = Artifact::from_file(
-            path,
-            &report.manifest.name,
-            &report.manifest.version,
-            base_url,
-        )?;
-        // What was inspected is what is published.
-        if artifact.sha256 != report.sha256 {
+        let claimed = crate::inspect::claimed(path)?;
+        let artifact = Artifact::from_file(path, &claimed.plugin, &claimed.version, base_url)?;
+        // What was read is what is published.
+        let read: String = claimed.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        if artifact.sha256 != read {
             return Err(format!("{} changed while it was read", path.display()).into());
         }
         out.push(artifact);

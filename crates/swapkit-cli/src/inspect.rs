@@ -39,7 +39,9 @@ pub(crate) fn run(path: &Path, options: Options) -> Result<(), Error> {
         Err(e) => return failed(path, e, BYTES, json),
     };
     match (&check.header, options.no_exec) {
-        (None, _) => match swapkit::inspect(path) {
+        // The bytes just read and hashed, never the file again: a file swapped for a native
+        // library between two reads must not be mapped here.
+        (None, _) => match swapkit::inspect_checked(&check) {
             Ok(artifact) => print(&Report::of(&artifact), SANDBOX, json),
             Err(e) => failed(path, e, SANDBOX, json),
         },
@@ -119,15 +121,19 @@ fn in_child(path: &Path, json: bool) -> Result<(), Error> {
     }
 }
 
-/// What `sign` and `verify` need of an artifact, read as `inspect` reads it (no code of it
-/// runs in this process): its report and how it was read.
-pub(crate) fn report(path: &Path) -> Result<(Report, String), Error> {
+/// What `sign`, `verify` and `fleet publish` need of an artifact, from one read of its bytes
+/// and nothing else: its hash, backend and claims (`swapkit_abi::claims`), as a signature
+/// states them. No code of it runs, no library is mapped and no module compiled, here or in
+/// a child.
+pub(crate) fn claimed(path: &Path) -> Result<swapkit::trust::Statement, Error> {
     let check = swapkit::inspect_file(path)?;
-    if check.header.is_none() {
-        let artifact = swapkit::inspect(path)?;
-        return Ok((Report::of(&artifact), SANDBOX.to_owned()));
-    }
-    child_report(path)?.map_err(|(_, message)| message.into())
+    check.statement().map_err(|why| {
+        format!(
+            "{}: cannot read what it claims to be: {why}",
+            path.display()
+        )
+        .into()
+    })
 }
 
 /// The child's answer: the report and how it was read, or its error as JSON and a message.

@@ -63,8 +63,8 @@ pub(crate) fn secret_key(path: &Path) -> Result<SecretKey, Error> {
     Ok(SecretKey::parse(&std::fs::read_to_string(path)?)?)
 }
 
-/// Signs `artifact` with `key`, writing `<artifact>.sig`; what it says is read as `inspect`
-/// reads it, running none of the artifact's code in this process.
+/// Signs `artifact` with `key`, writing `<artifact>.sig`: its hash and the claims read from
+/// its bytes. None of its code runs, here or in a child.
 pub(crate) fn sign_one(artifact: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
     sign_to(artifact, &signature_path(artifact), key)
 }
@@ -72,8 +72,7 @@ pub(crate) fn sign_one(artifact: &Path, key: &SecretKey) -> Result<SignatureFile
 /// Signs the content of `artifact`, writing the signature to `to` (the signature path of
 /// where the same bytes will be published).
 pub(crate) fn sign_to(artifact: &Path, to: &Path, key: &SecretKey) -> Result<SignatureFile, Error> {
-    let (report, _) = crate::inspect::report(artifact)?;
-    let signed = SignatureFile::sign(report.statement()?, key)?;
+    let signed = SignatureFile::sign(crate::inspect::claimed(artifact)?, key)?;
     crate::write_atomic(to, signed.to_text().as_bytes())?;
     Ok(signed)
 }
@@ -96,7 +95,10 @@ pub(crate) fn sign(key: &Path, artifacts: &[PathBuf]) -> Result<(), Error> {
 }
 
 /// Checks each artifact as a host with a policy trusting `keys` would; fails on the first
-/// that would be refused.
+/// that would be refused. Everything checked is read from the artifact's bytes, one read of
+/// them: the signature over their hash first, then the claims it signed against the claims
+/// the bytes hold. None of its code runs, here or in a child (a load then also checks the
+/// claims against the manifest the plugin's code produces).
 pub(crate) fn verify(keys: &[PathBuf], artifacts: &[PathBuf]) -> Result<(), Error> {
     let mut policy = TrustPolicy::new();
     for key in keys {
@@ -105,8 +107,9 @@ pub(crate) fn verify(keys: &[PathBuf], artifacts: &[PathBuf]) -> Result<(), Erro
         policy = policy.key(PublicKey::parse(&text)?);
     }
     for artifact in artifacts {
-        let (report, _) = crate::inspect::report(artifact)?;
-        let statement = report.statement()?;
+        let check = swapkit::inspect_file(artifact)?;
+        let sha256 = unhex32(&check.sha256)
+            .ok_or_else(|| format!("no SHA-256 in the check of {}", artifact.display()))?;
         let sig_path = signature_path(artifact);
         let signature = match std::fs::read_to_string(&sig_path) {
             Ok(text) => Some(SignatureFile::parse(&text)?),
@@ -114,25 +117,44 @@ pub(crate) fn verify(keys: &[PathBuf], artifacts: &[PathBuf]) -> Result<(), Erro
             Err(e) => return Err(format!("cannot read {}: {e}", sig_path.display()).into()),
         };
         let refused = |e: swapkit::trust::TrustError| format!("{}: {e}", artifact.display());
+        let backend = check.backend.to_string();
         let signer = policy
-            .check_content(&statement.sha256, &statement.backend, signature.as_ref())
+            .check_content(&sha256, &backend, signature.as_ref())
             .map_err(refused)?;
+        // Only now, the signature good: what the bytes claim, checked against what was signed.
+        let claims = check.claims.as_ref().map_err(|why| {
+            format!(
+                "{}: cannot read what it claims to be: {why}",
+                artifact.display()
+            )
+        })?;
         if let Some(signature) = &signature {
             TrustPolicy::check_claims(
                 signature,
-                &statement.plugin,
-                &statement.version,
-                &statement.fingerprint,
+                &claims.name,
+                &claims.version,
+                &claims.fingerprint,
             )
             .map_err(refused)?;
         }
         println!(
-            "ok {}: {} {} ({}), signed by {signer}",
+            "ok {}: {} {} ({backend}), signed by {signer}",
             artifact.display(),
-            statement.plugin,
-            statement.version,
-            statement.backend
+            claims.name,
+            claims.version,
         );
     }
     Ok(())
+}
+
+/// 64 hex digits as 32 bytes.
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

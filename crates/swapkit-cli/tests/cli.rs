@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{build_plugins, cargo, ok, swapkit, workspace};
+use common::{build_plugins, build_wasm, cargo, ok, swapkit, workspace};
 
 /// The ops host binary, as `cargo test --workspace` builds it (`examples/ops/host` has an
 /// integration test, so its binary is built there): asking the same command for it again
@@ -597,6 +597,117 @@ fn leb(mut n: usize) -> Vec<u8> {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// `sign` and `verify` read everything they need from the artifact's bytes (its hash, and the
+/// claims `export_plugin!` wrote), so a library whose constructor ends the process that maps
+/// it is signed and verified without it running anywhere. `verify` checks the signature
+/// before the claims, refuses claims that differ from the signed ones, and a file without
+/// claims is refused by `sign` with the reason.
+#[test]
+fn sign_and_verify_never_run_the_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = build_plugins(&["fixture-ctor-exit"]).remove(0);
+    let artifact = dir.path().join(built.file_name().unwrap());
+    std::fs::copy(&built, &artifact).unwrap();
+    let path = artifact.to_str().unwrap();
+    let key = dir.path().join("release");
+    ok(&["keygen", key.to_str().unwrap()]);
+    let (secret, public) = (
+        format!("{}.key", key.display()),
+        format!("{}.pub", key.display()),
+    );
+    let ran = |out: &str| out.contains("constructor ran");
+
+    let (success, stdout, stderr) = swapkit(&["verify", "--key", &public, path]);
+    assert!(!success && stderr.contains("unsigned"), "{stdout}{stderr}");
+    assert!(!ran(&stderr));
+    let (success, stdout, stderr) = swapkit(&["sign", "--key", &secret, path]);
+    assert!(success, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("signed ctor-exit 0.1.0 (native)"),
+        "{stdout}"
+    );
+    assert!(!ran(&stderr), "{stderr}");
+    let (success, stdout, stderr) = swapkit(&["verify", "--key", &public, path]);
+    assert!(success && stdout.contains("ok"), "{stdout}{stderr}");
+    assert!(!ran(&stderr), "{stderr}");
+
+    // A signature by the same key over the same bytes, claiming another plugin.
+    let text = std::fs::read_to_string(format!("{path}.sig")).unwrap();
+    let signed = swapkit::trust::SignatureFile::parse(&text).unwrap();
+    let mut forged = signed.statement.clone();
+    forged.plugin = "greeter".into();
+    let secret_key =
+        swapkit::trust::SecretKey::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    let other = swapkit::trust::SignatureFile::sign(forged, &secret_key).unwrap();
+    std::fs::write(format!("{path}.sig"), other.to_text()).unwrap();
+    let (success, stdout, stderr) = swapkit(&["verify", "--key", &public, path]);
+    assert!(!success && stderr.contains("greeter"), "{stdout}{stderr}");
+    assert!(!ran(&stderr));
+
+    // The same library with its claims' magic broken: nothing to sign.
+    let mut bytes = std::fs::read(&built).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"SWKCLM01")
+        .expect("the claims are in the file");
+    bytes[at] = b'X';
+    let bare = dir.path().join("bare.so");
+    std::fs::write(&bare, bytes).unwrap();
+    let (success, stdout, stderr) = swapkit(&["sign", "--key", &secret, bare.to_str().unwrap()]);
+    assert!(
+        !success && stderr.contains("cannot read what it claims to be"),
+        "{stdout}{stderr}"
+    );
+    assert!(!ran(&stderr));
+}
+
+/// `inspect --no-exec` reads the file once and inspects the bytes it read. A file switched
+/// between a wasm module and a library whose constructor ends the process that maps it, as
+/// fast as a thread can rename, never gets that library mapped into the CLI (which would end
+/// it with status 42).
+#[test]
+fn inspect_no_exec_never_maps_a_file_switched_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = build_plugins(&["fixture-ctor-exit"]).remove(0);
+    let wasm = build_wasm(&["fixture-greeter-v1"]).remove(0);
+    let target = dir.path().join("flip.so");
+    std::fs::copy(&wasm, &target).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the switching thread however the loop below ends, a failed assertion included.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        s.spawn(|| {
+            let tmp = dir.path().join(".flip");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for source in [&elf, &wasm] {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::fs::copy(source, &tmp).unwrap();
+                    std::fs::rename(&tmp, &target).unwrap();
+                }
+            }
+        });
+        for _ in 0..60 {
+            let out = Command::new(env!("CARGO_BIN_EXE_swapkit"))
+                .args(["inspect", "--no-exec", target.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(
+                out.status.code(),
+                Some(42),
+                "the library was mapped: {stderr}"
+            );
+            assert!(!stderr.contains("constructor ran"), "{stderr}");
+        }
+    });
 }
 
 /// A release signed with `swapkit sign` verifies with its public key, and `verify` refuses,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use swapkit::{Extension, LoadError, Swapper};
 use tokio::sync::Notify;
 
-use crate::fetch::fetch_release;
+use crate::fetch::Fetcher;
 use crate::model::{now_ms, CanaryCounts, Desire, Release, Report, Rollout, Serving};
 use crate::store::{etcd, Store};
 use crate::{FleetConfig, FleetError};
@@ -28,16 +28,14 @@ pub(crate) struct Agent {
 impl Extension for Agent {
     fn start(self: Box<Self>, swapper: Swapper) -> Result<Box<dyn Send>, LoadError> {
         let config = self.config;
-        let cache = config.cache_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("swapkit-fleet-{}-{}", config.service, config.host))
-        });
-        let started = std::fs::create_dir_all(&cache).and_then(|()| {
+        let fetcher = fetcher(&config, &swapper);
+        let started = fetcher.and_then(|fetcher| {
             let stop = Arc::new(Stop::default());
             let thread = {
                 let stop = stop.clone();
                 std::thread::Builder::new()
                     .name("swapkit-fleet".into())
-                    .spawn(move || run(config, cache, swapper, &stop))?
+                    .spawn(move || run(config, fetcher, swapper, &stop))?
             };
             Ok(Running {
                 stop,
@@ -53,6 +51,41 @@ impl Extension for Agent {
             }),
         }
     }
+}
+
+/// The host's fetcher: its private cache (made and checked now) and local root.
+fn fetcher(config: &FleetConfig, swapper: &Swapper) -> std::io::Result<Fetcher> {
+    let cache = match (&config.cache_dir, swapper.state_dir()) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(state)) => state.join("fleet-cache"),
+        (None, None) => {
+            let base = match std::env::var_os("XDG_CACHE_HOME") {
+                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+                _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
+                    std::io::Error::other(
+                        "no state directory, no FleetConfig::cache_dir and no $HOME: nowhere \
+                         private to keep fetched artifacts",
+                    )
+                })?)
+                .join(".cache"),
+            };
+            base.join("swapkit")
+                .join("fleet")
+                .join(format!("{}-{}", config.service, config.host))
+        }
+    };
+    swapkit::ensure_private_dir(&cache)?;
+    let local_root = match &config.local_root {
+        Some(root) => Some(std::fs::canonicalize(root).map_err(|e| {
+            std::io::Error::other(format!("the local artifacts root {}: {e}", root.display()))
+        })?),
+        None => None,
+    };
+    Ok(Fetcher {
+        cache,
+        local_root,
+        deadlines: config.deadlines,
+    })
 }
 
 #[derive(Default)]
@@ -91,7 +124,7 @@ struct State {
     converged: bool,
 }
 
-fn run(config: FleetConfig, cache: PathBuf, swapper: Swapper, stop: &Stop) {
+fn run(config: FleetConfig, fetcher: Fetcher, swapper: Swapper, stop: &Stop) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -106,7 +139,7 @@ fn run(config: FleetConfig, cache: PathBuf, swapper: Swapper, stop: &Stop) {
         let mut state = State::default();
         let mut backoff = Duration::from_millis(100);
         while !stop.set.load(Ordering::SeqCst) {
-            match session(&config, &cache, &swapper, stop, &mut state).await {
+            match session(&config, &fetcher, &swapper, stop, &mut state).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "fleet agent: etcd session ended; this host keeps serving what it runs and tries again");
@@ -124,7 +157,7 @@ fn run(config: FleetConfig, cache: PathBuf, swapper: Swapper, stop: &Stop) {
 /// One connection to etcd: follow the rollout and report until stopped (`Ok`) or etcd fails.
 async fn session(
     config: &FleetConfig,
-    cache: &std::path::Path,
+    fetcher: &Fetcher,
     swapper: &Swapper,
     stop: &Stop,
     state: &mut State,
@@ -145,7 +178,15 @@ async fn session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let rollout = store.rollout().await?.map(|(r, _)| r);
-        converge(&mut store, config, cache, swapper, state, rollout.as_ref()).await?;
+        converge(
+            &mut store,
+            config,
+            fetcher,
+            swapper,
+            state,
+            rollout.as_ref(),
+        )
+        .await?;
         store.report(&report(config, swapper, state), lease).await?;
         tokio::select! {
             _ = stop.notify.notified() => {
@@ -175,7 +216,7 @@ async fn session(
 async fn converge(
     store: &mut Store,
     config: &FleetConfig,
-    cache: &std::path::Path,
+    fetcher: &Fetcher,
     swapper: &Swapper,
     state: &mut State,
     rollout: Option<&Rollout>,
@@ -197,7 +238,7 @@ async fn converge(
         return Ok(());
     }
     let outcome = match store.release(&release).await? {
-        Some(release) => apply(swapper, cache, &release, traffic),
+        Some(release) => apply(swapper, fetcher, &release, traffic),
         None => Err(FleetError::BadRelease(format!(
             "release `{release}` is not published"
         ))),
@@ -221,11 +262,11 @@ async fn converge(
 /// changes as a canary.
 fn apply(
     swapper: &Swapper,
-    cache: &std::path::Path,
+    fetcher: &Fetcher,
     release: &Release,
     traffic: f64,
 ) -> Result<(), FleetError> {
-    let files = fetch_release(release, cache)?;
+    let files = fetcher.fetch_release(release)?;
     let canary = swapper.canary_status();
     let is_release_canary = |plugin: &str, version: &str| {
         release

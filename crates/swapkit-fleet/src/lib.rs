@@ -39,7 +39,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use controller::{Controller, Progress};
-pub use fetch::{serve, sha256_file, Server};
+pub use fetch::{
+    serve, sha256_file, Deadlines, Server, MAX_CONNECTIONS, SERVE_DEADLINE, SERVE_IO_DEADLINE,
+};
 pub use model::{
     Artifact, CanaryCounts, Desire, Hosts, Phase, Plan, Release, Report, Rollout, Serving, Step,
 };
@@ -67,12 +69,16 @@ pub enum FleetError {
     /// An artifact could not be fetched.
     #[error("cannot fetch {url}: {reason}")]
     Fetch { url: String, reason: String },
-    /// A fetched artifact is not the one published.
-    #[error("{url} is not the artifact published: its SHA-256 is {found}, the release says {expected}; nothing was loaded")]
+    /// A fetched artifact is not the one published. `found` is the digest of what was
+    /// downloaded; it is `None` for a local file, whose digest is never disclosed.
+    #[error(
+        "{url} is not the artifact published: {}, the release says {expected}; nothing was loaded",
+        .found.as_deref().map_or("its content differs".to_owned(), |f| format!("its SHA-256 is {f}"))
+    )]
     HashMismatch {
         url: String,
         expected: String,
-        found: String,
+        found: Option<String>,
     },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
@@ -94,6 +100,8 @@ pub struct FleetConfig {
     pub(crate) host: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) local_root: Option<PathBuf>,
+    pub(crate) deadlines: Deadlines,
     pub(crate) report_every: Duration,
     pub(crate) lease_ttl_s: i64,
 }
@@ -112,6 +120,8 @@ impl FleetConfig {
             host: host.to_owned(),
             labels: BTreeMap::new(),
             cache_dir: None,
+            local_root: None,
+            deadlines: Deadlines::default(),
             report_every: Duration::from_millis(200),
             lease_ttl_s: 2,
         }
@@ -123,10 +133,28 @@ impl FleetConfig {
         self
     }
 
-    /// Where fetched artifacts are kept, one directory per content; a directory under the
-    /// system's temporary directory by default.
+    /// Where fetched artifacts are kept, one directory per content. It must be private to
+    /// the host's user (made 0700; refused if it is a link, another user's, or writable by
+    /// others): what it holds becomes code. By default `fleet-cache` in the swapper's state
+    /// directory, or without one `$XDG_CACHE_HOME/swapkit/fleet/<service>-<host>` (or under
+    /// `~/.cache`). Each cached file is hashed again before it is used.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> FleetConfig {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Allows releases whose artifact URLs are local paths (`fleet publish` without
+    /// `--base-url`), for those under `root` only, after links are resolved. Without it a
+    /// local path is refused: a release could otherwise make the host read any file it can.
+    pub fn local_artifacts(mut self, root: impl Into<PathBuf>) -> FleetConfig {
+        self.local_root = Some(root.into());
+        self
+    }
+
+    /// How long an artifact download may take ([`Deadlines`]: 10 s to connect, 30 s without
+    /// a byte, 300 s in all, by default).
+    pub fn fetch_deadlines(mut self, deadlines: Deadlines) -> FleetConfig {
+        self.deadlines = deadlines;
         self
     }
 

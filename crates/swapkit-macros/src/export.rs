@@ -126,6 +126,7 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         )
     })?;
     let symbol = format!("swapkit_plugin__{crate_name}");
+    let claims_symbol = format!("swapkit_claims__{crate_name}");
     let plugin = &spec.plugin;
     let name = match &spec.name {
         Some(n) => quote!(#n),
@@ -266,6 +267,20 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 ::swapkit_guest::__rt::wasm::lane::<#plugin>(interface, method, [a0, a1, a2, a3, a4, a5])
             }
         };
+
+        /// What this plugin says it is (name, version, build fingerprint), as plain bytes a
+        /// tool reads from the file without running it: `swapkit sign` and `verify` do.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[unsafe(export_name = #claims_symbol)]
+        #[used]
+        pub static SWAPKIT_CLAIMS: [u8; ::swapkit_guest::abi::claims::CLAIMS_LEN] =
+            ::swapkit_guest::abi::claims::encode(#name, #version);
+        /// The same claims, as the wasm module's custom section `swapkit.claims`.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(link_section = "swapkit.claims")]
+        #[used]
+        pub static SWAPKIT_CLAIMS: [u8; ::swapkit_guest::abi::claims::CLAIMS_LEN] =
+            ::swapkit_guest::abi::claims::encode(#name, #version);
 
         /// The ABI v1 header of this plugin, with its lanes. A native host finds it by its exported symbol; a
         /// static host registers it directly.

@@ -107,6 +107,22 @@ pub enum LoadError {
         /// What the file hashes to now.
         found: String,
     },
+    /// Under a trust policy, a plugin's version is not semver, so rollback protection could
+    /// not order it against the versions published before.
+    #[error(
+        "refusing plugin `{plugin}` at version `{version}`: under a trust policy a version must \
+         be semver (MAJOR.MINOR.PATCH, as in `1.4.2` or `2.0.0-rc.1`) so that an older release \
+         can be told from a newer one ({reason}); set it in the plugin's Cargo.toml or \
+         export_plugin!"
+    )]
+    Unversioned {
+        /// The plugin.
+        plugin: String,
+        /// Its version, as its manifest says.
+        version: String,
+        /// What the semver parser said.
+        reason: String,
+    },
     /// Under a trust policy, a load or reload would move a plugin to a lower version than the
     /// highest this host has published; only a rollback or an explicit downgrade may.
     #[error(
@@ -174,6 +190,17 @@ pub enum LoadError {
         /// What the validator or compiler said.
         #[source]
         source: BoxError,
+    },
+    /// [`inspect_checked`](crate::inspect_checked) was given a native library: reading its
+    /// manifest runs its code, which it never does.
+    #[error(
+        "{path} is a native library: its manifest is produced by its code, which \
+         inspect_checked never runs; read it with `swapkit::inspect` in a process you can lose \
+         (as `swapkit inspect` does), or use its claims (FileCheck::claims)"
+    )]
+    WouldRun {
+        /// The artifact.
+        path: PathBuf,
     },
     /// A wasm module would cost more to compile than [`WasmLimits`](crate::WasmLimits)
     /// allows: too big a module or function, or a compile that overran `max_compile_time`.
@@ -511,6 +538,7 @@ impl LoadError {
             | NotALibrary { path, .. }
             | WasmCompile { path, .. }
             | WasmTooCostly { path, .. }
+            | WouldRun { path }
             | WasmShape { path, .. }
             | NoEntrySymbol { path, .. }
             | ManyEntrySymbols { path, .. }

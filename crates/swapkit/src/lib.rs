@@ -166,8 +166,30 @@ pub use swapkit_macros::patchable;
 /// `target!(Type::method)` or `target!(<Type as Trait>::method)`.
 pub use swapkit_macros::target;
 
-pub use load::{inspect, inspect_file, Artifact, FileCheck, HeaderCheck};
+pub use load::{
+    inspect, inspect_checked, inspect_file, Artifact, FileCheck, FileClaims, HeaderCheck,
+};
 pub use publish::OverdueHook;
+
+/// The largest artifact swapkit reads: 256 MiB, far above any real plugin.
+pub const MAX_ARTIFACT: u64 = files::MAX_ARTIFACT;
+
+/// Reads an artifact file as a load reads one from the state directory: a regular file (a
+/// FIFO, a device or a socket is refused before a byte is read, and opening never blocks), of
+/// at most [`MAX_ARTIFACT`] bytes (a file that grows while it is read stops there), with no
+/// symbolic link as its last component. For tools and extensions that fetch artifacts for a
+/// host (`swapkit-fleet` does).
+pub fn read_artifact(path: impl AsRef<std::path::Path>) -> Result<Vec<u8>, LoadError> {
+    files::read_artifact(path.as_ref(), true)
+}
+
+/// Makes `dir` if needed (mode 0700) and checks it as swapkit checks its state directory: a
+/// directory, not a link, owned by this process's user and writable by no one else. A
+/// directory whose files become code (fetched artifacts, caches) must be one; a directory
+/// that fails the check is refused, never loosened.
+pub fn ensure_private_dir(dir: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+    private_dir::ensure(dir.as_ref())
+}
 pub use reload::ReloadReport;
 pub use sandbox::{Grant, Quota, Sandbox};
 /// A [`patch::PatchBuilder`] for a `#[patchable]` function:

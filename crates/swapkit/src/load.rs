@@ -426,6 +426,49 @@ pub struct FileCheck {
     pub size: u64,
     /// For a native library, its plugin header, found and checked.
     pub header: Option<HeaderCheck>,
+    /// What the artifact says it is (name, version, build fingerprint), read from its bytes
+    /// (`swapkit_abi::claims`); why not, for one built before `export_plugin!` wrote them.
+    /// `swapkit sign` signs them and `swapkit verify` checks them, running nothing.
+    pub claims: Result<FileClaims, String>,
+    /// The bytes read, for [`inspect_checked`].
+    bytes: ReadBytes,
+}
+
+/// An artifact's claims, read from its bytes: see [`FileCheck::claims`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileClaims {
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its build fingerprint: `rustc -V`, target, `swapkit-abi` version.
+    pub fingerprint: [String; 3],
+}
+
+impl FileCheck {
+    /// What a signature of the artifact vouches for, from its bytes alone: its hash, backend
+    /// and claims. `Err` says why the file has no claims.
+    pub fn statement(&self) -> Result<swapkit_trust::Statement, String> {
+        let claims = self.claims.as_ref().map_err(Clone::clone)?;
+        Ok(swapkit_trust::Statement {
+            plugin: claims.name.clone(),
+            version: claims.version.clone(),
+            backend: self.backend.to_string(),
+            fingerprint: claims.fingerprint.clone(),
+            sha256: crate::backend::unhex(&self.sha256).expect("inspect_file writes hex"),
+        })
+    }
+}
+
+/// Bytes held for a later step, shown by their length.
+#[derive(Clone)]
+struct ReadBytes(Arc<[u8]>);
+
+impl std::fmt::Debug for ReadBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 /// A native library's plugin header, read from the file and checked as a load checks it:
@@ -469,12 +512,110 @@ pub fn inspect_file(path: impl AsRef<Path>) -> Result<FileCheck, LoadError> {
             })
         }
     };
+    let claims = match &header {
+        Some(header) => crate::backend::native::claims_in_file(&bytes, &header.symbol),
+        None => wasm_claims(&bytes),
+    };
+    let claims = claims.map(|c| FileClaims {
+        name: c.name.to_owned(),
+        version: c.version.to_owned(),
+        fingerprint: [
+            c.fingerprint.rustc().to_owned(),
+            c.fingerprint.target().to_owned(),
+            c.fingerprint.abi_crate().to_owned(),
+        ],
+    });
     Ok(FileCheck {
         path: path.to_owned(),
         backend,
         sha256: crate::backend::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
         size: bytes.len() as u64,
         header,
+        claims,
+        bytes: ReadBytes(bytes.into()),
+    })
+}
+
+/// The claims in a wasm module's custom section `swapkit.claims`, found by walking its
+/// section headers (no code is compiled). The first such section counts.
+fn wasm_claims(bytes: &[u8]) -> Result<swapkit_abi::claims::Claims<'_>, String> {
+    use swapkit_abi::claims::{decode, CLAIMS_SECTION};
+    /// An unsigned LEB128 of at most 32 bits at `at`, and the offset after it.
+    fn leb(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *bytes.get(at)?;
+            at += 1;
+            value |= ((byte & 0x7f) as usize) << shift;
+            if byte & 0x80 == 0 {
+                return Some((value, at));
+            }
+        }
+        None
+    }
+    let malformed = || "its sections are malformed".to_owned();
+    if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
+        return Err("it is not a wasm module".into());
+    }
+    let mut at = 8;
+    while at < bytes.len() {
+        let id = bytes[at];
+        let (size, start) = leb(bytes, at + 1).ok_or_else(malformed)?;
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(malformed)?;
+        if id == 0 {
+            let (name_len, name_at) = leb(bytes, start).ok_or_else(malformed)?;
+            let name_end = name_at
+                .checked_add(name_len)
+                .filter(|&e| e <= end)
+                .ok_or_else(malformed)?;
+            if &bytes[name_at..name_end] == CLAIMS_SECTION.as_bytes() {
+                return decode(&bytes[name_end..end])
+                    .map_err(|e| format!("its `{CLAIMS_SECTION}` section: {e}"));
+            }
+        }
+        at = end;
+    }
+    Err(format!(
+        "it has no `{CLAIMS_SECTION}` section (a plugin built with an export_plugin! older than \
+         the claims has none: rebuild it)"
+    ))
+}
+
+/// Reads and checks a wasm module as [`inspect`] does, from the bytes [`inspect_file`] read
+/// (so what is checked is what was hashed, whatever the file holds now): compiled and probed
+/// in the sandbox, none of its code running outside it. A native library is refused
+/// ([`LoadError::WouldRun`]): its manifest is produced by its code, which this never runs.
+pub fn inspect_checked(check: &FileCheck) -> Result<Artifact, LoadError> {
+    if check.backend != BackendKind::Wasm {
+        return Err(LoadError::WouldRun {
+            path: check.path.clone(),
+        });
+    }
+    #[cfg(feature = "wasm")]
+    {
+        let loader = crate::backend::wasm::WasmLoader::new(
+            WasmLimits::default(),
+            default_wasm_cache(),
+            crate::backend::wasm::cache::DEFAULT_CAP,
+        )?;
+        let hash = crate::backend::unhex(&check.sha256).expect("inspect_file writes hex");
+        let code = loader.load(&check.path, check.bytes.0.to_vec(), hash)?;
+        Ok(Artifact {
+            path: check.path.clone(),
+            backend: code.backend,
+            sha256: check.sha256.clone(),
+            size: check.size,
+            manifest: code.manifest.clone(),
+        })
+    }
+    #[cfg(not(feature = "wasm"))]
+    Err(LoadError::BackendDisabled {
+        path: check.path.clone(),
+        backend: BackendKind::Wasm,
+        feature: "wasm",
     })
 }
 

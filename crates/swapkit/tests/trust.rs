@@ -453,6 +453,61 @@ fn a_signed_old_release_does_not_come_back_by_itself() {
     restarted.load_files([&v2]).unwrap();
 }
 
+/// Rollback protection compared only semver versions: a signed release versioned `banana`
+/// (or `1.0`, or `2`) passed it whatever the highest version published. Under a trust policy
+/// a version that is not semver is refused, an explicit downgrade included, with the version
+/// and the rule in the message; without a policy it loads. Pre-releases order below their
+/// release.
+#[test]
+fn a_version_that_is_not_semver_is_refused_under_a_policy() {
+    let key = SecretKey::generate().unwrap();
+    let dir = tempdir();
+    let policy = || TrustPolicy::new().key(key.public());
+    for version in ["banana", "1.0", "2", "v1.2.3"] {
+        let path = common::wat::Wat::plugin("loose")
+            .version(version)
+            .write_to(dir.path());
+        sign(&path, &key);
+        let swapper = builder(policy()).build().unwrap();
+        for result in [swapper.load_files([&path]), swapper.downgrade([&path])] {
+            match result {
+                Err(LoadError::Unversioned {
+                    plugin,
+                    version: refused,
+                    ..
+                }) => {
+                    assert_eq!((&*plugin, &*refused), ("loose", version));
+                }
+                other => panic!("expected {version:?} to be refused, got {other:?}"),
+            }
+        }
+        assert_eq!(swapper.generation(), 0, "nothing was published");
+        let message = swapper.load_files([&path]).unwrap_err().to_string();
+        assert!(message.contains("must be semver"), "{message}");
+        // Without a policy nothing is compared, and it loads.
+        let open = Swapper::builder()
+            .wasm_cache_dir(common::wasm_cache())
+            .build()
+            .unwrap();
+        open.load_files([&path]).unwrap();
+    }
+    // A release candidate of 2.0.0 is below 2.0.0.
+    let swapper = builder(policy()).build().unwrap();
+    let release = common::wat::Wat::plugin("loose")
+        .version("2.0.0")
+        .write_to(dir.path());
+    sign(&release, &key);
+    swapper.load_files([&release]).unwrap();
+    let candidate = common::wat::Wat::plugin("loose")
+        .version("2.0.0-rc.1")
+        .write_to(dir.path());
+    sign(&candidate, &key);
+    assert!(matches!(
+        swapper.load_files([&candidate]),
+        Err(LoadError::Downgrade { .. })
+    ));
+}
+
 /// A canary is a load like any other: under a policy, an unsigned or older release cannot
 /// run beside the stable one, even for 1% of keys.
 #[test]

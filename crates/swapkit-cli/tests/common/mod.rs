@@ -26,6 +26,18 @@ pub fn build_plugins(packages: &[&str]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Builds plugin packages for wasm32 and returns their modules in order.
+pub fn build_wasm(packages: &[&str]) -> Vec<PathBuf> {
+    swapkit_build::PluginBuild::new(workspace().join("Cargo.toml"))
+        .packages(packages.iter().copied())
+        .wasm()
+        .run()
+        .expect("building wasm plugins")
+        .into_iter()
+        .map(|a| a.path)
+        .collect()
+}
+
 /// Runs the `swapkit` binary; returns (success, stdout, stderr).
 pub fn swapkit(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_swapkit"))

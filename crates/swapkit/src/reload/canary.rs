@@ -165,7 +165,7 @@ impl Reloader {
         }
         self.check_interfaces(std::slice::from_ref(&code))?;
         if let Some(highest) = &self.highest {
-            lock(highest).check(std::slice::from_ref(&code))?;
+            lock(highest).check(std::slice::from_ref(&code), false)?;
         }
         // Its dependencies must be in the generation, with no cycle through it.
         plan::order(promoted(&state.selection.codes, &code))?;

@@ -309,11 +309,12 @@ impl Reloader {
     ) -> Result<ReloadReport, LoadError> {
         let codes = plan::order(codes)?;
         self.check_interfaces(&codes)?;
-        // A rollback, a resume (`Trigger::Load` of kept artifacts goes through `load_kept`,
-        // which allows it) and an explicit downgrade may go to lower versions.
-        let downgrade_allowed = trigger.is_rollback() || *trigger == Trigger::Downgrade;
-        if let (Some(highest), false) = (&self.highest, downgrade_allowed || state.resuming) {
-            lock(highest).check(&codes)?;
+        // A rollback and a resume (`Trigger::Load` of kept artifacts goes through
+        // `load_kept`) publish again what was published; an explicit downgrade may go to
+        // lower versions, but not to versions that cannot be ordered.
+        let republish = trigger.is_rollback() || state.resuming;
+        if let (Some(highest), false) = (&self.highest, republish) {
+            lock(highest).check(&codes, *trigger == Trigger::Downgrade)?;
         }
         let id = state.next_id;
         let current = self.published.current().load_full();

@@ -42,16 +42,22 @@ impl Highest {
         Highest { seen, file }
     }
 
-    /// Refuses the first plugin of `codes` whose version is lower than the highest seen.
-    /// A version that is not semver is never compared.
-    pub fn check(&self, codes: &[Arc<Code>]) -> Result<(), LoadError> {
+    /// Refuses the first plugin of `codes` whose version is not semver (it could not be
+    /// ordered, so it would pass rollback protection whatever it is), or, unless `downgrade`,
+    /// is lower than the highest seen. Semver's order: numbers compare as numbers, and a
+    /// pre-release (`2.0.0-rc.1`) sits below its release; build metadata (`+abc`) is ignored,
+    /// so `1.0.0+b` is neither above nor below `1.0.0`.
+    pub fn check(&self, codes: &[Arc<Code>], downgrade: bool) -> Result<(), LoadError> {
         for code in codes {
-            let (Some(highest), Ok(version)) =
-                (self.seen.get(&*code.name), Version::parse(&code.version))
-            else {
+            let version = Version::parse(&code.version).map_err(|e| LoadError::Unversioned {
+                plugin: code.name.to_string(),
+                version: code.version.to_string(),
+                reason: e.to_string(),
+            })?;
+            let Some(highest) = self.seen.get(&*code.name).filter(|_| !downgrade) else {
                 continue;
             };
-            if version < *highest {
+            if version.cmp_precedence(highest).is_lt() {
                 return Err(LoadError::Downgrade {
                     plugin: code.name.to_string(),
                     version: code.version.to_string(),
@@ -69,7 +75,10 @@ impl Highest {
             let Ok(version) = Version::parse(&code.version) else {
                 continue;
             };
-            let higher = self.seen.get(&*code.name).is_none_or(|h| version > *h);
+            let higher = self
+                .seen
+                .get(&*code.name)
+                .is_none_or(|h| version.cmp_precedence(h).is_gt());
             if higher {
                 self.seen.insert(code.name.to_string(), version);
                 changed = true;

@@ -268,6 +268,11 @@ impl Swapper {
         Pin::new(self.current().load_full(), Some(label.into()))
     }
 
+    /// The [state directory](SwapperBuilder::state_dir), if the swapper has one.
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        self.core.state_dir().map(|d| d.path())
+    }
+
     /// The current generation's number: 0 before the first load, then one more per swap.
     pub fn generation(&self) -> u64 {
         self.core.published.id()

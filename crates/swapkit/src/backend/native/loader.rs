@@ -145,35 +145,14 @@ pub(crate) struct FileHeader {
 /// header's frozen prefix (plain data, never relocated) is read from there and checked as a
 /// load checks it. No code of the library runs.
 pub(crate) fn header_in_file(path: &Path, bytes: &[u8]) -> Result<FileHeader, LoadError> {
-    use object::ObjectSection;
     use std::mem::{offset_of, size_of};
     let (symbol, _) = header_symbol(path, bytes)?;
-    let unreadable = |why: &str| LoadError::NotALibrary {
-        path: path.into(),
-        source: format!("its header symbol `{symbol}` {why}").into(),
-    };
-    let file = object::File::parse(bytes).map_err(|e| LoadError::NotALibrary {
-        path: path.into(),
-        source: e.into(),
+    let header = symbol_bytes(bytes, &symbol, size_of::<PluginHeader>()).map_err(|why| {
+        LoadError::NotALibrary {
+            path: path.into(),
+            source: format!("its header symbol `{symbol}` {why}").into(),
+        }
     })?;
-    let sym = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .find(|s| s.name().map(|n| n.trim_start_matches('_')) == Ok(symbol.as_str()))
-        .ok_or_else(|| unreadable("is listed but not defined"))?;
-    let section = sym
-        .section_index()
-        .and_then(|i| file.section_by_index(i).ok())
-        .ok_or_else(|| unreadable("lies in no section"))?;
-    let (start, len) = section
-        .file_range()
-        .ok_or_else(|| unreadable("lies in a section with no bytes in the file"))?;
-    let within = sym.address().wrapping_sub(section.address());
-    let at = start.checked_add(within).filter(|_| within < len);
-    let prefix = size_of::<PluginHeader>();
-    let header = at
-        .and_then(|at| bytes.get(at as usize..(at as usize).checked_add(prefix)?))
-        .ok_or_else(|| unreadable("lies past the end of the file"))?;
     let field = |offset: usize, n: usize| &header[offset..offset + n];
     let u32_at = |offset: usize| u32::from_ne_bytes(field(offset, 4).try_into().unwrap());
     let magic: [u8; 8] = field(offset_of!(PluginHeader, magic), 8)
@@ -201,6 +180,52 @@ pub(crate) fn header_in_file(path: &Path, bytes: &[u8]) -> Result<FileHeader, Lo
         abi_version,
         fingerprint,
     })
+}
+
+/// The `len` bytes the defined symbol `name` names in a native library's file (data that is
+/// never relocated), found through the section that holds it; else why not.
+fn symbol_bytes<'a>(bytes: &'a [u8], name: &str, len: usize) -> Result<&'a [u8], String> {
+    use object::ObjectSection;
+    let file = object::File::parse(bytes).map_err(|e| format!("cannot be read: {e}"))?;
+    let sym = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.is_definition() && s.name().map(|n| n.trim_start_matches('_')) == Ok(name))
+        .ok_or("is not defined")?;
+    if sym.size() != 0 && (sym.size() as usize) < len {
+        return Err(format!("is {} bytes, not {len}", sym.size()));
+    }
+    let section = sym
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or("lies in no section")?;
+    let (start, size) = section
+        .file_range()
+        .ok_or("lies in a section with no bytes in the file")?;
+    let within = sym.address().wrapping_sub(section.address());
+    let at = start.checked_add(within).filter(|_| within < size);
+    at.and_then(|at| bytes.get(at as usize..(at as usize).checked_add(len)?))
+        .ok_or_else(|| "lies past the end of the file".into())
+}
+
+/// The claims (`swapkit_abi::claims`) of a native library whose header symbol is `header`,
+/// read from its bytes.
+pub(crate) fn claims_in_file<'a>(
+    bytes: &'a [u8],
+    header: &str,
+) -> Result<swapkit_abi::claims::Claims<'a>, String> {
+    use swapkit_abi::claims::{decode, CLAIMS_LEN, CLAIMS_SYMBOL_PREFIX};
+    let crate_name = header
+        .trim_start_matches(HEADER_SYMBOL_PREFIX.trim_start_matches('_'))
+        .to_owned();
+    let symbol = format!("{CLAIMS_SYMBOL_PREFIX}{crate_name}");
+    let found = symbol_bytes(bytes, &symbol, CLAIMS_LEN).map_err(|why| {
+        format!(
+            "its claims symbol `{symbol}` {why} (a plugin built with an export_plugin! older \
+             than the claims has none: rebuild it)"
+        )
+    })?;
+    decode(found).map_err(|e| format!("its claims symbol `{symbol}`: {e}"))
 }
 
 /// Opens the private copy and checks its header.
