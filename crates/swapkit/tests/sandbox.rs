@@ -800,14 +800,28 @@ fn a_log_flood_is_cut_and_counted() {
         after.len() > first.len() && !notices.is_empty(),
         "a warning that counts the dropped lines"
     );
-    let dropped: u64 = notices
+    let dropped: usize = notices
         .iter()
         .map(|n| {
             let count = n.trim_start_matches("[swapkit] ").split(' ').next();
-            count.unwrap().parse::<u64>().unwrap()
+            count.unwrap().parse::<usize>().unwrap()
         })
         .sum();
-    assert!((400..=1001).contains(&dropped), "{notices:?}");
+    // Each call logs 1,001 lines. Every line the first call dropped is counted by now (the
+    // second call's first line came after the refill); on a slow machine the second call
+    // outlasts the refill too, and some of its own drops may be counted as well.
+    let passed = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| !l.contains("log lines of this plugin were dropped"))
+            .count()
+    };
+    assert!(
+        dropped >= 1001 - passed(&first) && dropped <= 2002 - passed(&after),
+        "{notices:?}, {} then {} lines through",
+        passed(&first),
+        passed(&after)
+    );
 }
 
 // --- The same rules on both backends ---------------------------------------------------------
