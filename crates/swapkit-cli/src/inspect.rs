@@ -140,15 +140,19 @@ pub(crate) fn claimed(path: &Path) -> Result<swapkit::trust::Statement, Error> {
 type ChildAnswer = Result<(Report, String), (serde_json::Value, String)>;
 
 /// Reads a native library's manifest in a child process (this program, inspecting in
-/// process), so that its constructors run there: with no environment, no input, a CPU-time
-/// limit, and a deadline after which it is killed. `Err` if the child failed to answer.
+/// process), so that its constructors run there: in `/`, with no environment, no input, a
+/// CPU-time limit, and a deadline after which it is killed. `Err` if the child failed to answer.
 fn child_report(path: &Path) -> Result<ChildAnswer, Error> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let exe = std::env::current_exe()?;
+    // In `/`, not the caller's directory, where a library's constructor would find the
+    // files the caller works on (a signing key, say).
+    let real = std::fs::canonicalize(path)?;
     let mut command = Command::new(exe);
     command
         .args(["inspect", "--in-process", "--json"])
-        .arg(path)
+        .arg(&real)
+        .current_dir("/")
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
