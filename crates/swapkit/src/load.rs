@@ -430,7 +430,8 @@ pub struct FileCheck {
     /// (`swapkit_abi::claims`); why not, for one built before `export_plugin!` wrote them.
     /// `swapkit sign` signs them and `swapkit verify` checks them, running nothing.
     pub claims: Result<FileClaims, String>,
-    /// The bytes read, for [`inspect_checked`].
+    /// The bytes read, for [`inspect_checked`] (which needs the wasm backend).
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
     bytes: ReadBytes,
 }
 
