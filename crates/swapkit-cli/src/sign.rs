@@ -108,8 +108,7 @@ pub(crate) fn verify(keys: &[PathBuf], artifacts: &[PathBuf]) -> Result<(), Erro
     }
     for artifact in artifacts {
         let check = swapkit::inspect_file(artifact)?;
-        let sha256 = unhex32(&check.sha256)
-            .ok_or_else(|| format!("no SHA-256 in the check of {}", artifact.display()))?;
+        let sha256 = check.digest();
         let sig_path = signature_path(artifact);
         let signature = match std::fs::read_to_string(&sig_path) {
             Ok(text) => Some(SignatureFile::parse(&text)?),
@@ -145,16 +144,4 @@ pub(crate) fn verify(keys: &[PathBuf], artifacts: &[PathBuf]) -> Result<(), Erro
         );
     }
     Ok(())
-}
-
-/// 64 hex digits as 32 bytes.
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

@@ -448,6 +448,11 @@ pub struct FileClaims {
 }
 
 impl FileCheck {
+    /// SHA-256 of its content: [`sha256`](Self::sha256) as bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        crate::backend::unhex(&self.sha256).expect("inspect_file writes the hash as hex")
+    }
+
     /// What a signature of the artifact vouches for, from its bytes alone: its hash, backend
     /// and claims. `Err` says why the file has no claims.
     pub fn statement(&self) -> Result<swapkit_trust::Statement, String> {
@@ -457,7 +462,7 @@ impl FileCheck {
             version: claims.version.clone(),
             backend: self.backend.to_string(),
             fingerprint: claims.fingerprint.clone(),
-            sha256: crate::backend::unhex(&self.sha256).expect("inspect_file writes hex"),
+            sha256: self.digest(),
         })
     }
 }
@@ -602,8 +607,7 @@ pub fn inspect_checked(check: &FileCheck) -> Result<Artifact, LoadError> {
             default_wasm_cache(),
             crate::backend::wasm::cache::DEFAULT_CAP,
         )?;
-        let hash = crate::backend::unhex(&check.sha256).expect("inspect_file writes hex");
-        let code = loader.load(&check.path, check.bytes.0.to_vec(), hash)?;
+        let code = loader.load(&check.path, check.bytes.0.to_vec(), check.digest())?;
         Ok(Artifact {
             path: check.path.clone(),
             backend: code.backend,
