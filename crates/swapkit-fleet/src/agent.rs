@@ -7,7 +7,6 @@
 //! tries again; a release it cannot load leaves the current generation serving and is
 //! reported for the controller to abort.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,21 +57,15 @@ fn fetcher(config: &FleetConfig, swapper: &Swapper) -> std::io::Result<Fetcher> 
     let cache = match (&config.cache_dir, swapper.state_dir()) {
         (Some(dir), _) => dir.clone(),
         (None, Some(state)) => state.join("fleet-cache"),
-        (None, None) => {
-            let base = match std::env::var_os("XDG_CACHE_HOME") {
-                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-                _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
-                    std::io::Error::other(
-                        "no state directory, no FleetConfig::cache_dir and no $HOME: nowhere \
-                         private to keep fetched artifacts",
-                    )
-                })?)
-                .join(".cache"),
-            };
-            base.join("swapkit")
-                .join("fleet")
-                .join(format!("{}-{}", config.service, config.host))
-        }
+        (None, None) => swapkit::user_cache_dir()
+            .ok_or_else(|| {
+                std::io::Error::other(
+                    "no state directory, no FleetConfig::cache_dir and no $HOME: nowhere \
+                     private to keep fetched artifacts",
+                )
+            })?
+            .join("fleet")
+            .join(format!("{}-{}", config.service, config.host)),
     };
     swapkit::ensure_private_dir(&cache)?;
     let local_root = match &config.local_root {

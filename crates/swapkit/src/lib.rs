@@ -183,6 +183,18 @@ pub fn read_artifact(path: impl AsRef<std::path::Path>) -> Result<Vec<u8>, LoadE
     files::read_artifact(path.as_ref(), true)
 }
 
+/// swapkit's directory in this user's cache (`$XDG_CACHE_HOME/swapkit`, or
+/// `~/.cache/swapkit`), where its caches default to; `None` without either variable. Never a
+/// shared directory: what is cached there becomes code. Make what goes in it with
+/// [`ensure_private_dir`].
+pub fn user_cache_dir() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(base.join("swapkit"))
+}
+
 /// Makes `dir` if needed (mode 0700) and checks it as swapkit checks its state directory: a
 /// directory, not a link, owned by this process's user and writable by no one else. A
 /// directory whose files become code (fetched artifacts, caches) must be one; a directory

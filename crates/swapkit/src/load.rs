@@ -347,11 +347,7 @@ fn list_artifacts(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 /// The default wasm compile cache: under the user's cache directory, never a shared one,
 /// because a cache entry is native code the host will run.
 pub(crate) fn default_wasm_cache() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
-    };
-    Some(base.join("swapkit").join("wasm"))
+    Some(crate::user_cache_dir()?.join("wasm"))
 }
 
 /// A checked artifact, as [`inspect`] reads it.
