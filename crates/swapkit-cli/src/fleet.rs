@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use swapkit_fleet::{Artifact, Controller, Phase, Plan, Progress, Release, Rollout};
+use swapkit_fleet::{Artifact, Controller, EtcdAccess, Phase, Plan, Progress, Release, Rollout};
 
 use crate::Error;
 
@@ -23,11 +23,56 @@ pub(crate) struct At {
     /// The service (the hosts' `FleetConfig` names it).
     #[arg(long, env = "SWAPKIT_SERVICE")]
     service: String,
+    /// The etcd user to authenticate as (its password from --etcd-password-file or
+    /// $SWAPKIT_ETCD_PASSWORD).
+    #[arg(long, env = "SWAPKIT_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// A file holding the etcd user's password.
+    #[arg(long, env = "SWAPKIT_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Talk TLS to etcd, trusting the certificate authority in this PEM file.
+    #[arg(long, env = "SWAPKIT_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// The operator's secret key (`swapkit keygen`): every rollout written is signed with it,
+    /// and only rollouts it signed are acted on. Hosts given its public key follow nothing
+    /// else.
+    #[arg(long, env = "SWAPKIT_OPERATOR_KEY")]
+    operator_key: Option<PathBuf>,
 }
 
 impl At {
+    fn access(&self) -> Result<EtcdAccess, Error> {
+        let mut access = EtcdAccess::new(self.etcd.iter().cloned());
+        if let Some(user) = &self.etcd_user {
+            let password = match (
+                &self.etcd_password_file,
+                std::env::var("SWAPKIT_ETCD_PASSWORD"),
+            ) {
+                (Some(file), _) => std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+                (None, Ok(password)) => password,
+                (None, Err(_)) => {
+                    return Err(format!(
+                        "--etcd-user {user} needs its password: --etcd-password-file FILE or \
+                         $SWAPKIT_ETCD_PASSWORD"
+                    )
+                    .into())
+                }
+            };
+            access = access.user(user, &password);
+        }
+        if let Some(ca) = &self.etcd_ca {
+            access = access.ca_file(ca)?;
+        }
+        Ok(access)
+    }
+
     fn controller(&self) -> Result<Controller, Error> {
-        Ok(Controller::new(&self.etcd, &self.service)?)
+        let c = Controller::with_access(self.access()?, &self.service)?;
+        Ok(match &self.operator_key {
+            Some(path) => c.operator_key(crate::sign::secret_key(path)?),
+            None => c,
+        })
     }
 }
 
@@ -118,6 +163,21 @@ pub(crate) enum FleetAction {
         #[command(flatten)]
         at: At,
     },
+    /// Give an etcd user the role of this service's controller, or of one of its hosts (which
+    /// may write only its own report). Run it as etcd's root (--etcd-user root).
+    Grant {
+        #[command(flatten)]
+        at: At,
+        /// `controller`, or the host's id (as its `FleetConfig` names it).
+        #[arg(long)]
+        role: String,
+        /// The user to make (or update).
+        #[arg(long)]
+        user: String,
+        /// A file holding the user's password.
+        #[arg(long)]
+        password_file: PathBuf,
+    },
     /// Serve a directory of artifacts over HTTP for the hosts to fetch.
     Serve {
         /// The directory.
@@ -181,7 +241,7 @@ pub(crate) fn run(action: FleetAction) -> Result<(), Error> {
             }
             drive(&mut c)
         }
-        FleetAction::Status { at } => status(&mut at.controller()?),
+        FleetAction::Status { at } => status(&mut at.controller()?, &at),
         FleetAction::Hosts { at } => hosts(&mut at.controller()?),
         FleetAction::Pause { at } => {
             let r = at.controller()?.pause()?;
@@ -211,6 +271,34 @@ pub(crate) fn run(action: FleetAction) -> Result<(), Error> {
                 r.id,
                 r.stable.as_deref().unwrap_or("?")
             );
+            Ok(())
+        }
+        FleetAction::Grant {
+            at,
+            role,
+            user,
+            password_file,
+        } => {
+            let password = std::fs::read_to_string(&password_file)
+                .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?;
+            let password = password.trim_end_matches('\n');
+            let access = at.access()?;
+            if role == "controller" {
+                swapkit_fleet::grant_controller(&access, &at.service, &user, password)?;
+                println!(
+                    "user `{user}` has role `{}`: reads and writes /swapkit/{}/",
+                    swapkit_fleet::controller_role(&at.service),
+                    at.service
+                );
+            } else {
+                swapkit_fleet::grant_host(&access, &at.service, &role, &user, password)?;
+                println!(
+                    "user `{user}` has role `{}`: reads /swapkit/{}/, writes only /swapkit/{}/hosts/{role}",
+                    swapkit_fleet::host_role(&at.service, &role),
+                    at.service,
+                    at.service
+                );
+            }
             Ok(())
         }
         FleetAction::Serve { dir, listen } => {
@@ -309,11 +397,26 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-fn status(c: &mut Controller) -> Result<(), Error> {
-    let (rollout, _) = c.status()?;
-    match &rollout {
+fn status(c: &mut Controller, at: &At) -> Result<(), Error> {
+    match c.record()? {
         None => println!("no rollout yet"),
-        Some(r) => print_rollout(r),
+        Some(record) => {
+            print_rollout(&record.instruction.rollout);
+            let checked = match &at.operator_key {
+                Some(path) => {
+                    let key = crate::sign::secret_key(path)?.public();
+                    match record.verify(&key, &at.service) {
+                        Ok(()) => " (verified with the operator key)".to_owned(),
+                        Err(refusal) => format!(": NOT THE OPERATOR'S: {refusal}"),
+                    }
+                }
+                None => String::new(),
+            };
+            let signer = record
+                .signer
+                .map_or("unsigned".to_owned(), |k| format!("signed by key {k}"));
+            println!("  record {}, {signer}{checked}", record.instruction.seq);
+        }
     }
     hosts(c)
 }
@@ -370,10 +473,11 @@ fn hosts(c: &mut Controller) -> Result<(), Error> {
             + h.canary.as_ref().map_or(0, |c| c.calls);
         let failed: u64 = h.plugins.iter().map(|p| p.failures).sum::<u64>()
             + h.canary.as_ref().map_or(0, |c| c.failures);
-        let state = match (&h.error, h.converged) {
-            (Some(e), _) => format!("cannot run it: {e}"),
-            (None, true) => "as asked".to_owned(),
-            (None, false) => "converging".to_owned(),
+        let state = match (&h.refused, &h.error, h.converged) {
+            (Some(why), _, _) => format!("refused the rollout: {why}"),
+            (None, Some(e), _) => format!("cannot run it: {e}"),
+            (None, None, true) => "as asked".to_owned(),
+            (None, None, false) => "converging".to_owned(),
         };
         println!(
             "{:<16} {:<12} {:>6.0}% {:<28} {:>10} {:>8}  {state}",

@@ -15,7 +15,8 @@ use swapkit::{Extension, LoadError, Swapper};
 use tokio::sync::Notify;
 
 use crate::fetch::Fetcher;
-use crate::model::{now_ms, CanaryCounts, Desire, Release, Report, Rollout, Serving};
+use crate::model::{now_ms, CanaryCounts, Desire, Release, Report, Serving};
+use crate::signed::{Highest, Refusal, RolloutRecord};
 use crate::store::{etcd, Store};
 use crate::{FleetConfig, FleetError};
 
@@ -29,12 +30,13 @@ impl Extension for Agent {
         let config = self.config;
         let fetcher = fetcher(&config, &swapper);
         let started = fetcher.and_then(|fetcher| {
+            let highest = Highest::load(&fetcher.cache).map_err(std::io::Error::other)?;
             let stop = Arc::new(Stop::default());
             let thread = {
                 let stop = stop.clone();
                 std::thread::Builder::new()
                     .name("swapkit-fleet".into())
-                    .spawn(move || run(config, fetcher, swapper, &stop))?
+                    .spawn(move || run(config, fetcher, highest, swapper, &stop))?
             };
             Ok(Running {
                 stop,
@@ -115,9 +117,14 @@ struct State {
     /// something else.
     failed: Option<((String, f64), String)>,
     converged: bool,
+    /// The number of the rollout record it follows.
+    seq: Option<u64>,
+    /// The last rollout record it refused (its digest), and why: reported until a record it
+    /// follows replaces it.
+    refused: Option<(String, String)>,
 }
 
-fn run(config: FleetConfig, fetcher: Fetcher, swapper: Swapper, stop: &Stop) {
+fn run(config: FleetConfig, fetcher: Fetcher, mut highest: Highest, swapper: Swapper, stop: &Stop) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -132,7 +139,12 @@ fn run(config: FleetConfig, fetcher: Fetcher, swapper: Swapper, stop: &Stop) {
         let mut state = State::default();
         let mut backoff = Duration::from_millis(100);
         while !stop.set.load(Ordering::SeqCst) {
-            match session(&config, &fetcher, &swapper, stop, &mut state).await {
+            let agent = Host {
+                config: &config,
+                fetcher: &fetcher,
+                swapper: &swapper,
+            };
+            match session(&agent, &mut highest, stop, &mut state).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "fleet agent: etcd session ended; this host keeps serving what it runs and tries again");
@@ -149,13 +161,15 @@ fn run(config: FleetConfig, fetcher: Fetcher, swapper: Swapper, stop: &Stop) {
 
 /// One connection to etcd: follow the rollout and report until stopped (`Ok`) or etcd fails.
 async fn session(
-    config: &FleetConfig,
-    fetcher: &Fetcher,
-    swapper: &Swapper,
+    host: &Host<'_>,
+    highest: &mut Highest,
     stop: &Stop,
     state: &mut State,
 ) -> Result<(), FleetError> {
-    let mut store = Store::connect(&config.endpoints, &config.service).await?;
+    let Host {
+        config, swapper, ..
+    } = *host;
+    let mut store = Store::connect(&config.access, &config.service).await?;
     let lease = store.lease(config.lease_ttl_s).await?;
     let (mut keeper, mut renewals) = store.keeper(lease).await?;
     // The host loads its own selection first (its known-good, or its plugin directory);
@@ -170,16 +184,8 @@ async fn session(
     let mut tick = tokio::time::interval(config.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let rollout = store.rollout().await?.map(|(r, _)| r);
-        converge(
-            &mut store,
-            config,
-            fetcher,
-            swapper,
-            state,
-            rollout.as_ref(),
-        )
-        .await?;
+        let record = store.rollout().await?.map(|(r, _)| r);
+        converge(&mut store, host, highest, state, record).await?;
         store.report(&report(config, swapper, state), lease).await?;
         tokio::select! {
             _ = stop.notify.notified() => {
@@ -204,20 +210,87 @@ async fn session(
     }
 }
 
-/// Makes the host run what `rollout` asks of it. Errors of etcd end the session; a release
-/// the host cannot run is kept in `state` and reported.
+/// What the agent works with in its host.
+struct Host<'a> {
+    config: &'a FleetConfig,
+    fetcher: &'a Fetcher,
+    swapper: &'a Swapper,
+}
+
+/// The rollout record the host may follow: with an operator key, only one it signed for this
+/// service, numbered no lower than the last followed (which is recorded before the host acts
+/// on it). `Ok(None)`: the record was refused (kept in `state` and reported).
+fn admit(
+    host: &Host<'_>,
+    highest: &mut Highest,
+    state: &mut State,
+    record: RolloutRecord,
+) -> Option<(RolloutRecord, bool)> {
+    let Some(key) = &host.config.operator else {
+        return Some((record, false));
+    };
+    let admitted = record
+        .verify(key, &host.config.service)
+        .and_then(|()| highest.admits(&record))
+        .map_err(|refusal| refusal.to_string())
+        .and_then(|()| {
+            highest.advance(&record).map_err(|e| {
+                format!("cannot record the rollout's number, so it is not followed: {e}")
+            })
+        });
+    match admitted {
+        Ok(()) => Some((record, true)),
+        Err(why) => {
+            refuse(state, record.digest(), why);
+            None
+        }
+    }
+}
+
+/// Keeps a refusal for the report, logging it once per record.
+fn refuse(state: &mut State, digest: String, why: String) {
+    if state.refused.as_ref().is_none_or(|(d, _)| *d != digest) {
+        tracing::error!(refusal = %why, "fleet agent: refused the rollout record in etcd; this host keeps what it runs");
+    }
+    state.refused = Some((digest, why));
+}
+
+/// Makes the host run what the rollout `record` asks of it. Errors of etcd end the session;
+/// a release the host cannot run is kept in `state` and reported, and so is a record it
+/// refuses.
 async fn converge(
     store: &mut Store,
-    config: &FleetConfig,
-    fetcher: &Fetcher,
-    swapper: &Swapper,
+    host: &Host<'_>,
+    highest: &mut Highest,
     state: &mut State,
-    rollout: Option<&Rollout>,
+    record: Option<RolloutRecord>,
 ) -> Result<(), FleetError> {
-    state.rollout = rollout.map(|r| r.id);
-    state.step = rollout.map(|r| r.step);
-    let desire = rollout.map_or(Desire::Keep, |r| r.desire_for(&config.host));
-    let Desire::Run { release, traffic } = desire else {
+    let Host {
+        config,
+        fetcher,
+        swapper,
+    } = *host;
+    let Some(record) = record else {
+        // No rollout: nothing to do.
+        *state = State {
+            applied: state.applied.take(),
+            converged: true,
+            ..State::default()
+        };
+        return Ok(());
+    };
+    let Some((record, signed)) = admit(host, highest, state, record) else {
+        // Refused: the host keeps what it runs and follows what it followed.
+        return Ok(());
+    };
+    state.refused = None;
+    let digest = record.digest();
+    let instruction = record.instruction;
+    let rollout = &instruction.rollout;
+    state.rollout = Some(rollout.id);
+    state.step = Some(rollout.step);
+    state.seq = Some(instruction.seq);
+    let Desire::Run { release, traffic } = rollout.desire_for(&config.host) else {
         state.converged = true;
         return Ok(());
     };
@@ -230,8 +303,16 @@ async fn converge(
     if state.failed.as_ref().is_some_and(|(k, _)| *k == key) {
         return Ok(());
     }
-    let outcome = match store.release(&release).await? {
-        Some(release) => apply(swapper, fetcher, &release, traffic),
+    let outcome = match store.release_and_digest(&release).await? {
+        Some((_, found)) if signed && instruction.releases.get(&release) != Some(&found) => {
+            let refusal = Refusal::ReleaseChanged {
+                release: release.clone(),
+            };
+            refuse(state, digest, refusal.to_string());
+            return Ok(());
+        }
+        // Signed by the operator: the rollout may take the host down to an older release.
+        Some((release, _)) => apply(swapper, fetcher, &release, traffic, signed),
         None => Err(FleetError::BadRelease(format!(
             "release `{release}` is not published"
         ))),
@@ -252,12 +333,15 @@ async fn converge(
 }
 
 /// Loads `release` in the host: all of it, or (below 100% of traffic) the one plugin it
-/// changes as a canary.
+/// changes as a canary. Only a rollout the operator signed (`may_downgrade`) may take a
+/// plugin below the highest version the host ran; otherwise the host's rollback protection
+/// (under a trust policy) refuses it.
 fn apply(
     swapper: &Swapper,
     fetcher: &Fetcher,
     release: &Release,
     traffic: f64,
+    may_downgrade: bool,
 ) -> Result<(), FleetError> {
     let files = fetcher.fetch_release(release)?;
     let canary = swapper.canary_status();
@@ -280,8 +364,11 @@ fn apply(
         running.sort();
         wanted.sort();
         if running != wanted {
-            // Any version, up or down: the fleet decides; signatures are still checked.
-            swapper.downgrade(&files)?;
+            if may_downgrade {
+                swapper.downgrade(&files)?;
+            } else {
+                swapper.load_files(&files)?;
+            }
         }
         return Ok(());
     }
@@ -342,6 +429,8 @@ fn report(config: &FleetConfig, swapper: &Swapper, state: &State) -> Report {
         traffic: state.applied.as_ref().map_or(0.0, |(_, t)| *t),
         converged: state.converged,
         error: state.failed.as_ref().map(|(_, e)| e.clone()),
+        seq: state.seq,
+        refused: state.refused.as_ref().map(|(_, why)| why.clone()),
         generation: status.current.id,
         plugins: status
             .current

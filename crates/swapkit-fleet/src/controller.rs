@@ -10,7 +10,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use swapkit::trust::SecretKey;
+
+use crate::access::EtcdAccess;
 use crate::model::{now_ms, Hosts, Phase, Plan, Release, Report, Rollout, Step};
+use crate::signed::{next_seq, Instruction, RolloutRecord};
 use crate::store::Store;
 use crate::FleetError;
 
@@ -45,8 +51,8 @@ pub enum Progress {
 
 /// A controller of one service's rollouts.
 pub struct Controller {
-    endpoints: Vec<String>,
-    service: String,
+    access: EtcdAccess,
+    seal: Seal,
     store: Option<Store>,
     runtime: tokio::runtime::Runtime,
     /// How often `drive` looks at the reports.
@@ -56,6 +62,11 @@ pub struct Controller {
 impl Controller {
     /// A controller for `service` on the etcd cluster at `endpoints`; connects on first use.
     pub fn new(endpoints: &[String], service: &str) -> Result<Controller, FleetError> {
+        Controller::with_access(EtcdAccess::new(endpoints.iter().cloned()), service)
+    }
+
+    /// A controller for `service` reaching etcd through `access` (a user, TLS).
+    pub fn with_access(access: EtcdAccess, service: &str) -> Result<Controller, FleetError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -64,32 +75,44 @@ impl Controller {
                 source: e,
             })?;
         Ok(Controller {
-            endpoints: endpoints.to_vec(),
-            service: service.to_owned(),
+            access,
+            seal: Seal {
+                service: service.to_owned(),
+                key: None,
+            },
             store: None,
             runtime,
             poll: Duration::from_millis(10),
         })
     }
 
+    /// Signs every rollout it writes with the operator's `key`, and follows (pauses, drives,
+    /// aborts) only rollouts that key signed. Hosts given its public half
+    /// ([`FleetConfig::operator_key`](crate::FleetConfig::operator_key)) follow nothing else,
+    /// and move down to an older release only on such a rollout.
+    pub fn operator_key(mut self, key: SecretKey) -> Controller {
+        self.seal.key = Some(key);
+        self
+    }
+
     /// Runs `f` on the store, connecting first if needed; an etcd error drops the connection
     /// so that the next call makes a new one.
     fn with<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut Store) -> Result<T, FleetError>,
+        f: impl AsyncFnOnce(&mut Store, &Seal) -> Result<T, FleetError>,
     ) -> Result<T, FleetError> {
         let Controller {
-            endpoints,
-            service,
+            access,
+            seal,
             store,
             runtime,
             ..
         } = self;
         runtime.block_on(async {
             if store.is_none() {
-                *store = Some(Store::connect(endpoints, service).await?);
+                *store = Some(Store::connect(access, &seal.service).await?);
             }
-            let result = f(store.as_mut().expect("connected above")).await;
+            let result = f(store.as_mut().expect("connected above"), seal).await;
             if matches!(result, Err(FleetError::Etcd { .. })) {
                 *store = None;
             }
@@ -99,22 +122,29 @@ impl Controller {
 
     /// Publishes a release (once per id).
     pub fn publish(&mut self, release: &Release) -> Result<(), FleetError> {
-        self.with(async |s| s.publish(release).await)
+        self.with(async |s, _| s.publish(release).await)
     }
 
     /// Every published release.
     pub fn releases(&mut self) -> Result<Vec<Release>, FleetError> {
-        self.with(async |s| s.releases().await)
+        self.with(async |s, _| s.releases().await)
     }
 
-    /// The rollout, if any, and every live host's report, sorted by host.
+    /// The rollout, if any, and every live host's report, sorted by host. The rollout is
+    /// what etcd holds, whoever wrote it: [`record`](Self::record) tells who signed it.
     pub fn status(&mut self) -> Result<(Option<Rollout>, Vec<Report>), FleetError> {
-        self.with(async |s| {
-            let rollout = s.rollout().await?.map(|(r, _)| r);
+        self.with(async |s, _| {
+            let rollout = s.rollout().await?.map(|(r, _)| r.instruction.rollout);
             let mut reports = s.reports().await?;
             reports.sort_by(|a, b| a.host.cmp(&b.host));
             Ok((rollout, reports))
         })
+    }
+
+    /// The rollout record in etcd, if any: what it says, its number and who signed it. It
+    /// is not checked here; [`RolloutRecord::verify`](crate::RolloutRecord::verify) does.
+    pub fn record(&mut self) -> Result<Option<crate::RolloutRecord>, FleetError> {
+        self.with(async |s, _| Ok(s.rollout().await?.map(|(r, _)| r)))
     }
 
     /// Starts rolling `release` out with `plan`. The stable release hosts return to on an
@@ -131,14 +161,16 @@ impl Controller {
                 "a rollout needs at least one step".into(),
             ));
         }
-        self.with(async |s| {
+        self.with(async |s, seal| {
             if s.release(release).await?.is_none() {
                 return Err(FleetError::BadRelease(format!(
                     "release `{release}` is not published; publish it first"
                 )));
             }
-            let current = s.rollout().await?;
-            if let Some((r, _)) = current.as_ref().filter(|(r, _)| r.is_active()) {
+            let (current, revision) = seal.read_over_forgery(s).await?;
+            if let Some(Current { rollout: r, .. }) =
+                current.as_ref().filter(|c| c.rollout.is_active())
+            {
                 return Err(FleetError::Conflict(format!(
                     "rollout {} of release `{}` is {:?} at step {}; abort it or let it finish",
                     r.id,
@@ -148,14 +180,27 @@ impl Controller {
                 )));
             }
             let stable = stable.or_else(|| {
-                current.as_ref().and_then(|(r, _)| match r.phase {
-                    Phase::Done => Some(r.release.clone()),
-                    _ => r.stable.clone(),
-                })
+                current
+                    .as_ref()
+                    .and_then(|Current { rollout: r, .. }| match r.phase {
+                        Phase::Done => Some(r.release.clone()),
+                        _ => r.stable.clone(),
+                    })
             });
-            let live = live_hosts(&s.reports().await?);
+            let reports = s.reports().await?;
+            let live = live_hosts(&reports);
+            // Above the last rollout's id, and above any a host still reports (the record
+            // before may have been deleted or forged): a report never counts for the wrong one.
+            let last = reports
+                .iter()
+                .filter_map(|p| p.rollout)
+                .chain(current.as_ref().map(|c| c.rollout.id))
+                .max()
+                .unwrap_or(0);
             let rollout = Rollout {
-                id: current.as_ref().map_or(1, |(r, _)| r.id + 1),
+                id: last.checked_add(1).ok_or_else(|| {
+                    FleetError::Conflict("rollout ids are at their largest".into())
+                })?,
                 release: release.to_owned(),
                 stable,
                 targets: targets(&plan.steps[0], None, &live),
@@ -165,8 +210,7 @@ impl Controller {
                 reason: None,
                 step_started_ms: now_ms(),
             };
-            let revision = current.map_or(0, |(_, rev)| rev);
-            if !s.swap_rollout(revision, &rollout).await? {
+            if !seal.write(s, revision, current.as_ref(), &rollout).await? {
                 return Err(FleetError::Conflict(
                     "another controller changed the rollout at the same moment; look at \
                      `swapkit fleet status` and try again"
@@ -193,7 +237,8 @@ impl Controller {
         };
         loop {
             let poll = self.poll;
-            let step = self.with(async |s| step_once(s, &mut held_since, &mut releases).await);
+            let step =
+                self.with(async |s, seal| step_once(s, seal, &mut held_since, &mut releases).await);
             match step {
                 Ok(Some(Next::Finished(r))) => {
                     tell(Progress::Finished {
@@ -205,13 +250,13 @@ impl Controller {
                 Ok(Some(Next::Progress(p))) => {
                     if let Some(since) = outage.take() {
                         // Back after an outage: the deadline restarts.
-                        let _ = self.with(async |s| restart_deadline(s).await);
+                        let _ = self.with(async |s, seal| restart_deadline(s, seal).await);
                         tracing::info!(after = ?since.elapsed(), "etcd is back; the rollout goes on");
                     }
                     tell(p);
                 }
                 Ok(None) => {}
-                Err(FleetError::Etcd { doing, source }) => {
+                Err(FleetError::Etcd { doing, source, .. }) => {
                     outage.get_or_insert_with(Instant::now);
                     held_since = None;
                     tell(Progress::Waiting {
@@ -284,16 +329,20 @@ impl Controller {
         &mut self,
         mut f: impl FnMut(&mut Rollout) -> Result<(), String>,
     ) -> Result<Rollout, FleetError> {
-        self.with(async |s| loop {
-            let (mut r, rev) = s
-                .rollout()
+        self.with(async |s, seal| loop {
+            let current = seal
+                .read(s)
                 .await?
                 .ok_or_else(|| FleetError::Conflict("there is no rollout".into()))?;
-            f(&mut r).map_err(|why| {
-                FleetError::Conflict(format!("rollout {} of `{}`: {why}", r.id, r.release))
+            let mut rollout = current.rollout.clone();
+            f(&mut rollout).map_err(|why| {
+                FleetError::Conflict(format!(
+                    "rollout {} of `{}`: {why}",
+                    rollout.id, rollout.release
+                ))
             })?;
-            if s.swap_rollout(rev, &r).await? {
-                return Ok(r);
+            if seal.write(s, current.rev, Some(&current), &rollout).await? {
+                return Ok(rollout);
             }
         })
     }
@@ -307,11 +356,21 @@ enum Next {
 /// One look at the rollout and the reports: abort, advance, or wait.
 async fn step_once(
     s: &mut Store,
+    seal: &Seal,
     held_since: &mut Option<(u64, usize, Instant)>,
     releases: &mut HashMap<String, Release>,
 ) -> Result<Option<Next>, FleetError> {
-    let Some((r, rev)) = s.rollout().await? else {
+    let Some(current) = seal.read(s).await? else {
         return Err(FleetError::Conflict("there is no rollout".into()));
+    };
+    let (r, rev) = (current.rollout.clone(), current.rev);
+    let finish = async |s: &mut Store, next: Rollout| {
+        if seal.write(s, rev, Some(&current), &next).await? {
+            Ok(Some(Next::Finished(next)))
+        } else {
+            // Another controller changed it first: look again.
+            Ok(None)
+        }
     };
     if r.phase != Phase::Running {
         return Ok(Some(Next::Finished(r)));
@@ -333,9 +392,15 @@ async fn step_once(
         Some(t) => t.iter().map(String::as_str).collect(),
         None => reports.iter().map(|p| p.host.as_str()).collect(),
     };
+    // A host is ready once it follows this very record (not only this rollout and step) and
+    // runs what it asks.
     let ready = |host: &str| {
         reports.iter().any(|p| {
-            p.host == host && p.rollout == Some(r.id) && p.step == Some(r.step) && p.converged
+            p.host == host
+                && p.rollout == Some(r.id)
+                && p.step == Some(r.step)
+                && p.seq == Some(current.seq)
+                && p.converged
         })
     };
 
@@ -356,11 +421,11 @@ async fn step_once(
             r.release,
             bad.error.as_deref().unwrap_or_default()
         );
-        return finish(s, rev, abort(why)).await;
+        return finish(s, abort(why)).await;
     }
     // The gate, judged on every look, so that a bad release goes as soon as it shows.
     if let Some(why) = gate(&r, &release, stable.as_ref(), &reports, &in_step) {
-        return finish(s, rev, abort(why)).await;
+        return finish(s, abort(why)).await;
     }
     let step = &r.plan.steps[r.step];
     let done = expected.iter().filter(|h| ready(h)).count();
@@ -374,7 +439,7 @@ async fn step_once(
                 r.release,
                 r.plan.deadline_ms
             );
-            return finish(s, rev, abort(why)).await;
+            return finish(s, abort(why)).await;
         }
         return Ok(Some(Next::Progress(Progress::Step {
             step: r.step,
@@ -414,7 +479,7 @@ async fn step_once(
                     r.plan.min_calls,
                     r.plan.deadline_ms
                 );
-                return finish(s, rev, abort(why)).await;
+                return finish(s, abort(why)).await;
             }
             return Ok(Some(Next::Progress(Progress::Gathering {
                 step: r.step,
@@ -428,7 +493,7 @@ async fn step_once(
     if r.step + 1 == r.plan.steps.len() {
         next.phase = Phase::Done;
         next.targets = None;
-        return finish(s, rev, next).await;
+        return finish(s, next).await;
     }
     next.step += 1;
     next.targets = targets(
@@ -438,7 +503,7 @@ async fn step_once(
     );
     next.step_started_ms = now_ms();
     *held_since = None;
-    if s.swap_rollout(rev, &next).await? {
+    if seal.write(s, rev, Some(&current), &next).await? {
         Ok(Some(Next::Progress(Progress::Advanced { step: next.step })))
     } else {
         // Another controller moved it: look again.
@@ -462,23 +527,106 @@ async fn published(
     Ok(release)
 }
 
-/// Writes the rollout's end; if another controller changed it first, looks again.
-async fn finish(s: &mut Store, rev: i64, r: Rollout) -> Result<Option<Next>, FleetError> {
-    if s.swap_rollout(rev, &r).await? {
-        Ok(Some(Next::Finished(r)))
-    } else {
-        Ok(None)
-    }
-}
-
-async fn restart_deadline(s: &mut Store) -> Result<(), FleetError> {
-    if let Some((mut r, rev)) = s.rollout().await? {
-        if r.phase == Phase::Running {
-            r.step_started_ms = now_ms();
-            s.swap_rollout(rev, &r).await?;
+async fn restart_deadline(s: &mut Store, seal: &Seal) -> Result<(), FleetError> {
+    if let Some(current) = seal.read(s).await? {
+        if current.rollout.phase == Phase::Running {
+            let mut rollout = current.rollout.clone();
+            rollout.step_started_ms = now_ms();
+            seal.write(s, current.rev, Some(&current), &rollout).await?;
         }
     }
     Ok(())
+}
+
+/// The service a controller writes for, and the operator key it signs with.
+struct Seal {
+    service: String,
+    key: Option<SecretKey>,
+}
+
+/// The rollout in force, as a controller read it.
+struct Current {
+    rollout: Rollout,
+    seq: u64,
+    rev: i64,
+    /// The digests of the release records it was signed with.
+    releases: BTreeMap<String, String>,
+}
+
+impl Seal {
+    /// The rollout in etcd. With an operator key, one that key did not sign for this
+    /// service is refused: a controller never builds on a forged rollout.
+    async fn read(&self, s: &mut Store) -> Result<Option<Current>, FleetError> {
+        let Some((record, rev)) = s.rollout().await? else {
+            return Ok(None);
+        };
+        if let Some(key) = &self.key {
+            record
+                .verify(&key.public(), &self.service)
+                .map_err(|refusal| FleetError::Refused { refusal })?;
+        }
+        Ok(Some(Current {
+            seq: record.instruction.seq,
+            rollout: record.instruction.rollout,
+            releases: record.instruction.releases,
+            rev,
+        }))
+    }
+
+    /// The rollout in etcd and its revision, as [`read`](Self::read) does, except that a
+    /// forged one is passed over (logged, and its revision kept so that writing over it is
+    /// still checked): starting a rollout is how an operator puts a forged one right.
+    async fn read_over_forgery(&self, s: &mut Store) -> Result<(Option<Current>, i64), FleetError> {
+        match self.read(s).await {
+            Ok(current) => {
+                let rev = current.as_ref().map_or(0, |c| c.rev);
+                Ok((current, rev))
+            }
+            Err(FleetError::Refused { refusal }) => {
+                tracing::warn!(%refusal, "the rollout in etcd is not the operator's; the new rollout replaces it");
+                let rev = s.rollout().await?.map_or(0, |(_, rev)| rev);
+                Ok((None, rev))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `rollout` if the rollout's revision is still `rev` (0: there is none),
+    /// numbered above `previous`'s, bound to the records of the releases it names, and
+    /// signed. A release `previous` was signed with keeps that record: if etcd holds another
+    /// now, nothing is written. False if another writer got there first.
+    async fn write(
+        &self,
+        s: &mut Store,
+        rev: i64,
+        previous: Option<&Current>,
+        rollout: &Rollout,
+    ) -> Result<bool, FleetError> {
+        let mut releases = BTreeMap::new();
+        for id in std::iter::once(&rollout.release).chain(rollout.stable.as_ref()) {
+            let (_, digest) = s.release_and_digest(id).await?.ok_or_else(|| {
+                FleetError::BadRelease(format!("release `{id}` is not published"))
+            })?;
+            if let Some((signed, seq)) = previous.and_then(|p| Some((p.releases.get(id)?, p.seq))) {
+                if *signed != digest {
+                    return Err(FleetError::BadRelease(format!(
+                        "release `{id}` in etcd is not the record rollout record {seq} was \
+                         signed with: it was rewritten since; nothing was written (publish \
+                         the release again under a new id)"
+                    )));
+                }
+            }
+            releases.insert(id.clone(), digest);
+        }
+        let instruction = Instruction {
+            service: self.service.clone(),
+            seq: next_seq(previous.map(|p| p.seq))?,
+            rollout: rollout.clone(),
+            releases,
+        };
+        let record = RolloutRecord::seal(instruction, self.key.as_ref())?;
+        s.swap_rollout(rev, &record).await
+    }
 }
 
 /// Why the release fails its gate on these reports, if it does: its failure rate in the
@@ -583,6 +731,8 @@ mod tests {
             traffic: 100.0,
             converged: true,
             error: None,
+            seq: None,
+            refused: None,
             generation: 1,
             plugins: vec![crate::Serving {
                 plugin: "p".into(),

@@ -211,7 +211,7 @@ impl Fetcher {
 
 /// Creates `path` for writing, mode 0600, refusing to follow a link or reuse a file: a
 /// leftover of a crash is removed first (removing a link removes the link, not its target).
-fn create_private(path: &Path) -> Result<std::fs::File, FleetError> {
+pub(crate) fn create_private(path: &Path) -> Result<std::fs::File, FleetError> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -272,11 +272,11 @@ pub fn sha256_file(path: &Path) -> Result<String, FleetError> {
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn io(path: &Path, e: std::io::Error) -> FleetError {
+pub(crate) fn io(path: &Path, e: std::io::Error) -> FleetError {
     FleetError::Io {
         path: path.to_owned(),
         source: e,

@@ -26,10 +26,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod access;
 mod agent;
 mod controller;
 mod fetch;
 mod model;
+mod signed;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -38,6 +40,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use access::{controller_role, grant_controller, grant_host, host_role, EtcdAccess};
 pub use controller::{Controller, Progress};
 pub use fetch::{
     serve, sha256_file, Deadlines, Server, MAX_CONNECTIONS, SERVE_DEADLINE, SERVE_IO_DEADLINE,
@@ -45,17 +48,20 @@ pub use fetch::{
 pub use model::{
     Artifact, CanaryCounts, Desire, Hosts, Phase, Plan, Release, Report, Rollout, Serving, Step,
 };
+pub use signed::{Instruction, Refusal, RolloutRecord, ROLLOUT_KIND};
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
     /// etcd could not be reached or refused a request.
-    #[error("etcd: cannot {doing}: {source}; is etcd running at the endpoints given?")]
+    #[error("etcd: cannot {doing}: {source}; {hint}")]
     Etcd {
         doing: String,
         #[source]
         source: etcd_client::Error,
+        /// What to check, from what etcd said.
+        hint: &'static str,
     },
     /// A value in etcd is not what this version of swapkit-fleet writes.
     #[error("the value at {key} in etcd does not read as swapkit-fleet's: {reason}")]
@@ -90,12 +96,23 @@ pub enum FleetError {
     /// The host refused to load the release.
     #[error(transparent)]
     Load(#[from] swapkit::LoadError),
+    /// The rollout in etcd is not one the operator's key signed, or is older than one
+    /// already followed. A host keeps what it runs; a controller acts on it only by starting
+    /// a new rollout over it.
+    #[error(
+        "{refusal}; nothing was changed (start a new rollout with the operator key to replace it)"
+    )]
+    Refused {
+        /// Why.
+        refusal: Refusal,
+    },
 }
 
 /// How a host joins its service's fleet.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    pub(crate) endpoints: Vec<String>,
+    pub(crate) access: EtcdAccess,
+    pub(crate) operator: Option<swapkit::trust::PublicKey>,
     pub(crate) service: String,
     pub(crate) host: String,
     pub(crate) labels: BTreeMap<String, String>,
@@ -115,7 +132,8 @@ impl FleetConfig {
         host: &str,
     ) -> FleetConfig {
         FleetConfig {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            access: EtcdAccess::new(endpoints),
+            operator: None,
             service: service.to_owned(),
             host: host.to_owned(),
             labels: BTreeMap::new(),
@@ -125,6 +143,26 @@ impl FleetConfig {
             report_every: Duration::from_millis(200),
             lease_ttl_s: 2,
         }
+    }
+
+    /// Reaches etcd through `access` (its endpoints replace those given to
+    /// [`new`](Self::new)): a user of the host's own role ([`grant_host`]), and TLS.
+    pub fn etcd(mut self, access: EtcdAccess) -> FleetConfig {
+        self.access = access;
+        self
+    }
+
+    /// Follows only rollouts the operator's `key` signed (`swapkit fleet ... --operator-key`),
+    /// each numbered above the last this host followed (kept in its fleet cache directory, so
+    /// a restart does not forget it). A rollout record that is unsigned, forged, signed for
+    /// another service, older than one followed, or whose release records changed after it was
+    /// signed is refused and reported, and the host keeps what it runs. Such a signed rollout
+    /// is also what lets the host move down to an older release (a rollback); without an
+    /// operator key the host loads releases under its rollback protection, so no etcd writer
+    /// can take it back to an older version.
+    pub fn operator_key(mut self, key: swapkit::trust::PublicKey) -> FleetConfig {
+        self.operator = Some(key);
+        self
     }
 
     /// A label reported with the host (`zone`, `rack`, ...).

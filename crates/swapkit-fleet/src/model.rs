@@ -213,6 +213,13 @@ pub struct Report {
     pub converged: bool,
     /// Why it could not, if it could not.
     pub error: Option<String>,
+    /// The number of the rollout record it follows ([`crate::Instruction::seq`]).
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Why it refused the rollout record in etcd, if it did (forged, replayed, unsigned):
+    /// it keeps what it runs meanwhile.
+    #[serde(default)]
+    pub refused: Option<String>,
     /// The host's current generation.
     pub generation: u64,
     /// The plugins it serves, with their calls and failures since each was loaded.

@@ -1,16 +1,16 @@
 //! The fleet's keys in etcd, read and written as JSON. Every change to the rollout is a
 //! transaction on its revision, so two controllers can never both move it.
 
-use std::time::Duration;
-
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchStream,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{Release, Report, Rollout};
+use crate::access::EtcdAccess;
+use crate::model::{Release, Report};
+use crate::signed::{release_digest, RolloutRecord};
 use crate::FleetError;
 
 /// A connection to etcd, scoped to one service's keys.
@@ -20,16 +20,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `endpoints` (`127.0.0.1:2379` or `http://...`), for `service`.
-    pub async fn connect(endpoints: &[String], service: &str) -> Result<Store, FleetError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(2));
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| etcd(&format!("connect to {}", endpoints.join(",")), e))?;
+    /// Connects through `access`, for `service`.
+    pub async fn connect(access: &EtcdAccess, service: &str) -> Result<Store, FleetError> {
         Ok(Store {
-            client,
+            client: access.connect().await?,
             prefix: format!("/swapkit/{service}/"),
         })
     }
@@ -38,25 +32,47 @@ impl Store {
         format!("{}{rest}", self.prefix)
     }
 
-    /// The rollout and its revision, if there is one.
-    pub async fn rollout(&mut self) -> Result<Option<(Rollout, i64)>, FleetError> {
+    /// The rollout record (not yet verified) and its revision, if there is one.
+    pub async fn rollout(&mut self) -> Result<Option<(RolloutRecord, i64)>, FleetError> {
         let key = self.key("rollout");
-        Ok(self
-            .get_all::<Rollout>(&key, false)
-            .await?
-            .into_iter()
-            .next())
+        let Some((value, revision)) = self.raw(&key).await? else {
+            return Ok(None);
+        };
+        Ok(Some((RolloutRecord::parse(&key, &value)?, revision)))
     }
 
     /// A published release.
     pub async fn release(&mut self, id: &str) -> Result<Option<Release>, FleetError> {
+        Ok(self.release_and_digest(id).await?.map(|(r, _)| r))
+    }
+
+    /// A published release, and the SHA-256 of its record as stored.
+    pub async fn release_and_digest(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(Release, String)>, FleetError> {
         let key = self.key(&format!("release/{id}"));
-        Ok(self
-            .get_all::<Release>(&key, false)
-            .await?
-            .into_iter()
-            .next()
-            .map(|(r, _)| r))
+        let Some((value, _)) = self.raw(&key).await? else {
+            return Ok(None);
+        };
+        let release = serde_json::from_slice(&value).map_err(|e| FleetError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((release, release_digest(&value))))
+    }
+
+    /// The bytes at `key` and their revision.
+    async fn raw(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, FleetError> {
+        let response = self
+            .client
+            .get(key, None)
+            .await
+            .map_err(|e| etcd(&format!("read {key}"), e))?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
     }
 
     /// Every published release.
@@ -106,7 +122,7 @@ impl Store {
     pub async fn swap_rollout(
         &mut self,
         revision: i64,
-        rollout: &Rollout,
+        record: &RolloutRecord,
     ) -> Result<bool, FleetError> {
         let key = self.key("rollout");
         let compare = if revision == 0 {
@@ -117,7 +133,7 @@ impl Store {
         let txn =
             Txn::new()
                 .when([compare])
-                .and_then([TxnOp::put(key.as_str(), json(rollout)?, None)]);
+                .and_then([TxnOp::put(key.as_str(), record.to_json(), None)]);
         self.txn(txn, "write the rollout").await
     }
 
@@ -222,8 +238,20 @@ fn json(value: &impl Serialize) -> Result<Vec<u8>, FleetError> {
 
 /// An etcd error while `doing` something.
 pub(crate) fn etcd(doing: &str, source: etcd_client::Error) -> FleetError {
+    let text = source.to_string();
+    let hint = if text.contains("permission denied") {
+        "this user's etcd role does not allow it (a host may write only its own report: \
+         swapkit_fleet::grant_host)"
+    } else if text.contains("authentication failed") || text.contains("invalid auth") {
+        "the etcd user or password is wrong"
+    } else if text.contains("user name is empty") || text.contains("token") {
+        "this etcd requires a user: give one (EtcdAccess::user, --etcd-user)"
+    } else {
+        "is etcd running at the endpoints given, and do they take TLS only if a CA is given?"
+    };
     FleetError::Etcd {
         doing: doing.to_owned(),
         source,
+        hint,
     }
 }

@@ -26,11 +26,13 @@
 
 mod key;
 mod policy;
+mod record;
 mod signature;
 mod text;
 
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use policy::{Signer, TrustPolicy};
+pub use record::RecordSignature;
 pub use signature::{signature_path, SignatureFile, Statement, EXTENSION};
 pub use text::MAX_TEXT;
 
