@@ -288,3 +288,94 @@ impl Highest {
 pub(crate) fn release_digest(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Phase, Plan};
+
+    fn instruction(seq: u64) -> Instruction {
+        Instruction {
+            service: "svc".into(),
+            seq,
+            rollout: Rollout {
+                id: 1,
+                release: "v2".into(),
+                stable: None,
+                plan: Plan {
+                    steps: Plan::parse_steps("all", 0).unwrap(),
+                    deadline_ms: 1000,
+                    failure_margin: 0.01,
+                    min_calls: 1,
+                },
+                step: 0,
+                targets: None,
+                phase: Phase::Running,
+                reason: None,
+                step_started_ms: 0,
+            },
+            releases: BTreeMap::from([("v2".into(), "ab".repeat(32))]),
+        }
+    }
+
+    #[test]
+    fn the_highest_record_followed_survives_a_restart_and_refuses_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let seal = |seq| RolloutRecord::seal(instruction(seq), Some(&key)).unwrap();
+        let mut highest = Highest::load(dir.path()).unwrap();
+        assert_eq!(highest.admits(&seal(5)), Ok(()));
+        highest.advance(&seal(5)).unwrap();
+        let again = Highest::load(dir.path()).unwrap();
+        assert_eq!(again.admits(&seal(5)), Ok(()), "the same record again");
+        assert_eq!(
+            again.admits(&seal(4)),
+            Err(Refusal::Replayed { seq: 4, highest: 5 })
+        );
+        let mut other = instruction(5);
+        other.rollout.phase = Phase::Aborted;
+        let other = RolloutRecord::seal(other, Some(&key)).unwrap();
+        assert_eq!(again.admits(&other), Err(Refusal::Conflicting { seq: 5 }));
+        assert_eq!(again.admits(&seal(6)), Ok(()));
+
+        // Planted by another hand: a link is not followed, junk does not read.
+        let planted = tempfile::tempdir().unwrap();
+        std::fs::write(planted.path().join("target"), "1 00").unwrap();
+        std::os::unix::fs::symlink(
+            planted.path().join("target"),
+            planted.path().join("rollout-seq"),
+        )
+        .unwrap();
+        assert!(Highest::load(planted.path()).is_err());
+        std::fs::remove_file(planted.path().join("rollout-seq")).unwrap();
+        std::fs::write(planted.path().join("rollout-seq"), "junk").unwrap();
+        assert!(Highest::load(planted.path()).is_err());
+    }
+
+    #[test]
+    fn a_record_verifies_only_with_its_key_for_its_service() {
+        let key = SecretKey::generate().unwrap();
+        let record = RolloutRecord::seal(instruction(1), Some(&key)).unwrap();
+        let read = RolloutRecord::parse("k", &record.to_json()).unwrap();
+        assert_eq!(read.verify(&key.public(), "svc"), Ok(()));
+        assert_eq!(read.signer, Some(key.public().id()));
+        assert!(matches!(
+            read.verify(&key.public(), "other"),
+            Err(Refusal::OtherService { .. })
+        ));
+        let stranger = SecretKey::generate().unwrap();
+        assert!(matches!(
+            read.verify(&stranger.public(), "svc"),
+            Err(Refusal::Forged { .. })
+        ));
+        let unsigned = RolloutRecord::seal(instruction(1), None).unwrap();
+        assert_eq!(
+            unsigned.verify(&key.public(), "svc"),
+            Err(Refusal::Unsigned)
+        );
+        // Numbers only go up, even from a record numbered in the future.
+        assert!(next_seq(None).unwrap() >= now_ms());
+        assert_eq!(next_seq(Some(u64::MAX - 1)).unwrap(), u64::MAX);
+        assert!(next_seq(Some(u64::MAX)).is_err());
+    }
+}

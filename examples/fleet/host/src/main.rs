@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! fleet-host --etcd 127.0.0.1:2379 --service pricing --host h1 --state /var/lib/h1 \
-//!            --plugins /opt/pricing/plugins [--label zone=a]
+//!            --plugins /opt/pricing/plugins [--label zone=a] \
+//!            [--etcd-ca ca.pem --etcd-user pricing-h1 --etcd-password-file pw] \
+//!            [--operator-key operator.pub]
 //! ```
 //!
 //! It starts from its known-good selection in `--state` (or from `--plugins`), prints
@@ -17,8 +19,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fleet_api::Pricer;
+use swapkit::trust::PublicKey;
 use swapkit::Swapper;
-use swapkit_fleet::{FleetConfig, FleetExt};
+use swapkit_fleet::{EtcdAccess, FleetConfig, FleetExt};
 
 struct Args {
     etcd: String,
@@ -27,6 +30,10 @@ struct Args {
     state: PathBuf,
     plugins: PathBuf,
     labels: Vec<(String, String)>,
+    etcd_ca: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
+    operator_key: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -36,6 +43,8 @@ fn args() -> Result<Args, String> {
     let mut state = None;
     let mut plugins = None;
     let mut labels = vec![];
+    let (mut etcd_ca, mut etcd_user, mut etcd_password_file, mut operator_key) =
+        (None, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} takes a value"));
@@ -45,6 +54,10 @@ fn args() -> Result<Args, String> {
             "--host" => host = Some(value()?),
             "--state" => state = Some(value()?),
             "--plugins" => plugins = Some(value()?),
+            "--etcd-ca" => etcd_ca = Some(value()?.into()),
+            "--etcd-user" => etcd_user = Some(value()?),
+            "--etcd-password-file" => etcd_password_file = Some(value()?.into()),
+            "--operator-key" => operator_key = Some(value()?.into()),
             "--label" => {
                 let label = value()?;
                 let (k, v) = label
@@ -67,6 +80,10 @@ fn args() -> Result<Args, String> {
         state: need(state, "--state")?.into(),
         plugins: need(plugins, "--plugins")?.into(),
         labels,
+        etcd_ca,
+        etcd_user,
+        etcd_password_file,
+        operator_key,
     })
 }
 
@@ -82,9 +99,24 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
+    let mut access = EtcdAccess::new([args.etcd.as_str()]);
+    if let Some(ca) = &args.etcd_ca {
+        access = access.ca_file(ca)?;
+    }
+    if let Some(user) = &args.etcd_user {
+        let file = args
+            .etcd_password_file
+            .as_ref()
+            .ok_or("--etcd-user needs --etcd-password-file")?;
+        access = access.user(user, &std::fs::read_to_string(file)?);
+    }
     let mut fleet = FleetConfig::new([args.etcd.as_str()], &args.service, &args.host)
+        .etcd(access)
         .cache_dir(args.state.join("fleet-cache"))
         .report_every(Duration::from_millis(100));
+    if let Some(key) = &args.operator_key {
+        fleet = fleet.operator_key(PublicKey::parse(&std::fs::read_to_string(key)?)?);
+    }
     for (k, v) in &args.labels {
         fleet = fleet.label(k, v);
     }

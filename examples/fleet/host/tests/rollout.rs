@@ -1,6 +1,7 @@
 //! Fleet rollouts with real parts: a real etcd (Debian's `etcd-server`) on 127.0.0.1 with its
-//! data in a temporary directory, five `fleet-host` processes calling their pricer plugin
-//! without pause, and the releases' artifacts served over HTTP on 127.0.0.1.
+//! data in a temporary directory, TLS and auth on, five `fleet-host` processes (each its own
+//! etcd user, trusting the operator key) calling their pricer plugin without pause, and the
+//! releases' artifacts served over HTTP on 127.0.0.1. Controllers sign with the operator key.
 //!
 //! The scenarios run one at a time (each starts its own etcd and hosts).
 
@@ -76,6 +77,10 @@ struct Fleet {
     etcd: Etcd,
     dir: tempfile::TempDir,
     service: String,
+    /// The operator's key pair, as `swapkit keygen` writes it.
+    operator: swapkit::trust::SecretKey,
+    /// The controller's etcd access.
+    access: swapkit_fleet::EtcdAccess,
     /// The published releases' SHA-256, by id.
     v1: String,
     v2: String,
@@ -90,7 +95,10 @@ impl Fleet {
         let server = swapkit_fleet::serve(&www, "127.0.0.1:0").unwrap();
         let etcd = Etcd::start(dir.path());
         let service = "pricing".to_owned();
-        let mut c = Controller::new(&[etcd.endpoint()], &service).unwrap();
+        let operator = swapkit::trust::SecretKey::generate().unwrap();
+        std::fs::write(dir.path().join("operator.pub"), operator.public().to_text()).unwrap();
+        let access = etcd.controller(&service);
+        let mut c = Controller::with_access(access.clone(), &service).unwrap();
         let mut publish = |id: &str, version: &str, built: &Path| {
             let file = www.join(format!("pricer-{id}.so"));
             std::fs::copy(built, &file).unwrap();
@@ -108,6 +116,8 @@ impl Fleet {
         let v2 = publish("v2", "2.0.0", &b.v2);
         publish("bad", "2.1.0", &b.bad);
         let mut fleet = Fleet {
+            operator,
+            access,
             etcd,
             _www: server,
             dir,
@@ -123,8 +133,12 @@ impl Fleet {
         fleet
     }
 
+    /// A controller of the service, signing with the operator key.
     fn controller(&self) -> Controller {
-        Controller::new(&[self.etcd.endpoint()], &self.service).unwrap()
+        let key = swapkit::trust::SecretKey::parse(&self.operator.to_text()).unwrap();
+        Controller::with_access(self.access.clone(), &self.service)
+            .unwrap()
+            .operator_key(key)
     }
 
     /// Starts a host whose plugin directory holds v1 (or starts it again, on its state).
@@ -135,6 +149,8 @@ impl Fleet {
         std::fs::create_dir_all(&state).unwrap();
         std::fs::copy(&builds().v1, plugins.join("pricer.so")).unwrap();
         let stderr = std::fs::File::create(state.join("stderr")).unwrap();
+        let user = self.etcd.host(&self.service, id);
+        let user = user.user_name().unwrap().to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-host"))
             .args([
                 "--etcd",
@@ -143,7 +159,15 @@ impl Fleet {
                 &self.service,
                 "--host",
                 id,
+                "--etcd-user",
+                &user,
             ])
+            .arg("--etcd-password-file")
+            .arg(self.etcd.password_file(&user))
+            .arg("--etcd-ca")
+            .arg(self.etcd.ca_file())
+            .arg("--operator-key")
+            .arg(self.dir.path().join("operator.pub"))
             .arg("--state")
             .arg(&state)
             .arg("--plugins")

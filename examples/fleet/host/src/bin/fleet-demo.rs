@@ -1,6 +1,7 @@
 //! The fleet example end to end, with its figures: a real etcd on 127.0.0.1 (Debian's
 //! `etcd-server`), an HTTP server for the artifacts, and five `fleet-host` processes that
-//! call their pricer plugin without pause.
+//! call their pricer plugin without pause. etcd runs with TLS and auth on; each host is an etcd
+//! user that may write only its own report, and follows only rollouts the operator key signed.
 //!
 //! Each round rolls release v2 out in three steps with zero-length windows, then tries a
 //! faulty release as a canary on one host at 10% of its traffic, which the gate catches and
@@ -107,7 +108,9 @@ fn run() -> Result<bool, Error> {
     println!("starting etcd...");
     let etcd = Etcd::start(dir.path());
     let service = "pricing";
-    let mut c = Controller::new(&[etcd.endpoint()], service)?;
+    let operator = swapkit::trust::SecretKey::generate()?;
+    std::fs::write(dir.path().join("operator.pub"), operator.public().to_text())?;
+    let mut c = Controller::with_access(etcd.controller(service), service)?.operator_key(operator);
     let mut hashes = vec![];
     for (id, version, path) in [
         ("v1", "1.0.0", &built[0]),
@@ -126,15 +129,7 @@ fn run() -> Result<bool, Error> {
         hashes.push(sha256);
     }
     let hosts = (1..=args.hosts)
-        .map(|i| {
-            start_host(
-                &format!("h{i}"),
-                dir.path(),
-                &etcd.endpoint(),
-                service,
-                &built[0],
-            )
-        })
+        .map(|i| start_host(&format!("h{i}"), dir.path(), &etcd, service, &built[0]))
         .collect::<Result<Vec<_>, _>>()?;
     let all_on = |c: &mut Controller, sha: &str| -> Result<bool, Error> {
         let reports = c.status()?.1;
@@ -226,15 +221,31 @@ fn run() -> Result<bool, Error> {
     Ok(ok)
 }
 
-fn start_host(id: &str, dir: &Path, etcd: &str, service: &str, v1: &Path) -> Result<Host, Error> {
+fn start_host(id: &str, dir: &Path, etcd: &Etcd, service: &str, v1: &Path) -> Result<Host, Error> {
     let plugins = dir.join(id).join("plugins");
     let state = dir.join(id).join("state");
     std::fs::create_dir_all(&plugins)?;
     std::fs::create_dir_all(&state)?;
     std::fs::copy(v1, plugins.join("pricer.so"))?;
     let exe = std::env::current_exe()?.with_file_name("fleet-host");
+    let user = etcd.host(service, id);
+    let user = user.user_name().ok_or("a host user")?.to_owned();
     let mut child = Command::new(&exe)
-        .args(["--etcd", etcd, "--service", service, "--host", id])
+        .args([
+            "--etcd",
+            &etcd.endpoint(),
+            "--service",
+            service,
+            "--host",
+            id,
+        ])
+        .args(["--etcd-user", &user])
+        .arg("--etcd-password-file")
+        .arg(etcd.password_file(&user))
+        .arg("--etcd-ca")
+        .arg(etcd.ca_file())
+        .arg("--operator-key")
+        .arg(dir.join("operator.pub"))
         .arg("--state")
         .arg(&state)
         .arg("--plugins")
