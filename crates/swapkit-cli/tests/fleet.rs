@@ -488,6 +488,31 @@ fn an_etcd_writer_without_the_operator_key_moves_no_host() {
         t.report()
             .is_some_and(|r| r.refused.is_none() && r.converged)
     });
+
+    // A record numbered an hour ahead of this controller's clock (another controller's,
+    // skewed), then forged over: the next rollout is numbered above what the host followed,
+    // not by the clock alone.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut ahead = instruction_of(&current);
+    ahead.seq = now_ms + 3_600_000;
+    t.etcd.put(
+        &t.key("rollout"),
+        &envelope(&ahead, Some(&t.operator_secret())),
+    );
+    wait_until("the host to follow the record ahead", || {
+        t.report().and_then(|r| r.seq) == Some(ahead.seq)
+    });
+    ahead.seq += 1;
+    // (`current` is the rollback signed above, followed now that its release is restored.)
+    refused(&t, &swapper, &envelope(&ahead, None), "unsigned", "1.0.0");
+    t.run(&all("v2"));
+    assert_eq!(serving(&swapper), "2.0.0");
+    let report = t.report().unwrap();
+    assert!(report.refused.is_none(), "{report:?}");
+    assert!(report.seq > Some(ahead.seq), "{report:?}");
 }
 
 #[test]

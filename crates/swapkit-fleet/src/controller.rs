@@ -210,7 +210,20 @@ impl Controller {
                 reason: None,
                 step_started_ms: now_ms(),
             };
-            if !seal.write(s, revision, current.as_ref(), &rollout).await? {
+            // Numbered above what the hosts followed too, in case the record before was
+            // deleted or forged and this controller's clock is behind the one that wrote it
+            // (a number more than a day ahead of the clock is not believed: a host could lie).
+            let horizon = now_ms().saturating_add(24 * 3600 * 1000);
+            let followed = reports
+                .iter()
+                .filter_map(|p| p.seq)
+                .filter(|&seq| seq <= horizon)
+                .chain(current.as_ref().map(|c| c.seq))
+                .max();
+            if !seal
+                .write_after(s, revision, current.as_ref(), followed, &rollout)
+                .await?
+            {
                 return Err(FleetError::Conflict(
                     "another controller changed the rollout at the same moment; look at \
                      `swapkit fleet status` and try again"
@@ -602,6 +615,19 @@ impl Seal {
         previous: Option<&Current>,
         rollout: &Rollout,
     ) -> Result<bool, FleetError> {
+        self.write_after(s, rev, previous, previous.map(|p| p.seq), rollout)
+            .await
+    }
+
+    /// [`write`](Self::write), numbered above `after` rather than above `previous`.
+    async fn write_after(
+        &self,
+        s: &mut Store,
+        rev: i64,
+        previous: Option<&Current>,
+        after: Option<u64>,
+        rollout: &Rollout,
+    ) -> Result<bool, FleetError> {
         let mut releases = BTreeMap::new();
         for id in std::iter::once(&rollout.release).chain(rollout.stable.as_ref()) {
             let (_, digest) = s.release_and_digest(id).await?.ok_or_else(|| {
@@ -620,7 +646,7 @@ impl Seal {
         }
         let instruction = Instruction {
             service: self.service.clone(),
-            seq: next_seq(previous.map(|p| p.seq))?,
+            seq: next_seq(after)?,
             rollout: rollout.clone(),
             releases,
         };
