@@ -32,6 +32,10 @@ pub const LIVE_INTERFACE: u32 = u32::MAX - 1;
 /// [`METHOD_MIGRATE`].
 pub const LIFECYCLE_INTERFACE: u32 = u32::MAX - 2;
 
+/// The `interface` number of `call` that drives async methods: [`future::START`],
+/// [`future::POLL`] and [`future::DROP`] (see [`future`](crate::future)).
+pub const ASYNC_INTERFACE: u32 = u32::MAX - 3;
+
 /// `save`: no input; replies with `Option<LiveData>` (postcard), the state this instance hands
 /// to its successor at a reload.
 pub const METHOD_SAVE: u32 = 0;

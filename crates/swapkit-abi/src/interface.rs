@@ -34,6 +34,17 @@ pub trait Dispatch<T: ?Sized>: Interface {
     /// encoded result to `out`.
     fn dispatch(imp: &T, method: u32, input: &[u8], out: &mut Vec<u8>)
         -> Result<(), DispatchError>;
+
+    /// Decodes the arguments of async method `method` from `input` and starts it on `imp`:
+    /// its future, not yet polled. `None` if `method` is not async (or does not exist).
+    fn start<'a>(
+        imp: &'a T,
+        method: u32,
+        input: &[u8],
+    ) -> Option<Result<crate::future::BoxedCall<'a>, DispatchError>> {
+        let _ = (imp, method, input);
+        None
+    }
 }
 
 /// How a typed client reaches an implementation. The host runtime provides one that calls the
@@ -60,6 +71,24 @@ pub trait Transport {
     {
         self.call(method, &args)
     }
+
+    /// Calls async method number `method` with the argument tuple `args`, and decodes its
+    /// result when it completes. `#[interface]` calls this for an `async fn`. The default
+    /// makes a synchronous [`call`](Transport::call) when first polled: a transport that
+    /// cannot await still reaches an async method that completes without awaiting (one that
+    /// awaits fails with [`Status::WouldAwait`](crate::Status::WouldAwait)).
+    fn call_async<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl core::future::Future<Output = Result<R, Self::Error>> + Send
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned + Send,
+        Self: Sync,
+    {
+        async move { self.call(method, &args) }
+    }
 }
 
 /// Why a dispatch failed before or after the implementation ran.
@@ -73,6 +102,8 @@ pub enum DispatchError {
     UnknownInterface(u32),
     /// The result did not encode.
     Encode(wire::Error),
+    /// An async method called synchronously awaited.
+    WouldAwait,
 }
 
 impl core::fmt::Display for DispatchError {
@@ -82,6 +113,10 @@ impl core::fmt::Display for DispatchError {
             DispatchError::UnknownMethod(m) => write!(f, "no method number {m}"),
             DispatchError::UnknownInterface(i) => write!(f, "no exported interface number {i}"),
             DispatchError::Encode(e) => write!(f, "result did not encode: {e}"),
+            DispatchError::WouldAwait => f.write_str(
+                "an async method awaited, but it was called synchronously (through a \
+                 transport that cannot await); call it from async code",
+            ),
         }
     }
 }
@@ -94,6 +129,7 @@ impl DispatchError {
             DispatchError::UnknownMethod(_) => crate::Status::UnknownMethod,
             DispatchError::UnknownInterface(_) => crate::Status::UnknownInterface,
             DispatchError::Encode(_) => crate::Status::EncodeFailed,
+            DispatchError::WouldAwait => crate::Status::WouldAwait,
         }
     }
 }

@@ -12,6 +12,7 @@ mod live;
 mod manifest;
 mod status;
 
+pub mod future;
 pub mod hash;
 pub mod lane;
 pub mod service;
@@ -20,8 +21,9 @@ pub mod wire;
 pub use fingerprint::Fingerprint;
 pub use header::{
     level, CallFn, EntryPoints, FreeFn, HostApi, InitFn, LoadFn, ManifestFn, PluginHeader,
-    RawSlice, ServiceFn, ABI_VERSION, FLAG_EXTENDED, FLAG_PANIC_UNWIND, HEADER_SYMBOL_PREFIX,
-    LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
+    RawSlice, ServiceFn, ABI_VERSION, ASYNC_INTERFACE, FLAG_EXTENDED, FLAG_PANIC_UNWIND,
+    HEADER_SYMBOL_PREFIX, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE,
+    PATCH_INTERFACE,
 };
 pub use interface::{Dispatch, DispatchError, Interface, Transport};
 pub use lane::{ExtendedHeader, Plain, StaticHeader};
@@ -45,6 +47,8 @@ pub use swapkit_macros::Plain;
 
 #[doc(hidden)]
 pub mod __private {
+    pub use alloc::boxed::Box;
+    pub use alloc::string::String;
     pub use alloc::vec::Vec;
     pub use core;
 }

@@ -17,6 +17,10 @@
 //! | [`DEPENDENCY`] | [`DependencyCall`] | the method's encoded result |
 //! | [`LIVE_NEW`] | [`Invoke`] (a live type's name) | [`LiveData`](crate::LiveData) |
 //! | [`LOAD_DATA`] | `()` | `Option<Vec<u8>>`: the host's value for the plugin, postcard-encoded |
+//! | [`ASYNC_HOST`] | [`Invoke`] (an async service's name) | a tag, then the result or a ticket |
+//! | [`ASYNC_POLL`] | a ticket (u64 LE, raw) | a tag, then the result |
+//! | [`ASYNC_CANCEL`] | a ticket (u64 LE, raw) | nothing |
+//! | [`ASYNC_WAKE`] | a call's handle (u64 LE, raw) | nothing |
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -43,6 +47,20 @@ pub const LIVE_NEW: u32 = 8;
 /// The value the host gave for the calling plugin's `on_load` (Hotswap's OnLoad data), if any.
 /// A host that predates it answers "unknown host service".
 pub const LOAD_DATA: u32 = 9;
+
+/// Starts the host's async service named in an [`Invoke`], polled once at once. Reply:
+/// [`future::READY`](crate::future::READY) and the service's encoded result, or
+/// [`future::PENDING`](crate::future::PENDING) and a ticket (u64 LE) to poll. Only while the
+/// host polls one of the plugin's async calls, on the thread it polls on.
+pub const ASYNC_HOST: u32 = 10;
+/// Polls a ticket (u64 LE): [`future::READY`](crate::future::READY) and the result, or
+/// [`future::PENDING`](crate::future::PENDING).
+pub const ASYNC_POLL: u32 = 11;
+/// Drops a ticket (u64 LE) not yet ready: the plugin dropped the future that awaited it.
+pub const ASYNC_CANCEL: u32 = 12;
+/// Wakes the task that polls the plugin's async call with this handle (u64 LE): what the
+/// plugin's own waker does.
+pub const ASYNC_WAKE: u32 = 13;
 
 /// A request naming one key (or, for [`VAULT_LIST`], a prefix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,8 @@ pub enum Status {
     EncodeFailed = 6,
     /// A host service refused a request, or the call it made failed.
     ServiceFailed = 7,
+    /// An async method was called synchronously and did not complete at once: it awaited.
+    WouldAwait = 8,
 }
 
 impl Status {
@@ -35,6 +37,7 @@ impl Status {
             5 => Status::UnknownMethod,
             6 => Status::EncodeFailed,
             7 => Status::ServiceFailed,
+            8 => Status::WouldAwait,
             _ => return None,
         })
     }

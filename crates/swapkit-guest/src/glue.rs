@@ -16,8 +16,8 @@ use swapkit_abi::lane::{Glue, LaneEntry, LaneResult, LaneRet, WASM_ARGS};
 use swapkit_abi::{
     wire, DispatchError, EntryPoints, ExportDecl, ExtendedHeader, Fingerprint, HostApi,
     InterfaceDecl, LiveData, LiveKind, Manifest, PatchDecl, PluginHeader, RawSlice, Status,
-    ABI_VERSION, FLAG_EXTENDED, FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE, LIVE_INTERFACE, MAGIC,
-    METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
+    ABI_VERSION, ASYNC_INTERFACE, FLAG_EXTENDED, FLAG_PANIC_UNWIND, LIFECYCLE_INTERFACE,
+    LIVE_INTERFACE, MAGIC, METHOD_MIGRATE, METHOD_SAVE, PATCH_INTERFACE,
 };
 
 use crate::{Host, Plugin};
@@ -49,6 +49,14 @@ pub trait Exports: Plugin {
     /// `args` came from the host's staging for this method, which is still in place.
     unsafe fn lane_wasm(&self, interface: u32, method: u32, args: &[u64; WASM_ARGS])
         -> Option<u64>;
+    /// Starts async method `method` of interface number `interface`: its future, not yet
+    /// polled; `None` if the method is not async.
+    fn start(
+        &self,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+    ) -> Option<Result<swapkit_abi::future::BoxedCall<'_>, DispatchError>>;
     /// Routes a call to the implementation of interface number `interface`.
     fn dispatch(
         &self,
@@ -118,6 +126,8 @@ pub const fn header<P: Exports>() -> ExtendedHeader {
 struct Instance<P> {
     plugin: P,
     host: Host,
+    /// Its async calls that are pending (they borrow `plugin`: dropped before it, in `free`).
+    calls: crate::future::Calls,
 }
 
 /// Results above this size are not kept between calls, so one large answer does not pin its
@@ -339,7 +349,7 @@ fn failed(buf: &mut Vec<u8>, status: Status, message: &str) -> Status {
     status
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -420,7 +430,11 @@ pub(crate) unsafe extern "C" fn load<P: Exports>(
         let host = Host::from_raw(api);
         respond(out, |_| match P::on_load(&host) {
             Ok(plugin) => {
-                let boxed = Box::new(Instance { plugin, host });
+                let boxed = Box::new(Instance {
+                    plugin,
+                    host,
+                    calls: Default::default(),
+                });
                 instance.write(Box::into_raw(boxed).cast());
                 Ok(())
             }
@@ -460,6 +474,7 @@ pub(crate) unsafe extern "C" fn free<P: Exports>(instance: *mut c_void, out: *mu
         let mut inst = Box::from_raw(instance as *mut Instance<P>);
         respond(out, move |_| {
             let host = inst.host;
+            inst.calls.clear();
             inst.plugin.on_free(&host);
             drop(inst);
             Ok(())
@@ -501,6 +516,13 @@ pub(crate) unsafe extern "C" fn call<P: Exports>(
                     None => Err(DispatchError::UnknownMethod(method)),
                 },
                 LIFECYCLE_INTERFACE => return lifecycle(inst, method, input, buf),
+                ASYNC_INTERFACE => {
+                    return inst
+                        .calls
+                        .drive(&inst.host, method, input, buf, |i, m, args| {
+                            inst.plugin.start(i, m, args)
+                        })
+                }
                 _ => inst.plugin.dispatch(interface, method, input, buf),
             };
             result.map_err(|e| (e.status(), e.to_string()))

@@ -202,12 +202,17 @@ impl Host {
     }
 
     /// Runs a host service and copies its encoded reply.
-    fn service_raw<Q: Serialize>(&self, op: u32, request: &Q) -> Result<Vec<u8>, Error> {
+    pub(crate) fn service_raw<Q: Serialize>(&self, op: u32, request: &Q) -> Result<Vec<u8>, Error> {
+        let input = wire::to_vec(request)
+            .map_err(|e| Error::msg(format!("a host service request did not encode: {e}")))?;
+        self.service_bytes(op, &input)
+    }
+
+    /// Runs a host service on `input` as it is, and copies its reply.
+    pub(crate) fn service_bytes(&self, op: u32, input: &[u8]) -> Result<Vec<u8>, Error> {
         let Some(service) = self.service else {
             return Err(Error::msg("the host is older than this plugin and offers no services; rebuild the host against this swapkit"));
         };
-        let input = wire::to_vec(request)
-            .map_err(|e| Error::msg(format!("a host service request did not encode: {e}")))?;
         let mut out = RawSlice::EMPTY;
         // SAFETY: the host's table had `service`, valid with `ctx` for the instance's lifetime;
         // `input` is valid for the call and `out` is writable.

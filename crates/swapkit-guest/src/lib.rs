@@ -48,12 +48,14 @@
 
 #![deny(missing_docs)]
 
+mod future;
 mod glue;
 mod host;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
 
+pub use future::HostCall;
 pub use host::{Dependency, Host, Level, Vault};
 pub use swapkit_abi as abi;
 pub use swapkit_abi::{LiveData, LiveType};

@@ -161,6 +161,10 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         let i = i as u32;
         quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::dispatch(self, method, input, out),)
     });
+    let start_arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
+        let i = i as u32;
+        quote!(#i => <dyn #p as ::swapkit_guest::abi::Dispatch<Self>>::start(self, method, input),)
+    });
     let lanes_of = |p: &Path| quote!(<dyn #p as ::swapkit_guest::abi::lane::Lanes<#plugin, ::swapkit_guest::__rt::LaneGlue>>);
     let lane_parts: Vec<TokenStream> = spec.interfaces.iter().map(lanes_of).collect();
     let lane_arms = spec.interfaces.iter().enumerate().map(|(i, p)| {
@@ -186,6 +190,18 @@ pub fn expand(input: TokenStream) -> syn::Result<TokenStream> {
 
             fn interfaces() -> ::swapkit_guest::__rt::Vec<::swapkit_guest::abi::InterfaceDecl> {
                 ::swapkit_guest::__rt::vec![#(#decls),*]
+            }
+
+            fn start(
+                &self,
+                interface: u32,
+                method: u32,
+                input: &[u8],
+            ) -> ::core::option::Option<::core::result::Result<::swapkit_guest::abi::future::BoxedCall<'_>, ::swapkit_guest::abi::DispatchError>> {
+                match interface {
+                    #(#start_arms)*
+                    _ => ::core::option::Option::None,
+                }
             }
 
             fn dispatch(

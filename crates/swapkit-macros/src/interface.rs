@@ -13,6 +13,8 @@ struct Method {
     attrs: Vec<syn::Attribute>,
     args: Vec<(syn::Ident, Type)>,
     ret: Type,
+    /// An `async fn`: its future lives in the plugin, driven through `call_async`.
+    is_async: bool,
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -20,7 +22,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         name: name_override,
         plain,
     } = parse_attr(attr)?;
-    let trait_: ItemTrait = syn::parse2(item)?;
+    let mut trait_: ItemTrait = syn::parse2(item)?;
     if !trait_.generics.params.is_empty() || trait_.generics.where_clause.is_some() {
         return Err(syn::Error::new(
             trait_.generics.span(),
@@ -42,13 +44,51 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         .iter()
         .map(|m| {
             let args: Vec<String> = m.args.iter().map(|(_, t)| canonical(t)).collect();
-            format!("{}({})->{}", m.sig.ident, args.join(","), canonical(&m.ret))
+            let prefix = if m.is_async { "async " } else { "" };
+            format!(
+                "{prefix}{}({})->{}",
+                m.sig.ident,
+                args.join(","),
+                canonical(&m.ret)
+            )
         })
         .collect::<Vec<_>>()
         .join(";");
     let method_names: Vec<String> = methods.iter().map(|m| m.sig.ident.to_string()).collect();
     let plain_names: Vec<String> = plain.iter().map(canonical).collect();
-    let lanes: Vec<bool> = methods.iter().map(|m| has_lane(m, &plain_names)).collect();
+    let lanes: Vec<bool> = methods
+        .iter()
+        .map(|m| !m.is_async && has_lane(m, &plain_names))
+        .collect();
+    let any_async = methods.iter().any(|m| m.is_async);
+    // An async method's future must be `Send`, whichever thread polls the call: the trait
+    // says so (`fn m(..) -> impl Future<Output = R> + Send`), and an implementation writes
+    // `async fn m(..)`. Its plugin is shared by the calls in flight, so it is `Sync`.
+    if any_async {
+        for item in &mut trait_.items {
+            if let TraitItem::Fn(f) = item {
+                if f.sig.asyncness.take().is_some() {
+                    let ret = match &f.sig.output {
+                        ReturnType::Default => quote!(()),
+                        ReturnType::Type(_, t) => t.to_token_stream(),
+                    };
+                    f.sig.output = syn::parse_quote!(
+                        -> impl ::core::future::Future<Output = #ret> + ::core::marker::Send
+                    );
+                    // Out of the trait object's vtable, so `dyn Trait` stays a type: the
+                    // host calls it through the ABI, never through a vtable.
+                    f.sig
+                        .generics
+                        .make_where_clause()
+                        .predicates
+                        .push(syn::parse_quote!(Self: ::core::marker::Sized));
+                }
+            }
+        }
+        trait_
+            .supertraits
+            .push(syn::parse_quote!(::core::marker::Sync));
+    }
     // The layouts of the plain structs cross the lanes as bytes, so they are part of the
     // interface: a field added, removed, renamed or retyped changes the hash. An interface
     // that names none keeps the hash of its signature alone.
@@ -68,6 +108,18 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         let params = m.args.iter().map(|(a, t)| quote!(#a: #t));
         let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
         let attrs = &m.attrs;
+        if m.is_async {
+            return quote! {
+                #(#attrs)*
+                pub async fn #fn_name(&self, #(#params),*) -> ::core::result::Result<#ret, T::Error>
+                where
+                    T: ::core::marker::Sync,
+                    #ret: ::core::marker::Send,
+                {
+                    self.transport.call_async::<_, #ret>(#index, (#(#names,)*)).await
+                }
+            };
+        }
         let call = if lanes[i] {
             quote!(self.transport.call_lane::<_, #ret>(#index, (#(#names,)*)))
         } else {
@@ -143,6 +195,17 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
     let dispatch_arms = methods.iter().enumerate().map(|(i, m)| {
         let index = i as u32;
+        if m.is_async {
+            // Called synchronously: it must complete without awaiting.
+            return quote! {
+                #index => {
+                    let call = <dyn #ident as #abi::Dispatch<__I>>::start(imp, #index, input)
+                        .ok_or(#abi::DispatchError::UnknownMethod(#index))??;
+                    out.extend_from_slice(&#abi::future::now(call)?);
+                    ::core::result::Result::Ok(())
+                }
+            };
+        }
         let fn_name = &m.sig.ident;
         let (decode_tys, passes): (Vec<_>, Vec<_>) =
             m.args.iter().map(|(a, t)| decode_plan(&abi, a, t)).unzip();
@@ -156,6 +219,50 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
     });
+
+    let start_arms = methods
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_async)
+        .map(|(i, m)| {
+            let index = i as u32;
+            let fn_name = &m.sig.ident;
+            let (decode_tys, passes): (Vec<_>, Vec<_>) =
+                m.args.iter().map(|(a, t)| owned_plan(&abi, a, t)).unzip();
+            let names = m.args.iter().map(|(a, _)| a);
+            quote! {
+                #index => ::core::option::Option::Some((|| {
+                    let (#(#names,)*): (#(#decode_tys,)*) = #abi::wire::from_bytes(input)
+                        .map_err(#abi::DispatchError::BadInput)?;
+                    let call: #abi::future::BoxedCall<'a> = #abi::__private::Box::pin(async move {
+                        let result = <__I as #ident>::#fn_name(imp, #(#passes),*).await;
+                        let mut out = #abi::__private::Vec::new();
+                        #abi::wire::encode_into(&result, &mut out).map_err(#abi::DispatchError::Encode)?;
+                        ::core::result::Result::Ok(out)
+                    });
+                    ::core::result::Result::Ok(call)
+                })()),
+            }
+        });
+    let start_fn = any_async.then(|| {
+        quote! {
+            #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
+            fn start<'a>(
+                imp: &'a __I,
+                method: u32,
+                input: &[u8],
+            ) -> ::core::option::Option<::core::result::Result<#abi::future::BoxedCall<'a>, #abi::DispatchError>> {
+                match method {
+                    #(#start_arms)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+        }
+    });
+    // An async method's future borrows the plugin across threads, and its method is callable
+    // on a sized type only.
+    let sync_bound = any_async.then(|| quote!(+ ::core::marker::Sync));
+    let maybe_unsized = (!any_async).then(|| quote!(+ ?Sized));
 
     let doc = format!(
         "Host-side typed client for [`{ident}`], generated by `#[interface]`. Each method calls \
@@ -176,7 +283,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
 
-        impl<__I: #ident + ?Sized> #abi::Dispatch<__I> for dyn #ident {
+        impl<__I: #ident #sync_bound #maybe_unsized> #abi::Dispatch<__I> for dyn #ident {
+            #start_fn
+
             #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
             fn dispatch(
                 imp: &__I,
@@ -364,12 +473,6 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
             "interface methods cannot be generic",
         ));
     }
-    if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(
-            a.span(),
-            "interface methods cannot be async",
-        ));
-    }
     if f.default.is_some() {
         return Err(syn::Error::new(
             f.default.span(),
@@ -422,11 +525,30 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
         .cloned()
         .collect();
     Ok(Method {
+        is_async: sig.asyncness.is_some(),
         sig: sig.clone(),
         attrs,
         args,
         ret,
     })
+}
+
+/// [`decode_plan`] for an async method, whose future outlives the input: every argument is
+/// decoded as an owned value (`&str` as a `String`, `&[T]` as a `Vec<T>`) and lent from the
+/// future.
+fn owned_plan(abi: &TokenStream, name: &syn::Ident, ty: &Type) -> (TokenStream, TokenStream) {
+    if let Type::Reference(r) = ty {
+        let inner = &*r.elem;
+        return match inner {
+            Type::Slice(s) => {
+                let elem = &s.elem;
+                (quote!(#abi::__private::Vec<#elem>), quote!(&#name))
+            }
+            _ if canonical(inner) == "str" => (quote!(#abi::__private::String), quote!(&#name)),
+            _ => (quote!(#inner), quote!(&#name)),
+        };
+    }
+    (ty.to_token_stream(), quote!(#name))
 }
 
 /// The type to decode an argument as, and the expression that passes it to the method:

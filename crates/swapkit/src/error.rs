@@ -781,6 +781,15 @@ pub enum CallError {
         /// The generation searched.
         generation: u64,
     },
+    /// An async call could not go on: the plugin's reply broke the async protocol, or its
+    /// backend cannot hold an async call across an await. The message says which.
+    #[error("async {} of plugin `{}` {}: {message}", .site.method(), .site.plugin, .site.version)]
+    Async {
+        /// The call.
+        site: CallSite,
+        /// What went wrong.
+        message: String,
+    },
     /// The arguments did not encode.
     #[error("the arguments of {interface}::{method} did not encode: {reason}")]
     Encode {
@@ -838,7 +847,8 @@ impl CallError {
             | CallError::PoolExhausted { site, .. }
             | CallError::Reentrant { site, .. }
             | CallError::Nesting { site, .. }
-            | CallError::Decode { site, .. } => Some(site),
+            | CallError::Decode { site, .. }
+            | CallError::Async { site, .. } => Some(site),
             _ => None,
         }
     }

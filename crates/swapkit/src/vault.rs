@@ -21,6 +21,13 @@ use crate::sandbox::Quota;
 /// A host function offered to plugins: encoded arguments in, encoded result or message out.
 pub(crate) type HostFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
+/// A running async host service: the encoded result or a message when it completes.
+pub(crate) type ServiceFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// An async service offered to plugins: encoded arguments in, its future out.
+pub(crate) type AsyncHostFn = Arc<dyn Fn(&[u8]) -> Result<ServiceFuture, String> + Send + Sync>;
+
 /// Host-owned state shared with every generation. Cloning it is cheap and shares the state.
 ///
 /// ```
@@ -38,6 +45,7 @@ pub struct Vault {
 struct Inner {
     entries: RwLock<Entries>,
     functions: RwLock<HashMap<String, HostFn>>,
+    services: RwLock<HashMap<String, AsyncHostFn>>,
 }
 
 #[derive(Default)]
@@ -303,11 +311,50 @@ impl Vault {
         crate::lock::write(&self.inner.functions).insert(name.to_owned(), raw);
     }
 
-    /// Withdraws host function `name`; whether it was offered.
+    /// Offers the async function `f` to plugins as service `name`; an async method awaits it
+    /// with `host.call_async::<A, R>(name, &args).await`. It runs on the host's runtime (the
+    /// one polling the call), so it may await the host's I/O: a database, another service.
+    /// Arguments and result cross in the wire encoding, as for [`provide`](Self::provide);
+    /// a plugin needs the same grant (`Grant::HostFn(name)`) to call it. Replaces any service
+    /// of the same name; calls already awaiting it finish with the old one.
+    ///
+    /// ```
+    /// let vault = swapkit::Vault::new();
+    /// vault.provide_async("orders.count", |(customer,): (u64,)| async move {
+    ///     // ... await a database here ...
+    ///     customer % 7
+    /// });
+    /// ```
+    pub fn provide_async<A, R, F, Fut>(&self, name: &str, f: F)
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+    {
+        let name_owned = name.to_owned();
+        let raw: AsyncHostFn = Arc::new(move |input: &[u8]| {
+            let args: A = wire::from_bytes(input).map_err(|e| {
+                format!("the arguments did not decode as host service `{name_owned}`'s: {e}")
+            })?;
+            let future = f(args);
+            Ok(Box::pin(async move {
+                wire::to_vec(&future.await).map_err(|e| format!("the result did not encode: {e}"))
+            }) as ServiceFuture)
+        });
+        crate::lock::write(&self.inner.services).insert(name.to_owned(), raw);
+    }
+
+    /// The async service `name`, if offered.
+    pub(crate) fn service(&self, name: &str) -> Option<AsyncHostFn> {
+        crate::lock::read(&self.inner.services).get(name).cloned()
+    }
+
+    /// Withdraws host function or async service `name`; whether it was offered.
     pub fn withdraw(&self, name: &str) -> bool {
-        crate::lock::write(&self.inner.functions)
-            .remove(name)
-            .is_some()
+        let function = crate::lock::write(&self.inner.functions).remove(name);
+        let service = crate::lock::write(&self.inner.services).remove(name);
+        function.is_some() || service.is_some()
     }
 
     /// The host function `name`, if offered.

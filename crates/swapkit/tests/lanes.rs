@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{start, Backend, Fixture, Logs};
 use fixture_api::{Greeter, Lanes, Point, Tag};
-use swapkit::abi::{Interface, PluginHeader};
+use swapkit::abi::PluginHeader;
 use swapkit::{CallError, Swapper};
 
 /// Lanes has 13 methods, 12 of them plain (`maybe` takes an `Option`); Greeter's 4 are all
@@ -272,7 +272,7 @@ impl<'de> serde::Deserialize<'de> for Nested {
 #[cfg(feature = "wasm")]
 #[test]
 fn a_plain_layout_that_drifted_is_refused_at_load() {
-    use swapkit::abi::{hash::interface_hash, InterfaceDecl};
+    use swapkit::abi::{hash::interface_hash, Interface, InterfaceDecl};
     let drifted = InterfaceDecl {
         hash: interface_hash(
             <dyn Lanes as Interface>::NAME,
@@ -300,6 +300,7 @@ mod hostile {
     use super::*;
     use common::wat::Wat;
     use swapkit::abi::lane::method_hash;
+    use swapkit::abi::Interface;
 
     fn method(name: &str) -> u32 {
         <dyn Lanes as Interface>::METHODS

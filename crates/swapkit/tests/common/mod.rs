@@ -51,9 +51,13 @@ pub enum Fixture {
     FixedV2,
     /// Exports `Lanes` and `Greeter`, with direct lanes.
     Lanes,
+    /// `shop` 1.0.0: async methods that await host services.
+    ShopV1,
+    /// `shop` 2.0.0.
+    ShopV2,
 }
 
-const ALL: [Fixture; 28] = [
+const ALL: [Fixture; 30] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -82,6 +86,8 @@ const ALL: [Fixture; 28] = [
     Fixture::FixedV1,
     Fixture::FixedV2,
     Fixture::Lanes,
+    Fixture::ShopV1,
+    Fixture::ShopV2,
 ];
 
 impl Fixture {
@@ -116,6 +122,8 @@ impl Fixture {
             Fixture::FixedV1 => "fixture-fixed-v1",
             Fixture::FixedV2 => "fixture-fixed-v2",
             Fixture::Lanes => "fixture-lanes",
+            Fixture::ShopV1 => "fixture-shop-v1",
+            Fixture::ShopV2 => "fixture-shop-v2",
         }
     }
 
@@ -162,6 +170,7 @@ impl Fixture {
             Fixture::DepStray => &fixture_dep_stray::SWAPKIT_PLUGIN,
             Fixture::FixedV1 => &fixture_fixed_v1::SWAPKIT_PLUGIN,
             Fixture::Lanes => &fixture_lanes::SWAPKIT_PLUGIN,
+            Fixture::ShopV1 => &fixture_shop_v1::SWAPKIT_PLUGIN,
             _ => panic!("{self:?} is not linked statically"),
         }
     }
@@ -181,7 +190,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 25] = [
+const WASM: [Fixture; 27] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -207,6 +216,8 @@ const WASM: [Fixture; 25] = [
     Fixture::FixedV1,
     Fixture::FixedV2,
     Fixture::Lanes,
+    Fixture::ShopV1,
+    Fixture::ShopV2,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
@@ -315,7 +326,8 @@ pub fn start_configured(
         .interface::<dyn fixture_api::Greeter>()
         .interface::<dyn fixture_api::Probe>()
         .interface::<dyn fixture_api::Counter>()
-        .interface::<dyn fixture_api::Lanes>();
+        .interface::<dyn fixture_api::Lanes>()
+        .interface::<dyn fixture_api::Shop>();
     match backend {
         Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;

@@ -2,9 +2,11 @@
 //! the Vault, host functions, live things and dependency calls), for both backends, and the
 //! per-instance context they find their plugin in.
 
+mod futures;
 mod log;
 mod services;
 
+pub(crate) use futures::{forget, polling, remember, Tickets};
 #[cfg(feature = "wasm")]
 pub(crate) use log::MAX_LINE;
 pub(crate) use log::{host_log, LogBudget};

@@ -283,6 +283,35 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
             let _open = open(ctx, &ctx.services)?;
             Ok(f(&call.args).map_err(|e| format!("host function `{}`: {e}", call.name))?)
         }
+        service::ASYNC_HOST => {
+            let call: Invoke = req(input)?;
+            if !policy.may_call(&call.name) {
+                return Err(Refusal::Failed(format!(
+                    "plugin `{}` may not call host service `{}`; grant it with \
+                     Sandbox::grant(\"{}\", Grant::HostFn(\"{}\".into()))",
+                    ctx.plugin,
+                    call.name,
+                    policy.identity(),
+                    call.name
+                )));
+            }
+            let f = vault.service(&call.name).ok_or_else(|| {
+                format!(
+                    "the host offers no async service `{}`; register it with \
+                     Vault::provide_async",
+                    call.name
+                )
+            })?;
+            let future = f(&call.args).map_err(|e| format!("host service `{}`: {e}", call.name))?;
+            let _open = open(ctx, &ctx.services)?;
+            super::futures::start(ctx.id, &call.name, future)
+        }
+        service::ASYNC_POLL => {
+            let _open = open(ctx, &ctx.services)?;
+            super::futures::poll(ctx.id, raw_u64(input)?)
+        }
+        service::ASYNC_CANCEL => super::futures::cancel(ctx.id, raw_u64(input)?),
+        service::ASYNC_WAKE => super::futures::wake(ctx.id, raw_u64(input)?),
         service::LOAD_DATA => reply(&ctx.services.load_data.get(&ctx.plugin)),
         service::DEPENDENCY => dependency(ctx, req(input)?),
         service::LIVE_NEW => live_new(ctx, req(input)?),
@@ -290,6 +319,12 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
             Err(format!("unknown host service {other}; the plugin is newer than the host").into())
         }
     }
+}
+
+/// A ticket or handle: 8 bytes, little-endian.
+fn raw_u64(input: &[u8]) -> Result<u64, Refusal> {
+    swapkit_abi::future::handle(input)
+        .ok_or_else(|| Refusal::Failed("the request is not an 8-byte ticket".into()))
 }
 
 fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> {

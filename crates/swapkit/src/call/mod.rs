@@ -6,6 +6,8 @@
 //! buffer. The generation stays alive for the length of the call, so a swap during the call
 //! never frees the code it runs in.
 
+mod async_call;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -203,7 +205,7 @@ pub(crate) fn decode_error(
     }
 }
 
-fn method_name(target: &Target, method: u32) -> &'static str {
+pub(crate) fn method_name(target: &Target, method: u32) -> &'static str {
     target
         .methods
         .get(method as usize)
@@ -212,7 +214,7 @@ fn method_name(target: &Target, method: u32) -> &'static str {
 }
 
 /// The call site of a call into `instance`; `names` are the interface and method names.
-fn site(instance: &Instance, names: (&'static str, &'static str)) -> CallSite {
+pub(crate) fn site(instance: &Instance, names: (&'static str, &'static str)) -> CallSite {
     CallSite {
         plugin: instance.code.name.clone(),
         version: instance.code.version.clone(),
@@ -321,6 +323,23 @@ impl Transport for Binding {
     {
         let guard = self.current.enter();
         lane_in(guard.get(), &self.target, None, method, args)
+    }
+
+    fn call_async<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned + Send,
+    {
+        async_call::AsyncCall::new(
+            async_call::Source::Current(&self.current),
+            &self.target,
+            method,
+            args,
+        )
     }
 }
 
@@ -477,6 +496,23 @@ impl Transport for Pinned {
             &self.generation,
             &self.target,
             self.choice.as_deref(),
+            method,
+            args,
+        )
+    }
+
+    fn call_async<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned + Send,
+    {
+        async_call::AsyncCall::new(
+            async_call::Source::Pinned(&self.generation, self.choice.as_ref()),
+            &self.target,
             method,
             args,
         )

@@ -1,0 +1,324 @@
+//! Async methods in the guest: the calls the host drives (ABI.md §11), and the futures of the
+//! host's async services that a method awaits.
+//!
+//! A method's future is kept here between the host's polls, under a handle. It is polled only
+//! inside the host's call, on the host's thread; the host futures it awaits are polled by the
+//! host during that same call, with the waker of the task that polls it. So a plugin needs no
+//! runtime, and wakes its caller through the host. The waker a method sees wakes that task
+//! through the host too ([`service::ASYNC_WAKE`]); only a waker it clones costs an allocation.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::future::{self as abi_future, BoxedCall, PENDING, READY};
+use swapkit_abi::service::{self, Invoke};
+use swapkit_abi::{wire, Status};
+
+use crate::{Error, Host};
+
+/// The async calls of one instance that are pending, by handle.
+#[derive(Default)]
+pub(crate) struct Calls {
+    pending: Mutex<HashMap<u64, BoxedCall<'static>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, BoxedCall<'static>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every pending call: before the plugin they borrow goes.
+    pub(crate) fn clear(&self) {
+        let calls = std::mem::take(&mut *self.lock());
+        for (_, call) in calls {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(call)));
+        }
+    }
+
+    /// START, POLL or DROP, writing the reply to `buf`.
+    ///
+    /// `start` makes the future of a method from `START`'s input.
+    pub(crate) fn drive<'a>(
+        &self,
+        host: &Host,
+        method: u32,
+        input: &[u8],
+        buf: &mut Vec<u8>,
+        start: impl FnOnce(u32, u32, &[u8]) -> Option<Result<BoxedCall<'a>, swapkit_abi::DispatchError>>,
+    ) -> Result<(), (Status, String)> {
+        let bad = |what: &str| (Status::BadInput, format!("{what} of an async call"));
+        match method {
+            abi_future::START => {
+                let (interface, m, args) =
+                    abi_future::split_start(input).ok_or_else(|| bad("a malformed start"))?;
+                let call = start(interface, m, args)
+                    .ok_or_else(|| {
+                        (
+                            Status::UnknownMethod,
+                            format!("method {m} of interface {interface} is not async"),
+                        )
+                    })?
+                    .map_err(|e| (e.status(), e.to_string()))?;
+                // SAFETY: the future borrows the plugin, which lives until `free`; `free`
+                // drops every pending call first, and the host drops each call before it
+                // frees the instance (ABI.md §11).
+                let call: BoxedCall<'static> = unsafe { std::mem::transmute(call) };
+                let handle = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.poll(host, handle, call, buf)?;
+                if buf.first() == Some(&PENDING) {
+                    buf.extend_from_slice(&handle.to_le_bytes());
+                }
+                Ok(())
+            }
+            abi_future::POLL => {
+                let handle = abi_future::handle(input).ok_or_else(|| bad("a malformed poll"))?;
+                let call = self.lock().remove(&handle).ok_or_else(|| {
+                    (
+                        Status::BadInput,
+                        format!("no pending async call {handle}: it completed or was dropped"),
+                    )
+                })?;
+                self.poll(host, handle, call, buf)
+            }
+            abi_future::DROP => {
+                let handle = abi_future::handle(input).ok_or_else(|| bad("a malformed drop"))?;
+                let call = self.lock().remove(&handle);
+                // Dropped here, in the plugin, while the host still holds its generation.
+                catch_unwind(AssertUnwindSafe(move || drop(call))).map_err(|p| {
+                    (
+                        Status::Panic,
+                        format!(
+                            "dropping an async call panicked: {}",
+                            crate::glue::panic_message(&*p)
+                        ),
+                    )
+                })
+            }
+            other => Err((
+                Status::UnknownMethod,
+                format!("no async method number {other}"),
+            )),
+        }
+    }
+
+    /// Polls `call` once; keeps it under `handle` if it is pending. A panic drops it (its
+    /// own drop's panic caught too) and fails this call alone.
+    fn poll(
+        &self,
+        host: &Host,
+        handle: u64,
+        mut call: BoxedCall<'static>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), (Status, String)> {
+        let wake = WakeData {
+            host: *host,
+            handle,
+        };
+        let waker = wake.borrowed();
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            call.as_mut().poll(&mut Context::from_waker(&waker))
+        }));
+        match polled {
+            Ok(Poll::Ready(result)) => {
+                let bytes = result.map_err(|e| (e.status(), e.to_string()))?;
+                buf.push(READY);
+                buf.extend_from_slice(&bytes);
+                Ok(())
+            }
+            Ok(Poll::Pending) => {
+                self.lock().insert(handle, call);
+                buf.push(PENDING);
+                Ok(())
+            }
+            Err(payload) => {
+                let message = crate::glue::panic_message(&*payload);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(call)));
+                Err((Status::Panic, message))
+            }
+        }
+    }
+}
+
+/// What a method's waker wakes: the host's task polling call `handle`.
+#[derive(Clone, Copy)]
+struct WakeData {
+    host: Host,
+    handle: u64,
+}
+
+impl WakeData {
+    fn wake(&self) {
+        let _ = self
+            .host
+            .service_bytes(service::ASYNC_WAKE, &self.handle.to_le_bytes());
+    }
+
+    /// A waker borrowing `self`, valid while `self` is: cloning it makes an owned one.
+    fn borrowed(&self) -> Waker {
+        // SAFETY: the vtable's functions treat the pointer as a `&WakeData` that outlives
+        // every use of the borrowed waker (it lives on the poll's stack frame, and the waker
+        // is dropped before it), and `clone` makes an owned waker that does not borrow it.
+        unsafe { Waker::from_raw(RawWaker::new((self as *const WakeData).cast(), &BORROWED)) }
+    }
+}
+
+static BORROWED: RawWakerVTable = RawWakerVTable::new(
+    |data| {
+        // SAFETY: `data` is the live `WakeData` of a borrowed waker.
+        let d = unsafe { *data.cast::<WakeData>() };
+        RawWaker::new(Arc::into_raw(Arc::new(d)).cast(), &OWNED)
+    },
+    // SAFETY: `data` is the live `WakeData` of a borrowed waker.
+    |data| unsafe { (*data.cast::<WakeData>()).wake() },
+    // SAFETY: as above.
+    |data| unsafe { (*data.cast::<WakeData>()).wake() },
+    |_| {},
+);
+
+static OWNED: RawWakerVTable = RawWakerVTable::new(
+    |data| {
+        // SAFETY: `data` came from `Arc::into_raw` and this waker holds one count.
+        unsafe { Arc::increment_strong_count(data.cast::<WakeData>()) };
+        RawWaker::new(data, &OWNED)
+    },
+    // SAFETY: consumes this waker's count.
+    |data| unsafe { Arc::from_raw(data.cast::<WakeData>()).wake() },
+    // SAFETY: `data` came from `Arc::into_raw`; the count stays.
+    |data| unsafe { (*data.cast::<WakeData>()).wake() },
+    // SAFETY: releases this waker's count.
+    |data| unsafe { drop(Arc::from_raw(data.cast::<WakeData>())) },
+);
+
+/// A host async service being awaited: [`Host::call_async`]'s future.
+#[must_use = "a future does nothing unless awaited"]
+pub struct HostCall<R> {
+    host: Host,
+    name: String,
+    state: State,
+    _result: PhantomData<fn() -> R>,
+}
+
+enum State {
+    /// Not started: the encoded arguments.
+    New(Result<Vec<u8>, Error>),
+    /// Pending under this ticket.
+    Waiting(u64),
+    Done,
+}
+
+impl Host {
+    /// Awaits the async service the host offers as `name` (`Vault::provide_async`) with the
+    /// argument tuple `args`. It runs on the host's runtime, and its waiting wakes the task
+    /// that polls this plugin's call: await it from an async method the host called.
+    ///
+    /// ```no_run
+    /// # async fn f(host: swapkit_guest::Host) -> Result<(), swapkit_guest::Error> {
+    /// let order: Option<String> = host.call_async("orders.get", &(42u64,)).await?;
+    /// # let _ = order; Ok(()) }
+    /// ```
+    pub fn call_async<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> HostCall<R> {
+        let args = wire::to_vec(args).map_err(|e| {
+            Error::msg(format!(
+                "arguments of host service `{name}` did not encode: {e}"
+            ))
+        });
+        HostCall {
+            host: *self,
+            name: name.to_owned(),
+            state: State::New(args),
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> HostCall<R> {
+    fn decode(&self, bytes: &[u8]) -> Poll<Result<R, Error>> {
+        let name = &self.name;
+        Poll::Ready(match bytes.split_first() {
+            Some((&READY, result)) => wire::from_bytes(result).map_err(|e| {
+                Error::msg(format!(
+                    "the result of host service `{name}` did not decode: {e}"
+                ))
+            }),
+            _ => Err(Error::msg(format!(
+                "host service `{name}` answered with a malformed reply"
+            ))),
+        })
+    }
+}
+
+impl<R: DeserializeOwned> Future for HostCall<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<R, Error>> {
+        // `HostCall` holds nothing pinned.
+        let this = self.get_mut();
+        let (reply, ticket) = match std::mem::replace(&mut this.state, State::Done) {
+            State::New(args) => {
+                let args = args?;
+                let request = Invoke {
+                    name: this.name.clone(),
+                    args,
+                };
+                (this.host.service_raw(service::ASYNC_HOST, &request), None)
+            }
+            State::Waiting(ticket) => (
+                this.host
+                    .service_bytes(service::ASYNC_POLL, &ticket.to_le_bytes()),
+                Some(ticket),
+            ),
+            State::Done => {
+                return Poll::Ready(Err(Error::msg(format!(
+                    "host service `{}` was polled after it completed",
+                    this.name
+                ))))
+            }
+        };
+        // An error or a result ends the ticket in the host.
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Poll::Ready(Err(Error::msg(format!(
+                    "host service `{}`: {}",
+                    this.name,
+                    e.message()
+                ))))
+            }
+        };
+        match reply.split_first() {
+            Some((&PENDING, rest)) => {
+                let Some(ticket) = ticket.or_else(|| abi_future::handle(rest)) else {
+                    return Poll::Ready(Err(Error::msg(format!(
+                        "host service `{}` answered pending with no ticket",
+                        this.name
+                    ))));
+                };
+                this.state = State::Waiting(ticket);
+                Poll::Pending
+            }
+            _ => this.decode(&reply),
+        }
+    }
+}
+
+impl<R> Drop for HostCall<R> {
+    fn drop(&mut self) {
+        if let State::Waiting(ticket) = self.state {
+            let _ = self
+                .host
+                .service_bytes(service::ASYNC_CANCEL, &ticket.to_le_bytes());
+        }
+    }
+}

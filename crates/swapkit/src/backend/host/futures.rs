@@ -1,0 +1,213 @@
+//! The host's side of async calls (ABI.md §11): the scope a plugin's future is polled in, and
+//! the host services it awaits.
+//!
+//! While the host polls a plugin's async call, this thread's [`Polling`] scope names the
+//! plugin instance, the call, the waker of the task polling it, and the call's tickets: the
+//! host futures the plugin awaits. `ASYNC_HOST` starts one and polls it at once with that
+//! waker; `ASYNC_POLL` polls it again, each time within a later poll of the same call. So a
+//! host future wakes exactly the task that drives the plugin's call, and no waker is handed
+//! to the plugin.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use swapkit_abi::future::{PENDING, READY};
+
+use super::services::Refusal;
+use crate::vault::ServiceFuture;
+
+/// The host futures one async call awaits, by ticket. Dropped with the call, after the
+/// plugin dropped its own future.
+#[derive(Default)]
+pub(crate) struct Tickets {
+    next: u64,
+    pending: Vec<(u64, ServiceFuture)>,
+}
+
+/// The async call a thread is polling.
+struct Scope {
+    instance: u64,
+    handle: Option<u64>,
+    waker: *const Waker,
+    tickets: *mut Tickets,
+}
+
+thread_local! {
+    static SCOPE: Cell<*mut Scope> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Runs `f` (a call into the plugin that polls its async call) in the scope of that call:
+/// plugin instance `instance` (its context's id), call `handle` (`None` when starting), the
+/// task's `waker` and the call's `tickets`.
+pub(crate) fn polling<T>(
+    instance: u64,
+    handle: Option<u64>,
+    waker: &Waker,
+    tickets: &mut Tickets,
+    f: impl FnOnce() -> T,
+) -> T {
+    let mut scope = Scope {
+        instance,
+        handle,
+        waker,
+        tickets,
+    };
+    let previous = SCOPE.replace(&mut scope);
+    struct Restore(*mut Scope);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.set(self.0);
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
+/// Runs `f` with the scope of the call instance `instance` is being polled for. The scope is
+/// taken while `f` runs, so a plugin call the host makes inside it sees none of this call's.
+fn with_scope<T>(
+    instance: u64,
+    f: impl FnOnce(&Waker, &mut Tickets, Option<u64>) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
+    let scope = SCOPE.replace(std::ptr::null_mut());
+    struct Restore(*mut Scope);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.set(self.0);
+        }
+    }
+    let _restore = Restore(scope);
+    // SAFETY: a scope is set only by `polling`, which outlives it on this thread's stack and
+    // restores the previous one after; it was taken out above, so nothing else reaches its
+    // tickets while `f` has them.
+    let Some(scope) = (unsafe { scope.as_mut() }) else {
+        return Err(Refusal::Failed(
+            "an async host service is awaited only from an async method the host is polling \
+             (on the thread polling it); a synchronous method or a thread of the plugin's own \
+             cannot await one"
+                .into(),
+        ));
+    };
+    if scope.instance != instance {
+        return Err(Refusal::Failed(
+            "an async host service was asked for by another plugin than the one whose async \
+             call this thread is polling"
+                .into(),
+        ));
+    }
+    // SAFETY: as above: the waker and tickets outlive the scope.
+    let (waker, tickets) = unsafe { (&*scope.waker, &mut *scope.tickets) };
+    f(waker, tickets, scope.handle)
+}
+
+/// Polls a host future with the task's waker.
+fn poll_once(future: &mut ServiceFuture, waker: &Waker) -> Poll<Result<Vec<u8>, String>> {
+    future.as_mut().poll(&mut Context::from_waker(waker))
+}
+
+fn ready(name: &str, result: Result<Vec<u8>, String>) -> Result<Vec<u8>, Refusal> {
+    let bytes = result.map_err(|e| Refusal::Failed(format!("host service `{name}`: {e}")))?;
+    let mut reply = Vec::with_capacity(bytes.len() + 1);
+    reply.push(READY);
+    reply.extend_from_slice(&bytes);
+    Ok(reply)
+}
+
+/// `ASYNC_HOST`: polls `future` at once; keeps it under a new ticket if it is pending.
+pub(crate) fn start(
+    instance: u64,
+    name: &str,
+    mut future: ServiceFuture,
+) -> Result<Vec<u8>, Refusal> {
+    with_scope(instance, |waker, tickets, _| {
+        match poll_once(&mut future, waker) {
+            Poll::Ready(result) => ready(name, result),
+            Poll::Pending => {
+                tickets.next += 1;
+                let ticket = tickets.next;
+                tickets.pending.push((ticket, future));
+                let mut reply = vec![PENDING];
+                reply.extend_from_slice(&ticket.to_le_bytes());
+                Ok(reply)
+            }
+        }
+    })
+}
+
+/// `ASYNC_POLL`: polls the future under `ticket` again.
+pub(crate) fn poll(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
+    with_scope(instance, |waker, tickets, _| {
+        let i = tickets
+            .pending
+            .iter()
+            .position(|(t, _)| *t == ticket)
+            .ok_or_else(|| {
+                Refusal::Failed(format!(
+                    "no host service is pending under ticket {ticket} in this call"
+                ))
+            })?;
+        match poll_once(&mut tickets.pending[i].1, waker) {
+            Poll::Ready(result) => {
+                drop(tickets.pending.swap_remove(i));
+                ready("(awaited)", result)
+            }
+            Poll::Pending => Ok(vec![PENDING]),
+        }
+    })
+}
+
+/// `ASYNC_CANCEL`: drops the future under `ticket`, if it is still there.
+pub(crate) fn cancel(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
+    with_scope(instance, |_, tickets, _| {
+        tickets.pending.retain(|(t, _)| *t != ticket);
+        Ok(vec![])
+    })
+}
+
+/// The wakers of async calls that are pending, by instance and handle: what a waker the
+/// plugin kept wakes, from any thread, after the poll that gave it.
+fn registry() -> &'static Mutex<HashMap<(u64, u64), Waker>> {
+    static WAKERS: OnceLock<Mutex<HashMap<(u64, u64), Waker>>> = OnceLock::new();
+    WAKERS.get_or_init(Default::default)
+}
+
+/// Records the waker of pending call `handle` of `instance` (after a poll that left it
+/// pending), unless the same task's is there.
+pub(crate) fn remember(instance: u64, handle: u64, waker: &Waker) {
+    let mut wakers = registry().lock().unwrap_or_else(|p| p.into_inner());
+    match wakers.get(&(instance, handle)) {
+        Some(w) if w.will_wake(waker) => {}
+        _ => {
+            wakers.insert((instance, handle), waker.clone());
+        }
+    }
+}
+
+/// Forgets call `handle` of `instance` (it completed or was dropped).
+pub(crate) fn forget(instance: u64, handle: u64) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(instance, handle));
+}
+
+/// `ASYNC_WAKE`: wakes the task polling call `handle` of `instance`: at once if this thread
+/// is polling it, else through the registry. A call that is gone is not woken.
+pub(crate) fn wake(instance: u64, handle: u64) -> Result<Vec<u8>, Refusal> {
+    let here = with_scope(instance, |waker, _, current| {
+        Ok((current.is_none() || current == Some(handle)).then(|| waker.wake_by_ref()))
+    });
+    if !matches!(here, Ok(Some(()))) {
+        let waker = registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(instance, handle))
+            .cloned();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+    Ok(vec![])
+}

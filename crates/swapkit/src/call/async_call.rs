@@ -1,0 +1,312 @@
+//! An async call into a plugin: the future a typed client's `async fn` awaits.
+//!
+//! At its first poll it takes the generation current then (or its pin's), resolves the
+//! plugin (a canary's version is chosen here, once), and starts the method in the plugin
+//! (ABI.md §11). From then on it holds that generation, as a [`Pin`](crate::Pin) does: the
+//! plugin's future lives in that generation's instance, and every later poll drives it there,
+//! however many swaps happen meanwhile. Dropping it drops the plugin's future inside the
+//! plugin, then the host futures it awaited, then its hold on the generation.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use swapkit_abi::future::{self as abi_future, PENDING, READY};
+use swapkit_abi::{wire, ASYNC_INTERFACE};
+
+use crate::backend::host::{self, Tickets};
+use crate::backend::{BackendKind, Instance, Reply};
+use crate::error::CallError;
+use crate::generation::{Generation, Target};
+use crate::hazard::Current;
+use crate::route::Variant;
+
+/// Where a call finds its generation.
+pub(crate) enum Source<'a> {
+    /// The generation current at the first poll.
+    Current(&'a Current),
+    /// A pin's generation, and its version choice.
+    Pinned(&'a Arc<Generation>, Option<&'a Arc<OnceLock<Variant>>>),
+}
+
+/// The future of one async call: `R` is the method's result type.
+pub(crate) struct AsyncCall<'a, A, R> {
+    source: Source<'a>,
+    target: &'a Target,
+    method: u32,
+    stage: Stage<A>,
+    _result: PhantomData<fn() -> R>,
+}
+
+enum Stage<A> {
+    /// Not yet polled: the arguments.
+    New(A),
+    /// Pending in the plugin.
+    Running(Running),
+    Done,
+}
+
+/// A call pending in the plugin. Its fields drop in order: the host futures the plugin
+/// awaited (after the plugin dropped its own future, in `Drop`), then the generation.
+struct Running {
+    tickets: Tickets,
+    handle: u64,
+    /// The instance, as its index among the generation's plugins.
+    plugin: usize,
+    started: Option<Instant>,
+    /// The drain report's record of this call, once it is pending.
+    label: Option<u64>,
+    choice: Option<Arc<OnceLock<Variant>>>,
+    generation: Arc<Generation>,
+}
+
+impl<'a, A, R> AsyncCall<'a, A, R> {
+    pub(crate) fn new(source: Source<'a>, target: &'a Target, method: u32, args: A) -> Self {
+        AsyncCall {
+            source,
+            target,
+            method,
+            stage: Stage::New(args),
+            _result: PhantomData,
+        }
+    }
+
+    fn names(&self) -> (&'static str, &'static str) {
+        (
+            self.target.interface,
+            super::method_name(self.target, self.method),
+        )
+    }
+}
+
+/// What one step of the call came to.
+enum Step {
+    Ready(Vec<u8>),
+    Pending(Option<u64>),
+}
+
+/// A status no guest sends: the plugin's reply broke the async protocol.
+const PROTOCOL: u32 = u32::MAX;
+
+impl Running {
+    fn instance(&self) -> &Instance {
+        &self.generation.plugins[self.plugin]
+    }
+
+    /// Calls `ASYNC_INTERFACE`/`method` in the plugin in this call's scope: its generation
+    /// for dependency calls, its tickets and the task's waker for the host futures it awaits.
+    fn enter<T>(
+        &mut self,
+        waker: &std::task::Waker,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> T,
+    ) -> T {
+        let Running {
+            tickets,
+            handle,
+            plugin,
+            choice,
+            generation,
+            ..
+        } = self;
+        let instance = &generation.plugins[*plugin];
+        let handle = (method != abi_future::START).then_some(*handle);
+        let _scope = instance.scoped.then(|| {
+            host::enter_routed(
+                &generation.plugins,
+                generation.id,
+                generation.route(),
+                choice.as_deref(),
+            )
+        });
+        host::polling(instance.id, handle, waker, tickets, || {
+            instance.call(ASYNC_INTERFACE, method, input, then)
+        })
+    }
+}
+
+/// A reply's step, or the status and message it failed with.
+fn step(reply: Reply<'_>, starting: bool) -> Result<Step, (u32, String)> {
+    if !reply.is_ok() {
+        return Err((reply.status, reply.message()));
+    }
+    match reply.bytes.split_first() {
+        Some((&READY, result)) => Ok(Step::Ready(result.to_vec())),
+        Some((&PENDING, rest)) if !starting => rest
+            .is_empty()
+            .then_some(Step::Pending(None))
+            .ok_or((PROTOCOL, "a malformed pending reply".into())),
+        Some((&PENDING, rest)) => abi_future::handle(rest)
+            .map(|h| Step::Pending(Some(h)))
+            .ok_or((PROTOCOL, "a pending start without a handle".into())),
+        _ => Err((PROTOCOL, "a reply with no async tag".into())),
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
+    /// The first poll: take the generation, resolve the plugin, start the method.
+    fn start(&mut self, args: A, cx: &mut Context<'_>) -> Poll<Result<R, CallError>> {
+        let (generation, choice) = match &self.source {
+            Source::Current(current) => (current.load_full(), None),
+            Source::Pinned(generation, choice) => ((*generation).clone(), choice.cloned()),
+        };
+        let resolved = match generation.resolve(self.target, choice.as_deref()) {
+            Ok(resolved) => resolved,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let instance: *const Instance = resolved.instance;
+        let Some(plugin) = generation
+            .plugins
+            .iter()
+            .position(|p| std::ptr::eq(&**p, instance))
+        else {
+            unreachable!("a resolved instance is one of its generation's plugins")
+        };
+        let (interface, timed) = (resolved.interface, resolved.timed);
+        let mut input = Vec::with_capacity(64);
+        input.extend_from_slice(&interface.to_le_bytes());
+        input.extend_from_slice(&self.method.to_le_bytes());
+        if let Err(e) = wire::encode_into(&args, &mut input) {
+            let (interface, method) = self.names();
+            return Poll::Ready(Err(CallError::Encode {
+                interface,
+                method,
+                reason: e.to_string(),
+            }));
+        }
+        drop(args);
+        let mut running = Running {
+            tickets: Tickets::default(),
+            handle: 0,
+            plugin,
+            started: timed.then(Instant::now),
+            label: None,
+            choice,
+            generation,
+        };
+        running.instance().stats.call();
+        let stepped = running.enter(cx.waker(), abi_future::START, &input, |r| step(r, true));
+        self.settle(running, stepped, cx)
+    }
+
+    /// Acts on a step of `running`: completes, fails, or keeps it pending.
+    fn settle(
+        &mut self,
+        mut running: Running,
+        stepped: Result<Step, (u32, String)>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
+        let names = self.names();
+        match stepped {
+            Ok(Step::Pending(started)) => {
+                if let Some(handle) = started {
+                    running.handle = handle;
+                    if running.instance().code.backend == BackendKind::Wasm {
+                        // The plugin's future lives in the memory of the one wasm instance
+                        // that started it, which went back to its pool when START returned.
+                        let error = CallError::Async {
+                            site: super::site(running.instance(), names),
+                            message: "it awaited, and a wasm plugin's async call cannot yet \
+                                      be held across an await; make it complete without \
+                                      awaiting, or build the plugin as a native one"
+                                .into(),
+                        };
+                        finish(running);
+                        return Poll::Ready(Err(error));
+                    }
+                    let label = format!(
+                        "async call {}::{} of plugin `{}`",
+                        names.0,
+                        names.1,
+                        running.instance().code.name
+                    );
+                    running.label = running.generation.add_pin(Some(label));
+                }
+                host::remember(running.instance().id, running.handle, cx.waker());
+                self.stage = Stage::Running(running);
+                Poll::Pending
+            }
+            Ok(Step::Ready(bytes)) => {
+                let result = wire::from_bytes::<R>(&bytes)
+                    .map_err(|e| super::decode_error(running.instance(), names.0, names.1, e));
+                finish(running);
+                Poll::Ready(result)
+            }
+            Err((status, message)) => {
+                let error = if status == PROTOCOL {
+                    CallError::Async {
+                        site: super::site(running.instance(), names),
+                        message,
+                    }
+                } else {
+                    super::failure(running.instance(), names, status, message)
+                };
+                finish(running);
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}
+
+/// Ends a call the plugin is done with (completed, failed or dropped): its latency for a
+/// canary's comparison, its waker, its drain record. Then its host futures and its hold on
+/// the generation go, in that order.
+fn finish(running: Running) {
+    let instance = running.instance();
+    if let Some(started) = running.started {
+        instance.stats.latency.record(started.elapsed());
+    }
+    if running.label.is_some() {
+        host::forget(instance.id, running.handle);
+        running.generation.remove_pin(running.label);
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned> Future for AsyncCall<'_, A, R> {
+    type Output = Result<R, CallError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing in an `AsyncCall` is pinned: it is moved out of and back into its
+        // fields by value only, never through a pinned reference.
+        let this = unsafe { self.get_unchecked_mut() };
+        match std::mem::replace(&mut this.stage, Stage::Done) {
+            Stage::New(args) => this.start(args, cx),
+            Stage::Running(mut running) => {
+                let handle = running.handle.to_le_bytes();
+                let stepped =
+                    running.enter(cx.waker(), abi_future::POLL, &handle, |r| step(r, false));
+                this.settle(running, stepped, cx)
+            }
+            Stage::Done => {
+                let (interface, method) = this.names();
+                Poll::Ready(Err(CallError::Encode {
+                    interface,
+                    method,
+                    reason: "the call was polled again after it completed".into(),
+                }))
+            }
+        }
+    }
+}
+
+impl<A, R> Drop for AsyncCall<'_, A, R> {
+    fn drop(&mut self) {
+        if let Stage::Running(mut running) = std::mem::replace(&mut self.stage, Stage::Done) {
+            // The plugin drops its future first, in its own generation; its drop may cancel
+            // host futures it awaited, through this call's scope.
+            let handle = running.handle.to_le_bytes();
+            let dropped = running.enter(std::task::Waker::noop(), abi_future::DROP, &handle, |r| {
+                (!r.is_ok()).then(|| r.message())
+            });
+            if let Some(message) = dropped {
+                tracing::error!(plugin = %running.instance().code.name, error = %message, "dropping a plugin's async call failed");
+            }
+            finish(running);
+        }
+    }
+}
