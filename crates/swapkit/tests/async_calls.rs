@@ -24,6 +24,14 @@ struct Shop1 {
 }
 
 fn start(backend: Backend) -> Shop1 {
+    start_limited(backend, |b| b)
+}
+
+/// [`start`], with the builder set up by `configure` too.
+fn start_limited(
+    backend: Backend,
+    configure: impl FnOnce(swapkit::SwapperBuilder) -> swapkit::SwapperBuilder,
+) -> Shop1 {
     let logs = Logs::default();
     let vault = Vault::new();
     let gate = Arc::new(Semaphore::new(0));
@@ -64,7 +72,7 @@ fn start(backend: Backend) -> Shop1 {
     });
     let sandbox = Sandbox::default().grant("shop", Grant::AllHostFns);
     let swapper = start_configured(backend, &logs, &[Fixture::ShopV1], |b| {
-        b.vault(vault).sandbox(sandbox)
+        configure(b.vault(vault).sandbox(sandbox))
     })
     .expect("start the shop");
     Shop1 {
@@ -242,15 +250,6 @@ fn async_methods_run_on_every_backend_and_a_waker_the_plugin_wakes_resumes_it() 
             assert_eq!(client.quick(7).await.unwrap(), 7, "{backend:?}");
             // Synchronous methods beside them keep their path.
             assert_eq!(client.version().unwrap(), "1.0.0");
-            if backend == Backend::Wasm {
-                // A wasm instance cannot yet hold a call across an await: a clear error.
-                let e = client.yield_once("w").await.unwrap_err();
-                assert!(
-                    matches!(&e, CallError::Async { message, .. } if message.contains("wasm")),
-                    "{e}"
-                );
-                return;
-            }
             assert_eq!(client.yield_once("y").await.unwrap(), "y 1.0.0");
             let (first, before, second) = client.visit(9).await.unwrap();
             assert_eq!(
@@ -371,4 +370,78 @@ fn a_canarys_async_calls_keep_their_version_and_are_timed_whole() {
     // synchronous `version` calls above take microseconds).
     let p99 = canary.canary.p99.expect("timed canary calls");
     assert!(p99 >= Duration::from_millis(40), "{p99:?}");
+}
+
+/// Each pending wasm call holds one instance of its plugin's pool: a guest whose futures never
+/// complete holds no more than the pool, a call past it fails by the pool's policy, and the
+/// pool is whole again once they are dropped.
+#[cfg(feature = "wasm")]
+#[test]
+fn pending_wasm_calls_hold_their_instances_and_no_more_than_the_pool() {
+    use swapkit::{Exhausted, WasmLimits};
+    let limits = WasmLimits {
+        pool_size: 2,
+        when_exhausted: Exhausted::Fail,
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let rt = runtime();
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    rt.block_on(async {
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.wait(1).await })
+            })
+            .collect();
+        until_waiting(&shop, 2).await;
+        // Both instances hold a pending call: a third call finds none.
+        let e = client.quick(1).await.unwrap_err();
+        assert!(matches!(e, CallError::PoolExhausted { .. }), "{e}");
+        let e = client.version().unwrap_err();
+        assert!(matches!(e, CallError::PoolExhausted { .. }), "{e}");
+        // Each pending future resumes in the instance it lives in.
+        shop.gate.add_permits(1);
+        let mut held = held.into_iter();
+        let first = held.next().unwrap();
+        let second = held.next().unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if first.is_finished() || second.is_finished() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "one call completed");
+        assert_eq!(client.quick(3).await.unwrap(), 3, "an instance came back");
+        // The other is dropped while pending: its instance comes back too.
+        let (finished, pending) = if first.is_finished() {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        assert_eq!(finished.await.unwrap().unwrap(), "1.0.0");
+        pending.abort();
+        let _ = pending.await;
+        assert_eq!(pending_calls(&shop), 0);
+        let both = tokio::join!(client.wait(1), client.wait(1), async {
+            until_waiting(&shop, 2).await;
+            shop.gate.add_permits(2);
+        });
+        assert_eq!(
+            (both.0.unwrap(), both.1.unwrap()),
+            ("1.0.0".into(), "1.0.0".into())
+        );
+    });
+    assert_eq!(
+        shop.dropped("1.0.0"),
+        4,
+        "every future dropped once, in its instance"
+    );
+}
+
+fn pending_calls(shop: &Shop1) -> usize {
+    pending(&shop.swapper)
 }

@@ -388,6 +388,47 @@ impl Instance {
     }
 }
 
+/// What an async call holds of its instance between polls: on the wasm backend, the one
+/// wasm instance its future lives in.
+#[derive(Default)]
+pub(crate) struct Lease {
+    #[cfg(feature = "wasm")]
+    wasm: Option<wasm::Lease>,
+}
+
+impl Instance {
+    /// [`call`](Self::call) for an async call: on the wasm backend it runs in the slot
+    /// `lease` holds, if any, and keeps that slot (out of the pool) while `then` says the
+    /// call is pending.
+    pub fn call_leased<T>(
+        &self,
+        lease: &mut Lease,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> (T, bool),
+    ) -> T {
+        let _ = &lease;
+        match &self.imp {
+            Imp::Native(instance) => instance.call(interface, method, input, |r| then(r).0),
+            #[cfg(feature = "wasm")]
+            Imp::Wasm(instance) => {
+                instance.call_leased(&mut lease.wasm, interface, method, input, then)
+            }
+        }
+    }
+
+    /// Gives back what `lease` holds (an async call that ended without a last call into its
+    /// slot).
+    pub fn release(&self, lease: Lease) {
+        let _ = &lease;
+        #[cfg(feature = "wasm")]
+        if let (Imp::Wasm(instance), Some(held)) = (&self.imp, lease.wasm) {
+            instance.release(held);
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         let _span =

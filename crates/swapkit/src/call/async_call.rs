@@ -19,7 +19,7 @@ use swapkit_abi::future::{self as abi_future, PENDING, READY};
 use swapkit_abi::{wire, ASYNC_INTERFACE};
 
 use crate::backend::host::{self, Tickets};
-use crate::backend::{BackendKind, Instance, Reply};
+use crate::backend::{Instance, Lease, Reply};
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
@@ -54,6 +54,8 @@ enum Stage<A> {
 /// awaited (after the plugin dropped its own future, in `Drop`), then the generation.
 struct Running {
     tickets: Tickets,
+    /// The wasm instance the plugin's future lives in, while it is pending.
+    lease: Lease,
     handle: u64,
     /// The instance, as its index among the generation's plugins.
     plugin: usize,
@@ -104,10 +106,11 @@ impl Running {
         waker: &std::task::Waker,
         method: u32,
         input: &[u8],
-        then: impl FnOnce(Reply<'_>) -> T,
+        then: impl FnOnce(Reply<'_>) -> (T, bool),
     ) -> T {
         let Running {
             tickets,
+            lease,
             handle,
             plugin,
             choice,
@@ -125,13 +128,20 @@ impl Running {
             )
         });
         host::polling(instance.id, handle, waker, tickets, || {
-            instance.call(ASYNC_INTERFACE, method, input, then)
+            instance.call_leased(lease, ASYNC_INTERFACE, method, input, then)
         })
     }
 }
 
-/// A reply's step, or the status and message it failed with.
-fn step(reply: Reply<'_>, starting: bool) -> Result<Step, (u32, String)> {
+/// A reply's step (and whether the call stays pending, holding its instance), or the status
+/// and message it failed with.
+fn step(reply: Reply<'_>, starting: bool) -> (Result<Step, (u32, String)>, bool) {
+    let stepped = read(reply, starting);
+    let pending = matches!(stepped, Ok(Step::Pending(_)));
+    (stepped, pending)
+}
+
+fn read(reply: Reply<'_>, starting: bool) -> Result<Step, (u32, String)> {
     if !reply.is_ok() {
         return Err((reply.status, reply.message()));
     }
@@ -182,6 +192,7 @@ impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
         drop(args);
         let mut running = Running {
             tickets: Tickets::default(),
+            lease: Lease::default(),
             handle: 0,
             plugin,
             started: timed.then(Instant::now),
@@ -206,19 +217,6 @@ impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
             Ok(Step::Pending(started)) => {
                 if let Some(handle) = started {
                     running.handle = handle;
-                    if running.instance().code.backend == BackendKind::Wasm {
-                        // The plugin's future lives in the memory of the one wasm instance
-                        // that started it, which went back to its pool when START returned.
-                        let error = CallError::Async {
-                            site: super::site(running.instance(), names),
-                            message: "it awaited, and a wasm plugin's async call cannot yet \
-                                      be held across an await; make it complete without \
-                                      awaiting, or build the plugin as a native one"
-                                .into(),
-                        };
-                        finish(running);
-                        return Poll::Ready(Err(error));
-                    }
                     let label = format!(
                         "async call {}::{} of plugin `{}`",
                         names.0,
@@ -256,7 +254,9 @@ impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
 /// Ends a call the plugin is done with (completed, failed or dropped): its latency for a
 /// canary's comparison, its waker, its drain record. Then its host futures and its hold on
 /// the generation go, in that order.
-fn finish(running: Running) {
+fn finish(mut running: Running) {
+    let lease = std::mem::take(&mut running.lease);
+    running.instance().release(lease);
     let instance = running.instance();
     if let Some(started) = running.started {
         instance.stats.latency.record(started.elapsed());
@@ -301,7 +301,7 @@ impl<A, R> Drop for AsyncCall<'_, A, R> {
             // host futures it awaited, through this call's scope.
             let handle = running.handle.to_le_bytes();
             let dropped = running.enter(std::task::Waker::noop(), abi_future::DROP, &handle, |r| {
-                (!r.is_ok()).then(|| r.message())
+                ((!r.is_ok()).then(|| r.message()), false)
             });
             if let Some(message) = dropped {
                 tracing::error!(plugin = %running.instance().code.name, error = %message, "dropping a plugin's async call failed");

@@ -50,7 +50,7 @@ mod compile;
 mod pool;
 mod slot;
 
-pub(crate) use pool::WasmInstance;
+pub(crate) use pool::{Lease, WasmInstance};
 use slot::{
     host_log, host_panic, host_reply, host_service, Funcs, Limiter, PoolMemory, Slot, SlotData,
     NOT_ARMED,

@@ -140,6 +140,59 @@ impl WasmInstance {
         }
     }
 
+    /// [`call`](Self::call) for an async call (ABI.md §11), whose future lives in the memory
+    /// of the one instance that started it: the call runs in `lease`'s slot if it holds one,
+    /// and `then` says (with its result) whether the call must keep the slot, pending. Kept,
+    /// the slot leaves the pool's places but stays counted, so the pool never grows past its
+    /// size for it: its place waits, empty, for the slot to come back.
+    pub fn call_leased<T>(
+        &self,
+        lease: &mut Option<Lease>,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+        then: impl FnOnce(Reply<'_>) -> (T, bool),
+    ) -> T {
+        let slot = match lease.take() {
+            Some(Lease { home, slot }) => self.cells.fill(home, slot),
+            None => match self.take_idle() {
+                Ok(slot) => slot,
+                Err(miss) => match self.checkout_slow(miss) {
+                    Ok(slot) => slot,
+                    Err(fault) => return fault.reply(|r| then(r).0),
+                },
+            },
+        };
+        let deadline = self.deadline;
+        let mut running = Running::new(self, slot);
+        let called = running.call(deadline, interface, method, input, then);
+        let slot = running.returned();
+        match called {
+            Ok((t, true)) => {
+                let home = slot.index();
+                *lease = Some(Lease {
+                    home,
+                    slot: slot.discard(),
+                });
+                t
+            }
+            Ok((t, false)) => {
+                self.checkin(slot);
+                t
+            }
+            Err((fault, then)) => {
+                self.discard(slot);
+                fault.reply(|r| then(r).0)
+            }
+        }
+    }
+
+    /// Gives back the slot of an async call that ended without a last call into it.
+    pub fn release(&self, lease: Lease) {
+        drop(self.cells.fill(lease.home, lease.slot));
+        self.wake_waiter();
+    }
+
     /// Calls `method` of `interface` through the plugin's lane; a fault fails the call and
     /// throws the instance away, a result its type cannot hold only fails the call.
     #[inline]
@@ -348,6 +401,12 @@ impl WasmInstance {
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.wake_waiter();
     }
+}
+
+/// The slot an async call holds while it is pending, out of its place `home`.
+pub(crate) struct Lease {
+    home: usize,
+    slot: Slot,
 }
 
 /// A slot while wasm runs in it. If the call does not come back normally (a panic of the host
