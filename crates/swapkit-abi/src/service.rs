@@ -21,6 +21,7 @@
 //! | [`ASYNC_POLL`] | a ticket (u64 LE, raw) | a tag, then the result |
 //! | [`ASYNC_CANCEL`] | a ticket (u64 LE, raw) | nothing |
 //! | [`ASYNC_WAKE`] | a call's handle (u64 LE, raw) | nothing |
+//! | [`ASYNC_DEPENDENCY`] | [`DependencyCall`] | a tag, then the result or a ticket |
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -61,6 +62,10 @@ pub const ASYNC_CANCEL: u32 = 12;
 /// Wakes the task that polls the plugin's async call with this handle (u64 LE): what the
 /// plugin's own waker does.
 pub const ASYNC_WAKE: u32 = 13;
+
+/// Starts an async method of a plugin this one depends on, in the caller's generation: a
+/// [`DependencyCall`]. Reply as for [`ASYNC_HOST`]: the method's encoded result, or a ticket.
+pub const ASYNC_DEPENDENCY: u32 = 14;
 
 /// A request naming one key (or, for [`VAULT_LIST`], a prefix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -197,17 +197,21 @@ static OWNED: RawWakerVTable = RawWakerVTable::new(
     |data| unsafe { drop(Arc::from_raw(data.cast::<WakeData>())) },
 );
 
-/// A host async service being awaited: [`Host::call_async`]'s future.
+/// A host async service, or an async method of a dependency, being awaited:
+/// [`Host::call_async`]'s future, and a dependency client's.
 #[must_use = "a future does nothing unless awaited"]
 pub struct HostCall<R> {
     host: Host,
+    /// What it calls, for messages.
     name: String,
+    /// The service that starts it.
+    op: u32,
     state: State,
     _result: PhantomData<fn() -> R>,
 }
 
 enum State {
-    /// Not started: the encoded arguments.
+    /// Not started: the encoded request.
     New(Result<Vec<u8>, Error>),
     /// Pending under this ticket.
     Waiting(u64),
@@ -229,15 +233,37 @@ impl Host {
         name: &str,
         args: &A,
     ) -> HostCall<R> {
-        let args = wire::to_vec(args).map_err(|e| {
-            Error::msg(format!(
-                "arguments of host service `{name}` did not encode: {e}"
-            ))
-        });
+        let request = wire::to_vec(args)
+            .map_err(|e| {
+                Error::msg(format!(
+                    "arguments of host service `{name}` did not encode: {e}"
+                ))
+            })
+            .and_then(|args| {
+                let invoke = Invoke {
+                    name: name.to_owned(),
+                    args,
+                };
+                wire::to_vec(&invoke)
+                    .map_err(|e| Error::msg(format!("a service request did not encode: {e}")))
+            });
+        HostCall::new(
+            *self,
+            format!("host service `{name}`"),
+            service::ASYNC_HOST,
+            request,
+        )
+    }
+}
+
+impl<R> HostCall<R> {
+    /// A call started by service `op` with the encoded `request`.
+    pub(crate) fn new(host: Host, name: String, op: u32, request: Result<Vec<u8>, Error>) -> Self {
         HostCall {
-            host: *self,
-            name: name.to_owned(),
-            state: State::New(args),
+            host,
+            name,
+            op,
+            state: State::New(request),
             _result: PhantomData,
         }
     }
@@ -247,13 +273,10 @@ impl<R: DeserializeOwned> HostCall<R> {
     fn decode(&self, bytes: &[u8]) -> Poll<Result<R, Error>> {
         let name = &self.name;
         Poll::Ready(match bytes.split_first() {
-            Some((&READY, result)) => wire::from_bytes(result).map_err(|e| {
-                Error::msg(format!(
-                    "the result of host service `{name}` did not decode: {e}"
-                ))
-            }),
+            Some((&READY, result)) => wire::from_bytes(result)
+                .map_err(|e| Error::msg(format!("the result of {name} did not decode: {e}"))),
             _ => Err(Error::msg(format!(
-                "host service `{name}` answered with a malformed reply"
+                "{name} answered with a malformed reply"
             ))),
         })
     }
@@ -266,14 +289,7 @@ impl<R: DeserializeOwned> Future for HostCall<R> {
         // `HostCall` holds nothing pinned.
         let this = self.get_mut();
         let (reply, ticket) = match std::mem::replace(&mut this.state, State::Done) {
-            State::New(args) => {
-                let args = args?;
-                let request = Invoke {
-                    name: this.name.clone(),
-                    args,
-                };
-                (this.host.service_raw(service::ASYNC_HOST, &request), None)
-            }
+            State::New(request) => (this.host.service_bytes(this.op, &request?), None),
             State::Waiting(ticket) => (
                 this.host
                     .service_bytes(service::ASYNC_POLL, &ticket.to_le_bytes()),
@@ -281,7 +297,7 @@ impl<R: DeserializeOwned> Future for HostCall<R> {
             ),
             State::Done => {
                 return Poll::Ready(Err(Error::msg(format!(
-                    "host service `{}` was polled after it completed",
+                    "{} was polled after it completed",
                     this.name
                 ))))
             }
@@ -290,18 +306,14 @@ impl<R: DeserializeOwned> Future for HostCall<R> {
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
-                return Poll::Ready(Err(Error::msg(format!(
-                    "host service `{}`: {}",
-                    this.name,
-                    e.message()
-                ))))
+                return Poll::Ready(Err(Error::msg(format!("{}: {}", this.name, e.message()))))
             }
         };
         match reply.split_first() {
             Some((&PENDING, rest)) => {
                 let Some(ticket) = ticket.or_else(|| abi_future::handle(rest)) else {
                     return Poll::Ready(Err(Error::msg(format!(
-                        "host service `{}` answered pending with no ticket",
+                        "{} answered pending with no ticket",
                         this.name
                     ))));
                 };

@@ -375,6 +375,42 @@ impl Transport for Dependency {
             ))
         })
     }
+
+    /// Awaits async method `method` of the dependency, in the caller's generation: polled by
+    /// the host within the polls of the caller's own async call.
+    fn call_async<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl core::future::Future<Output = Result<R, Error>> + Send
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned + Send,
+    {
+        let request = wire::to_vec(&args)
+            .map_err(|e| {
+                Error::msg(format!(
+                    "arguments to `{}` did not encode: {e}",
+                    self.plugin
+                ))
+            })
+            .and_then(|args| {
+                wire::to_vec(&DependencyCall {
+                    plugin: self.plugin.clone(),
+                    interface: self.interface.into(),
+                    hash: self.hash,
+                    method,
+                    args,
+                })
+                .map_err(|e| Error::msg(format!("a service request did not encode: {e}")))
+            });
+        crate::future::HostCall::<R>::new(
+            self.host,
+            format!("`{}` {}::{method}", self.plugin, self.interface),
+            service::ASYNC_DEPENDENCY,
+            request,
+        )
+    }
 }
 
 #[cfg(test)]

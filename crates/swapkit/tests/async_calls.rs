@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{start_configured, Backend, Fixture, Logs};
-use fixture_api::Shop;
+use fixture_api::{Front, Shop};
 use swapkit::{CallError, Grant, Sandbox, Swapper, Vault};
 use swapkit_abi::Transport;
 use tokio::sync::Semaphore;
@@ -30,6 +30,15 @@ fn start(backend: Backend) -> Shop1 {
 /// [`start`], with the builder set up by `configure` too.
 fn start_limited(
     backend: Backend,
+    configure: impl FnOnce(swapkit::SwapperBuilder) -> swapkit::SwapperBuilder,
+) -> Shop1 {
+    start_set(backend, &[Fixture::ShopV1], configure)
+}
+
+/// [`start_limited`], loading `set`.
+fn start_set(
+    backend: Backend,
+    set: &[Fixture],
     configure: impl FnOnce(swapkit::SwapperBuilder) -> swapkit::SwapperBuilder,
 ) -> Shop1 {
     let logs = Logs::default();
@@ -71,7 +80,7 @@ fn start_limited(
         }
     });
     let sandbox = Sandbox::default().grant("shop", Grant::AllHostFns);
-    let swapper = start_configured(backend, &logs, &[Fixture::ShopV1], |b| {
+    let swapper = start_configured(backend, &logs, set, |b| {
         configure(b.vault(vault).sandbox(sandbox))
     })
     .expect("start the shop");
@@ -444,4 +453,44 @@ fn pending_wasm_calls_hold_their_instances_and_no_more_than_the_pool() {
 
 fn pending_calls(shop: &Shop1) -> usize {
     pending(&shop.swapper)
+}
+
+/// A plugin awaiting an async method of its dependency reaches the dependency of its own
+/// generation, however the generations change while it waits.
+#[test]
+fn an_async_dependency_call_stays_in_the_callers_generation() {
+    let backends: &[Backend] = if cfg!(feature = "wasm") {
+        &[Backend::Native, Backend::Wasm]
+    } else {
+        &[Backend::Native]
+    };
+    for &backend in backends {
+        let shop = start_set(backend, &[Fixture::ShopV1, Fixture::ShopFront], |b| b);
+        let rt = runtime();
+        let front = shop.swapper.client::<dyn Front>().unwrap();
+        rt.block_on(async {
+            let before = tokio::spawn({
+                let front = front.clone();
+                async move { front.relay_wait(1).await }
+            });
+            until_waiting(&shop, 2).await; // front's call, and shop's below it
+            shop.swapper
+                .load_files([
+                    Fixture::ShopV2.artifact(backend),
+                    Fixture::ShopFront.artifact(backend),
+                ])
+                .unwrap();
+            let after = tokio::spawn({
+                let front = front.clone();
+                async move { front.relay_wait(1).await }
+            });
+            until_waiting(&shop, 4).await;
+            shop.gate.add_permits(2);
+            let before = before.await.unwrap().unwrap();
+            let after = after.await.unwrap().unwrap();
+            assert_eq!(before.1, "1.0.0", "{backend:?}: {before:?}");
+            assert_eq!(after.1, "2.0.0", "{backend:?}: {after:?}");
+        });
+        assert_eq!(pending(&shop.swapper), 0);
+    }
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::future::{self as abi_future, PENDING, READY};
+use swapkit_abi::service::DependencyCall;
 use swapkit_abi::{wire, ASYNC_INTERFACE};
 
 use crate::backend::host::{self, Tickets};
@@ -31,12 +32,55 @@ pub(crate) enum Source<'a> {
     Current(&'a Current),
     /// A pin's generation, and its version choice.
     Pinned(&'a Arc<Generation>, Option<&'a Arc<OnceLock<Variant>>>),
+    /// The generation of the caller of a dependency, and its version choice.
+    Owned(Arc<Generation>, Option<Arc<OnceLock<Variant>>>),
+}
+
+/// Arguments as a call sends them: any serializable value, or bytes encoded already.
+pub(crate) trait Args {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), wire::Error>;
+}
+
+impl<T: Serialize> Args for T {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), wire::Error> {
+        wire::encode_into(self, out)
+    }
+}
+
+/// The encoded argument tuple of a plugin's call to a dependency.
+pub(crate) struct Encoded(pub Vec<u8>);
+
+impl Args for Encoded {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), wire::Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+}
+
+/// A result as a call returns it: decoded, or the encoded bytes for a calling plugin.
+pub(crate) trait Decode: Sized {
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error>;
+}
+
+impl<T: DeserializeOwned> Decode for T {
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        wire::from_bytes(bytes)
+    }
+}
+
+/// A dependency's encoded result.
+pub(crate) struct Raw(pub Vec<u8>);
+
+impl Decode for Raw {
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        Ok(Raw(bytes.to_vec()))
+    }
 }
 
 /// The future of one async call: `R` is the method's result type.
 pub(crate) struct AsyncCall<'a, A, R> {
     source: Source<'a>,
-    target: &'a Target,
+    target: std::borrow::Cow<'a, Target>,
     method: u32,
     stage: Stage<A>,
     _result: PhantomData<fn() -> R>,
@@ -67,7 +111,12 @@ struct Running {
 }
 
 impl<'a, A, R> AsyncCall<'a, A, R> {
-    pub(crate) fn new(source: Source<'a>, target: &'a Target, method: u32, args: A) -> Self {
+    pub(crate) fn new(
+        source: Source<'a>,
+        target: std::borrow::Cow<'a, Target>,
+        method: u32,
+        args: A,
+    ) -> Self {
         AsyncCall {
             source,
             target,
@@ -80,7 +129,7 @@ impl<'a, A, R> AsyncCall<'a, A, R> {
     fn names(&self) -> (&'static str, &'static str) {
         (
             self.target.interface,
-            super::method_name(self.target, self.method),
+            super::method_name(&self.target, self.method),
         )
     }
 }
@@ -127,7 +176,11 @@ impl Running {
                 choice.as_deref(),
             )
         });
-        host::polling(instance.id, handle, waker, tickets, || {
+        let caller = host::Caller {
+            generation,
+            choice: choice.as_ref(),
+        };
+        host::polling(instance.id, handle, waker, tickets, caller, || {
             instance.call_leased(lease, ASYNC_INTERFACE, method, input, then)
         })
     }
@@ -158,14 +211,15 @@ fn read(reply: Reply<'_>, starting: bool) -> Result<Step, (u32, String)> {
     }
 }
 
-impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
+impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
     /// The first poll: take the generation, resolve the plugin, start the method.
     fn start(&mut self, args: A, cx: &mut Context<'_>) -> Poll<Result<R, CallError>> {
         let (generation, choice) = match &self.source {
             Source::Current(current) => (current.load_full(), None),
             Source::Pinned(generation, choice) => ((*generation).clone(), choice.cloned()),
+            Source::Owned(generation, choice) => (generation.clone(), choice.clone()),
         };
-        let resolved = match generation.resolve(self.target, choice.as_deref()) {
+        let resolved = match generation.resolve(&self.target, choice.as_deref()) {
             Ok(resolved) => resolved,
             Err(e) => return Poll::Ready(Err(e)),
         };
@@ -181,7 +235,7 @@ impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
         let mut input = Vec::with_capacity(64);
         input.extend_from_slice(&interface.to_le_bytes());
         input.extend_from_slice(&self.method.to_le_bytes());
-        if let Err(e) = wire::encode_into(&args, &mut input) {
+        if let Err(e) = args.encode(&mut input) {
             let (interface, method) = self.names();
             return Poll::Ready(Err(CallError::Encode {
                 interface,
@@ -230,7 +284,7 @@ impl<A: Serialize, R: DeserializeOwned> AsyncCall<'_, A, R> {
                 Poll::Pending
             }
             Ok(Step::Ready(bytes)) => {
-                let result = wire::from_bytes::<R>(&bytes)
+                let result = R::decode(&bytes)
                     .map_err(|e| super::decode_error(running.instance(), names.0, names.1, e));
                 finish(running);
                 Poll::Ready(result)
@@ -267,7 +321,7 @@ fn finish(mut running: Running) {
     }
 }
 
-impl<A: Serialize, R: DeserializeOwned> Future for AsyncCall<'_, A, R> {
+impl<A: Args, R: Decode> Future for AsyncCall<'_, A, R> {
     type Output = Result<R, CallError>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -309,4 +363,26 @@ impl<A, R> Drop for AsyncCall<'_, A, R> {
             finish(running);
         }
     }
+}
+
+/// A plugin's async call to a dependency (`ASYNC_DEPENDENCY`), in `generation`, the caller's,
+/// with its version choice: a host future the caller awaits.
+pub(crate) fn dependency(
+    generation: Arc<Generation>,
+    choice: Option<Arc<OnceLock<Variant>>>,
+    call: DependencyCall,
+) -> crate::vault::ServiceFuture {
+    let target = Target {
+        interface: "(a dependency's interface)",
+        hash: call.hash,
+        methods: &[],
+        plugin: Some(call.plugin.as_str().into()),
+    };
+    let future: AsyncCall<'static, Encoded, Raw> = AsyncCall::new(
+        Source::Owned(generation, choice),
+        std::borrow::Cow::Owned(target),
+        call.method,
+        Encoded(call.args),
+    );
+    Box::pin(async move { future.await.map(|raw| raw.0).map_err(|e| e.to_string()) })
 }

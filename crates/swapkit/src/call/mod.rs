@@ -8,6 +8,8 @@
 
 mod async_call;
 
+pub(crate) use async_call::dependency as async_dependency;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -336,7 +338,7 @@ impl Transport for Binding {
     {
         async_call::AsyncCall::new(
             async_call::Source::Current(&self.current),
-            &self.target,
+            std::borrow::Cow::Borrowed(&self.target),
             method,
             args,
         )
@@ -512,7 +514,7 @@ impl Transport for Pinned {
     {
         async_call::AsyncCall::new(
             async_call::Source::Pinned(&self.generation, self.choice.as_ref()),
-            &self.target,
+            std::borrow::Cow::Borrowed(&self.target),
             method,
             args,
         )

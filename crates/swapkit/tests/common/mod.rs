@@ -55,9 +55,11 @@ pub enum Fixture {
     ShopV1,
     /// `shop` 2.0.0.
     ShopV2,
+    /// `front`: awaits `shop`, its dependency.
+    ShopFront,
 }
 
-const ALL: [Fixture; 30] = [
+const ALL: [Fixture; 31] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -88,6 +90,7 @@ const ALL: [Fixture; 30] = [
     Fixture::Lanes,
     Fixture::ShopV1,
     Fixture::ShopV2,
+    Fixture::ShopFront,
 ];
 
 impl Fixture {
@@ -124,6 +127,7 @@ impl Fixture {
             Fixture::Lanes => "fixture-lanes",
             Fixture::ShopV1 => "fixture-shop-v1",
             Fixture::ShopV2 => "fixture-shop-v2",
+            Fixture::ShopFront => "fixture-shop-front",
         }
     }
 
@@ -190,7 +194,7 @@ fn built() -> &'static [PathBuf] {
 }
 
 /// The fixtures that also build for wasm32 (the hand-made ones are native by nature).
-const WASM: [Fixture; 27] = [
+const WASM: [Fixture; 28] = [
     Fixture::GreeterV1,
     Fixture::GreeterV2,
     Fixture::BadLoad,
@@ -218,6 +222,7 @@ const WASM: [Fixture; 27] = [
     Fixture::Lanes,
     Fixture::ShopV1,
     Fixture::ShopV2,
+    Fixture::ShopFront,
 ];
 
 /// Builds the wasm fixtures once per test process, in release: smaller modules compile faster.
@@ -327,7 +332,8 @@ pub fn start_configured(
         .interface::<dyn fixture_api::Probe>()
         .interface::<dyn fixture_api::Counter>()
         .interface::<dyn fixture_api::Lanes>()
-        .interface::<dyn fixture_api::Shop>();
+        .interface::<dyn fixture_api::Shop>()
+        .interface::<dyn fixture_api::Front>();
     match backend {
         Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;

@@ -15,7 +15,11 @@ use std::task::{Context, Poll, Waker};
 
 use swapkit_abi::future::{PENDING, READY};
 
+use std::sync::Arc;
+
 use super::services::Refusal;
+use crate::generation::Generation;
+use crate::route::Variant;
 use crate::vault::ServiceFuture;
 
 /// The host futures one async call awaits, by ticket. Dropped with the call, after the
@@ -32,6 +36,15 @@ struct Scope {
     handle: Option<u64>,
     waker: *const Waker,
     tickets: *mut Tickets,
+    generation: *const Arc<Generation>,
+    choice: Option<*const Arc<OnceLock<Variant>>>,
+}
+
+/// The generation an async call runs in, and its version choice: where its calls to
+/// dependencies go.
+pub(crate) struct Caller<'a> {
+    pub generation: &'a Arc<Generation>,
+    pub choice: Option<&'a Arc<OnceLock<Variant>>>,
 }
 
 thread_local! {
@@ -46,6 +59,7 @@ pub(crate) fn polling<T>(
     handle: Option<u64>,
     waker: &Waker,
     tickets: &mut Tickets,
+    caller: Caller<'_>,
     f: impl FnOnce() -> T,
 ) -> T {
     let mut scope = Scope {
@@ -53,6 +67,8 @@ pub(crate) fn polling<T>(
         handle,
         waker,
         tickets,
+        generation: caller.generation,
+        choice: caller.choice.map(|c| c as *const _),
     };
     let previous = SCOPE.replace(&mut scope);
     struct Restore(*mut Scope);
@@ -70,6 +86,16 @@ pub(crate) fn polling<T>(
 fn with_scope<T>(
     instance: u64,
     f: impl FnOnce(&Waker, &mut Tickets, Option<u64>) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
+    with_caller(instance, |waker, tickets, handle, _| {
+        f(waker, tickets, handle)
+    })
+}
+
+/// [`with_scope`], with the caller's generation too.
+fn with_caller<T>(
+    instance: u64,
+    f: impl FnOnce(&Waker, &mut Tickets, Option<u64>, Caller<'_>) -> Result<T, Refusal>,
 ) -> Result<T, Refusal> {
     let scope = SCOPE.replace(std::ptr::null_mut());
     struct Restore(*mut Scope);
@@ -97,9 +123,18 @@ fn with_scope<T>(
                 .into(),
         ));
     }
-    // SAFETY: as above: the waker and tickets outlive the scope.
-    let (waker, tickets) = unsafe { (&*scope.waker, &mut *scope.tickets) };
-    f(waker, tickets, scope.handle)
+    // SAFETY: as above: the waker, tickets, generation and choice outlive the scope.
+    let (waker, tickets, caller) = unsafe {
+        (
+            &*scope.waker,
+            &mut *scope.tickets,
+            Caller {
+                generation: &*scope.generation,
+                choice: scope.choice.map(|c| &*c),
+            },
+        )
+    };
+    f(waker, tickets, scope.handle, caller)
 }
 
 /// Polls a host future with the task's waker.
@@ -116,24 +151,44 @@ fn ready(name: &str, result: Result<Vec<u8>, String>) -> Result<Vec<u8>, Refusal
 }
 
 /// `ASYNC_HOST`: polls `future` at once; keeps it under a new ticket if it is pending.
-pub(crate) fn start(
+pub(crate) fn start(instance: u64, name: &str, future: ServiceFuture) -> Result<Vec<u8>, Refusal> {
+    with_scope(instance, |waker, tickets, _| {
+        keep(name, future, waker, tickets)
+    })
+}
+
+/// `ASYNC_DEPENDENCY`: starts `call` in the caller's generation, as a host future the caller
+/// awaits.
+pub(crate) fn start_dependency(
     instance: u64,
+    call: swapkit_abi::service::DependencyCall,
+) -> Result<Vec<u8>, Refusal> {
+    with_caller(instance, |waker, tickets, _, caller| {
+        let name = format!("`{}` {}", call.plugin, call.interface);
+        let future =
+            crate::call::async_dependency(caller.generation.clone(), caller.choice.cloned(), call);
+        keep(&name, future, waker, tickets)
+    })
+}
+
+/// Polls `future` once; keeps it under a new ticket if it is pending.
+fn keep(
     name: &str,
     mut future: ServiceFuture,
+    waker: &Waker,
+    tickets: &mut Tickets,
 ) -> Result<Vec<u8>, Refusal> {
-    with_scope(instance, |waker, tickets, _| {
-        match poll_once(&mut future, waker) {
-            Poll::Ready(result) => ready(name, result),
-            Poll::Pending => {
-                tickets.next += 1;
-                let ticket = tickets.next;
-                tickets.pending.push((ticket, future));
-                let mut reply = vec![PENDING];
-                reply.extend_from_slice(&ticket.to_le_bytes());
-                Ok(reply)
-            }
+    match poll_once(&mut future, waker) {
+        Poll::Ready(result) => ready(name, result),
+        Poll::Pending => {
+            tickets.next += 1;
+            let ticket = tickets.next;
+            tickets.pending.push((ticket, future));
+            let mut reply = vec![PENDING];
+            reply.extend_from_slice(&ticket.to_le_bytes());
+            Ok(reply)
         }
-    })
+    }
 }
 
 /// `ASYNC_POLL`: polls the future under `ticket` again.

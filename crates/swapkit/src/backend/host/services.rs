@@ -310,6 +310,12 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
             let _open = open(ctx, &ctx.services)?;
             super::futures::poll(ctx.id, raw_u64(input)?)
         }
+        service::ASYNC_DEPENDENCY => {
+            let call: DependencyCall = req(input)?;
+            declared(ctx, &call)?;
+            let _open = open(ctx, &ctx.services)?;
+            super::futures::start_dependency(ctx.id, call)
+        }
         service::ASYNC_CANCEL => super::futures::cancel(ctx.id, raw_u64(input)?),
         service::ASYNC_WAKE => super::futures::wake(ctx.id, raw_u64(input)?),
         service::LOAD_DATA => reply(&ctx.services.load_data.get(&ctx.plugin)),
@@ -328,6 +334,33 @@ fn raw_u64(input: &[u8]) -> Result<u64, Refusal> {
 }
 
 fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> {
+    declared(ctx, &call)?;
+    let _open = open(ctx, &ctx.services)?;
+    with_routed_scope(|plugins, generation, pick| {
+        let found = plugins
+            .iter()
+            .position(|p| *p.code.name == *call.plugin)
+            .ok_or_else(|| format!("generation {generation} has no plugin `{}`", call.plugin))?;
+        let instance = &plugins[pick(found)];
+        let index = instance
+            .code
+            .manifest
+            .interfaces
+            .iter()
+            .position(|i| i.hash == call.hash)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` {} does not export `{}` with the caller's hash",
+                    call.plugin, instance.code.version, call.interface
+                )
+            })?;
+        invoke(instance, index as u32, call.method, &call.args)
+    })
+}
+
+/// Refuses a call to a plugin the caller does not declare, or to an interface of it the
+/// caller's manifest does not name.
+fn declared(ctx: &GuestCtx, call: &DependencyCall) -> Result<(), Refusal> {
     let Some(declared) = ctx.dependencies.iter().find(|d| d.plugin == call.plugin) else {
         return Err(format!(
             "plugin `{}` calls `{}`, which it does not declare; add it to `dependencies` of \
@@ -357,27 +390,7 @@ fn dependency(ctx: &GuestCtx, call: DependencyCall) -> Result<Vec<u8>, Refusal> 
         )
         .into());
     }
-    let _open = open(ctx, &ctx.services)?;
-    with_routed_scope(|plugins, generation, pick| {
-        let found = plugins
-            .iter()
-            .position(|p| *p.code.name == *call.plugin)
-            .ok_or_else(|| format!("generation {generation} has no plugin `{}`", call.plugin))?;
-        let instance = &plugins[pick(found)];
-        let index = instance
-            .code
-            .manifest
-            .interfaces
-            .iter()
-            .position(|i| i.hash == call.hash)
-            .ok_or_else(|| {
-                format!(
-                    "`{}` {} does not export `{}` with the caller's hash",
-                    call.plugin, instance.code.version, call.interface
-                )
-            })?;
-        invoke(instance, index as u32, call.method, &call.args)
-    })
+    Ok(())
 }
 
 /// A live-type constructor of the caller's declared dependencies: a plugin reaches no other
