@@ -32,7 +32,7 @@ fn now<F: Future>(future: F) -> F::Output {
 
 /// The baseline: a boxed future doing `quick`'s work.
 fn boxed(x: u64) -> Pin<Box<dyn Future<Output = u64> + Send>> {
-    Box::pin(async move { black_box(x) * 1 })
+    Box::pin(async move { black_box(x) * black_box(1) })
 }
 
 /// A host whose `shop.wait` yields to the runtime once.
@@ -105,7 +105,7 @@ fn calls(c: &mut Criterion) {
                     black_box(1u32)
                 });
                 let outer: Pin<Box<dyn Future<Output = u32> + Send>> =
-                    Box::pin(async move { inner.await });
+                    Box::pin(async move { inner.await + 1 });
                 outer.await
             })
         })

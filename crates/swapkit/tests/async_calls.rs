@@ -426,15 +426,15 @@ fn pending_wasm_calls_hold_their_instances_and_no_more_than_the_pool() {
         assert!(done.is_ok(), "one call completed");
         assert_eq!(client.quick(3).await.unwrap(), 3, "an instance came back");
         // The other is dropped while pending: its instance comes back too.
-        let (finished, pending) = if first.is_finished() {
+        let (finished, waiting) = if first.is_finished() {
             (first, second)
         } else {
             (second, first)
         };
         assert_eq!(finished.await.unwrap().unwrap(), "1.0.0");
-        pending.abort();
-        let _ = pending.await;
-        assert_eq!(pending_calls(&shop), 0);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(pending(&shop.swapper), 0);
         let both = tokio::join!(client.wait(1), client.wait(1), async {
             until_waiting(&shop, 2).await;
             shop.gate.add_permits(2);
@@ -449,10 +449,6 @@ fn pending_wasm_calls_hold_their_instances_and_no_more_than_the_pool() {
         4,
         "every future dropped once, in its instance"
     );
-}
-
-fn pending_calls(shop: &Shop1) -> usize {
-    pending(&shop.swapper)
 }
 
 /// A plugin awaiting an async method of its dependency reaches the dependency of its own

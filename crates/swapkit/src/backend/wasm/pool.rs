@@ -154,7 +154,7 @@ impl WasmInstance {
         then: impl FnOnce(Reply<'_>) -> (T, bool),
     ) -> T {
         let slot = match lease.take() {
-            Some(Lease { home, slot }) => self.cells.fill(home, slot),
+            Some(Lease { home, slot }) => self.cells.fill(home, *slot),
             None => match self.take_idle() {
                 Ok(slot) => slot,
                 Err(miss) => match self.checkout_slow(miss) {
@@ -172,7 +172,7 @@ impl WasmInstance {
                 let home = slot.index();
                 *lease = Some(Lease {
                     home,
-                    slot: slot.discard(),
+                    slot: Box::new(slot.discard()),
                 });
                 t
             }
@@ -189,7 +189,7 @@ impl WasmInstance {
 
     /// Gives back the slot of an async call that ended without a last call into it.
     pub fn release(&self, lease: Lease) {
-        drop(self.cells.fill(lease.home, lease.slot));
+        drop(self.cells.fill(lease.home, *lease.slot));
         self.wake_waiter();
     }
 
@@ -406,7 +406,8 @@ impl WasmInstance {
 /// The slot an async call holds while it is pending, out of its place `home`.
 pub(crate) struct Lease {
     home: usize,
-    slot: Slot,
+    /// Boxed: a slot is large, and a pending native call carries a lease too.
+    slot: Box<Slot>,
 }
 
 /// A slot while wasm runs in it. If the call does not come back normally (a panic of the host
