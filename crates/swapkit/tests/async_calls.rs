@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{start_configured, Backend, Fixture, Logs};
-use fixture_api::{Front, Shop};
+use fixture_api::{Shop, Storefront};
 use swapkit::{CallError, Grant, Sandbox, Swapper, Vault};
 use swapkit_abi::Transport;
 use tokio::sync::Semaphore;
@@ -463,7 +463,7 @@ fn an_async_dependency_call_stays_in_the_callers_generation() {
     for &backend in backends {
         let shop = start_set(backend, &[Fixture::ShopV1, Fixture::ShopFront], |b| b);
         let rt = runtime();
-        let front = shop.swapper.client::<dyn Front>().unwrap();
+        let front = shop.swapper.client::<dyn Storefront>().unwrap();
         rt.block_on(async {
             let before = tokio::spawn({
                 let front = front.clone();

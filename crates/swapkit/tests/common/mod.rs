@@ -55,7 +55,7 @@ pub enum Fixture {
     ShopV1,
     /// `shop` 2.0.0.
     ShopV2,
-    /// `front`: awaits `shop`, its dependency.
+    /// `storefront`: awaits `shop`, its dependency.
     ShopFront,
 }
 
@@ -333,7 +333,7 @@ pub fn start_configured(
         .interface::<dyn fixture_api::Counter>()
         .interface::<dyn fixture_api::Lanes>()
         .interface::<dyn fixture_api::Shop>()
-        .interface::<dyn fixture_api::Front>();
+        .interface::<dyn fixture_api::Storefront>();
     match backend {
         Backend::Native | Backend::Wasm => {
             let swapper = builder.build()?;
