@@ -10,3 +10,6 @@ pub mod consistency {}
 
 #[doc = include_str!("performance.md")]
 pub mod performance {}
+
+#[doc = include_str!("async_plugins.md")]
+pub mod async_plugins {}
