@@ -49,9 +49,9 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        for raw in 0..8 {
+        for raw in 0..9 {
             assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
         }
-        assert_eq!(Status::from_raw(8), None);
+        assert_eq!(Status::from_raw(9), None);
     }
 }
