@@ -490,3 +490,32 @@ fn an_async_dependency_call_stays_in_the_callers_generation() {
         assert_eq!(pending(&shop.swapper), 0);
     }
 }
+
+/// A call that awaits more host futures at once than the host allows is refused there, and
+/// the futures it started go with it.
+#[test]
+fn a_call_awaiting_too_many_host_futures_at_once_is_refused() {
+    let backends: &[Backend] = if cfg!(feature = "wasm") {
+        &[Backend::Native, Backend::Wasm]
+    } else {
+        &[Backend::Native]
+    };
+    for &backend in backends {
+        let shop = start(backend);
+        let rt = runtime();
+        let client = shop.swapper.client::<dyn Shop>().unwrap();
+        rt.block_on(async {
+            let e = client.fan_out(300).await.unwrap().unwrap_err();
+            assert!(e.contains("at most 256 host futures"), "{backend:?}: {e}");
+            assert_eq!(pending(&shop.swapper), 0);
+            // Within the bound, every one is awaited.
+            let call = tokio::spawn({
+                let client = client.clone();
+                async move { client.fan_out(200).await }
+            });
+            until_waiting(&shop, 1).await;
+            shop.gate.add_permits(200);
+            assert_eq!(call.await.unwrap().unwrap(), Ok(200));
+        });
+    }
+}

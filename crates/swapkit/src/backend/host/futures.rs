@@ -171,6 +171,10 @@ pub(crate) fn start_dependency(
     })
 }
 
+/// How many host futures one async call may await at once: a guest that starts more (a
+/// hostile one, flooding the host with pending work) is refused, not given the host's memory.
+pub(crate) const MAX_TICKETS: usize = 256;
+
 /// Polls `future` once; keeps it under a new ticket if it is pending.
 fn keep(
     name: &str,
@@ -178,6 +182,11 @@ fn keep(
     waker: &Waker,
     tickets: &mut Tickets,
 ) -> Result<Vec<u8>, Refusal> {
+    if tickets.pending.len() >= MAX_TICKETS {
+        return Err(Refusal::Failed(format!(
+            "a call may await at most {MAX_TICKETS} host futures at once; {name} was not started"
+        )));
+    }
     match poll_once(&mut future, waker) {
         Poll::Ready(result) => ready(name, result),
         Poll::Pending => {
