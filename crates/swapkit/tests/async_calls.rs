@@ -519,3 +519,56 @@ fn a_call_awaiting_too_many_host_futures_at_once_is_refused() {
         });
     }
 }
+
+/// A wasm guest whose pending call awaits a host service that calls back into the same plugin
+/// gets a clear error at once, never a wait for the instance its own call holds.
+#[cfg(feature = "wasm")]
+#[test]
+fn a_guest_awaiting_a_call_into_its_own_pool_gets_an_error_not_a_deadlock() {
+    use std::sync::OnceLock;
+    use swapkit::{Exhausted, WasmLimits};
+    let client_cell: Arc<OnceLock<fixture_api::ShopClient<swapkit::Binding>>> = Arc::default();
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let vault = Vault::new();
+    {
+        let (client_cell, seen) = (client_cell.clone(), seen.clone());
+        vault.provide_async("shop.wait", move |(_,): (u32,)| {
+            let (client, seen) = (client_cell.get().cloned(), seen.clone());
+            async move {
+                let again = client.expect("the client is set").quick(1).await;
+                *seen.lock().unwrap() = Some(match again {
+                    Ok(v) => format!("answered {v}"),
+                    Err(e) => e.to_string(),
+                });
+                0u32
+            }
+        });
+    }
+    vault.provide("shop.dropped", |(_,): (String,)| {});
+    let limits = WasmLimits {
+        pool_size: 1,
+        when_exhausted: Exhausted::Wait(Duration::from_secs(60)),
+        ..WasmLimits::default()
+    };
+    let swapper = start_configured(Backend::Wasm, &Logs::default(), &[Fixture::ShopV1], |b| {
+        b.vault(vault)
+            .sandbox(Sandbox::default().grant("shop", Grant::AllHostFns))
+            .wasm_limits(limits)
+    })
+    .unwrap();
+    let client = swapper.client::<dyn Shop>().unwrap();
+    let _ = client_cell.set(client.clone());
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    let answer =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), client.wait(1)).await });
+    assert!(answer.is_ok(), "the call did not deadlock");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it did not wait out the pool's 60 s either"
+    );
+    let said = seen.lock().unwrap().clone().unwrap();
+    assert!(said.contains("already running on this thread"), "{said}");
+    // The pool is whole again.
+    assert_eq!(rt.block_on(client.quick(4)).unwrap(), 4);
+}
