@@ -130,15 +130,42 @@ fn memfd(name: &str) -> io::Result<std::fs::File> {
 
 /// Seals a memory file against any later write, growth or shrinking, by anyone: another
 /// process of the same user could otherwise open `/proc/<pid>/fd/N` and rewrite it.
+///
+/// The kernel refuses `F_SEAL_WRITE` with `EBUSY` while a page of the file looks pinned, which
+/// a page just written can for a moment: it may still sit in another CPU's LRU batch, holding
+/// a reference, and on a loaded machine the kernel's own wait for it (about 75 ms) runs out.
+/// So a busy seal is tried again, for up to about a second in all.
 #[cfg(target_os = "linux")]
 fn seal(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: the descriptor is open; F_ADD_SEALS takes an int argument.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io::Error::last_os_error());
+    retry_busy(|| {
+        // SAFETY: the descriptor is open; F_ADD_SEALS takes an int argument.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+/// Runs `op` until it does not fail with `EBUSY`, sleeping 2, 4, ... 256 ms in between: the
+/// last error if it is still busy after that.
+#[cfg(target_os = "linux")]
+fn retry_busy(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && pause.as_millis() <= 256 => {
+                tracing::debug!(
+                    ?pause,
+                    "sealing a private copy found a page busy; trying again"
+                );
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            other => return other,
+        }
     }
-    Ok(())
 }
 
 /// Removes the scratch directories (`swapkit-<pid>-*`) of this user's processes that are no
@@ -182,6 +209,39 @@ fn remove_stale(parent: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_busy_seal_is_tried_again_and_gives_up_in_the_end() {
+        let busy = || Err(io::Error::from_raw_os_error(libc::EBUSY));
+        let mut tries = 0;
+        retry_busy(|| {
+            tries += 1;
+            if tries < 3 {
+                busy()
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(tries, 3);
+        let mut tries = 0;
+        let e = retry_busy(|| {
+            tries += 1;
+            busy()
+        })
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+        assert_eq!(tries, 9, "2, 4, ... 256 ms between them");
+        // Any other error is not tried again.
+        let mut tries = 0;
+        let e = retry_busy(|| {
+            tries += 1;
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        })
+        .unwrap_err();
+        assert_eq!((e.raw_os_error(), tries), (Some(libc::EPERM), 1));
+    }
 
     #[test]
     fn a_copy_cannot_be_changed_once_written() {
