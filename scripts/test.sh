@@ -2,7 +2,8 @@
 # The whole suite, on a fresh machine: the README's test command, and what .ci/run calls.
 #
 #   1. the wasm32 target the fixture plugins are built for, and Debian's etcd-server and
-#      protobuf-compiler (the fleet's tests and its etcd client), if missing;
+#      protobuf-compiler (the fleet's tests and its etcd client) and postgresql (the http
+#      example's database, a throw-away cluster per run), if missing;
 #   2. cargo test over the workspace: unit, integration (real fixture plugins on the native,
 #      wasm and static backends), compile-fail and doc tests;
 #   3. swapkit's own tests again, built with neither of its optional features (`wasm`, `ops`):
@@ -19,6 +20,10 @@ rustup target add wasm32-unknown-unknown
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+# The http example's shop keeps its carts and visits in PostgreSQL; its tests and demo start
+# a throw-away cluster with Debian's binaries (on PATH or in /usr/lib/postgresql/N/bin).
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then apt-get install -y "${missing[@]}"; fi
 cargo test --workspace
 cargo test -p swapkit --no-default-features

@@ -9,9 +9,15 @@
 //! speed and at a paced rate, prints a per-second table for each scenario and a summary
 //! (Markdown) for each rate, and can write the seconds as CSV and a plot as SVG.
 //!
-//! Exits non-zero if a swap lost a request (wrk's or the probe's) or a visit the shop counts
-//! in its Vault, or if a scenario could not run. Restarts losing requests and state is what
-//! this measures, not a failure.
+//! Every process of the service uses one throw-away PostgreSQL cluster this bench starts
+//! (`http_db::Cluster`), where the shop records every request as a visit with the version that
+//! handled it; each scenario's wrk and probe visit as users of their own, so their rows can be
+//! counted after it.
+//!
+//! Exits non-zero if a swap lost a request (wrk's or the probe's: a page that mixed versions is
+//! a 500, and a failure) or a visit (the probe's rows must be exactly its requests, wrk's at
+//! least its completed requests and at most one more per connection and second), or if a
+//! scenario could not run. Restarts losing requests is what this measures, not a failure.
 //!
 //! ```text
 //! cargo run --release -p http-bench -- --svg under-load.svg   # the full run, about 75 s
@@ -30,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use http_db::{Cluster, Db};
 use probe::{longest_gap, Probe, Prober};
 use server::{Server, Way};
 use wrk::Rate;
@@ -142,6 +149,43 @@ pub struct Scenario {
     pub rows: Vec<Row>,
     pub updates: Vec<Update>,
     pub probes: Vec<Probe>,
+    /// The visits the database holds of the scenario's probe and of its wrk.
+    pub recorded: Recorded,
+}
+
+/// Rows in the database, counted after a scenario.
+#[derive(Clone, Copy, Default)]
+pub struct Recorded {
+    pub probe: u64,
+    pub wrk: u64,
+}
+
+/// The database every scenario's service writes to, and a runtime to ask it from.
+struct Database {
+    cluster: Cluster,
+    runtime: tokio::runtime::Runtime,
+    db: Db,
+}
+
+impl Database {
+    fn start() -> Result<Database, String> {
+        println!("starting a throw-away PostgreSQL cluster...");
+        let cluster = Cluster::start()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        let db = runtime.block_on(Db::connect(&cluster.config(), 1))?;
+        Ok(Database {
+            cluster,
+            runtime,
+            db,
+        })
+    }
+
+    fn visits(&self, user: &str) -> Result<u64, String> {
+        self.runtime.block_on(self.db.visits(user))
+    }
 }
 
 fn main() -> ExitCode {
@@ -183,6 +227,7 @@ fn run() -> Result<bool, String> {
         ]
     };
     let releases = build_shops(args.wasm)?;
+    let database = Database::start()?;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let load_before = load_average();
 
@@ -198,7 +243,20 @@ fn run() -> Result<bool, String> {
         };
         for way in Way::ALL {
             println!("\n## {}, {}", way.name(), rate.name());
-            let scenario = scenario(way, rate, &plan, &args, &releases, lua.as_deref())?;
+            let users = Users::of(scenarios.len());
+            let mut scenario = scenario(
+                way,
+                rate,
+                &plan,
+                &args,
+                &releases,
+                lua.as_deref(),
+                (&database, &users),
+            )?;
+            scenario.recorded = Recorded {
+                probe: database.visits(&users.probe)?,
+                wrk: database.visits(&users.wrk)?,
+            };
             print_seconds(&scenario);
             scenarios.push(scenario);
         }
@@ -220,17 +278,32 @@ fn run() -> Result<bool, String> {
                 );
             }
             let (counted, made) = probe::visits(&swap.probes);
-            if counted != made {
+            if counted != made || swap.recorded.probe != swap.probes.len() as u64 {
                 ok = false;
                 println!(
-                    "FAILED: the shop counted {counted} of the probe's {made} visits: state was \
-                     lost while swapping ({})",
+                    "FAILED: the shop counted {counted} of the probe's {made} visits, and the \
+                     database holds {} rows of its {} requests: state was lost while swapping \
+                     ({})",
+                    swap.recorded.probe,
+                    swap.probes.len(),
+                    rate.name()
+                );
+            }
+            let (rows, completed) = (swap.recorded.wrk, wrk_requests(swap));
+            let in_flight = (args.connections * swap.rows.len()) as u64;
+            if rows < completed || rows > completed + in_flight {
+                ok = false;
+                println!(
+                    "FAILED: wrk completed {completed} requests and the database holds {rows} \
+                     of its visits: expected at least as many, and at most {in_flight} more \
+                     (those in flight as each second of wrk ended) ({})",
                     rate.name()
                 );
             }
         }
     }
     println!("load average: {load_before} before, {load_after} after");
+    drop(database.cluster);
     if let Some(csv) = &args.csv {
         write_csv(csv, &scenarios)?;
         println!("wrote {}", csv.display());
@@ -259,7 +332,28 @@ fn build_shops(wasm: bool) -> Result<[PathBuf; 2], String> {
     Ok([paths[0].clone(), paths[1].clone()])
 }
 
-/// Runs one way of updating at one rate.
+/// The users a scenario's probe and wrk visit as: their own, so that their rows in the
+/// database can be counted after it.
+struct Users {
+    probe: String,
+    wrk: String,
+}
+
+impl Users {
+    fn of(scenario: usize) -> Users {
+        Users {
+            probe: format!("probe-{scenario}"),
+            wrk: format!("wrk-{scenario}"),
+        }
+    }
+}
+
+/// Requests wrk completed in a scenario.
+fn wrk_requests(s: &Scenario) -> u64 {
+    s.rows.iter().map(|r| r.wrk.requests).sum()
+}
+
+/// Runs one way of updating at one rate, with the service on `database`.
 fn scenario(
     way: Way,
     rate: Rate,
@@ -267,15 +361,17 @@ fn scenario(
     args: &Args,
     releases: &[PathBuf; 2],
     lua: Option<&Path>,
+    (database, users): (&Database, &Users),
 ) -> Result<Scenario, String> {
     let port = match args.port {
         0 => free_port()?,
         port => port,
     };
-    let mut server = Server::start(way, &args.host, port, releases)?;
+    let config = database.cluster.config();
+    let mut server = Server::start(way, &args.host, port, releases, &config)?;
     let url = format!("http://127.0.0.1:{port}/price/42?qty=5");
     let start = Instant::now();
-    let prober = Prober::start(([127, 0, 0, 1], port).into(), start);
+    let prober = Prober::start(([127, 0, 0, 1], port).into(), start, &users.probe);
     // Baseline and updating seconds take turns, so that both see the same drift of a shared
     // machine (its other work, the CPU's clock); a warm-up second first, one after the last.
     let mut phases = vec![Phase::WarmUp];
@@ -330,7 +426,7 @@ fn scenario(
                     Ok(done)
                 })
             });
-            let second = wrk::second(&url, args.connections, lua);
+            let second = wrk::second(&url, args.connections, lua, &users.wrk);
             let done = updater.map(|u| {
                 u.join()
                     .unwrap_or_else(|_| Err("the updater panicked".into()))
@@ -380,6 +476,7 @@ fn scenario(
         rows,
         updates,
         probes,
+        recorded: Recorded::default(),
     })
 }
 
@@ -510,6 +607,14 @@ fn summary(scenarios: &[&Scenario], args: &Args) -> String {
             let (counted, made) = probe::visits(&s.probes);
             format!("{counted} / {made}")
         },
+    );
+    line(
+        "visits in the database: the probe's rows / requests",
+        &|s| format!("{} / {}", s.recorded.probe, s.probes.len()),
+    );
+    line(
+        "visits in the database: wrk's rows / completed requests",
+        &|s| format!("{} / {}", s.recorded.wrk, wrk_requests(s)),
     );
     line("longest gap with no response: baseline / updating", &|s| {
         format!(

@@ -1,9 +1,10 @@
 //! A client asking once a millisecond, on one keep-alive connection: it times the gaps
 //! with no response, which wrk's totals cannot show.
 //!
-//! It reconnects after any failure and checks every response: a 2xx status, and a body from
-//! the version its `x-shop-version` header names. Every other request is a visit, which the
-//! shop counts in its Vault: the count it answers shows whether the service kept its state.
+//! It reconnects after any failure and checks every response: a 2xx status, and a page whose
+//! calls and row all come from the version its `x-shop-version` header names. Every request
+//! is a visit the shop records in the database, and every other one asks for the count: the
+//! count it answers shows whether the service kept its state.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +21,7 @@ pub struct Probe {
     /// When its answer (or its failure) came.
     pub done: Duration,
     pub ok: bool,
-    /// For a visit, the count the shop answered.
+    /// For a visit count, the count the shop answered.
     pub visits: Option<u64>,
 }
 
@@ -31,12 +32,13 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing `addr`; times count from `start`.
-    pub fn start(addr: SocketAddr, start: Instant) -> Prober {
+    /// Starts probing `addr` as `user`; times count from `start`.
+    pub fn start(addr: SocketAddr, start: Instant, user: &str) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
-            std::thread::spawn(move || probe(addr, start, &stop))
+            let user = user.to_owned();
+            std::thread::spawn(move || probe(addr, start, &stop, &user))
         };
         Prober { stop, thread }
     }
@@ -48,7 +50,7 @@ impl Prober {
     }
 }
 
-fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool) -> Vec<Probe> {
+fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool, user: &str) -> Vec<Probe> {
     let mut probes = Vec::with_capacity(64 * 1024);
     let mut conn: Option<BufReader<TcpStream>> = None;
     let period = Duration::from_millis(1);
@@ -62,7 +64,7 @@ fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool) -> Vec<Probe> {
         next = (next + period).max(Instant::now());
         let sent = start.elapsed();
         let visit = probes.len() % 2 == 1;
-        let answer = ask(&mut conn, addr, visit);
+        let answer = ask(&mut conn, addr, visit, user);
         if answer.is_none() {
             conn = None;
         }
@@ -77,11 +79,12 @@ fn probe(addr: SocketAddr, start: Instant, stop: &AtomicBool) -> Vec<Probe> {
 }
 
 /// One request on the probe's connection, made first if there is none: `None` if it failed,
-/// else the visit count for a visit.
+/// else the visit count for a visit count.
 fn ask(
     conn: &mut Option<BufReader<TcpStream>>,
     addr: SocketAddr,
     visit: bool,
+    user: &str,
 ) -> Option<Option<u64>> {
     if conn.is_none() {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
@@ -91,25 +94,18 @@ fn ask(
     }
     let reader = conn.as_mut()?;
     let path = if visit { "/visits" } else { "/price/7?qty=1" };
-    let request = format!("GET {path} HTTP/1.1\r\nhost: probe\r\nx-user: probe\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: probe\r\nx-user: {user}\r\n\r\n");
     reader.get_mut().write_all(request.as_bytes()).ok()?;
     let (ok, body) = response(reader)?;
     match visit {
         _ if !ok => None,
-        // {"user":"probe","visits":N}
-        true => Some(Some(
-            body.split("\"visits\":")
-                .nth(1)?
-                .trim_end_matches('}')
-                .parse()
-                .ok()?,
-        )),
+        true => Some(Some(http_api::page::number(&body, "visits")?)),
         false => Some(None),
     }
 }
 
-/// Reads one response: whether it is 2xx with a body from the version of its header (or of
-/// none, for a page without a version), and the body.
+/// Reads one response: whether it is 2xx with a page from the version of its header, and the
+/// body.
 fn response(reader: &mut impl BufRead) -> Option<(bool, String)> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -134,19 +130,19 @@ fn response(reader: &mut impl BufRead) -> Option<(bool, String)> {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     let body = String::from_utf8_lossy(&body).into_owned();
-    let same =
-        body.contains(&format!("\"version\":\"{version}\"")) || !body.contains("\"version\"");
-    Some(((200..300).contains(&status) && same, body))
+    let whole = http_api::page::whole(&body, &version);
+    Some(((200..300).contains(&status) && whole, body))
 }
 
-/// The visit count the shop answered last, and how many visits the probe made: equal if the
-/// service kept its state through every update.
+/// The visit count the shop answered last, and how many requests (each a visit) the probe had
+/// made by then: equal if the service kept its state through every update.
 pub fn visits(probes: &[Probe]) -> (u64, u64) {
-    let counted = probes.iter().rev().find_map(|p| p.visits).unwrap_or(0);
-    (
-        counted,
-        probes.iter().filter(|p| p.visits.is_some()).count() as u64,
-    )
+    probes
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, p)| Some((p.visits?, i as u64 + 1)))
+        .unwrap_or((0, 0))
 }
 
 /// The longest time in `[from, to)` with no successful response: between two successes, or
@@ -177,6 +173,28 @@ mod tests {
         }
     }
 
+    fn asked(visits: Option<u64>) -> Probe {
+        Probe {
+            visits,
+            ..at(0, true)
+        }
+    }
+
+    #[test]
+    fn visits_are_the_last_count_against_the_requests_made_by_then() {
+        let probes = [
+            asked(None),
+            asked(Some(2)),
+            asked(None),
+            asked(Some(4)),
+            asked(None),
+        ];
+        assert_eq!(visits(&probes), (4, 4));
+        let lost = [asked(None), asked(Some(1)), asked(None), asked(Some(2))];
+        assert_eq!(visits(&lost), (2, 4));
+        assert_eq!(visits(&[]), (0, 0));
+    }
+
     #[test]
     fn a_gap_runs_from_one_success_to_the_next() {
         let probes = [
@@ -196,15 +214,23 @@ mod tests {
 
     #[test]
     fn reads_responses() {
-        let good = "HTTP/1.1 200 OK\r\nx-shop-version: 2.0.0\r\ncontent-length: 19\r\n\r\n{\"version\":\"2.0.0\"}";
+        let page = http_api::page::render("{}", ["2.0.0"; 3]);
+        let good = format!(
+            "HTTP/1.1 200 OK\r\nx-shop-version: 2.0.0\r\ncontent-length: {}\r\n\r\n{page}",
+            page.len()
+        );
         let ok = |text: &str| response(&mut text.as_bytes()).map(|(ok, _)| ok);
-        assert_eq!(ok(good), Some(true));
+        assert_eq!(ok(&good), Some(true));
         let mixed = good.replace("x-shop-version: 2.0.0", "x-shop-version: 1.0.0");
         assert_eq!(ok(&mixed), Some(false));
+        let row = good.replacen("\"row\":\"2.0.0\"", "\"row\":\"1.0.0\"", 1);
+        assert_eq!(ok(&row), Some(false));
         let status = good.replace("200 OK", "500 Internal Server Error");
         assert_eq!(ok(&status), Some(false));
         assert_eq!(ok(&good[..40]), None);
-        let visits = "HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\n{\"visits\":12}";
-        assert_eq!(ok(visits), Some(true));
+        // A body that is not a page is not whole.
+        let bare =
+            "HTTP/1.1 200 OK\r\nx-shop-version: 2.0.0\r\ncontent-length: 13\r\n\r\n{\"visits\":12}";
+        assert_eq!(ok(bare), Some(false));
     }
 }

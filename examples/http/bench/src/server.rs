@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use swapkit_admin::{Client, Outcome, Request};
 
+/// The variable that gives `http-host` its database: in its environment, which only its user
+/// can read, rather than on its command line, which every user can.
+const DATABASE: &str = "HTTP_SHOP_DATABASE";
+
 /// How the service goes from one version of the shop to the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Way {
@@ -48,6 +52,8 @@ pub struct Server {
     releases: [PathBuf; 2],
     /// Which release serves.
     serving: usize,
+    /// The database every process of the service uses.
+    database: String,
     /// The plugin directory and the admin socket (a swap), kept until the end.
     dir: tempfile::TempDir,
     admin: Option<Client>,
@@ -58,11 +64,13 @@ pub struct Server {
 
 impl Server {
     /// Starts the service on 127.0.0.1:`port` serving `releases[0]`.
+    /// Every process of it uses the database `database` names.
     pub fn start(
         way: Way,
         host: &Path,
         port: u16,
         releases: &[PathBuf; 2],
+        database: &str,
     ) -> Result<Server, String> {
         let dir =
             tempfile::tempdir().map_err(|e| format!("cannot make a plugin directory: {e}"))?;
@@ -83,10 +91,11 @@ impl Server {
                     .arg("--dir")
                     .arg(dir.path())
                     .arg("--admin")
-                    .arg(&socket);
+                    .arg(&socket)
+                    .env(DATABASE, database);
                 ready(cmd)?
             }
-            _ => spawn(host, port, &releases[0], listener.as_ref())?,
+            _ => spawn(host, port, &releases[0], listener.as_ref(), database)?,
         };
         let admin = match way {
             Way::Swap => Some(
@@ -101,6 +110,7 @@ impl Server {
             port,
             releases: releases.clone(),
             serving: 0,
+            database: database.to_owned(),
             dir,
             admin,
             listener,
@@ -164,23 +174,26 @@ impl Server {
             self.port,
             &self.releases[which],
             self.listener.as_ref(),
+            &self.database,
         )
     }
 }
 
 /// Starts `host` serving `release` on `port`, or on `listener` handed over as descriptor 3,
-/// and waits until it is ready.
+/// with the database `database` names, and waits until it is ready.
 fn spawn(
     host: &Path,
     port: u16,
     release: &Path,
     listener: Option<&TcpListener>,
+    database: &str,
 ) -> Result<Child, String> {
     let mut cmd = Command::new(host);
     cmd.arg("--serve")
         .arg(port.to_string())
         .arg("--plugin")
-        .arg(release);
+        .arg(release)
+        .env(DATABASE, database);
     if let Some(listener) = listener {
         let fd = listener.as_raw_fd();
         cmd.env("LISTEN_FDS", "1");
@@ -211,7 +224,7 @@ fn ready(mut cmd: Command) -> Result<Child, String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        .map_err(|e| format!("cannot start {}: {e}", shown(&cmd)))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -224,9 +237,19 @@ fn ready(mut cmd: Command) -> Result<Child, String> {
     if rx.recv_timeout(Duration::from_secs(30)).is_err() {
         let _ = child.kill();
         let status = child.wait().map_err(|e| e.to_string())?;
-        return Err(format!("{cmd:?} did not get ready ({status})"));
+        return Err(format!("{} did not get ready ({status})", shown(&cmd)));
     }
     Ok(child)
+}
+
+/// A command as an error shows it: its program and arguments, not its environment (which
+/// holds the database's password).
+fn shown(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Sends SIGTERM and waits for the process to finish its requests and exit (killed after

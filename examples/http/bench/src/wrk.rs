@@ -68,10 +68,17 @@ impl Second {
     }
 }
 
-/// Runs wrk for one second against `url`. `lua` is the pacing script, for [`Rate::Paced`].
-pub fn second(url: &str, connections: usize, lua: Option<&Path>) -> Result<Second, String> {
+/// Runs wrk for one second against `url`, as `user` (the `x-user` header). `lua` is the
+/// pacing script, for [`Rate::Paced`].
+pub fn second(
+    url: &str,
+    connections: usize,
+    lua: Option<&Path>,
+    user: &str,
+) -> Result<Second, String> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", &format!("-c{connections}"), "-d1s", "--latency"]);
+    cmd.arg("-H").arg(format!("x-user: {user}"));
     if let Some(lua) = lua {
         cmd.arg("-s").arg(lua);
     }

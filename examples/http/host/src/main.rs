@@ -1,9 +1,15 @@
 //! An HTTP service whose business logic lives in plugins, swapped while it serves.
 //!
-//! An axum server on tokio owns the sockets and HTTP; the `shop` plugin owns what a request
-//! means (routing rules, pricing, the JSON page) and keeps its state (visit counts) in the
-//! Vault. Each request pins one generation across its `.await`s, so its body and its
-//! `x-shop-version` header always come from one version.
+//! An axum server on tokio owns the sockets, HTTP and the database connections; the `shop`
+//! plugin owns what a request means (routing rules, pricing, carts, the JSON page) and keeps
+//! its state (visits, carts) in PostgreSQL, which it awaits through async services the host
+//! offers (`db.visit`, `db.visits`, `db.add_to_cart`). A request is two calls of the shop with
+//! a query of the host's between them; it pins one generation across all of its awaits, and
+//! its page records the version of both calls and of the row its visit wrote, which the host
+//! checks against the version it pinned (a mixed page is a 500).
+//!
+//! The database is a throw-away PostgreSQL cluster this process starts (as `nobody` when it
+//! runs as root) and deletes when it exits, or the one `--database` names.
 //!
 //! **The demo** (no `--serve`) brings its own load: `--connections` keep-alive connections
 //! busy for twice `--seconds`, in which seconds with no swap (the baseline) and seconds with
@@ -24,6 +30,8 @@
 //! cargo run --release -p http-host -- --wasm            # the same with the shop on wasm
 //! cargo run --release -p http-host -- --seconds 2 --swaps 10 --connections 8
 //! cargo run --release -p http-host -- --serve 8080 --dir plugins --admin /tmp/shop.sock
+//! HTTP_SHOP_DATABASE="host=127.0.0.1 user=.. password=.." \
+//!     cargo run --release -p http-host -- --serve 8080     # or --database "host=.."
 //! ```
 
 mod load;
@@ -35,7 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_api::Shop;
-use swapkit::Swapper;
+use http_db::{Cluster, Db};
+use swapkit::{Swapper, SwapperBuilder, WasmLimits};
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,10 +64,13 @@ struct Args {
     admin: Option<PathBuf>,
     /// Reload when `dir` changes.
     watch: bool,
+    /// The database to use (a libpq-style connection string), instead of a cluster of its own.
+    database: Option<String>,
 }
 
 const USAGE: &str = "use --seconds N, --swaps N, --connections N and --wasm for the demo, or \
-                     --serve PORT [--plugin FILE | --dir DIR] [--admin SOCKET] [--watch] [--wasm]";
+                     --serve PORT [--plugin FILE | --dir DIR] [--admin SOCKET] [--watch] [--wasm], and \
+                     --database CONFIG with either";
 
 fn args() -> Result<Args, String> {
     let mut out = Args {
@@ -71,6 +83,8 @@ fn args() -> Result<Args, String> {
         dir: None,
         admin: None,
         watch: false,
+        // A password is better kept out of the command line, which every user can read.
+        database: std::env::var("HTTP_SHOP_DATABASE").ok(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +103,7 @@ fn args() -> Result<Args, String> {
             "--dir" => out.dir = Some(value(&arg)?.into()),
             "--admin" => out.admin = Some(value(&arg)?.into()),
             "--watch" => out.watch = true,
+            "--database" => out.database = Some(value(&arg)?),
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
     }
@@ -148,9 +163,40 @@ fn build_shops(wasm: bool) -> Result<[PathBuf; 2], BoxError> {
     Ok([built[0].clone(), built[1].clone()])
 }
 
+/// Wasm instances per shop: each request holds one while its first call awaits the database,
+/// so the pool is sized for the connections in flight rather than for the cores.
+const WASM_POOL: usize = 128;
+
+/// The swapper every mode starts from: the shop may call the database services, and a wasm
+/// shop has an instance for each request in flight.
+fn builder() -> SwapperBuilder {
+    Swapper::builder()
+        .sandbox(serve::sandbox())
+        .wasm_limits(WasmLimits {
+            pool_size: WASM_POOL,
+            ..WasmLimits::default()
+        })
+}
+
+/// The database: the one `config` names, or a throw-away cluster of this process's own (kept
+/// running while the returned cluster lives).
+async fn database(config: Option<&str>) -> Result<(Option<Cluster>, Arc<Db>), BoxError> {
+    let (cluster, config) = match config {
+        Some(config) => (None, config.to_owned()),
+        None => {
+            let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
+            let config = cluster.config();
+            (Some(cluster), config)
+        }
+    };
+    let db = Db::connect(&config, 4).await?;
+    Ok((cluster, Arc::new(db)))
+}
+
 /// Serves until SIGTERM or SIGINT, for an external load generator and operator.
 async fn serve_for_others(args: Args, port: u16) -> Result<bool, BoxError> {
-    let mut builder = Swapper::builder();
+    let (_cluster, db) = database(args.database.as_deref()).await?;
+    let mut builder = builder();
     if let Some(socket) = &args.admin {
         builder = builder.admin_socket(socket);
     }
@@ -158,6 +204,7 @@ async fn serve_for_others(args: Args, port: u16) -> Result<bool, BoxError> {
         builder = builder.watch(Duration::from_millis(5));
     }
     let swapper = Arc::new(builder.build()?);
+    serve::offer(swapper.vault(), &db);
     match (&args.plugin, &args.dir) {
         (Some(file), _) => swapper.load_files([file])?,
         (None, Some(dir)) => swapper.load_dir(dir)?,
@@ -172,7 +219,7 @@ async fn serve_for_others(args: Args, port: u16) -> Result<bool, BoxError> {
         listener.local_addr()?,
         std::process::id()
     );
-    axum::serve(listener, serve::app(swapper))
+    axum::serve(listener, serve::app(serve::App { swapper, db }))
         .with_graceful_shutdown(serve::terminated())
         .await?;
     println!("stopped");
@@ -192,14 +239,19 @@ fn publish(artifact: &Path, dir: &Path) -> std::io::Result<()> {
 /// plugin directory while the load runs.
 async fn serve_under_load(args: Args) -> Result<bool, BoxError> {
     let releases = build_shops(args.wasm)?;
+    let (_cluster, db) = database(args.database.as_deref()).await?;
     let dir = tempfile::tempdir()?;
     publish(&releases[0], dir.path())?;
-    let swapper = Arc::new(Swapper::builder().watch(Duration::from_millis(5)).build()?);
+    let swapper = Arc::new(builder().watch(Duration::from_millis(5)).build()?);
+    serve::offer(swapper.vault(), &db);
     swapper.load_dir(dir.path())?;
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = serve::app(swapper.clone());
+    let app = serve::app(serve::App {
+        swapper: swapper.clone(),
+        db: db.clone(),
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
         "serving on http://{addr}; {} connections for {} s: even seconds are the baseline, in \
@@ -265,5 +317,10 @@ async fn serve_under_load(args: Args) -> Result<bool, BoxError> {
     let swaps = swapping
         .join()
         .map_err(|_| "the swapping thread panicked")??;
-    Ok(load::report(&samples, &swaps, phase, &swapper))
+    // Every request answered is one visit: the database must hold exactly that many.
+    let mut recorded = 0;
+    for id in 0..args.connections {
+        recorded += db.visits(&load::user(id)).await?;
+    }
+    Ok(load::report(&samples, &swaps, phase, recorded))
 }
