@@ -22,9 +22,17 @@ const INSTALL: &str = "install Debian's `postgresql` package (apt-get install -y
                        or put the directory holding `initdb` and `pg_ctl` on PATH";
 
 impl Cluster {
-    /// Creates and starts the cluster; takes a second or two.
+    /// Creates and starts the cluster; takes a second or two. When PostgreSQL is missing and
+    /// this process is root on Debian, installs Debian's `postgresql` first, so that the
+    /// README's demo command runs on a fresh machine.
     pub fn start() -> Result<Cluster, String> {
-        let bin = binaries()?;
+        let bin = match binaries() {
+            Ok(bin) => bin,
+            Err(missing) => {
+                install()?.then_some(()).ok_or(missing)?;
+                binaries()?
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("swapkit-pg-")
             .tempdir()
@@ -200,6 +208,30 @@ fn binaries() -> Result<PathBuf, String> {
         .pop()
         .map(|(_, bin)| bin)
         .ok_or_else(|| format!("PostgreSQL is not installed: {INSTALL}"))
+}
+
+/// Installs Debian's `postgresql` with apt-get, when this process is root and apt-get is
+/// there; whether it tried.
+fn install() -> Result<bool, String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !std::path::Path::new("/usr/bin/apt-get").exists() {
+        return Ok(false);
+    }
+    eprintln!(
+        "PostgreSQL is missing: installing Debian's postgresql (apt-get install -y postgresql)"
+    );
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "postgresql"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}; {INSTALL}"))?;
+    if !status.success() {
+        return Err(format!(
+            "apt-get install -y postgresql failed ({status}); {INSTALL}"
+        ));
+    }
+    Ok(true)
 }
 
 /// The uid and gid of `nobody`, from /etc/passwd.
