@@ -59,6 +59,7 @@
 
 #![deny(missing_docs)]
 
+mod alarm;
 mod backend;
 mod call;
 pub mod canary;

@@ -572,3 +572,166 @@ fn a_guest_awaiting_a_call_into_its_own_pool_gets_an_error_not_a_deadlock() {
     // The pool is whole again.
     assert_eq!(rt.block_on(client.quick(4)).unwrap(), 4);
 }
+
+/// A runtime of one thread: a call that blocked it would stall every task, the one that
+/// would free its instance included.
+#[cfg(feature = "wasm")]
+fn one_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_call_that_finds_the_pool_busy_waits_for_an_instance_without_blocking_its_thread() {
+    use swapkit::{Exhausted, WasmLimits};
+    let limits = WasmLimits {
+        pool_size: 2,
+        when_exhausted: Exhausted::Wait(Duration::from_secs(20)),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    let rt = one_thread();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn({
+                    let client = client.clone();
+                    async move { client.wait(1).await }
+                })
+            })
+            .collect();
+        until_waiting(&shop, 2).await;
+        // Both instances hold a pending call: these wait, on this one thread, with the task
+        // that will free an instance.
+        let waiting: Vec<_> = (1..=3)
+            .map(|x| {
+                tokio::spawn({
+                    let client = client.clone();
+                    async move { client.quick(x).await }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(waiting.iter().all(|w| !w.is_finished()), "they wait");
+        // One pending call completes: its instance serves the waiting calls in turn.
+        shop.gate.add_permits(1);
+        let mut answers = vec![];
+        for w in waiting {
+            answers.push(w.await.unwrap().unwrap());
+        }
+        assert_eq!(answers, [1, 2, 3]);
+        shop.gate.add_permits(1);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap(), "1.0.0");
+        }
+    });
+    // Not the pool's 20 s wait: woken when an instance came free.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(pending(&shop.swapper), 0);
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_call_that_waits_for_the_pool_longer_than_its_policy_fails_exhausted() {
+    use swapkit::{Exhausted, WasmLimits};
+    let limits = WasmLimits {
+        pool_size: 1,
+        when_exhausted: Exhausted::Wait(Duration::from_millis(200)),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    let rt = one_thread();
+    rt.block_on(async {
+        let held = tokio::spawn({
+            let client = client.clone();
+            async move { client.wait(1).await }
+        });
+        until_waiting(&shop, 1).await;
+        // Nothing frees the instance: the alarm polls the waiting call when its wait is over.
+        let started = std::time::Instant::now();
+        let e = client.quick(1).await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(matches!(e, CallError::PoolExhausted { .. }), "{e}");
+        assert!(e.to_string().contains("pool_size"), "{e}");
+        // A call dropped while it waits leaves nothing behind: the pool serves the next.
+        let dropped = tokio::time::timeout(Duration::from_millis(20), client.quick(2)).await;
+        assert!(dropped.is_err(), "it waited");
+        shop.gate.add_permits(1);
+        assert_eq!(held.await.unwrap().unwrap(), "1.0.0");
+        assert_eq!(client.quick(5).await.unwrap(), 5);
+    });
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_wasm_call_awaiting_past_its_timeout_fails_and_its_future_is_dropped_in_the_plugin() {
+    use swapkit::WasmLimits;
+    let limits = WasmLimits {
+        call_timeout: Duration::from_millis(300),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        // The gate never opens: each poll is short, the whole call is not.
+        let started = std::time::Instant::now();
+        let e = client.wait(1).await.unwrap_err();
+        assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the alarm woke it"
+        );
+    });
+    assert_eq!(shop.dropped("1.0.0"), 1, "its future dropped in the plugin");
+    assert_eq!(pending(&shop.swapper), 0);
+    assert_eq!(
+        rt.block_on(client.quick(2)).unwrap(),
+        2,
+        "its instance came back"
+    );
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_wasm_future_that_never_yields_hits_its_deadline_and_the_pool_recovers() {
+    use swapkit::WasmLimits;
+    let limits = WasmLimits {
+        call_timeout: Duration::from_secs(2),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let e = client.spin(false).await.unwrap_err();
+        assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+        // After an await: the poll that spins gets what is left of the call's time, not a
+        // whole timeout of its own.
+        let gate = shop.gate.clone();
+        let opener = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            gate.add_permits(1);
+        });
+        let started = std::time::Instant::now();
+        let e = client.spin(true).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+        // 1.5 s awaiting, then what is left of the 2 s: a poll with a whole timeout of its
+        // own would end after 3.5 s.
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        opener.await.unwrap();
+        assert_eq!(client.quick(7).await.unwrap(), 7);
+    });
+}

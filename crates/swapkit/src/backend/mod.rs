@@ -52,6 +52,9 @@ pub(crate) mod host_status {
     /// A plugin → host → plugin call went past the sandbox's nesting bounds (depth, native
     /// stack, re-entry) somewhere below this call.
     pub const NESTING: u32 = 0x1_0005;
+    /// Every wasm instance of the pool was busy, and an async call's waker was left to be
+    /// woken when one comes free: the call is polled again then, and did not start.
+    pub const PARKED: u32 = 0x1_0006;
 }
 
 /// Where a plugin's entry points are.
@@ -399,22 +402,60 @@ pub(crate) struct Lease {
 impl Instance {
     /// [`call`](Self::call) for an async call: on the wasm backend it runs in the slot
     /// `lease` holds, if any, and keeps that slot (out of the pool) while `then` says the
-    /// call is pending.
+    /// call is pending; a call that finds every slot busy leaves `waker` to be woken when one
+    /// is free (a reply of [`host_status::PARKED`]), and one runs for at most `budget`.
+    #[allow(clippy::too_many_arguments)]
     pub fn call_leased<T>(
         &self,
         lease: &mut Lease,
+        waker: &std::task::Waker,
+        budget: std::time::Duration,
         interface: u32,
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> (T, bool),
     ) -> T {
-        let _ = &lease;
+        let _ = (&lease, waker, budget);
         match &self.imp {
             Imp::Native(instance) => instance.call(interface, method, input, |r| then(r).0),
             #[cfg(feature = "wasm")]
+            Imp::Wasm(instance) => instance.call_leased(
+                &mut lease.wasm,
+                waker,
+                budget,
+                interface,
+                method,
+                input,
+                then,
+            ),
+        }
+    }
+
+    /// What bounds an async call of this instance: the time the whole call may take, awaits
+    /// included, and the time it may wait for a wasm instance to come free (none: it fails
+    /// at once). `None` for native and static plugins, trusted code with no call budget.
+    pub fn async_bounds(&self) -> Option<(std::time::Duration, Option<std::time::Duration>)> {
+        match &self.imp {
+            Imp::Native(_) => None,
+            #[cfg(feature = "wasm")]
             Imp::Wasm(instance) => {
-                instance.call_leased(&mut lease.wasm, interface, method, input, then)
+                let limits = instance.limits();
+                let wait = match limits.when_exhausted {
+                    wasm::Exhausted::Wait(wait) => Some(wait),
+                    wasm::Exhausted::Fail => None,
+                };
+                Some((limits.call_timeout, wait))
             }
+        }
+    }
+
+    /// Takes the waker of an async call that [parked](host_status::PARKED) and will not be
+    /// polled for a slot again (it was dropped) out of the pool's list.
+    pub fn unpark(&self, waker: &std::task::Waker) {
+        let _ = waker;
+        #[cfg(feature = "wasm")]
+        if let Imp::Wasm(instance) = &self.imp {
+            instance.unpark(waker);
         }
     }
 

@@ -6,12 +6,17 @@
 //! plugin's future lives in that generation's instance, and every later poll drives it there,
 //! however many swaps happen meanwhile. Dropping it drops the plugin's future inside the
 //! plugin, then the host futures it awaited, then its hold on the generation.
+//!
+//! A wasm plugin's call is bounded as a whole: it fails with a timeout once
+//! `WasmLimits::call_timeout` has passed since its first poll, awaits included (an alarm
+//! polls it then if nothing else does), and it never blocks its thread for an instance of
+//! the pool: it waits for one with its task's waker, up to the pool's `Wait` policy.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,7 +25,7 @@ use swapkit_abi::service::DependencyCall;
 use swapkit_abi::{wire, ASYNC_INTERFACE};
 
 use crate::backend::host::{self, Tickets};
-use crate::backend::{Instance, Lease, Reply};
+use crate::backend::{host_status, Instance, Lease, Reply};
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
@@ -106,6 +111,12 @@ struct Running {
     started: Option<Instant>,
     /// The drain report's record of this call, once it is pending.
     label: Option<u64>,
+    /// The start's input, kept while the call waits for a wasm instance to start in.
+    start_input: Option<Vec<u8>>,
+    /// When the whole call times out (wasm).
+    deadline: Option<Instant>,
+    /// What a wasm call that waits keeps (boxed: most calls never wait).
+    waits: Option<Box<Waits>>,
     choice: Option<Arc<OnceLock<Variant>>>,
     generation: Arc<Generation>,
 }
@@ -134,10 +145,21 @@ impl<'a, A, R> AsyncCall<'a, A, R> {
     }
 }
 
+/// What a call that waits (for its deadline, or for a wasm instance) keeps.
+#[derive(Default)]
+struct Waits {
+    /// When the call began to wait for a wasm instance, and how long it may.
+    parked: Option<(Instant, Duration)>,
+    /// The alarm set for this call, and the waker it wakes.
+    alarm: Option<(Instant, Waker)>,
+}
+
 /// What one step of the call came to.
 enum Step {
     Ready(Vec<u8>),
     Pending(Option<u64>),
+    /// Every wasm instance was busy: the call did not start, and waits for one.
+    Parked,
 }
 
 /// A status no guest sends: the plugin's reply broke the async protocol.
@@ -152,11 +174,14 @@ impl Running {
     /// for dependency calls, its tickets and the task's waker for the host futures it awaits.
     fn enter<T>(
         &mut self,
-        waker: &std::task::Waker,
+        waker: &Waker,
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> (T, bool),
     ) -> T {
+        let budget = self.deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         let Running {
             tickets,
             lease,
@@ -181,8 +206,36 @@ impl Running {
             choice: choice.as_ref(),
         };
         host::polling(instance.id, handle, waker, tickets, caller, || {
-            instance.call_leased(lease, ASYNC_INTERFACE, method, input, then)
+            instance.call_leased(lease, waker, budget, ASYNC_INTERFACE, method, input, then)
         })
+    }
+
+    /// Has the alarm wake `waker` at `at`, unless it will already.
+    fn alarm(&mut self, at: Instant, waker: &Waker) {
+        let waits = self.waits.get_or_insert_with(Box::default);
+        if waits
+            .alarm
+            .as_ref()
+            .is_some_and(|(set, w)| *set <= at && w.will_wake(waker))
+        {
+            return;
+        }
+        crate::alarm::wake_at(at, waker);
+        waits.alarm = Some((at, waker.clone()));
+    }
+
+    /// Drops the plugin's future inside the plugin, in its own generation, if it started.
+    fn cancel(&mut self) {
+        if self.start_input.is_some() {
+            return; // never started: it waited for an instance
+        }
+        let handle = self.handle.to_le_bytes();
+        let dropped = self.enter(Waker::noop(), abi_future::DROP, &handle, |r| {
+            ((!r.is_ok()).then(|| r.message()), false)
+        });
+        if let Some(message) = dropped {
+            tracing::error!(plugin = %self.instance().code.name, error = %message, "dropping a plugin's async call failed");
+        }
     }
 }
 
@@ -195,6 +248,9 @@ fn step(reply: Reply<'_>, starting: bool) -> (Result<Step, (u32, String)>, bool)
 }
 
 fn read(reply: Reply<'_>, starting: bool) -> Result<Step, (u32, String)> {
+    if reply.status == host_status::PARKED && starting {
+        return Ok(Step::Parked);
+    }
     if !reply.is_ok() {
         return Err((reply.status, reply.message()));
     }
@@ -244,18 +300,58 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             }));
         }
         drop(args);
-        let mut running = Running {
+        let now = Instant::now();
+        let deadline = generation.plugins[plugin]
+            .async_bounds()
+            .map(|(timeout, _)| now + timeout);
+        let running = Running {
             tickets: Tickets::default(),
             lease: Lease::default(),
             handle: 0,
             plugin,
-            started: timed.then(Instant::now),
+            started: timed.then_some(now),
             label: None,
+            start_input: Some(input),
+            deadline,
+            waits: None,
             choice,
             generation,
         };
         running.instance().stats.call();
-        let stepped = running.enter(cx.waker(), abi_future::START, &input, |r| step(r, true));
+        self.advance(running, cx)
+    }
+
+    /// Starts the call in the plugin (again, if it waited for an instance), or polls it there.
+    fn advance(
+        &mut self,
+        mut running: Running,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
+        if running.deadline.is_some_and(|d| Instant::now() >= d) {
+            running.cancel();
+            let error = super::failure(
+                running.instance(),
+                self.names(),
+                host_status::TIMEOUT,
+                String::new(),
+            );
+            finish(running);
+            return Poll::Ready(Err(error));
+        }
+        let stepped = match running.start_input.take() {
+            Some(input) => {
+                let stepped =
+                    running.enter(cx.waker(), abi_future::START, &input, |r| step(r, true));
+                if matches!(stepped, Ok(Step::Parked)) {
+                    running.start_input = Some(input);
+                }
+                stepped
+            }
+            None => {
+                let handle = running.handle.to_le_bytes();
+                running.enter(cx.waker(), abi_future::POLL, &handle, |r| step(r, false))
+            }
+        };
         self.settle(running, stepped, cx)
     }
 
@@ -268,6 +364,32 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
     ) -> Poll<Result<R, CallError>> {
         let names = self.names();
         match stepped {
+            Ok(Step::Parked) => {
+                let now = Instant::now();
+                let wait = running
+                    .instance()
+                    .async_bounds()
+                    .and_then(|(_, wait)| wait)
+                    .unwrap_or_default();
+                let waits = running.waits.get_or_insert_with(Box::default);
+                let (since, wait) = *waits.parked.get_or_insert((now, wait));
+                if now >= since + wait {
+                    let message = format!(
+                        "all the wasm instances of its pool stayed busy for {wait:?} (each \
+                         pending async call holds one); raise WasmLimits::pool_size or the wait"
+                    );
+                    let error =
+                        super::failure(running.instance(), names, host_status::EXHAUSTED, message);
+                    finish(running);
+                    return Poll::Ready(Err(error));
+                }
+                let at = running
+                    .deadline
+                    .map_or(since + wait, |d| d.min(since + wait));
+                running.alarm(at, cx.waker());
+                self.stage = Stage::Running(running);
+                Poll::Pending
+            }
             Ok(Step::Pending(started)) => {
                 if let Some(handle) = started {
                     running.handle = handle;
@@ -280,6 +402,9 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
                     running.label = running.generation.add_pin(Some(label));
                 }
                 host::remember(running.instance().id, running.handle, cx.waker());
+                if let Some(deadline) = running.deadline {
+                    running.alarm(deadline, cx.waker());
+                }
                 self.stage = Stage::Running(running);
                 Poll::Pending
             }
@@ -312,6 +437,13 @@ fn finish(mut running: Running) {
     let lease = std::mem::take(&mut running.lease);
     running.instance().release(lease);
     let instance = running.instance();
+    if let Some(waits) = running.waits.as_deref() {
+        if let (Some(_), Some((_, waker)), true) =
+            (waits.parked, &waits.alarm, running.start_input.is_some())
+        {
+            instance.unpark(waker);
+        }
+    }
     if let Some(started) = running.started {
         instance.stats.latency.record(started.elapsed());
     }
@@ -330,12 +462,7 @@ impl<A: Args, R: Decode> Future for AsyncCall<'_, A, R> {
         let this = unsafe { self.get_unchecked_mut() };
         match std::mem::replace(&mut this.stage, Stage::Done) {
             Stage::New(args) => this.start(args, cx),
-            Stage::Running(mut running) => {
-                let handle = running.handle.to_le_bytes();
-                let stepped =
-                    running.enter(cx.waker(), abi_future::POLL, &handle, |r| step(r, false));
-                this.settle(running, stepped, cx)
-            }
+            Stage::Running(running) => this.advance(running, cx),
             Stage::Done => {
                 let (interface, method) = this.names();
                 Poll::Ready(Err(CallError::Encode {
@@ -353,13 +480,7 @@ impl<A, R> Drop for AsyncCall<'_, A, R> {
         if let Stage::Running(mut running) = std::mem::replace(&mut self.stage, Stage::Done) {
             // The plugin drops its future first, in its own generation; its drop may cancel
             // host futures it awaited, through this call's scope.
-            let handle = running.handle.to_le_bytes();
-            let dropped = running.enter(std::task::Waker::noop(), abi_future::DROP, &handle, |r| {
-                ((!r.is_ok()).then(|| r.message()), false)
-            });
-            if let Some(message) = dropped {
-                tracing::error!(plugin = %running.instance().code.name, error = %message, "dropping a plugin's async call failed");
-            }
+            running.cancel();
             finish(running);
         }
     }

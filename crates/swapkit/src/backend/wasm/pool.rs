@@ -15,8 +15,9 @@
 //! revoking, waiting for a slot, and throwing one away take a lock.
 
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use swapkit_abi::Status;
@@ -42,9 +43,13 @@ pub(crate) struct WasmInstance {
     vacant: Mutex<Vec<usize>>,
     /// Slots that exist, idle or busy.
     live: AtomicUsize,
+    /// Callers waiting for a slot: threads blocked on `freed`, and async calls in `parked`.
     waiters: AtomicUsize,
     lock: Mutex<()>,
     freed: Condvar,
+    /// The wakers of async calls waiting for a slot, each counted in `waiters` until it is
+    /// taken out and woken.
+    parked: Mutex<std::collections::VecDeque<Waker>>,
     /// Whether a slot whose hook log lines reach the sink exists. When it traps, the next new
     /// slot takes its place, so the plugin's lifecycle stays visible.
     primary: AtomicBool,
@@ -86,6 +91,7 @@ impl WasmInstance {
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             freed: Condvar::new(),
+            parked: Mutex::new(std::collections::VecDeque::new()),
             primary: AtomicBool::new(true),
         })
     }
@@ -145,9 +151,17 @@ impl WasmInstance {
     /// and `then` says (with its result) whether the call must keep the slot, pending. Kept,
     /// the slot leaves the pool's places but stays counted, so the pool never grows past its
     /// size for it: its place waits, empty, for the slot to come back.
+    ///
+    /// A call that needs a slot when every one is busy does not block its thread (a runtime's
+    /// worker, which the calls holding the slots may need to finish): by a `Wait` policy it
+    /// leaves `waker` to be woken when one comes free and replies [`host_status::PARKED`].
+    /// The call runs for at most `budget` of CPU time (and the pool's call timeout).
+    #[allow(clippy::too_many_arguments)]
     pub fn call_leased<T>(
         &self,
         lease: &mut Option<Lease>,
+        waker: &Waker,
+        budget: Duration,
         interface: u32,
         method: u32,
         input: &[u8],
@@ -157,13 +171,17 @@ impl WasmInstance {
             Some(Lease { home, slot }) => self.cells.fill(home, *slot),
             None => match self.take_idle() {
                 Ok(slot) => slot,
-                Err(miss) => match self.checkout_slow(miss) {
+                Err(miss) => match self.checkout_parked(miss, waker) {
                     Ok(slot) => slot,
                     Err(fault) => return fault.reply(|r| then(r).0),
                 },
             },
         };
-        let deadline = self.deadline;
+        // In ticks as the engine counts a call's budget: one more for the tick under way.
+        let ticks = u64::try_from(budget.as_nanos() / super::TICK.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(2);
+        let deadline = self.deadline.min(ticks);
         let mut running = Running::new(self, slot);
         let called = running.call(deadline, interface, method, input, then);
         let slot = running.returned();
@@ -185,6 +203,11 @@ impl WasmInstance {
                 fault.reply(|r| then(r).0)
             }
         }
+    }
+
+    /// The limits of the engine this pool's module was compiled by.
+    pub fn limits(&self) -> &super::WasmLimits {
+        &self.module.shared.limits
     }
 
     /// Gives back the slot of an async call that ended without a last call into it.
@@ -290,6 +313,75 @@ impl WasmInstance {
         }
     }
 
+    /// [`checkout_slow`](Self::checkout_slow) for an async call: when the pool is full, by a
+    /// `Wait` policy, its `waker` is parked to be woken by the next slot that comes free, and
+    /// the call replies [`host_status::PARKED`] instead of blocking the thread.
+    #[cold]
+    fn checkout_parked(&self, first: Miss, waker: &Waker) -> Result<Held<'_, Slot>, Fault> {
+        if first == Miss::Nested {
+            return Err(self.reentered());
+        }
+        // A call parked before (and polled again now for any reason) is parked no more: its
+        // entry would take a wake-up from a call that still waits.
+        self.unpark(waker);
+        if let Some(slot) = self.checkout_now()? {
+            return Ok(slot);
+        }
+        if self.module.shared.limits.when_exhausted == Exhausted::Fail {
+            return Err(self.exhausted(Duration::ZERO));
+        }
+        crate::lock::lock(&self.parked).push_back(waker.clone());
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        // Counted as a waiter, look once more: a slot given back before the count saw no
+        // waiter to wake, and this look sees it (the fence pairs with `wake_waiter`'s), or a
+        // slot kept since is revoked.
+        fence(Ordering::SeqCst);
+        if let Some(slot) = self.checkout_now()? {
+            self.unpark(waker);
+            return Ok(slot);
+        }
+        Err(Fault {
+            status: host_status::PARKED,
+            message: String::new(),
+        })
+    }
+
+    /// Takes a parked async call's waker out (it got a slot, or was dropped), if it is there.
+    pub fn unpark(&self, waker: &Waker) {
+        let mut parked = crate::lock::lock(&self.parked);
+        if let Some(i) = parked.iter().position(|w| w.will_wake(waker)) {
+            parked.remove(i);
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A slot now, without waiting: an idle one, a kept one revoked, or a new one while the
+    /// pool is under its size.
+    fn checkout_now(&self) -> Result<Option<Held<'_, Slot>>, Fault> {
+        let size = self.cells.len();
+        loop {
+            match self.take_idle() {
+                Ok(slot) => return Ok(Some(slot)),
+                Err(Miss::Nested) => return Err(self.reentered()),
+                Err(Miss::Busy) => {}
+            }
+            if self.cells.revoke() > 0 {
+                continue;
+            }
+            let live = self.live.load(Ordering::Acquire);
+            if live >= size {
+                return Ok(None);
+            }
+            if self
+                .live
+                .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return self.replica().map(Some);
+            }
+        }
+    }
+
     /// The fault of a call made while this thread is running the plugin already, further up
     /// its stack: a host function it called (or a subscriber of its log) calling it again.
     /// Refused, as a dependency cycle is: on top of its own stack the plugin would wait for
@@ -371,12 +463,25 @@ impl WasmInstance {
         }
     }
 
-    /// Wakes one caller waiting for a slot, if any waits.
+    /// Wakes one caller waiting for a slot, if any waits: a parked async call first (its task
+    /// polls it again), else a blocked thread.
     #[inline]
     fn wake_waiter(&self) {
+        // Pairs with the fence of `checkout_parked`: either this load sees its count, or its
+        // look sees the slot given back before this.
+        fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::Acquire) > 0 {
-            let _guard = crate::lock::lock(&self.lock);
-            self.freed.notify_one();
+            let parked = crate::lock::lock(&self.parked).pop_front();
+            match parked {
+                Some(waker) => {
+                    self.waiters.fetch_sub(1, Ordering::AcqRel);
+                    waker.wake();
+                }
+                None => {
+                    let _guard = crate::lock::lock(&self.lock);
+                    self.freed.notify_one();
+                }
+            }
         }
     }
 
