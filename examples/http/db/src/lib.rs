@@ -13,7 +13,7 @@ mod cluster;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use cluster::Cluster;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 /// The shop's tables. Every request is a visit, recorded with the version of the shop that
 /// handled it; a cart line keeps the version that last changed it.
@@ -35,10 +35,46 @@ CREATE TABLE IF NOT EXISTS carts (
 ";
 
 /// Connections to the shop's database: a few, used in turn (each pipelines the queries of
-/// every task that uses it).
+/// every task that uses it), each with the shop's queries prepared once.
 pub struct Db {
-    clients: Vec<Client>,
+    clients: Vec<(Client, Queries)>,
     next: AtomicUsize,
+}
+
+/// The shop's queries, prepared on one connection: a query then takes one round trip, not a
+/// parse and an execute.
+struct Queries {
+    visit: Statement,
+    visit_version: Statement,
+    visits: Statement,
+    add_to_cart: Statement,
+}
+
+impl Queries {
+    async fn prepare(client: &Client) -> Result<Queries, tokio_postgres::Error> {
+        Ok(Queries {
+            visit: client
+                .prepare(
+                    "INSERT INTO visits (user_name, path, version) VALUES ($1, $2, $3) \
+                     RETURNING id",
+                )
+                .await?,
+            visit_version: client
+                .prepare("SELECT version FROM visits WHERE id = $1")
+                .await?,
+            visits: client
+                .prepare("SELECT count(*) FROM visits WHERE user_name = $1")
+                .await?,
+            add_to_cart: client
+                .prepare(
+                    "INSERT INTO carts (user_name, sku, qty, version) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_name, sku) \
+                     DO UPDATE SET qty = carts.qty + EXCLUDED.qty, version = EXCLUDED.version \
+                     RETURNING qty",
+                )
+                .await?,
+        })
+    }
 }
 
 impl Db {
@@ -60,32 +96,35 @@ impl Db {
                     }
                 }
             });
-            clients.push(client);
+            if clients.is_empty() {
+                client
+                    .batch_execute(SCHEMA)
+                    .await
+                    .map_err(|e| format!("cannot create the shop's tables: {e}"))?;
+            }
+            let queries = Queries::prepare(&client)
+                .await
+                .map_err(|e| format!("cannot prepare the shop's queries: {e}"))?;
+            clients.push((client, queries));
         }
-        let db = Db {
+        Ok(Db {
             clients,
             next: AtomicUsize::new(0),
-        };
-        db.client()
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(|e| format!("cannot create the shop's tables: {e}"))?;
-        Ok(db)
+        })
     }
 
-    fn client(&self) -> &Client {
+    /// The next connection, and its prepared queries.
+    fn client(&self) -> (&Client, &Queries) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
+        let (client, queries) = &self.clients[i];
+        (client, queries)
     }
 
     /// Records a visit of `user` to `path`, handled by shop `version`; the visit's id.
     pub async fn visit(&self, user: &str, path: &str, version: &str) -> Result<i64, String> {
-        let row = self
-            .client()
-            .query_one(
-                "INSERT INTO visits (user_name, path, version) VALUES ($1, $2, $3) RETURNING id",
-                &[&user, &path, &version],
-            )
+        let (client, q) = self.client();
+        let row = client
+            .query_one(&q.visit, &[&user, &path, &version])
             .await
             .map_err(|e| format!("cannot record the visit: {e}"))?;
         Ok(row.get(0))
@@ -93,9 +132,9 @@ impl Db {
 
     /// The version of the shop that recorded visit `id`.
     pub async fn visit_version(&self, id: i64) -> Result<String, String> {
-        let row = self
-            .client()
-            .query_opt("SELECT version FROM visits WHERE id = $1", &[&id])
+        let (client, q) = self.client();
+        let row = client
+            .query_opt(&q.visit_version, &[&id])
             .await
             .map_err(|e| format!("cannot read visit {id}: {e}"))?;
         row.map(|r| r.get(0))
@@ -104,9 +143,9 @@ impl Db {
 
     /// How many visits `user` made.
     pub async fn visits(&self, user: &str) -> Result<u64, String> {
-        let row = self
-            .client()
-            .query_one("SELECT count(*) FROM visits WHERE user_name = $1", &[&user])
+        let (client, q) = self.client();
+        let row = client
+            .query_one(&q.visits, &[&user])
             .await
             .map_err(|e| format!("cannot count the visits: {e}"))?;
         Ok(row.get::<_, i64>(0) as u64)
@@ -121,15 +160,9 @@ impl Db {
         version: &str,
     ) -> Result<u64, String> {
         let (sku, qty) = (sku as i64, qty as i64);
-        let row = self
-            .client()
-            .query_one(
-                "INSERT INTO carts (user_name, sku, qty, version) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (user_name, sku) \
-                 DO UPDATE SET qty = carts.qty + EXCLUDED.qty, version = EXCLUDED.version \
-                 RETURNING qty",
-                &[&user, &sku, &qty, &version],
-            )
+        let (client, q) = self.client();
+        let row = client
+            .query_one(&q.add_to_cart, &[&user, &sku, &qty, &version])
             .await
             .map_err(|e| format!("cannot add to the cart: {e}"))?;
         Ok(row.get::<_, i64>(0) as u64)
