@@ -735,3 +735,42 @@ fn a_wasm_future_that_never_yields_hits_its_deadline_and_the_pool_recovers() {
         assert_eq!(client.quick(7).await.unwrap(), 7);
     });
 }
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_call_that_waited_for_an_instance_still_times_out_as_a_whole() {
+    use swapkit::{Exhausted, WasmLimits};
+    let limits = WasmLimits {
+        pool_size: 1,
+        call_timeout: Duration::from_secs(1),
+        when_exhausted: Exhausted::Wait(Duration::from_millis(300)),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    let rt = one_thread();
+    rt.block_on(async {
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.wait(1).await }
+        });
+        until_waiting(&shop, 1).await;
+        let second = tokio::spawn({
+            let client = client.clone();
+            async move { client.wait(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first completes; the second gets its instance, then waits at a gate that never
+        // opens, after the alarm of its wait for the pool has rung: only its deadline's alarm
+        // can end it now.
+        shop.gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), "1.0.0");
+        let second = tokio::time::timeout(Duration::from_secs(20), second).await;
+        let e = second
+            .expect("the deadline's alarm woke it")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+        assert_eq!(client.quick(3).await.unwrap(), 3);
+    });
+}

@@ -210,13 +210,15 @@ impl Running {
         })
     }
 
-    /// Has the alarm wake `waker` at `at`, unless it will already.
+    /// Has the alarm wake `waker` at `at`, unless an alarm still to come will wake it by
+    /// then (it polls the call, which sets the next).
     fn alarm(&mut self, at: Instant, waker: &Waker) {
         let waits = self.waits.get_or_insert_with(Box::default);
+        let now = Instant::now();
         if waits
             .alarm
             .as_ref()
-            .is_some_and(|(set, w)| *set <= at && w.will_wake(waker))
+            .is_some_and(|(set, w)| now < *set && *set <= at && w.will_wake(waker))
         {
             return;
         }
