@@ -302,16 +302,17 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             }));
         }
         drop(args);
-        let now = Instant::now();
-        let deadline = generation.plugins[plugin]
-            .async_bounds()
-            .map(|(timeout, _)| now + timeout);
+        // The clock is read only for a call that is timed or bounded: native calls outside a
+        // canary skip it.
+        let bounds = generation.plugins[plugin].async_bounds();
+        let now = (timed || bounds.is_some()).then(Instant::now);
+        let deadline = bounds.zip(now).map(|((timeout, _), now)| now + timeout);
         let running = Running {
             tickets: Tickets::default(),
             lease: Lease::default(),
             handle: 0,
             plugin,
-            started: timed.then_some(now),
+            started: now.filter(|_| timed),
             label: None,
             start_input: Some(input),
             deadline,
