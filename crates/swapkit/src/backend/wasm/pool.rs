@@ -269,27 +269,8 @@ impl WasmInstance {
         let size = self.cells.len();
         let mut deadline: Option<Instant> = None;
         loop {
-            match self.take_idle() {
-                Ok(slot) => return Ok(slot),
-                Err(Miss::Nested) => return Err(self.reentered()),
-                Err(Miss::Busy) => {}
-            }
-            // Slots kept by threads that are not calling now (or that exited) come back
-            // before the pool grows: a revocation is cheaper than a new instance, and a slot
-            // kept by a thread that exited would otherwise hold its memory for nothing.
-            if self.cells.revoke() > 0 {
-                continue;
-            }
-            let live = self.live.load(Ordering::Acquire);
-            if live < size {
-                if self
-                    .live
-                    .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return self.replica();
-                }
-                continue;
+            if let Some(slot) = self.checkout_now()? {
+                return Ok(slot);
             }
             let wait = match limits.when_exhausted {
                 Exhausted::Fail => return Err(self.exhausted(Duration::ZERO)),
@@ -365,6 +346,9 @@ impl WasmInstance {
                 Err(Miss::Nested) => return Err(self.reentered()),
                 Err(Miss::Busy) => {}
             }
+            // Slots kept by threads that are not calling now (or that exited) come back
+            // before the pool grows: a revocation is cheaper than a new instance, and a slot
+            // kept by a thread that exited would otherwise hold its memory for nothing.
             if self.cells.revoke() > 0 {
                 continue;
             }
