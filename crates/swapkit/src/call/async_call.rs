@@ -201,11 +201,9 @@ impl Running {
                 choice.as_deref(),
             )
         });
-        let caller = host::Caller {
-            generation,
-            choice: choice.as_ref(),
-        };
-        host::polling(instance.id, handle, waker, tickets, caller, || {
+        let (generation, choice): (&Arc<Generation>, &Option<_>) = (generation, choice);
+        let caller = |call| dependency(generation.clone(), choice.clone(), call);
+        host::polling(instance.id, handle, waker, tickets, &caller, || {
             instance.call_leased(lease, waker, budget, ASYNC_INTERFACE, method, input, then)
         })
     }

@@ -8,8 +8,6 @@
 
 mod async_call;
 
-pub(crate) use async_call::dependency as async_dependency;
-
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 

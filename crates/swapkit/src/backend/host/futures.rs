@@ -14,12 +14,9 @@ use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use swapkit_abi::future::{PENDING, READY};
-
-use std::sync::Arc;
+use swapkit_abi::service::DependencyCall;
 
 use super::services::Refusal;
-use crate::generation::Generation;
-use crate::route::Variant;
 use crate::vault::ServiceFuture;
 
 /// The host futures one async call awaits, by ticket. Dropped with the call, after the
@@ -36,16 +33,13 @@ struct Scope {
     handle: Option<u64>,
     waker: *const Waker,
     tickets: *mut Tickets,
-    generation: *const Arc<Generation>,
-    choice: Option<*const Arc<OnceLock<Variant>>>,
+    caller: *const Caller<'static>,
 }
 
-/// The generation an async call runs in, and its version choice: where its calls to
-/// dependencies go.
-pub(crate) struct Caller<'a> {
-    pub generation: &'a Arc<Generation>,
-    pub choice: Option<&'a Arc<OnceLock<Variant>>>,
-}
+/// Starts a call the polled plugin makes to a dependency's async method, in the generation
+/// (and version choice) of the call being polled: given by the layer that polls (`call`), so
+/// that the backend names neither generations nor calls.
+pub(crate) type Caller<'a> = dyn Fn(DependencyCall) -> ServiceFuture + 'a;
 
 thread_local! {
     static SCOPE: Cell<*mut Scope> = const { Cell::new(std::ptr::null_mut()) };
@@ -59,16 +53,18 @@ pub(crate) fn polling<T>(
     handle: Option<u64>,
     waker: &Waker,
     tickets: &mut Tickets,
-    caller: Caller<'_>,
+    caller: &Caller<'_>,
     f: impl FnOnce() -> T,
 ) -> T {
+    // SAFETY: only the lifetime is erased: the scope that keeps this pointer is taken down
+    // (by `Restore`) before `polling` returns, so it is never read after `caller` ends.
+    let caller: &Caller<'static> = unsafe { std::mem::transmute(caller) };
     let mut scope = Scope {
         instance,
         handle,
         waker,
         tickets,
-        generation: caller.generation,
-        choice: caller.choice.map(|c| c as *const _),
+        caller,
     };
     let previous = SCOPE.replace(&mut scope);
     struct Restore(*mut Scope);
@@ -92,10 +88,10 @@ fn with_scope<T>(
     })
 }
 
-/// [`with_scope`], with the caller's generation too.
+/// [`with_scope`], with what starts the call's dependency calls too.
 fn with_caller<T>(
     instance: u64,
-    f: impl FnOnce(&Waker, &mut Tickets, Option<u64>, Caller<'_>) -> Result<T, Refusal>,
+    f: impl FnOnce(&Waker, &mut Tickets, Option<u64>, &Caller<'_>) -> Result<T, Refusal>,
 ) -> Result<T, Refusal> {
     let scope = SCOPE.replace(std::ptr::null_mut());
     struct Restore(*mut Scope);
@@ -123,17 +119,8 @@ fn with_caller<T>(
                 .into(),
         ));
     }
-    // SAFETY: as above: the waker, tickets, generation and choice outlive the scope.
-    let (waker, tickets, caller) = unsafe {
-        (
-            &*scope.waker,
-            &mut *scope.tickets,
-            Caller {
-                generation: &*scope.generation,
-                choice: scope.choice.map(|c| &*c),
-            },
-        )
-    };
+    // SAFETY: as above: the waker, tickets and caller outlive the scope.
+    let (waker, tickets, caller) = unsafe { (&*scope.waker, &mut *scope.tickets, &*scope.caller) };
     f(waker, tickets, scope.handle, caller)
 }
 
@@ -165,8 +152,7 @@ pub(crate) fn start_dependency(
 ) -> Result<Vec<u8>, Refusal> {
     with_caller(instance, |waker, tickets, _, caller| {
         let name = format!("`{}` {}", call.plugin, call.interface);
-        let future =
-            crate::call::async_dependency(caller.generation.clone(), caller.choice.cloned(), call);
+        let future = caller(call);
         keep(&name, future, waker, tickets)
     })
 }

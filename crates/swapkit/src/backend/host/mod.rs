@@ -6,7 +6,7 @@ mod futures;
 mod log;
 mod services;
 
-pub(crate) use futures::{forget, polling, remember, Caller, Tickets};
+pub(crate) use futures::{forget, polling, remember, Tickets};
 #[cfg(feature = "wasm")]
 pub(crate) use log::MAX_LINE;
 pub(crate) use log::{host_log, LogBudget};
