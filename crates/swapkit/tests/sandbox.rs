@@ -1238,6 +1238,10 @@ fn a_load_compiling_a_hostile_module_does_not_hold_up_the_reload_lock() {
         let loading = s.spawn(|| {
             let subscriber = tracing_subscriber::registry().with(OnCompile(compiling));
             let result = tracing::subscriber::with_default(subscriber, || {
+                // Another test's thread may have met the `compile` span first, while no
+                // subscriber that wants it existed, and tracing cached "never" for it: ask
+                // again now that this thread's subscriber does.
+                tracing::callsite::rebuild_interest_cache();
                 with_greeter(&swapper, std::slice::from_ref(&hostile))
             });
             done.store(true, Ordering::SeqCst);
