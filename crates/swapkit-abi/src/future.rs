@@ -33,6 +33,12 @@ pub const PENDING: u8 = 0;
 /// A reply's first byte: the call completed; its encoded result follows.
 pub const READY: u8 = 1;
 
+/// The status an async lane returns when the method's future is pending: the plugin kept it,
+/// and wrote its handle through the lane's `handle` pointer. The host polls and drops it with
+/// [`POLL`] and [`DROP`], as a call [`START`] began. (Not a [`Status`](crate::Status): no
+/// encoded call replies with it.)
+pub const LANE_PENDING: u32 = 0x100;
+
 /// A plugin's running async method: its future, which yields the encoded result.
 pub type BoxedCall<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, DispatchError>> + Send + 'a>>;
 

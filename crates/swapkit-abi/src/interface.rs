@@ -89,6 +89,23 @@ pub trait Transport {
     {
         async move { self.call(method, &args) }
     }
+
+    /// [`call_async`](Transport::call_async) for an async method whose arguments and result
+    /// are plain data: a transport that knows lanes starts it through its async lane (ABI.md
+    /// §11, "The async lane"), with no encoding step when it completes in its first poll. The
+    /// default calls `call_async`.
+    fn call_async_lane<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl core::future::Future<Output = Result<R, Self::Error>> + Send
+    where
+        A: LaneArgs + Serialize + Send,
+        R: LaneResult + DeserializeOwned + Send,
+        Self: Sync,
+    {
+        self.call_async(method, args)
+    }
 }
 
 /// Why a dispatch failed before or after the implementation ran.

@@ -778,6 +778,22 @@ pub trait LaneArgs: Sized {
         instance: *mut c_void,
         out: *mut RawSlice,
     ) -> LaneRet<R::Raw>;
+    /// Starts the async lane `entry` of `instance` with these arguments: the plugin polls the
+    /// method's future once; the status is `Ok` with the result, [`LANE_PENDING`] with the
+    /// call's handle written to `handle`, or a failure with its message in `out`.
+    ///
+    /// [`LANE_PENDING`]: crate::future::LANE_PENDING
+    ///
+    /// # Safety
+    /// As for [`call_native`](LaneArgs::call_native), for an async method's lane; `handle` is
+    /// writable, and the call runs inside the host's polling scope for the new call.
+    unsafe fn call_native_async<R: LaneResult>(
+        self,
+        entry: *const (),
+        instance: *mut c_void,
+        handle: *mut u64,
+        out: *mut RawSlice,
+    ) -> LaneRet<R::Raw>;
     /// Bytes the arguments stage in a wasm guest's memory.
     fn wasm_bytes(&self) -> usize;
     /// The arguments as wasm lane words, staging their bytes through `stage`.
@@ -800,6 +816,21 @@ macro_rules! lane_args {
                 let f: Entry<R::Raw, $($a::Raw),*> = unsafe { core::mem::transmute::<*const (), _>(entry) };
                 // SAFETY: as above; the instance is live and `out` writable.
                 unsafe { f(instance, $(self.$i.into_raw(),)* out) }
+            }
+            #[inline(always)]
+            #[allow(clippy::unused_unit)]
+            unsafe fn call_native_async<R: LaneResult>(
+                self,
+                entry: *const (),
+                instance: *mut c_void,
+                handle: *mut u64,
+                out: *mut RawSlice,
+            ) -> LaneRet<R::Raw> {
+                type Entry<R, $($a),*> = unsafe extern "C" fn(*mut c_void, $($a,)* *mut u64, *mut RawSlice) -> LaneRet<R>;
+                // SAFETY: by this function's contract, `entry` has exactly this type.
+                let f: Entry<R::Raw, $($a::Raw),*> = unsafe { core::mem::transmute::<*const (), _>(entry) };
+                // SAFETY: as above; the instance is live, `handle` and `out` writable.
+                unsafe { f(instance, $(self.$i.into_raw(),)* handle, out) }
             }
             #[inline(always)]
             fn wasm_bytes(&self) -> usize {
@@ -835,6 +866,28 @@ pub unsafe trait Glue {
     /// Runs `body`, catching a panic (status `Panic`, the message through `out`), and returns
     /// its result's raw form, written into the thread's result buffer if it is bytes.
     fn native<R: LaneResult>(out: *mut RawSlice, body: impl FnOnce() -> R) -> LaneRet<R::Raw>;
+
+    /// Runs an async lane's body: makes the method's future with `make` from the plugin
+    /// object of `instance`, and polls it once inside the host's call. Ready: its result's
+    /// raw form, as [`native`](Glue::native) returns one. Pending: the instance keeps the
+    /// future (polled and dropped later through `ASYNC_INTERFACE`, its result encoded), its
+    /// handle is written to `handle`, and the status is
+    /// [`LANE_PENDING`](crate::future::LANE_PENDING). A panic fails the call (status `Panic`,
+    /// the message through `out`) and drops the future.
+    ///
+    /// # Safety
+    /// `instance` is a live instance the guest's `load` made for plugin type `I`; `handle` and
+    /// `out` are writable.
+    unsafe fn native_async<'a, I, F, R>(
+        instance: *mut c_void,
+        handle: *mut u64,
+        out: *mut RawSlice,
+        make: impl FnOnce(&'a I) -> F,
+    ) -> LaneRet<R::Raw>
+    where
+        I: 'a,
+        F: core::future::Future<Output = R> + Send + 'a,
+        R: LaneResult + serde::Serialize;
 
     /// A wasm lane's result as its word: a value as it is, bytes written into the thread's
     /// result buffer (which a value never touches).

@@ -22,6 +22,7 @@
 //! | [`ASYNC_CANCEL`] | a ticket (u64 LE, raw) | nothing |
 //! | [`ASYNC_WAKE`] | a call's handle (u64 LE, raw) | nothing |
 //! | [`ASYNC_DEPENDENCY`] | [`DependencyCall`] | a tag, then the result or a ticket |
+//! | [`ASYNC_REGISTER`] | a call's handle (u64 LE, raw) | nothing |
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -66,6 +67,13 @@ pub const ASYNC_WAKE: u32 = 13;
 /// Starts an async method of a plugin this one depends on, in the caller's generation: a
 /// [`DependencyCall`]. Reply as for [`ASYNC_HOST`]: the method's encoded result, or a ticket.
 pub const ASYNC_DEPENDENCY: u32 = 14;
+
+/// Records the waker of the task polling the plugin's async call with this handle (u64 LE),
+/// now, within that poll: what the plugin's waker does when it is cloned, so that the clone
+/// wakes that task from any thread at once, even before the poll returns. (A host without
+/// this service records it when the poll returns, and a wake from another thread before then
+/// is lost.)
+pub const ASYNC_REGISTER: u32 = 15;
 
 /// A request naming one key (or, for [`VAULT_LIST`], a prefix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

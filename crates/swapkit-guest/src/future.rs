@@ -71,7 +71,7 @@ impl Calls {
                 // drops every pending call first, and the host drops each call before it
                 // frees the instance (ABI.md §11).
                 let call: BoxedCall<'static> = unsafe { std::mem::transmute(call) };
-                let handle = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let handle = self.next_handle();
                 self.poll(host, handle, call, buf)?;
                 if buf.first() == Some(&PENDING) {
                     buf.extend_from_slice(&handle.to_le_bytes());
@@ -107,6 +107,54 @@ impl Calls {
                 format!("no async method number {other}"),
             )),
         }
+    }
+
+    /// An async lane's first poll: boxes `future` (pinned from here on), polls it once with
+    /// the task's waker through the host, and keeps it if it is pending, under a handle taken
+    /// only then (or when the future cloned its waker). A panic drops the future (its own
+    /// drop's panic caught too) and comes back as its message.
+    pub(crate) fn start_lane<'a, F, R>(&self, host: &Host, future: F) -> Result<Started<R>, String>
+    where
+        F: Future<Output = R> + Send + 'a,
+        R: Serialize,
+    {
+        let mut call = Box::pin(Encoding { future });
+        let wake = FirstWake {
+            host: *host,
+            calls: self,
+            handle: std::cell::Cell::new(0),
+        };
+        // SAFETY: `wake` outlives the waker, which is used only in this block (its drop does
+        // nothing, so it is not called).
+        let waker = std::mem::ManuallyDrop::new(unsafe {
+            Waker::from_raw(RawWaker::new((&wake as *const FirstWake).cast(), &FIRST))
+        });
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            call.as_mut().typed().poll(&mut Context::from_waker(&waker))
+        }));
+        match polled {
+            Ok(Poll::Ready(value)) => Ok(Started::Ready(value)),
+            Ok(Poll::Pending) => {
+                let handle = wake.handle();
+                let call: BoxedCall<'a> = call;
+                // SAFETY: as in `drive`: the future borrows the plugin, which lives until
+                // `free`; `free` drops every pending call first, and the host drops each call
+                // before it frees the instance (ABI.md §11).
+                let call: BoxedCall<'static> = unsafe { std::mem::transmute(call) };
+                self.lock().insert(handle, call);
+                Ok(Started::Pending(handle))
+            }
+            Err(payload) => {
+                let message = crate::glue::panic_message(&*payload);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(call)));
+                Err(message)
+            }
+        }
+    }
+
+    /// A new handle: never 0 (the mark of a first poll's handle not yet taken).
+    fn next_handle(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     /// Polls `call` once; keeps it under `handle` if it is pending. A panic drops it (its
@@ -147,6 +195,88 @@ impl Calls {
     }
 }
 
+/// What an async lane's first poll made of its method's future.
+pub(crate) enum Started<R> {
+    /// It completed, with this result.
+    Ready(R),
+    /// It is pending, kept under this handle.
+    Pending(u64),
+}
+
+/// A method's future, with the encoding of its result: polled for its typed result by its
+/// async lane's first poll, and as a [`BoxedCall`] (the encoded result) after it.
+struct Encoding<F> {
+    future: F,
+}
+
+impl<F> Encoding<F> {
+    fn typed(self: Pin<&mut Self>) -> Pin<&mut F> {
+        // SAFETY: `future` is structurally pinned: it is never moved out of an `Encoding`,
+        // which has no `Drop` of its own and is not `Unpin` unless `F` is.
+        unsafe { self.map_unchecked_mut(|e| &mut e.future) }
+    }
+}
+
+impl<F: Future<Output = R>, R: Serialize> Future for Encoding<F> {
+    type Output = Result<Vec<u8>, swapkit_abi::DispatchError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.typed().poll(cx).map(|result| {
+            let mut out = Vec::new();
+            wire::encode_into(&result, &mut out).map_err(swapkit_abi::DispatchError::Encode)?;
+            Ok(out)
+        })
+    }
+}
+
+/// The waker of an async lane's first poll: the call has no handle until it turns pending
+/// or its waker is cloned (a wake within the poll wakes the polling task whatever the
+/// handle: the host is inside that very call).
+struct FirstWake<'a> {
+    host: Host,
+    calls: &'a Calls,
+    handle: std::cell::Cell<u64>,
+}
+
+impl FirstWake<'_> {
+    fn handle(&self) -> u64 {
+        if self.handle.get() == 0 {
+            self.handle.set(self.calls.next_handle());
+        }
+        self.handle.get()
+    }
+}
+
+static FIRST: RawWakerVTable = RawWakerVTable::new(
+    |data| {
+        // SAFETY: `data` is the live `FirstWake` of the first poll's waker.
+        let first = unsafe { &*data.cast::<FirstWake>() };
+        let d = WakeData {
+            host: first.host,
+            handle: first.handle(),
+        };
+        d.register();
+        RawWaker::new(Arc::into_raw(Arc::new(d)).cast(), &OWNED)
+    },
+    // SAFETY: as above.
+    |data| unsafe { wake_first(data) },
+    // SAFETY: as above.
+    |data| unsafe { wake_first(data) },
+    |_| {},
+);
+
+/// # Safety
+/// `data` is the live `FirstWake` of a first poll's waker.
+unsafe fn wake_first(data: *const ()) {
+    // SAFETY: by the contract.
+    let first = unsafe { &*data.cast::<FirstWake>() };
+    WakeData {
+        host: first.host,
+        handle: first.handle.get(),
+    }
+    .wake();
+}
+
 /// What a method's waker wakes: the host's task polling call `handle`.
 #[derive(Clone, Copy)]
 struct WakeData {
@@ -159,6 +289,14 @@ impl WakeData {
         let _ = self
             .host
             .service_bytes(service::ASYNC_WAKE, &self.handle.to_le_bytes());
+    }
+
+    /// Has the host record the polling task's waker under this handle now: the waker was
+    /// cloned within the poll, and its clone may wake from another thread before it returns.
+    fn register(&self) {
+        let _ = self
+            .host
+            .service_bytes(service::ASYNC_REGISTER, &self.handle.to_le_bytes());
     }
 
     /// A waker borrowing `self`, valid while `self` is: cloning it makes an owned one.
@@ -174,6 +312,7 @@ static BORROWED: RawWakerVTable = RawWakerVTable::new(
     |data| {
         // SAFETY: `data` is the live `WakeData` of a borrowed waker.
         let d = unsafe { *data.cast::<WakeData>() };
+        d.register();
         RawWaker::new(Arc::into_raw(Arc::new(d)).cast(), &OWNED)
     },
     // SAFETY: `data` is the live `WakeData` of a borrowed waker.

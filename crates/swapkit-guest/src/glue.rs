@@ -216,6 +216,57 @@ unsafe impl Glue for LaneGlue {
     }
 
     #[inline]
+    unsafe fn native_async<'a, I, F, R>(
+        instance: *mut c_void,
+        handle: *mut u64,
+        out: *mut RawSlice,
+        make: impl FnOnce(&'a I) -> F,
+    ) -> LaneRet<R::Raw>
+    where
+        I: 'a,
+        F: std::future::Future<Output = R> + Send + 'a,
+        R: LaneResult + serde::Serialize,
+    {
+        // SAFETY: by the contract, `instance` is a live instance `load::<I>` made.
+        let inst = unsafe { &*(instance as *const Instance<I>) };
+        #[cfg(not(target_family = "wasm"))]
+        let depth: *const Cell<u32> = LANE_DEPTH.with(|d| d as *const Cell<u32>);
+        // SAFETY: this thread's own thread-local, as in `native`.
+        #[cfg(not(target_family = "wasm"))]
+        unsafe {
+            (*depth).set((*depth).get() + 1)
+        };
+        let started = catch_unwind(AssertUnwindSafe(|| {
+            inst.calls.start_lane(&inst.host, make(&inst.plugin))
+        }));
+        // SAFETY: as above.
+        #[cfg(not(target_family = "wasm"))]
+        unsafe {
+            (*depth).set((*depth).get() - 1)
+        };
+        match started {
+            Ok(Ok(crate::future::Started::Ready(value))) => LaneRet {
+                status: Status::Ok as u32,
+                value: MaybeUninit::new(if R::BYTES {
+                    with_result_buffer(|buf| value.into_raw(buf))
+                } else {
+                    value.into_raw(&mut Vec::new())
+                }),
+            },
+            Ok(Ok(crate::future::Started::Pending(h))) => {
+                // SAFETY: the host passes a writable `handle`.
+                unsafe { handle.write(h) };
+                LaneRet {
+                    status: swapkit_abi::future::LANE_PENDING,
+                    value: MaybeUninit::uninit(),
+                }
+            }
+            Ok(Err(message)) => lane_message(out, &message),
+            Err(payload) => lane_panic(out, &*payload),
+        }
+    }
+
+    #[inline]
     fn wasm_result<R: LaneResult>(result: R) -> u64 {
         if R::BYTES {
             with_result_buffer(|buf| result.into_wasm(buf))
@@ -229,7 +280,13 @@ unsafe impl Glue for LaneGlue {
 #[cold]
 #[inline(never)]
 fn lane_panic<R: Copy>(out: *mut RawSlice, payload: &(dyn std::any::Any + Send)) -> LaneRet<R> {
-    let message = panic_message(payload);
+    lane_message(out, &panic_message(payload))
+}
+
+/// The reply of a lane whose body panicked with `message`.
+#[cold]
+#[inline(never)]
+fn lane_message<R: Copy>(out: *mut RawSlice, message: &str) -> LaneRet<R> {
     let mut buf = MESSAGE.try_with(Cell::take).unwrap_or_default();
     buf.clear();
     buf.extend_from_slice(message.as_bytes());

@@ -60,6 +60,16 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         .iter()
         .map(|m| !m.is_async && has_lane(m, &plain_names))
         .collect();
+    // An async method whose arguments are plain values (no borrows: its future outlives the
+    // call that starts it) and whose result a lane returns starts through an async lane.
+    let async_lanes: Vec<bool> = methods
+        .iter()
+        .map(|m| {
+            m.is_async
+                && has_lane(m, &plain_names)
+                && m.args.iter().all(|(_, t)| !matches!(t, Type::Reference(_)))
+        })
+        .collect();
     let any_async = methods.iter().any(|m| m.is_async);
     // An async method's future must be `Send`, whichever thread polls the call: the trait
     // says so (`fn m(..) -> impl Future<Output = R> + Send`), and an implementation writes
@@ -109,14 +119,33 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         let names: Vec<_> = m.args.iter().map(|(a, _)| a).collect();
         let attrs = &m.attrs;
         if m.is_async {
+            if !async_lanes[i] {
+                return quote! {
+                    #(#attrs)*
+                    pub async fn #fn_name(&self, #(#params),*) -> ::core::result::Result<#ret, T::Error>
+                    where
+                        T: ::core::marker::Sync,
+                        #ret: ::core::marker::Send,
+                    {
+                        self.transport.call_async::<_, #ret>(#index, (#(#names,)*)).await
+                    }
+                };
+            }
+            let call =
+                quote!(self.transport.call_async_lane::<_, #ret>(#index, (#(#names,)*)));
+            // A method with an async lane takes its arguments by value (they borrow nothing):
+            // the transport's future itself, with no `async` block around it to copy them into
+            // first, awaited as an `async fn` is, and `Send`, as it says.
             return quote! {
                 #(#attrs)*
-                pub async fn #fn_name(&self, #(#params),*) -> ::core::result::Result<#ret, T::Error>
+                pub fn #fn_name(&self, #(#params),*) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#ret, T::Error>,
+                > + ::core::marker::Send + '_
                 where
                     T: ::core::marker::Sync,
                     #ret: ::core::marker::Send,
                 {
-                    self.transport.call_async::<_, #ret>(#index, (#(#names,)*)).await
+                    #call
                 }
             };
         }
@@ -136,12 +165,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let lane_fns = methods
         .iter()
         .enumerate()
-        .filter(|(i, _)| lanes[*i])
+        .filter(|(i, _)| lanes[*i] || async_lanes[*i])
         .map(|(i, m)| native_lane(&abi, ident, i, m));
     let lane_entries = methods
         .iter()
         .enumerate()
-        .filter(|(i, _)| lanes[*i])
+        .filter(|(i, _)| lanes[*i] || async_lanes[*i])
         .map(|(i, _)| {
             let index = i as u32;
             let f = lane_fn_ident(i);
@@ -427,7 +456,8 @@ fn lane_fn_ident(i: usize) -> syn::Ident {
 }
 
 /// The native lane of method `i`: an `extern "C"` function taking the instance, each argument
-/// in its raw form, and the message slot, and returning the status with the result.
+/// in its raw form, and the message slot, and returning the status with the result. An async
+/// method's lane takes a slot for its handle too, and starts its future (ABI.md §11).
 fn native_lane(abi: &TokenStream, ident: &syn::Ident, i: usize, m: &Method) -> TokenStream {
     let f = lane_fn_ident(i);
     let fn_name = &m.sig.ident;
@@ -443,6 +473,26 @@ fn native_lane(abi: &TokenStream, ident: &syn::Ident, i: usize, m: &Method) -> T
             let #a = unsafe { <#t as #abi::lane::LaneArg>::from_raw(#a) };
         }
     });
+    if m.is_async {
+        return quote! {
+            #[allow(improper_ctypes_definitions, clippy::unit_arg, clippy::let_unit_value)]
+            unsafe extern "C" fn #f<__I: #ident, __G: #abi::lane::Glue>(
+                instance: *mut ::core::ffi::c_void,
+                #(#params,)*
+                handle: *mut u64,
+                out: *mut #abi::RawSlice,
+            ) -> #abi::lane::LaneRet<<#ret as #abi::lane::LaneResult>::Raw> {
+                #(#unpack)*
+                // SAFETY: the host passes the instance `load` made for this plugin type, live
+                // for the call, and writable `handle` and `out`.
+                unsafe {
+                    __G::native_async::<__I, _, #ret>(instance, handle, out, move |imp| {
+                        <__I as #ident>::#fn_name(imp, #(#names),*)
+                    })
+                }
+            }
+        };
+    }
     quote! {
         #[allow(improper_ctypes_definitions, clippy::unit_arg, clippy::let_unit_value)]
         unsafe extern "C" fn #f<__I: #ident, __G: #abi::lane::Glue>(

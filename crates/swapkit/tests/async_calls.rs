@@ -270,6 +270,43 @@ fn async_methods_run_on_every_backend_and_a_waker_the_plugin_wakes_resumes_it() 
     }
 }
 
+/// A plugin whose future clones its waker in its first poll, and has another thread wake the
+/// clone before that poll returns pending (as a plugin awaiting a channel fed by its own
+/// thread may), is polled again: the wake is not lost between the plugin's clone and the
+/// host's record of the task. Before `ASYNC_REGISTER` it was lost, and the call hung.
+#[test]
+fn a_waker_cloned_and_woken_from_another_thread_within_the_first_poll_is_not_lost() {
+    let backends: &[Backend] = if cfg!(feature = "wasm") {
+        &[Backend::Native, Backend::Static, Backend::Wasm]
+    } else {
+        &[Backend::Native, Backend::Static]
+    };
+    for &backend in backends {
+        let shop = Arc::new(start(backend));
+        // One worker thread, so nothing else polls the task by chance; a call whose wake was
+        // lost never completes, so the calls run on a thread of their own, watched from here.
+        let (done, finished) = std::sync::mpsc::channel();
+        let calls = {
+            let shop = shop.clone();
+            std::thread::spawn(move || {
+                let client = shop.swapper.client::<dyn Shop>().unwrap();
+                one_thread().block_on(async {
+                    for x in 0..200u64 {
+                        assert_eq!(client.woken_early(x).await.unwrap(), x, "{backend:?}");
+                        done.send(x).unwrap();
+                    }
+                })
+            })
+        };
+        for x in 0..200u64 {
+            let answered = finished.recv_timeout(Duration::from_secs(30));
+            assert_eq!(answered, Ok(x), "{backend:?}: call {x} was never woken");
+        }
+        calls.join().unwrap();
+        assert_eq!(pending(&shop.swapper), 0, "{backend:?}");
+    }
+}
+
 #[test]
 fn a_synchronous_caller_reaches_an_async_method_that_does_not_await() {
     let shop = start(Backend::Native);
@@ -575,7 +612,6 @@ fn a_guest_awaiting_a_call_into_its_own_pool_gets_an_error_not_a_deadlock() {
 
 /// A runtime of one thread: a call that blocked it would stall every task, the one that
 /// would free its instance included.
-#[cfg(feature = "wasm")]
 fn one_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -133,6 +133,14 @@ impl LaneTable {
     }
 }
 
+/// What an async lane's start came to.
+pub(crate) enum LaneStart<R> {
+    /// The method completed in its first poll, with this result.
+    Ready(R),
+    /// The plugin keeps its future, pending, under this handle (ABI.md §11).
+    Pending(u64),
+}
+
 /// Why a direct-lane call failed.
 pub(crate) enum LaneFailure {
     /// The guest or the host reported a status, with its message.
@@ -428,6 +436,35 @@ impl Instance {
                 input,
                 then,
             ),
+        }
+    }
+
+    /// Whether async methods start through their async lanes here (a native or static
+    /// plugin; a wasm plugin's start through `ASYNC_INTERFACE`).
+    #[inline]
+    pub fn has_async_lanes(&self) -> bool {
+        matches!(self.imp, Imp::Native(_))
+    }
+
+    /// Starts async method `method` through its async lane `lane` (from [`LaneTable::of`],
+    /// not null), within the host's polling scope for the new call; `None` where
+    /// [`has_async_lanes`](Self::has_async_lanes) is false.
+    #[inline(always)]
+    pub fn async_lane<A: LaneArgs, R: LaneResult>(
+        &self,
+        lane: *const (),
+        args: A,
+    ) -> Option<Result<LaneStart<R>, LaneFailure>> {
+        match &self.imp {
+            // SAFETY: `lane` is the lane the plugin lists under this async method's hash,
+            // which covers the interface's hash (its types, and that the method is async)
+            // and the lane rules, so it has exactly the async lane signature `A` and `R` give.
+            Imp::Native(instance) => Some(unsafe { instance.async_lane(lane, args) }),
+            #[cfg(feature = "wasm")]
+            Imp::Wasm(_) => {
+                let _ = (lane, args);
+                None
+            }
         }
     }
 

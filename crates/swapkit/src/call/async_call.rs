@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use swapkit_abi::future::{self as abi_future, PENDING, READY};
+use swapkit_abi::lane::{LaneArgs, LaneResult};
 use swapkit_abi::service::DependencyCall;
 use swapkit_abi::{wire, ASYNC_INTERFACE};
 
 use crate::backend::host::{self, Tickets};
-use crate::backend::{host_status, Instance, Lease, Reply};
+use crate::backend::{host_status, Instance, LaneStart, Lease, Reply};
 use crate::error::CallError;
 use crate::generation::{Generation, Target};
 use crate::hazard::Current;
@@ -82,10 +83,27 @@ impl Decode for Raw {
     }
 }
 
+/// What a call asks its generation for: a client's target, or a dependency call's own.
+pub(crate) enum TargetOf<'a> {
+    Borrowed(&'a Target),
+    Owned(Box<Target>),
+}
+
+impl std::ops::Deref for TargetOf<'_> {
+    type Target = Target;
+
+    fn deref(&self) -> &Target {
+        match self {
+            TargetOf::Borrowed(target) => target,
+            TargetOf::Owned(target) => target,
+        }
+    }
+}
+
 /// The future of one async call: `R` is the method's result type.
 pub(crate) struct AsyncCall<'a, A, R> {
     source: Source<'a>,
-    target: std::borrow::Cow<'a, Target>,
+    target: TargetOf<'a>,
     method: u32,
     stage: Stage<A>,
     _result: PhantomData<fn() -> R>,
@@ -95,7 +113,7 @@ enum Stage<A> {
     /// Not yet polled: the arguments.
     New(A),
     /// Pending in the plugin.
-    Running(Running),
+    Running(Box<Running>),
     Done,
 }
 
@@ -122,12 +140,7 @@ struct Running {
 }
 
 impl<'a, A, R> AsyncCall<'a, A, R> {
-    pub(crate) fn new(
-        source: Source<'a>,
-        target: std::borrow::Cow<'a, Target>,
-        method: u32,
-        args: A,
-    ) -> Self {
+    pub(crate) fn new(source: Source<'a>, target: TargetOf<'a>, method: u32, args: A) -> Self {
         AsyncCall {
             source,
             target,
@@ -279,15 +292,24 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             Ok(resolved) => resolved,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let instance: *const Instance = resolved.instance;
-        let Some(plugin) = generation
-            .plugins
-            .iter()
-            .position(|p| std::ptr::eq(&**p, instance))
-        else {
-            unreachable!("a resolved instance is one of its generation's plugins")
-        };
-        let (interface, timed) = (resolved.interface, resolved.timed);
+        let (plugin, interface, timed) = (
+            index_of(&generation, resolved.instance),
+            resolved.interface,
+            resolved.timed,
+        );
+        self.start_resolved(args, generation, choice, (plugin, interface, timed), cx)
+    }
+
+    /// The encoded start of a call resolved to plugin number `plugin` of `generation` (its
+    /// exported interface `interface`; `timed` for a canary's comparison).
+    fn start_resolved(
+        &mut self,
+        args: A,
+        generation: Arc<Generation>,
+        choice: Option<Arc<OnceLock<Variant>>>,
+        (plugin, interface, timed): (usize, u32, bool),
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
         let mut input = Vec::with_capacity(64);
         input.extend_from_slice(&interface.to_le_bytes());
         input.extend_from_slice(&self.method.to_le_bytes());
@@ -305,7 +327,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
         let bounds = generation.plugins[plugin].async_bounds();
         let now = (timed || bounds.is_some()).then(Instant::now);
         let deadline = bounds.zip(now).map(|((timeout, _), now)| now + timeout);
-        let running = Running {
+        let running = Box::new(Running {
             tickets: Tickets::default(),
             lease: Lease::default(),
             handle: 0,
@@ -317,7 +339,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             waits: None,
             choice,
             generation,
-        };
+        });
         running.instance().stats.call();
         self.advance(running, cx)
     }
@@ -325,7 +347,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
     /// Starts the call in the plugin (again, if it waited for an instance), or polls it there.
     fn advance(
         &mut self,
-        mut running: Running,
+        mut running: Box<Running>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<R, CallError>> {
         if running.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -359,7 +381,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
     /// Acts on a step of `running`: completes, fails, or keeps it pending.
     fn settle(
         &mut self,
-        mut running: Running,
+        mut running: Box<Running>,
         stepped: Result<Step, (u32, String)>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<R, CallError>> {
@@ -431,10 +453,185 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
     }
 }
 
+/// The future of an async call through the method's async lane: at its first poll, a
+/// native or static plugin's method starts with its arguments as they are, and a call that
+/// completes then costs no encoding, no allocation of the host's and no count on the
+/// generation's `Arc` (it holds the generation through its hazard slot, as a synchronous
+/// call does). A call that turns pending goes on as an [`AsyncCall`]; a plugin without the
+/// lane, a wasm plugin and a canary's timed call take the encoded start.
+pub(crate) struct LaneCall<'a, A, R>(AsyncCall<'a, A, R>);
+
+impl<'a, A, R> LaneCall<'a, A, R> {
+    pub(crate) fn new(call: AsyncCall<'a, A, R>) -> Self {
+        LaneCall(call)
+    }
+}
+
+impl<A, R> AsyncCall<'_, A, R>
+where
+    A: Args + LaneArgs,
+    R: Decode + LaneResult,
+{
+    /// The first poll through the lane, where there is one.
+    fn start_lane(&mut self, args: A, cx: &mut Context<'_>) -> Poll<Result<R, CallError>> {
+        match &self.source {
+            Source::Current(current) => {
+                let guard = current.enter();
+                self.lane_in(guard.get(), &|| guard.to_arc(), None, args, cx)
+            }
+            Source::Pinned(generation, choice) => {
+                let (generation, choice) = (*generation, *choice);
+                self.lane_in(generation, &|| generation.clone(), choice, args, cx)
+            }
+            Source::Owned(..) => self.start(args, cx),
+        }
+    }
+
+    /// Starts the call through its lane in `generation` (`arc` makes the call's own hold on
+    /// it, if it turns pending), or through the encoded start where it has no lane to take.
+    fn lane_in(
+        &mut self,
+        generation: &Generation,
+        arc: &dyn Fn() -> Arc<Generation>,
+        choice: Option<&Arc<OnceLock<Variant>>>,
+        args: A,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
+        let resolved = match generation.resolve(&self.target, choice.map(|c| &**c)) {
+            Ok(resolved) => resolved,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let instance = resolved.instance;
+        let lane = resolved
+            .lanes
+            .get(self.method as usize)
+            .copied()
+            .unwrap_or(std::ptr::null());
+        if lane.is_null() || resolved.timed || !instance.has_async_lanes() {
+            let how = (
+                index_of(generation, instance),
+                resolved.interface,
+                resolved.timed,
+            );
+            return self.start_encoded(args, arc(), choice.cloned(), how, cx);
+        }
+        let mut tickets = Tickets::default();
+        let started = {
+            let _scope = instance.scoped.then(|| {
+                host::enter_routed(
+                    &generation.plugins,
+                    generation.id,
+                    generation.route(),
+                    choice.map(|c| &**c),
+                )
+            });
+            let caller = |call| dependency(arc(), choice.cloned(), call);
+            let started =
+                host::polling(instance.id, None, cx.waker(), &mut tickets, &caller, || {
+                    instance.async_lane::<A, R>(lane, args)
+                });
+            started.unwrap_or_else(|| unreachable!("checked: the instance has async lanes"))
+        };
+        instance.stats.call();
+        if let (Some(handle), false) = (
+            tickets.registered(),
+            matches!(started, Ok(LaneStart::Pending(_))),
+        ) {
+            host::forget(instance.id, handle); // a waker it cloned, in a call that ended
+        }
+        match started {
+            Ok(LaneStart::Ready(result)) => Poll::Ready(Ok(result)),
+            Ok(LaneStart::Pending(handle)) => {
+                let running = Box::new(Running {
+                    tickets,
+                    lease: Lease::default(),
+                    handle,
+                    plugin: index_of(generation, instance),
+                    started: None,
+                    label: None,
+                    start_input: None,
+                    deadline: None,
+                    waits: None,
+                    choice: choice.cloned(),
+                    generation: arc(),
+                });
+                self.pending(running, handle, cx)
+            }
+            Err(failure) => Poll::Ready(Err(super::lane_failure(
+                instance,
+                &self.target,
+                self.method,
+                failure,
+            ))),
+        }
+    }
+}
+
+impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
+    /// [`start_resolved`](Self::start_resolved), out of line: the lane's hot path stays small.
+    #[cold]
+    #[inline(never)]
+    fn start_encoded(
+        &mut self,
+        args: A,
+        generation: Arc<Generation>,
+        choice: Option<Arc<OnceLock<Variant>>>,
+        how: (usize, u32, bool),
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
+        self.start_resolved(args, generation, choice, how, cx)
+    }
+
+    /// A call its lane left pending under `handle`: from here on it is polled as any other.
+    #[inline(never)]
+    fn pending(
+        &mut self,
+        running: Box<Running>,
+        handle: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
+        self.settle(running, Ok(Step::Pending(Some(handle))), cx)
+    }
+}
+
+impl<A, R> Future for LaneCall<'_, A, R>
+where
+    A: Args + LaneArgs,
+    R: Decode + LaneResult,
+{
+    type Output = Result<R, CallError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing in a `LaneCall` is pinned (see `AsyncCall`'s `poll`).
+        let call = &mut unsafe { self.get_unchecked_mut() }.0;
+        if matches!(call.stage, Stage::New(_)) {
+            let Stage::New(args) = std::mem::replace(&mut call.stage, Stage::Done) else {
+                unreachable!("matched above")
+            };
+            return call.start_lane(args, cx);
+        }
+        // SAFETY: as above.
+        unsafe { std::pin::Pin::new_unchecked(call) }.poll(cx)
+    }
+}
+
+/// The index of `instance` among `generation`'s plugins.
+fn index_of(generation: &Generation, instance: &Instance) -> usize {
+    match generation
+        .plugins
+        .iter()
+        .position(|p| std::ptr::eq(&**p, instance))
+    {
+        Some(plugin) => plugin,
+        None => unreachable!("a resolved instance is one of its generation's plugins"),
+    }
+}
+
 /// Ends a call the plugin is done with (completed, failed or dropped): its latency for a
 /// canary's comparison, its waker, its drain record. Then its host futures and its hold on
 /// the generation go, in that order.
-fn finish(mut running: Running) {
+#[allow(clippy::boxed_local)] // its callers hold it boxed: moving it out would copy it whole
+fn finish(mut running: Box<Running>) {
     let lease = std::mem::take(&mut running.lease);
     running.instance().release(lease);
     let instance = running.instance();
@@ -451,6 +648,8 @@ fn finish(mut running: Running) {
     if running.label.is_some() {
         host::forget(instance.id, running.handle);
         running.generation.remove_pin(running.label);
+    } else if let Some(handle) = running.tickets.registered() {
+        host::forget(instance.id, handle); // a waker it cloned in a first poll that ended it
     }
 }
 
@@ -477,7 +676,11 @@ impl<A: Args, R: Decode> Future for AsyncCall<'_, A, R> {
 }
 
 impl<A, R> Drop for AsyncCall<'_, A, R> {
+    #[inline]
     fn drop(&mut self) {
+        if !matches!(self.stage, Stage::Running(_)) {
+            return; // never polled, or done: nothing in the plugin to drop
+        }
         if let Stage::Running(mut running) = std::mem::replace(&mut self.stage, Stage::Done) {
             // The plugin drops its future first, in its own generation; its drop may cancel
             // host futures it awaited, through this call's scope.
@@ -502,7 +705,7 @@ pub(crate) fn dependency(
     };
     let future: AsyncCall<'static, Encoded, Raw> = AsyncCall::new(
         Source::Owned(generation, choice),
-        std::borrow::Cow::Owned(target),
+        TargetOf::Owned(Box::new(target)),
         call.method,
         Encoded(call.args),
     );

@@ -336,10 +336,27 @@ impl Transport for Binding {
     {
         async_call::AsyncCall::new(
             async_call::Source::Current(&self.current),
-            std::borrow::Cow::Borrowed(&self.target),
+            async_call::TargetOf::Borrowed(&self.target),
             method,
             args,
         )
+    }
+
+    fn call_async_lane<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send
+    where
+        A: LaneArgs + Serialize + Send,
+        R: LaneResult + DeserializeOwned + Send,
+    {
+        async_call::LaneCall::new(async_call::AsyncCall::new(
+            async_call::Source::Current(&self.current),
+            async_call::TargetOf::Borrowed(&self.target),
+            method,
+            args,
+        ))
     }
 }
 
@@ -512,9 +529,26 @@ impl Transport for Pinned {
     {
         async_call::AsyncCall::new(
             async_call::Source::Pinned(&self.generation, self.choice.as_ref()),
-            std::borrow::Cow::Borrowed(&self.target),
+            async_call::TargetOf::Borrowed(&self.target),
             method,
             args,
         )
+    }
+
+    fn call_async_lane<A, R>(
+        &self,
+        method: u32,
+        args: A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send
+    where
+        A: LaneArgs + Serialize + Send,
+        R: LaneResult + DeserializeOwned + Send,
+    {
+        async_call::LaneCall::new(async_call::AsyncCall::new(
+            async_call::Source::Pinned(&self.generation, self.choice.as_ref()),
+            async_call::TargetOf::Borrowed(&self.target),
+            method,
+            args,
+        ))
     }
 }

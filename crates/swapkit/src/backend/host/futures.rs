@@ -25,6 +25,16 @@ use crate::vault::ServiceFuture;
 pub(crate) struct Tickets {
     next: u64,
     pending: Vec<(u64, ServiceFuture)>,
+    /// The handle under which the plugin had this task's waker recorded (it cloned its
+    /// waker), to be forgotten when the call ends.
+    registered: Option<u64>,
+}
+
+impl Tickets {
+    /// The handle whose waker a cloned waker of the plugin had recorded, if any.
+    pub(crate) fn registered(&self) -> Option<u64> {
+        self.registered
+    }
 }
 
 /// The async call a thread is polling.
@@ -48,6 +58,7 @@ thread_local! {
 /// Runs `f` (a call into the plugin that polls its async call) in the scope of that call:
 /// plugin instance `instance` (its context's id), call `handle` (`None` when starting), the
 /// task's `waker` and the call's `tickets`.
+#[inline(always)]
 pub(crate) fn polling<T>(
     instance: u64,
     handle: Option<u64>,
@@ -69,6 +80,7 @@ pub(crate) fn polling<T>(
     let previous = SCOPE.replace(&mut scope);
     struct Restore(*mut Scope);
     impl Drop for Restore {
+        #[inline(always)]
         fn drop(&mut self) {
             SCOPE.set(self.0);
         }
@@ -241,6 +253,20 @@ pub(crate) fn forget(instance: u64, handle: u64) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&(instance, handle));
+}
+
+/// `ASYNC_REGISTER`: records the waker of the task polling call `handle` of `instance` now
+/// (the plugin cloned its waker within the poll), so that a wake from another thread before
+/// the poll returns is not lost. Outside that call's poll it does nothing.
+pub(crate) fn register(instance: u64, handle: u64) -> Result<Vec<u8>, Refusal> {
+    let _ = with_scope(instance, |waker, tickets, current| {
+        if current.is_none() || current == Some(handle) {
+            tickets.registered = Some(handle);
+            remember(instance, handle, waker);
+        }
+        Ok(())
+    });
+    Ok(vec![])
 }
 
 /// `ASYNC_WAKE`: wakes the task polling call `handle` of `instance`: at once if this thread

@@ -318,6 +318,7 @@ fn serve(ctx: &GuestCtx, op: u32, input: &[u8]) -> Result<Vec<u8>, Refusal> {
         }
         service::ASYNC_CANCEL => super::futures::cancel(ctx.id, raw_u64(input)?),
         service::ASYNC_WAKE => super::futures::wake(ctx.id, raw_u64(input)?),
+        service::ASYNC_REGISTER => super::futures::register(ctx.id, raw_u64(input)?),
         service::LOAD_DATA => reply(&ctx.services.load_data.get(&ctx.plugin)),
         service::DEPENDENCY => dependency(ctx, req(input)?),
         service::LIVE_NEW => live_new(ctx, req(input)?),

@@ -196,6 +196,40 @@ impl NativeInstance {
         }
     }
 
+    /// Starts the async lane `entry` with `args`: the plugin polls the method's future once.
+    ///
+    /// # Safety
+    /// `entry` is an async lane of this plugin whose signature `A` and `R` give.
+    #[inline(always)]
+    pub unsafe fn async_lane<A: LaneArgs, R: LaneResult>(
+        &self,
+        entry: *const (),
+        args: A,
+    ) -> Result<super::LaneStart<R>, LaneFailure> {
+        let me: *const PluginHeader = self.header;
+        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
+            return Err(LaneFailure::Status(
+                host_status::REENTRANT,
+                DECODING.to_owned(),
+            ));
+        }
+        let mut out = RawSlice::EMPTY;
+        let mut call = 0u64;
+        // SAFETY: by this function's contract; `handle` is a live instance, and `call` and
+        // `out` are writable.
+        let ret = unsafe { args.call_native_async::<R>(entry, self.handle, &mut call, &mut out) };
+        if ret.status == Status::Ok as u32 {
+            // SAFETY: `Ok` means the guest wrote the value, as for a lane.
+            unsafe { R::from_raw(ret.value.assume_init()) }
+                .map(super::LaneStart::Ready)
+                .map_err(LaneFailure::Result)
+        } else if ret.status == swapkit_abi::future::LANE_PENDING {
+            Ok(super::LaneStart::Pending(call))
+        } else {
+            Err(lane_failed(ret.status, out))
+        }
+    }
+
     /// Runs `on_free`.
     ///
     /// # Safety
