@@ -171,6 +171,7 @@ impl Host {
             host: *self,
             plugin: plugin.into(),
             interface: I::NAME,
+            methods: I::METHODS,
             hash: I::HASH,
         })
     }
@@ -341,7 +342,18 @@ pub struct Dependency {
     host: Host,
     plugin: String,
     interface: &'static str,
+    methods: &'static [&'static str],
     hash: u64,
+}
+
+impl Dependency {
+    /// How its messages name method number `method`: `` `plugin` Interface::method ``.
+    fn site(&self, method: u32) -> String {
+        match self.methods.get(method as usize) {
+            Some(name) => format!("`{}` {}::{name}", self.plugin, self.interface),
+            None => format!("`{}` {}::#{method}", self.plugin, self.interface),
+        }
+    }
 }
 
 impl Transport for Dependency {
@@ -370,8 +382,8 @@ impl Transport for Dependency {
         )?;
         wire::from_bytes(&bytes).map_err(|e| {
             Error::msg(format!(
-                "the result from `{}` {}::{method} did not decode: {e}",
-                self.plugin, self.interface
+                "the result from {} did not decode: {e}",
+                self.site(method)
             ))
         })
     }
@@ -406,7 +418,7 @@ impl Transport for Dependency {
             });
         crate::future::HostCall::<R>::new(
             self.host,
-            format!("`{}` {}::{method}", self.plugin, self.interface),
+            self.site(method),
             service::ASYNC_DEPENDENCY,
             request,
         )

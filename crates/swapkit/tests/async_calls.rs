@@ -528,6 +528,33 @@ fn an_async_dependency_call_stays_in_the_callers_generation() {
     }
 }
 
+/// A dependency's async method that fails reaches its caller with the interface and method
+/// it called named, before and after an await.
+#[test]
+fn a_failing_async_dependency_call_names_its_interface_and_method() {
+    let backends: &[Backend] = if cfg!(feature = "wasm") {
+        &[Backend::Native, Backend::Wasm]
+    } else {
+        &[Backend::Native]
+    };
+    for &backend in backends {
+        let shop = start_set(backend, &[Fixture::ShopV1, Fixture::ShopFront], |b| b);
+        let front = shop.swapper.client::<dyn Storefront>().unwrap();
+        shop.gate.add_permits(1);
+        runtime().block_on(async {
+            for after_await in [false, true] {
+                let said = front.relay_explode(after_await).await.unwrap();
+                assert!(said.contains("exploded in 1.0.0"), "{backend:?}: {said}");
+                assert!(said.contains("Shop::explode"), "{backend:?}: {said}");
+                assert!(!said.contains("dependency's interface"), "{said}");
+                assert!(!said.contains("unknown method"), "{said}");
+                assert!(!said.contains("host service"), "{said}");
+            }
+        });
+        assert_eq!(pending(&shop.swapper), 0);
+    }
+}
+
 /// A call that awaits more host futures at once than the host allows is refused there, and
 /// the futures it started go with it.
 #[test]

@@ -697,8 +697,19 @@ pub(crate) fn dependency(
     choice: Option<Arc<OnceLock<Variant>>>,
     call: DependencyCall,
 ) -> crate::vault::ServiceFuture {
+    // The names a failure reports: the interface's as the caller sent it, the method's from
+    // the callee's manifest (an error's names are static; these are put in its message).
+    let method = generation
+        .plugins
+        .iter()
+        .filter(|p| *p.code.name == call.plugin)
+        .flat_map(|p| &p.code.manifest.interfaces)
+        .find(|i| i.hash == call.hash)
+        .and_then(|i| i.methods.get(call.method as usize).cloned())
+        .unwrap_or_else(|| format!("#{}", call.method));
+    let interface = call.interface;
     let target = Target {
-        interface: "(a dependency's interface)",
+        interface: DEPENDENCY_INTERFACE,
         hash: call.hash,
         methods: &[],
         plugin: Some(call.plugin.as_str().into()),
@@ -709,5 +720,15 @@ pub(crate) fn dependency(
         call.method,
         Encoded(call.args),
     );
-    Box::pin(async move { future.await.map(|raw| raw.0).map_err(|e| e.to_string()) })
+    Box::pin(async move {
+        future.await.map(|raw| raw.0).map_err(|e| {
+            e.to_string()
+                .replacen(DEPENDENCY_INTERFACE, &interface, 1)
+                .replacen(super::UNKNOWN_METHOD, &method, 1)
+        })
+    })
 }
+
+/// The interface name a dependency call's error is made with, and its message names the
+/// interface the caller sent in its place.
+const DEPENDENCY_INTERFACE: &str = "(a dependency's interface)";

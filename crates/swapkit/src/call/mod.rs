@@ -210,8 +210,11 @@ pub(crate) fn method_name(target: &Target, method: u32) -> &'static str {
         .methods
         .get(method as usize)
         .copied()
-        .unwrap_or("<unknown method>")
+        .unwrap_or(UNKNOWN_METHOD)
 }
+
+/// The method name of a method number the target does not list.
+pub(crate) const UNKNOWN_METHOD: &str = "<unknown method>";
 
 /// The call site of a call into `instance`; `names` are the interface and method names.
 pub(crate) fn site(instance: &Instance, names: (&'static str, &'static str)) -> CallSite {

@@ -24,7 +24,9 @@ use crate::vault::ServiceFuture;
 #[derive(Default)]
 pub(crate) struct Tickets {
     next: u64,
-    pending: Vec<(u64, ServiceFuture)>,
+    /// Each pending future, with the name of the host service it is (`None`: a dependency's
+    /// method, whose errors name it already).
+    pending: Vec<(u64, ServiceFuture, Option<Box<str>>)>,
     /// The handle under which the plugin had this task's waker recorded (it cloned its
     /// waker), to be forgotten when the call ends.
     registered: Option<u64>,
@@ -141,8 +143,13 @@ fn poll_once(future: &mut ServiceFuture, waker: &Waker) -> Poll<Result<Vec<u8>, 
     future.as_mut().poll(&mut Context::from_waker(waker))
 }
 
-fn ready(name: &str, result: Result<Vec<u8>, String>) -> Result<Vec<u8>, Refusal> {
-    let bytes = result.map_err(|e| Refusal::Failed(format!("host service `{name}`: {e}")))?;
+fn ready(service: Option<&str>, result: Result<Vec<u8>, String>) -> Result<Vec<u8>, Refusal> {
+    let bytes = result.map_err(|e| {
+        Refusal::Failed(match service {
+            Some(name) => format!("host service `{name}`: {e}"),
+            None => e,
+        })
+    })?;
     let mut reply = Vec::with_capacity(bytes.len() + 1);
     reply.push(READY);
     reply.extend_from_slice(&bytes);
@@ -152,7 +159,7 @@ fn ready(name: &str, result: Result<Vec<u8>, String>) -> Result<Vec<u8>, Refusal
 /// `ASYNC_HOST`: polls `future` at once; keeps it under a new ticket if it is pending.
 pub(crate) fn start(instance: u64, name: &str, future: ServiceFuture) -> Result<Vec<u8>, Refusal> {
     with_scope(instance, |waker, tickets, _| {
-        keep(name, future, waker, tickets)
+        keep(Some(name), future, waker, tickets)
     })
 }
 
@@ -163,9 +170,8 @@ pub(crate) fn start_dependency(
     call: swapkit_abi::service::DependencyCall,
 ) -> Result<Vec<u8>, Refusal> {
     with_caller(instance, |waker, tickets, _, caller| {
-        let name = format!("`{}` {}", call.plugin, call.interface);
         let future = caller(call);
-        keep(&name, future, waker, tickets)
+        keep(None, future, waker, tickets)
     })
 }
 
@@ -173,24 +179,31 @@ pub(crate) fn start_dependency(
 /// hostile one, flooding the host with pending work) is refused, not given the host's memory.
 pub(crate) const MAX_TICKETS: usize = 256;
 
-/// Polls `future` once; keeps it under a new ticket if it is pending.
+/// Polls `future` (host service `service`, or a dependency's method) once; keeps it under a
+/// new ticket if it is pending.
 fn keep(
-    name: &str,
+    service: Option<&str>,
     mut future: ServiceFuture,
     waker: &Waker,
     tickets: &mut Tickets,
 ) -> Result<Vec<u8>, Refusal> {
     if tickets.pending.len() >= MAX_TICKETS {
+        let what = match service {
+            Some(name) => format!("host service `{name}`"),
+            None => "the dependency's method".to_owned(),
+        };
         return Err(Refusal::Failed(format!(
-            "a call may await at most {MAX_TICKETS} host futures at once; {name} was not started"
+            "a call may await at most {MAX_TICKETS} host futures at once; {what} was not started"
         )));
     }
     match poll_once(&mut future, waker) {
-        Poll::Ready(result) => ready(name, result),
+        Poll::Ready(result) => ready(service, result),
         Poll::Pending => {
             tickets.next += 1;
             let ticket = tickets.next;
-            tickets.pending.push((ticket, future));
+            tickets
+                .pending
+                .push((ticket, future, service.map(Into::into)));
             let mut reply = vec![PENDING];
             reply.extend_from_slice(&ticket.to_le_bytes());
             Ok(reply)
@@ -204,7 +217,7 @@ pub(crate) fn poll(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
         let i = tickets
             .pending
             .iter()
-            .position(|(t, _)| *t == ticket)
+            .position(|(t, _, _)| *t == ticket)
             .ok_or_else(|| {
                 Refusal::Failed(format!(
                     "no host service is pending under ticket {ticket} in this call"
@@ -212,8 +225,9 @@ pub(crate) fn poll(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
             })?;
         match poll_once(&mut tickets.pending[i].1, waker) {
             Poll::Ready(result) => {
-                drop(tickets.pending.swap_remove(i));
-                ready("(awaited)", result)
+                let (_, future, service) = tickets.pending.swap_remove(i);
+                drop(future);
+                ready(service.as_deref(), result)
             }
             Poll::Pending => Ok(vec![PENDING]),
         }
@@ -223,7 +237,7 @@ pub(crate) fn poll(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
 /// `ASYNC_CANCEL`: drops the future under `ticket`, if it is still there.
 pub(crate) fn cancel(instance: u64, ticket: u64) -> Result<Vec<u8>, Refusal> {
     with_scope(instance, |_, tickets, _| {
-        tickets.pending.retain(|(t, _)| *t != ticket);
+        tickets.pending.retain(|(t, _, _)| *t != ticket);
         Ok(vec![])
     })
 }
