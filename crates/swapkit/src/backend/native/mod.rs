@@ -174,15 +174,7 @@ impl NativeInstance {
         entry: *const (),
         args: A,
     ) -> Result<R, LaneFailure> {
-        let me: *const PluginHeader = self.header;
-        // A result in bytes is written into the buffer an outer frame of this thread may be
-        // decoding; a value never touches it.
-        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
-            return Err(LaneFailure::Status(
-                host_status::REENTRANT,
-                DECODING.to_owned(),
-            ));
-        }
+        self.bytes_free::<R>()?;
         let mut out = RawSlice::EMPTY;
         // SAFETY: by this function's contract; `handle` is a live instance (its Instance is
         // alive, so `free` has not run), and `out` is writable.
@@ -196,6 +188,20 @@ impl NativeInstance {
         }
     }
 
+    /// Refuses a lane whose result is bytes while an outer frame of this thread is decoding
+    /// this plugin's result buffer, which the lane would write over; a value never touches it.
+    #[inline(always)]
+    fn bytes_free<R: LaneResult>(&self) -> Result<(), LaneFailure> {
+        let me: *const PluginHeader = self.header;
+        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
+            return Err(LaneFailure::Status(
+                host_status::REENTRANT,
+                DECODING.to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts the async lane `entry` with `args`: the plugin polls the method's future once.
     ///
     /// # Safety
@@ -206,13 +212,7 @@ impl NativeInstance {
         entry: *const (),
         args: A,
     ) -> Result<super::LaneStart<R>, LaneFailure> {
-        let me: *const PluginHeader = self.header;
-        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
-            return Err(LaneFailure::Status(
-                host_status::REENTRANT,
-                DECODING.to_owned(),
-            ));
-        }
+        self.bytes_free::<R>()?;
         let mut out = RawSlice::EMPTY;
         let mut call = 0u64;
         // SAFETY: by this function's contract; `handle` is a live instance, and `call` and
