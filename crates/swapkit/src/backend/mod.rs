@@ -447,24 +447,21 @@ impl Instance {
     }
 
     /// Starts async method `method` through its async lane `lane` (from [`LaneTable::of`],
-    /// not null), within the host's polling scope for the new call; `None` where
-    /// [`has_async_lanes`](Self::has_async_lanes) is false.
+    /// not null), within the host's polling scope for the new call. Only where
+    /// [`has_async_lanes`](Self::has_async_lanes) says so.
     #[inline(always)]
     pub fn async_lane<A: LaneArgs, R: LaneResult>(
         &self,
         lane: *const (),
         args: A,
-    ) -> Option<Result<LaneStart<R>, LaneFailure>> {
+    ) -> Result<LaneStart<R>, LaneFailure> {
         match &self.imp {
             // SAFETY: `lane` is the lane the plugin lists under this async method's hash,
             // which covers the interface's hash (its types, and that the method is async)
             // and the lane rules, so it has exactly the async lane signature `A` and `R` give.
-            Imp::Native(instance) => Some(unsafe { instance.async_lane(lane, args) }),
+            Imp::Native(instance) => unsafe { instance.async_lane(lane, args) },
             #[cfg(feature = "wasm")]
-            Imp::Wasm(_) => {
-                let _ = (lane, args);
-                None
-            }
+            Imp::Wasm(_) => unreachable!("a wasm instance has no async lanes (has_async_lanes)"),
         }
     }
 

@@ -526,19 +526,11 @@ where
                 )
             });
             let caller = |call| dependency(arc(), choice.cloned(), call);
-            let started =
-                host::polling(instance.id, None, cx.waker(), &mut tickets, &caller, || {
-                    instance.async_lane::<A, R>(lane, args)
-                });
-            started.unwrap_or_else(|| unreachable!("checked: the instance has async lanes"))
+            host::polling(instance.id, None, cx.waker(), &mut tickets, &caller, || {
+                instance.async_lane::<A, R>(lane, args)
+            })
         };
         instance.stats.call();
-        if let (Some(handle), false) = (
-            tickets.registered(),
-            matches!(started, Ok(LaneStart::Pending(_))),
-        ) {
-            host::forget(instance.id, handle); // a waker it cloned, in a call that ended
-        }
         match started {
             Ok(LaneStart::Ready(result)) => Poll::Ready(Ok(result)),
             Ok(LaneStart::Pending(handle)) => {
@@ -648,8 +640,6 @@ fn finish(mut running: Box<Running>) {
     if running.label.is_some() {
         host::forget(instance.id, running.handle);
         running.generation.remove_pin(running.label);
-    } else if let Some(handle) = running.tickets.registered() {
-        host::forget(instance.id, handle); // a waker it cloned in a first poll that ended it
     }
 }
 
@@ -697,31 +687,33 @@ pub(crate) fn dependency(
     choice: Option<Arc<OnceLock<Variant>>>,
     call: DependencyCall,
 ) -> crate::vault::ServiceFuture {
-    // The names a failure reports: the interface's as the caller sent it, the method's from
-    // the callee's manifest (an error's names are static; these are put in its message).
-    let method = generation
-        .plugins
-        .iter()
-        .filter(|p| *p.code.name == call.plugin)
-        .flat_map(|p| &p.code.manifest.interfaces)
-        .find(|i| i.hash == call.hash)
-        .and_then(|i| i.methods.get(call.method as usize).cloned())
-        .unwrap_or_else(|| format!("#{}", call.method));
-    let interface = call.interface;
+    // A failure names the interface as the caller sent it, and the method as the callee's
+    // manifest does (an error's names are static; these go into its message).
     let target = Target {
         interface: DEPENDENCY_INTERFACE,
         hash: call.hash,
         methods: &[],
         plugin: Some(call.plugin.as_str().into()),
     };
+    let names = (generation.clone(), call.interface, call.plugin);
     let future: AsyncCall<'static, Encoded, Raw> = AsyncCall::new(
         Source::Owned(generation, choice),
         TargetOf::Owned(Box::new(target)),
         call.method,
         Encoded(call.args),
     );
+    let (hash, method) = (call.hash, call.method);
     Box::pin(async move {
         future.await.map(|raw| raw.0).map_err(|e| {
+            let (generation, interface, plugin) = names;
+            let method = generation
+                .plugins
+                .iter()
+                .filter(|p| *p.code.name == plugin)
+                .flat_map(|p| &p.code.manifest.interfaces)
+                .find(|i| i.hash == hash)
+                .and_then(|i| i.methods.get(method as usize).cloned())
+                .unwrap_or_else(|| format!("#{method}"));
             e.to_string()
                 .replacen(DEPENDENCY_INTERFACE, &interface, 1)
                 .replacen(super::UNKNOWN_METHOD, &method, 1)

@@ -27,15 +27,16 @@ pub(crate) struct Tickets {
     /// Each pending future, with the name of the host service it is (`None`: a dependency's
     /// method, whose errors name it already).
     pending: Vec<(u64, ServiceFuture, Option<Box<str>>)>,
-    /// The handle under which the plugin had this task's waker recorded (it cloned its
-    /// waker), to be forgotten when the call ends.
-    registered: Option<u64>,
+    /// The instance and handle under which the plugin had this task's waker recorded (it
+    /// cloned its waker): forgotten when the call ends, with its tickets.
+    registered: Option<(u64, u64)>,
 }
 
-impl Tickets {
-    /// The handle whose waker a cloned waker of the plugin had recorded, if any.
-    pub(crate) fn registered(&self) -> Option<u64> {
-        self.registered
+impl Drop for Tickets {
+    fn drop(&mut self) {
+        if let Some((instance, handle)) = self.registered {
+            forget(instance, handle);
+        }
     }
 }
 
@@ -275,7 +276,7 @@ pub(crate) fn forget(instance: u64, handle: u64) {
 pub(crate) fn register(instance: u64, handle: u64) -> Result<Vec<u8>, Refusal> {
     let _ = with_scope(instance, |waker, tickets, current| {
         if current.is_none() || current == Some(handle) {
-            tickets.registered = Some(handle);
+            tickets.registered = Some((instance, handle));
             remember(instance, handle, waker);
         }
         Ok(())
