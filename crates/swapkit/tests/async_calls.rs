@@ -799,6 +799,146 @@ fn a_wasm_future_that_never_yields_hits_its_deadline_and_the_pool_recovers() {
     });
 }
 
+/// Counts on a task of its own, every millisecond, until it is dropped: how far it got says
+/// whether the runtime's thread was free meanwhile.
+fn ticker() -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    (ticks, task)
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_wasm_guest_computing_in_a_poll_yields_its_thread_and_still_times_out() {
+    use std::sync::atomic::Ordering;
+    use swapkit::WasmLimits;
+    let limits = WasmLimits {
+        call_timeout: Duration::from_millis(600),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    // One thread: while the guest held it, nothing else would run.
+    let rt = one_thread();
+    rt.block_on(async {
+        for after_await in [false, true] {
+            if after_await {
+                shop.gate.add_permits(1);
+            }
+            let (ticks, task) = ticker();
+            tokio::task::yield_now().await;
+            let started = std::time::Instant::now();
+            let e = client.spin(after_await).await.unwrap_err();
+            let took = started.elapsed();
+            let ticked = ticks.load(Ordering::Relaxed);
+            task.abort();
+            assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+            assert!(took >= Duration::from_millis(600), "{took:?}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            // A millisecond timer on a thread the guest gave back at every 2 ms tick: a
+            // hundred at least of its ~600 rounds (a guest holding the thread leaves it 0).
+            assert!(
+                ticked >= 100,
+                "the other task ran {ticked} times in {took:?}: the guest held the thread"
+            );
+        }
+        // The instance that was interrupted was thrown away; the pool makes another.
+        assert_eq!(client.quick(3).await.unwrap(), 3);
+    });
+    assert_eq!(pending(&shop.swapper), 0);
+}
+
+/// A guest that wakes itself and then computes past an epoch tick within the same poll: the
+/// poll that goes on with the step after the yield is not the one its wake asked for, and
+/// the call is polled once more when the step ends pending, on one thread and on two.
+#[cfg(feature = "wasm")]
+#[test]
+fn a_wake_during_a_step_that_yields_still_brings_another_poll() {
+    use swapkit::WasmLimits;
+    let limits = WasmLimits {
+        call_timeout: Duration::from_secs(20),
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    // Rounds enough for several 2 ms ticks.
+    let rounds = 30_000_000u64;
+    let sum = (0..rounds).fold(0u64, |s, i| s.wrapping_add(i));
+    for runtime in [one_thread(), runtime()] {
+        runtime.block_on(async {
+            for _ in 0..3 {
+                // A task of its own: a timer in the same task would poll it again.
+                let call = tokio::spawn({
+                    let client = client.clone();
+                    async move { client.wake_then_compute(rounds).await }
+                });
+                let Ok(answer) = tokio::time::timeout(Duration::from_secs(10), call).await else {
+                    panic!("the call was never polled again after its step ended pending");
+                };
+                assert_eq!(answer.unwrap().unwrap(), sum);
+            }
+        });
+    }
+    assert_eq!(pending(&shop.swapper), 0);
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn a_call_dropped_while_its_guest_computes_throws_the_instance_away_and_frees_its_place() {
+    use swapkit::{Exhausted, WasmLimits};
+    let limits = WasmLimits {
+        pool_size: 1,
+        call_timeout: Duration::from_secs(30),
+        when_exhausted: Exhausted::Fail,
+        ..WasmLimits::default()
+    };
+    let shop = start_limited(Backend::Wasm, |b| b.wasm_limits(limits));
+    let client = shop.swapper.client::<dyn Shop>().unwrap();
+    for runtime in [one_thread(), runtime()] {
+        runtime.block_on(async {
+            for after_await in [false, true] {
+                if after_await {
+                    shop.gate.add_permits(1);
+                }
+                let call = tokio::spawn({
+                    let client = client.clone();
+                    async move { client.spin(after_await).await }
+                });
+                // It computes, yielding at each tick, and holds the pool's one instance.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let busy = client.quick(1).await.unwrap_err();
+                assert!(matches!(busy, CallError::PoolExhausted { .. }), "{busy}");
+                call.abort();
+                assert!(call.await.unwrap_err().is_cancelled());
+                // Its place is free again: a new instance serves the next call.
+                assert_eq!(client.quick(5).await.unwrap(), 5);
+                assert_eq!(pending(&shop.swapper), 0, "nothing is left pending");
+            }
+        });
+    }
+    // The guest could not run its future's drop halfway through a step: its instance went
+    // instead, without `on_free`. The instance serving now runs it once, with its generation.
+    assert_eq!(shop.dropped("1.0.0"), 0);
+    shop.swap_to(Fixture::ShopV2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shop.freed("1.0.0") == 0 {
+        assert!(std::time::Instant::now() < deadline, "v1 was never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shop.freed("1.0.0"), 1);
+}
+
 #[cfg(feature = "wasm")]
 #[test]
 fn a_call_that_waited_for_an_instance_still_times_out_as_a_whole() {

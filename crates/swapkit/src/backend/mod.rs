@@ -408,29 +408,31 @@ pub(crate) struct Lease {
 }
 
 impl Instance {
-    /// [`call`](Self::call) for an async call: on the wasm backend it runs in the slot
-    /// `lease` holds, if any, and keeps that slot (out of the pool) while `then` says the
-    /// call is pending; a call that finds every slot busy leaves `waker` to be woken when one
-    /// is free (a reply of [`host_status::PARKED`]), and one runs for at most `budget`.
+    /// [`call`](Self::call) for a step of an async call: on the wasm backend it runs in the
+    /// slot `lease` holds, if any, and keeps that slot (out of the pool) while `then` says
+    /// the call is pending; a call that finds every slot busy leaves `waker` to be woken when
+    /// one is free (a reply of [`host_status::PARKED`]). A wasm step yields to the executor
+    /// while it computes (`None`: the task is woken, and the lease keeps the step for the
+    /// next poll to go on with) until `until`, the call's deadline, when it is interrupted.
     #[allow(clippy::too_many_arguments)]
     pub fn call_leased<T>(
         &self,
         lease: &mut Lease,
         waker: &std::task::Waker,
-        budget: std::time::Duration,
+        until: Option<std::time::Instant>,
         interface: u32,
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> (T, bool),
-    ) -> T {
-        let _ = (&lease, waker, budget);
+    ) -> Option<T> {
+        let _ = (&lease, waker, until);
         match &self.imp {
-            Imp::Native(instance) => instance.call(interface, method, input, |r| then(r).0),
+            Imp::Native(instance) => Some(instance.call(interface, method, input, |r| then(r).0)),
             #[cfg(feature = "wasm")]
             Imp::Wasm(instance) => instance.call_leased(
                 &mut lease.wasm,
                 waker,
-                budget,
+                until.unwrap_or_else(|| std::time::Instant::now() + instance.limits().call_timeout),
                 interface,
                 method,
                 input,

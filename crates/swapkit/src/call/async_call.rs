@@ -133,6 +133,9 @@ struct Running {
     start_input: Option<Vec<u8>>,
     /// When the whole call times out (wasm).
     deadline: Option<Instant>,
+    /// The step (`START` or `POLL`) a wasm guest was computing when it yielded at an epoch
+    /// tick, left in the lease to go on at the next poll.
+    computing: Option<u32>,
     /// What a wasm call that waits keeps (boxed: most calls never wait).
     waits: Option<Box<Waits>>,
     choice: Option<Arc<OnceLock<Variant>>>,
@@ -185,16 +188,15 @@ impl Running {
 
     /// Calls `ASYNC_INTERFACE`/`method` in the plugin in this call's scope: its generation
     /// for dependency calls, its tickets and the task's waker for the host futures it awaits.
+    /// `None` when a wasm guest yielded while it computed: its task is woken, and the next
+    /// poll goes on with the step (see `computing`).
     fn enter<T>(
         &mut self,
         waker: &Waker,
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> (T, bool),
-    ) -> T {
-        let budget = self.deadline.map_or(Duration::MAX, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+    ) -> Option<T> {
         let Running {
             tickets,
             lease,
@@ -202,6 +204,7 @@ impl Running {
             plugin,
             choice,
             generation,
+            deadline,
             ..
         } = self;
         let instance = &generation.plugins[*plugin];
@@ -217,7 +220,15 @@ impl Running {
         let (generation, choice): (&Arc<Generation>, &Option<_>) = (generation, choice);
         let caller = |call| dependency(generation.clone(), choice.clone(), call);
         host::polling(instance.id, handle, waker, tickets, &caller, || {
-            instance.call_leased(lease, waker, budget, ASYNC_INTERFACE, method, input, then)
+            instance.call_leased(
+                lease,
+                waker,
+                *deadline,
+                ASYNC_INTERFACE,
+                method,
+                input,
+                then,
+            )
         })
     }
 
@@ -242,10 +253,21 @@ impl Running {
         if self.start_input.is_some() {
             return; // never started: it waited for an instance
         }
+        if self.computing.is_some() {
+            // Stopped halfway through a step: the guest cannot run its future's drop, and
+            // its instance is thrown away (`finish`), the future's memory with it.
+            return;
+        }
         let handle = self.handle.to_le_bytes();
-        let dropped = self.enter(Waker::noop(), abi_future::DROP, &handle, |r| {
-            ((!r.is_ok()).then(|| r.message()), false)
-        });
+        // A drop cannot wait: a guest that computes through a tick goes on here at once.
+        let dropped = loop {
+            let step = self.enter(Waker::noop(), abi_future::DROP, &handle, |r| {
+                ((!r.is_ok()).then(|| r.message()), false)
+            });
+            if let Some(dropped) = step {
+                break dropped;
+            }
+        };
         if let Some(message) = dropped {
             tracing::error!(plugin = %self.instance().code.name, error = %message, "dropping a plugin's async call failed");
         }
@@ -336,6 +358,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             label: None,
             start_input: Some(input),
             deadline,
+            computing: None,
             waits: None,
             choice,
             generation,
@@ -361,20 +384,41 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             finish(running);
             return Poll::Ready(Err(error));
         }
-        let stepped = match running.start_input.take() {
-            Some(input) => {
+        let resumed = running.computing.is_some();
+        let (method, stepped) = match (running.computing.take(), running.start_input.take()) {
+            // A step a wasm guest yielded in goes on where it stopped.
+            (Some(method), _) => (
+                method,
+                running.enter(cx.waker(), method, &[], |r| {
+                    step(r, method == abi_future::START)
+                }),
+            ),
+            (None, Some(input)) => {
                 let stepped =
                     running.enter(cx.waker(), abi_future::START, &input, |r| step(r, true));
-                if matches!(stepped, Ok(Step::Parked)) {
+                if matches!(stepped, Some(Ok(Step::Parked))) {
                     running.start_input = Some(input);
                 }
-                stepped
+                (abi_future::START, stepped)
             }
-            None => {
+            (None, None) => {
                 let handle = running.handle.to_le_bytes();
-                running.enter(cx.waker(), abi_future::POLL, &handle, |r| step(r, false))
+                let stepped =
+                    running.enter(cx.waker(), abi_future::POLL, &handle, |r| step(r, false));
+                (abi_future::POLL, stepped)
             }
         };
+        let Some(stepped) = stepped else {
+            running.computing = Some(method);
+            self.stage = Stage::Running(running);
+            return Poll::Pending;
+        };
+        if resumed && matches!(stepped, Ok(Step::Pending(_))) {
+            // A wake that came while the guest was in the step (its own, or a host future's)
+            // brought the poll that went on with the step, not one of the guest's future:
+            // that one is owed still.
+            cx.waker().wake_by_ref();
+        }
         self.settle(running, stepped, cx)
     }
 
@@ -543,6 +587,7 @@ where
                     label: None,
                     start_input: None,
                     deadline: None,
+                    computing: None,
                     waits: None,
                     choice: choice.cloned(),
                     generation: arc(),

@@ -155,7 +155,12 @@ fn open(ctx: &GuestCtx, services: &Services) -> Result<Open, Refusal> {
         )));
     }
     let need = services.nested_stack;
-    if let Some(left) = stacker::remaining_stack() {
+    // An async call's step runs on a fiber, whose stack `stacker` does not know.
+    #[cfg(feature = "wasm")]
+    let left = crate::backend::wasm::fiber_remaining().or_else(stacker::remaining_stack);
+    #[cfg(not(feature = "wasm"))]
+    let left = stacker::remaining_stack();
+    if let Some(left) = left {
         if left < need {
             return Err(Refusal::Nesting(format!(
                 "plugin `{}` {} made a nested call with {} KiB of native stack left on this \

@@ -49,12 +49,14 @@ pub(crate) mod cache;
 mod compile;
 mod pool;
 mod slot;
+mod stacks;
 
 pub(crate) use pool::{Lease, WasmInstance};
 use slot::{
     host_log, host_panic, host_reply, host_service, Funcs, Limiter, PoolMemory, Slot, SlotData,
     NOT_ARMED,
 };
+pub(crate) use stacks::fiber_remaining;
 
 /// How often the engine's epoch advances: the resolution of call timeouts.
 const TICK: Duration = Duration::from_millis(2);
@@ -196,6 +198,13 @@ impl WasmLoader {
         // lets cranelift hoist the base out of loops and the slots keep a view of it.
         config.memory_may_move(false);
         config.max_wasm_stack(limits.max_stack);
+        // An async call's steps run on fibers (see `Slot::compute`), whose stacks hold the
+        // guest's stack and the host functions it calls, dependencies' calls included: room
+        // for several, as a thread's stack has.
+        config.async_stack_size((4 * limits.max_stack).max(2 << 20));
+        // Mapped by swapkit, so that a nested call's stack check finds them (see `stacks`).
+        #[cfg(unix)]
+        config.with_host_stack(Arc::new(stacks::Stacks));
         let engine =
             Engine::new(&config).map_err(|e| LoadError::WasmEngine { source: e.into() })?;
         let mut linker = Linker::new(&engine);
@@ -531,10 +540,11 @@ impl WasmModule {
             panic: None,
             reply: Vec::new(),
             nesting: false,
+            yield_until: None,
         };
         let mut store = Store::new(&self.shared.engine, data);
         store.limiter(|d| &mut d.limiter);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(slot::on_epoch);
         store.set_epoch_deadline(self.shared.deadline_ticks);
         let instance = self.pre.instantiate(&mut store)?;
         let memory = instance
@@ -566,6 +576,7 @@ impl WasmModule {
                 init,
                 free,
                 input,
+                fiber_call: Box::new(call.clone()),
                 call,
                 lanes,
                 lane,

@@ -17,13 +17,13 @@
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use swapkit_abi::Status;
 use swapkit_sync::{Held, Miss, Places};
 
-use super::slot::{hook, Fault, Hook, PoolMemory, Slot};
+use super::slot::{hook, Computing, Fault, Hook, PoolMemory, Slot};
 use super::{Exhausted, WasmModule};
 use crate::backend::host::GuestCtx;
 use crate::backend::{host_status, LaneFailure, Reply};
@@ -146,49 +146,84 @@ impl WasmInstance {
         }
     }
 
-    /// [`call`](Self::call) for an async call (ABI.md §11), whose future lives in the memory
-    /// of the one instance that started it: the call runs in `lease`'s slot if it holds one,
-    /// and `then` says (with its result) whether the call must keep the slot, pending. Kept,
-    /// the slot leaves the pool's places but stays counted, so the pool never grows past its
-    /// size for it: its place waits, empty, for the slot to come back.
+    /// [`call`](Self::call) for a step of an async call (ABI.md §11), whose future lives in
+    /// the memory of the one instance that started it: the step runs in `lease`'s slot if it
+    /// holds one, and `then` says (with its result) whether the call must keep the slot,
+    /// pending. Kept, the slot leaves the pool's places but stays counted, so the pool never
+    /// grows past its size for it: its place waits, empty, for the slot to come back.
     ///
-    /// A call that needs a slot when every one is busy does not block its thread (a runtime's
-    /// worker, which the calls holding the slots may need to finish): by a `Wait` policy it
-    /// leaves `waker` to be woken when one comes free and replies [`host_status::PARKED`].
-    /// The call runs for at most `budget` of CPU time (and the pool's call timeout).
+    /// The step runs on a fiber and yields to the executor at each epoch tick (about every
+    /// 2 ms of computing), so a guest that computes for long does not hold its thread, a
+    /// runtime's worker: the step is then `None`, its task is woken, and the lease keeps the
+    /// step, which the call's next poll goes on with (here, with the same `then`). At the
+    /// first tick after `until` (the call's deadline) it is interrupted, a timeout.
+    ///
+    /// A call that needs a slot when every one is busy does not block its thread either: by
+    /// a `Wait` policy it leaves `waker` to be woken when one comes free and replies
+    /// [`host_status::PARKED`].
     #[allow(clippy::too_many_arguments)]
     pub fn call_leased<T>(
         &self,
         lease: &mut Option<Lease>,
         waker: &Waker,
-        budget: Duration,
+        until: Instant,
         interface: u32,
         method: u32,
         input: &[u8],
         then: impl FnOnce(Reply<'_>) -> (T, bool),
-    ) -> T {
-        let slot = match lease.take() {
-            Some(Lease { home, slot }) => self.cells.fill(home, *slot),
+    ) -> Option<T> {
+        let (slot, computing) = match lease.take() {
+            Some(Lease {
+                computing,
+                home,
+                slot,
+            }) => (self.cells.fill(home, *slot), computing),
             None => match self.take_idle() {
-                Ok(slot) => slot,
+                Ok(slot) => (slot, None),
                 Err(miss) => match self.checkout_parked(miss, waker) {
-                    Ok(slot) => slot,
-                    Err(fault) => return fault.reply(|r| then(r).0),
+                    Ok(slot) => (slot, None),
+                    Err(fault) => return Some(fault.reply(|r| then(r).0)),
                 },
             },
         };
-        // In ticks as the engine counts a call's budget: one more for the tick under way.
-        let ticks = u64::try_from(budget.as_nanos() / super::TICK.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_add(2);
-        let deadline = self.deadline.min(ticks);
         let mut running = Running::new(self, slot);
-        let called = running.call(deadline, interface, method, input, then);
+        // Declared after `running`: an unwinding poll drops the step before the slot.
+        let (mut step, staged) = match computing {
+            Some(step) => step,
+            None => {
+                // As a plain call's deadline has a tick of slack, a step has two at least.
+                let until = until.max(Instant::now() + 2 * super::TICK);
+                match running.compute(self.deadline, until, interface, method, input) {
+                    Ok(step) => (step, input.len()),
+                    Err(fault) => {
+                        self.discard(running.returned());
+                        return Some(fault.reply(|r| then(r).0));
+                    }
+                }
+            }
+        };
+        let polled = {
+            let _polling = super::stacks::Polling::enter();
+            step.as_mut().poll(&mut Context::from_waker(waker))
+        };
+        let std::task::Poll::Ready(result) = polled else {
+            let slot = running.returned();
+            let home = slot.index();
+            *lease = Some(Lease {
+                computing: Some((step, staged)),
+                home,
+                slot: Box::new(slot.discard()),
+            });
+            return None;
+        };
+        drop(step);
+        let called = running.computed(result, staged, then);
         let slot = running.returned();
-        match called {
+        Some(match called {
             Ok((t, true)) => {
                 let home = slot.index();
                 *lease = Some(Lease {
+                    computing: None,
                     home,
                     slot: Box::new(slot.discard()),
                 });
@@ -202,7 +237,7 @@ impl WasmInstance {
                 self.discard(slot);
                 fault.reply(|r| then(r).0)
             }
-        }
+        })
     }
 
     /// The limits of the engine this pool's module was compiled by.
@@ -210,9 +245,21 @@ impl WasmInstance {
         &self.module.shared.limits
     }
 
-    /// Gives back the slot of an async call that ended without a last call into it.
+    /// Gives back the slot of an async call that ended without a last call into it; one
+    /// whose step was left unfinished is thrown away, as after a trap.
     pub fn release(&self, lease: Lease) {
-        drop(self.cells.fill(lease.home, *lease.slot));
+        let Lease {
+            computing,
+            home,
+            slot,
+        } = lease;
+        if let Some((step, _)) = computing {
+            // Unwinds the guest on its fiber, before its store goes.
+            drop(step);
+            self.forsake(*slot, home);
+            return;
+        }
+        drop(self.cells.fill(home, *slot));
         self.wake_waiter();
     }
 
@@ -494,6 +541,9 @@ impl WasmInstance {
 
 /// The slot an async call holds while it is pending, out of its place `home`.
 pub(crate) struct Lease {
+    /// The step left unfinished at an epoch yield, and the bytes of input it staged. It
+    /// borrows the slot's store: declared first, it drops first.
+    computing: Option<(Computing, usize)>,
     home: usize,
     /// Boxed: a slot is large, and a pending native call carries a lease too.
     slot: Box<Slot>,

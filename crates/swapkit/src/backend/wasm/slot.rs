@@ -4,10 +4,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use swapkit_abi::lane::{LaneArgs, LaneError, LaneResult, WasmMemory, WasmStage};
 use swapkit_abi::Status;
-use wasmtime::{Caller, Extern, Memory, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime::{
+    Caller, Extern, Memory, ResourceLimiter, Store, StoreContextMut, Trap, TypedFunc,
+    UpdateDeadline,
+};
 
 use super::WasmModule;
 use crate::backend::host::{emit, GuestCtx, MAX_LINE};
@@ -24,7 +28,30 @@ pub(super) struct SlotData {
     pub(super) reply: Vec<u8>,
     /// The last request went past the nesting bounds: `swapkit.reply` traps instead.
     pub(super) nesting: bool,
+    /// While an async call's step runs on a fiber ([`Slot::compute`]): when it stops being
+    /// let go on. Until then, each epoch tick it reaches yields to the executor; after, or
+    /// outside a step, a tick interrupts it (see [`on_epoch`]).
+    pub(super) yield_until: Option<Instant>,
 }
+
+/// What a store does when wasm reaches its epoch deadline: an async call's step yields to
+/// the executor and goes on a tick later, until its call's deadline; any other entry point
+/// (and a step past that deadline) is interrupted, a [`CallError::Timeout`].
+///
+/// [`CallError::Timeout`]: crate::CallError::Timeout
+pub(super) fn on_epoch(ctx: StoreContextMut<'_, SlotData>) -> wasmtime::Result<UpdateDeadline> {
+    Ok(match ctx.data().yield_until {
+        Some(until) if Instant::now() < until => UpdateDeadline::Yield(1),
+        _ => UpdateDeadline::Interrupt,
+    })
+}
+
+/// An async call's step in the guest, running on a fiber of its store: it may stop at an
+/// epoch tick (pending, its task woken) and go on at a later poll, on any thread. It borrows
+/// its slot's store (see [`Slot::compute`]), so it is dropped before the slot; dropped
+/// unfinished, it unwinds the guest, whose instance is then thrown away.
+pub(super) type Computing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<u32>> + Send>>;
 
 /// The linear memory all instances of one pool hold together, against its cap.
 #[derive(Debug)]
@@ -309,6 +336,8 @@ pub(super) struct Funcs {
     pub(super) free: TypedFunc<(), u32>,
     pub(super) input: TypedFunc<u32, u32>,
     pub(super) call: TypedFunc<(u32, u32, u32), u32>,
+    /// `call` again, boxed: a computing step borrows it, and the slot moves meanwhile.
+    pub(super) fiber_call: Box<TypedFunc<(u32, u32, u32), u32>>,
     /// `swapkit_lanes`, if the plugin has lanes.
     pub(super) lanes: Option<TypedFunc<(), u32>>,
     /// `swapkit_lane`, if the plugin has lanes.
@@ -570,7 +599,18 @@ impl Slot {
     ) -> Result<T, (Fault, F)> {
         self.arm(deadline);
         self.store.data_mut().limiter.hit = None;
-        match entry(&self.f, &mut self.store) {
+        let result = entry(&self.f, &mut self.store);
+        self.read_reply(result, then)
+    }
+
+    /// Hands an entry point's reply to `then`; on a fault, `then` comes back unused.
+    #[inline]
+    fn read_reply<T, F: FnOnce(Reply<'_>) -> T>(
+        &mut self,
+        result: wasmtime::Result<u32>,
+        then: F,
+    ) -> Result<T, (Fault, F)> {
+        match result {
             Ok(status) => {
                 let Some(raw) = self.bytes(self.f.out_slot as usize, 8) else {
                     return Err((
@@ -587,6 +627,62 @@ impl Slot {
             }
             Err(e) => Err((self.fault(e), then)),
         }
+    }
+
+    /// Starts `method` of `interface` with `input` as a step of an async call: the guest
+    /// runs on a fiber, yields to the executor at each epoch tick it reaches before `until`,
+    /// and is interrupted at the first after it. `deadline` bounds staging the input.
+    ///
+    /// The step borrows the store for as long as it lives, and nothing else may touch the
+    /// store meanwhile: the caller drops it (or sees it complete, then calls
+    /// [`computed`](Self::computed)) before using or dropping this slot again. It may move the
+    /// slot meanwhile: the step holds the store's own allocation (wasmtime keeps a store's
+    /// state behind a pointer) and the boxed `fiber_call`, neither of which moves with it.
+    pub(super) fn compute(
+        &mut self,
+        deadline: u64,
+        until: Instant,
+        interface: u32,
+        method: u32,
+        input: &[u8],
+    ) -> Result<Computing, Fault> {
+        self.write_input(deadline, input)?;
+        let data = self.store.data_mut();
+        data.limiter.hit = None;
+        data.yield_until = Some(until);
+        // The first tick yields, or interrupts; the next plain call sets its own deadline.
+        self.store.set_epoch_deadline(1);
+        self.armed = NOT_ARMED;
+        let params = (interface, method, input.len() as u32);
+        // SAFETY: both borrows outlive the step, which the caller drops first (above): the
+        // store's state is a heap allocation of its own that moving the `Store` does not move
+        // (`StoreContextMut` points at it, not at the `Store`), `fiber_call` is boxed, and the
+        // slot is neither used nor dropped while the step lives.
+        let (func, store) = unsafe {
+            (
+                &*(&*self.f.fiber_call as *const TypedFunc<(u32, u32, u32), u32>),
+                std::mem::transmute::<
+                    StoreContextMut<'_, SlotData>,
+                    StoreContextMut<'static, SlotData>,
+                >(wasmtime::AsContextMut::as_context_mut(&mut self.store)),
+            )
+        };
+        Ok(Box::pin(func.call_async(store, params)))
+    }
+
+    /// The end of a step [`compute`](Self::compute) started with `staged` bytes of input:
+    /// its reply to `then`, or its fault, with `then` back unused.
+    pub(super) fn computed<T, F: FnOnce(Reply<'_>) -> T>(
+        &mut self,
+        result: wasmtime::Result<u32>,
+        staged: usize,
+        then: F,
+    ) -> Result<T, (Fault, F)> {
+        self.store.data_mut().yield_until = None;
+        let reply = self.read_reply(result, then);
+        // After `then`, which may read a reply the guest left in its input buffer.
+        self.clear_input(staged);
+        reply
     }
 
     #[cold]
