@@ -846,10 +846,10 @@ fn a_wasm_guest_computing_in_a_poll_yields_its_thread_and_still_times_out() {
             assert!(matches!(e, CallError::Timeout { .. }), "{e}");
             assert!(took >= Duration::from_millis(600), "{took:?}");
             assert!(took < Duration::from_secs(5), "{took:?}");
-            // A millisecond timer on a thread the guest gave back at every 2 ms tick: a
-            // hundred at least of its ~600 rounds (a guest holding the thread leaves it 0).
+            // A millisecond timer on a thread the guest gives back every 2 to 4 ms: fifty
+            // rounds at least in 600 ms (a guest that held the thread would leave it none).
             assert!(
-                ticked >= 100,
+                ticked >= 50,
                 "the other task ran {ticked} times in {took:?}: the guest held the thread"
             );
         }

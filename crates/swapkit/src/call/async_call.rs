@@ -364,10 +364,11 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             generation,
         });
         running.instance().stats.call();
-        self.advance(running, cx)
+        // Its deadline, if it has one, was set just now.
+        self.step(running, cx)
     }
 
-    /// Starts the call in the plugin (again, if it waited for an instance), or polls it there.
+    /// Fails the call if its deadline passed, else takes its next [`step`](Self::step).
     fn advance(
         &mut self,
         mut running: Box<Running>,
@@ -384,6 +385,16 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             finish(running);
             return Poll::Ready(Err(error));
         }
+        self.step(running, cx)
+    }
+
+    /// Takes the call's next step in the plugin: the start, a poll, or the rest of a step a
+    /// wasm guest yielded in.
+    fn step(
+        &mut self,
+        mut running: Box<Running>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, CallError>> {
         let resumed = running.computing.is_some();
         let (method, stepped) = match (running.computing.take(), running.start_input.take()) {
             // A step a wasm guest yielded in goes on where it stopped.

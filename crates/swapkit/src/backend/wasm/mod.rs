@@ -6,8 +6,11 @@
 //!   host functions and dependencies): no WASI, no other import. A module that imports
 //!   anything else is refused at load.
 //! - **Limits.** Each call has a CPU-time budget enforced by epoch interruption (a ticker thread
-//!   advances the engine's epoch), so a runaway loop becomes [`CallError::Timeout`]. Linear
-//!   memory, tables and instances are capped per store by a resource limiter.
+//!   advances the engine's epoch), so a runaway loop becomes [`CallError::Timeout`]. A step
+//!   of an async call runs on a fiber instead and yields to the executor every second tick
+//!   until its call's deadline (see `Slot::compute`), so it never holds a runtime's worker
+//!   for long. Linear memory, tables and instances are capped per store by a resource
+//!   limiter.
 //! - **Traps are contained.** A trap (unreachable, out-of-bounds access, stack overflow, a
 //!   division by zero, a timeout, a memory cap) fails that call with an error naming the plugin,
 //!   its version and the method, and the instance that trapped is dropped, never reused.

@@ -152,8 +152,8 @@ impl WasmInstance {
     /// pending. Kept, the slot leaves the pool's places but stays counted, so the pool never
     /// grows past its size for it: its place waits, empty, for the slot to come back.
     ///
-    /// The step runs on a fiber and yields to the executor at each epoch tick (about every
-    /// 2 ms of computing), so a guest that computes for long does not hold its thread, a
+    /// The step runs on a fiber and yields to the executor every second epoch tick (every 2
+    /// to 4 ms of computing), so a guest that computes for long does not hold its thread, a
     /// runtime's worker: the step is then `None`, its task is woken, and the lease keeps the
     /// step, which the call's next poll goes on with (here, with the same `then`). At the
     /// first tick after `until` (the call's deadline) it is interrupted, a timeout.
@@ -191,8 +191,8 @@ impl WasmInstance {
         let (mut step, staged) = match computing {
             Some(step) => step,
             None => {
-                // As a plain call's deadline has a tick of slack, a step has two at least.
-                let until = until.max(Instant::now() + 2 * super::TICK);
+                // Even past `until` (a drop after the call timed out), a step gets its first
+                // slice: the deadline is looked at only at the slice's end.
                 match running.compute(self.deadline, until, interface, method, input) {
                     Ok(step) => (step, input.len()),
                     Err(fault) => {

@@ -34,6 +34,12 @@ pub(super) struct SlotData {
     pub(super) yield_until: Option<Instant>,
 }
 
+/// The epoch ticks a step runs through before it yields: two, so that it computes for 2 to
+/// 4 ms each time (with one, a step that had just begun would yield at the tick it met,
+/// and a call that completes in nanoseconds would now and then take a trip through the
+/// executor).
+pub(super) const SLICE: u64 = 2;
+
 /// What a store does when wasm reaches its epoch deadline: an async call's step yields to
 /// the executor and goes on a tick later, until its call's deadline; any other entry point
 /// (and a step past that deadline) is interrupted, a [`CallError::Timeout`].
@@ -41,7 +47,7 @@ pub(super) struct SlotData {
 /// [`CallError::Timeout`]: crate::CallError::Timeout
 pub(super) fn on_epoch(ctx: StoreContextMut<'_, SlotData>) -> wasmtime::Result<UpdateDeadline> {
     Ok(match ctx.data().yield_until {
-        Some(until) if Instant::now() < until => UpdateDeadline::Yield(1),
+        Some(until) if Instant::now() < until => UpdateDeadline::Yield(SLICE),
         _ => UpdateDeadline::Interrupt,
     })
 }
@@ -650,8 +656,9 @@ impl Slot {
         let data = self.store.data_mut();
         data.limiter.hit = None;
         data.yield_until = Some(until);
-        // The first tick yields, or interrupts; the next plain call sets its own deadline.
-        self.store.set_epoch_deadline(1);
+        // The first slice's end yields, or interrupts; the next plain call sets its own
+        // deadline.
+        self.store.set_epoch_deadline(SLICE);
         self.armed = NOT_ARMED;
         let params = (interface, method, input.len() as u32);
         // SAFETY: both borrows outlive the step, which the caller drops first (above): the
