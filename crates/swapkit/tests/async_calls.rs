@@ -846,10 +846,11 @@ fn a_wasm_guest_computing_in_a_poll_yields_its_thread_and_still_times_out() {
             assert!(matches!(e, CallError::Timeout { .. }), "{e}");
             assert!(took >= Duration::from_millis(600), "{took:?}");
             assert!(took < Duration::from_secs(5), "{took:?}");
-            // A millisecond timer on a thread the guest gives back every 2 to 4 ms: fifty
-            // rounds at least in 600 ms (a guest that held the thread would leave it none).
+            // A millisecond timer on a thread the guest gives back every 2 to 4 ms (it read
+            // 71 rounds in 600 ms, the runtime looking at its timers between other tasks'
+            // polls); a guest that held the thread would leave it none.
             assert!(
-                ticked >= 50,
+                ticked >= 10,
                 "the other task ran {ticked} times in {took:?}: the guest held the thread"
             );
         }
