@@ -304,6 +304,59 @@ fn a_chain_that_would_overflow_the_native_stack_is_stopped() {
     });
 }
 
+/// What the head of a chain exports when its call is async: its step runs on a fiber.
+#[swapkit::interface]
+trait AsyncHead {
+    async fn version(&self) -> String;
+}
+
+/// The same chain, entered through an async method: the head's step runs on a fiber, not on
+/// the thread's stack, and the host measures what is left of the fiber's stack before each
+/// nested guest (the thread's stack bounds say nothing there) and stops the chain with a
+/// message about the fiber.
+#[test]
+fn a_chain_that_would_overflow_an_async_steps_fiber_is_stopped() {
+    let dir = tempdir();
+    let frames = frames_that_fit(dir.path()) * 85 / 100;
+    let mut links = chain(dir.path(), 9, frames);
+    // The head again, exporting the async interface: its body is the same relay.
+    let request = dependency_call("link1", GREETER);
+    links[0] = Wat::plugin("link0")
+        .exports(swapkit::abi::InterfaceDecl::of::<dyn AsyncHead>())
+        .depends_on("link1", GREETER)
+        .data(REQUEST, &request)
+        .extra(&relay_fn())
+        .extra(&deep(&relay_expr(
+            service::DEPENDENCY,
+            REQUEST,
+            request.len() as u32,
+        )))
+        .body("swapkit_call", format!("(call $deep (i32.const {frames}))"))
+        .write_to(dir.path());
+    let limits = WasmLimits {
+        pool_size: 8,
+        ..Default::default()
+    };
+    let swapper = bystander(Sandbox::new().max_nesting(64), limits);
+    with_greeter(&swapper, &links).unwrap();
+    let head = swapper.client_of::<dyn AsyncHead>("link0").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    match runtime.block_on(head.version()) {
+        Err(CallError::Nesting { message, .. }) => {
+            assert!(
+                message.contains("KiB of native stack left on the fiber"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the stack check to stop the chain, got {other:?}"),
+    }
+    greeter_answers(&swapper);
+}
+
 // --- Reaching what it did not declare ---------------------------------------------------------
 
 /// A dependency call carries the interface hash the caller was built with; the host checks it

@@ -11,7 +11,7 @@ pub(crate) use futures::{forget, polling, remember, Tickets};
 pub(crate) use log::MAX_LINE;
 pub(crate) use log::{host_log, LogBudget};
 pub use log::{GuestLog, LogSink};
-pub(crate) use services::{enter, enter_routed, find_live, host_service};
+pub(crate) use services::{enter, enter_routed, find_live, host_service, HOST_STACK};
 #[cfg(feature = "wasm")]
 pub(crate) use {log::emit, services::serve_contained};
 

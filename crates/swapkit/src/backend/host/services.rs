@@ -157,15 +157,30 @@ fn open(ctx: &GuestCtx, services: &Services) -> Result<Open, Refusal> {
     let need = services.nested_stack;
     // An async call's step runs on a fiber, whose stack `stacker` does not know.
     #[cfg(feature = "wasm")]
-    let left = crate::backend::wasm::fiber_remaining().or_else(stacker::remaining_stack);
+    let (left, fiber) = match crate::backend::wasm::fiber_remaining() {
+        Some(left) => (Some(left), true),
+        None => (stacker::remaining_stack(), false),
+    };
     #[cfg(not(feature = "wasm"))]
-    let left = stacker::remaining_stack();
+    let (left, fiber) = (stacker::remaining_stack(), false);
     if let Some(left) = left {
         if left < need {
+            let (on, what_to_do) = if fiber {
+                (
+                    "the fiber its async call's step runs on",
+                    "a fiber has room for four nested guests of WasmLimits::max_stack; nest \
+                     less deeply from an async method",
+                )
+            } else {
+                (
+                    "this thread",
+                    "run the call on a thread with a larger stack",
+                )
+            };
             return Err(Refusal::Nesting(format!(
-                "plugin `{}` {} made a nested call with {} KiB of native stack left on this \
-                 thread, less than the {} KiB another guest may need (WasmLimits::max_stack \
-                 plus the host's frames); run the call on a thread with a larger stack",
+                "plugin `{}` {} made a nested call with {} KiB of native stack left on {on}, \
+                 less than the {} KiB another guest may need (WasmLimits::max_stack plus the \
+                 host's frames); {what_to_do}",
                 ctx.plugin,
                 ctx.version,
                 left >> 10,

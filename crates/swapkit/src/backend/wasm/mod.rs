@@ -202,9 +202,10 @@ impl WasmLoader {
         config.memory_may_move(false);
         config.max_wasm_stack(limits.max_stack);
         // An async call's steps run on fibers (see `Slot::compute`), whose stacks hold the
-        // guest's stack and the host functions it calls, dependencies' calls included: room
-        // for several, as a thread's stack has.
-        config.async_stack_size((4 * limits.max_stack).max(2 << 20));
+        // guest's stack and the host functions it calls, nested guests included: room for
+        // four of them (the sandbox's default nesting depth), each with the host's frames.
+        let guest = limits.max_stack + crate::backend::host::HOST_STACK;
+        config.async_stack_size(4 * guest + crate::backend::host::HOST_STACK);
         // Mapped by swapkit, so that a nested call's stack check finds them (see `stacks`).
         #[cfg(unix)]
         config.with_host_stack(Arc::new(stacks::Stacks));
