@@ -9,15 +9,23 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The fiber stacks that exist: the usable range of each (its guard page below it).
 static FIBERS: Mutex<Vec<Range<usize>>> = Mutex::new(Vec::new());
 
+/// Counts the fiber stacks unmapped so far: a range a thread found before is still a fiber's
+/// while this has not moved (a new stack only adds a range, which the lookup finds anyway).
+static UNMAPPED: AtomicU64 = AtomicU64::new(0);
+
 thread_local! {
     /// How many steps this thread is polling now, one inside another (a dependency's step
     /// polled by a host function its caller's step called). No destructor.
     static POLLING: Cell<usize> = const { Cell::new(0) };
+    /// The fiber stack this thread found last, and `UNMAPPED` then: a step's nested requests
+    /// find it again without the lock.
+    static FOUND: Cell<(u64, usize, usize)> = const { Cell::new((u64::MAX, 0, 0)) };
 }
 
 /// Marks this thread as polling a step, until it drops.
@@ -46,11 +54,16 @@ pub(crate) fn fiber_remaining() -> Option<usize> {
     }
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as usize;
+    // Acquire: pairs with the unmapping's release, so a range seen unchanged is still mapped.
+    let unmapped = UNMAPPED.load(Ordering::Acquire);
+    let (seen, start, end) = FOUND.try_with(Cell::get).unwrap_or((u64::MAX, 0, 0));
+    if seen == unmapped && (start..end).contains(&sp) {
+        return Some(sp - start);
+    }
     let fibers = crate::lock::lock(&FIBERS);
-    fibers
-        .iter()
-        .find(|r| r.contains(&sp))
-        .map(|r| sp - r.start)
+    let found = fibers.iter().find(|r| r.contains(&sp))?;
+    let _ = FOUND.try_with(|f| f.set((unmapped, found.start, found.end)));
+    Some(sp - found.start)
 }
 
 /// Makes the fiber stacks of an engine (`Config::with_host_stack`).
@@ -145,6 +158,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         let usable = self.usable();
         crate::lock::lock(&FIBERS).retain(|r| *r != usable);
+        UNMAPPED.fetch_add(1, Ordering::Release);
         // SAFETY: the mapping made in `new_stack`, which nothing runs on any more (wasmtime
         // drops a stack only after its fiber finished).
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
