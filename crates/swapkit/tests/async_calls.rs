@@ -916,8 +916,10 @@ fn a_call_dropped_while_its_guest_computes_throws_the_instance_away_and_frees_it
                     let client = client.clone();
                     async move { client.spin(after_await).await }
                 });
-                // It computes, yielding at each tick, and holds the pool's one instance.
+                // It computes, yielding at each slice, holds the pool's one instance, and is
+                // named in the drain report (before it ever turned pending, too).
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(pending(&shop.swapper), 1, "named while it computes");
                 let busy = client.quick(1).await.unwrap_err();
                 assert!(matches!(busy, CallError::PoolExhausted { .. }), "{busy}");
                 call.abort();

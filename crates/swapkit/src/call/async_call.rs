@@ -420,6 +420,8 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             }
         };
         let Some(stepped) = stepped else {
+            // Named in the drain report while it computes, as once it is pending.
+            self.record(&mut running);
             running.computing = Some(method);
             self.stage = Stage::Running(running);
             return Poll::Pending;
@@ -431,6 +433,19 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             cx.waker().wake_by_ref();
         }
         self.settle(running, stepped, cx)
+    }
+
+    /// Names the call in its generation's drain report, once.
+    fn record(&self, running: &mut Running) {
+        if running.label.is_some() {
+            return;
+        }
+        let (interface, method) = self.names();
+        let label = format!(
+            "async call {interface}::{method} of plugin `{}`",
+            running.instance().code.name
+        );
+        running.label = running.generation.add_pin(Some(label));
     }
 
     /// Acts on a step of `running`: completes, fails, or keeps it pending.
@@ -471,13 +486,7 @@ impl<A: Args, R: Decode> AsyncCall<'_, A, R> {
             Ok(Step::Pending(started)) => {
                 if let Some(handle) = started {
                     running.handle = handle;
-                    let label = format!(
-                        "async call {}::{} of plugin `{}`",
-                        names.0,
-                        names.1,
-                        running.instance().code.name
-                    );
-                    running.label = running.generation.add_pin(Some(label));
+                    self.record(&mut running);
                 }
                 host::remember(running.instance().id, running.handle, cx.waker());
                 if let Some(deadline) = running.deadline {
