@@ -187,13 +187,17 @@ impl WasmInstance {
             },
         };
         let mut running = Running::new(self, slot);
-        // Declared after `running`: an unwinding poll drops the step before the slot.
         let (mut step, staged) = match computing {
             Some(step) => step,
             None => {
                 // Even past `until` (a drop after the call timed out), a step gets its first
                 // slice: the deadline is looked at only at the slice's end.
-                match running.compute(self.deadline, until, interface, method, input) {
+                // SAFETY: the step is dropped before the slot is used or dropped: at its end
+                // below, by the lease that keeps both (`Lease::computing` drops first), or
+                // first when unwinding (declared after `running`).
+                let started =
+                    unsafe { running.compute(self.deadline, until, interface, method, input) };
+                match started {
                     Ok(step) => (step, input.len()),
                     Err(fault) => {
                         self.discard(running.returned());

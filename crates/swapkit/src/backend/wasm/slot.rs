@@ -636,15 +636,18 @@ impl Slot {
     }
 
     /// Starts `method` of `interface` with `input` as a step of an async call: the guest
-    /// runs on a fiber, yields to the executor at each epoch tick it reaches before `until`,
-    /// and is interrupted at the first after it. `deadline` bounds staging the input.
+    /// runs on a fiber, yields to the executor at the end of each slice ([`SLICE`] epoch
+    /// ticks) that ends before `until`, and is interrupted at the first that ends after it.
+    /// `deadline` bounds staging the input.
     ///
-    /// The step borrows the store for as long as it lives, and nothing else may touch the
-    /// store meanwhile: the caller drops it (or sees it complete, then calls
-    /// [`computed`](Self::computed)) before using or dropping this slot again. It may move the
-    /// slot meanwhile: the step holds the store's own allocation (wasmtime keeps a store's
-    /// state behind a pointer) and the boxed `fiber_call`, neither of which moves with it.
-    pub(super) fn compute(
+    /// # Safety
+    ///
+    /// The step borrows the store for as long as it lives: the caller drops it (or sees it
+    /// complete, then calls [`computed`](Self::computed)) before it uses or drops this slot
+    /// again. It may move the slot meanwhile: the step holds the store's own allocation
+    /// (wasmtime keeps a store's state behind a pointer) and the boxed `fiber_call`, neither
+    /// of which moves with it.
+    pub(super) unsafe fn compute(
         &mut self,
         deadline: u64,
         until: Instant,
@@ -661,10 +664,10 @@ impl Slot {
         self.store.set_epoch_deadline(SLICE);
         self.armed = NOT_ARMED;
         let params = (interface, method, input.len() as u32);
-        // SAFETY: both borrows outlive the step, which the caller drops first (above): the
-        // store's state is a heap allocation of its own that moving the `Store` does not move
-        // (`StoreContextMut` points at it, not at the `Store`), `fiber_call` is boxed, and the
-        // slot is neither used nor dropped while the step lives.
+        // SAFETY: both borrows outlive the step, which the caller drops first (the function's
+        // contract): the store's state is a heap allocation of its own that moving the
+        // `Store` does not move (`StoreContextMut` points at it, not at the `Store`), and
+        // `fiber_call` is boxed.
         let (func, store) = unsafe {
             (
                 &*(&*self.f.fiber_call as *const TypedFunc<(u32, u32, u32), u32>),
