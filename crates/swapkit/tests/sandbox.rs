@@ -196,21 +196,24 @@ fn chain(dir: &std::path::Path, n: usize, frames: u32) -> Vec<std::path::PathBuf
             if i == n - 1 {
                 return answering(&name, "end").write_to(dir);
             }
-            let next = format!("link{}", i + 1);
-            let request = dependency_call(&next, GREETER);
-            Wat::plugin(&name)
-                .depends_on(&next, GREETER)
-                .data(REQUEST, &request)
-                .extra(&relay_fn())
-                .extra(&deep(&relay_expr(
-                    service::DEPENDENCY,
-                    REQUEST,
-                    request.len() as u32,
-                )))
-                .body("swapkit_call", format!("(call $deep (i32.const {frames}))"))
-                .write_to(dir)
+            link(&name, &format!("link{}", i + 1), frames).write_to(dir)
         })
         .collect()
+}
+
+/// Plugin `name`, which calls `next`'s `version` after recursing `frames` deep.
+fn link(name: &str, next: &str, frames: u32) -> Wat {
+    let request = dependency_call(next, GREETER);
+    Wat::plugin(name)
+        .depends_on(next, GREETER)
+        .data(REQUEST, &request)
+        .extra(&relay_fn())
+        .extra(&deep(&relay_expr(
+            service::DEPENDENCY,
+            REQUEST,
+            request.len() as u32,
+        )))
+        .body("swapkit_call", format!("(call $deep (i32.const {frames}))"))
 }
 
 /// `$deep(n)`: recurses `n` frames, then runs `then`.
@@ -320,18 +323,8 @@ fn a_chain_that_would_overflow_an_async_steps_fiber_is_stopped() {
     let frames = frames_that_fit(dir.path()) * 85 / 100;
     let mut links = chain(dir.path(), 9, frames);
     // The head again, exporting the async interface: its body is the same relay.
-    let request = dependency_call("link1", GREETER);
-    links[0] = Wat::plugin("link0")
+    links[0] = link("link0", "link1", frames)
         .exports(swapkit::abi::InterfaceDecl::of::<dyn AsyncHead>())
-        .depends_on("link1", GREETER)
-        .data(REQUEST, &request)
-        .extra(&relay_fn())
-        .extra(&deep(&relay_expr(
-            service::DEPENDENCY,
-            REQUEST,
-            request.len() as u32,
-        )))
-        .body("swapkit_call", format!("(call $deep (i32.const {frames}))"))
         .write_to(dir.path());
     let limits = WasmLimits {
         pool_size: 8,
