@@ -4,7 +4,11 @@
 //! - `warm`: v1 and v2 alternate. Each was mapped before, so the reload reads, hashes, finds
 //!   the mapping and runs the hooks. This is the common case of a rollback or a flip-flop.
 //! - `cold`: every reload meets content never seen before (v2 with a unique trailing byte),
-//!   so it also writes the private copy and runs the dynamic loader.
+//!   so it also reads and hashes it, writes the private copy and runs the dynamic loader. The
+//!   files are written ahead, as a deployment writes its artifact before it asks for a reload.
+//! - `cold_just_written`: the same, each file written just before its reload, which then
+//!   reads and hashes it twice (a file younger than two clock ticks is not known unchanged by
+//!   its metadata).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -40,28 +44,48 @@ fn reloads(c: &mut Criterion) {
 
     let v2_bytes = std::fs::read(&v2).unwrap();
     let mut n = 0u64;
+    // A copy of v2 with new content: a unique trailing byte string.
+    let unique = |n: u64| {
+        let path: PathBuf = dir.path().join(format!("v2-{n}.so"));
+        let mut bytes = v2_bytes.clone();
+        bytes.extend_from_slice(&n.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
     group.sample_size(10);
-    group.bench_function("cold", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                // Back to v1 (warm, not timed), then to a never-seen v2.
-                swapper.load_files([&v1, &base]).unwrap();
-                n += 1;
-                let unique: PathBuf = dir.path().join(format!("v2-{n}.so"));
-                let mut bytes = v2_bytes.clone();
-                bytes.extend_from_slice(&n.to_le_bytes());
-                std::fs::write(&unique, bytes).unwrap();
-                let start = Instant::now();
-                swapper.load_files([&unique, &base]).unwrap();
-                let served = greeter.version().unwrap();
-                total += start.elapsed();
-                assert_eq!(black_box(served), "2.0.0");
-                std::fs::remove_file(&unique).unwrap();
-            }
-            total
-        })
-    });
+    for (name, ahead) in [("cold", true), ("cold_just_written", false)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                // `cold`: the new files are written before the timed part and left to settle
+                // (a reload does not read again a file whose metadata is unchanged and older
+                // than two clock ticks, but reads one written just before it twice).
+                let written: Vec<PathBuf> = if ahead {
+                    let files = (0..iters).map(|i| unique(n + i)).collect();
+                    std::thread::sleep(Duration::from_millis(30));
+                    files
+                } else {
+                    vec![]
+                };
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    // Back to v1 (warm, not timed), then to a never-seen v2.
+                    swapper.load_files([&v1, &base]).unwrap();
+                    let path = match written.get(i as usize) {
+                        Some(path) => path.clone(),
+                        None => unique(n + i),
+                    };
+                    let start = Instant::now();
+                    swapper.load_files([&path, &base]).unwrap();
+                    let served = greeter.version().unwrap();
+                    total += start.elapsed();
+                    assert_eq!(black_box(served), "2.0.0");
+                    std::fs::remove_file(&path).unwrap();
+                }
+                n += iters;
+                total
+            })
+        });
+    }
     group.finish();
     trust_reloads(c, &v1, &v2, &base);
     wasm_reloads(c);

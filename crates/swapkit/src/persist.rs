@@ -94,12 +94,7 @@ impl StateDir {
             .dir
             .join(Self::relative(&code.content_hash, code.backend));
         if let Some(text) = signature {
-            let sig = swapkit_trust::signature_path(&path);
-            let same = std::fs::symlink_metadata(&sig).is_ok_and(|m| m.is_file())
-                && std::fs::read(&sig).is_ok_and(|kept| kept == text.as_bytes());
-            if !same {
-                write_atomic(&sig, text.as_bytes())?;
-            }
+            self.keep_signature(code, text)?;
         }
         // A regular file with the same content is already kept; anything else under this
         // name (a link, a planted or torn file) is replaced.
@@ -113,6 +108,30 @@ impl StateDir {
             tracing::warn!(path = %path.display(), "replacing a kept artifact that is not what its name says");
         }
         write_atomic(&path, bytes)
+    }
+
+    /// Keeps the signature file of an artifact kept here, unless it is already there.
+    pub fn keep_signature(&self, code: &Code, text: &str) -> std::io::Result<()> {
+        let path = self
+            .dir
+            .join(Self::relative(&code.content_hash, code.backend));
+        let sig = swapkit_trust::signature_path(&path);
+        let same = std::fs::symlink_metadata(&sig).is_ok_and(|m| m.is_file())
+            && std::fs::read(&sig).is_ok_and(|kept| kept == text.as_bytes());
+        if !same {
+            write_atomic(&sig, text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Whether a regular file of `size` bytes is kept under `code`'s name: what a reload that
+    /// reuses `code` without reading its artifact asks before it skips [`keep`](Self::keep).
+    /// (Its content is checked against its name when a restart loads it.)
+    pub fn holds(&self, code: &Code, size: u64) -> bool {
+        let path = self
+            .dir
+            .join(Self::relative(&code.content_hash, code.backend));
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// Records `codes`, published as `generation`, as the selection to start with.

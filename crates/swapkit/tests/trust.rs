@@ -147,6 +147,46 @@ fn only_what_a_trusted_key_signed_loads() {
     }
 }
 
+/// A reload that finds an artifact unchanged since it was read (and so does not read or hash
+/// it again) still reads and checks its signature every time: one replaced by an unknown
+/// key's, or removed, is refused, and v1 keeps serving.
+#[test]
+fn an_artifact_found_unchanged_is_still_checked_against_its_signature() {
+    for backend in [Backend::Native, Backend::Wasm] {
+        let dir = tempdir();
+        let (key, other) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
+        let v1 = place(dir.path(), Fixture::GreeterV1, backend, "v1");
+        sign(&v1, &key);
+        // Older than two clock ticks: its metadata is trusted to show a change from now on.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let swapper = builder(TrustPolicy::new().key(key.public()))
+            .build()
+            .unwrap();
+        swapper.load_files([&v1]).unwrap();
+        swapper.load_files([&v1]).unwrap();
+        sign(&v1, &other);
+        assert!(
+            matches!(
+                refused(swapper.load_files([&v1])),
+                TrustError::UnknownKey { .. }
+            ),
+            "{backend:?}"
+        );
+        std::fs::remove_file(signature_path(&v1)).unwrap();
+        assert_eq!(refused(swapper.load_files([&v1])), TrustError::Unsigned);
+        assert_eq!(
+            greets(&swapper),
+            "hello, t (v1)",
+            "{backend:?}: v1 kept serving"
+        );
+        sign(&v1, &key);
+        swapper.load_files([&v1]).unwrap();
+    }
+}
+
 /// `patches_from` (and so the admin socket's `patch_apply`) goes through the policy too.
 #[test]
 fn patch_plugins_are_checked_like_any_artifact() {

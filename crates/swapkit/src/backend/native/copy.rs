@@ -45,9 +45,9 @@ impl Scratch {
         Ok(Scratch::Dir(dir))
     }
 
-    /// Writes a private copy of `bytes` and returns the path to map it from. `stem` names it
-    /// in listings (`/proc/self/maps`), nothing more.
-    pub fn write(&self, stem: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    /// Writes a private copy of `bytes`, to be mapped from [`Copy::path`]. `stem` names it in
+    /// listings (`/proc/self/maps`), nothing more.
+    pub fn write(&self, stem: &str, bytes: &[u8]) -> io::Result<Copy> {
         let n = COPIES.fetch_add(1, Ordering::Relaxed);
         match self {
             #[cfg(target_os = "linux")]
@@ -56,11 +56,10 @@ impl Scratch {
                 file.write_all(bytes)?;
                 seal(&file)?;
                 let path = path_of(&file);
-                // The descriptor stays open for the rest of the process, as the mapping does
-                // (see the module docs of `native`): the dynamic loader knows a library by its
-                // path, so the path must never name another library later.
-                let _fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-                Ok(path)
+                Ok(Copy {
+                    path,
+                    memfd: Some(file),
+                })
             }
             Scratch::Dir(dir) => {
                 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -73,7 +72,11 @@ impl Scratch {
                     .open(&path)?;
                 file.write_all(bytes)?;
                 file.set_permissions(std::fs::Permissions::from_mode(0o500))?;
-                Ok(path)
+                Ok(Copy {
+                    path,
+                    #[cfg(target_os = "linux")]
+                    memfd: None,
+                })
             }
         }
     }
@@ -84,6 +87,47 @@ impl Scratch {
             #[cfg(target_os = "linux")]
             Scratch::Memfd => PathBuf::from("memfd:"),
             Scratch::Dir(dir) => dir.path().to_owned(),
+        }
+    }
+}
+
+/// A private copy, not mapped yet. Dropped unmapped (its content turned out to be loaded
+/// already, or a check failed), it is gone: the memory file closed, the file removed.
+pub(crate) struct Copy {
+    path: PathBuf,
+    /// The memory file, open until the copy is mapped.
+    #[cfg(target_os = "linux")]
+    memfd: Option<std::fs::File>,
+}
+
+impl Copy {
+    /// The path to map the copy from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the copy for the rest of the process, once it is mapped.
+    ///
+    /// The descriptor of a memory file stays open, as the mapping does (see the module docs of
+    /// `native`): the dynamic loader knows a library by its path, so the path must never
+    /// name another library later.
+    pub fn keep(mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(file) = self.memfd.take() {
+            let _fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        }
+        self.path = PathBuf::new();
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.memfd.is_some() {
+            return;
+        }
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -246,16 +290,17 @@ mod tests {
     #[test]
     fn a_copy_cannot_be_changed_once_written() {
         let scratch = Scratch::new(None).unwrap();
-        let path = scratch.write("t", b"hello").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        let copy = scratch.write("t", b"hello").unwrap();
+        let path = copy.path();
+        assert_eq!(std::fs::read(path).unwrap(), b"hello");
         // Opening it again for writing (as another process could, by its /proc path, or by
         // its name in a scratch directory) fails.
-        let reopened = std::fs::OpenOptions::new().write(true).open(&path);
+        let reopened = std::fs::OpenOptions::new().write(true).open(path);
         match reopened {
             Err(_) => {}
             Ok(mut f) => assert!(f.write_all(b"evil").is_err(), "the copy was rewritten"),
         }
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert_eq!(std::fs::read(path).unwrap(), b"hello");
     }
 
     #[test]
@@ -277,8 +322,16 @@ mod tests {
         let dir = scratch.describe();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        let path = scratch.write("lib", b"bytes").unwrap();
+        let copy = scratch.write("lib", b"bytes").unwrap();
+        let path = copy.path().to_owned();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o500);
+        // A copy never mapped is removed when dropped; a kept one stays.
+        drop(copy);
+        assert!(!path.exists(), "an unmapped copy is gone");
+        let kept = scratch.write("lib", b"bytes").unwrap();
+        let path = kept.path().to_owned();
+        kept.keep();
+        assert!(path.exists(), "a kept copy stays");
     }
 }

@@ -8,7 +8,7 @@ use object::{Object, ObjectSymbol};
 
 use swapkit_abi::{PluginHeader, HEADER_SYMBOL_PREFIX};
 
-use super::copy::Scratch;
+use super::copy::{Copy, Scratch};
 use crate::backend::{BackendKind, Code};
 use crate::error::LoadError;
 
@@ -46,27 +46,69 @@ impl NativeLoader {
         bytes: Vec<u8>,
         hash: [u8; 32],
     ) -> Result<Arc<Code>, LoadError> {
-        if let Some(code) = crate::lock::lock(&self.loaded).get(&hash) {
-            return Ok(code.clone());
+        if let Some(code) = self.loaded(&hash) {
+            return Ok(code);
         }
-        let (symbol, room) = header_symbol(path, &bytes)?;
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("plugin");
-        let stem = format!("{stem}-{}", crate::backend::hex(&hash[..6]));
+        self.load_staged(path, self.stage(path, &bytes), hash)
+    }
+
+    /// The code of content `hash`, if it is loaded.
+    pub fn loaded(&self, hash: &[u8; 32]) -> Option<Arc<Code>> {
+        crate::lock::lock(&self.loaded).get(hash).cloned()
+    }
+
+    /// Checks the bytes of an artifact read from `path` for a header symbol and writes their
+    /// private copy, without mapping it: what can run beside hashing the same bytes (the two
+    /// together are most of a cold reload).
+    pub fn stage(&self, path: &Path, bytes: &[u8]) -> Result<Staged, LoadError> {
+        let (symbol, room) = header_symbol(path, bytes)?;
+        let stem = match claims_in_file(bytes, &symbol) {
+            Ok(claims) => format!("{}-{}", claims.name, claims.version),
+            Err(_) => path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_owned(),
+        };
         let copy = self
             .scratch
-            .write(&stem, &bytes)
+            .write(&stem, bytes)
             .map_err(|source| LoadError::Scratch {
                 path: path.into(),
                 scratch: self.scratch.describe(),
                 source,
             })?;
-        let code = Arc::new(open(path, &copy, (&symbol, room), hash)?);
+        Ok(Staged { copy, symbol, room })
+    }
+
+    /// Maps what [`stage`](Self::stage) made of content `hash`, unless that content is
+    /// loaded already (then the copy is dropped unmapped).
+    pub fn load_staged(
+        &self,
+        path: &Path,
+        staged: Result<Staged, LoadError>,
+        hash: [u8; 32],
+    ) -> Result<Arc<Code>, LoadError> {
+        if let Some(code) = self.loaded(&hash) {
+            return Ok(code);
+        }
+        let staged = staged?;
+        let code = Arc::new(open(
+            path,
+            staged.copy,
+            (&staged.symbol, staged.room),
+            hash,
+        )?);
         let mut loaded = crate::lock::lock(&self.loaded);
         Ok(loaded.entry(hash).or_insert(code).clone())
     }
+}
+
+/// An artifact's private copy, written and not mapped, and its header symbol.
+pub(crate) struct Staged {
+    copy: Copy,
+    symbol: String,
+    room: Option<usize>,
 }
 
 /// Finds the one exported symbol that holds a plugin header, without running any code: its
@@ -231,7 +273,7 @@ pub(crate) fn claims_in_file<'a>(
 /// Opens the private copy and checks its header.
 fn open(
     original: &Path,
-    copy: &Path,
+    copy: Copy,
     (symbol, room): (&str, Option<usize>),
     hash: [u8; 32],
 ) -> Result<Code, LoadError> {
@@ -242,7 +284,9 @@ fn open(
     // SAFETY: loading a library runs its initialisers. swapkit plugins are trusted code (the
     // native backend is for trusted code only, as documented); a library that is not a
     // plugin was already rejected above by its symbol table.
-    let library = unsafe { open_library(copy) }.map_err(|e| not_a_library(e.into()))?;
+    let library = unsafe { open_library(copy.path()) }.map_err(|e| not_a_library(e.into()))?;
+    // Once the dynamic loader knows the copy's path, that path names this library for good.
+    copy.keep();
     let mut name = symbol.as_bytes().to_vec();
     name.push(0);
     // SAFETY: the symbol is a data symbol; we only take its address here.

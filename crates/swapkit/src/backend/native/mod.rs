@@ -29,7 +29,7 @@
 mod copy;
 mod loader;
 
-pub(crate) use loader::{claims_in_file, header_in_file, NativeLoader, EXTENSION};
+pub(crate) use loader::{claims_in_file, header_in_file, NativeLoader, Staged, EXTENSION};
 
 use std::ffi::c_void;
 use std::sync::Arc;
