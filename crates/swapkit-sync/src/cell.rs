@@ -8,8 +8,9 @@
 //! - **Enter.** A reader loads the pointer `g`, stores it in a hazard slot that only its
 //!   thread writes, runs the light fence, and loads the pointer again. If it still reads `g`,
 //!   `g` is protected until the slot is cleared. If not, the attempt **failed validation**: the
-//!   reader clears its slot, fences, and scans the cell's retiring list itself before it tries
-//!   again (see "leaving" below; a writer's scan may have seen `g` in the slot and kept it).
+//!   reader clears its slot of `g` (it keeps it taken with a marker no value equals), fences,
+//!   and scans the cell's retiring list itself before it tries again (see "leaving" below; a
+//!   writer's scan may have seen `g` in the slot and kept it).
 //! - **Swap.** A writer swaps the pointer (sequentially consistent), pushes the old value on
 //!   the cell's retiring list, and **scans**: under the list's lock it runs the heavy fence,
 //!   reads every slot of every record, and releases each retiring value that no slot names.
@@ -50,7 +51,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::fence;
-use crate::record::{holders, registry, take_slot, Slot};
+use crate::record::{holders, registry, take_slot, Slot, RESERVED};
 use crate::sync::{lock, AtomicPtr, Mutex};
 
 /// An `Arc<T>` (or nothing) that calls can hold for their length without a lock or a shared
@@ -140,18 +141,13 @@ impl<T> HazardCell<T> {
 
     #[inline(always)]
     fn protect<const MAY_BE_EMPTY: bool>(&self) -> Option<Guard<'_, T>> {
-        let slot = take_slot();
-        let hazard = slot.cell();
         let mut g = self.ptr.load(Ordering::Acquire);
+        if g.is_null() {
+            return Self::nothing::<'_, MAY_BE_EMPTY>();
+        }
+        let slot = take_slot(g.cast());
+        let hazard = slot.cell();
         loop {
-            if g.is_null() {
-                slot.release();
-                if MAY_BE_EMPTY {
-                    return None;
-                }
-                panic!("HazardCell::enter_full on an empty cell");
-            }
-            hazard.store(g.cast(), Ordering::Relaxed);
             fence::light();
             // If `g` is still in the cell after our slot was published, any swap that removes
             // it comes later, and the scan after that swap will see our slot.
@@ -171,15 +167,29 @@ impl<T> HazardCell<T> {
             }
             self.failed_validation(hazard);
             g = now;
+            if g.is_null() {
+                slot.release();
+                return Self::nothing::<'_, MAY_BE_EMPTY>();
+            }
+            hazard.store(g.cast(), Ordering::Relaxed);
         }
     }
 
-    /// A failed validation: our slot may have been seen naming a value that a swap retired,
-    /// so clear it and scan, exactly as a leaving call does.
+    /// What [`protect`](Self::protect) returns for an empty cell.
     #[cold]
-    #[inline(never)]
+    fn nothing<'a, const MAY_BE_EMPTY: bool>() -> Option<Guard<'a, T>> {
+        if MAY_BE_EMPTY {
+            return None;
+        }
+        panic!("HazardCell::enter_full on an empty cell");
+    }
+
+    /// After a failed validation: the slot stops naming `g` (see "Why every superseded value
+    /// is freed" above) but stays taken ([`RESERVED`]), since the scan may run a value's drop,
+    /// which may take guards on this thread.
+    #[cold]
     fn failed_validation(&self, hazard: &AtomicPtr<()>) {
-        hazard.store(ptr::null_mut(), Ordering::Release);
+        hazard.store(RESERVED, Ordering::Release);
         fence::light();
         self.reclaim();
     }

@@ -7,37 +7,47 @@
 //!
 //! # Who may use a slot, and when a record changes hands
 //!
-//! A guard takes *any* free slot of its thread's record (a bit in [`Record::used`], which only
-//! the holder writes) and remembers which one, so guards may drop in any order. A record goes
-//! back to the free list only when none of its slots is in use: when its thread exits with a
-//! guard still alive (one kept in a thread-local whose destructor runs after ours, or one that
-//! was leaked), the record is marked [`ORPHAN`] and the last guard to leave gives it back, or
-//! nobody does and the values it names are kept forever: a leak, never a free under a reader.
-//! When a thread's slots are all in use, or its thread-locals are gone, a guard claims a whole
-//! spare record for itself, orphaned from the start.
+//! A guard takes *any* free slot of its thread's record, one that names nothing (null), and
+//! names its value in it at once; it remembers which slot, so guards may drop in any order.
+//! Only the record's holder writes its slots, so finding a free slot needs no read-modify-
+//! write: the hot path is a load, a store, and at release a store (a bitmap of slots in use
+//! cost two dependent read-modify-writes per call, most of a lane call's time in a tight loop;
+//! issue 37). A slot that must stay taken while it names no value (a guard between two tries,
+//! see `cell.rs`) holds [`RESERVED`], which no value's address equals.
+//!
+//! A record goes back to the free list only when none of its slots is in use: when its thread
+//! exits with a guard still alive (one kept in a thread-local whose destructor runs after
+//! ours, or one that was leaked), the record is marked [`Record::orphan`] and the last guard
+//! to leave gives it back, or nobody does and the values it names are kept forever: a leak,
+//! never a free under a reader. When a thread's slots are all in use, or its thread-locals are
+//! gone, a guard claims a whole spare record for itself, orphaned from the start.
 
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use crate::sync::{lock, AtomicBool, AtomicPtr, AtomicUsize, Mutex, MutexGuard};
+use crate::sync::{lock, AtomicBool, AtomicPtr, Mutex, MutexGuard};
 
 /// Slots per record: how many guards one thread can hold at once before it borrows a spare
 /// record. Nested calls (plugin to host to plugin) and patched calls inside plugin calls each
 /// hold one. Loom explores every interleaving of every slot it reads, so it gets two.
 pub(crate) const SLOTS: usize = if cfg!(loom) { 2 } else { 8 };
 
-/// The bit of [`Record::used`] that says the record's thread has exited: the last guard to
-/// release a slot gives the record back.
-const ORPHAN: usize = 1 << (usize::BITS - 1);
+/// What a taken slot holds while it names no value: address 1, not null (which marks a free
+/// slot) and never the address of a value (those come from `Arc::into_raw`: the value inside
+/// an `ArcInner`, after its two counters, so aligned to at least 8).
+pub(crate) const RESERVED: *mut () = ptr::dangling_mut::<()>();
 
 /// One thread's hazard slots, on a cache line of its own so that no other thread writes to it.
 #[repr(align(128))]
 pub(crate) struct Record {
+    /// Null when free; a value's address, or [`RESERVED`], when a guard holds it.
     pub slots: [AtomicPtr<()>; SLOTS],
-    /// The slots in use, one bit each, and [`ORPHAN`]. Only the record's holder writes it, with
-    /// plain loads and stores; the handover through [`Record::owned`] orders it for the next.
-    used: AtomicUsize,
+    /// The record's thread has exited with a guard alive, or the record is a spare lent to
+    /// one guard: the guard that leaves every slot free gives the record back. Only the
+    /// record's holder writes it, with plain loads and stores; the handover through
+    /// [`Record::owned`] orders it for the next.
+    orphan: AtomicBool,
     /// Whether a thread or a spare guard holds the record.
     owned: AtomicBool,
 }
@@ -46,31 +56,39 @@ impl Record {
     fn new() -> Record {
         Record {
             slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            used: AtomicUsize::new(0),
+            orphan: AtomicBool::new(false),
             owned: AtomicBool::new(true),
         }
     }
 
-    /// Takes a free slot of this record, which the calling thread holds.
+    /// Takes a free slot of this record, which the calling thread holds, and names `value`
+    /// (not null) in it, relaxed: the caller fences before it relies on the slot.
     #[inline(always)]
-    fn take(&'static self) -> Option<Slot> {
-        let used = self.used.load(Ordering::Relaxed);
-        let index = (!used).trailing_zeros() as usize;
-        if index >= SLOTS {
-            return None;
-        }
-        self.used.store(used | (1 << index), Ordering::Relaxed);
+    fn take(&'static self, value: *mut ()) -> Option<Slot> {
+        debug_assert!(!value.is_null());
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.load(Ordering::Relaxed).is_null())?;
+        self.slots[index].store(value, Ordering::Relaxed);
         Some(Slot {
             record: self,
             index,
         })
     }
 
+    /// Whether no slot is taken.
+    fn is_free(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.load(Ordering::Relaxed).is_null())
+    }
+
     /// Gives the record back to the free list.
     fn give_back(&self) {
-        self.used.store(0, Ordering::Relaxed);
+        self.orphan.store(false, Ordering::Relaxed);
         // Release pairs with the claim's acquire: the next holder sees every slot cleared
-        // and `used` zero.
+        // and `orphan` false.
         self.owned.store(false, Ordering::Release);
     }
 }
@@ -88,18 +106,15 @@ impl Slot {
         &self.record.slots[self.index]
     }
 
-    /// Clears the slot and marks it free; gives an orphaned record back once it is empty.
-    /// Must run on the thread that took the slot (guards are `!Send`).
+    /// Clears the slot, which frees it; gives an orphaned record back once every slot is
+    /// free. Must run on the thread that took the slot (guards are `!Send`).
     #[inline(always)]
     pub fn release(&self) {
         let record = self.record;
         // Release: the guard's reads of the value happen before a scan sees the slot clear.
         record.slots[self.index].store(ptr::null_mut(), Ordering::Release);
-        let used = record.used.load(Ordering::Relaxed) & !(1 << self.index);
-        if used == ORPHAN {
+        if record.orphan.load(Ordering::Relaxed) && record.is_free() {
             record.give_back();
-        } else {
-            record.used.store(used, Ordering::Relaxed);
         }
     }
 }
@@ -143,11 +158,10 @@ impl Drop for Owner {
         let Ok(Some(r)) = LOCAL.try_with(|l| l.take()) else {
             return;
         };
-        let used = r.used.load(Ordering::Relaxed);
-        if used == 0 {
+        if r.is_free() {
             r.give_back();
         } else {
-            r.used.store(used | ORPHAN, Ordering::Relaxed);
+            r.orphan.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -166,28 +180,28 @@ loom::thread_local! {
     static OWNER: Owner = Owner;
 }
 
-/// A free slot for a new guard on this thread.
+/// A free slot for a new guard on this thread, naming `value` (not null).
 #[inline(always)]
-pub(crate) fn take_slot() -> Slot {
+pub(crate) fn take_slot(value: *mut ()) -> Slot {
     if let Ok(Some(record)) = LOCAL.try_with(Cell::get) {
-        if let Some(slot) = record.take() {
+        if let Some(slot) = record.take(value) {
             return slot;
         }
     }
-    take_slot_slow()
+    take_slot_slow(value)
 }
 
 /// This thread's first slot, claiming its record; or a spare record's, when every slot of
 /// this thread's record is in use or the thread is exiting.
 #[cold]
-fn take_slot_slow() -> Slot {
+fn take_slot_slow(value: *mut ()) -> Slot {
     let local = LOCAL.try_with(Cell::get).ok();
     // Touching OWNER registers its destructor, which gives the record back at exit; once the
     // thread is exiting, a record claimed now could never be given back.
     if matches!(local, Some(None)) && OWNER.try_with(|_| ()).is_ok() {
         let r = claim();
         if LOCAL.try_with(|l| l.set(Some(r))).is_ok() {
-            if let Some(slot) = r.take() {
+            if let Some(slot) = r.take(value) {
                 return slot;
             }
         }
@@ -195,8 +209,10 @@ fn take_slot_slow() -> Slot {
     }
     let spare = claim();
     // Orphaned from the start: releasing its one slot gives it back.
-    spare.used.store(ORPHAN, Ordering::Relaxed);
-    spare.take().expect("a claimed record has every slot free")
+    spare.orphan.store(true, Ordering::Relaxed);
+    spare
+        .take(value)
+        .expect("a claimed record has every slot free")
 }
 
 /// How many slots name `value` right now. The caller has fenced (see `fence::heavy`).
@@ -212,16 +228,25 @@ pub(crate) fn holders(records: &[&'static Record], value: *const ()) -> usize {
 mod tests {
     use super::*;
 
+    /// A value's address, for a slot to name: never dereferenced.
+    const V: *mut () = ptr::without_provenance_mut(8);
+
     #[test]
     fn slots_are_taken_lowest_free_first_and_released_in_any_order() {
-        let a = take_slot();
-        let b = take_slot();
-        let c = take_slot();
+        let a = take_slot(V);
+        let b = take_slot(V);
+        let c = take_slot(V);
         assert!(ptr::eq(a.record, b.record) && ptr::eq(b.record, c.record));
         let (ia, ib, ic) = (a.index, b.index, c.index);
         assert_eq!((ib, ic), (ia + 1, ia + 2));
+        assert_eq!(
+            b.cell().load(Ordering::Relaxed),
+            V,
+            "a slot names its value at once"
+        );
         b.release();
-        let d = take_slot();
+        assert!(b.cell().load(Ordering::Relaxed).is_null());
+        let d = take_slot(V);
         assert_eq!(d.index, ib, "the freed middle slot is reused");
         a.release();
         c.release();
@@ -230,7 +255,7 @@ mod tests {
     }
 
     fn take_slot_index_and_release() -> usize {
-        let s = take_slot();
+        let s = take_slot(V);
         let i = s.index;
         s.release();
         i
@@ -238,8 +263,8 @@ mod tests {
 
     #[test]
     fn a_full_record_lends_spares_that_go_back_when_released() {
-        let mine: Vec<Slot> = (0..SLOTS).map(|_| take_slot()).collect();
-        let spare = take_slot();
+        let mine: Vec<Slot> = (0..SLOTS).map(|_| take_slot(V)).collect();
+        let spare = take_slot(V);
         assert!(!ptr::eq(spare.record, mine[0].record));
         let spare_record = spare.record;
         assert!(spare_record.owned.load(Ordering::Relaxed));

@@ -35,8 +35,90 @@ struct Export {
 unsafe impl Send for Export {}
 // SAFETY: as above.
 unsafe impl Sync for Export {}
+// SAFETY: as for `Export`; `handle` is the native instance's guest handle, an address only
+// passed back to the same plugin, which a native plugin's instance allows from any thread
+// (its `Plugin` trait requires `Send + Sync`).
+unsafe impl Send for FastLanes {}
+// SAFETY: as above; the entries never change once built.
+unsafe impl Sync for FastLanes {}
 
 const NO_ALT: u32 = u32::MAX;
+
+/// How many exports a generation keeps ready for a lane call inline ([`FastLanes`]), and how
+/// many methods of each.
+const FAST_EXPORTS: usize = 4;
+const FAST_METHODS: usize = 8;
+
+/// An export of a native plugin that a client of any plugin reaches with nothing to decide
+/// (one plugin exports the interface, it has no canary and no dependencies), with what a call
+/// of one of its lanes needs copied next to its hash: the call goes from the generation's
+/// address to the plugin's entry point with one load, where [`Generation::resolve`] reads the
+/// export vector, the export, its lane table and its instance, one after another (issue 37:
+/// that chain of loads was most of a lane call's cost over a `dyn` call).
+#[derive(Clone, Copy)]
+pub(crate) struct FastLane {
+    hash: u64,
+    /// The plugin's lanes for methods `0..FAST_METHODS`, null where it has none.
+    lanes: [*const (); FAST_METHODS],
+    header: &'static swapkit_abi::PluginHeader,
+    handle: *mut std::ffi::c_void,
+    instance: *const Instance,
+}
+
+/// What a call found in [`Generation::fast_lane`]: everything the native lane call needs.
+pub(crate) struct FastCall<'g> {
+    pub instance: &'g Instance,
+    pub header: &'static swapkit_abi::PluginHeader,
+    pub handle: *mut std::ffi::c_void,
+    pub lane: *const (),
+}
+
+/// Up to [`FAST_EXPORTS`] fast exports, inline in the generation.
+struct FastLanes {
+    len: usize,
+    entries: [std::mem::MaybeUninit<FastLane>; FAST_EXPORTS],
+}
+
+impl FastLanes {
+    fn of(exports: &[Export]) -> FastLanes {
+        let mut fast = FastLanes {
+            len: 0,
+            entries: [std::mem::MaybeUninit::uninit(); FAST_EXPORTS],
+        };
+        for e in exports {
+            if fast.len == FAST_EXPORTS {
+                break;
+            }
+            let instance = e.instance();
+            if e.shared || e.alt != NO_ALT || instance.scoped {
+                continue;
+            }
+            let Some((header, handle)) = instance.native_lane_target() else {
+                continue;
+            };
+            // SAFETY: the lanes of the instance's code (see `Export`).
+            let lanes = unsafe { &*e.lanes };
+            let mut first = [std::ptr::null(); FAST_METHODS];
+            for (to, from) in first.iter_mut().zip(lanes) {
+                *to = *from;
+            }
+            fast.entries[fast.len].write(FastLane {
+                hash: e.hash,
+                lanes: first,
+                header,
+                handle,
+                instance: e.instance,
+            });
+            fast.len += 1;
+        }
+        fast
+    }
+
+    fn as_slice(&self) -> &[FastLane] {
+        // SAFETY: the first `len` entries were written in `of`, and never change.
+        unsafe { std::slice::from_raw_parts(self.entries.as_ptr().cast(), self.len) }
+    }
+}
 
 impl Export {
     /// The plugin's instance.
@@ -90,6 +172,8 @@ pub(crate) struct Generation {
     /// In dependency order: dependencies first. A canary, if any, is last.
     pub plugins: Vec<Arc<Instance>>,
     exports: Vec<Export>,
+    /// The native exports a lane call reaches without deciding anything, inline.
+    fast: FastLanes,
     /// How calls are split between a plugin and its canary, if one runs.
     route: Option<Route>,
     pub created: Instant,
@@ -145,10 +229,12 @@ impl Generation {
                 .any(|(j, e)| j != i && e.name == exports[i].name);
             exports[i].shared = shared;
         }
+        let fast = FastLanes::of(&exports);
         Generation {
             id,
             plugins,
             exports,
+            fast,
             route,
             created: Instant::now(),
             superseded: OnceLock::new(),
@@ -193,6 +279,34 @@ impl Generation {
             }
         }
         self.resolve_named(target, pin)
+    }
+
+    /// The native lane of `method` of the interface `target` names, where a call of it has
+    /// nothing to decide (see [`FastLane`]); `None` sends the call through
+    /// [`resolve`](Self::resolve). A pin's choice does not matter here: it only chooses
+    /// between a plugin and its canary, and a plugin with a canary is never fast.
+    #[inline(always)]
+    pub fn fast_lane(&self, target: &Target, method: u32) -> Option<FastCall<'_>> {
+        let method = method as usize;
+        if method >= FAST_METHODS || target.plugin.is_some() {
+            return None;
+        }
+        let f = self
+            .fast
+            .as_slice()
+            .iter()
+            .find(|f| f.hash == target.hash)?;
+        let lane = f.lanes[method];
+        if lane.is_null() {
+            return None;
+        }
+        Some(FastCall {
+            // SAFETY: an instance this generation holds (see `Export`).
+            instance: unsafe { &*f.instance },
+            header: f.header,
+            handle: f.handle,
+            lane,
+        })
     }
 
     /// [`resolve`](Self::resolve) for a client of a named plugin, an interface several

@@ -357,6 +357,19 @@ impl Instance {
         })
     }
 
+    /// A native instance's header and guest handle, which a generation copies beside its
+    /// exports to call their lanes without reaching the instance (see
+    /// `native::lane_at`); `None` for a wasm instance.
+    pub fn native_lane_target(
+        &self,
+    ) -> Option<(&'static swapkit_abi::PluginHeader, *mut std::ffi::c_void)> {
+        match &self.imp {
+            Imp::Native(instance) => Some(instance.lane_target()),
+            #[cfg(feature = "wasm")]
+            Imp::Wasm(_) => None,
+        }
+    }
+
     /// Calls method `method` of exported interface `interface` through its direct lane,
     /// `lane` (from [`LaneTable::of`], not null).
     #[inline(always)]

@@ -61,6 +61,16 @@ where
     A: LaneArgs + Serialize,
     R: LaneResult + DeserializeOwned,
 {
+    if let Some(fast) = generation.fast_lane(target, method) {
+        fast.instance.stats.call();
+        // SAFETY: the lane the plugin lists under this method's hash, which covers the
+        // interface's hash (its types and plain layouts) and the lane rules, so it has exactly
+        // the signature `A` and `R` give; the instance is one the generation holds.
+        return unsafe {
+            crate::backend::native::lane_at(fast.header, fast.handle, fast.lane, args)
+        }
+        .map_err(|f| lane_failure(fast.instance, target, method, f));
+    }
     let resolved = generation.resolve(target, pin)?;
     let (instance, interface) = (resolved.instance, resolved.interface);
     if instance.scoped || resolved.timed {

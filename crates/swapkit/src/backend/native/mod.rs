@@ -174,32 +174,21 @@ impl NativeInstance {
         entry: *const (),
         args: A,
     ) -> Result<R, LaneFailure> {
-        self.bytes_free::<R>()?;
-        let mut out = RawSlice::EMPTY;
-        // SAFETY: by this function's contract; `handle` is a live instance (its Instance is
-        // alive, so `free` has not run), and `out` is writable.
-        let ret = unsafe { args.call_native::<R>(entry, self.handle, &mut out) };
-        if ret.status == Status::Ok as u32 {
-            // SAFETY: `Ok` means the guest wrote the value; a bytes result lies in its buffer,
-            // unwritten since it returned.
-            unsafe { R::from_raw(ret.value.assume_init()) }.map_err(LaneFailure::Result)
-        } else {
-            Err(lane_failed(ret.status, out))
-        }
+        // SAFETY: by this function's contract, of this instance's own header and handle.
+        unsafe { lane_at(self.header, self.handle, entry, args) }
+    }
+
+    /// What a generation keeps of this instance to call its lanes without reaching the
+    /// instance first: its header and its guest handle (see [`lane_at`]).
+    pub fn lane_target(&self) -> (&'static PluginHeader, *mut c_void) {
+        (self.header, self.handle)
     }
 
     /// Refuses a lane whose result is bytes while an outer frame of this thread is decoding
     /// this plugin's result buffer, which the lane would write over; a value never touches it.
     #[inline(always)]
     fn bytes_free<R: LaneResult>(&self) -> Result<(), LaneFailure> {
-        let me: *const PluginHeader = self.header;
-        if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
-            return Err(LaneFailure::Status(
-                host_status::REENTRANT,
-                DECODING.to_owned(),
-            ));
-        }
-        Ok(())
+        bytes_free::<R>(self.header)
     }
 
     /// Starts the async lane `entry` with `args`: the plugin polls the method's future once.
@@ -250,6 +239,48 @@ impl NativeInstance {
         };
         reply.into_result()
     }
+}
+
+/// Calls the native lane `entry` of the instance `handle` of the plugin of `header`, with
+/// `args`: [`NativeInstance::lane`] from what a generation copied of the instance
+/// ([`NativeInstance::lane_target`]).
+///
+/// # Safety
+/// `entry` is a lane, whose signature `A` and `R` give, of the plugin of `header`; `handle`
+/// is a live instance of it (one its generation holds, so `free` has not run).
+#[inline(always)]
+pub(crate) unsafe fn lane_at<A: LaneArgs, R: LaneResult>(
+    header: &'static PluginHeader,
+    handle: *mut c_void,
+    entry: *const (),
+    args: A,
+) -> Result<R, LaneFailure> {
+    bytes_free::<R>(header)?;
+    let mut out = RawSlice::EMPTY;
+    // SAFETY: by this function's contract; `out` is writable.
+    let ret = unsafe { args.call_native::<R>(entry, handle, &mut out) };
+    if ret.status == Status::Ok as u32 {
+        // SAFETY: `Ok` means the guest wrote the value; a bytes result lies in its buffer,
+        // unwritten since it returned.
+        unsafe { R::from_raw(ret.value.assume_init()) }.map_err(LaneFailure::Result)
+    } else {
+        Err(lane_failed(ret.status, out))
+    }
+}
+
+/// Refuses a lane whose result is bytes while an outer frame of this thread is decoding the
+/// result buffer of the plugin of `header`, which the lane would write over; a value never
+/// touches it.
+#[inline(always)]
+fn bytes_free<R: LaneResult>(header: &'static PluginHeader) -> Result<(), LaneFailure> {
+    let me: *const PluginHeader = header;
+    if R::BYTES && READING.try_with(|r| std::ptr::eq(r.get(), me)) == Ok(true) {
+        return Err(LaneFailure::Status(
+            host_status::REENTRANT,
+            DECODING.to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// The failure of a lane that replied `status`, with its message in `out`.
