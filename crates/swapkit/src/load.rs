@@ -109,6 +109,10 @@ pub(crate) struct Loader {
 /// history entry or backend keeps that code).
 struct Seen {
     id: FileId,
+    /// Whether `id` was taken settled (see [`FileId::settled`]): only then does an equal id
+    /// stand for the same bytes. An unsettled one is a hint: the file is probably what was
+    /// read, so its next reading hashes before it writes a private copy.
+    settled: bool,
     code: std::sync::Weak<Code>,
 }
 
@@ -221,7 +225,12 @@ impl Loader {
             return Err(LoadError::Empty { path: path.into() });
         }
         let backend = format(path, &bytes);
-        let (hash, staged) = hash_and_stage(native, path, backend, &bytes);
+        let read_before = id.is_some_and(|id| {
+            lock(&self.seen)
+                .get(path)
+                .is_some_and(|s| s.id == id && s.code.strong_count() > 0)
+        });
+        let (hash, staged) = hash_and_stage(native, path, backend, &bytes, !read_before);
         if let Some(expected) = expect.filter(|e| **e != hash) {
             return Err(LoadError::KeptChanged {
                 path: path.into(),
@@ -254,7 +263,7 @@ impl Loader {
                 tracing::warn!(error = %e, dir = %dir.path().display(), "cannot keep a copy of {path:?} in the state directory; a restart may not find it");
             }
         }
-        if let Some(id) = id.filter(|id| id.settled(now)) {
+        if let Some(id) = id {
             let mut seen = lock(&self.seen);
             if seen.len() >= SEEN_PRUNE_AT {
                 seen.retain(|_, s| s.code.strong_count() > 0);
@@ -263,6 +272,7 @@ impl Loader {
                 path.into(),
                 Seen {
                     id,
+                    settled: id.settled(now),
                     code: Arc::downgrade(&code),
                 },
             );
@@ -275,7 +285,7 @@ impl Loader {
     fn unchanged(&self, path: &Path, id: Option<FileId>) -> Result<Option<Arc<Code>>, LoadError> {
         let Some(id) = id else { return Ok(None) };
         let code = match lock(&self.seen).get(path) {
-            Some(seen) if seen.id == id => seen.code.upgrade(),
+            Some(seen) if seen.settled && seen.id == id => seen.code.upgrade(),
             _ => None,
         };
         let Some(code) = code else { return Ok(None) };
@@ -694,19 +704,21 @@ pub fn inspect_checked(check: &FileCheck) -> Result<Artifact, LoadError> {
 /// the first hashes the same bytes: below it, the thread costs more than it saves.
 const STAGE_BESIDE_HASH: usize = 128 << 10;
 
-/// The SHA-256 of an artifact's bytes and, for a large native library, its private copy
-/// staged beside the hash on a thread of its own (the two are most of a cold reload, about
-/// 0.28 ms and 0.2 ms for a 500 KB plugin here). Nothing is mapped or run: the copy is
-/// dropped unmapped if the content turns out to be loaded already or fails a check.
+/// The SHA-256 of an artifact's bytes and, for a large native library that is probably new
+/// (`new`: not the file this loader read last under this path), its private copy staged
+/// beside the hash on a thread of its own (the two are most of a cold reload, about 0.28 ms
+/// and 0.2 ms for a 500 KB plugin here). Nothing is mapped or run: the copy is dropped
+/// unmapped if the content turns out to be loaded already or fails a check.
 fn hash_and_stage(
     native: &NativeLoader,
     path: &Path,
     backend: BackendKind,
     bytes: &[u8],
+    new: bool,
 ) -> ([u8; 32], Option<Result<Staged, LoadError>>) {
     let sha256 =
         |bytes: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(bytes).into() };
-    if backend != BackendKind::Native || bytes.len() < STAGE_BESIDE_HASH {
+    if !new || backend != BackendKind::Native || bytes.len() < STAGE_BESIDE_HASH {
         return (sha256(bytes), None);
     }
     std::thread::scope(|scope| {
