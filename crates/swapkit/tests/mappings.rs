@@ -4,21 +4,9 @@
 
 mod common;
 
-use common::Fixture;
+use common::{mapped_copies, Fixture};
 use fixture_api::Greeter;
 use swapkit::Swapper;
-
-/// The private copies of plugins mapped executable in this process, by name.
-fn mapped_copies() -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("r-xp"))
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|path| path.contains("swapkit-"))
-        .map(str::to_owned)
-        .collect()
-}
 
 #[test]
 fn alternating_two_versions_maps_only_two_libraries() {

@@ -56,22 +56,50 @@ fn refused(result: Result<swapkit::ReloadReport, LoadError>) -> TrustError {
     }
 }
 
+/// A swapper trusting `key` that serves v1, signed by `key`, read `settle` after it was
+/// written; and another key.
+struct Signed {
+    dir: tempfile::TempDir,
+    key: SecretKey,
+    other: SecretKey,
+    v1: PathBuf,
+    swapper: Swapper,
+}
+
+fn signed_v1(backend: Backend, settle: std::time::Duration) -> Signed {
+    let dir = tempdir();
+    let (key, other) = (
+        SecretKey::generate().unwrap(),
+        SecretKey::generate().unwrap(),
+    );
+    let v1 = place(dir.path(), Fixture::GreeterV1, backend, "v1");
+    sign(&v1, &key);
+    std::thread::sleep(settle);
+    let swapper = builder(TrustPolicy::new().key(key.public()))
+        .build()
+        .unwrap();
+    swapper.load_files([&v1]).unwrap();
+    Signed {
+        dir,
+        key,
+        other,
+        v1,
+        swapper,
+    }
+}
+
 /// Any file in the plugin directory was run. Now only what a trusted key signed, for exactly
 /// these bytes, this plugin, version and backend, loads; each refusal says why.
 #[test]
 fn only_what_a_trusted_key_signed_loads() {
     for backend in [Backend::Native, Backend::Wasm] {
-        let dir = tempdir();
-        let (key, other) = (
-            SecretKey::generate().unwrap(),
-            SecretKey::generate().unwrap(),
-        );
-        let v1 = place(dir.path(), Fixture::GreeterV1, backend, "v1");
-        sign(&v1, &key);
-        let swapper = builder(TrustPolicy::new().key(key.public()))
-            .build()
-            .unwrap();
-        swapper.load_files([&v1]).unwrap();
+        let Signed {
+            dir,
+            key,
+            other,
+            v1,
+            swapper,
+        } = signed_v1(backend, std::time::Duration::ZERO);
         assert_eq!(greets(&swapper), "hello, t (v1)");
 
         let v2 = place(dir.path(), Fixture::GreeterV2, backend, "v2");
@@ -153,19 +181,15 @@ fn only_what_a_trusted_key_signed_loads() {
 #[test]
 fn an_artifact_found_unchanged_is_still_checked_against_its_signature() {
     for backend in [Backend::Native, Backend::Wasm] {
-        let dir = tempdir();
-        let (key, other) = (
-            SecretKey::generate().unwrap(),
-            SecretKey::generate().unwrap(),
-        );
-        let v1 = place(dir.path(), Fixture::GreeterV1, backend, "v1");
-        sign(&v1, &key);
-        // Older than two clock ticks: its metadata is trusted to show a change from now on.
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        let swapper = builder(TrustPolicy::new().key(key.public()))
-            .build()
-            .unwrap();
-        swapper.load_files([&v1]).unwrap();
+        // Older than two clock ticks when first read: its metadata is trusted to show a change
+        // from then on.
+        let Signed {
+            dir: _dir,
+            key,
+            other,
+            v1,
+            swapper,
+        } = signed_v1(backend, std::time::Duration::from_millis(60));
         swapper.load_files([&v1]).unwrap();
         sign(&v1, &other);
         assert!(

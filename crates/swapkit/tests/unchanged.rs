@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{tempdir, Fixture};
+use common::{mapped_copies, tempdir, Fixture};
 use fixture_api::Greeter;
 use swapkit::Swapper;
 
@@ -23,18 +23,6 @@ const SETTLE: Duration = Duration::from_millis(60);
 
 fn version(swapper: &Swapper) -> String {
     swapper.client::<dyn Greeter>().unwrap().version().unwrap()
-}
-
-/// The private copies of plugins mapped executable in this process.
-fn mapped_copies() -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("r-xp"))
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|path| path.contains("swapkit-"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The memory files holding private copies that this process has open.
@@ -64,22 +52,49 @@ fn artifact(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.{}", std::env::consts::DLL_EXTENSION))
 }
 
-/// The case a cache of file metadata gets wrong: the file rewritten in place, its size the
-/// same and its modification time put back (as `cp -p`, `rsync -t` or `touch -d` leave it).
-/// Only its status-change time shows the change, and that is enough: v2 is served.
-#[test]
-fn a_file_rewritten_in_place_with_its_size_and_modification_time_kept_is_read_again() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// A swapper serving padded v1 from a file that has settled, and what a test changes it to.
+struct Serving {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// Padded v2, as long as the file.
+    two: Vec<u8>,
+    /// The file's metadata when written.
+    before: std::fs::Metadata,
+    swapper: Swapper,
+}
+
+fn serving_v1() -> Serving {
     let dir = tempdir();
     let path = artifact(dir.path(), "greeter");
     let (one, two) = same_length_versions();
     std::fs::write(&path, &one).unwrap();
     let before = std::fs::metadata(&path).unwrap();
     std::thread::sleep(SETTLE);
-
     let swapper = Swapper::new().unwrap();
     swapper.load_files([&path]).unwrap();
     assert_eq!(version(&swapper), "1.0.0");
+    Serving {
+        dir,
+        path,
+        two,
+        before,
+        swapper,
+    }
+}
+
+/// The case a cache of file metadata gets wrong: the file rewritten in place, its size the
+/// same and its modification time put back (as `cp -p`, `rsync -t` or `touch -d` leave it).
+/// Only its status-change time shows the change, and that is enough: v2 is served.
+#[test]
+fn a_file_rewritten_in_place_with_its_size_and_modification_time_kept_is_read_again() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Serving {
+        dir: _dir,
+        path,
+        two,
+        before,
+        swapper,
+    } = serving_v1();
     // Unchanged: found by its metadata, and still v1.
     swapper.load_files([&path]).unwrap();
     assert_eq!(version(&swapper), "1.0.0");
@@ -110,16 +125,13 @@ fn a_file_rewritten_in_place_with_its_size_and_modification_time_kept_is_read_ag
 #[test]
 fn a_file_replaced_by_a_rename_is_read_again() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir();
-    let path = artifact(dir.path(), "greeter");
-    let (one, two) = same_length_versions();
-    std::fs::write(&path, &one).unwrap();
-    let before = std::fs::metadata(&path).unwrap();
-    std::thread::sleep(SETTLE);
-    let swapper = Swapper::new().unwrap();
-    swapper.load_files([&path]).unwrap();
-    assert_eq!(version(&swapper), "1.0.0");
-
+    let Serving {
+        dir,
+        path,
+        two,
+        before,
+        swapper,
+    } = serving_v1();
     let next = dir.path().join(".greeter.next");
     std::fs::write(&next, &two).unwrap();
     std::fs::File::options()

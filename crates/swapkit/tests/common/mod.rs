@@ -245,6 +245,19 @@ pub fn wasm_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("swapkit-wasm-cache")
 }
 
+/// The private copies of plugins mapped executable in this process, by name (Linux: from
+/// `/proc/self/maps`).
+pub fn mapped_copies() -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("r-xp"))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains("swapkit-"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
